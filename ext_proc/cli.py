@@ -1,0 +1,310 @@
+"""The `babelgate` command: up | serve | render | check | keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+from . import constants
+
+log = logging.getLogger("babelgate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("BABELGATE_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .auth.credentials import CredentialError
+    from .config.loading import ConfigError
+    from .launch.processes import LaunchError
+    try:
+        return args.handler(args)
+    except (ConfigError, CredentialError, LaunchError) as exc:
+        print(f"babelgate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="babelgate", description="An AI gateway inside Envoy.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run Envoy, the ext_proc servers (and with --demo, fake providers)")
+    source = up.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--config", type=Path)
+    source.add_argument("--demo", action="store_true", help="built-in config with two demo providers")
+    up.add_argument("--port", type=int, help="client port (default: the config's, 10000 for --demo)")
+    up.add_argument("--admin-port", type=int, help="Envoy admin port")
+    up.add_argument("--processes", type=int, help="ext_proc server processes")
+    up.set_defaults(handler=_up)
+
+    serve = commands.add_parser("serve", help="run the ext_proc gRPC server(s) only")
+    serve.add_argument("-c", "--config", type=Path, required=True)
+    serve.add_argument("--port", type=int, help="serve one process on this port (default: the config's)")
+    serve.add_argument("--host")
+    serve.add_argument("--report-ready", action="store_true", help=argparse.SUPPRESS)
+    serve.set_defaults(handler=_serve)
+
+    render = commands.add_parser("render", help="print the Envoy config for a Babelgate config")
+    render.add_argument("-c", "--config", type=Path, required=True)
+    render.add_argument("-o", "--output", type=Path)
+    render.set_defaults(handler=_render)
+
+    check = commands.add_parser("check", help="validate a config, its secrets, and the rendered Envoy config")
+    check.add_argument("-c", "--config", type=Path, required=True)
+    check.set_defaults(handler=_check)
+
+    keys = commands.add_parser("keys", help="manage virtual keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; it is printed once and stored only as a hash")
+    create.add_argument("--id", required=True)
+    create.add_argument("--models", default="*", help="comma-separated public model names, or *")
+    create.add_argument("--team")
+    create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h")
+    create.add_argument("-c", "--config", type=Path, help="store the hash in this config's keys_file")
+    create.add_argument("--keys-file", type=Path, help="store the hash in this YAML file")
+    create.set_defaults(handler=_keys_create)
+    return parser
+
+
+# -- serve --------------------------------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config.loading import load_config
+    from .config.runtime import compile_runtime
+
+    config = load_config(args.config)
+    runtime = compile_runtime(config)
+    host = args.host or config.ext_proc.host
+    if args.port is None and config.ext_proc.processes > 1:
+        return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
+    port = args.port if args.port is not None else config.ext_proc.port
+    return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready)
+
+
+def _serve_one(runtime: object, address: str, report_ready: bool) -> int:
+    from .server import RuntimeHolder, serve
+
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
+        pass
+
+    def ready(port: int) -> None:
+        log.info("ext_proc server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+        if report_ready:
+            print(json.dumps({"port": port}), flush=True)
+
+    asyncio.run(serve(RuntimeHolder(runtime), address, on_ready=ready))  # type: ignore[arg-type]
+    return 0
+
+
+def _serve_many(config_path: Path, host: str, first_port: int, processes: int) -> int:
+    from .launch.processes import Supervisor, python_module
+
+    supervisor = Supervisor()
+    try:
+        for index in range(processes):
+            supervisor.start_reporting(f"ext_proc-{index}", python_module(
+                "ext_proc", "serve", "-c", str(config_path), "--host", host, "--port", str(first_port + index),
+                "--report-ready"))
+        log.info("%d ext_proc processes on ports %d-%d", processes, first_port, first_port + processes - 1)
+        _wait_for_signal(supervisor)
+    finally:
+        supervisor.stop_all()
+    return 0
+
+
+# -- up -----------------------------------------------------------------------------------------------------------
+
+def _up(args: argparse.Namespace) -> int:
+    from .config.loading import load_config
+    from .config.runtime import compile_runtime
+    from .launch.processes import Supervisor
+    from .launch.stack import start_stack
+
+    supervisor = Supervisor()
+    workdir = Path(tempfile.mkdtemp(prefix="babelgate-"))
+    env: dict[str, str] = {}
+    try:
+        if args.demo:
+            config_path, key, env = _prepare_demo(args, supervisor, workdir)
+            config = load_config(config_path)
+        else:
+            # Servers read the user's file (ports come on their command line); Envoy gets the overrides rendered in.
+            key = None
+            config_path = args.config
+            config = _with_overrides(load_config(config_path), args)
+        os.environ.update(env)
+        compile_runtime(config)  # fail here, with a clear message, if a secret is missing
+        stack = start_stack(config, config_path, workdir, supervisor, env=env)
+        _print_banner(stack.url, key, config)
+        _wait_for_signal(supervisor)
+    finally:
+        supervisor.stop_all()
+    return 0
+
+
+def _with_overrides(config: object, args: argparse.Namespace) -> object:
+    update_listener = {k: v for k, v in (("port", args.port), ("admin_port", args.admin_port)) if v is not None}
+    listener = config.listener.model_copy(update=update_listener)  # type: ignore[attr-defined]
+    ext_proc = config.ext_proc  # type: ignore[attr-defined]
+    if args.processes:
+        ext_proc = ext_proc.model_copy(update={"processes": args.processes})
+    return config.model_copy(update={"listener": listener, "ext_proc": ext_proc})  # type: ignore[attr-defined]
+
+
+def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -> tuple[Path, str, dict[str, str]]:
+    from .launch import demo
+    from .launch.processes import python_module
+
+    keys = demo.provider_keys()
+    ports = {}
+    for name, kind, key_env in ((demo.DEMO_OPENAI, "openai", demo.OPENAI_KEY_ENV),
+                                (demo.DEMO_ANTHROPIC, "anthropic", demo.ANTHROPIC_KEY_ENV)):
+        _, ready = supervisor.start_reporting(name, python_module(  # type: ignore[attr-defined]
+            "ext_proc.demo", "--kind", kind, "--name", name, "--port", "0", "--api-key", keys[key_env]))
+        ports[name] = ready["port"]
+    data, client_key = demo.demo_config(
+        ports[demo.DEMO_OPENAI], ports[demo.DEMO_ANTHROPIC],
+        listen_port=args.port or constants.DEFAULT_LISTEN_PORT,
+        admin_port=args.admin_port or constants.DEFAULT_ADMIN_PORT,
+        ext_proc_port=constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
+        client_key=os.environ.get("BABELGATE_DEMO_KEY"))
+    config_path = workdir / "demo-config.yaml"
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config_path, client_key, keys
+
+
+def _print_banner(url: str, key: str | None, config: object) -> None:
+    shown_key = key or "<your virtual key>"
+    model = config.routes[0].model  # type: ignore[attr-defined]
+    print(f"""
+Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
+
+  curl {url}/v1/chat/completions \\
+    -H 'Authorization: Bearer {shown_key}' -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="{shown_key}")
+  print(client.chat.completions.create(model="{model}",
+        messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
+""", flush=True)
+
+
+def _wait_for_signal(supervisor: object) -> None:
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop:
+        supervisor.check()  # type: ignore[attr-defined]
+        time.sleep(0.2)
+    log.info("stopping")
+
+
+# -- render / check -----------------------------------------------------------------------------------------------
+
+def _render(args: argparse.Namespace) -> int:
+    from .config.loading import load_config
+    from .envoy_config.bootstrap import render_yaml
+
+    text = render_yaml(load_config(args.config))
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .config.loading import load_config
+    from .config.runtime import compile_runtime
+    from .envoy_config.bootstrap import render_yaml
+    from .launch.stack import envoy_binary
+
+    config = load_config(args.config)
+    compile_runtime(config)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as rendered:
+        rendered.write(render_yaml(config))
+        rendered.flush()
+        result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", rendered.name, "--disable-hot-restart",
+                                 "--log-level", "error"], capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"babelgate: the rendered Envoy config is invalid:\n{result.stdout}{result.stderr}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.backends)} backends, {len(config.routes)} routes, "
+          f"{len(config.virtual_keys)} keys)")
+    return 0
+
+
+# -- keys ---------------------------------------------------------------------------------------------------------
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from .auth.virtual_keys import generate_key, hash_key
+    from .config.loading import load_config, load_keys_file
+    from .config.models import VirtualKey
+
+    key = generate_key()
+    models = [m.strip() for m in args.models.split(",") if m.strip()] or ["*"]
+    entry = VirtualKey(id=args.id, hash=hash_key(key), models=models, team=args.team,
+                       expires_at=_parse_expiry(args.expires) if args.expires else None)
+    target = args.keys_file
+    if target is None and args.config is not None:
+        config = load_config(args.config)
+        target = config.keys_file
+        known = {m for r in config.routes for m in (r.model,)}
+        unknown = [m for m in models if m != "*" and m not in known]
+        if unknown:
+            print(f"babelgate: unknown model(s) for this config: {', '.join(unknown)}", file=sys.stderr)
+            return 2
+    record = entry.model_dump(mode="json", exclude_none=True)
+    if target is None:
+        print("# Add this under `virtual_keys:` in your config:", file=sys.stderr)
+        print(yaml.safe_dump([record], sort_keys=False), file=sys.stderr)
+    else:
+        existing = load_keys_file(target) if target.exists() else []
+        if any(k.id == entry.id for k in existing):
+            print(f"babelgate: a key with id {entry.id!r} already exists in {target}", file=sys.stderr)
+            return 2
+        records = [k.model_dump(mode="json", exclude_none=True) for k in existing] + [record]
+        temporary = target.with_suffix(target.suffix + ".tmp")
+        temporary.write_text(yaml.safe_dump(records, sort_keys=False))
+        temporary.replace(target)
+        print(f"stored the hash of key {entry.id!r} in {target}", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _parse_expiry(text: str) -> datetime:
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if match:
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
+        return datetime.now(UTC) + timedelta(**{unit: int(match.group(1))})
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

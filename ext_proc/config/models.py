@@ -1,0 +1,189 @@
+"""The configuration schema. Validated once at load; the hot path never sees these objects (see `runtime.py`)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from .. import constants
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: object) -> object:
+    """Accept `30`, `30s`, `500ms`, `2m`, `1h` and return seconds."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("expected a duration such as 30s, 500ms, 2m or a number of seconds")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Strict):
+    """Where a secret comes from. The value itself never appears in configuration files or logs."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of `env` or `file`")
+        return self
+
+
+class Backend(_Strict):
+    id: str
+    schema_: Literal["openai", "anthropic"] = Field(alias="schema")
+    base_url: str
+    api_key: SecretRef | None = None
+    timeout: Seconds = 60.0
+    connect_timeout: Seconds = 5.0
+    ca_file: Path | None = Field(None, description="CA bundle for an https base URL; the system bundle by default.")
+    connect_to: str | None = Field(
+        None, description="Connect to this IP instead of resolving the base URL host; SNI and Host still use the host.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("a base URL carries no query or fragment")
+        return value.rstrip("/")
+
+    @property
+    def is_tls(self) -> bool:
+        return urlsplit(self.base_url).scheme == "https"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.is_tls else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+    @property
+    def base_path(self) -> str:
+        return urlsplit(self.base_url).path.rstrip("/")
+
+
+class RouteBackend(_Strict):
+    backend: str
+    model: str = Field(min_length=1, description="The model name as the backend knows it.")
+
+
+class ModelRoute(_Strict):
+    model: str = Field(min_length=1, description="The public model name clients send.")
+    aliases: list[str] = []
+    backends: list[RouteBackend] = Field(min_length=1, description="Tried in this order; later ones on failure.")
+
+    @model_validator(mode="after")
+    def _no_repeated_backend(self) -> ModelRoute:
+        ids = [b.backend for b in self.backends]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a backend may appear only once in a route's chain")
+        return self
+
+
+class VirtualKey(_Strict):
+    id: str
+    hash: str = Field(description="`sha256:<hex>` of the key; the key itself is never stored.")
+    models: list[str] = ["*"]
+    expires_at: datetime | None = None
+    team: str | None = None
+
+    @field_validator("hash")
+    @classmethod
+    def _hash_shape(cls, value: str) -> str:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+            raise ValueError("expected sha256:<64 lowercase hex digits> (see `babelgate keys create`)")
+        return value
+
+
+class Listener(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(constants.DEFAULT_LISTEN_PORT, ge=0, le=65535)
+    admin_port: int = Field(constants.DEFAULT_ADMIN_PORT, ge=0, le=65535)
+
+
+class ExtProcServer(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(constants.DEFAULT_EXT_PROC_PORT, ge=0, le=65535)
+    processes: int = Field(1, ge=1, le=64, description="One port each: port, port+1, ...")
+    message_timeout: Seconds = 5.0
+
+
+class RequestLimits(_Strict):
+    max_body_bytes: int = Field(constants.DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    default_max_tokens: int = Field(constants.DEFAULT_ANTHROPIC_MAX_TOKENS, ge=1)
+
+
+class Config(_Strict):
+    listener: Listener = Listener()
+    ext_proc: ExtProcServer = ExtProcServer()
+    requests: RequestLimits = RequestLimits()
+    backends: list[Backend] = Field(min_length=1)
+    routes: list[ModelRoute] = Field(min_length=1)
+    virtual_keys: list[VirtualKey] = []
+    keys_file: Path | None = Field(None, description="YAML list of extra virtual keys (written by `babelgate keys`).")
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        backend_ids = [b.id for b in self.backends]
+        _unique(backend_ids, "backend id")
+        known = set(backend_ids)
+        names: list[str] = []
+        for route in self.routes:
+            names.append(route.model)
+            names.extend(route.aliases)
+            for entry in route.backends:
+                if entry.backend not in known:
+                    raise ValueError(f"route {route.model!r} names unknown backend {entry.backend!r}")
+        _unique(names, "model name or alias")
+        _unique([k.id for k in self.virtual_keys], "virtual key id")
+        _unique([k.hash for k in self.virtual_keys], "virtual key hash")
+        public = {r.model for r in self.routes}
+        for key in self.virtual_keys:
+            for model in key.models:
+                if model != "*" and model not in public:
+                    raise ValueError(f"virtual key {key.id!r} allows unknown model {model!r} (use a route's model)")
+        return self
+
+
+def _unique(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)

@@ -1,0 +1,78 @@
+"""The configuration compiled into the plain tables the hot path reads.
+
+Built once per (re)load and swapped as a whole, so a request sees one consistent snapshot from start to end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from .. import providers
+from ..auth.credentials import read_secret
+from ..auth.virtual_keys import KeyInfo
+from .chains import chain_id
+from .models import Config
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    id: str
+    schema: str
+    provider: ModuleType
+    authority: str
+    base_path: str
+    auth_headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    name: str
+    chain: tuple[str, ...]
+    chain_id: str
+    backend_models: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: Config
+    keys: dict[str, KeyInfo]
+    routes: dict[str, RouteInfo]
+    """Public model name or alias -> route."""
+    backends: dict[str, BackendInfo]
+    public_models: tuple[str, ...]
+    max_body_bytes: int
+    default_max_tokens: int
+
+
+def compile_runtime(config: Config, *, load_secrets: bool = True) -> Runtime:
+    backends: dict[str, BackendInfo] = {}
+    for index, backend in enumerate(config.backends):
+        provider = providers.for_schema(backend.schema_)
+        headers: tuple[tuple[str, str], ...] = ()
+        if backend.api_key is not None and load_secrets:
+            secret = read_secret(backend.api_key, f"backends[{index}].api_key")
+            headers = tuple(provider.auth_headers(secret))
+        backends[backend.id] = BackendInfo(
+            id=backend.id, schema=backend.schema_, provider=provider, authority=backend.authority,
+            base_path=backend.base_path, auth_headers=headers)
+
+    routes: dict[str, RouteInfo] = {}
+    for route in config.routes:
+        chain = tuple(entry.backend for entry in route.backends)
+        info = RouteInfo(name=route.model, chain=chain, chain_id=chain_id(chain),
+                         backend_models={entry.backend: entry.model for entry in route.backends})
+        for name in (route.model, *route.aliases):
+            routes[name] = info
+
+    keys = {
+        key.hash: KeyInfo(
+            id=key.id, team=key.team,
+            models=None if "*" in key.models else frozenset(key.models),
+            expires_at=key.expires_at.timestamp() if key.expires_at else None)
+        for key in config.virtual_keys
+    }
+    return Runtime(config=config, keys=keys, routes=routes, backends=backends,
+                   public_models=tuple(r.model for r in config.routes),
+                   max_body_bytes=config.requests.max_body_bytes,
+                   default_max_tokens=config.requests.default_max_tokens)

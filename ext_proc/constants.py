@@ -1,0 +1,52 @@
+"""Names shared by the ext_proc server, the rendered Envoy config and the tests.
+
+Every internal header, metadata namespace and default lives here so the two sides (Python and Envoy config) can
+never drift apart.
+"""
+
+INTERNAL_HEADER_PREFIX = "x-babelgate-int-"
+"""Headers with this prefix are Babelgate's own; clients may not set them."""
+
+HEADER_CHAIN = INTERNAL_HEADER_PREFIX + "chain"
+"""Set by the route stage; Envoy's route table matches it to pick the chain's aggregate cluster."""
+
+CLIENT_HEADER_PREFIX = "x-babelgate-"
+"""Every header with this prefix is removed before a request leaves Envoy for a provider."""
+
+RESPONSE_HEADER_BACKEND = "x-babelgate-backend"
+RESPONSE_HEADER_ATTEMPTS = "x-babelgate-attempts"
+RESPONSE_HEADER_REQUEST_ID = "x-babelgate-request-id"
+RESPONSE_HEADER_MODEL = "x-babelgate-requested-model"
+
+ENVOY_HEADER_PREFIX = "x-envoy-"
+ENVOY_ATTEMPT_COUNT_HEADER = "x-envoy-attempt-count"
+
+STAGE_METADATA_KEY = "x-babelgate-stage"
+"""gRPC initial metadata that tells the server which stage a stream belongs to."""
+STAGE_ROUTE = "route"
+STAGE_ATTEMPT = "attempt"
+
+METADATA_NAMESPACE = "babelgate"
+"""Dynamic and endpoint metadata namespace (filter_metadata key).
+
+The route stage hands its decision to the attempt stage as dynamic metadata, not headers: Envoy shares one request
+header map between all attempts, so anything the first attempt strips from the headers is gone for the retry.
+"""
+METADATA_BACKEND_KEY = "backend"
+METADATA_ROUTE_KEY = "route"
+METADATA_ENDPOINT_KEY = "endpoint"
+METADATA_KEY_ID_KEY = "key_id"
+METADATA_REPLIED_KEY = "replied"
+"""Set by the route stage on its own immediate responses, so Envoy's local-reply rewriting leaves them alone."""
+
+UPSTREAM_HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
+
+CHAIN_CLUSTER_PREFIX = "bg_chain_"
+BACKEND_CLUSTER_PREFIX = "bg_backend_"
+EXT_PROC_CLUSTER = "bg_ext_proc"
+
+DEFAULT_LISTEN_PORT = 10000
+DEFAULT_ADMIN_PORT = 9901
+DEFAULT_EXT_PROC_PORT = 50051
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_ANTHROPIC_MAX_TOKENS = 4096

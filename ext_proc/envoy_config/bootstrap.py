@@ -1,0 +1,129 @@
+"""The whole standalone Envoy bootstrap for a Babelgate config, rendered as YAML."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import betterproto2
+import yaml
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.core.v3 import Address, DataSource, HeaderValue, HeaderValueOption, SocketAddress
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    RetryPolicy,
+    RetryPolicyRetryHostPredicate,
+    RetryPolicyRetryPriority,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
+from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.google.protobuf import Any
+
+from .. import constants
+from ..config.chains import chain_id, chains
+from ..config.models import Config
+from ..errors import NotFound
+from .clusters import all_clusters
+from .filters import local_reply_config, route_stage_filter
+
+RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
+RETRIABLE_STATUS_CODES = [429]
+
+
+def render_bootstrap(config: Config) -> Bootstrap:
+    return Bootstrap(
+        admin=Admin(address=_address("127.0.0.1", config.listener.admin_port)),
+        static_resources=BootstrapStaticResources(listeners=[listener(config)], clusters=all_clusters(config)),
+    )
+
+
+def render_yaml(config: Config) -> str:
+    data = render_bootstrap(config).to_dict(casing=betterproto2.Casing.SNAKE)
+    header = "# Rendered by `babelgate render`; edit the Babelgate config instead.\n"
+    return header + yaml.safe_dump(data, sort_keys=False, width=120)
+
+
+def listener(config: Config) -> Listener:
+    manager = HttpConnectionManager(
+        stat_prefix="babelgate",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        route_config=route_configuration(config),
+        http_filters=[
+            route_stage_filter(config),
+            HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(Router())),
+        ],
+        local_reply_config=local_reply_config(),
+    )
+    return Listener(
+        name="babelgate",
+        address=_address(config.listener.host, config.listener.port),
+        filter_chains=[FilterChain(filters=[Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=Any.pack(manager))])],
+    )
+
+
+def route_configuration(config: Config) -> RouteConfiguration:
+    """One route per chain, selected by the header the route stage sets; everything else gets a 404.
+
+    The catch-all is only reached if the route stage let a request through without choosing a chain.
+    """
+    timeouts = {b.id: b.timeout for b in config.backends}
+    routes = [chain_route(chain, timeouts) for chain in chains(config)]
+    routes.append(Route(
+        name="unrouted",
+        match=RouteMatch(prefix="/"),
+        direct_response=DirectResponseAction(
+            status=404, body=DataSource(inline_bytes=NotFound("No route for this request.").body())),
+        response_headers_to_add=[HeaderValueOption(header=HeaderValue(key="content-type", value="application/json"))],
+    ))
+    host = VirtualHost(
+        name="babelgate",
+        domains=["*"],
+        routes=routes,
+        include_request_attempt_count=True,
+        include_attempt_count_in_response=True,
+        request_body_buffer_limit=config.requests.max_body_bytes,
+    )
+    return RouteConfiguration(name="babelgate", virtual_hosts=[host])
+
+
+def chain_route(chain: tuple[str, ...], timeouts: dict[str, float]) -> Route:
+    name = chain_id(chain)
+    # The whole request may take every backend's full timeout in turn; each attempt is bounded by its cluster.
+    total = sum(timeouts[b] for b in chain)
+    retry = RetryPolicy(
+        retry_on=RETRY_ON,
+        retriable_status_codes=RETRIABLE_STATUS_CODES,
+        num_retries=len(chain) - 1,
+        retry_priority=RetryPolicyRetryPriority(
+            name="envoy.retry_priorities.previous_priorities",
+            typed_config=Any.pack(PreviousPrioritiesConfig(update_frequency=1))),
+        retry_host_predicate=[RetryPolicyRetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts", typed_config=Any.pack(PreviousHostsPredicate()))],
+        host_selection_retry_max_attempts=5,
+    )
+    return Route(
+        name=name,
+        match=RouteMatch(prefix="/", headers=[HeaderMatcher(
+            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=name))]),
+        route=RouteAction(cluster=name, timeout=timedelta(seconds=total), retry_policy=retry),
+    )
+
+
+def _address(host: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+

@@ -1,0 +1,152 @@
+"""Clusters: one per backend (its own TLS/SNI and timeouts), one aggregate per chain (failover order, attempt stage
+as upstream filter), and the ext_proc cluster with one endpoint per server process."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster,
+    ClusterCustomClusterType,
+    ClusterDiscoveryType,
+    ClusterDnsLookupFamily,
+    ClusterLbPolicy,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpProtocolOptions,
+    Metadata,
+    SocketAddress,
+    TransportSocket,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
+from envoy_data_plane.envoy.extensions.clusters.aggregate.v3 import ClusterConfig as AggregateClusterConfig
+from envoy_data_plane.envoy.extensions.filters.http.upstream_codec.v3 import UpstreamCodec
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    SubjectAltNameMatcher,
+    SubjectAltNameMatcherSanType,
+    UpstreamTlsContext,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.google.protobuf import Any, Struct, Value
+
+from .. import constants
+from ..config.models import Backend, Config
+from ..config.chains import chain_id, chains
+from .filters import attempt_stage_filter
+
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def backend_cluster_name(backend_id: str) -> str:
+    return constants.BACKEND_CLUSTER_PREFIX + backend_id
+
+
+def all_clusters(config: Config) -> list[Cluster]:
+    clusters = [ext_proc_cluster(config)]
+    clusters.extend(backend_cluster(b) for b in config.backends)
+    clusters.extend(chain_cluster(config, chain) for chain in chains(config))
+    return clusters
+
+
+def ext_proc_cluster(config: Config) -> Cluster:
+    server = config.ext_proc
+    ports = [server.port + i for i in range(server.processes)]
+    return Cluster(
+        name=constants.EXT_PROC_CLUSTER,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=timedelta(seconds=1),
+        lb_policy=ClusterLbPolicy.LEAST_REQUEST,
+        load_assignment=_assignment(constants.EXT_PROC_CLUSTER, [(server.host, port) for port in ports]),
+        typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http2_protocol_options=Http2ProtocolOptions())))},
+    )
+
+
+def backend_cluster(backend: Backend) -> Cluster:
+    name = backend_cluster_name(backend.id)
+    address = backend.connect_to or backend.host
+    is_ip = _is_ip(address)
+    metadata = Metadata(filter_metadata={constants.METADATA_NAMESPACE: Struct(fields={
+        constants.METADATA_BACKEND_KEY: Value(string_value=backend.id)})})
+    cluster = Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC if is_ip else ClusterDiscoveryType.LOGICAL_DNS,
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=timedelta(seconds=backend.connect_timeout),
+        load_assignment=_assignment(name, [(address, backend.port)], metadata=metadata, hostname=backend.host),
+        typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
+            # A stream that outlives the backend's timeout is reset, which the route's retry policy treats as
+            # a failed attempt (a new backend is tried while nothing has reached the client).
+            common_http_protocol_options=CommonHttpProtocolOptions(
+                max_stream_duration=timedelta(seconds=backend.timeout)),
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http_protocol_options=Http1ProtocolOptions())))},
+    )
+    if backend.is_tls:
+        cluster.transport_socket = _tls_socket(backend)
+    return cluster
+
+
+def chain_cluster(config: Config, chain: tuple[str, ...]) -> Cluster:
+    """An aggregate cluster: Envoy tries its members in order, and the attempt stage runs once per attempt."""
+    aggregate = AggregateClusterConfig(clusters=[backend_cluster_name(b) for b in chain])
+    return Cluster(
+        name=chain_id(chain),
+        connect_timeout=timedelta(seconds=5),
+        lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
+        cluster_type=ClusterCustomClusterType(name="envoy.clusters.aggregate", typed_config=Any.pack(aggregate)),
+        typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http_protocol_options=Http1ProtocolOptions()),
+            http_filters=[
+                attempt_stage_filter(config),
+                HttpFilter(name="envoy.filters.http.upstream_codec", typed_config=Any.pack(UpstreamCodec())),
+            ]))},
+    )
+
+
+def _tls_socket(backend: Backend) -> TransportSocket:
+    ca = str(backend.ca_file) if backend.ca_file else SYSTEM_CA_BUNDLE
+    context = UpstreamTlsContext(
+        sni=backend.host,
+        common_tls_context=CommonTlsContext(
+            alpn_protocols=["http/1.1"],
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=ca),
+                match_typed_subject_alt_names=[SubjectAltNameMatcher(
+                    san_type=SubjectAltNameMatcherSanType.DNS, matcher=StringMatcher(exact=backend.host))])))
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
+
+
+def _assignment(name: str, addresses: list[tuple[str, int]], *, metadata: Metadata | None = None,
+                hostname: str = "") -> ClusterLoadAssignment:
+    endpoints = [
+        LbEndpoint(
+            endpoint=Endpoint(address=Address(socket_address=SocketAddress(address=host, port_value=port)),
+                              hostname=hostname),
+            metadata=metadata)
+        for host, port in addresses
+    ]
+    return ClusterLoadAssignment(cluster_name=name, endpoints=[LocalityLbEndpoints(lb_endpoints=endpoints)])
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

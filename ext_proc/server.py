@@ -1,0 +1,147 @@
+"""The gRPC ext_proc service. One gRPC stream is one stage of one HTTP request; this module only dispatches.
+
+Envoy opens a stream per request per filter: the route stage's stream (tagged with `x-babelgate-stage: route` in
+the gRPC metadata) and, for each upstream attempt, an attempt stage stream. All logic lives in `stages/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from . import constants
+from .config.runtime import Runtime
+from .errors import GatewayError, UpstreamError
+from .stages import messages
+from .stages.attempt import AttemptStage
+from .stages.route import RouteStage
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class RuntimeHolder:
+    """The current configuration snapshot; replaced as a whole on reload, read once per stream."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.current = runtime
+
+
+async def process(requests: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext,
+                  holder: RuntimeHolder) -> AsyncIterator[ProcessingResponse]:
+    runtime = holder.current
+    handle = _attempt_handler(runtime) if _is_attempt(context) else _route_handler(runtime)
+    async for request in requests:
+        try:
+            reply = handle(request)
+        except GatewayError as error:
+            reply = messages.error_reply(error)
+        except Exception:
+            log.exception("unexpected failure while processing %s", request.WhichOneof("request"))
+            reply = messages.error_reply(UpstreamError("The gateway failed to process this request.",
+                                                       code="gateway_internal_error"))
+        if reply is not None:
+            yield reply
+
+
+def _is_attempt(context: grpc.aio.ServicerContext) -> bool:
+    for key, value in context.invocation_metadata() or ():
+        if key == constants.STAGE_METADATA_KEY:
+            return value == constants.STAGE_ATTEMPT
+    return False
+
+
+def _route_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
+    stage = RouteStage(runtime)
+
+    def handle(request: ProcessingRequest) -> ProcessingResponse | None:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return stage.on_request_headers(request.request_headers)
+        if kind == "request_body":
+            return stage.on_request_body(request.request_body)
+        return _pass_through(request, kind)
+
+    return handle
+
+
+def _attempt_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
+    stage = AttemptStage(runtime)
+
+    def handle(request: ProcessingRequest) -> ProcessingResponse | None:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return stage.on_request_headers(request.request_headers, request.attributes, request.metadata_context)
+        if kind == "request_body":
+            return stage.on_request_body(request.request_body)
+        if kind == "response_headers":
+            return stage.on_response_headers(request.response_headers)
+        if kind == "response_body":
+            return stage.on_response_body(request.response_body)
+        return _pass_through(request, kind)
+
+    return handle
+
+
+def _pass_through(request: ProcessingRequest, kind: str | None) -> ProcessingResponse | None:
+    """A phase the stage does not act on (only sent if Envoy's processing mode asks for it): continue unchanged."""
+    if kind is None:
+        return None
+    reply = ProcessingResponse()
+    getattr(reply, kind).SetInParent()
+    return reply
+
+
+def build_server(holder: RuntimeHolder, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ])
+
+    async def process_stream(requests: AsyncIterator[ProcessingRequest],
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[ProcessingResponse]:
+        async for reply in process(requests, context, holder):
+            yield reply
+
+    handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "Process": grpc.stream_stream_rpc_method_handler(
+            process_stream,
+            request_deserializer=ProcessingRequest.FromString,
+            response_serializer=ProcessingResponse.SerializeToString),
+    })
+    server.add_generic_rpc_handlers((handler,))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    return server, port, health_servicer
+
+
+async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight streams for a few seconds."""
+    server, port, health_servicer = build_server(holder, address)
+    await server.start()
+    await _set_serving(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    if on_ready is not None:
+        on_ready(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await _set_serving(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=5)
+
+
+async def _set_serving(servicer: health.aio.HealthServicer, status: int) -> None:
+    for service in ("", SERVICE_NAME):
+        await servicer.set(service, status)

@@ -1,0 +1,195 @@
+"""Attempt stage: runs once per upstream attempt (retries included), inside the chain cluster's upstream filters.
+
+Request: translate the OpenAI body for the backend Envoy picked, set path, host, length and credentials, and strip
+everything the client sent that must not reach a provider. Response: translate the answer (JSON, SSE, errors)
+back to OpenAI format and pick up usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import orjson
+from envoy.config.core.v3.base_pb2 import Metadata
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingResponse
+
+from .. import constants
+from ..config.runtime import BackendInfo, Runtime
+from ..errors import BadRequest, UpstreamError
+from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data
+from . import messages
+from .endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+STREAMED_RESPONSE_MODE = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
+    response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.STREAMED,
+    request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
+
+# Client credentials and protocol headers that must never be forwarded to a provider.
+_CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anthropic-version", "anthropic-beta",
+                                  "openai-organization", "openai-project", "accept-encoding", "cookie"})
+_JSON = "application/json"
+
+_backend_by_metadata: dict[str, str] = {}
+_BACKEND_IN_METADATA = re.compile(
+    r'key:\s*"' + constants.METADATA_BACKEND_KEY + r'"\s*value\s*\{\s*string_value:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def backend_from_attributes(attributes: object) -> str | None:
+    """Which backend Envoy picked, from the upstream host's metadata.
+
+    Envoy sends that attribute as protobuf text format; the set of distinct texts is the set of endpoints, so the
+    parse result is memoised by text.
+    """
+    for struct in attributes.values():  # type: ignore[attr-defined]
+        field = struct.fields.get(constants.UPSTREAM_HOST_METADATA_ATTRIBUTE)
+        if field is None:
+            continue
+        text = field.string_value
+        backend = _backend_by_metadata.get(text)
+        if backend is None:
+            match = _BACKEND_IN_METADATA.search(text)
+            if match is None:
+                return None
+            backend = _backend_by_metadata[text] = match.group(1)
+        return backend
+    return None
+
+
+class AttemptStage:
+    __slots__ = ("_attempt", "_backend", "_created", "_decoder", "_endpoint", "_model", "_runtime",
+                 "_status", "_stream", "_streaming", "usage")
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._backend: BackendInfo | None = None
+        self._endpoint = Endpoint.CHAT
+        self._model = ""
+        self._attempt = "1"
+        self._streaming = False
+        self._status = 0
+        self._created = 0
+        self._decoder: SSEDecoder | None = None
+        self._stream: object | None = None
+        self.usage: dict | None = None
+
+    # -- request ------------------------------------------------------------------------------------------------
+
+    def on_request_headers(self, message: HttpHeaders, attributes: object, context: Metadata) -> ProcessingResponse:
+        headers = messages.header_dict(message)
+        decision = messages.babelgate_metadata(context)
+        backend_id = backend_from_attributes(attributes)
+        backend = self._runtime.backends.get(backend_id or "")
+        route = self._runtime.routes.get(decision.get(constants.METADATA_ROUTE_KEY, ""))
+        if backend is None or route is None:
+            raise UpstreamError("The gateway could not tell which backend this attempt goes to.",
+                                code="unknown_backend")
+        self._backend = backend
+        self._model = route.backend_models.get(backend.id, "")
+        self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
+        self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
+        remove = [name for name in headers if name in _CLIENT_ONLY_HEADERS
+                  or name.startswith((constants.CLIENT_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
+        return messages.request_headers_reply(remove=remove)
+
+    def on_request_body(self, message: HttpBody) -> ProcessingResponse:
+        backend = self._backend
+        assert backend is not None
+        body = orjson.loads(message.body)
+        provider = backend.provider
+        if self._endpoint is Endpoint.CHAT:
+            self._streaming = body.get("stream") is True
+            upstream = provider.chat_request(body, self._model, default_max_tokens=self._runtime.default_max_tokens)
+            path = backend.base_path + provider.chat_path(self._model, self._streaming)
+        elif backend.schema == "openai":
+            upstream = {**body, "model": self._model}
+            path = backend.base_path + "/embeddings"
+        else:
+            raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
+                             code="unsupported_endpoint")
+        if self._streaming:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            self._created = int(time.time())
+            self._stream = provider.ChatStream(self._model, self._created, include_usage)
+        encoded = orjson.dumps(upstream)
+        return messages.request_body_reply(
+            set_headers=(
+                (":path", path),
+                (":authority", backend.authority),
+                ("content-type", _JSON),
+                ("content-length", str(len(encoded))),
+                *backend.auth_headers,
+            ),
+            body=encoded)
+
+    # -- response -----------------------------------------------------------------------------------------------
+
+    def on_response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        headers = messages.header_dict(message)
+        self._status = int(headers.get(":status", "0") or 0)
+        backend = self._backend
+        assert backend is not None
+        tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id), (constants.RESPONSE_HEADER_ATTEMPTS, self._attempt))
+        is_sse = headers.get("content-type", "").startswith("text/event-stream")
+        if 200 <= self._status < 300 and self._streaming and is_sse:
+            self._decoder = SSEDecoder()
+            return messages.response_headers_reply(
+                set_headers=tags, remove=("content-length",), mode=STREAMED_RESPONSE_MODE)
+        return messages.response_headers_reply(set_headers=tags)
+
+    def on_response_body(self, message: HttpBody) -> ProcessingResponse:
+        if self._decoder is not None:
+            return self._stream_chunk(message)
+        backend = self._backend
+        assert backend is not None
+        if not 200 <= self._status < 300:
+            status, error = backend.provider.error_response(self._status, message.body)
+            return _json_reply(error, status if status != self._status else None)
+        if self._endpoint is not Endpoint.CHAT:
+            return messages.response_body_reply()
+        try:
+            answer = orjson.loads(message.body)
+            if self._streaming:
+                # The backend ignored `stream: true` and answered JSON: still a valid OpenAI answer for the client.
+                log.debug("backend %s answered a stream request with JSON", backend.id)
+            translated = backend.provider.chat_response(answer, self._model, int(time.time()))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
+                                f"{type(exc).__name__}.") from None
+        self.usage = backend.provider.usage_of(answer)
+        return _json_reply(translated)
+
+    def _stream_chunk(self, message: HttpBody) -> ProcessingResponse:
+        decoder, stream = self._decoder, self._stream
+        assert decoder is not None and stream is not None
+        out: list[bytes] = []
+        try:
+            events = decoder.feed(message.body)
+            if message.end_of_stream:
+                events.extend(decoder.finish())
+            for event in events:
+                out.extend(encode_data(chunk) for chunk in stream.feed(event.event, event.data))  # type: ignore[attr-defined]
+            if message.end_of_stream:
+                out.extend(encode_data(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
+        except SSEError as exc:
+            out.append(encode_data(orjson.loads(UpstreamError(str(exc)).body())))
+        if message.end_of_stream:
+            out.append(DONE)
+            self.usage = stream.usage  # type: ignore[attr-defined]
+        return messages.response_body_reply(b"".join(out))
+
+
+def _json_reply(payload: dict, status: int | None = None) -> ProcessingResponse:
+    encoded = orjson.dumps(payload)
+    headers = [("content-type", _JSON), ("content-length", str(len(encoded)))]
+    if status is not None:
+        headers.append((":status", str(status)))
+    return messages.response_body_reply(encoded, set_headers=headers)
+
+

@@ -1,0 +1,99 @@
+"""Builders and readers for the ext_proc protocol messages (upb stubs from xds-protos).
+
+The stages speak in plain tuples and bytes; this module is the only place that knows the protobuf shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption, Metadata
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    BodyMutation,
+    BodyResponse,
+    CommonResponse,
+    HeaderMutation,
+    HeadersResponse,
+    HttpHeaders,
+    ImmediateResponse,
+    ProcessingResponse,
+)
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
+
+from .. import constants
+from ..errors import GatewayError
+
+Headers = Sequence[tuple[str, str]]
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_JSON = (("content-type", "application/json"),)
+
+_REPLIED_MARK = Struct()
+_REPLIED_MARK.update({constants.METADATA_NAMESPACE: {constants.METADATA_REPLIED_KEY: True}})
+
+
+def header_dict(headers: HttpHeaders) -> dict[str, str]:
+    """All headers of a message; Envoy 1.3x+ sends values in `raw_value`."""
+    return {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in headers.headers.headers}
+
+
+def mutation(set_headers: Headers = (), remove: Iterable[str] = ()) -> HeaderMutation:
+    return HeaderMutation(
+        set_headers=[HeaderValueOption(header=HeaderValue(key=k, raw_value=v.encode("latin-1")), append_action=_OVERWRITE)
+                     for k, v in set_headers],
+        remove_headers=list(remove))
+
+
+def _common(set_headers: Headers, remove: Iterable[str], body: bytes | None, clear_route_cache: bool) -> CommonResponse:
+    response = CommonResponse(clear_route_cache=clear_route_cache)
+    if set_headers or remove:
+        response.header_mutation.CopyFrom(mutation(set_headers, remove))
+    if body is not None:
+        response.body_mutation.CopyFrom(BodyMutation(body=body))
+    return response
+
+
+def request_headers_reply(set_headers: Headers = (), remove: Iterable[str] = ()) -> ProcessingResponse:
+    return ProcessingResponse(request_headers=HeadersResponse(response=_common(set_headers, remove, None, False)))
+
+
+def request_body_reply(set_headers: Headers = (), remove: Iterable[str] = (), body: bytes | None = None,
+                       clear_route_cache: bool = False, metadata: dict[str, str] | None = None) -> ProcessingResponse:
+    reply = ProcessingResponse(
+        request_body=BodyResponse(response=_common(set_headers, remove, body, clear_route_cache)))
+    if metadata:
+        reply.dynamic_metadata.update({constants.METADATA_NAMESPACE: metadata})
+    return reply
+
+
+def babelgate_metadata(context: Metadata) -> dict[str, str]:
+    """The route stage's decision, as forwarded by Envoy to the attempt stage."""
+    entry = context.filter_metadata.get(constants.METADATA_NAMESPACE)
+    if entry is None:
+        return {}
+    return {key: value.string_value for key, value in entry.fields.items()}
+
+
+def response_headers_reply(set_headers: Headers = (), remove: Iterable[str] = (),
+                           mode: ProcessingMode | None = None) -> ProcessingResponse:
+    reply = ProcessingResponse(response_headers=HeadersResponse(response=_common(set_headers, remove, None, False)))
+    if mode is not None:
+        reply.mode_override.CopyFrom(mode)
+    return reply
+
+
+def response_body_reply(body: bytes | None = None, set_headers: Headers = (),
+                        remove: Iterable[str] = ()) -> ProcessingResponse:
+    return ProcessingResponse(response_body=BodyResponse(response=_common(set_headers, remove, body, False)))
+
+
+def immediate(status: int, body: bytes, headers: Headers = _JSON, details: str = "babelgate") -> ProcessingResponse:
+    reply = ProcessingResponse(immediate_response=ImmediateResponse(
+        status=HttpStatus(code=status), headers=mutation(headers), body=body, details=details))
+    reply.dynamic_metadata.CopyFrom(_REPLIED_MARK)
+    return reply
+
+
+def error_reply(error: GatewayError) -> ProcessingResponse:
+    return immediate(error.status, error.body(), (*_JSON, *error.headers), details=f"babelgate_{error.code or error.type}")

@@ -1,0 +1,123 @@
+"""Route stage: runs once per client request, before Envoy's router.
+
+Headers: drop spoofed internal headers, classify the endpoint, authenticate the virtual key, answer `/v1/models`.
+Body: parse and check the request, resolve the model route, authorize the key, and name the chain Envoy must route
+to (`clear_route_cache` makes Envoy match routes again on the new header). The body itself passes unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingResponse
+
+from .. import constants
+from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
+from ..config.runtime import Runtime
+from ..errors import BadRequest, NotFound, PayloadTooLarge
+from . import messages
+from .endpoints import Endpoint, classify
+
+
+class RouteStage:
+    __slots__ = ("_endpoint", "_key", "_runtime")
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._endpoint: Endpoint | None = None
+        self._key: KeyInfo | None = None
+
+    def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        headers = messages.header_dict(message)
+        endpoint, argument = classify(headers.get(":method", ""), headers.get(":path", "/"))
+        key = authenticate(self._runtime.keys,
+                           bearer_token(headers.get("authorization")) or headers.get("x-api-key"))
+        if endpoint is Endpoint.MODELS:
+            return messages.immediate(200, _model_list(self._runtime, key))
+        if endpoint is Endpoint.MODEL:
+            return messages.immediate(200, _model_entry(self._runtime, key, argument))
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._runtime.max_body_bytes:
+            raise _too_large(self._runtime.max_body_bytes)
+        if message.end_of_stream:
+            raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
+        self._endpoint, self._key = endpoint, key
+        spoofed = [name for name in headers if name.startswith(constants.INTERNAL_HEADER_PREFIX)]
+        return messages.request_headers_reply(remove=spoofed)
+
+    def on_request_body(self, message: HttpBody) -> ProcessingResponse:
+        if self._endpoint is None or self._key is None:
+            raise BadRequest("Request body arrived before its headers.")
+        raw = message.body
+        if len(raw) > self._runtime.max_body_bytes:
+            raise _too_large(self._runtime.max_body_bytes)
+        body = parse_json_object(raw)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
+        if self._endpoint is Endpoint.CHAT:
+            check_chat_shape(body)
+        elif "input" not in body:
+            raise BadRequest("`input` is required.", param="input", code="missing_input")
+        route = self._runtime.routes.get(model)
+        if route is None:
+            raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
+                           param="model", code="model_not_found")
+        authorize(self._key, route.name)
+        return messages.request_body_reply(
+            set_headers=((constants.HEADER_CHAIN, route.chain_id),),
+            clear_route_cache=True,
+            metadata={
+                constants.METADATA_ROUTE_KEY: route.name,
+                constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
+                constants.METADATA_KEY_ID_KEY: self._key.id,
+            })
+
+
+def parse_json_object(raw: bytes) -> dict:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def check_chat_shape(body: dict) -> None:
+    """The checks every backend schema needs; provider-specific checks happen at translation."""
+    messages_ = body.get("messages")
+    if not isinstance(messages_, list) or not messages_:
+        raise BadRequest("`messages` must be a non-empty array.", param="messages")
+    for index, entry in enumerate(messages_):
+        if not isinstance(entry, dict) or not isinstance(entry.get("role"), str):
+            raise BadRequest(f"`messages[{index}]` must be an object with a string `role`.",
+                             param=f"messages[{index}]")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("`stream` must be a boolean.", param="stream")
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
+
+
+def _model_object(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "babelgate"}
+
+
+def _visible(runtime: Runtime, key: KeyInfo) -> list[str]:
+    return [m for m in runtime.public_models if key.models is None or m in key.models]
+
+
+def _model_list(runtime: Runtime, key: KeyInfo) -> bytes:
+    created = int(time.time())
+    return orjson.dumps({"object": "list", "data": [_model_object(m, created) for m in _visible(runtime, key)]})
+
+
+def _model_entry(runtime: Runtime, key: KeyInfo, name: str) -> bytes:
+    route = runtime.routes.get(name)
+    if route is None or route.name not in _visible(runtime, key):
+        raise NotFound(f"The model {name!r} does not exist.", param="model", code="model_not_found")
+    return orjson.dumps(_model_object(route.name, int(time.time())))

@@ -1,0 +1,8 @@
+"""Small helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+
+def fault(spec: str) -> dict[str, str]:
+    """Per-request fault injection for the demo providers (`extra_headers=` for the openai SDK)."""
+    return {"x-demo-fault": spec}
