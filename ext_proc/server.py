@@ -37,18 +37,24 @@ class RuntimeHolder:
 async def process(requests: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext,
                   holder: RuntimeHolder) -> AsyncIterator[ProcessingResponse]:
     runtime = holder.current
-    handle = _attempt_handler(runtime) if _is_attempt(context) else _route_handler(runtime)
+    handle = attempt_handler(runtime) if _is_attempt(context) else route_handler(runtime)
     async for request in requests:
-        try:
-            reply = handle(request)
-        except GatewayError as error:
-            reply = messages.error_reply(error)
-        except Exception:
-            log.exception("unexpected failure while processing %s", request.WhichOneof("request"))
-            reply = messages.error_reply(UpstreamError("The gateway failed to process this request.",
-                                                       code="gateway_internal_error"))
+        reply = respond(handle, request)
         if reply is not None:
             yield reply
+
+
+def respond(handle: Callable[[ProcessingRequest], ProcessingResponse | None],
+            request: ProcessingRequest) -> ProcessingResponse | None:
+    """Run one message through a stage; every failure becomes an OpenAI-style error reply, never a broken stream."""
+    try:
+        return handle(request)
+    except GatewayError as error:
+        return messages.error_reply(error)
+    except Exception:
+        log.exception("unexpected failure while processing %s", request.WhichOneof("request"))
+        return messages.error_reply(UpstreamError("The gateway failed to process this request.",
+                                                  code="gateway_internal_error"))
 
 
 def _is_attempt(context: grpc.aio.ServicerContext) -> bool:
@@ -58,7 +64,7 @@ def _is_attempt(context: grpc.aio.ServicerContext) -> bool:
     return False
 
 
-def _route_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
+def route_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
     stage = RouteStage(runtime)
 
     def handle(request: ProcessingRequest) -> ProcessingResponse | None:
@@ -72,7 +78,7 @@ def _route_handler(runtime: Runtime) -> Callable[[ProcessingRequest], Processing
     return handle
 
 
-def _attempt_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
+def attempt_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
     stage = AttemptStage(runtime)
 
     def handle(request: ProcessingRequest) -> ProcessingResponse | None:

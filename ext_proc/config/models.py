@@ -52,7 +52,7 @@ class Backend(_Strict):
     schema_: Literal["openai", "anthropic"] = Field(alias="schema")
     base_url: str
     api_key: SecretRef | None = None
-    timeout: Seconds = 60.0
+    timeout: Seconds = Field(600.0, description="Whole-attempt limit (the OpenAI SDK default); a stream longer than this is cut.")
     connect_timeout: Seconds = 5.0
     ca_file: Path | None = Field(None, description="CA bundle for an https base URL; the system bundle by default.")
     connect_to: str | None = Field(

@@ -6,6 +6,7 @@ Built once per (re)load and swapped as a whole, so a request sees one consistent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import ModuleType
 
 from .. import providers
@@ -31,6 +32,11 @@ class RouteInfo:
     chain: tuple[str, ...]
     chain_id: str
     backend_models: dict[str, str]
+    translations: tuple[tuple[ModuleType, str], ...]
+    """One (provider, backend model) per distinct schema in the chain: the route stage translates the request
+    once per schema up front, so a field some backend refuses is a 400 before anything is sent anywhere."""
+    embeddings: bool
+    """Every backend of the chain serves /v1/embeddings."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +66,14 @@ def compile_runtime(config: Config, *, load_secrets: bool = True) -> Runtime:
     routes: dict[str, RouteInfo] = {}
     for route in config.routes:
         chain = tuple(entry.backend for entry in route.backends)
+        translations: dict[str, tuple[ModuleType, str]] = {}
+        for entry in route.backends:
+            backend = backends[entry.backend]
+            translations.setdefault(backend.schema, (backend.provider, entry.model))
         info = RouteInfo(name=route.model, chain=chain, chain_id=chain_id(chain),
-                         backend_models={entry.backend: entry.model for entry in route.backends})
+                         backend_models={entry.backend: entry.model for entry in route.backends},
+                         translations=tuple(translations.values()),
+                         embeddings=all(backends[b].schema == "openai" for b in chain))
         for name in (route.model, *route.aliases):
             routes[name] = info
 
@@ -69,10 +81,15 @@ def compile_runtime(config: Config, *, load_secrets: bool = True) -> Runtime:
         key.hash: KeyInfo(
             id=key.id, team=key.team,
             models=None if "*" in key.models else frozenset(key.models),
-            expires_at=key.expires_at.timestamp() if key.expires_at else None)
+            expires_at=_utc(key.expires_at).timestamp() if key.expires_at else None)
         for key in config.virtual_keys
     }
     return Runtime(config=config, keys=keys, routes=routes, backends=backends,
                    public_models=tuple(r.model for r in config.routes),
                    max_body_bytes=config.requests.max_body_bytes,
                    default_max_tokens=config.requests.default_max_tokens)
+
+
+def _utc(moment: datetime) -> datetime:
+    """An expiry without a zone means UTC, whatever the server's local zone is."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -18,10 +18,12 @@ from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpProtocolOptions,
     Metadata,
     SocketAddress,
     TransportSocket,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    HttpProtocolOptions as CommonHttpProtocolOptions,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
 from envoy_data_plane.envoy.extensions.clusters.aggregate.v3 import ClusterConfig as AggregateClusterConfig
@@ -42,8 +44,8 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
-from ..config.models import Backend, Config
 from ..config.chains import chain_id, chains
+from ..config.models import Backend, Config
 from .filters import attempt_stage_filter
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

@@ -65,6 +65,12 @@ class RouteStage:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
+        if self._endpoint is Endpoint.CHAT:
+            for provider, backend_model in route.translations:
+                provider.chat_request(body, backend_model, default_max_tokens=self._runtime.default_max_tokens)
+        elif not route.embeddings:
+            raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
+                             code="unsupported_endpoint")
         return messages.request_body_reply(
             set_headers=((constants.HEADER_CHAIN, route.chain_id),),
             clear_route_cache=True,

@@ -7,7 +7,10 @@ so failures stay local to the test that asks for them. Everything started here i
 from __future__ import annotations
 
 import secrets
+import socket
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
@@ -33,6 +36,7 @@ class Gateway:
     stack: Stack
     providers: dict[str, int]
     provider_keys: dict[str, str]
+    ca_path: Path
 
     def client(self, **kwargs: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", self.key),  # type: ignore[arg-type]
@@ -43,10 +47,16 @@ class Gateway:
                                   max_retries=0, timeout=30, **kwargs)  # type: ignore[arg-type]
 
     def provider_requests(self, name: str) -> list[dict]:
-        return httpx.get(f"http://127.0.0.1:{self.providers[name]}/_demo/requests").json()
+        return self._provider_http(name).get("/_demo/requests").json()
 
     def clear_provider_requests(self, name: str) -> None:
-        httpx.delete(f"http://127.0.0.1:{self.providers[name]}/_demo/requests")
+        self._provider_http(name).delete("/_demo/requests")
+
+    def _provider_http(self, name: str) -> httpx.Client:
+        if name == "tls":  # the TLS provider's certificate names TLS_HOSTNAME; connect to loopback, verify that name
+            return httpx.Client(base_url=f"https://{TLS_HOSTNAME}:{self.providers[name]}",
+                                verify=_loopback_context(self.ca_path))
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.providers[name]}")
 
 
 def _start_provider(supervisor: Supervisor, kind: str, name: str, api_key: str, *tls: str) -> int:
@@ -109,7 +119,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         stack = start_stack(load_config(config_path), config_path, workdir, supervisor, env=env)
         yield Gateway(url=stack.url, key=client_key, limited_key=limited_key, expired_key=expired_key,
-                      stack=stack, providers=ports, provider_keys=keys)
+                      stack=stack, providers=ports, provider_keys=keys, ca_path=ca)
     finally:
         supervisor.stop_all()
 
@@ -123,3 +133,20 @@ def client(gateway: Gateway) -> openai.OpenAI:
     return gateway.client()
 
 
+
+
+def _loopback_context(ca_path: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_path))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _resolve_test_hostname() -> None:
+    """Make TLS_HOSTNAME resolve to loopback inside the test process (Envoy uses `connect_to` instead)."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list:
+        return original("127.0.0.1" if host == TLS_HOSTNAME else host, *args, **kwargs)  # type: ignore[arg-type]
+
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
+    yield
+    socket.getaddrinfo = original  # type: ignore[assignment]

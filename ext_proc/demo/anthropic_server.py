@@ -1,0 +1,255 @@
+"""The fake Anthropic provider: `POST /v1/messages`, answered as a `Message` or as the Messages SSE event stream.
+
+Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+from ext_proc.demo.answers import (
+    NOT_JSON,
+    Call,
+    Rejected,
+    Reply,
+    complete,
+    contains_key,
+    estimate_tokens,
+    fragments,
+    greeting,
+    new_id,
+    parallel_tool_count,
+    text_of,
+    tool_input,
+    tool_reply,
+    words,
+)
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+_STOP_REASONS = {"end": "end_turn", "stop": "stop_sequence", "length": "max_tokens"}
+_BLOCK_TYPES = {
+    "text", "image", "document", "search_result", "tool_use", "tool_result", "thinking", "redacted_thinking",
+    "server_tool_use", "web_search_tool_result",
+}
+_TOOL_CHOICES = {"auto", "any", "tool", "none"}
+
+
+def answer(call: Call) -> Reply:
+    if call.path != "/v1/messages":
+        return error(404, f"Not found: {call.method} {call.path}")
+    if call.method != "POST":
+        return error(405, f"Method {call.method} not allowed on {call.path}")
+    key = _api_key(call.headers)
+    if not key or (call.api_key is not None and key != call.api_key):
+        return error(401, "invalid x-api-key")
+    if not call.headers.get("anthropic-version"):
+        return error(400, "anthropic-version: header is required")
+    try:
+        return _messages(call)
+    except Rejected as exc:
+        return error(exc.status, exc.message)
+
+
+def error(status: int, message: str) -> Reply:
+    """An answer in Anthropic's error format; a 429 also tells the client to retry after a second."""
+    kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    request_id = new_id("req_")
+    body = orjson.dumps({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+    headers = (("request-id", request_id),) + ((("retry-after", "1"),) if status == 429 else ())
+    return Reply(status, body, None, headers)
+
+
+def _messages(call: Call) -> Reply:
+    body = call.body
+    if body is NOT_JSON or not isinstance(body, dict):
+        raise Rejected("The request body is not valid JSON.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise Rejected("model: Field required")
+    max_tokens = body.get("max_tokens")
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise Rejected("max_tokens: Field required, an integer of at least 1")
+    messages = _checked_messages(body.get("messages"))
+    _check_system(body.get("system"))
+    stops = _stop_sequences(body.get("stop_sequences"))
+    last = messages[-1]
+    results = _tool_results(last)
+    uses = _tool_uses(call, body) if last["role"] == "user" and not results else []
+    if uses:
+        done = None
+        content: list[dict[str, object]] = uses
+        output_tokens = estimate_tokens([use["input"] for use in uses])
+    else:
+        said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(messages))
+        done = complete(said, stops, max_tokens)
+        content = [{"type": "text", "text": done.text}]
+        output_tokens = done.tokens
+    message = {
+        "id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
+        "stop_reason": "tool_use" if done is None else _STOP_REASONS[done.reason],
+        "stop_sequence": None if done is None else done.stop_sequence,
+        "usage": {**_input_usage(body, messages), "output_tokens": output_tokens},
+    }
+    if body.get("stream") is True:
+        return Reply(200, events=_events(message))
+    return Reply(200, orjson.dumps(message))
+
+
+def _events(message: dict[str, object]) -> tuple[bytes, ...]:
+    """The Messages event sequence; text arrives word by word, tool input as several `input_json_delta`s."""
+    usage: dict[str, object] = message["usage"]  # type: ignore[assignment]
+    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
+    events = [_event("message_start", {"message": {**start, "usage": {**usage, "output_tokens": 1}}})]
+    for index, block in enumerate(message["content"]):  # type: ignore[arg-type]
+        if block["type"] == "text":
+            first = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": piece} for piece in words(block["text"])]
+        else:
+            first = {**block, "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": piece}
+                      for piece in fragments(orjson.dumps(block["input"]).decode())]
+        events.append(_event("content_block_start", {"index": index, "content_block": first}))
+        if index == 0:
+            events.append(_event("ping", {}))
+        events += [_event("content_block_delta", {"index": index, "delta": delta}) for delta in deltas]
+        events.append(_event("content_block_stop", {"index": index}))
+    stop = {"stop_reason": message["stop_reason"], "stop_sequence": message["stop_sequence"]}
+    events.append(_event("message_delta", {"delta": stop, "usage": usage}))
+    events.append(_event("message_stop", {}))
+    return tuple(events)
+
+
+def _tool_uses(call: Call, body: dict[str, object]) -> list[dict[str, object]]:
+    """The tool_use blocks the fake answers with: the forced tool if named, else the first client tool."""
+    tools = _client_tools(body.get("tools"))
+    choice = body.get("tool_choice") or {"type": "auto"}
+    if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICES:
+        raise Rejected(f"tool_choice.type: Input should be one of {sorted(_TOOL_CHOICES)}")
+    if not tools or choice["type"] == "none":
+        return []
+    chosen = tools
+    if choice["type"] == "tool":
+        chosen = [tool for tool in tools if tool["name"] == choice.get("name")]
+        if not chosen:
+            raise Rejected(f"tool_choice.name: no tool named {choice.get('name')!r} in tools")
+    count = 1 if choice.get("disable_parallel_tool_use") is True else parallel_tool_count(call.headers)
+    picked = [chosen[index % len(chosen)] for index in range(count)]
+    return [
+        {"type": "tool_use", "id": new_id("toolu_"), "name": tool["name"], "input": tool_input(tool["input_schema"])}
+        for tool in picked
+    ]
+
+
+def _client_tools(value: object) -> list[dict[str, object]]:
+    """Tools the client defines (with an `input_schema`); server tools (typed, e.g. web search) are never called."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Rejected("tools: Input should be a valid list")
+    tools = []
+    for index, tool in enumerate(value):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise Rejected(f"tools.{index}.name: Field required")
+        if tool.get("type", "custom") == "custom":
+            if not isinstance(tool.get("input_schema"), dict):
+                raise Rejected(f"tools.{index}.custom.input_schema: Field required")
+            tools.append(tool)
+    return tools
+
+
+def _checked_messages(value: object) -> list[dict[str, object]]:
+    if not isinstance(value, list) or not value:
+        raise Rejected("messages: at least one message is required")
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise Rejected(f"messages.{index}.role: Input should be 'user' or 'assistant' "
+                           "(system prompts go in the top-level system field)")
+        content = message.get("content")
+        if isinstance(content, list):
+            _check_blocks(content, f"messages.{index}.content")
+        elif not isinstance(content, str):
+            raise Rejected(f"messages.{index}.content: Input should be a valid string or list of content blocks")
+    return value
+
+
+def _check_blocks(blocks: list[object], where: str) -> None:
+    for index, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind not in _BLOCK_TYPES:
+            raise Rejected(f"{where}.{index}.type: Input should be one of {sorted(_BLOCK_TYPES)}")
+        required = {"text": ("text", str), "tool_use": ("name", str), "tool_result": ("tool_use_id", str),
+                    "image": ("source", dict), "document": ("source", dict)}.get(kind)
+        if required and not isinstance(block.get(required[0]), required[1]):
+            raise Rejected(f"{where}.{index}.{kind}.{required[0]}: Field required")
+        if kind == "tool_use" and not isinstance(block.get("input"), dict):
+            raise Rejected(f"{where}.{index}.tool_use.input: Input should be a valid dictionary")
+
+
+def _check_system(value: object) -> None:
+    if isinstance(value, list):
+        for index, block in enumerate(value):
+            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+                raise Rejected(f"system.{index}: Input should be a text block")
+    elif value is not None and not isinstance(value, str):
+        raise Rejected("system: Input should be a valid string or list of text blocks")
+
+
+def _stop_sequences(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(stop, str) and stop for stop in value):
+        raise Rejected("stop_sequences: Input should be a list of non-empty strings")
+    return value
+
+
+def _tool_results(message: dict[str, object]) -> str:
+    """The text of the tool results in a user message, "" when there are none."""
+    content = message.get("content")
+    if message.get("role") != "user" or not isinstance(content, list):
+        return ""
+    results = [block for block in content if block.get("type") == "tool_result"]
+    return " ".join(text_of(block.get("content")) or "(empty)" for block in results)
+
+
+def _user_text(messages: list[dict[str, object]]) -> str:
+    return next((text_of(message["content"]) for message in reversed(messages) if message["role"] == "user"), "")
+
+
+def _input_usage(body: dict[str, object], messages: list[dict[str, object]]) -> dict[str, int]:
+    """Input token counts; with any `cache_control` about half the prompt counts as read from the cache."""
+    total = estimate_tokens(body.get("system"), messages, body.get("tools"))
+    cached = max(1, total // 2) if contains_key(body, "cache_control") else 0
+    return {
+        "input_tokens": max(1, total - cached),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+    }
+
+
+def _api_key(headers: Mapping[str, str]) -> str | None:
+    """The key from `x-api-key`, or from `authorization: Bearer` (how the 2.x SDK sends an api_key)."""
+    key = headers.get("x-api-key")
+    if key is None and headers.get("authorization", "").startswith("Bearer "):
+        key = headers["authorization"].removeprefix("Bearer ")
+    return key
+
+
+def _event(kind: str, data: dict[str, object]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,75 @@
+"""Fault injection for the demo providers.
+
+A spec is a comma-separated list of `target:action` items, e.g. `openai-a:500,anthropic-b:stall=2000,*:slow=50`.
+`target` is a provider name or `*`; only items aimed at this provider apply, but every item must be well formed.
+Actions:
+
+- `NNN` (400..599): answer that status with the provider's own error body (429 adds `retry-after: 1`)
+- `reset`: read the request, then drop the connection without answering
+- `stall=MS`: wait MS milliseconds before the first byte of the answer
+- `midstream=N`: for a streamed answer, send N events, then drop the connection
+- `slow=MS`: for a streamed answer, pause MS milliseconds between events
+
+Later items override earlier ones, so a request's `x-demo-fault` header refines the server-wide spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+FAULT_HEADER = "x-demo-fault"
+
+_MAX_VALUE = 3_600_000
+
+
+class FaultSpecError(ValueError):
+    """A fault spec that can't be understood; the message says which item and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    status: int | None = None
+    reset: bool = False
+    stall_ms: int = 0
+    midstream: int | None = None
+    slow_ms: int = 0
+
+
+NO_FAULTS = Faults()
+
+
+def parse_faults(spec: str | None, name: str, base: Faults = NO_FAULTS) -> Faults:
+    """Apply every item of `spec` aimed at provider `name` (or `*`) on top of `base`."""
+    faults = base
+    for item in (spec or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        target, colon, action = item.partition(":")
+        if not colon or not target.strip() or not action.strip():
+            raise FaultSpecError(f"fault item {item!r} is not target:action")
+        change = _action(action.strip(), item)
+        if target.strip() in (name, "*"):
+            faults = dataclasses.replace(faults, **change)
+    return faults
+
+
+def _action(action: str, item: str) -> dict[str, object]:
+    if action.isdigit():
+        status = int(action)
+        if not 400 <= status <= 599:
+            raise FaultSpecError(f"fault item {item!r}: status must be 400..599")
+        return {"status": status}
+    if action == "reset":
+        return {"reset": True}
+    key, equals, value = action.partition("=")
+    field = {"stall": "stall_ms", "midstream": "midstream", "slow": "slow_ms"}.get(key)
+    if field is None or not equals:
+        raise FaultSpecError(
+            f"fault item {item!r}: unknown action {action!r}; expected a 4xx/5xx status, reset, stall=MS, "
+            "midstream=N or slow=MS"
+        )
+    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_VALUE:
+        raise FaultSpecError(f"fault item {item!r}: {key} needs a whole number up to {_MAX_VALUE}")
+    return {field: int(value)}

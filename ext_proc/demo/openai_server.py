@@ -1,0 +1,318 @@
+"""The fake OpenAI provider: `POST /v1/chat/completions` (JSON or SSE), `POST /v1/embeddings`, `GET /v1/models`.
+
+Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+import time
+from collections.abc import Callable
+
+import orjson
+
+from ext_proc.demo.answers import (
+    NOT_JSON,
+    Call,
+    Completion,
+    Rejected,
+    Reply,
+    complete,
+    estimate_tokens,
+    fragments,
+    greeting,
+    new_id,
+    parallel_tool_count,
+    text_of,
+    tool_input,
+    tool_reply,
+    words,
+)
+from ext_proc.errors import error_body
+
+MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
+EMBEDDING_DIMENSIONS = 8
+MAX_EMBEDDING_DIMENSIONS = 4096
+MAX_EMBEDDING_INPUTS = 2048
+
+_MODELS_CREATED = 1_700_000_000
+_FINGERPRINT = "fp_demo"
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def answer(call: Call) -> Reply:
+    route = _ROUTES.get(call.path)
+    if route is None:
+        return error(404, f"Invalid URL ({call.method} {call.path})")
+    method, handle = route
+    if call.method != method:
+        return error(405, f"Method {call.method} not allowed on {call.path}; use {method}")
+    if call.api_key is not None and call.headers.get("authorization") != f"Bearer {call.api_key}":
+        return error(401, "Incorrect API key provided.", code="invalid_api_key")
+    try:
+        return handle(call)
+    except Rejected as exc:
+        return error(exc.status, exc.message, param=exc.param, code=exc.code)
+
+
+def error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> Reply:
+    """An answer in OpenAI's error format; a 429 also tells the client to retry after a second."""
+    if status == 429:
+        return Reply(status, error_body(message, "requests", code or "rate_limit_exceeded", param), None,
+                     (("retry-after", "1"),))
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return Reply(status, error_body(message, kind, code, param))
+
+
+def _chat_completions(call: Call) -> Reply:
+    body = _body(call)
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise Rejected("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
+    _check_messages(messages)
+    max_tokens = _max_tokens(body)
+    stops = _stops(body.get("stop"))
+    tools = _function_tools(body.get("tools"))
+    last = messages[-1]
+    calls = _tool_calls(call, body, tools) if last.get("role") == "user" else []
+    if calls:
+        done = None
+        completion_tokens = estimate_tokens([arguments for _, _, arguments in calls])
+    else:
+        done = complete(_answer_text(call.name, model, messages), stops, max_tokens)
+        completion_tokens = done.tokens
+    prompt_tokens = estimate_tokens(messages, body.get("tools"))
+    usage = _usage(prompt_tokens, completion_tokens)
+    finish = "tool_calls" if calls else "length" if done and done.reason == "length" else "stop"
+    head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": model}
+    if body.get("stream") is True:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return Reply(200, events=_chunks(head, done, calls, finish, usage if include_usage else None))
+    return Reply(200, _completion(head, done, calls, finish, usage))
+
+
+def _completion(
+    head: dict[str, object], done: Completion | None, calls: list[tuple[str, str, str]], finish: str,
+    usage: dict[str, object],
+) -> bytes:
+    message: dict[str, object] = {
+        "role": "assistant", "content": done.text if done else None, "refusal": None, "annotations": [],
+    }
+    if calls:
+        message["tool_calls"] = [
+            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            for call_id, name, arguments in calls
+        ]
+    return orjson.dumps({
+        **head, "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": usage, "service_tier": "default", "system_fingerprint": _FINGERPRINT,
+    })
+
+
+def _chunks(
+    head: dict[str, object], done: Completion | None, calls: list[tuple[str, str, str]], finish: str,
+    usage: dict[str, object] | None,
+) -> tuple[bytes, ...]:
+    """The chunk stream: role, then word-sized content or tool calls (id and name first, arguments in fragments)."""
+    base = {**head, "object": "chat.completion.chunk", "service_tier": "default", "system_fingerprint": _FINGERPRINT}
+    if usage is not None:
+        base["usage"] = None
+
+    def chunk(delta: dict[str, object], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _sse({**base, "choices": [choice]})
+
+    events = [chunk({"role": "assistant", "content": "" if done else None, "refusal": None})]
+    if done:
+        events += [chunk({"content": piece}) for piece in words(done.text)]
+    for index, (call_id, name, arguments) in enumerate(calls):
+        events.append(chunk({"tool_calls": [{
+            "index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""},
+        }]}))
+        events += [chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                   for piece in fragments(arguments)]
+    events.append(chunk({}, finish))
+    if usage is not None:
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return tuple(events)
+
+
+def _tool_calls(call: Call, body: dict[str, object], tools: list[dict[str, object]]) -> list[tuple[str, str, str]]:
+    """(id, name, arguments JSON) of each tool the fake decides to call: the forced one if named, else the first."""
+    choice = body.get("tool_choice", "auto")
+    if not tools or choice == "none" or choice is None:
+        return []
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        chosen = [tool for tool in tools if tool["name"] == name]
+        if not chosen:
+            raise Rejected(f"tool_choice names a function that is not in tools: {name!r}", param="tool_choice")
+    elif choice in ("auto", "required"):
+        chosen = tools
+    else:
+        raise Rejected(f"Invalid value for 'tool_choice': {choice!r}", param="tool_choice")
+    count = parallel_tool_count(call.headers) if body.get("parallel_tool_calls") is not False else 1
+    picked = [chosen[index % len(chosen)] for index in range(count)]
+    return [(new_id("call_"), str(tool["name"]), orjson.dumps(tool_input(tool.get("parameters"))).decode())
+            for tool in picked]
+
+
+def _embeddings(call: Call) -> Reply:
+    body = _body(call)
+    model = _model(body)
+    inputs = _embedding_inputs(body.get("input"))
+    dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+    if not _is_int(dimensions) or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS:
+        raise Rejected(f"'dimensions' must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}", param="dimensions")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise Rejected("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    data = []
+    for index, item in enumerate(inputs):
+        vector = _vector(item, dimensions)
+        encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if encoding == "base64" else vector
+        data.append({"object": "embedding", "index": index, "embedding": encoded})
+    tokens = sum(len(item) if isinstance(item, list) else estimate_tokens(item) for item in inputs)
+    return Reply(200, orjson.dumps({
+        "object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+
+
+def _embedding_inputs(value: object) -> list[str | list[int]]:
+    """The inputs as a list: one string, a list of strings, one token array, or a list of token arrays."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(_is_int(item) for item in value)):
+        items: list[object] = [value]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise Rejected("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if not items or len(items) > MAX_EMBEDDING_INPUTS:
+        raise Rejected(f"'input' must hold 1 to {MAX_EMBEDDING_INPUTS} items", param="input")
+    for item in items:
+        is_tokens = isinstance(item, list) and item and all(_is_int(token) for token in item)
+        if not (isinstance(item, str) and item) and not is_tokens:
+            raise Rejected("'input' items must be non-empty strings or token arrays", param="input")
+    return items  # type: ignore[return-value]
+
+
+def _vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A unit vector derived from a hash of the input, rounded to float32 so float and base64 answers agree."""
+    seed = orjson.dumps(item)
+    raw: list[float] = []
+    counter = 0
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(seed + counter.to_bytes(4, "little")).digest()
+        raw += [value / 2**31 - 1.0 for value in struct.unpack("<8I", digest)]
+        counter += 1
+    norm = math.sqrt(sum(value * value for value in raw[:dimensions])) or 1.0
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in raw[:dimensions]))))
+
+
+def _models(call: Call) -> Reply:
+    data = [{"id": model, "object": "model", "created": _MODELS_CREATED, "owned_by": call.name} for model in MODELS]
+    return Reply(200, orjson.dumps({"object": "list", "data": data}))
+
+
+def _body(call: Call) -> dict[str, object]:
+    if call.body is NOT_JSON or not isinstance(call.body, dict):
+        raise Rejected("We could not parse the JSON body of your request. The body must be a JSON object.")
+    return call.body
+
+
+def _model(body: dict[str, object]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise Rejected("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    return model
+
+
+def _check_messages(messages: list[object]) -> None:
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise Rejected(f"Invalid message at messages[{index}]: needs a role of {sorted(_ROLES)}",
+                           param=f"messages.[{index}].role")
+        if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
+            raise Rejected(f"Missing required parameter: 'messages.[{index}].tool_call_id'.",
+                           param=f"messages.[{index}].tool_call_id", code="missing_required_parameter")
+
+
+def _answer_text(name: str, model: str, messages: list[dict[str, object]]) -> str:
+    """Mention the tool result when the conversation ends with one, else echo the last user text."""
+    last = messages[-1]
+    if last.get("role") == "tool":
+        return tool_reply(name, model, text_of(last.get("content")))
+    user_texts = (text_of(message.get("content")) for message in reversed(messages) if message.get("role") == "user")
+    return greeting(name, model, next(user_texts, ""))
+
+
+def _max_tokens(body: dict[str, object]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not _is_int(value) or value < 1:
+            raise Rejected(f"Invalid '{key}': must be an integer of at least 1.", param=key)
+        return value
+    return None
+
+
+def _stops(value: object) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(stop, str) and stop for stop in stops):
+        raise Rejected("Invalid 'stop': a string or a list of up to 4 non-empty strings.", param="stop")
+    return stops
+
+
+def _function_tools(value: object) -> list[dict[str, object]]:
+    """The `function` objects of function tools; other tool types are accepted and never called."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise Rejected("Invalid 'tools': expected an array.", param="tools")
+    functions = []
+    for index, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise Rejected(f"Missing required parameter: 'tools[{index}].function.name'.",
+                           param=f"tools[{index}].function.name", code="missing_required_parameter")
+        functions.append(function)
+    return functions
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def _sse(data: dict[str, object]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_ROUTES: dict[str, tuple[str, Callable[[Call], Reply]]] = {
+    "/v1/chat/completions": ("POST", _chat_completions),
+    "/v1/embeddings": ("POST", _embeddings),
+    "/v1/models": ("GET", _models),
+}

@@ -1,0 +1,129 @@
+"""OpenAI and OpenAI-compatible backends: the request and answer are already in the client's format.
+
+The one change on the way out is `stream_options.include_usage = true` on streamed requests, because the gateway
+settles token limits with the real usage. When the client did not ask for usage itself, `ChatStream` hides what that
+option added (the usage-only chunk and the `"usage": null` on every other chunk) and keeps the numbers in `.usage`.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..errors import UpstreamError, error_body, status_error_type
+
+SCHEMA = "openai"
+
+_DONE = b"[DONE]"
+
+
+def chat_path(model: str, stream: bool) -> str:
+    """The backend's base URL carries the `/v1` (as with the OpenAI SDK's `base_url`)."""
+    return "/chat/completions"
+
+
+def auth_headers(credential: str) -> list[tuple[str, str]]:
+    return [("authorization", "Bearer " + credential)]
+
+
+def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+    """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched."""
+    request = {**body, "model": model}
+    if request.get("stream"):
+        request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+    return request
+
+
+def chat_response(body: dict, model: str, created: int) -> dict:
+    return body
+
+
+def usage_of(response: dict) -> dict | None:
+    usage = response.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
+class ChatStream:
+    """Passes chunks through, recording usage; `finished` turns true on `data: [DONE]`.
+
+    A backend that ends the stream after a `finish_reason` but without `[DONE]` has still said everything, so `finish`
+    accepts that too; a stream cut before any `finish_reason` is reported as an error.
+    """
+
+    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+        self.usage: dict | None = None
+        self.finished = False
+        self._include_usage = include_usage
+        self._saw_finish_reason = False
+        self._failed = False
+
+    def feed(self, event: str | None, data: bytes) -> list[dict]:
+        if self.finished or self._failed:
+            return []
+        if data.strip() == _DONE:
+            self.finished = True
+            return []  # the caller writes its own [DONE]
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            return self._fail(_error("the openai backend sent a malformed stream event", UpstreamError.type,
+                                     UpstreamError.code))
+        if "error" in chunk:
+            return self._fail(_openai_error(chunk, 500))
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices") or []
+        if any(isinstance(choice, dict) and choice.get("finish_reason") for choice in choices):
+            self._saw_finish_reason = True
+        if self._include_usage:
+            return [chunk]
+        if not choices:
+            return []  # the usage-only chunk the gateway asked for, not the client
+        chunk.pop("usage", None)
+        return [chunk]
+
+    def finish(self) -> list[dict]:
+        if self.finished or self._failed:
+            return []
+        if self._saw_finish_reason:
+            self.finished = True
+            return []
+        return self._fail(_error("the openai stream ended before its last chunk", UpstreamError.type,
+                                 UpstreamError.code))
+
+    def _fail(self, error: dict) -> list[dict]:
+        self._failed = True
+        return [error]
+
+
+def error_response(status: int, body: bytes) -> tuple[int, dict]:
+    """Keep an OpenAI error object (filling in what it lacks); wrap anything else. The status is kept."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    return status, _openai_error(payload, status)
+
+
+def _openai_error(payload: object, status: int) -> dict:
+    """`{"error": {...}}`, `{"error": "text"}` or `{"message": "text"}` -> the OpenAI error envelope."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        type_, code, param = error.get("type"), error.get("code"), error.get("param")
+        return _error(error["message"],
+                      type_ if isinstance(type_, str) else status_error_type(status),
+                      code if isinstance(code, str | int) else None,
+                      param if isinstance(param, str) else None)
+    if isinstance(error, str) and error:
+        message = error
+    elif isinstance(payload, dict) and isinstance(payload.get("message"), str) and payload["message"]:
+        message = payload["message"]
+    else:
+        message = f"the openai backend answered HTTP {status} with a body that is not an OpenAI error"
+    return _error(message, status_error_type(status), None)
+
+
+def _error(message: str, type_: str, code: str | int | None, param: str | None = None) -> dict:
+    return orjson.loads(error_body(message, type_, code, param))

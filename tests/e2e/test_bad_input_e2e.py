@@ -1,0 +1,110 @@
+"""Hostile and broken requests through the real Envoy: always an OpenAI-style error, never a crash or a hang."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from .conftest import Gateway
+from .support import fault
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def post(gateway: Gateway, body: bytes | str, *, key: str | None = None, path: str = "/v1/chat/completions",
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    all_headers = {"authorization": f"Bearer {key or gateway.key}", "content-type": "application/json",
+                   **(headers or {})}
+    return httpx.post(gateway.url + path, content=body, headers=all_headers, timeout=15)
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert {"message", "type", "code"} <= set(error)
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_malformed_json_is_400(gateway: Gateway) -> None:
+    assert_openai_error(post(gateway, b'{"model": "gpt-4o-mini", "messages": ['), 400, "invalid_json")
+
+
+def test_missing_and_unknown_model(gateway: Gateway, client: openai.OpenAI) -> None:
+    assert_openai_error(post(gateway, b'{"messages": [{"role": "user", "content": "x"}]}'), 400, "missing_model")
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-17", messages=HELLO)
+    assert raised.value.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("which", ["missing", "invalid", "expired"])
+def test_bad_keys_are_401(gateway: Gateway, which: str) -> None:
+    headers = {"content-type": "application/json"}
+    if which != "missing":
+        headers["authorization"] = "Bearer " + ("bg-not-a-real-key" if which == "invalid" else gateway.expired_key)
+    response = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, timeout=15,
+                          json={"model": "gpt-4o-mini", "messages": HELLO})
+    error = assert_openai_error(response, 401)
+    assert error["code"] == {"missing": "missing_api_key", "invalid": "invalid_api_key",
+                             "expired": "expired_api_key"}[which]
+
+
+def test_key_limited_to_one_model_is_refused_another(gateway: Gateway) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        gateway.client(api_key=gateway.limited_key).chat.completions.create(model="claude-sonnet-4-5", messages=HELLO)
+    assert gateway.client(api_key=gateway.limited_key).chat.completions.create(model="mini", messages=HELLO)
+
+
+def test_wrong_method_is_405(gateway: Gateway) -> None:
+    response = httpx.get(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {gateway.key}"})
+    assert_openai_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+def test_unknown_path_is_404(gateway: Gateway) -> None:
+    response = httpx.get(gateway.url + "/v1/assistants", headers={"authorization": f"Bearer {gateway.key}"})
+    assert_openai_error(response, 404, "unknown_url")
+
+
+def test_oversize_body_is_413_whether_declared_or_chunked(gateway: Gateway) -> None:
+    big = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"x" * 300_000 + b'"}]}'
+    assert_openai_error(post(gateway, big), 413, "request_too_large")
+
+    def chunks():
+        for start in range(0, len(big), 16_384):
+            yield big[start:start + 16_384]
+
+    response = httpx.post(gateway.url + "/v1/chat/completions", content=chunks(), timeout=15,
+                          headers={"authorization": f"Bearer {gateway.key}", "content-type": "application/json"})
+    assert_openai_error(response, 413)
+
+
+def test_field_a_backend_cannot_honour_is_a_400_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, n=2)  # its fallback is Anthropic
+    assert raised.value.body["param"] == "n"
+
+
+def test_messages_of_the_wrong_shape_are_400(gateway: Gateway) -> None:
+    for body in (b'{"model": "gpt-4o-mini", "messages": "hi"}', b'{"model": "gpt-4o-mini", "messages": [42]}',
+                 b'{"model": "gpt-4o-mini", "messages": [], "stream": 1}', b"[]", b"null", b""):
+        assert_openai_error(post(gateway, body), 400)
+
+
+def test_stream_cut_by_the_provider_ends_without_hanging(client: openai.OpenAI) -> None:
+    """After bytes went to the client no backend switch is possible; the client must see the end, not wait."""
+    received = []
+    with pytest.raises((openai.APIError, httpx.HTTPError)):
+        for chunk in client.with_options(timeout=10).chat.completions.create(
+                model="claude-sonnet-4-5", stream=True, messages=HELLO,
+                extra_headers=fault("anthropic-a:slow=100,anthropic-a:midstream=4")):
+            received.append(chunk)
+    assert received  # the first chunks did arrive before the cut, from the backend that was cut
+    assert "anthropic-a" in "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+
+
+def test_gateway_still_serves_after_all_of_this(client: openai.OpenAI) -> None:
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content

@@ -1,0 +1,62 @@
+"""Build ext_proc protocol messages by hand, so the stages can be tested without Envoy."""
+
+from __future__ import annotations
+
+import orjson
+from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingResponse
+
+from ext_proc.auth.virtual_keys import hash_key
+from ext_proc.config.loading import parse_config
+from ext_proc.config.runtime import Runtime, compile_runtime
+
+CLIENT_KEY = "bg-test-client-key"
+LIMITED_KEY = "bg-test-limited-key"
+EXPIRED_KEY = "bg-test-expired-key"
+
+CONFIG = f"""
+requests: {{max_body_bytes: 2048}}
+backends:
+  - {{id: oa, schema: openai, base_url: "http://127.0.0.1:9/v1", api_key: {{env: BG_UNIT_OPENAI}}}}
+  - {{id: an, schema: anthropic, base_url: "https://api.anthropic.com", api_key: {{env: BG_UNIT_ANTHROPIC}}}}
+routes:
+  - model: gpt-4o
+    aliases: [gpt4]
+    backends: [{{backend: oa, model: gpt-4o-2024}}, {{backend: an, model: claude-x}}]
+  - model: claude
+    backends: [{{backend: an, model: claude-x}}]
+  - model: embed
+    backends: [{{backend: oa, model: text-embedding-3-small}}]
+virtual_keys:
+  - {{id: all, hash: "{hash_key(CLIENT_KEY)}"}}
+  - {{id: limited, hash: "{hash_key(LIMITED_KEY)}", models: [claude]}}
+  - {{id: old, hash: "{hash_key(EXPIRED_KEY)}", expires_at: "2020-01-01T00:00:00Z"}}
+"""
+
+
+def runtime(monkeypatch: object) -> Runtime:
+    monkeypatch.setenv("BG_UNIT_OPENAI", "sk-unit-openai")  # type: ignore[attr-defined]
+    monkeypatch.setenv("BG_UNIT_ANTHROPIC", "sk-unit-anthropic")  # type: ignore[attr-defined]
+    return compile_runtime(parse_config(CONFIG))
+
+
+def headers(values: dict[str, str], end_of_stream: bool = False) -> HttpHeaders:
+    return HttpHeaders(
+        headers=HeaderMap(headers=[HeaderValue(key=k, raw_value=v.encode()) for k, v in values.items()]),
+        end_of_stream=end_of_stream)
+
+
+def body(payload: object) -> HttpBody:
+    raw = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return HttpBody(body=raw, end_of_stream=True)
+
+
+def immediate(reply: ProcessingResponse) -> tuple[int, dict, dict[str, str]]:
+    assert reply.WhichOneof("response") == "immediate_response", reply
+    response = reply.immediate_response
+    extra = {h.header.key: h.header.raw_value.decode() for h in response.headers.set_headers}
+    return response.status.code, orjson.loads(response.body), extra
+
+
+def set_headers(common: object) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}  # type: ignore[attr-defined]

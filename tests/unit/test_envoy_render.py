@@ -1,0 +1,135 @@
+"""`babelgate render`: the Envoy config it produces is valid for the real Envoy and wires the stages as designed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ext_proc import constants
+from ext_proc.config.loading import load_config, parse_config
+from ext_proc.envoy_config.bootstrap import render_yaml
+from ext_proc.launch.stack import envoy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CONFIG = """
+ext_proc: {port: 50100, processes: 3}
+backends:
+  - {id: oa, schema: openai, base_url: "http://127.0.0.1:9001/v1", timeout: 30s}
+  - {id: an, schema: anthropic, base_url: "https://api.anthropic.com", timeout: 45s}
+  - id: private
+    schema: openai
+    base_url: "https://llm.internal.example:8443/v1"
+    connect_to: 10.1.2.3
+    ca_file: /etc/ssl/certs/ca-certificates.crt
+routes:
+  - model: a
+    backends: [{backend: oa, model: x}, {backend: an, model: y}]
+  - model: b
+    backends: [{backend: an, model: y}, {backend: oa, model: x}, {backend: private, model: z}]
+  - model: c
+    backends: [{backend: oa, model: other-name}, {backend: an, model: y}]
+"""
+
+
+def envoy_validate(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+                           "--log-level", "error"], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict:
+    return yaml.safe_load(render_yaml(parse_config(CONFIG)))
+
+
+def test_rendered_config_passes_envoy_validate(tmp_path: Path) -> None:
+    result = envoy_validate(render_yaml(parse_config(CONFIG)), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_invalid_rendering_would_be_caught(tmp_path: Path) -> None:
+    broken = render_yaml(parse_config(CONFIG)).replace("CLUSTER_PROVIDED", "NOT_A_POLICY")
+    assert envoy_validate(broken, tmp_path).returncode != 0
+
+
+def _clusters(rendered: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in rendered["static_resources"]["clusters"]}
+
+
+def test_one_aggregate_cluster_per_distinct_chain_with_members_in_order(rendered: dict) -> None:
+    clusters = _clusters(rendered)
+    chains = {name: c for name, c in clusters.items() if name.startswith(constants.CHAIN_CLUSTER_PREFIX)}
+    assert set(chains) == {"bg_chain_oa__an", "bg_chain_an__oa__private"}  # routes a and c share one chain
+    members = chains["bg_chain_an__oa__private"]["cluster_type"]["typed_config"]["clusters"]
+    assert members == ["bg_backend_an", "bg_backend_oa", "bg_backend_private"]
+
+
+def test_attempt_stage_is_an_upstream_filter_of_each_chain(rendered: dict) -> None:
+    chain = _clusters(rendered)["bg_chain_oa__an"]
+    options = chain["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    filters = options["http_filters"]
+    assert [f["name"] for f in filters] == ["babelgate.attempt_stage", "envoy.filters.http.upstream_codec"]
+    processor = filters[0]["typed_config"]
+    assert processor["allow_mode_override"] is True
+    assert processor["request_attributes"] == [constants.UPSTREAM_HOST_METADATA_ATTRIBUTE]
+    assert processor["grpc_service"]["initial_metadata"] == [{"key": "x-babelgate-stage", "value": "attempt"}]
+    assert processor["metadata_options"]["forwarding_namespaces"]["untyped"] == ["babelgate"]
+
+
+def test_backend_clusters_carry_tls_sni_and_their_own_timeout(rendered: dict) -> None:
+    clusters = _clusters(rendered)
+    anthropic = clusters["bg_backend_an"]
+    tls = anthropic["transport_socket"]["typed_config"]
+    assert tls["sni"] == "api.anthropic.com"
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {
+        "exact": "api.anthropic.com"}
+    assert anthropic["type"] == "LOGICAL_DNS"
+    options = anthropic["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert options["common_http_protocol_options"]["max_stream_duration"] == "45s"
+    assert "transport_socket" not in clusters["bg_backend_oa"]
+    private = clusters["bg_backend_private"]
+    endpoint = private["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "10.1.2.3", "port_value": 8443}
+    assert endpoint["metadata"]["filter_metadata"]["babelgate"] == {"backend": "private"}
+    assert private["transport_socket"]["typed_config"]["sni"] == "llm.internal.example"
+
+
+def test_ext_proc_cluster_lists_one_endpoint_per_process(rendered: dict) -> None:
+    cluster = _clusters(rendered)[constants.EXT_PROC_CLUSTER]
+    ports = [e["endpoint"]["address"]["socket_address"]["port_value"]
+             for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert ports == [50100, 50101, 50102]
+
+
+def test_routes_match_the_chain_header_and_retry_across_priorities(rendered: dict) -> None:
+    manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in manager["http_filters"]] == ["babelgate.route_stage", "envoy.filters.http.router"]
+    host = manager["route_config"]["virtual_hosts"][0]
+    routes = {r["name"]: r for r in host["routes"]}
+    route = routes["bg_chain_an__oa__private"]
+    assert route["match"]["headers"] == [{"name": constants.HEADER_CHAIN,
+                                          "string_match": {"exact": "bg_chain_an__oa__private"}}]
+    retry = route["route"]["retry_policy"]
+    assert retry["num_retries"] == 2
+    assert set(retry["retry_on"].split(",")) >= {"5xx", "reset", "connect-failure", "retriable-status-codes"}
+    assert retry["retriable_status_codes"] == [429]
+    assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert route["route"]["timeout"] == "675s"  # 45 + 30 + 600 (default)
+    assert host["include_request_attempt_count"] is True
+    assert routes["unrouted"]["direct_response"]["status"] == 404
+
+
+def test_committed_example_is_in_sync_with_its_source() -> None:
+    expected = render_yaml(load_config(ROOT / "envoy" / "babelgate.example.yaml"))
+    assert (ROOT / "envoy" / "envoy.yaml").read_text() == expected, (
+        "envoy/envoy.yaml is stale: babelgate render -c envoy/babelgate.example.yaml -o envoy/envoy.yaml")
+
+
+def test_committed_example_passes_envoy_validate(tmp_path: Path) -> None:
+    result = envoy_validate((ROOT / "envoy" / "envoy.yaml").read_text(), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr

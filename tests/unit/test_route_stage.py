@@ -1,0 +1,177 @@
+"""The route stage on its own: authentication, endpoint and shape checks, model routing, chain choice."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
+
+from ext_proc import constants
+from ext_proc.errors import GatewayError
+from ext_proc.server import respond, route_handler
+from ext_proc.stages import messages
+from ext_proc.stages.route import RouteStage
+
+from .stage_support import CLIENT_KEY, EXPIRED_KEY, LIMITED_KEY, body, headers, immediate, runtime, set_headers
+
+CHAT = {":method": "POST", ":path": "/v1/chat/completions", "authorization": f"Bearer {CLIENT_KEY}",
+        "content-type": "application/json"}
+HELLO = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def run(monkeypatch: pytest.MonkeyPatch, request_headers: dict[str, str], payload: object = None,
+        end_of_stream: bool = False) -> object:
+    """Feed headers (and a body) through the same handler the server uses; return the last reply."""
+    handle = route_handler(runtime(monkeypatch))
+    reply = respond(handle, ProcessingRequest(request_headers=headers(request_headers, end_of_stream)))
+    if payload is not None and reply.WhichOneof("response") != "immediate_response":
+        reply = respond(handle, ProcessingRequest(request_body=body(payload)))
+    return reply
+
+
+def expect_error(monkeypatch: pytest.MonkeyPatch, status: int, code: str, request_headers: dict[str, str],
+                 payload: object = None, end_of_stream: bool = False) -> dict:
+    stage = RouteStage(runtime(monkeypatch))
+    try:
+        stage.on_request_headers(headers(request_headers, end_of_stream))
+        stage.on_request_body(body(payload))
+    except GatewayError as error:
+        reply = messages.error_reply(error)
+    else:
+        pytest.fail("expected an error")
+    got_status, got_body, _ = immediate(reply)
+    assert got_status == status
+    assert got_body["error"]["code"] == code, got_body
+    assert set(got_body["error"]) == {"message", "type", "param", "code"}
+    assert reply.dynamic_metadata.fields[constants.METADATA_NAMESPACE].struct_value.fields["replied"].bool_value
+    return got_body
+
+
+def test_chat_request_names_its_chain_and_hands_the_decision_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    reply = run(monkeypatch, {**CHAT, "x-babelgate-int-chain": "spoofed"}, {**HELLO, "model": "gpt4"})
+    assert reply.request_body.response.clear_route_cache
+    assert set_headers(reply.request_body.response) == {constants.HEADER_CHAIN: "bg_chain_oa__an"}
+    assert messages.babelgate_metadata(_as_metadata(reply)) == {"route": "gpt-4o", "endpoint": "chat", "key_id": "all"}
+
+
+def test_spoofed_internal_headers_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = RouteStage(runtime(monkeypatch))
+    reply = stage.on_request_headers(headers({**CHAT, "x-babelgate-int-chain": "bg_chain_x", "x-babelgate-tags": "a"}))
+    assert list(reply.request_headers.response.header_mutation.remove_headers) == ["x-babelgate-int-chain"]
+
+
+def test_x_api_key_header_authenticates_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    request = {k: v for k, v in CHAT.items() if k != "authorization"} | {"x-api-key": CLIENT_KEY}
+    reply = run(monkeypatch, request, HELLO)
+    assert reply.WhichOneof("response") == "request_body"
+
+
+@pytest.mark.parametrize(("auth", "code"), [
+    (None, "missing_api_key"), ("Bearer nope", "invalid_api_key"), ("Basic abc", "missing_api_key"),
+    (f"Bearer {EXPIRED_KEY}", "expired_api_key"),
+])
+def test_bad_keys_get_401(monkeypatch: pytest.MonkeyPatch, auth: str | None, code: str) -> None:
+    request = {k: v for k, v in CHAT.items() if k != "authorization"}
+    if auth:
+        request["authorization"] = auth
+    expect_error(monkeypatch, 401, code, request, HELLO)
+
+
+def test_key_limited_to_other_models_gets_403_even_through_an_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = expect_error(monkeypatch, 403, "model_not_allowed", {**CHAT, "authorization": f"Bearer {LIMITED_KEY}"},
+                        {**HELLO, "model": "gpt4"})
+    assert "limited" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("payload", "code", "param"), [
+    (b"{not json", "invalid_json", None),
+    (b"[1, 2]", "invalid_json", None),
+    ({"messages": [{"role": "user", "content": "x"}]}, "missing_model", "model"),
+    ({"model": 42, "messages": []}, "missing_model", "model"),
+    ({"model": "gpt-4o", "messages": []}, None, "messages"),
+    ({"model": "gpt-4o", "messages": ["hi"]}, None, "messages[0]"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, None, "stream"),
+])
+def test_malformed_bodies_get_400(monkeypatch: pytest.MonkeyPatch, payload: object, code: str | None,
+                                  param: str | None) -> None:
+    stage = RouteStage(runtime(monkeypatch))
+    stage.on_request_headers(headers(CHAT))
+    with pytest.raises(GatewayError) as raised:
+        stage.on_request_body(body(payload))
+    assert raised.value.status == 400
+    assert raised.value.param == param
+    if code:
+        assert raised.value.code == code
+
+
+def test_field_refused_by_any_backend_of_the_chain_is_a_400_before_anything_is_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = RouteStage(runtime(monkeypatch))
+    stage.on_request_headers(headers(CHAT))
+    with pytest.raises(GatewayError) as raised:
+        stage.on_request_body(body({**HELLO, "n": 3}))  # OpenAI takes n=3, the Anthropic fallback can't
+    assert raised.value.status == 400
+    assert raised.value.param == "n"
+
+
+def test_unknown_model_gets_404(monkeypatch: pytest.MonkeyPatch) -> None:
+    expect_error(monkeypatch, 404, "model_not_found", CHAT, {**HELLO, "model": "gpt-9"})
+
+
+def test_unknown_path_and_wrong_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    expect_error(monkeypatch, 404, "unknown_url", {**CHAT, ":path": "/v1/fine_tuning/jobs"})
+    _, _, extra = immediate(run(monkeypatch, {**CHAT, ":method": "GET"}))
+    assert extra["allow"] == "POST"
+    assert immediate(run(monkeypatch, {**CHAT, ":method": "GET"}))[0] == 405
+
+
+def test_declared_oversize_body_is_refused_at_the_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    expect_error(monkeypatch, 413, "request_too_large", {**CHAT, "content-length": "4096"})
+
+
+def test_oversize_body_without_content_length_is_refused_at_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = {**HELLO, "messages": [{"role": "user", "content": "x" * 4000}]}
+    expect_error(monkeypatch, 413, "request_too_large", CHAT, payload)
+
+
+def test_post_without_body_is_a_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    expect_error(monkeypatch, 400, "missing_body", CHAT, end_of_stream=True)
+
+
+def test_models_list_shows_only_what_the_key_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    models = {":method": "GET", ":path": "/v1/models", "authorization": f"Bearer {LIMITED_KEY}"}
+    status, listing, _ = immediate(run(monkeypatch, models, end_of_stream=True))
+    assert status == 200
+    assert [m["id"] for m in listing["data"]] == ["claude"]
+    status, listing, _ = immediate(run(monkeypatch, {**models, "authorization": f"Bearer {CLIENT_KEY}"}))
+    assert [m["id"] for m in listing["data"]] == ["gpt-4o", "claude", "embed"]
+
+
+def test_single_model_lookup_hides_models_the_key_cannot_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookup = {":method": "GET", ":path": "/v1/models/gpt-4o", "authorization": f"Bearer {LIMITED_KEY}"}
+    assert immediate(run(monkeypatch, lookup))[0] == 404
+    status, model, _ = immediate(run(monkeypatch, {**lookup, "authorization": f"Bearer {CLIENT_KEY}"}))
+    assert (status, model["id"], model["object"]) == (200, "gpt-4o", "model")
+
+
+def test_embeddings_need_an_input_and_a_route_that_embeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    embed = {**CHAT, ":path": "/v1/embeddings"}
+    expect_error(monkeypatch, 400, "missing_input", embed, {"model": "embed"})
+    expect_error(monkeypatch, 400, "unsupported_endpoint", embed, {"model": "claude", "input": "x"})
+    assert run(monkeypatch, embed, {"model": "embed", "input": "x"}).WhichOneof("response") == "request_body"
+
+
+def _as_metadata(reply: object) -> object:
+    from envoy.config.core.v3.base_pb2 import Metadata
+
+    metadata = Metadata()
+    namespace = constants.METADATA_NAMESPACE
+    metadata.filter_metadata[namespace].CopyFrom(reply.dynamic_metadata.fields[namespace].struct_value)  # type: ignore[attr-defined]
+    return metadata
+
+
+def test_model_list_is_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, listing, extra = immediate(run(monkeypatch, {":method": "GET", ":path": "/v1/models?x=1",
+                                                    "authorization": f"Bearer {CLIENT_KEY}"}))
+    assert extra["content-type"] == "application/json"
+    assert orjson.loads(orjson.dumps(listing))["object"] == "list"
