@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--demo", action="store_true", help="built-in config with two demo providers")
     up.add_argument("--port", type=int, help="client port (default: the config's, 10000 for --demo)")
     up.add_argument("--admin-port", type=int, help="Envoy admin port")
+    up.add_argument("--ext-proc-port", type=int, help="first ext_proc server port")
     up.add_argument("--processes", type=int, help="ext_proc server processes")
     up.set_defaults(handler=_up)
 
@@ -162,9 +163,8 @@ def _up(args: argparse.Namespace) -> int:
 def _with_overrides(config: object, args: argparse.Namespace) -> object:
     update_listener = {k: v for k, v in (("port", args.port), ("admin_port", args.admin_port)) if v is not None}
     listener = config.listener.model_copy(update=update_listener)  # type: ignore[attr-defined]
-    ext_proc = config.ext_proc  # type: ignore[attr-defined]
-    if args.processes:
-        ext_proc = ext_proc.model_copy(update={"processes": args.processes})
+    update_server = {k: v for k, v in (("port", args.ext_proc_port), ("processes", args.processes)) if v is not None}
+    ext_proc = config.ext_proc.model_copy(update=update_server)  # type: ignore[attr-defined]
     return config.model_copy(update={"listener": listener, "ext_proc": ext_proc})  # type: ignore[attr-defined]
 
 
@@ -183,7 +183,7 @@ def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -
         ports[demo.DEMO_OPENAI], ports[demo.DEMO_ANTHROPIC],
         listen_port=args.port or constants.DEFAULT_LISTEN_PORT,
         admin_port=args.admin_port or constants.DEFAULT_ADMIN_PORT,
-        ext_proc_port=constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
+        ext_proc_port=args.ext_proc_port or constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
         client_key=os.environ.get("BABELGATE_DEMO_KEY"))
     config_path = workdir / "demo-config.yaml"
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -52,7 +52,8 @@ class Backend(_Strict):
     schema_: Literal["openai", "anthropic"] = Field(alias="schema")
     base_url: str
     api_key: SecretRef | None = None
-    timeout: Seconds = Field(600.0, description="Whole-attempt limit (the OpenAI SDK default); a stream longer than this is cut.")
+    timeout: Seconds = Field(
+        600.0, description="Whole-attempt limit (the OpenAI SDK default); a stream longer than this is cut.")
     connect_timeout: Seconds = 5.0
     ca_file: Path | None = Field(None, description="CA bundle for an https base URL; the system bundle by default.")
     connect_to: str | None = Field(
@@ -135,6 +136,7 @@ class Listener(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(constants.DEFAULT_LISTEN_PORT, ge=0, le=65535)
     admin_port: int = Field(constants.DEFAULT_ADMIN_PORT, ge=0, le=65535)
+    max_connections: int = Field(50_000, ge=1, description="Envoy refuses client connections past this many.")
 
 
 class ExtProcServer(_Strict):

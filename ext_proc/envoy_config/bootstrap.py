@@ -9,6 +9,7 @@ import yaml
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.core.v3 import Address, DataSource, HeaderValue, HeaderValueOption, SocketAddress
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
@@ -27,6 +28,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerCodecType,
     HttpFilter,
 )
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import DownstreamConnectionsConfig
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
@@ -47,6 +49,10 @@ def render_bootstrap(config: Config) -> Bootstrap:
     return Bootstrap(
         admin=Admin(address=_address("127.0.0.1", config.listener.admin_port)),
         static_resources=BootstrapStaticResources(listeners=[listener(config)], clusters=all_clusters(config)),
+        overload_manager=OverloadManager(resource_monitors=[ResourceMonitor(
+            name="envoy.resource_monitors.global_downstream_max_connections",
+            typed_config=Any.pack(DownstreamConnectionsConfig(
+                max_active_downstream_connections=config.listener.max_connections)))]),
     )
 
 

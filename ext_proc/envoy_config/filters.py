@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, MetadataFilter
+from envoy_data_plane.envoy.config.accesslog.v3 import (
+    AccessLogFilter,
+    AndFilter,
+    ComparisonFilter,
+    ComparisonFilterOp,
+    MetadataFilter,
+    StatusCodeFilter,
+)
 from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutationRules
 from envoy_data_plane.envoy.config.core.v3 import (
     GrpcService,
     GrpcServiceEnvoyGrpc,
     HeaderValue,
+    RuntimeUInt32,
     SubstitutionFormatString,
 )
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
@@ -26,10 +34,12 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     ResponseMapper,
 )
 from envoy_data_plane.envoy.type.matcher.v3 import MetadataMatcher, MetadataMatcherPathSegment, ValueMatcher
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
 from ..config.models import Config
+from ..errors import status_error_type
 
 _SEND = ProcessingModeHeaderSendMode.SEND
 _SKIP = ProcessingModeHeaderSendMode.SKIP
@@ -57,6 +67,8 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, **extra: object
         message_timeout=timeout,
         max_message_timeout=timeout,
         failure_mode_allow=False,
+        # An unreachable ext_proc service is an outage of the gateway, not a bug in the request.
+        status_on_error=HttpStatus(code=StatusCode.ServiceUnavailable),
         # The route stage publishes its decision as dynamic metadata; the attempt stage reads it back on every
         # attempt (request headers are shared by all attempts, so state kept there would not survive a retry).
         metadata_options=MetadataOptions(
@@ -94,13 +106,31 @@ def local_reply_config() -> LocalReplyConfig:
             path=[MetadataMatcherPathSegment(key=constants.METADATA_REPLIED_KEY)],
             value=ValueMatcher(bool_match=False)),
         match_if_key_not_found=True))
+    mappers = [
+        ResponseMapper(
+            filter=AccessLogFilter(and_filter=AndFilter(filters=[not_ours, _status_is(status)])),
+            body_format_override=_error_format(status_error_type(status)))
+        for status in _TYPED_STATUSES
+    ]
+    mappers.append(ResponseMapper(filter=not_ours, body_format_override=_error_format("gateway_error")))
+    return LocalReplyConfig(mappers=mappers)
+
+
+_TYPED_STATUSES = (400, 404, 408, 413, 429, 431, 500, 502, 503, 504)
+
+
+def _status_is(status: int) -> AccessLogFilter:
+    return AccessLogFilter(status_code_filter=StatusCodeFilter(comparison=ComparisonFilter(
+        op=ComparisonFilterOp.EQ,
+        value=RuntimeUInt32(default_value=status, runtime_key=f"babelgate.local_reply.status_{status}"))))
+
+
+def _error_format(error_type: str) -> SubstitutionFormatString:
     body = Struct(fields={"error": Value(struct_value=Struct(fields={
-        "message": Value(string_value="%LOCAL_REPLY_BODY%"),
-        "type": Value(string_value="gateway_error"),
+        "message": Value(string_value="The gateway could not complete the request (HTTP %RESPONSE_CODE%). "
+                                      "%LOCAL_REPLY_BODY%"),
+        "type": Value(string_value=error_type),
         "code": Value(string_value="%RESPONSE_CODE_DETAILS%"),
         "param": Value(null_value=0),
     }))})
-    mapper = ResponseMapper(
-        filter=not_ours,
-        body_format_override=SubstitutionFormatString(json_format=body, content_type="application/json"))
-    return LocalReplyConfig(mappers=[mapper])
+    return SubstitutionFormatString(json_format=body, content_type="application/json")

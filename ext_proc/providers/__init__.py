@@ -5,8 +5,8 @@ A provider module exposes:
 - `SCHEMA`: its name in configuration (`openai`, `anthropic`, ...).
 - `chat_path(model, stream) -> str`: the path appended to the backend's base URL path.
 - `auth_headers(credential) -> list[tuple[str, str]]`: headers that carry the credential and protocol version.
-- `chat_request(body, model, options) -> dict`: OpenAI chat request -> provider request. Raises `errors.BadRequest`
-  for fields the provider can't honour (never silently drops one that changes the answer).
+- `chat_request(body, model, *, default_max_tokens) -> dict`: OpenAI chat request -> provider request. Raises
+  `errors.BadRequest` for fields the provider can't honour (never silently drops one that changes the answer).
 - `chat_response(body, model, created) -> dict`: provider answer -> OpenAI `chat.completion`.
 - `ChatStream(model, created, include_usage)`: `.feed(event, data) -> list[dict]` turns one provider stream event into
   OpenAI `chat.completion.chunk` dicts; `.finish() -> list[dict]`; `.usage` holds the OpenAI usage dict once known.

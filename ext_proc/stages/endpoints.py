@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from ..errors import MethodNotAllowed, NotFound
 
 
-class Endpoint(str, Enum):
+class Endpoint(StrEnum):
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
     MODELS = "models"

@@ -40,8 +40,9 @@ def header_dict(headers: HttpHeaders) -> dict[str, str]:
 
 def mutation(set_headers: Headers = (), remove: Iterable[str] = ()) -> HeaderMutation:
     return HeaderMutation(
-        set_headers=[HeaderValueOption(header=HeaderValue(key=k, raw_value=v.encode("latin-1")), append_action=_OVERWRITE)
-                     for k, v in set_headers],
+        set_headers=[
+            HeaderValueOption(header=HeaderValue(key=k, raw_value=v.encode("latin-1")), append_action=_OVERWRITE)
+            for k, v in set_headers],
         remove_headers=list(remove))
 
 
@@ -96,4 +97,5 @@ def immediate(status: int, body: bytes, headers: Headers = _JSON, details: str =
 
 
 def error_reply(error: GatewayError) -> ProcessingResponse:
-    return immediate(error.status, error.body(), (*_JSON, *error.headers), details=f"babelgate_{error.code or error.type}")
+    details = f"babelgate_{error.code or error.type}"
+    return immediate(error.status, error.body(), (*_JSON, *error.headers), details=details)

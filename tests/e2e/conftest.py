@@ -95,16 +95,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
                  "connect_to": "127.0.0.1", "ca_file": str(ca)},
             ],
             "routes": [
-                {"model": "gpt-4o-mini", "aliases": ["mini"],
-                 "backends": [{"backend": "oa", "model": "gpt-4o-mini"}, {"backend": "an", "model": "claude-haiku-4-5"}]},
-                {"model": "claude-sonnet-4-5",
-                 "backends": [{"backend": "an", "model": "claude-sonnet-4-5"}, {"backend": "oa", "model": "gpt-4o"}]},
-                {"model": "openai-pair",
-                 "backends": [{"backend": "oa", "model": "gpt-4.1"}, {"backend": "ob", "model": "gpt-4.1"}]},
-                {"model": "quick-then-anthropic",
-                 "backends": [{"backend": "oa-quick", "model": "gpt-4o-mini"}, {"backend": "an", "model": "claude-haiku-4-5"}]},
-                {"model": "dead-then-openai",
-                 "backends": [{"backend": "dead", "model": "gpt-4o-mini"}, {"backend": "ob", "model": "gpt-4o-mini"}]},
+                _route("gpt-4o-mini", ("oa", "gpt-4o-mini"), ("an", "claude-haiku-4-5"), aliases=["mini"]),
+                _route("claude-sonnet-4-5", ("an", "claude-sonnet-4-5"), ("oa", "gpt-4o")),
+                _route("openai-pair", ("oa", "gpt-4.1"), ("ob", "gpt-4.1")),
+                _route("quick-then-anthropic", ("oa-quick", "gpt-4o-mini"), ("an", "claude-haiku-4-5")),
+                _route("dead-then-openai", ("dead", "gpt-4o-mini"), ("ob", "gpt-4o-mini")),
                 {"model": "secure-model", "backends": [{"backend": "secure", "model": "gpt-4o-mini"}]},
                 {"model": "embed-small", "backends": [{"backend": "oa", "model": "text-embedding-3-small"}]},
             ],
@@ -122,6 +117,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
                       stack=stack, providers=ports, provider_keys=keys, ca_path=ca)
     finally:
         supervisor.stop_all()
+
+
+def _route(model: str, *chain: tuple[str, str], aliases: list[str] | None = None) -> dict:
+    return {"model": model, "aliases": aliases or [], "backends": [{"backend": b, "model": m} for b, m in chain]}
 
 
 def _backend(backend_id: str, schema: str, base_url: str, key_env: str) -> dict:

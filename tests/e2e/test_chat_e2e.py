@@ -118,7 +118,8 @@ def test_tool_calls_round_trip(client: openai.OpenAI, model: str) -> None:
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-sonnet-4-5"])
 def test_streamed_tool_call_arguments_arrive_in_fragments(client: openai.OpenAI, model: str) -> None:
     stream = client.chat.completions.create(
-        model=model, stream=True, tools=[WEATHER_TOOL], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        model=model, stream=True, tools=[WEATHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
         messages=[{"role": "user", "content": "Weather in Oslo?"}], extra_headers={"x-demo-parallel-tools": "1"})
     fragments: list[str] = []
     names = []

@@ -74,7 +74,7 @@ def test_every_backend_unreachable_is_a_json_503(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="dead-then-openai", messages=HELLO, extra_headers=fault("openai-b:reset"))
     assert raised.value.status_code == 503
     error = raised.value.response.json()["error"]
-    assert error["type"] == "gateway_error" and error["message"]
+    assert error["type"] == "service_unavailable" and error["message"]
 
 
 def test_anthropic_errors_are_mapped_when_nothing_is_left_to_try(client: openai.OpenAI) -> None:
@@ -84,7 +84,8 @@ def test_anthropic_errors_are_mapped_when_nothing_is_left_to_try(client: openai.
     assert raised.value.response.json()["error"]["type"] == "rate_limit_error"  # Anthropic's error, translated
     assert raised.value.response.headers["x-babelgate-backend"] == "an"
     with pytest.raises(openai.BadRequestError) as raised_400:
-        client.chat.completions.create(model="claude-sonnet-4-5", messages=HELLO, extra_headers=fault("anthropic-a:400"))
+        client.chat.completions.create(model="claude-sonnet-4-5", messages=HELLO,
+                                       extra_headers=fault("anthropic-a:400"))
     assert raised_400.value.response.headers["x-babelgate-attempts"] == "1"  # a 400 is never retried elsewhere
 
 

@@ -44,8 +44,8 @@ def test_invalid_value_is_reported_with_its_yaml_path_and_line() -> None:
 
 @pytest.mark.parametrize(("snippet", "expected"), [
     ("routes:\n  - model: m\n    backends: [{backend: nope, model: x}]\n", "unknown backend 'nope'"),
-    ("routes:\n  - {model: m, backends: [{backend: oa, model: x}]}\n  - {model: m, backends: [{backend: oa, model: y}]}\n",
-     "duplicate model name or alias 'm'"),
+    ("routes:\n  - {model: m, backends: [{backend: oa, model: x}]}\n"
+     "  - {model: m, backends: [{backend: oa, model: y}]}\n", "duplicate model name or alias 'm'"),
     ("routes:\n  - {model: m, backends: []}\n", "routes[0].backends"),
     ("routes:\n  - {model: m, backends: [{backend: oa, model: x}], colour: red}\n", "routes[0].colour"),
 ])

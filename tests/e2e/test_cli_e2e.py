@@ -1,0 +1,121 @@
+"""The `babelgate` command as users run it: `up --demo`, `keys create`, `check`, `render`."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from ext_proc.auth.virtual_keys import hash_key
+from ext_proc.launch.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def babelgate(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ext_proc", *args], capture_output=True, text=True, timeout=60,
+                          **kwargs)  # type: ignore[call-overload]
+
+
+def _lines(stream: object, out: queue.Queue) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        out.put(line)
+
+
+def _closed(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
+    port, admin, ext_proc = free_port(), free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ext_proc", "up", "--demo", "--port", str(port), "--admin-port", str(admin),
+         "--ext-proc-port", str(ext_proc)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
+    output = ""
+    try:
+        deadline = time.monotonic() + 60
+        while "client = OpenAI(" not in output and time.monotonic() < deadline:
+            try:
+                output += lines.get(timeout=1)
+            except queue.Empty:
+                assert process.poll() is None, output
+        assert f"http://127.0.0.1:{port}" in output, output
+        key = re.search(r"api_key=\"(bg-[^\"]+)\"", output).group(1)
+        assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in output
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=20)
+        for model in ("gpt-4o-mini", "claude-sonnet-4-5"):
+            answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            assert "demo-" in answer.choices[0].message.content
+        failover = client.chat.completions.with_raw_response.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-demo-fault": "demo-openai:503"})
+        assert failover.headers["x-babelgate-backend"] == "demo-anthropic"
+    finally:
+        os.killpg(process.pid, stop_signal) if process.poll() is None else None
+        assert process.wait(20) == 0
+    for closed_port in (port, admin, ext_proc):
+        assert _closed(closed_port), f"port {closed_port} still open after stop"
+
+
+def test_keys_create_stores_only_a_hash_that_authenticates(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "backends": [{"id": "oa", "schema": "openai", "base_url": "http://127.0.0.1:9/v1"}],
+        "routes": [{"model": "gpt-4o", "backends": [{"backend": "oa", "model": "gpt-4o"}]}],
+        "keys_file": "keys.yaml"}))
+    result = babelgate("keys", "create", "--id", "alice", "--models", "gpt-4o", "--expires", "30d", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.strip()
+    assert key.startswith("bg-") and len(key) > 40
+    stored = (tmp_path / "keys.yaml").read_text()
+    assert key not in stored
+    entry = yaml.safe_load(stored)[0]
+    assert entry["hash"] == hash_key(key) and entry["models"] == ["gpt-4o"] and entry["expires_at"]
+    again = babelgate("keys", "create", "--id", "alice", "-c", str(config))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    unknown = babelgate("keys", "create", "--id", "bob", "--models", "gpt-9", "-c", str(config))
+    assert unknown.returncode == 2 and "gpt-9" in unknown.stderr
+    check = babelgate("check", "-c", str(config))
+    assert check.returncode == 0 and "1 keys" in check.stdout, check.stderr
+
+
+def test_check_reports_a_bad_config_by_yaml_path(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("backends:\n  - {id: oa, schema: openai, base_url: nope}\nroutes: []\n")
+    result = babelgate("check", "-c", str(config))
+    assert result.returncode == 2
+    assert "backends[0].base_url (line 2)" in result.stderr
+    assert "routes" in result.stderr
+
+
+def test_check_reports_a_missing_secret_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("backends:\n  - {id: oa, schema: openai, base_url: 'http://127.0.0.1:9/v1', "
+                      "api_key: {env: BG_TEST_UNSET_SECRET}}\n"
+                      "routes: [{model: m, backends: [{backend: oa, model: m}]}]\n")
+    result = babelgate("check", "-c", str(config), env={k: v for k, v in os.environ.items()
+                                                         if k != "BG_TEST_UNSET_SECRET"})
+    assert result.returncode == 2
+    assert "BG_TEST_UNSET_SECRET is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_render_prints_the_committed_example() -> None:
+    result = babelgate("render", "-c", str(ROOT / "envoy" / "babelgate.example.yaml"))
+    assert result.returncode == 0
+    assert result.stdout == (ROOT / "envoy" / "envoy.yaml").read_text()
