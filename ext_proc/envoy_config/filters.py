@@ -79,7 +79,8 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, **extra: object
 
 
 def route_stage_filter(config: Config) -> HttpFilter:
-    processor = _processor(config, constants.STAGE_ROUTE, ROUTE_STAGE_MODE)
+    processor = _processor(config, constants.STAGE_ROUTE, ROUTE_STAGE_MODE,
+                           mutation_rules=HeaderMutationRules(allow_envoy=True))
     return HttpFilter(name="babelgate.route_stage", typed_config=Any.pack(processor))
 
 

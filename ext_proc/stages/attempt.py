@@ -160,8 +160,10 @@ class AttemptStage:
                 log.debug("backend %s answered a stream request with JSON", backend.id)
             translated = backend.provider.chat_response(answer, self._model, int(time.time()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
-                                f"{type(exc).__name__}.") from None
+            # The response is already on its way: rewrite it rather than answering anew.
+            error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
+                                  f"{type(exc).__name__}.")
+            return _json_reply(orjson.loads(error.body()), error.status)
         self.usage = backend.provider.usage_of(answer)
         return _json_reply(translated)
 

@@ -43,7 +43,9 @@ class RouteStage:
         if message.end_of_stream:
             raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
         self._endpoint, self._key = endpoint, key
-        spoofed = [name for name in headers if name.startswith(constants.INTERNAL_HEADER_PREFIX)]
+        # Clients steer neither Babelgate (internal headers) nor Envoy (x-envoy-max-retries and friends).
+        spoofed = [name for name in headers
+                   if name.startswith((constants.INTERNAL_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
         return messages.request_headers_reply(remove=spoofed)
 
     def on_request_body(self, message: HttpBody) -> ProcessingResponse:

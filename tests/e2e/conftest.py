@@ -37,6 +37,7 @@ class Gateway:
     providers: dict[str, int]
     provider_keys: dict[str, str]
     ca_path: Path
+    supervisor: Supervisor
 
     def client(self, **kwargs: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=kwargs.pop("api_key", self.key),  # type: ignore[arg-type]
@@ -69,7 +70,8 @@ def _start_provider(supervisor: Supervisor, kind: str, name: str, api_key: str, 
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
     workdir = tmp_path_factory.mktemp("gateway")
     supervisor = Supervisor(log_dir=workdir)
-    keys = {name: "sk-test-" + secrets.token_hex(8) for name in ("openai-a", "openai-b", "anthropic-a", "tls")}
+    keys = {name: "sk-test-" + secrets.token_hex(8)
+            for name in ("openai-a", "openai-b", "anthropic-a", "tls", "killable")}
     ca, cert, key_file = make_ca_and_server_cert(workdir, TLS_HOSTNAME)
     try:
         ports = {
@@ -78,6 +80,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
             "anthropic-a": _start_provider(supervisor, "anthropic", "anthropic-a", keys["anthropic-a"]),
             "tls": _start_provider(supervisor, "openai", "openai-tls", keys["tls"],
                                    "--tls-cert", str(cert), "--tls-key", str(key_file)),
+            "killable": _start_provider(supervisor, "openai", "killable", keys["killable"]),
         }
         env = {f"TEST_KEY_{name.upper().replace('-', '_')}": value for name, value in keys.items()}
         client_key, limited_key, expired_key = generate_key(), generate_key(), generate_key()
@@ -90,6 +93,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
                 _backend("an", "anthropic", f"http://127.0.0.1:{ports['anthropic-a']}", "TEST_KEY_ANTHROPIC_A"),
                 {**_backend("oa-quick", "openai", f"http://127.0.0.1:{ports['openai-a']}/v1", "TEST_KEY_OPENAI_A"),
                  "timeout": "1s"},
+                _backend("killable", "openai", f"http://127.0.0.1:{ports['killable']}/v1", "TEST_KEY_KILLABLE"),
                 _backend("dead", "openai", f"http://127.0.0.1:{free_port()}/v1", "TEST_KEY_OPENAI_A"),
                 {**_backend("secure", "openai", f"https://{TLS_HOSTNAME}:{ports['tls']}/v1", "TEST_KEY_TLS"),
                  "connect_to": "127.0.0.1", "ca_file": str(ca)},
@@ -99,6 +103,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
                 _route("claude-sonnet-4-5", ("an", "claude-sonnet-4-5"), ("oa", "gpt-4o")),
                 _route("openai-pair", ("oa", "gpt-4.1"), ("ob", "gpt-4.1")),
                 _route("quick-then-anthropic", ("oa-quick", "gpt-4o-mini"), ("an", "claude-haiku-4-5")),
+                _route("killable-then-anthropic", ("killable", "gpt-4o-mini"), ("an", "claude-haiku-4-5")),
                 _route("dead-then-openai", ("dead", "gpt-4o-mini"), ("ob", "gpt-4o-mini")),
                 {"model": "secure-model", "backends": [{"backend": "secure", "model": "gpt-4o-mini"}]},
                 {"model": "embed-small", "backends": [{"backend": "oa", "model": "text-embedding-3-small"}]},
@@ -114,7 +119,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         stack = start_stack(load_config(config_path), config_path, workdir, supervisor, env=env)
         yield Gateway(url=stack.url, key=client_key, limited_key=limited_key, expired_key=expired_key,
-                      stack=stack, providers=ports, provider_keys=keys, ca_path=ca)
+                      stack=stack, providers=ports, provider_keys=keys, ca_path=ca, supervisor=supervisor)
     finally:
         supervisor.stop_all()
 

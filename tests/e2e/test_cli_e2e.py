@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
 import re
@@ -71,6 +73,45 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
         assert process.wait(20) == 0
     for closed_port in (port, admin, ext_proc):
         assert _closed(closed_port), f"port {closed_port} still open after stop"
+
+
+def test_up_with_a_config_file_serves_its_routes(tmp_path: Path) -> None:
+    """`babelgate up -c` runs Envoy and the servers for a user's config (no demo providers of its own)."""
+    provider = subprocess.Popen([sys.executable, "-m", "ext_proc.demo", "--kind", "anthropic", "--name", "mine",
+                                 "--port", "0", "--api-key", "sk-mine"], stdout=subprocess.PIPE, text=True)
+    try:
+        provider_port = json.loads(provider.stdout.readline())["port"]
+        key = "bg-user-config-key"
+        port, admin, ext_proc = free_port(), free_port(), free_port()
+        config = tmp_path / "babelgate.yaml"
+        config.write_text(yaml.safe_dump({
+            "listener": {"port": port, "admin_port": admin}, "ext_proc": {"port": ext_proc, "processes": 2},
+            "backends": [{"id": "mine", "schema": "anthropic", "base_url": f"http://127.0.0.1:{provider_port}",
+                          "api_key": {"file": "provider.key"}}],
+            "routes": [{"model": "house-model", "backends": [{"backend": "mine", "model": "claude-house"}]}],
+            "virtual_keys": [{"id": "me", "hash": hash_key(key)}]}))
+        (tmp_path / "provider.key").write_text("sk-mine\n")
+        process = subprocess.Popen([sys.executable, "-m", "ext_proc", "up", "-c", str(config)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
+        output, deadline = "", time.monotonic() + 60
+        try:
+            while "Babelgate is up" not in output and time.monotonic() < deadline:
+                with contextlib.suppress(queue.Empty):
+                    output += lines.get(timeout=1)
+                assert process.poll() is None, output
+            client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=20)
+            answers = {client.chat.completions.create(model="house-model", messages=[{"role": "user", "content": "hi"}])
+                       .model for _ in range(4)}
+            assert answers == {"claude-house"}
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            assert process.wait(20) == 0
+        assert _closed(ext_proc) and _closed(ext_proc + 1) and _closed(port)
+    finally:
+        provider.terminate()
+        provider.wait(10)
 
 
 def test_keys_create_stores_only_a_hash_that_authenticates(tmp_path: Path) -> None:

@@ -56,8 +56,10 @@ def test_chat_request_names_its_chain_and_hands_the_decision_on(monkeypatch: pyt
 
 def test_spoofed_internal_headers_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     stage = RouteStage(runtime(monkeypatch))
-    reply = stage.on_request_headers(headers({**CHAT, "x-babelgate-int-chain": "bg_chain_x", "x-babelgate-tags": "a"}))
-    assert list(reply.request_headers.response.header_mutation.remove_headers) == ["x-babelgate-int-chain"]
+    reply = stage.on_request_headers(headers({**CHAT, "x-babelgate-int-chain": "bg_chain_x", "x-babelgate-tags": "a",
+                                              "x-envoy-max-retries": "0"}))
+    removed = list(reply.request_headers.response.header_mutation.remove_headers)
+    assert removed == ["x-babelgate-int-chain", "x-envoy-max-retries"]
 
 
 def test_x_api_key_header_authenticates_too(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,160 @@
+"""The attempt stage on its own: per-backend translation, credentials, header hygiene, answers back to OpenAI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anthropic
+import openai
+import orjson
+import pydantic
+import pytest
+from envoy.config.core.v3.base_pb2 import Metadata
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
+from google.protobuf.struct_pb2 import Struct
+
+from ext_proc import constants
+from ext_proc.server import attempt_handler, respond
+from ext_proc.stages.attempt import STREAMED_RESPONSE_MODE
+from ext_proc.streaming.sse import SSEDecoder
+
+from .stage_support import body, headers, runtime, set_headers
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
+HELLO = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "hi"}], "max_tokens": 50}
+CLIENT_HEADERS = {":method": "POST", ":path": "/v1/chat/completions", ":authority": "gateway:10000",
+                  "authorization": "Bearer bg-client", "x-api-key": "bg-client", "accept-encoding": "gzip",
+                  "x-babelgate-int-chain": "bg_chain_oa__an", "x-babelgate-tags": "t",
+                  "x-envoy-attempt-count": "2", "x-envoy-expected-rq-timeout-ms": "1000", "x-request-id": "r1"}
+
+
+def _attributes(backend: str) -> dict[str, Struct]:
+    text = ('filter_metadata { key: "babelgate" value { fields { key: "backend" value { string_value: "'
+            + backend + '" } } } } ')
+    attribute = Struct()
+    attribute.update({constants.UPSTREAM_HOST_METADATA_ATTRIBUTE: text})
+    return {"envoy.filters.http.ext_proc": attribute}
+
+
+def _decision(route: str = "gpt-4o", endpoint: str = "chat") -> Metadata:
+    metadata = Metadata()
+    metadata.filter_metadata[constants.METADATA_NAMESPACE].update(
+        {constants.METADATA_ROUTE_KEY: route, constants.METADATA_ENDPOINT_KEY: endpoint})
+    return metadata
+
+
+class Attempt:
+    """Drives one attempt-stage stream message by message, like Envoy does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, backend: str, route: str = "gpt-4o") -> None:
+        self.handle = attempt_handler(runtime(monkeypatch))
+        request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS), metadata_context=_decision(route))
+        for key, value in _attributes(backend).items():
+            request.attributes[key].CopyFrom(value)
+        self.headers_reply = respond(self.handle, request)
+
+    def send(self, **message: object) -> object:
+        return respond(self.handle, ProcessingRequest(**message))
+
+
+def test_request_to_anthropic_is_translated_with_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    removed = set(attempt.headers_reply.request_headers.response.header_mutation.remove_headers)
+    assert removed == {"authorization", "x-api-key", "accept-encoding", "x-babelgate-int-chain", "x-babelgate-tags",
+                       "x-envoy-attempt-count", "x-envoy-expected-rq-timeout-ms"}
+    reply = attempt.send(request_body=body(HELLO)).request_body.response
+    sent = orjson.loads(reply.body_mutation.body)
+    pydantic.TypeAdapter(anthropic.types.MessageCreateParams).validate_python(sent)
+    assert sent["model"] == "claude-x" and sent["system"] == "Be brief." and sent["max_tokens"] == 50
+    assert set_headers(reply) == {
+        ":path": "/v1/messages", ":authority": "api.anthropic.com", "content-type": "application/json",
+        "content-length": str(len(reply.body_mutation.body)),
+        "x-api-key": "sk-unit-anthropic", "anthropic-version": "2023-06-01"}
+
+
+def test_request_to_openai_swaps_model_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    reply = Attempt(monkeypatch, "oa").send(request_body=body(HELLO)).request_body.response
+    assert orjson.loads(reply.body_mutation.body)["model"] == "gpt-4o-2024"
+    headers_set = set_headers(reply)
+    assert headers_set[":path"] == "/v1/chat/completions"
+    assert headers_set[":authority"] == "127.0.0.1:9"
+    assert headers_set["authorization"] == "Bearer sk-unit-openai"
+
+
+def test_response_json_from_anthropic_becomes_a_chat_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    attempt.send(request_body=body(HELLO))
+    head = attempt.send(response_headers=headers({":status": "200", "content-type": "application/json"}))
+    assert set_headers(head.response_headers.response) == {"x-babelgate-backend": "an", "x-babelgate-attempts": "2"}
+    assert not head.HasField("mode_override")
+    answer = (FIXTURES / "response_text_and_tool_calls.anthropic.json").read_bytes()
+    reply = attempt.send(response_body=HttpBody(body=answer, end_of_stream=True)).response_body.response
+    completion = openai.types.chat.ChatCompletion.model_validate(orjson.loads(reply.body_mutation.body))
+    assert completion.choices[0].message.tool_calls
+    assert set_headers(reply)["content-length"] == str(len(reply.body_mutation.body))
+
+
+def test_provider_error_is_mapped_and_its_status_rewritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    attempt.send(request_body=body(HELLO))
+    attempt.send(response_headers=headers({":status": "529", "content-type": "application/json"}))
+    overloaded = b'{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}'
+    reply = attempt.send(response_body=HttpBody(body=overloaded, end_of_stream=True)).response_body.response
+    assert set_headers(reply)[":status"] == "503"
+    error = orjson.loads(reply.body_mutation.body)["error"]
+    assert error["message"] == "Overloaded" and set(error) == {"message", "type", "param", "code"}
+
+
+def test_sse_answer_switches_to_streamed_mode_and_is_translated_chunk_by_chunk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    attempt.send(request_body=body({**HELLO, "stream": True, "stream_options": {"include_usage": True}}))
+    head = attempt.send(response_headers=headers({":status": "200", "content-type": "text/event-stream",
+                                                  "content-length": "999"}))
+    assert head.mode_override == STREAMED_RESPONSE_MODE
+    assert list(head.response_headers.response.header_mutation.remove_headers) == ["content-length"]
+    stream = (FIXTURES / "stream_tool_calls.anthropic.sse").read_bytes()
+    out = b""
+    pieces = [stream[i:i + 37] for i in range(0, len(stream), 37)]
+    for index, piece in enumerate(pieces):
+        reply = attempt.send(response_body=HttpBody(body=piece, end_of_stream=index == len(pieces) - 1))
+        out += reply.response_body.response.body_mutation.body
+    events = SSEDecoder().feed(out)
+    assert events[-1].data == b"[DONE]"
+    chunks = [openai.types.chat.ChatCompletionChunk.model_validate(orjson.loads(e.data)) for e in events[:-1]]
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+
+
+def test_error_answer_to_a_stream_request_stays_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    attempt.send(request_body=body({**HELLO, "stream": True}))
+    head = attempt.send(response_headers=headers({":status": "429", "content-type": "application/json"}))
+    assert not head.HasField("mode_override")
+
+
+def test_unreadable_success_answer_is_a_502(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    attempt.send(request_body=body(HELLO))
+    attempt.send(response_headers=headers({":status": "200", "content-type": "application/json"}))
+    oops = HttpBody(body=b"<html>oops</html>", end_of_stream=True)
+    reply = attempt.send(response_body=oops).response_body.response
+    assert set_headers(reply)[":status"] == "502"
+    assert orjson.loads(reply.body_mutation.body)["error"]["code"] == "bad_gateway"
+
+
+def test_attempt_without_a_known_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempt = Attempt(monkeypatch, "nobody")
+    assert attempt.headers_reply.immediate_response.status.code == 502
+
+
+def test_embeddings_go_to_the_openai_embeddings_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = attempt_handler(runtime(monkeypatch))
+    request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS),
+                                metadata_context=_decision("embed", "embeddings"))
+    request.attributes["envoy.filters.http.ext_proc"].CopyFrom(_attributes("oa")["envoy.filters.http.ext_proc"])
+    respond(handle, request)
+    reply = respond(handle, ProcessingRequest(request_body=body({"model": "embed", "input": "x"})))
+    assert set_headers(reply.request_body.response)[":path"] == "/v1/embeddings"
+    assert orjson.loads(reply.request_body.response.body_mutation.body)["model"] == "text-embedding-3-small"
