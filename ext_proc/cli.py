@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", type=Path, required=True)
     check.set_defaults(handler=_check)
 
+    usage = commands.add_parser("usage", help="current usage and remaining quota per key, team, user, model, backend")
+    usage.add_argument("-c", "--config", type=Path, required=True)
+    usage.add_argument("--json", action="store_true", help="machine-readable rows")
+    usage.set_defaults(handler=_usage)
+
     keys = commands.add_parser("keys", help="manage virtual keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; it is printed once and stored only as a hash")
     create.add_argument("--id", required=True)
@@ -88,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .config.runtime import compile_runtime
 
     config = load_config(args.config)
-    runtime = compile_runtime(config)
+    runtime = compile_runtime(config, announce=True)
     host = args.host or config.ext_proc.host
     if args.port is None and config.ext_proc.processes > 1:
         return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
@@ -257,6 +262,63 @@ def _check(args: argparse.Namespace) -> int:
     print(f"{args.config}: OK ({len(config.backends)} backends, {len(config.routes)} routes, "
           f"{len(config.virtual_keys)} keys)")
     return 0
+
+
+# -- usage --------------------------------------------------------------------------------------------------------
+
+def _usage(args: argparse.Namespace) -> int:
+    from .config.loading import load_config
+    from .limits.limiter import compile_tables
+    from .limits.report import format_rows, usage_rows
+    from .limits.setup import build_limiter
+
+    config = load_config(args.config)
+    if not config.limits_configured:
+        print("No limits are configured.")
+        return 0
+    if config.limits.redis is not None:
+        limiter = build_limiter(config)
+        assert limiter is not None
+        prefix = limiter.prefix
+        values = asyncio.run(_scan(limiter))
+    else:
+        prefix, values = _usage_from_servers(config)
+    rows = usage_rows(values, compile_tables(config), prefix)
+    if args.json:
+        print(json.dumps([row._asdict() for row in rows]))
+    else:
+        print(format_rows(rows))
+    return 0
+
+
+async def _scan(limiter: object) -> dict[str, int]:
+    try:
+        return await limiter.store.scan(limiter.prefix)  # type: ignore[attr-defined]
+    finally:
+        await limiter.store.close()  # type: ignore[attr-defined]
+
+
+def _usage_from_servers(config: object) -> tuple[str, dict[str, int]]:
+    """The in-memory store lives in each server process: ask each one and add their counters up."""
+    import grpc
+
+    from .launch.processes import LaunchError
+    from .server import USAGE_METHOD
+
+    server = config.ext_proc  # type: ignore[attr-defined]
+    prefix, totals = "", {}
+    for port in range(server.port, server.port + server.processes):
+        with grpc.insecure_channel(f"{server.host}:{port}") as channel:
+            try:
+                reply = channel.unary_unary(USAGE_METHOD)(b"", timeout=5)
+            except grpc.RpcError as exc:
+                raise LaunchError(f"no ext_proc server answered on port {port} ({exc.code().name}); the in-memory "
+                                  "limiter's usage lives in the running servers") from None
+        data = json.loads(reply)
+        prefix = data["prefix"] or prefix
+        for key, value in data["values"].items():
+            totals[key] = totals.get(key, 0) + value
+    return prefix, totals
 
 
 # -- keys ---------------------------------------------------------------------------------------------------------

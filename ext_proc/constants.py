@@ -36,6 +36,7 @@ METADATA_BACKEND_KEY = "backend"
 METADATA_ROUTE_KEY = "route"
 METADATA_ENDPOINT_KEY = "endpoint"
 METADATA_KEY_ID_KEY = "key_id"
+METADATA_RESERVATION_KEY = "reservation"
 METADATA_REPLIED_KEY = "replied"
 """Set by the route stage on its own immediate responses, so Envoy's local-reply rewriting leaves them alone."""
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import grpc
+import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import constants
 from .config.runtime import Runtime
 from .errors import GatewayError, UpstreamError
+from .limits.store import StoreUnavailable
 from .stages import messages
 from .stages.attempt import AttemptStage
 from .stages.route import RouteStage
@@ -37,18 +40,32 @@ class RuntimeHolder:
 async def process(requests: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext,
                   holder: RuntimeHolder) -> AsyncIterator[ProcessingResponse]:
     runtime = holder.current
-    handle = attempt_handler(runtime) if _is_attempt(context) else route_handler(runtime)
-    async for request in requests:
-        reply = respond(handle, request)
-        if reply is not None:
-            yield reply
+    stage: Stage = AttemptStage(runtime) if _is_attempt(context) else RouteStage(runtime)
+    try:
+        async for request in requests:
+            reply = await respond(stage, request)
+            if reply is not None:
+                yield reply
+    finally:
+        # Runs on normal ends and on cancellation (client gone, upstream reset); settling must not be cut short
+        # by that cancellation, so it continues as its own task.
+        _keep_running(stage.close())
 
 
-def respond(handle: Callable[[ProcessingRequest], ProcessingResponse | None],
-            request: ProcessingRequest) -> ProcessingResponse | None:
+Stage = RouteStage | AttemptStage
+_closing: set[asyncio.Task] = set()
+
+
+def _keep_running(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def respond(stage: Stage, request: ProcessingRequest) -> ProcessingResponse | None:
     """Run one message through a stage; every failure becomes an OpenAI-style error reply, never a broken stream."""
     try:
-        return handle(request)
+        return await stage.handle(request)
     except GatewayError as error:
         return messages.error_reply(error)
     except Exception:
@@ -62,47 +79,6 @@ def _is_attempt(context: grpc.aio.ServicerContext) -> bool:
         if key == constants.STAGE_METADATA_KEY:
             return value == constants.STAGE_ATTEMPT
     return False
-
-
-def route_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
-    stage = RouteStage(runtime)
-
-    def handle(request: ProcessingRequest) -> ProcessingResponse | None:
-        kind = request.WhichOneof("request")
-        if kind == "request_headers":
-            return stage.on_request_headers(request.request_headers)
-        if kind == "request_body":
-            return stage.on_request_body(request.request_body)
-        return _pass_through(request, kind)
-
-    return handle
-
-
-def attempt_handler(runtime: Runtime) -> Callable[[ProcessingRequest], ProcessingResponse | None]:
-    stage = AttemptStage(runtime)
-
-    def handle(request: ProcessingRequest) -> ProcessingResponse | None:
-        kind = request.WhichOneof("request")
-        if kind == "request_headers":
-            return stage.on_request_headers(request.request_headers, request.attributes, request.metadata_context)
-        if kind == "request_body":
-            return stage.on_request_body(request.request_body)
-        if kind == "response_headers":
-            return stage.on_response_headers(request.response_headers)
-        if kind == "response_body":
-            return stage.on_response_body(request.response_body)
-        return _pass_through(request, kind)
-
-    return handle
-
-
-def _pass_through(request: ProcessingRequest, kind: str | None) -> ProcessingResponse | None:
-    """A phase the stage does not act on (only sent if Envoy's processing mode asks for it): continue unchanged."""
-    if kind is None:
-        return None
-    reply = ProcessingResponse()
-    getattr(reply, kind).SetInParent()
-    return reply
 
 
 def build_server(holder: RuntimeHolder, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
@@ -123,13 +99,34 @@ def build_server(holder: RuntimeHolder, address: str) -> tuple[grpc.aio.Server, 
             request_deserializer=ProcessingRequest.FromString,
             response_serializer=ProcessingResponse.SerializeToString),
     })
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((handler, _usage_handler(holder)))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not listen on {address}")
     return server, port, health_servicer
+
+
+USAGE_SERVICE = "babelgate.limits.v1.Limits"
+USAGE_METHOD = f"/{USAGE_SERVICE}/Usage"
+
+
+def _usage_handler(holder: RuntimeHolder) -> grpc.GenericRpcHandler:
+    """The in-memory limiter lives inside this process: `babelgate usage` reads it here (JSON over gRPC)."""
+
+    async def usage(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        limiter = holder.current.limiter
+        if limiter is None:
+            return orjson.dumps({"prefix": "", "values": {}})
+        try:
+            values = await limiter.store.scan(limiter.prefix)
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the limiter store is unavailable")
+        return orjson.dumps({"prefix": limiter.prefix, "values": values})
+
+    return grpc.method_handlers_generic_handler(USAGE_SERVICE, {
+        "Usage": grpc.unary_unary_rpc_method_handler(usage)})
 
 
 async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], None] | None = None) -> None:

@@ -104,6 +104,11 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
             holder[key] = str(base_dir / value)
 
     fix(data, "keys_file")
+    redis = (data.get("limits") or {}).get("redis") if isinstance(data.get("limits"), dict) else None
+    if isinstance(redis, dict):
+        fix(redis, "ca_file")
+        if isinstance(redis.get("password"), dict):
+            fix(redis["password"], "file")
     for backend in data.get("backends") or []:
         if isinstance(backend, dict):
             fix(backend, "ca_file")

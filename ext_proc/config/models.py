@@ -47,6 +47,29 @@ class SecretRef(_Strict):
         return self
 
 
+Window = Literal["minute", "hour", "day", "month"]
+METRICS = ("requests", "input_tokens", "output_tokens", "total_tokens", "usd")
+
+
+class LimitRule(_Strict):
+    """One window and the most that may be used in it, per metric. Budgets are rules with `usd`."""
+
+    window: Window
+    requests: int | None = Field(None, ge=0)
+    input_tokens: int | None = Field(None, ge=0)
+    output_tokens: int | None = Field(None, ge=0)
+    total_tokens: int | None = Field(None, ge=0)
+    usd: float | None = Field(None, ge=0)
+    on_store_error: Literal["fail_open", "fail_closed"] | None = Field(
+        None, description="What to do when the limiter store can't be reached; `limits.on_store_error` if unset.")
+
+    @model_validator(mode="after")
+    def _some_metric(self) -> LimitRule:
+        if all(getattr(self, metric) is None for metric in METRICS):
+            raise ValueError(f"give at least one of {', '.join(METRICS)}")
+        return self
+
+
 class Backend(_Strict):
     id: str
     schema_: Literal["openai", "anthropic"] = Field(alias="schema")
@@ -58,6 +81,7 @@ class Backend(_Strict):
     ca_file: Path | None = Field(None, description="CA bundle for an https base URL; the system bundle by default.")
     connect_to: str | None = Field(
         None, description="Connect to this IP instead of resolving the base URL host; SNI and Host still use the host.")
+    limits: list[LimitRule] = []
 
     @field_validator("id")
     @classmethod
@@ -108,6 +132,7 @@ class ModelRoute(_Strict):
     model: str = Field(min_length=1, description="The public model name clients send.")
     aliases: list[str] = []
     backends: list[RouteBackend] = Field(min_length=1, description="Tried in this order; later ones on failure.")
+    limits: list[LimitRule] = []
 
     @model_validator(mode="after")
     def _no_repeated_backend(self) -> ModelRoute:
@@ -123,6 +148,7 @@ class VirtualKey(_Strict):
     models: list[str] = ["*"]
     expires_at: datetime | None = None
     team: str | None = None
+    limits: list[LimitRule] | None = Field(None, description="Replaces `limits.per_key` for this key.")
 
     @field_validator("hash")
     @classmethod
@@ -151,6 +177,51 @@ class RequestLimits(_Strict):
     default_max_tokens: int = Field(constants.DEFAULT_ANTHROPIC_MAX_TOKENS, ge=1)
 
 
+class Team(_Strict):
+    id: str
+    limits: list[LimitRule] = []
+
+
+class Price(_Strict):
+    """USD per million tokens for one backend model."""
+
+    backend: str
+    model: str
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0, description="Price of cached prompt tokens; `input` if unset.")
+
+
+class RedisSettings(_Strict):
+    url: str = Field(description="redis://host:port/db, rediss:// for TLS")
+    password: SecretRef | None = None
+    ca_file: Path | None = None
+    key_prefix: str = "bg:"
+    timeout: Seconds = Field(0.05, description="Per call; past it the store counts as unavailable.")
+    cluster: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("expected a redis:// or rediss:// URL")
+        return value
+
+
+class LimitSettings(_Strict):
+    redis: RedisSettings | None = Field(None, description="Shared store; without it, an in-process store.")
+    user_header: str = Field("x-user-id", description="Header naming the end user; else the body's `user`.")
+    chars_per_token: float = Field(4.0, gt=0, description="Prompt estimate when reserving: characters per token.")
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    per_key: list[LimitRule] = Field([], description="Every key's limits, unless the key has its own.")
+    per_user: list[LimitRule] = Field([], description="Every end user's limits.")
+
+    @field_validator("user_header")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
 class Config(_Strict):
     listener: Listener = Listener()
     ext_proc: ExtProcServer = ExtProcServer()
@@ -159,6 +230,16 @@ class Config(_Strict):
     routes: list[ModelRoute] = Field(min_length=1)
     virtual_keys: list[VirtualKey] = []
     keys_file: Path | None = Field(None, description="YAML list of extra virtual keys (written by `babelgate keys`).")
+    limits: LimitSettings = LimitSettings()
+    teams: list[Team] = []
+    prices: list[Price] = []
+
+    @property
+    def limits_configured(self) -> bool:
+        settings = self.limits
+        return bool(settings.per_key or settings.per_user or any(k.limits for k in self.virtual_keys)
+                    or any(t.limits for t in self.teams) or any(r.limits for r in self.routes)
+                    or any(b.limits for b in self.backends))
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -175,6 +256,11 @@ class Config(_Strict):
         _unique(names, "model name or alias")
         _unique([k.id for k in self.virtual_keys], "virtual key id")
         _unique([k.hash for k in self.virtual_keys], "virtual key hash")
+        _unique([t.id for t in self.teams], "team id")
+        for price in self.prices:
+            if price.backend not in known:
+                raise ValueError(f"price for unknown backend {price.backend!r}")
+        _unique([f"{p.backend}/{p.model}" for p in self.prices], "price entry")
         public = {r.model for r in self.routes}
         for key in self.virtual_keys:
             for model in key.models:

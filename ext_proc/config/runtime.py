@@ -12,6 +12,8 @@ from types import ModuleType
 from .. import providers
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import KeyInfo
+from ..limits.limiter import Limiter
+from ..limits.setup import build_limiter
 from .chains import chain_id
 from .models import Config
 
@@ -42,6 +44,8 @@ class RouteInfo:
 @dataclass(frozen=True, slots=True)
 class Runtime:
     config: Config
+    limiter: Limiter | None
+    """None when no limit is configured: requests skip limiting entirely."""
     keys: dict[str, KeyInfo]
     routes: dict[str, RouteInfo]
     """Public model name or alias -> route."""
@@ -49,9 +53,11 @@ class Runtime:
     public_models: tuple[str, ...]
     max_body_bytes: int
     default_max_tokens: int
+    user_header: str
+    chars_per_token: float
 
 
-def compile_runtime(config: Config, *, load_secrets: bool = True) -> Runtime:
+def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False) -> Runtime:
     backends: dict[str, BackendInfo] = {}
     for index, backend in enumerate(config.backends):
         provider = providers.for_schema(backend.schema_)
@@ -84,10 +90,13 @@ def compile_runtime(config: Config, *, load_secrets: bool = True) -> Runtime:
             expires_at=_utc(key.expires_at).timestamp() if key.expires_at else None)
         for key in config.virtual_keys
     }
-    return Runtime(config=config, keys=keys, routes=routes, backends=backends,
+    return Runtime(config=config, limiter=build_limiter(config, announce=announce) if load_secrets else None,
+                   keys=keys, routes=routes, backends=backends,
                    public_models=tuple(r.model for r in config.routes),
                    max_body_bytes=config.requests.max_body_bytes,
-                   default_max_tokens=config.requests.default_max_tokens)
+                   default_max_tokens=config.requests.default_max_tokens,
+                   user_header=config.limits.user_header,
+                   chars_per_token=config.limits.chars_per_token)
 
 
 def _utc(moment: datetime) -> datetime:

@@ -51,6 +51,11 @@ ROUTE_STAGE_MODE = ProcessingMode(
     response_header_mode=_SKIP, response_body_mode=_NONE,
     request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
 
+ROUTE_STAGE_WITH_LIMITS_MODE = ProcessingMode(
+    request_header_mode=_SEND, request_body_mode=_BUFFERED,
+    response_header_mode=_SEND, response_body_mode=_NONE,
+    request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
+
 ATTEMPT_STAGE_MODE = ProcessingMode(
     request_header_mode=_SEND, request_body_mode=_BUFFERED,
     response_header_mode=_SEND, response_body_mode=_BUFFERED,
@@ -79,7 +84,9 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, **extra: object
 
 
 def route_stage_filter(config: Config) -> HttpFilter:
-    processor = _processor(config, constants.STAGE_ROUTE, ROUTE_STAGE_MODE,
+    # The final response headers are only worth a message when a reservation must be released or reported.
+    mode = ROUTE_STAGE_WITH_LIMITS_MODE if config.limits_configured else ROUTE_STAGE_MODE
+    processor = _processor(config, constants.STAGE_ROUTE, mode,
                            mutation_rules=HeaderMutationRules(allow_envoy=True))
     return HttpFilter(name="babelgate.route_stage", typed_config=Any.pack(processor))
 

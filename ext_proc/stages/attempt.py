@@ -2,23 +2,32 @@
 
 Request: translate the OpenAI body for the backend Envoy picked, set path, host, length and credentials, and strip
 everything the client sent that must not reach a provider. Response: translate the answer (JSON, SSE, errors)
-back to OpenAI format and pick up usage.
+back to OpenAI format, pick up usage, and settle the route stage's reservation with it — at the end of a successful
+answer, or with what was streamed so far when the stream is cut or the client goes away.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 
 import orjson
 from envoy.config.core.v3.base_pb2 import Metadata
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
 from .. import constants
 from ..config.runtime import BackendInfo, Runtime
 from ..errors import BadRequest, UpstreamError
+from ..limits.estimate import Usage, estimate_prompt_tokens, usage_from_openai
+from ..limits.limiter import Reservation
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data
 from . import messages
 from .endpoints import Endpoint
@@ -30,7 +39,8 @@ STREAMED_RESPONSE_MODE = ProcessingMode(
     response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.STREAMED,
     request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
 
-# Client credentials and protocol headers that must never be forwarded to a provider.
+# Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows this
+# stage the previous attempt's headers, so every credential header any provider module sets is listed here too.
 _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anthropic-version", "anthropic-beta",
                                   "openai-organization", "openai-project", "accept-encoding", "cookie"})
 _JSON = "application/json"
@@ -62,8 +72,9 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 
 class AttemptStage:
-    __slots__ = ("_attempt", "_backend", "_created", "_decoder", "_endpoint", "_model", "_runtime",
-                 "_status", "_stream", "_streaming", "usage")
+    __slots__ = ("_attempt", "_backend", "_created", "_decoder", "_endpoint", "_model", "_prompt_estimate",
+                 "_reservation", "_runtime", "_settled", "_status", "_stream", "_streamed_chars", "_streaming",
+                 "usage")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -76,7 +87,32 @@ class AttemptStage:
         self._created = 0
         self._decoder: SSEDecoder | None = None
         self._stream: object | None = None
-        self.usage: dict | None = None
+        self._reservation: str | None = None
+        self._prompt_estimate = 0
+        self._streamed_chars = 0
+        self._settled = False
+        self.usage: Usage | None = None
+
+    async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return self.on_request_headers(request.request_headers, request.attributes, request.metadata_context)
+        if kind == "request_body":
+            return self.on_request_body(request.request_body)
+        if kind == "response_headers":
+            return self.on_response_headers(request.response_headers)
+        if kind == "response_body":
+            reply = self.on_response_body(request.response_body)
+            if request.response_body.end_of_stream and 200 <= self._status < 300:
+                await self._settle()
+            return reply
+        return messages.continue_unchanged(kind)
+
+    async def close(self) -> None:
+        """The gRPC stream ended. A successful answer that never reached its end (upstream cut, client gone) is
+        still charged, with what was streamed."""
+        if 200 <= self._status < 300:
+            await self._settle()
 
     # -- request ------------------------------------------------------------------------------------------------
 
@@ -92,6 +128,7 @@ class AttemptStage:
         self._backend = backend
         self._model = route.backend_models.get(backend.id, "")
         self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
+        self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
         remove = [name for name in headers if name in _CLIENT_ONLY_HEADERS
                   or name.startswith((constants.CLIENT_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
@@ -112,6 +149,8 @@ class AttemptStage:
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
                              code="unsupported_endpoint")
+        if self._reservation is not None:
+            self._prompt_estimate = estimate_prompt_tokens(body, self._runtime.chars_per_token)
         if self._streaming:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -151,20 +190,18 @@ class AttemptStage:
         if not 200 <= self._status < 300:
             status, error = backend.provider.error_response(self._status, message.body)
             return _json_reply(error, status if status != self._status else None)
-        if self._endpoint is not Endpoint.CHAT:
-            return messages.response_body_reply()
         try:
             answer = orjson.loads(message.body)
-            if self._streaming:
-                # The backend ignored `stream: true` and answered JSON: still a valid OpenAI answer for the client.
-                log.debug("backend %s answered a stream request with JSON", backend.id)
+            if self._endpoint is not Endpoint.CHAT:
+                self.usage = usage_from_openai(answer.get("usage"))
+                return messages.response_body_reply()
             translated = backend.provider.chat_response(answer, self._model, int(time.time()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             # The response is already on its way: rewrite it rather than answering anew.
             error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
                                   f"{type(exc).__name__}.")
             return _json_reply(orjson.loads(error.body()), error.status)
-        self.usage = backend.provider.usage_of(answer)
+        self.usage = usage_from_openai(translated.get("usage"))
         return _json_reply(translated)
 
     def _stream_chunk(self, message: HttpBody) -> ProcessingResponse:
@@ -176,15 +213,46 @@ class AttemptStage:
             if message.end_of_stream:
                 events.extend(decoder.finish())
             for event in events:
-                out.extend(encode_data(chunk) for chunk in stream.feed(event.event, event.data))  # type: ignore[attr-defined]
+                out.extend(self._encode(chunk) for chunk in stream.feed(event.event, event.data))  # type: ignore[attr-defined]
             if message.end_of_stream:
-                out.extend(encode_data(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
+                out.extend(self._encode(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
         except SSEError as exc:
             out.append(encode_data(orjson.loads(UpstreamError(str(exc)).body())))
         if message.end_of_stream:
             out.append(DONE)
-            self.usage = stream.usage  # type: ignore[attr-defined]
         return messages.response_body_reply(b"".join(out))
+
+    def _encode(self, chunk: dict) -> bytes:
+        if self._reservation is not None:
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                self._streamed_chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
+                for call in delta.get("tool_calls") or ():
+                    self._streamed_chars += len((call.get("function") or {}).get("arguments") or "")
+        return encode_data(chunk)
+
+    # -- settlement ---------------------------------------------------------------------------------------------
+
+    def _final_usage(self) -> Usage:
+        """Real usage when the provider reported it; otherwise the prompt estimate and the streamed text."""
+        if self._stream is not None:
+            self.usage = usage_from_openai(self._stream.usage) or self.usage  # type: ignore[attr-defined]
+        counted = math.ceil(self._streamed_chars / self._runtime.chars_per_token)
+        usage = self.usage
+        if usage is None:
+            return Usage(self._prompt_estimate, counted)
+        if usage.output_tokens == 0 and counted:
+            return usage._replace(output_tokens=counted)
+        if usage.input_tokens == 0:
+            return usage._replace(input_tokens=self._prompt_estimate)
+        return usage
+
+    async def _settle(self) -> None:
+        if self._settled or self._reservation is None or self._runtime.limiter is None or self._backend is None:
+            return
+        self._settled = True
+        await self._runtime.limiter.settle(Reservation.decode(self._reservation), self._final_usage(),
+                                           self._backend.id, self._model)
 
 
 def _json_reply(payload: dict, status: int | None = None) -> ProcessingResponse:
@@ -193,5 +261,3 @@ def _json_reply(payload: dict, status: int | None = None) -> ProcessingResponse:
     if status is not None:
         headers.append((":status", str(status)))
     return messages.response_body_reply(encoded, set_headers=headers)
-
-

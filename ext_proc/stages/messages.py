@@ -89,6 +89,15 @@ def response_body_reply(body: bytes | None = None, set_headers: Headers = (),
     return ProcessingResponse(response_body=BodyResponse(response=_common(set_headers, remove, body, False)))
 
 
+def continue_unchanged(kind: str | None) -> ProcessingResponse | None:
+    """A phase the stage does not act on (sent only if Envoy's processing mode asks for it): continue as is."""
+    if kind is None:
+        return None
+    reply = ProcessingResponse()
+    getattr(reply, kind).SetInParent()
+    return reply
+
+
 def immediate(status: int, body: bytes, headers: Headers = _JSON, details: str = "babelgate") -> ProcessingResponse:
     reply = ProcessingResponse(immediate_response=ImmediateResponse(
         status=HttpStatus(code=status), headers=mutation(headers), body=body, details=details))

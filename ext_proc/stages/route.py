@@ -1,8 +1,10 @@
 """Route stage: runs once per client request, before Envoy's router.
 
 Headers: drop spoofed internal headers, classify the endpoint, authenticate the virtual key, answer `/v1/models`.
-Body: parse and check the request, resolve the model route, authorize the key, and name the chain Envoy must route
-to (`clear_route_cache` makes Envoy match routes again on the new header). The body itself passes unchanged.
+Body: parse and check the request, resolve the model route, authorize the key, reserve its share of every limit,
+and name the chain Envoy must route to (`clear_route_cache` makes Envoy match routes again on the new header). The
+body itself passes unchanged. Response headers (only when limits are configured): release the reservation if the
+final answer failed, and add the `x-ratelimit-*` headers.
 """
 
 from __future__ import annotations
@@ -10,23 +12,45 @@ from __future__ import annotations
 import time
 
 import orjson
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
-from ..config.runtime import Runtime
+from ..config.runtime import RouteInfo, Runtime
 from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
+from ..limits.limiter import Demand, Limiter, Reservation
 from . import messages
 from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_endpoint", "_key", "_runtime")
+    __slots__ = ("_endpoint", "_key", "_reservation", "_runtime", "_user")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._endpoint: Endpoint | None = None
         self._key: KeyInfo | None = None
+        self._user: str | None = None
+        self._reservation: Reservation | None = None
+
+    async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return self.on_request_headers(request.request_headers)
+        if kind == "request_body":
+            return await self.on_request_body(request.request_body)
+        if kind == "response_headers":
+            return await self.on_response_headers(request.response_headers)
+        return messages.continue_unchanged(kind)
+
+    async def close(self) -> None:
+        """The request is over; nothing is held between requests."""
 
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
@@ -43,12 +67,13 @@ class RouteStage:
         if message.end_of_stream:
             raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
         self._endpoint, self._key = endpoint, key
+        self._user = headers.get(self._runtime.user_header) or None
         # Clients steer neither Babelgate (internal headers) nor Envoy (x-envoy-max-retries and friends).
         spoofed = [name for name in headers
                    if name.startswith((constants.INTERNAL_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
         return messages.request_headers_reply(remove=spoofed)
 
-    def on_request_body(self, message: HttpBody) -> ProcessingResponse:
+    async def on_request_body(self, message: HttpBody) -> ProcessingResponse:
         if self._endpoint is None or self._key is None:
             raise BadRequest("Request body arrived before its headers.")
         raw = message.body
@@ -73,14 +98,41 @@ class RouteStage:
         elif not route.embeddings:
             raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
                              code="unsupported_endpoint")
+        metadata = {
+            constants.METADATA_ROUTE_KEY: route.name,
+            constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
+            constants.METADATA_KEY_ID_KEY: self._key.id,
+        }
+        limiter = self._runtime.limiter
+        if limiter is not None:
+            self._reservation = await self._reserve(limiter, body, route)
+            if self._reservation is not None:
+                metadata[constants.METADATA_RESERVATION_KEY] = self._reservation.encode()
         return messages.request_body_reply(
-            set_headers=((constants.HEADER_CHAIN, route.chain_id),),
-            clear_route_cache=True,
-            metadata={
-                constants.METADATA_ROUTE_KEY: route.name,
-                constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
-                constants.METADATA_KEY_ID_KEY: self._key.id,
-            })
+            set_headers=((constants.HEADER_CHAIN, route.chain_id),), clear_route_cache=True, metadata=metadata)
+
+    async def on_response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        reservation = self._reservation
+        if reservation is None:
+            return messages.response_headers_reply()
+        status = messages.header_dict(message).get(":status", "")
+        if not status.startswith("2"):
+            await self._runtime.limiter.release(reservation)  # type: ignore[union-attr]
+        return messages.response_headers_reply(set_headers=reservation.headers)
+
+    async def _reserve(self, limiter: Limiter, body: dict, route: RouteInfo) -> Reservation | None:
+        assert self._key is not None
+        user = self._user or (body.get("user") if isinstance(body.get("user"), str) and body.get("user") else None)
+        primary = route.chain[0]
+        runtime = self._runtime
+        scopes = limiter.scopes(self._key.id, self._key.team, user, route.name, primary)
+        if not scopes:
+            return None
+        prompt = estimate_prompt_tokens(body, runtime.chars_per_token)
+        output = (0 if self._endpoint is Endpoint.EMBEDDINGS
+                  else reserved_output_tokens(body, runtime.default_max_tokens))
+        cost = cost_micro_usd(Usage(prompt, output), limiter.price(primary, route.backend_models[primary]))
+        return await limiter.reserve(scopes, Demand(prompt, output, cost), primary)
 
 
 def parse_json_object(raw: bytes) -> dict:

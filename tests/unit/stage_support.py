@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
 from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.config.runtime import Runtime, compile_runtime
+from ext_proc.server import respond
 
 CLIENT_KEY = "bg-test-client-key"
 LIMITED_KEY = "bg-test-limited-key"
@@ -32,6 +40,11 @@ virtual_keys:
   - {{id: limited, hash: "{hash_key(LIMITED_KEY)}", models: [claude]}}
   - {{id: old, hash: "{hash_key(EXPIRED_KEY)}", expires_at: "2020-01-01T00:00:00Z"}}
 """
+
+
+def drive(stage: object, request: ProcessingRequest) -> ProcessingResponse | None:
+    """One message through a stage exactly as the server does it (errors become replies)."""
+    return asyncio.run(respond(stage, request))  # type: ignore[arg-type]
 
 
 def runtime(monkeypatch: object) -> Runtime:

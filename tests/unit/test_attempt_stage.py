@@ -14,11 +14,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, Processin
 from google.protobuf.struct_pb2 import Struct
 
 from ext_proc import constants
-from ext_proc.server import attempt_handler, respond
-from ext_proc.stages.attempt import STREAMED_RESPONSE_MODE
+from ext_proc.stages.attempt import STREAMED_RESPONSE_MODE, AttemptStage
 from ext_proc.streaming.sse import SSEDecoder
 
-from .stage_support import body, headers, runtime, set_headers
+from .stage_support import body, drive, headers, runtime, set_headers
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
 HELLO = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."},
@@ -48,14 +47,14 @@ class Attempt:
     """Drives one attempt-stage stream message by message, like Envoy does."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, backend: str, route: str = "gpt-4o") -> None:
-        self.handle = attempt_handler(runtime(monkeypatch))
+        self.stage = AttemptStage(runtime(monkeypatch))
         request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS), metadata_context=_decision(route))
         for key, value in _attributes(backend).items():
             request.attributes[key].CopyFrom(value)
-        self.headers_reply = respond(self.handle, request)
+        self.headers_reply = drive(self.stage, request)
 
     def send(self, **message: object) -> object:
-        return respond(self.handle, ProcessingRequest(**message))
+        return drive(self.stage, ProcessingRequest(**message))
 
 
 def test_request_to_anthropic_is_translated_with_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,11 +149,11 @@ def test_attempt_without_a_known_backend_is_refused(monkeypatch: pytest.MonkeyPa
 
 
 def test_embeddings_go_to_the_openai_embeddings_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    handle = attempt_handler(runtime(monkeypatch))
+    stage = AttemptStage(runtime(monkeypatch))
     request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS),
                                 metadata_context=_decision("embed", "embeddings"))
     request.attributes["envoy.filters.http.ext_proc"].CopyFrom(_attributes("oa")["envoy.filters.http.ext_proc"])
-    respond(handle, request)
-    reply = respond(handle, ProcessingRequest(request_body=body({"model": "embed", "input": "x"})))
+    drive(stage, request)
+    reply = drive(stage, ProcessingRequest(request_body=body({"model": "embed", "input": "x"})))
     assert set_headers(reply.request_body.response)[":path"] == "/v1/embeddings"
     assert orjson.loads(reply.request_body.response.body_mutation.body)["model"] == "text-embedding-3-small"

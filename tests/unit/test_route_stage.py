@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 
 from ext_proc import constants
 from ext_proc.errors import GatewayError
-from ext_proc.server import respond, route_handler
 from ext_proc.stages import messages
 from ext_proc.stages.route import RouteStage
 
-from .stage_support import CLIENT_KEY, EXPIRED_KEY, LIMITED_KEY, body, headers, immediate, runtime, set_headers
+from .stage_support import CLIENT_KEY, EXPIRED_KEY, LIMITED_KEY, body, drive, headers, immediate, runtime, set_headers
 
 CHAT = {":method": "POST", ":path": "/v1/chat/completions", "authorization": f"Bearer {CLIENT_KEY}",
         "content-type": "application/json"}
@@ -22,10 +23,10 @@ HELLO = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 def run(monkeypatch: pytest.MonkeyPatch, request_headers: dict[str, str], payload: object = None,
         end_of_stream: bool = False) -> object:
     """Feed headers (and a body) through the same handler the server uses; return the last reply."""
-    handle = route_handler(runtime(monkeypatch))
-    reply = respond(handle, ProcessingRequest(request_headers=headers(request_headers, end_of_stream)))
+    stage = RouteStage(runtime(monkeypatch))
+    reply = drive(stage, ProcessingRequest(request_headers=headers(request_headers, end_of_stream)))
     if payload is not None and reply.WhichOneof("response") != "immediate_response":
-        reply = respond(handle, ProcessingRequest(request_body=body(payload)))
+        reply = drive(stage, ProcessingRequest(request_body=body(payload)))
     return reply
 
 
@@ -34,7 +35,7 @@ def expect_error(monkeypatch: pytest.MonkeyPatch, status: int, code: str, reques
     stage = RouteStage(runtime(monkeypatch))
     try:
         stage.on_request_headers(headers(request_headers, end_of_stream))
-        stage.on_request_body(body(payload))
+        asyncio.run(stage.on_request_body(body(payload)))
     except GatewayError as error:
         reply = messages.error_reply(error)
     else:
@@ -99,7 +100,7 @@ def test_malformed_bodies_get_400(monkeypatch: pytest.MonkeyPatch, payload: obje
     stage = RouteStage(runtime(monkeypatch))
     stage.on_request_headers(headers(CHAT))
     with pytest.raises(GatewayError) as raised:
-        stage.on_request_body(body(payload))
+        asyncio.run(stage.on_request_body(body(payload)))
     assert raised.value.status == 400
     assert raised.value.param == param
     if code:
@@ -111,7 +112,7 @@ def test_field_refused_by_any_backend_of_the_chain_is_a_400_before_anything_is_s
     stage = RouteStage(runtime(monkeypatch))
     stage.on_request_headers(headers(CHAT))
     with pytest.raises(GatewayError) as raised:
-        stage.on_request_body(body({**HELLO, "n": 3}))  # OpenAI takes n=3, the Anthropic fallback can't
+        asyncio.run(stage.on_request_body(body({**HELLO, "n": 3})))  # OpenAI takes n=3, the Anthropic fallback can't
     assert raised.value.status == 400
     assert raised.value.param == "n"
 

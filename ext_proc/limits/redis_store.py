@@ -1,0 +1,270 @@
+"""The shared counter store: Redis (standalone, Sentinel or Cluster) through redis-py's asyncio clients.
+
+Standalone and Sentinel: one `reserve` is ONE round trip, a Lua script that reads every counter, checks every
+limit and only then increments them all, so no interleaving of processes or replicas can over-admit.
+
+Redis Cluster: one script may only touch keys of one hash slot. The limiter puts every key of a scope in one slot
+with a hash tag, so a reservation is one script per slot, run in the order the counters come in (scope by scope,
+the same order for every request, so two requests never each hold what the other needs). When a later slot
+refuses, the slots already taken are given back. That leaves a window of one round trip during which those amounts
+are counted although the request will be refused: another request that needed that headroom is refused too. A
+false refusal, never an over-admission. If the give-back itself fails, the amounts stay counted until their window
+expires (again: over-counting only).
+
+Failures of any kind (refused connection, timeout, loading, cluster down, script error) surface as
+`StoreUnavailable` within `deadline` seconds; the connection pool reconnects on its own when Redis is back.
+A connection error is retried once at once (a pooled connection may predate a Redis restart); a timeout is not,
+since the script may have run. The cluster client retries once on timeouts too (redis-py does not let it tell them
+apart), so there a slow reply can count a reservation twice: over-counting, never over-admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from .store import Admission, Counter, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_CLUSTER_CONNECTIONS_PER_NODE = 1024
+"""redis-py's cluster pool fails (rather than waits) past its cap of 100 connections per node; that cap would turn
+a burst of concurrent requests into store errors."""
+_SCAN_BATCH = 1000
+
+_RESERVE = """
+-- KEYS: counters. ARGV: limit, amount, ttl per counter, in order.
+-- Reply: {refusing position (1-based) or 0, each counter's value}.
+-- Every limit is checked before anything is written, so a refusal leaves all counters as they were.
+-- Lua numbers are doubles: counts are exact below 2^53, far above any token or micro-USD total.
+local planned = {}  -- a key listed twice must see its own earlier amount
+local existed = {}
+for i, key in ipairs(KEYS) do
+  local value = planned[key]
+  if value == nil then
+    local stored = redis.call('GET', key)
+    existed[key] = stored ~= false
+    value = tonumber(stored or '0')
+  end
+  value = value + tonumber(ARGV[3 * i - 1])
+  if value > tonumber(ARGV[3 * i - 2]) then
+    local reply = {i}
+    for j, other in ipairs(KEYS) do
+      reply[j + 1] = tonumber(redis.call('GET', other) or '0')
+    end
+    return reply
+  end
+  planned[key] = value
+end
+local reply = {0}
+for i, key in ipairs(KEYS) do
+  -- The amount goes in as the caller's decimal string: INCRBY never sees a float.
+  redis.call('INCRBY', key, ARGV[3 * i - 1])
+  if not existed[key] then
+    -- Only the call that creates a window sets its expiry, so later traffic never pushes the end back.
+    redis.call('EXPIRE', key, ARGV[3 * i])
+    existed[key] = true
+  end
+  reply[i + 1] = planned[key]
+end
+return reply
+"""
+
+_ADJUST = """
+-- KEYS: counters. ARGV: delta per counter. Reply: each counter's value afterwards (0 when gone).
+-- A window that has expired stays gone (recreating it would outlive its TTL), and nothing drops below 0
+-- (a release can arrive after the window already restarted from 0).
+local reply = {}
+for i, key in ipairs(KEYS) do
+  local stored = redis.call('GET', key)
+  if not stored then
+    reply[i] = 0
+  elseif tonumber(stored) + tonumber(ARGV[i]) < 0 then
+    redis.call('SET', key, '0', 'KEEPTTL')
+    reply[i] = 0
+  else
+    reply[i] = redis.call('INCRBY', key, ARGV[i])
+  end
+end
+return reply
+"""
+
+
+class RedisStore:
+    def __init__(self, client: Redis | RedisCluster, *, deadline: float = 0.25) -> None:
+        """Wrap a ready `redis.asyncio` client (standalone, `Sentinel.master_for(...)`, or `RedisCluster`).
+        `deadline` bounds every call to Redis, whatever the client's own timeouts and retries."""
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._deadline = deadline
+        self._reserve_script = client.register_script(_RESERVE)
+        self._adjust_script = client.register_script(_ADJUST)
+
+    @classmethod
+    def from_url(cls, url: str, *, password: str | None = None, ssl_ca_file: str | None = None,
+                 timeout: float = 0.05, cluster: bool = False) -> RedisStore:
+        """`redis://` or `rediss://` URL; a password in the URL wins over `password`. `timeout` (seconds) bounds
+        each connect and each reply; a whole call, reconnect included, ends within `4 * timeout + 0.05`."""
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if password is not None:
+            options["password"] = password
+        if ssl_ca_file is not None:
+            if not url.startswith("rediss://"):
+                raise ValueError(f"a CA file is only used with a rediss:// URL, not {url.partition('://')[0]}://")
+            options["ssl_ca_certs"] = ssl_ca_file
+        client: Redis | RedisCluster
+        if cluster:
+            client = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 1),
+                                           max_connections=_CLUSTER_CONNECTIONS_PER_NODE, **options)
+        else:
+            client = Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                                    **options)
+        return cls(client, deadline=4 * timeout + 0.05)
+
+    async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
+        if len(counters) != len(amounts):
+            raise ValueError("one amount per counter")
+        if not counters:
+            return Admission(True, None, ())
+        if self._cluster:
+            return await self._reserve_slot_by_slot(counters, amounts)
+        return await self._reserve_once(counters, amounts)
+
+    async def adjust(self, keys: Sequence[str], deltas: Sequence[int]) -> None:
+        if len(keys) != len(deltas):
+            raise ValueError("one delta per key")
+        if not keys:
+            return
+        if not self._cluster:
+            await self._adjust_once(keys, deltas)
+            return
+        results = await asyncio.gather(
+            *(self._adjust_once([keys[i] for i in group], [deltas[i] for i in group])
+              for group in _slot_groups(keys)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def read(self, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        fetch = self._client.mget_nonatomic if isinstance(self._client, RedisCluster) else self._client.mget
+        values = await self._guard(fetch(list(keys)))
+        return [0 if value is None else int(value) for value in values]
+
+    async def scan(self, prefix: str) -> dict[str, int]:
+        try:
+            found = {key async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=_SCAN_BATCH)}
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(_describe(exc, self._deadline)) from exc
+        keys = sorted(key.decode() if isinstance(key, bytes) else key for key in found)
+        result: dict[str, int] = {}
+        for start in range(0, len(keys), _SCAN_BATCH):
+            batch = keys[start:start + _SCAN_BATCH]
+            fetch = self._client.mget_nonatomic if isinstance(self._client, RedisCluster) else self._client.mget
+            for key, value in zip(batch, await self._guard(fetch(batch)), strict=True):
+                if value is not None:  # expired since the scan saw it
+                    result[key] = int(value)
+        return result
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.aclose()
+
+    async def _reserve_once(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
+        args: list[int] = []
+        for counter, amount in zip(counters, amounts, strict=True):
+            args += (counter.limit, amount, counter.ttl)
+        reply = await self._guard(self._reserve_script(keys=[c.key for c in counters], args=args))
+        refused = int(reply[0])
+        return Admission(refused == 0, refused - 1 if refused else None, tuple(int(v) for v in reply[1:]))
+
+    async def _adjust_once(self, keys: Sequence[str], deltas: Sequence[int]) -> list[int]:
+        reply = await self._guard(self._adjust_script(keys=list(keys), args=list(deltas)))
+        final = dict(zip(keys, (int(v) for v in reply), strict=True))  # a key listed twice: its last value
+        return [final[key] for key in keys]
+
+    async def _reserve_slot_by_slot(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
+        groups = _slot_groups([c.key for c in counters])
+        if len(groups) == 1:
+            return await self._reserve_once(counters, amounts)
+        used = [0] * len(counters)
+        taken: list[list[int]] = []
+        for position, group in enumerate(groups):
+            try:
+                admission = await self._reserve_once([counters[i] for i in group], [amounts[i] for i in group])
+            except StoreUnavailable:
+                await self._give_back(counters, amounts, taken, used)
+                raise
+            for index, value in zip(group, admission.used, strict=True):
+                used[index] = value
+            if admission.admitted:
+                taken.append(group)
+                continue
+            later = [index for rest in groups[position + 1:] for index in rest]
+            await asyncio.gather(self._give_back(counters, amounts, taken, used),
+                                 self._read_into(counters, later, used))
+            assert admission.refused_index is not None
+            return Admission(False, group[admission.refused_index], tuple(used))
+        return Admission(True, None, tuple(used))
+
+    async def _give_back(self, counters: Sequence[Counter], amounts: Sequence[int], groups: list[list[int]],
+                         used: list[int]) -> None:
+        """Undo the slots a refused reservation already took; `used` gets their values afterwards."""
+
+        async def one(group: list[int]) -> None:
+            try:
+                values = await self._adjust_once([counters[i].key for i in group], [-amounts[i] for i in group])
+            except StoreUnavailable as exc:
+                log.warning("could not give back a refused reservation on %s (%s); it stays counted until its "
+                            "window ends", counters[group[0]].key, exc)
+                return
+            for index, value in zip(group, values, strict=True):
+                used[index] = value
+
+        await asyncio.gather(*(one(group) for group in groups))
+
+    async def _read_into(self, counters: Sequence[Counter], indexes: list[int], used: list[int]) -> None:
+        """Values of the slots a refusal never reached, for the refusal's report. Best effort: 0 if unreadable."""
+        if not indexes:
+            return
+        with contextlib.suppress(StoreUnavailable):
+            for index, value in zip(indexes, await self.read([counters[i].key for i in indexes]), strict=True):
+                used[index] = value
+
+    async def _guard(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await call
+        except (RedisError, OSError) as exc:  # OSError includes TimeoutError
+            raise StoreUnavailable(_describe(exc, self._deadline)) from exc
+
+
+def _slot_groups(keys: Sequence[str]) -> list[list[int]]:
+    """Indexes of `keys` grouped by cluster hash slot, groups in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key_slot(key.encode()), []).append(index)
+    return list(groups.values())
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _describe(exc: BaseException, deadline: float) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"no answer from Redis within {deadline:g}s"
+    return f"{type(exc).__name__}: {exc}"

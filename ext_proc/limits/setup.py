@@ -1,0 +1,40 @@
+"""Build the limiter a configuration asks for: Redis when configured, else the in-process store."""
+
+from __future__ import annotations
+
+import logging
+
+from ..auth.credentials import read_secret
+from ..config.models import Config
+from .limiter import Limiter, compile_tables
+from .memory_store import MemoryStore
+from .redis_store import RedisStore
+
+log = logging.getLogger(__name__)
+
+
+def build_limiter(config: Config, *, announce: bool = False) -> Limiter | None:
+    """None when no limit is configured anywhere: requests then skip the limiter entirely."""
+    tables = compile_tables(config)
+    if tables.empty:
+        return None
+    settings = config.limits.redis
+    if settings is None:
+        if announce:
+            log.warning("limits use the embedded in-memory store: exact within this process only%s; configure "
+                        "`limits.redis` to share them across processes and replicas",
+                        f" (and {config.ext_proc.processes} processes are configured)"
+                        if config.ext_proc.processes > 1 else "")
+        return Limiter(MemoryStore(), tables)
+    password = read_secret(settings.password, "limits.redis.password") if settings.password else None
+    store = RedisStore.from_url(settings.url, password=password,
+                                ssl_ca_file=str(settings.ca_file) if settings.ca_file else None,
+                                timeout=settings.timeout, cluster=settings.cluster)
+    if announce:
+        log.info("limits use Redis at %s (key prefix %r)", _without_credentials(settings.url), settings.key_prefix)
+    return Limiter(store, tables, prefix=settings.key_prefix)
+
+
+def _without_credentials(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
