@@ -9,10 +9,13 @@ chat completion, so neither side is limited by a Python upstream. Load comes fro
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -21,8 +24,11 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy
+from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy, wait_for_port
 from ext_proc.launch.stack import envoy_argv, start_stack
+from ext_proc.limits.estimate import Usage
+from ext_proc.limits.limiter import Demand
+from ext_proc.limits.setup import build_limiter
 
 ANSWER = orjson.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench-model",
@@ -76,6 +82,57 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def start_babelgate(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
+                    redis_url: str | None) -> str:
+    """One Babelgate stack (one ext_proc process) in front of the upstream; with Redis-backed limits if given."""
+    limits = {"redis": {"url": redis_url}, "per_key": [{"window": "hour", "total_tokens": 10**12, "requests": 10**9}]}
+    config_text = yaml.safe_dump({
+        "listener": {"port": free_port(), "admin_port": free_port()},
+        "ext_proc": {"port": free_port(), "processes": 1},
+        "backends": [{"id": "upstream", "schema": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                      "api_key": {"env": "BENCH_UPSTREAM_KEY"}}],
+        "routes": [{"model": "bench", "backends": [{"backend": "upstream", "model": "bench-model"}]}],
+        "virtual_keys": [{"id": "bench", "hash": hash_key(key)}],
+        **({"limits": limits} if redis_url else {})})
+    directory = workdir / ("limits" if redis_url else "plain")
+    directory.mkdir()
+    config_path = directory / "config.yaml"
+    config_path.write_text(config_text)
+    stack = start_stack(parse_config(config_text), config_path, directory, supervisor,
+                        env={"BENCH_UPSTREAM_KEY": "sk-bench"})
+    return f"{stack.url}/v1/chat/completions"
+
+
+def start_redis(supervisor: Supervisor) -> str:
+    port = free_port()
+    supervisor.start("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"])
+    wait_for_port("127.0.0.1", port, 10, supervisor)
+    return f"redis://127.0.0.1:{port}"
+
+
+async def time_limiter_calls(redis_url: str, rounds: int = 2000) -> tuple[float, float]:
+    """Median microseconds of one reservation and of one settlement against Redis, measured in-process."""
+    config = parse_config(yaml.safe_dump({
+        "backends": [{"id": "b", "schema": "openai", "base_url": "http://127.0.0.1:9/v1"}],
+        "routes": [{"model": "m", "backends": [{"backend": "b", "model": "m"}]}],
+        "limits": {"redis": {"url": redis_url, "key_prefix": "bench:"},
+                   "per_key": [{"window": "hour", "total_tokens": 10**12, "requests": 10**9}]}}))
+    limiter = build_limiter(config)
+    assert limiter is not None
+    scopes = limiter.scopes("k", None, None, "m", "b")
+    reserve_times, settle_times = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        reservation = await limiter.reserve(scopes, Demand(20, 16, 0), "b")
+        reserved = time.perf_counter()
+        await limiter.settle(reservation, Usage(9, 1), "b", "m")
+        reserve_times.append(reserved - started)
+        settle_times.append(time.perf_counter() - reserved)
+    await limiter.store.close()
+    return statistics.median(reserve_times) * 1e6, statistics.median(settle_times) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
@@ -92,19 +149,11 @@ def main() -> None:
             upstream_and_baseline_config(upstream_port, baseline_port, admin_port)))
         supervisor.start("upstream-envoy", [*envoy_argv(workdir / "upstream.yaml"), "--base-id", "7"])
         wait_for_envoy(admin_port, 30, supervisor)
-        config_text = yaml.safe_dump({
-            "listener": {"port": free_port(), "admin_port": free_port()},
-            "ext_proc": {"port": free_port(), "processes": 1},
-            "backends": [{"id": "upstream", "schema": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                          "api_key": {"env": "BENCH_UPSTREAM_KEY"}}],
-            "routes": [{"model": "bench", "backends": [{"backend": "upstream", "model": "bench-model"}]}],
-            "virtual_keys": [{"id": "bench", "hash": hash_key(key)}]})
-        config_path = workdir / "config.yaml"
-        config_path.write_text(config_text)
-        stack = start_stack(parse_config(config_text), config_path, workdir, supervisor,
-                            env={"BENCH_UPSTREAM_KEY": "sk-bench"})
+        redis_url = start_redis(supervisor) if shutil.which("redis-server") else None
         targets = {"envoy alone": f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
-                   "envoy + babelgate": f"{stack.url}/v1/chat/completions"}
+                   "envoy + babelgate": start_babelgate(supervisor, workdir, upstream_port, key, None)}
+        if redis_url:
+            targets["  + redis limits"] = start_babelgate(supervisor, workdir, upstream_port, key, redis_url)
         for name, url in targets.items():
             check = httpx.post(url, content=REQUEST, timeout=10, headers={
                 "authorization": f"Bearer {key}", "content-type": "application/json"})
@@ -117,6 +166,10 @@ def main() -> None:
                 r = run_wrk(url, key, connections, args.seconds, workdir)
                 print(f"{name:<20} {connections:>5} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p90']:>8.2f} "
                       f"{r['p99']:>8.2f} {r['non_2xx']:>8}")
+        if redis_url:
+            reserve_us, settle_us = asyncio.run(time_limiter_calls(redis_url))
+            print(f"\nlimiter against Redis, in-process medians: reserve {reserve_us:.0f} µs, "
+                  f"settle {settle_us:.0f} µs")
     finally:
         supervisor.stop_all()
 

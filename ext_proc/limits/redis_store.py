@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_CLUSTER_CONNECTIONS_PER_NODE = 1024
-"""redis-py's cluster pool fails (rather than waits) past its cap of 100 connections per node; that cap would turn
-a burst of concurrent requests into store errors."""
+MAX_IN_FLIGHT = 64
+"""Calls to Redis one store runs at once; more wait their turn (within the deadline). redis-py's asyncio pools fail
+rather than wait once their cap (100 by default, per node in a cluster) is in use, so an unbounded burst of
+requests would otherwise turn into store errors, or into thousands of connections."""
+_SPARE_CONNECTIONS = 8
+"""Beyond MAX_IN_FLIGHT: `scan` walks the keyspace outside the in-flight bound."""
 _SCAN_BATCH = 1000
 
 _RESERVE = """
@@ -103,12 +106,15 @@ return reply
 
 
 class RedisStore:
-    def __init__(self, client: Redis | RedisCluster, *, deadline: float = 0.25) -> None:
+    def __init__(self, client: Redis | RedisCluster, *, deadline: float = 0.25,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         """Wrap a ready `redis.asyncio` client (standalone, `Sentinel.master_for(...)`, or `RedisCluster`).
-        `deadline` bounds every call to Redis, whatever the client's own timeouts and retries."""
+        `deadline` bounds every call to Redis, waiting for a turn included, whatever the client's own timeouts and
+        retries; the client's pool should allow `max_in_flight` connections (per node)."""
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         self._deadline = deadline
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._reserve_script = client.register_script(_RESERVE)
         self._adjust_script = client.register_script(_ADJUST)
 
@@ -117,7 +123,8 @@ class RedisStore:
                  timeout: float = 0.05, cluster: bool = False) -> RedisStore:
         """`redis://` or `rediss://` URL; a password in the URL wins over `password`. `timeout` (seconds) bounds
         each connect and each reply; a whole call, reconnect included, ends within `4 * timeout + 0.05`."""
-        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                                   "max_connections": MAX_IN_FLIGHT + _SPARE_CONNECTIONS}
         if password is not None:
             options["password"] = password
         if ssl_ca_file is not None:
@@ -126,8 +133,7 @@ class RedisStore:
             options["ssl_ca_certs"] = ssl_ca_file
         client: Redis | RedisCluster
         if cluster:
-            client = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 1),
-                                           max_connections=_CLUSTER_CONNECTIONS_PER_NODE, **options)
+            client = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 1), **options)
         else:
             client = Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                                     **options)
@@ -166,8 +172,10 @@ class RedisStore:
 
     async def scan(self, prefix: str) -> dict[str, int]:
         try:
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
             found = {key async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=_SCAN_BATCH)}
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
             raise StoreUnavailable(_describe(exc, self._deadline)) from exc
         keys = sorted(key.decode() if isinstance(key, bytes) else key for key in found)
         result: dict[str, int] = {}
@@ -245,10 +253,21 @@ class RedisStore:
                 used[index] = value
 
     async def _guard(self, call: Awaitable[T]) -> T:
+        """Run one call to Redis within the deadline; whatever goes wrong becomes `StoreUnavailable`.
+
+        Catching every exception is deliberate: the limiter's fail-open/fail-closed policy must get its chance, and
+        redis-py can raise non-Redis errors when connections are torn down under a call (its 8.1 cluster client
+        raises AttributeError from in-flight commands when a topology refresh closes their connections)."""
         try:
-            async with asyncio.timeout(self._deadline):
+            async with asyncio.timeout(self._deadline), self._in_flight:
+                if isinstance(self._client, RedisCluster):
+                    # redis-py 8.1 picks a command's node BEFORE it loads the slot map, so commands issued while the
+                    # client is (re)initializing go to an arbitrary node, draw MOVED, and after 5 of those the
+                    # client drops every connection, in-flight ones included. Load the map first (a no-op once
+                    # loaded).
+                    await self._client.initialize()
                 return await call
-        except (RedisError, OSError) as exc:  # OSError includes TimeoutError
+        except Exception as exc:
             raise StoreUnavailable(_describe(exc, self._deadline)) from exc
 
 
