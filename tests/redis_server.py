@@ -138,7 +138,7 @@ class RedisClusterServers:
             self.nodes.append(RedisServer(
                 self.directory / f"node{index}", port=port,
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-port", str(bus_port), "--cluster-node-timeout", "2000")))
+                            "--cluster-port", str(bus_port), "--cluster-node-timeout", "1000")))
 
     @property
     def url(self) -> str:
@@ -159,7 +159,7 @@ class RedisClusterServers:
                 capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
             if created.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
-            self._wait_until_ready(timeout)
+            self.wait_until_ready(timeout)
         except BaseException:
             self.stop()
             raise
@@ -168,7 +168,7 @@ class RedisClusterServers:
         for node in self.nodes:
             node.stop()
 
-    def _wait_until_ready(self, timeout: float) -> None:
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
         """Every node must agree the cluster is up and every slot is served before clients are pointed at it."""
         deadline = time.monotonic() + timeout
         while True:

@@ -197,7 +197,7 @@ class RedisSettings(_Strict):
     password: SecretRef | None = None
     ca_file: Path | None = None
     key_prefix: str = "bg:"
-    timeout: Seconds = Field(0.05, description="Per call; past it the store counts as unavailable.")
+    timeout: Seconds = Field(0.1, description="Per call; past it the store counts as unavailable.")
     cluster: bool = False
 
     @field_validator("url")
