@@ -50,7 +50,9 @@ class RouteStage:
         return messages.continue_unchanged(kind)
 
     async def close(self) -> None:
-        """The request is over; nothing is held between requests."""
+        """Nothing to do. A reservation whose client left before any answer is not released here: an attempt may
+        be settling it at this moment, and releasing too would under-count. It leaves with its window instead
+        (an over-count, never an over-admission)."""
 
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)

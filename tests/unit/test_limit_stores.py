@@ -322,7 +322,7 @@ def test_two_processes_share_one_limit_exactly(kind: str, request: pytest.Fixtur
 
 def test_an_outage_fails_fast_mid_load_and_the_same_store_recovers(tmp_path: Path) -> None:
     async def scenario(server: RedisServer) -> None:
-        store = RedisStore.from_url(server.url)  # the product default: 50 ms
+        store = RedisStore.from_url(server.url)  # from_url's default timeout: 50 ms
         c = counter("t:{outage}:c", 10**9)
         stop = asyncio.Event()
         durations: list[float] = []
@@ -379,7 +379,7 @@ def test_a_hung_redis_times_out_instead_of_hanging(tmp_path: Path) -> None:
                 for call in (lambda: store.reserve([c], [1]), lambda: store.adjust([c.key], [1]),
                              lambda: store.read([c.key])):
                     started = time.monotonic()
-                    with pytest.raises(StoreUnavailable, match="(?i)timeout"):
+                    with pytest.raises(StoreUnavailable, match=r"(?i)timeout"):
                         await call()
                     assert time.monotonic() - started < FAST
             finally:
@@ -412,6 +412,27 @@ def test_cluster_refusal_in_a_later_node_gives_back_what_earlier_nodes_took(
             assert 59_000 < await raw.pttl(first.key) <= 60_000  # the give-back kept the window's expiry
         finally:
             await store.close()
+            await raw.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_cluster_failure_in_a_later_node_gives_back_what_earlier_nodes_took(
+        redis_cluster: RedisClusterServers) -> None:
+    async def scenario() -> None:
+        store = RedisStore.from_url(redis_cluster.url, cluster=True)
+        raw = RedisCluster.from_url(redis_cluster.url)
+        namespace = f"t{uuid.uuid4().hex[:8]}:"
+        first, broken = counter(f"{namespace}{{{TAGS[0]}}}:c", 100), counter(f"{namespace}{{{TAGS[1]}}}:c", 100)
+        try:
+            await store.reserve([first], [10])
+            await raw.hset(broken.key, "not", "a counter")  # its script fails (WRONGTYPE) after the first node took
+            with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+                await store.reserve([first, broken], [5, 5])
+        finally:
+            await store.close()  # waits for the give-back running in the background
+            assert int(await raw.get(first.key)) == 10
+            assert store.failed_give_backs == 0
             await raw.aclose()
 
     asyncio.run(scenario())
