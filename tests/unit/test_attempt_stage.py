@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from pathlib import Path
 
 import anthropic
@@ -14,6 +16,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, Processin
 from google.protobuf.struct_pb2 import Struct
 
 from ext_proc import constants
+from ext_proc.limits.estimate import estimate_prompt_tokens
 from ext_proc.stages.attempt import STREAMED_RESPONSE_MODE, AttemptStage
 from ext_proc.streaming.sse import SSEDecoder
 
@@ -157,3 +160,56 @@ def test_embeddings_go_to_the_openai_embeddings_path(monkeypatch: pytest.MonkeyP
     reply = drive(stage, ProcessingRequest(request_body=body({"model": "embed", "input": "x"})))
     assert set_headers(reply.request_body.response)[":path"] == "/v1/embeddings"
     assert orjson.loads(reply.request_body.response.body_mutation.body)["model"] == "text-embedding-3-small"
+
+
+def _limited_stage(monkeypatch: pytest.MonkeyPatch) -> tuple[AttemptStage, object]:
+    """An attempt stage whose request holds a real reservation in the in-process store."""
+    from ext_proc.config.loading import parse_config
+    from ext_proc.config.runtime import compile_runtime
+    from ext_proc.limits.limiter import Demand
+
+    from .stage_support import CONFIG
+
+    runtime(monkeypatch)  # sets the provider secrets
+    limited = compile_runtime(parse_config(CONFIG + "limits: {per_key: [{window: hour, total_tokens: 100000}]}\n"))
+    limiter = limited.limiter
+    reservation = asyncio.run(limiter.reserve(limiter.scopes("all", None, None, "gpt-4o", "oa"),
+                                              Demand(10, 500, 0), "oa"))
+    metadata = _decision()
+    metadata.filter_metadata[constants.METADATA_NAMESPACE].update(
+        {constants.METADATA_RESERVATION_KEY: reservation.encode()})
+    stage = AttemptStage(limited)
+    request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS), metadata_context=metadata)
+    request.attributes["envoy.filters.http.ext_proc"].CopyFrom(_attributes("oa")["envoy.filters.http.ext_proc"])
+    drive(stage, request)
+    return stage, limiter
+
+
+def _charged(limiter: object) -> int:
+    values = asyncio.run(limiter.store.scan("bg:"))  # type: ignore[attr-defined]
+    return next(v for k, v in values.items() if "total_tokens" in k)
+
+
+@pytest.mark.parametrize("fixture", ["stream_no_done", "stream_cut_early"])
+def test_stream_without_usage_is_charged_for_the_text_it_streamed(monkeypatch: pytest.MonkeyPatch,
+                                                                 fixture: str) -> None:
+    stage, limiter = _limited_stage(monkeypatch)
+    hello = {**HELLO, "stream": True}
+    drive(stage, ProcessingRequest(request_body=body(hello)))
+    drive(stage, ProcessingRequest(response_headers=headers({":status": "200", "content-type": "text/event-stream"})))
+    stream = (Path(__file__).parent.parent / "fixtures" / "openai" / f"{fixture}.upstream.sse").read_bytes()
+    drive(stage, ProcessingRequest(response_body=HttpBody(body=stream, end_of_stream=fixture == "stream_no_done")))
+    asyncio.run(stage.close())  # a cut stream ends with the gRPC stream, not with end_of_stream
+    text = b"".join(part.split(b'"content":"', 1)[1].split(b'"', 1)[0] for part in stream.split(b"\n\n")
+                    if b'"content":"' in part)
+    prompt = estimate_prompt_tokens(hello, 4.0)
+    assert _charged(limiter) == prompt + math.ceil(len(text) / 4)  # not the 500 reserved output tokens
+
+
+def test_a_failed_attempt_settles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage, limiter = _limited_stage(monkeypatch)
+    drive(stage, ProcessingRequest(request_body=body(HELLO)))
+    drive(stage, ProcessingRequest(response_headers=headers({":status": "500", "content-type": "application/json"})))
+    drive(stage, ProcessingRequest(response_body=HttpBody(body=b'{"error": {"message": "x"}}', end_of_stream=True)))
+    asyncio.run(stage.close())
+    assert _charged(limiter) == 510  # still the reservation: Envoy retries, or the route stage releases
