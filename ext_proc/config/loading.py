@@ -112,5 +112,14 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
     for backend in data.get("backends") or []:
         if isinstance(backend, dict):
             fix(backend, "ca_file")
+            for section, keys in (("aws", ("credentials_file", "config_file", "web_identity_token_file")),
+                                  ("gcp", ("service_account_file",))):
+                if isinstance(backend.get(section), dict):
+                    for key in keys:
+                        fix(backend[section], key)
+            azure = backend.get("azure")
+            if isinstance(azure, dict) and isinstance(azure.get("entra"), dict) and \
+                    isinstance(azure["entra"].get("client_secret"), dict):
+                fix(azure["entra"]["client_secret"], "file")
             if isinstance(backend.get("api_key"), dict):
                 fix(backend["api_key"], "file")

@@ -70,11 +70,65 @@ class LimitRule(_Strict):
         return self
 
 
+Schema = Literal["openai", "anthropic", "azure-openai", "cohere", "bedrock-converse", "bedrock-anthropic", "gemini",
+                 "vertex-gemini", "vertex-anthropic"]
+
+PRESETS: dict[str, str] = {
+    "mistral": "https://api.mistral.ai/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "together": "https://api.together.xyz/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+    "xai": "https://api.x.ai/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "vllm": "http://127.0.0.1:8000/v1",
+    "ollama": "http://127.0.0.1:11434/v1",
+}
+"""OpenAI-compatible providers by name, with their usual base URL (a `base_url` given in config wins)."""
+
+
+class AwsSettings(_Strict):
+    """Where Bedrock credentials come from; nothing set means botocore's default chain (environment variables,
+    then the shared credentials/config files, then a web-identity token from AWS_WEB_IDENTITY_TOKEN_FILE)."""
+
+    region: str
+    profile: str | None = None
+    credentials_file: Path | None = None
+    config_file: Path | None = None
+    web_identity_token_file: Path | None = None
+    role_arn: str | None = None
+    sts_endpoint: str | None = Field(None, description="For a private STS endpoint (and tests).")
+
+
+class GcpSettings(_Strict):
+    project: str | None = None
+    location: str | None = Field(None, description="Vertex AI region, e.g. us-central1, or `global`.")
+    service_account_file: Path | None = Field(
+        None, description="Service-account JSON; without it, Application Default Credentials.")
+
+
+class AzureEntra(_Strict):
+    tenant_id: str
+    client_id: str
+    client_secret: SecretRef
+    authority: str = "https://login.microsoftonline.com"
+
+
+class AzureSettings(_Strict):
+    api_version: str = "2024-10-21"
+    deployment: str | None = Field(None, description="Deployment name; the route's backend model if unset.")
+    entra: AzureEntra | None = Field(None, description="Entra ID (client credentials) instead of an `api-key`.")
+
+
 class Backend(_Strict):
     id: str
-    schema_: Literal["openai", "anthropic"] = Field(alias="schema")
-    base_url: str
+    schema_: Schema = Field(alias="schema")
+    base_url: str = Field(description="Defaults per schema/preset/region when omitted.")
     api_key: SecretRef | None = None
+    preset: str | None = Field(None, description=f"OpenAI-compatible provider by name: {', '.join(PRESETS)}.")
+    aws: AwsSettings | None = None
+    gcp: GcpSettings | None = None
+    azure: AzureSettings | None = None
     timeout: Seconds = Field(
         600.0, description="Whole-attempt limit (the OpenAI SDK default); a stream longer than this is cut.")
     connect_timeout: Seconds = 5.0
@@ -82,6 +136,26 @@ class Backend(_Strict):
     connect_to: str | None = Field(
         None, description="Connect to this IP instead of resolving the base URL host; SNI and Host still use the host.")
     limits: list[LimitRule] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_base_url(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("base_url"):
+            url = _default_url(data)
+            if url:
+                data = {**data, "base_url": url}
+        return data
+
+    @model_validator(mode="after")
+    def _schema_settings(self) -> Backend:
+        schema = self.schema_
+        if self.preset is not None and (schema != "openai" or self.preset not in PRESETS):
+            raise ValueError(f"`preset` applies to schema openai and is one of {', '.join(PRESETS)}")
+        if schema.startswith("bedrock") and self.aws is None:
+            raise ValueError("bedrock backends need `aws: {region: ...}`")
+        if schema.startswith("vertex") and (self.gcp is None or not self.gcp.project or not self.gcp.location):
+            raise ValueError("vertex backends need `gcp: {project: ..., location: ...}`")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -99,6 +173,10 @@ class Backend(_Strict):
         if parts.query or parts.fragment:
             raise ValueError("a base URL carries no query or fragment")
         return value.rstrip("/")
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.base_url).scheme
 
     @property
     def is_tls(self) -> bool:
@@ -121,6 +199,27 @@ class Backend(_Strict):
     @property
     def base_path(self) -> str:
         return urlsplit(self.base_url).path.rstrip("/")
+
+
+def _default_url(data: dict) -> str | None:
+    schema = data.get("schema")
+    preset = data.get("preset")
+    region = (data.get("aws") or {}).get("region") if isinstance(data.get("aws"), dict) else None
+    location = (data.get("gcp") or {}).get("location") if isinstance(data.get("gcp"), dict) else None
+    if schema == "openai" and preset in PRESETS:
+        return PRESETS[preset]
+    if schema == "anthropic":
+        return "https://api.anthropic.com"
+    if schema == "cohere":
+        return "https://api.cohere.com"
+    if schema == "gemini":
+        return "https://generativelanguage.googleapis.com"
+    if isinstance(schema, str) and schema.startswith("bedrock") and region:
+        return f"https://bedrock-runtime.{region}.amazonaws.com"
+    if isinstance(schema, str) and schema.startswith("vertex") and location:
+        host = "aiplatform.googleapis.com" if location == "global" else f"{location}-aiplatform.googleapis.com"
+        return f"https://{host}"
+    return None
 
 
 class RouteBackend(_Strict):

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from types import ModuleType
 
 from .. import providers
-from ..auth.credentials import read_secret
+from ..auth.credentials import Credential, StaticCredential, read_secret
 from ..auth.virtual_keys import KeyInfo
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
 from .chains import chain_id
-from .models import Config
+from .models import Backend, Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +24,11 @@ class BackendInfo:
     schema: str
     provider: ModuleType
     authority: str
+    origin: str
+    """scheme://authority, for URLs that credentials sign."""
     base_path: str
-    auth_headers: tuple[tuple[str, str], ...]
+    credential: Credential
+    settings: Backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +64,14 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
     backends: dict[str, BackendInfo] = {}
     for index, backend in enumerate(config.backends):
         provider = providers.for_schema(backend.schema_)
-        headers: tuple[tuple[str, str], ...] = ()
-        if backend.api_key is not None and load_secrets:
-            secret = read_secret(backend.api_key, f"backends[{index}].api_key")
-            headers = tuple(provider.auth_headers(secret))
+        credential: Credential = StaticCredential()
+        if load_secrets:
+            secret = read_secret(backend.api_key, f"backends[{index}].api_key") if backend.api_key else None
+            credential = providers.credential_for(provider, backend, secret)
         backends[backend.id] = BackendInfo(
             id=backend.id, schema=backend.schema_, provider=provider, authority=backend.authority,
-            base_path=backend.base_path, auth_headers=headers)
+            origin=f"{backend.scheme}://{backend.authority}", base_path=backend.base_path, credential=credential,
+            settings=backend)
 
     routes: dict[str, RouteInfo] = {}
     for route in config.routes:
@@ -79,7 +83,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
         info = RouteInfo(name=route.model, chain=chain, chain_id=chain_id(chain),
                          backend_models={entry.backend: entry.model for entry in route.backends},
                          translations=tuple(translations.values()),
-                         embeddings=all(backends[b].schema == "openai" for b in chain))
+                         embeddings=all(providers.serves_embeddings(backends[b].provider) for b in chain))
         for name in (route.model, *route.aliases):
             routes[name] = info
 

@@ -8,6 +8,7 @@ header) are applied, then the provider module answers. `GET /_demo/requests` lis
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,16 @@ _APIS = {
     "openai": _Api(openai_server.answer, openai_server.error),
     "anthropic": _Api(anthropic_server.answer, anthropic_server.error),
 }
+# Each further demo provider module exposes `KIND`, `answer(call) -> Reply` and `error(status, message) -> Reply`.
+for _module_name in ("bedrock_server", "gemini_server", "azure_server", "cohere_server"):
+    try:
+        _module = importlib.import_module(f"ext_proc.demo.{_module_name}")
+    except ModuleNotFoundError as _missing:
+        if _missing.name != f"ext_proc.demo.{_module_name}":
+            raise
+        continue
+    for _kind in getattr(_module, "KINDS", (getattr(_module, "KIND", ""),)):
+        _APIS[_kind] = _Api(_module.answer, _module.error)
 KINDS = tuple(_APIS)
 
 
@@ -128,12 +139,14 @@ async def start_demo_provider(
 
 async def _send(response: Response, reply: Reply, headers: list[tuple[str, str]], faults: Faults = NO_FAULTS) -> None:
     """Write `reply`; a stream honours `midstream` (drop the connection after N events) and `slow` (pause between)."""
+    own_type = any(name == "content-type" for name, _ in reply.headers)
     if reply.events is None:
-        await response.send(reply.status, [("content-type", "application/json"), *reply.headers, *headers], reply.body)
+        default = () if own_type else (("content-type", "application/json"),)
+        await response.send(reply.status, [*default, *reply.headers, *headers], reply.body)
         return
-    await response.start(
-        reply.status, [("content-type", "text/event-stream"), ("cache-control", "no-cache"), *reply.headers, *headers]
-    )
+    # SSE unless the provider names its own stream type (Bedrock's binary event-stream)
+    default = () if own_type else (("content-type", "text/event-stream"),)
+    await response.start(reply.status, [*default, ("cache-control", "no-cache"), *reply.headers, *headers])
     for index, event in enumerate(reply.events):
         if index == faults.midstream:
             break

@@ -27,6 +27,7 @@ import orjson
 from ..errors import BadRequest, UpstreamError, error_body, status_error_type
 
 SCHEMA = "anthropic"
+CREDENTIAL_HEADERS = frozenset({"x-api-key", "anthropic-version"})
 API_VERSION = "2023-06-01"
 
 MAPPED = "mapped"
@@ -119,7 +120,7 @@ _STATUS_BY_ERROR_TYPE = {
     "gateway_timeout_error": 504,
 }
 
-def chat_path(model: str, stream: bool) -> str:
+def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return "/v1/messages"
 
 

@@ -16,7 +16,11 @@ SCHEMA = "openai"
 _DONE = b"[DONE]"
 
 
-def chat_path(model: str, stream: bool) -> str:
+CREDENTIAL_HEADERS = frozenset({"authorization"})
+EMBEDDINGS = True
+
+
+def chat_path(model: str, stream: bool, backend: object = None) -> str:
     """The backend's base URL carries the `/v1` (as with the OpenAI SDK's `base_url`)."""
     return "/chat/completions"
 
@@ -34,6 +38,18 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
 
 
 def chat_response(body: dict, model: str, created: int) -> dict:
+    return body
+
+
+def embeddings_path(model: str, backend: object = None) -> str:
+    return "/embeddings"
+
+
+def embeddings_request(body: dict, model: str) -> dict:
+    return {**body, "model": model}
+
+
+def embeddings_response(body: dict, model: str) -> dict:
     return body
 
 

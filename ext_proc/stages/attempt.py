@@ -23,11 +23,12 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 
-from .. import constants
+from .. import constants, providers
 from ..config.runtime import BackendInfo, Runtime
 from ..errors import BadRequest, UpstreamError
 from ..limits.estimate import Usage, estimate_prompt_tokens, usage_from_openai
 from ..limits.limiter import Reservation
+from ..streaming.eventstream import EventStreamDecoder, EventStreamError
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data
 from . import messages
 from .endpoints import Endpoint
@@ -42,7 +43,9 @@ STREAMED_RESPONSE_MODE = ProcessingMode(
 # Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows this
 # stage the previous attempt's headers, so every credential header any provider module sets is listed here too.
 _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anthropic-version", "anthropic-beta",
-                                  "openai-organization", "openai-project", "accept-encoding", "cookie"})
+                                  "openai-organization", "openai-project", "accept-encoding", "cookie"}
+                                 ) | providers.CREDENTIAL_HEADERS
+_EVENTSTREAM = "application/vnd.amazon.eventstream"
 _JSON = "application/json"
 
 _backend_by_metadata: dict[str, str] = {}
@@ -142,10 +145,10 @@ class AttemptStage:
         if self._endpoint is Endpoint.CHAT:
             self._streaming = body.get("stream") is True
             upstream = provider.chat_request(body, self._model, default_max_tokens=self._runtime.default_max_tokens)
-            path = backend.base_path + provider.chat_path(self._model, self._streaming)
-        elif backend.schema == "openai":
-            upstream = {**body, "model": self._model}
-            path = backend.base_path + "/embeddings"
+            path = backend.base_path + provider.chat_path(self._model, self._streaming, backend.settings)
+        elif providers.serves_embeddings(provider):
+            upstream = provider.embeddings_request(body, self._model)
+            path = backend.base_path + provider.embeddings_path(self._model, backend.settings)
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
                              code="unsupported_endpoint")
@@ -163,7 +166,7 @@ class AttemptStage:
                 (":authority", backend.authority),
                 ("content-type", _JSON),
                 ("content-length", str(len(encoded))),
-                *backend.auth_headers,
+                *backend.credential.headers("POST", backend.origin + path, encoded),
             ),
             body=encoded)
 
@@ -175,9 +178,10 @@ class AttemptStage:
         backend = self._backend
         assert backend is not None
         tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id), (constants.RESPONSE_HEADER_ATTEMPTS, self._attempt))
-        is_sse = headers.get("content-type", "").startswith("text/event-stream")
-        if 200 <= self._status < 300 and self._streaming and is_sse:
-            self._decoder = SSEDecoder()
+        content_type = headers.get("content-type", "")
+        if 200 <= self._status < 300 and self._streaming and content_type.startswith(("text/event-stream",
+                                                                                        _EVENTSTREAM)):
+            self._decoder = EventStreamDecoder() if content_type.startswith(_EVENTSTREAM) else SSEDecoder()
             return messages.response_headers_reply(
                 set_headers=tags, remove=("content-length",), mode=STREAMED_RESPONSE_MODE)
         return messages.response_headers_reply(set_headers=tags)
@@ -192,10 +196,10 @@ class AttemptStage:
             return _json_reply(error, status if status != self._status else None)
         try:
             answer = orjson.loads(message.body)
-            if self._endpoint is not Endpoint.CHAT:
-                self.usage = usage_from_openai(answer.get("usage"))
-                return messages.response_body_reply()
-            translated = backend.provider.chat_response(answer, self._model, int(time.time()))
+            if self._endpoint is Endpoint.EMBEDDINGS:
+                translated = backend.provider.embeddings_response(answer, self._model)
+            else:
+                translated = backend.provider.chat_response(answer, self._model, int(time.time()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             # The response is already on its way: rewrite it rather than answering anew.
             error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
@@ -216,7 +220,7 @@ class AttemptStage:
                 out.extend(self._encode(chunk) for chunk in stream.feed(event.event, event.data))  # type: ignore[attr-defined]
             if message.end_of_stream:
                 out.extend(self._encode(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
-        except SSEError as exc:
+        except (SSEError, EventStreamError) as exc:
             out.append(encode_data(orjson.loads(UpstreamError(str(exc)).body())))
         if message.end_of_stream:
             out.append(DONE)

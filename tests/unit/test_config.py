@@ -27,8 +27,8 @@ def test_valid_config_loads_with_durations_and_relative_secret_files(monkeypatch
     assert [b.timeout for b in config.backends] == [30.0, 120.0]
     assert config.backends[1].api_key.file == FIXTURES / "secrets" / "anthropic.key"
     runtime = compile_runtime(config)
-    assert runtime.backends["oa"].auth_headers == (("authorization", "Bearer sk-env-secret"),)
-    assert ("x-api-key", "sk-ant-file-secret") in runtime.backends["an"].auth_headers
+    assert runtime.backends["oa"].credential.headers("POST", "", b"") == [("authorization", "Bearer sk-env-secret")]
+    assert ("x-api-key", "sk-ant-file-secret") in runtime.backends["an"].credential.headers("POST", "", b"")
     assert runtime.routes["gpt4"] is runtime.routes["gpt-4o"]
     assert runtime.routes["gpt-4o"].chain == ("oa", "an")
     assert runtime.routes["gpt-4o"].backend_models == {"oa": "gpt-4o-2024-08-06", "an": "claude-sonnet-4-5"}
