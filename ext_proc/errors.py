@@ -25,7 +25,9 @@ class GatewayError(Exception):
         self.param = param
         self.headers = headers
 
-    def body(self) -> bytes:
+    def body(self, style: str = "openai") -> bytes:
+        if style == "anthropic":
+            return orjson.dumps(anthropic_error(self.status, self.message))
         return error_body(self.message, self.type, self.code, self.param)
 
 
@@ -113,4 +115,32 @@ _TYPE_BY_STATUS = {
     502: "upstream_error",
     503: "service_unavailable",
     504: "timeout",
+}
+
+
+def anthropic_error(status: int, message: str) -> dict:
+    """The same failure in Anthropic's error shape, for clients of `/anthropic/v1/messages`."""
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPE_BY_STATUS.get(status, "api_error" if status >= 500
+                                                                             else "invalid_request_error"),
+                                       "message": message}}
+
+
+def anthropic_error_from_openai(status: int, error: dict) -> dict:
+    inner = error.get("error") if isinstance(error.get("error"), dict) else {}
+    return anthropic_error(status, str(inner.get("message") or "The upstream request failed."))
+
+
+_ANTHROPIC_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
 }

@@ -67,11 +67,11 @@ async def respond(stage: Stage, request: ProcessingRequest) -> ProcessingRespons
     try:
         return await stage.handle(request)
     except GatewayError as error:
-        return messages.error_reply(error)
+        return messages.error_reply(error, stage.error_style)
     except Exception:
         log.exception("unexpected failure while processing %s", request.WhichOneof("request"))
         return messages.error_reply(UpstreamError("The gateway failed to process this request.",
-                                                  code="gateway_internal_error"))
+                                                  code="gateway_internal_error"), stage.error_style)
 
 
 def _is_attempt(context: grpc.aio.ServicerContext) -> bool:

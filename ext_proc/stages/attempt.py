@@ -24,12 +24,13 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from .. import constants, providers
+from ..client_formats import anthropic_messages
 from ..config.runtime import BackendInfo, Runtime
-from ..errors import BadRequest, UpstreamError
+from ..errors import BadRequest, UpstreamError, anthropic_error_from_openai
 from ..limits.estimate import Usage, estimate_prompt_tokens, usage_from_openai
 from ..limits.limiter import Reservation
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
-from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data
+from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
 from . import messages
 from .endpoints import Endpoint
 
@@ -75,9 +76,9 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 
 class AttemptStage:
-    __slots__ = ("_attempt", "_backend", "_created", "_decoder", "_endpoint", "_model", "_prompt_estimate",
-                 "_reservation", "_runtime", "_settled", "_status", "_stream", "_streamed_chars", "_streaming",
-                 "usage")
+    __slots__ = ("_attempt", "_backend", "_client_stream", "_created", "_decoder", "_endpoint", "_model",
+                 "_prompt_estimate", "_reservation", "_runtime", "_settled", "_status", "_stream", "_streamed_chars",
+                 "_streaming", "error_style", "usage")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -94,6 +95,8 @@ class AttemptStage:
         self._prompt_estimate = 0
         self._streamed_chars = 0
         self._settled = False
+        self._client_stream: anthropic_messages.MessagesStream | None = None
+        self.error_style = "openai"
         self.usage: Usage | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -131,6 +134,8 @@ class AttemptStage:
         self._backend = backend
         self._model = route.backend_models.get(backend.id, "")
         self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
+        if self._endpoint is Endpoint.MESSAGES:
+            self.error_style = "anthropic"
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
         remove = [name for name in headers if name in _CLIENT_ONLY_HEADERS
@@ -142,7 +147,9 @@ class AttemptStage:
         assert backend is not None
         body = orjson.loads(message.body)
         provider = backend.provider
-        if self._endpoint is Endpoint.CHAT:
+        if self._endpoint is Endpoint.MESSAGES:
+            body = anthropic_messages.to_openai(body)
+        if self._endpoint is not Endpoint.EMBEDDINGS:
             self._streaming = body.get("stream") is True
             upstream = provider.chat_request(body, self._model, default_max_tokens=self._runtime.default_max_tokens)
             path = backend.base_path + provider.chat_path(self._model, self._streaming, backend.settings)
@@ -158,6 +165,10 @@ class AttemptStage:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             self._created = int(time.time())
+            if self._endpoint is Endpoint.MESSAGES:
+                # Anthropic clients always get usage (in message_delta), so the translator must report it.
+                include_usage = True
+                self._client_stream = anthropic_messages.MessagesStream(self._model)
             self._stream = provider.ChatStream(self._model, self._created, include_usage)
         encoded = orjson.dumps(upstream)
         return messages.request_body_reply(
@@ -193,6 +204,8 @@ class AttemptStage:
         assert backend is not None
         if not 200 <= self._status < 300:
             status, error = backend.provider.error_response(self._status, message.body)
+            if self._endpoint is Endpoint.MESSAGES:
+                error = anthropic_error_from_openai(status, error)
             return _json_reply(error, status if status != self._status else None)
         try:
             answer = orjson.loads(message.body)
@@ -204,8 +217,10 @@ class AttemptStage:
             # The response is already on its way: rewrite it rather than answering anew.
             error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
                                   f"{type(exc).__name__}.")
-            return _json_reply(orjson.loads(error.body()), error.status)
+            return _json_reply(orjson.loads(error.body(self.error_style)), error.status)
         self.usage = usage_from_openai(translated.get("usage"))
+        if self._endpoint is Endpoint.MESSAGES:
+            return _json_reply(anthropic_messages.from_openai(translated, self._model))
         return _json_reply(translated)
 
     def _stream_chunk(self, message: HttpBody) -> ProcessingResponse:
@@ -221,19 +236,29 @@ class AttemptStage:
             if message.end_of_stream:
                 out.extend(self._encode(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
         except (SSEError, EventStreamError) as exc:
-            out.append(encode_data(orjson.loads(UpstreamError(str(exc)).body())))
+            out.append(self._encode(orjson.loads(UpstreamError(str(exc)).body())))
         if message.end_of_stream:
-            out.append(DONE)
+            out.append(self._end_of_stream())
         return messages.response_body_reply(b"".join(out))
 
+    def _end_of_stream(self) -> bytes:
+        if self._client_stream is None:
+            return DONE
+        return b"".join(encode_event(name, payload) for name, payload in self._client_stream.finish())
+
     def _encode(self, chunk: dict) -> bytes:
+        self._count(chunk)
+        if self._client_stream is None:
+            return encode_data(chunk)
+        return b"".join(encode_event(name, payload) for name, payload in self._client_stream.feed(chunk))
+
+    def _count(self, chunk: dict) -> None:
         if self._reservation is not None:
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
                 self._streamed_chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
                 for call in delta.get("tool_calls") or ():
                     self._streamed_chars += len((call.get("function") or {}).get("arguments") or "")
-        return encode_data(chunk)
 
     # -- settlement ---------------------------------------------------------------------------------------------
 

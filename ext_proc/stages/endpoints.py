@@ -9,6 +9,8 @@ from ..errors import MethodNotAllowed, NotFound
 
 class Endpoint(StrEnum):
     CHAT = "chat"
+    MESSAGES = "messages"
+    """Anthropic Messages format from the client; translated to and from the canonical chat format."""
     EMBEDDINGS = "embeddings"
     MODELS = "models"
     MODEL = "model"
@@ -18,6 +20,7 @@ _EXACT: dict[str, tuple[Endpoint, str]] = {
     "/v1/chat/completions": (Endpoint.CHAT, "POST"),
     "/v1/embeddings": (Endpoint.EMBEDDINGS, "POST"),
     "/v1/models": (Endpoint.MODELS, "GET"),
+    "/anthropic/v1/messages": (Endpoint.MESSAGES, "POST"),
 }
 _MODEL_PREFIX = "/v1/models/"
 
@@ -33,8 +36,8 @@ def classify(method: str, path: str) -> tuple[Endpoint, str]:
         found = (Endpoint.MODEL, "GET")
         argument = path[len(_MODEL_PREFIX):]
     if found is None:
-        raise NotFound(f"Unknown endpoint {path!r}. Babelgate serves /v1/chat/completions, /v1/embeddings and "
-                       "/v1/models.", code="unknown_url")
+        raise NotFound(f"Unknown endpoint {path!r}. Babelgate serves /v1/chat/completions, /v1/embeddings, "
+                       "/v1/models and /anthropic/v1/messages.", code="unknown_url")
     endpoint, allowed = found
     if method != allowed:
         raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}.",

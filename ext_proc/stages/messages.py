@@ -105,6 +105,7 @@ def immediate(status: int, body: bytes, headers: Headers = _JSON, details: str =
     return reply
 
 
-def error_reply(error: GatewayError) -> ProcessingResponse:
+def error_reply(error: GatewayError, style: str = "openai") -> ProcessingResponse:
+    """`style` is the client's API: "openai", or "anthropic" for `/anthropic/v1/messages` clients."""
     details = f"babelgate_{error.code or error.type}"
-    return immediate(error.status, error.body(), (*_JSON, *error.headers), details=details)
+    return immediate(error.status, error.body(style), (*_JSON, *error.headers), details=details)

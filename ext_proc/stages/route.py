@@ -21,6 +21,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
+from ..client_formats import anthropic_messages
 from ..config.runtime import RouteInfo, Runtime
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
@@ -30,10 +31,11 @@ from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_endpoint", "_key", "_reservation", "_runtime", "_user")
+    __slots__ = ("_endpoint", "_key", "_reservation", "_runtime", "_user", "error_style")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
+        self.error_style = "openai"
         self._endpoint: Endpoint | None = None
         self._key: KeyInfo | None = None
         self._user: str | None = None
@@ -57,6 +59,8 @@ class RouteStage:
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
         endpoint, argument = classify(headers.get(":method", ""), headers.get(":path", "/"))
+        if endpoint is Endpoint.MESSAGES:
+            self.error_style = "anthropic"
         key = authenticate(self._runtime.keys,
                            bearer_token(headers.get("authorization")) or headers.get("x-api-key"))
         if endpoint is Endpoint.MODELS:
@@ -85,7 +89,9 @@ class RouteStage:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
-        if self._endpoint is Endpoint.CHAT:
+        if self._endpoint is Endpoint.MESSAGES:
+            body = anthropic_messages.to_openai(body)
+        if self._endpoint is not Endpoint.EMBEDDINGS:
             check_chat_shape(body)
         elif "input" not in body:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
@@ -94,7 +100,7 @@ class RouteStage:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
-        if self._endpoint is Endpoint.CHAT:
+        if self._endpoint is not Endpoint.EMBEDDINGS:
             for provider, backend_model in route.translations:
                 provider.chat_request(body, backend_model, default_max_tokens=self._runtime.default_max_tokens)
         elif not route.embeddings:

@@ -1,0 +1,548 @@
+"""Anthropic Messages clients <-> the canonical OpenAI format, checked against fixtures in
+tests/fixtures/anthropic_client/.
+
+Every OpenAI request the translator produces is validated against the `openai` SDK's request types (unknown keys
+refused, except the documented `cache_control` extension), every Message against `anthropic.types.Message`, every
+stream event against `RawMessageStreamEvent`, and the streams are also consumed by the `anthropic` SDK's own stream
+accumulator through a mock transport. Round trips through `providers/anthropic.py` check that nothing a client asked
+for is lost on the way to an Anthropic backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anthropic
+import anthropic.types as anthropic_types
+import httpx2
+import pydantic
+import pytest
+from anthropic.types import message_create_params
+from openai.types.chat import completion_create_params
+from openai.types.chat.chat_completion import Choice
+
+from ext_proc.client_formats import anthropic_messages
+from ext_proc.client_formats.anthropic_messages import MessagesStream, from_openai, to_openai
+from ext_proc.errors import BadRequest
+from ext_proc.providers import anthropic as anthropic_provider
+from ext_proc.streaming.sse import SSEDecoder, SSEEvent, encode_event
+from tests.unit.test_anthropic_translation import _problems
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic_client"
+PROVIDER_FIXTURES = FIXTURES.parent / "anthropic"
+MODEL = "gpt-4o"
+CLAUDE = "claude-sonnet-4-5-20250929"
+ROUTE = "claude-via-gateway"
+"""What SDK calls name: a gateway route (a real, deprecated model name would make the SDK warn)."""
+BASE_BODY = {"model": CLAUDE, "max_tokens": 1024, "messages": [{"role": "user", "content": "hi"}]}
+WEATHER = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+TIME = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+
+LEGACY_FIELDS = {"temperature", "top_p", "top_k"}
+"""Accepted by the Messages API for older models but no longer declared by the 2.x SDK's types."""
+
+OPENAI_EXTENSION_KEYS = {"cache_control"}
+"""Keys the translator adds to OpenAI messages, parts and tools that the openai SDK doesn't declare."""
+
+
+def _load(name: str) -> typing.Any:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def _cases(prefix: str, suffix: str) -> list[str]:
+    return sorted(path.name[len(prefix):-len(suffix)] for path in FIXTURES.glob(f"{prefix}*{suffix}"))
+
+
+def _events(path: Path) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    return decoder.feed(path.read_bytes()) + decoder.finish()
+
+
+def _run_stream(chunks: list[dict], input_tokens: int = 0) -> list[tuple[str, dict]]:
+    stream = MessagesStream(MODEL, input_tokens=input_tokens)
+    events = [event for chunk in chunks for event in stream.feed(chunk)]
+    return events + stream.finish()
+
+
+def _openai_chunks(case: str) -> list[dict]:
+    return [json.loads(event.data) for event in _events(FIXTURES / f"stream_{case}.openai.sse")]
+
+
+def _encode(events: list[tuple[str, dict]]) -> bytes:
+    return b"".join(encode_event(name, payload) for name, payload in events)
+
+
+# --- validators ----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _adapter(hint: typing.Any) -> pydantic.TypeAdapter:
+    """Building an adapter for the SDKs' large request types takes a tenth of a second: build each once."""
+    return pydantic.TypeAdapter(hint)
+
+
+def _assert_valid_openai_request(request: dict) -> None:
+    params = (completion_create_params.CompletionCreateParamsStreaming if request.get("stream")
+              else completion_create_params.CompletionCreateParamsNonStreaming)
+    _adapter(params).validate_python(request)
+    problems = [problem for problem in _problems(request, params, "request")
+                if not any(problem.endswith(f".{key}: unknown key") for key in OPENAI_EXTENSION_KEYS)]
+    assert problems == []
+
+
+def _assert_valid_anthropic_request(request: dict) -> None:
+    request = {key: value for key, value in request.items() if key not in LEGACY_FIELDS}
+    params = (message_create_params.MessageCreateParamsStreaming if request.get("stream")
+              else message_create_params.MessageCreateParamsNonStreaming)
+    _adapter(params).validate_python(request)
+    assert _problems(request, params, "request") == []
+
+
+def _assert_valid_events(events: list[tuple[str, dict]]) -> None:
+    adapter = _adapter(anthropic_types.RawMessageStreamEvent)
+    for name, payload in events:
+        assert payload["type"] == name
+        if name == "error":
+            anthropic_types.ErrorResponse.model_validate(payload)
+        else:
+            adapter.validate_python(payload)
+
+
+def test_openai_validator_catches_a_misplaced_key() -> None:
+    request = to_openai(BASE_BODY)
+    request["messages"][0]["tool_call_id"] = "call_1"  # belongs on tool messages only
+    with pytest.raises(AssertionError):
+        _assert_valid_openai_request(request)
+
+
+# --- the Anthropic SDK against a mock transport --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _sdk(reply: Callable[[dict], httpx2.Response]) -> Iterator[tuple[anthropic.Anthropic, list[dict]]]:
+    """An `anthropic.Anthropic` client whose requests (bodies recorded) are answered by `reply`."""
+    sent: list[dict] = []
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        assert request.url.path == "/anthropic/v1/messages"
+        sent.append(json.loads(request.content))
+        return reply(sent[-1])
+
+    with httpx2.Client(transport=httpx2.MockTransport(handle)) as http:
+        yield anthropic.Anthropic(api_key="sk-gateway-key", base_url="http://gateway/anthropic", http_client=http,
+                                  max_retries=0), sent
+
+
+def _event_stream(events: list[tuple[str, dict]]) -> Callable[[dict], httpx2.Response]:
+    return lambda _: httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=_encode(events))
+
+
+def _sdk_final_message(events: list[tuple[str, dict]]) -> anthropic_types.Message:
+    with _sdk(_event_stream(events)) as (client, _), client.messages.stream(
+            model=ROUTE, max_tokens=1024, messages=[{"role": "user", "content": "hi"}]) as stream:
+        return stream.get_final_message()
+
+
+# --- requests ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", _cases("request_", ".anthropic.json"))
+def test_request_translates_to_golden_openai_request(case: str) -> None:
+    body = _load(f"request_{case}.anthropic.json")
+    _assert_valid_anthropic_request(body)  # the fixture is a request the SDK could send
+    translated = to_openai(body)
+    assert translated == _load(f"request_{case}.openai.json")
+    _assert_valid_openai_request(translated)
+
+
+def test_every_messages_field_has_a_rule() -> None:
+    sdk_fields: set[str] = set()
+    for params in (message_create_params.MessageCreateParamsNonStreaming,
+                   message_create_params.MessageCreateParamsStreaming):
+        sdk_fields |= set(params.__annotations__) | set(typing.get_type_hints(params))
+    assert sdk_fields | LEGACY_FIELDS == set(anthropic_messages.FIELDS)
+    assert set(anthropic_messages.FIELDS.values()) <= {anthropic_messages.MAPPED, anthropic_messages.DROPPED,
+                                                       anthropic_messages.REFUSED}
+
+
+REFUSED_SAMPLES = _load("refused_fields.json")
+DROPPED_SAMPLES = _load("dropped_fields.json")
+
+
+def test_every_refused_and_dropped_field_has_a_sample() -> None:
+    rules = anthropic_messages.FIELDS
+    assert set(REFUSED_SAMPLES) == {field for field, rule in rules.items() if rule == anthropic_messages.REFUSED}
+    assert set(DROPPED_SAMPLES) == {field for field, rule in rules.items() if rule == anthropic_messages.DROPPED}
+
+
+@pytest.mark.parametrize("field", sorted(REFUSED_SAMPLES))
+def test_refused_field_is_named_in_the_bad_request(field: str) -> None:
+    with pytest.raises(BadRequest) as refused:
+        to_openai({**BASE_BODY, field: REFUSED_SAMPLES[field]})
+    assert refused.value.param == field
+    assert field in refused.value.message
+
+
+@pytest.mark.parametrize("field", sorted(REFUSED_SAMPLES))
+def test_null_refused_field_counts_as_absent(field: str) -> None:
+    assert to_openai({**BASE_BODY, field: None}) == to_openai(BASE_BODY)
+
+
+@pytest.mark.parametrize("field", sorted(DROPPED_SAMPLES))
+def test_dropped_field_leaves_the_openai_request_unchanged(field: str) -> None:
+    assert to_openai({**BASE_BODY, field: DROPPED_SAMPLES[field]}) == to_openai(BASE_BODY)
+
+
+@pytest.mark.parametrize("case", _load("bad_requests.json"), ids=lambda case: case["name"])
+def test_untranslatable_request_is_refused_with_its_param(case: dict) -> None:
+    with pytest.raises(BadRequest) as refused:
+        to_openai({**BASE_BODY, **case["body"]})
+    assert refused.value.param == case["param"]
+    assert case["message"] in refused.value.message
+
+
+@pytest.mark.parametrize("case", _load("tool_choice_cases.json"), ids=lambda case: case["name"])
+def test_tool_choice_variants(case: dict) -> None:
+    body = {**BASE_BODY, "tools": [WEATHER, TIME]}
+    if "tool_choice" in case:
+        body["tool_choice"] = case["tool_choice"]
+    translated = to_openai(body)
+    assert translated.get("tool_choice") == case["expected_tool_choice"]
+    assert translated.get("parallel_tool_calls") == case.get("expected_parallel_tool_calls")
+    _assert_valid_openai_request(translated)
+
+
+@pytest.mark.parametrize("choice", [{"type": "auto"}, {"type": "none"}, {"type": "auto",
+                                                                         "disable_parallel_tool_use": True}])
+def test_tool_choice_is_left_out_without_tools(choice: dict) -> None:
+    translated = to_openai({**BASE_BODY, "tool_choice": choice})
+    assert "tool_choice" not in translated and "parallel_tool_calls" not in translated
+
+
+@pytest.mark.parametrize(("budget", "effort"), [(1024, "low"), (4095, "low"), (4096, "medium"), (8192, "medium"),
+                                                (16383, "medium"), (16384, "high"), (24576, "high"),
+                                                (60000, "high")])
+def test_thinking_budget_maps_to_an_effort_bucket(budget: int, effort: str) -> None:
+    body = {**BASE_BODY, "max_tokens": 64000, "thinking": {"type": "enabled", "budget_tokens": budget}}
+    assert to_openai(body)["reasoning_effort"] == effort
+
+
+@pytest.mark.parametrize(("thinking", "effort", "expected"), [
+    ({"type": "enabled", "budget_tokens": 2048}, "high", "high"),  # an explicit effort wins over a budget
+    ({"type": "adaptive"}, None, "high"),  # Anthropic's default effort
+    ({"type": "adaptive"}, "max", "max"),
+    (None, "medium", "medium"),  # effort without thinking shapes the whole answer
+    (None, None, None),
+])
+def test_thinking_and_effort_combine_into_one_reasoning_effort(thinking: dict | None, effort: str | None,
+                                                               expected: str | None) -> None:
+    body = {**BASE_BODY, "max_tokens": 8192}
+    if thinking is not None:
+        body["thinking"] = thinking
+    if effort is not None:
+        body["output_config"] = {"effort": effort}
+    assert to_openai(body).get("reasoning_effort") == expected
+
+
+def test_tool_results_come_before_the_rest_of_their_turn_in_order() -> None:
+    translated = to_openai(_load("request_tool_use_round_trip.anthropic.json"))
+    roles = [(message["role"], message.get("tool_call_id")) for message in translated["messages"]]
+    assert roles == [("user", None), ("assistant", None), ("tool", "toolu_paris"), ("tool", "toolu_oslo"),
+                     ("tool", "toolu_time"), ("user", None)]
+
+
+def test_request_translation_does_not_modify_the_client_body() -> None:
+    for case in _cases("request_", ".anthropic.json"):
+        body = _load(f"request_{case}.anthropic.json")
+        to_openai(body)
+        assert body == _load(f"request_{case}.anthropic.json"), case
+
+
+def test_what_the_sdk_sends_translates() -> None:
+    """Requests built by the anthropic SDK itself (create and stream helpers) reach the translator intact."""
+    answer = _load("response_text.anthropic.json")
+    with _sdk(lambda _: httpx2.Response(200, json=answer)) as (client, sent):
+        client.messages.create(
+            model=ROUTE, max_tokens=2048, system=[{"type": "text", "text": "Be brief.",
+                                                     "cache_control": {"type": "ephemeral"}}],
+            messages=[{"role": "user", "content": "hi"}], tools=[WEATHER],
+            tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+            thinking={"type": "enabled", "budget_tokens": 1024}, stop_sequences=["END"],
+            metadata={"user_id": "u-1"}, service_tier="auto")
+    with _sdk(_event_stream(_run_stream(_openai_chunks("text")))) as (client, streamed), client.messages.stream(
+            model=ROUTE, max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+            output_config={"effort": "low"}) as stream:
+        stream.get_final_message()
+    for body in (*sent, *streamed):
+        translated = to_openai(body)
+        _assert_valid_openai_request(translated)
+    assert to_openai(sent[0])["reasoning_effort"] == "low"
+    assert to_openai(streamed[0])["stream"] is True
+
+
+# --- round trips through the anthropic provider --------------------------------------------------------------------
+
+NOT_ROUND_TRIPPABLE = {
+    "automatic_cache_control": "the top-level marker lands on the last block, which is where it applies",
+    "documents": "the anthropic provider doesn't take OpenAI file parts yet",
+    "inline_system_message": "the anthropic provider hoists system messages into the top-level prompt",
+    "structured_output": "the anthropic provider doesn't translate response_format yet",
+    "thinking_adaptive_effort": "an effort becomes a thinking budget on the way back",
+    "tool_errors": "is_error travels as an 'Error: ' prefix",
+}
+
+
+def _budget_of(effort: str) -> int:
+    return anthropic_provider.chat_request({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                            "reasoning_effort": effort}, CLAUDE,
+                                           default_max_tokens=64000)["thinking"]["budget_tokens"]
+
+
+def _normalised(request: dict) -> dict:
+    """What must survive a round trip: the same request up to spellings Anthropic treats as identical."""
+    request = json.loads(json.dumps(request))
+    system = request.get("system")
+    if isinstance(system, list) and not any("cache_control" in block for block in system):
+        request["system"] = "\n\n".join(block["text"] for block in system)
+    for message in request["messages"]:
+        content = message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        message["content"] = [{key: value for key, value in block.items() if value is not None}
+                              for block in content if block["type"] not in ("thinking", "redacted_thinking")]
+    thinking = request.get("thinking")
+    if thinking and thinking["type"] == "enabled":
+        effort = to_openai({**BASE_BODY, "max_tokens": request["max_tokens"], "thinking": thinking})
+        thinking["budget_tokens"] = _budget_of(effort["reasoning_effort"])
+    return request
+
+
+@pytest.mark.parametrize("case", [case for case in _cases("request_", ".anthropic.json")
+                                  if case not in NOT_ROUND_TRIPPABLE])
+def test_request_survives_a_round_trip_through_the_anthropic_provider(case: str) -> None:
+    original = _load(f"request_{case}.anthropic.json")
+    back = anthropic_provider.chat_request(to_openai(original), original["model"], default_max_tokens=1)
+    assert _normalised(back) == _normalised(original)
+
+
+def test_round_trip_exclusions_are_real_cases() -> None:
+    assert set(NOT_ROUND_TRIPPABLE) <= set(_cases("request_", ".anthropic.json"))
+
+
+def test_sdk_agent_loop_keeps_tool_ids_and_inputs() -> None:
+    """Stream a tool call to the SDK, send its final message back with results: the ids and inputs come through."""
+    final = _sdk_final_message(_run_stream(_openai_chunks("tool_calls")))
+    calls = [block for block in final.content if block.type == "tool_use"]
+    results = [{"type": "tool_result", "tool_use_id": call.id, "content": "ok"} for call in calls]
+    with _sdk(lambda _: httpx2.Response(200, json=_load("response_text.anthropic.json"))) as (client, sent):
+        client.messages.create(model=ROUTE, max_tokens=256, tools=[WEATHER, TIME], messages=[
+            {"role": "user", "content": "Weather in Paris and Oslo?"},
+            {"role": "assistant", "content": final.content},
+            {"role": "user", "content": results}])
+    translated = to_openai(sent[0])
+    _assert_valid_openai_request(translated)
+    assistant = translated["messages"][1]
+    assert assistant["content"] == [{"type": "text", "text": "Checking both."}]
+    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in assistant["tool_calls"]] == [("call_paris", "get_weather", {"city": "Paris", "unit": "c"}),
+                                                   ("call_oslo", "get_weather", {"city": "Oslo"}),
+                                                   ("call_time", "get_time", {})]
+    assert [m["tool_call_id"] for m in translated["messages"][2:]] == ["call_paris", "call_oslo", "call_time"]
+
+
+# --- responses -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", _cases("response_", ".openai.json"))
+def test_response_translates_to_golden_message(case: str) -> None:
+    completion = _load(f"response_{case}.openai.json")
+    translated = from_openai(completion, MODEL)
+    assert translated == _load(f"response_{case}.anthropic.json")
+    anthropic_types.Message.model_validate(translated)
+
+
+@pytest.mark.parametrize(("finish_reason", "stop_reason"), sorted(_load("stop_reasons.json").items()))
+def test_finish_reason_maps_to_stop_reason(finish_reason: str, stop_reason: str) -> None:
+    completion = _load("response_text.openai.json")
+    completion["choices"][0]["finish_reason"] = finish_reason
+    assert from_openai(completion, MODEL)["stop_reason"] == stop_reason
+
+
+def test_every_openai_finish_reason_is_mapped() -> None:
+    finish_reasons = set(typing.get_args(Choice.model_fields["finish_reason"].annotation))
+    assert finish_reasons == set(_load("stop_reasons.json"))
+    assert set(_load("stop_reasons.json").values()) <= set(typing.get_args(anthropic_types.StopReason))
+
+
+def test_usage_counts_cached_tokens_apart_from_input_tokens() -> None:
+    usage = from_openai(_load("response_text.openai.json"), MODEL)["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == 1225
+    assert usage["cache_read_input_tokens"] == 1024
+
+
+def test_odd_completions_still_give_a_valid_message() -> None:
+    for completion in ({}, {"choices": []}, {"id": "", "choices": [{"message": {"content": [
+            {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, "finish_reason": None}]}):
+        message = from_openai(completion, MODEL)
+        anthropic_types.Message.model_validate(message)
+        assert message["id"].startswith("msg_") and message["model"] == MODEL
+    assert message["content"] == [{"type": "text", "text": "ab"}]
+
+
+def test_sdk_parses_a_translated_message() -> None:
+    answer = from_openai(_load("response_tool_calls_only.openai.json"), MODEL)
+    with _sdk(lambda _: httpx2.Response(200, json=answer)) as (client, _):
+        message = client.messages.create(model=ROUTE, max_tokens=64, messages=[{"role": "user", "content": "x"}])
+    assert message.stop_reason == "tool_use"
+    assert [block.input for block in message.content if block.type == "tool_use"] == [
+        {"city": "Paris", "unit": "c"}, {"city": "Oslo"}, {}]
+
+
+def _essentials(message: dict) -> dict:
+    """A Message up to what the OpenAI format can't carry: thinking signatures and redactions, which stop sequence
+    matched, block boundaries between adjacent text blocks, and usage fields beyond the token counts."""
+    content: list[dict] = []
+    for block in message["content"]:
+        if block["type"] == "redacted_thinking":
+            continue
+        block = {key: value for key, value in block.items() if key != "signature" and value is not None}
+        if content and block["type"] in ("text", "thinking") and content[-1]["type"] == block["type"]:
+            content[-1][block["type"]] += block[block["type"]]
+        else:
+            content.append(block)
+    usage = message["usage"]
+    return {"id": message["id"], "model": message["model"], "content": content,
+            "stop_reason": {"stop_sequence": "end_turn", "pause_turn": "end_turn"}.get(
+                message["stop_reason"], message["stop_reason"]),
+            "usage": {key: usage.get(key) or 0 for key in ("input_tokens", "output_tokens",
+                                                            "cache_read_input_tokens",
+                                                            "cache_creation_input_tokens")}}
+
+
+@pytest.mark.parametrize("path", sorted(PROVIDER_FIXTURES.glob("response_*.anthropic.json")), ids=lambda p: p.name)
+def test_anthropic_answer_survives_a_round_trip_through_the_anthropic_provider(path: Path) -> None:
+    original = json.loads(path.read_text())
+    back = from_openai(anthropic_provider.chat_response(original, CLAUDE, 1700000000), MODEL)
+    anthropic_types.Message.model_validate(back)
+    assert _essentials(back) == _essentials(original)
+
+
+# --- streams -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", _cases("stream_", ".openai.sse"))
+def test_stream_translates_to_golden_events(case: str) -> None:
+    events = _run_stream(_openai_chunks(case))
+    expected = [(event.event, json.loads(event.data)) for event in _events(FIXTURES / f"stream_{case}.anthropic.sse")]
+    assert events == expected
+    _assert_valid_events(events)
+
+
+SDK_FINAL_MESSAGES = {
+    "text": ("Hello, world!", [], "end_turn", (25, 6, 1200)),
+    "tool_calls": ("Checking both.", [{"city": "Paris", "unit": "c"}, {"city": "Oslo"}, {}], "tool_use", (472, 89, 0)),
+    "reasoning": ("Yes, 97 is prime.", [], "end_turn", (20, 40, 0)),
+    "usage_with_finish_reason": ("Once upon a", [], "max_tokens", (12, 3, 0)),
+    "no_usage": ("Hi", [], "end_turn", (7, 0, 0)),  # the input estimate from message_start stands
+    "refusal": ("I can't help with that.", [], "refusal", (40, 7, 0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SDK_FINAL_MESSAGES))
+def test_sdk_accumulates_the_translated_stream(case: str) -> None:
+    text, tool_inputs, stop_reason, (input_tokens, output_tokens, cached) = SDK_FINAL_MESSAGES[case]
+    final = _sdk_final_message(_run_stream(_openai_chunks(case), input_tokens=7))
+    assert "".join(block.text for block in final.content if block.type == "text") == text
+    assert [block.input for block in final.content if block.type == "tool_use"] == tool_inputs
+    assert final.stop_reason == stop_reason
+    assert (final.usage.input_tokens, final.usage.output_tokens, final.usage.cache_read_input_tokens) == (
+        input_tokens, output_tokens, cached)
+
+
+def test_every_stream_fixture_with_a_finish_is_checked_by_the_sdk() -> None:
+    failing = {"cut_early", "error_mid_stream", "error_before_start"}
+    assert set(SDK_FINAL_MESSAGES) | failing == set(_cases("stream_", ".openai.sse"))
+
+
+@pytest.mark.parametrize(("case", "error_type"), [("cut_early", "api_error"), ("error_mid_stream", "overloaded_error"),
+                                                  ("error_before_start", "rate_limit_error")])
+def test_sdk_raises_on_a_failed_stream(case: str, error_type: str) -> None:
+    with pytest.raises(anthropic.APIStatusError) as failed:
+        _sdk_final_message(_run_stream(_openai_chunks(case)))
+    assert failed.value.body["error"]["type"] == error_type
+
+
+def test_reasoning_streams_as_a_thinking_block() -> None:
+    final = _sdk_final_message(_run_stream(_openai_chunks("reasoning")))
+    assert [block.type for block in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == "97 is odd; not divisible by 3, 5 or 7."
+
+
+def test_message_start_carries_the_input_estimate() -> None:
+    events = _run_stream(_openai_chunks("text"), input_tokens=1234)
+    assert events[0][1]["message"]["usage"]["input_tokens"] == 1234
+
+
+@pytest.mark.parametrize(("case", "finished"), [("text", True), ("error_mid_stream", False)])
+def test_nothing_follows_message_stop_or_an_error(case: str, finished: bool) -> None:
+    stream = MessagesStream(MODEL)
+    chunks = _openai_chunks(case)
+    for chunk in chunks:
+        stream.feed(chunk)
+    assert stream.finished is finished
+    assert stream.feed(chunks[0]) == [] and stream.finish() == []
+
+
+def test_empty_stream_is_an_error() -> None:
+    events = MessagesStream(MODEL).finish()
+    assert [name for name, _ in events] == ["error"]
+    _assert_valid_events(events)
+
+
+def test_interleaved_tool_call_fragments_are_an_error_not_a_corruption() -> None:
+    def fragment(index: int, arguments: str, call_id: str | None = None) -> dict:
+        call = {"index": index, "function": {"arguments": arguments}}
+        if call_id:
+            call |= {"id": call_id, "type": "function", "function": {"name": "f", "arguments": arguments}}
+        return {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
+
+    events = _run_stream([fragment(0, "{", "call_a"), fragment(1, "{", "call_b"), fragment(0, "}")])
+    assert events[-1][0] == "error"
+    _assert_valid_events(events)
+
+
+def test_repeated_tool_call_ids_in_fragments_do_not_open_new_blocks() -> None:
+    chunk = {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        "finish_reason": None}]}
+    events = _run_stream([chunk, chunk, {"id": "c", "choices": [{"index": 0, "delta": {},
+                                                                 "finish_reason": "tool_calls"}]}])
+    assert [name for name, _ in events].count("content_block_start") == 1
+
+
+@pytest.mark.parametrize("path", sorted(PROVIDER_FIXTURES.glob("stream_*.anthropic.sse")), ids=lambda p: p.name)
+def test_anthropic_stream_survives_the_provider_and_back(path: Path) -> None:
+    """Anthropic backend events -> provider ChatStream -> MessagesStream: what the SDK accumulates is the same."""
+    upstream = _events(path)
+    provider = anthropic_provider.ChatStream(CLAUDE, 1700000000, include_usage=True)
+    client = MessagesStream(CLAUDE)
+    events: list[tuple[str, dict]] = []
+    for event in upstream:
+        for chunk in provider.feed(event.event, event.data):
+            events += client.feed(chunk)
+    for chunk in provider.finish():
+        events += client.feed(chunk)
+    events += client.finish()
+    _assert_valid_events(events)
+    if not provider.finished:
+        with pytest.raises(anthropic.APIStatusError):
+            _sdk_final_message(events)
+        return
+    original = _sdk_final_message([(event.event or "", json.loads(event.data)) for event in upstream
+                                   if event.event != "ping"])
+    assert _essentials(_sdk_final_message(events).to_dict()) == _essentials(original.to_dict())
