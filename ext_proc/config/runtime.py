@@ -14,6 +14,7 @@ from ..auth.credentials import Credential, StaticCredential, read_secret
 from ..auth.virtual_keys import KeyInfo
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
+from ..providers import presets
 from .chains import chain_id
 from .models import Backend, Config
 
@@ -30,6 +31,13 @@ class BackendInfo:
     credential: Credential
     settings: Backend
 
+    def chat_request(self, body: dict, model: str, default_max_tokens: int) -> dict:
+        """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...)."""
+        upstream = self.provider.chat_request(body, model, default_max_tokens=default_max_tokens)
+        if self.settings.preset is not None:
+            upstream = presets.adapt_request(self.settings.preset, upstream, model)
+        return upstream
+
 
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
@@ -37,9 +45,9 @@ class RouteInfo:
     chain: tuple[str, ...]
     chain_id: str
     backend_models: dict[str, str]
-    translations: tuple[tuple[ModuleType, str], ...]
-    """One (provider, backend model) per distinct schema in the chain: the route stage translates the request
-    once per schema up front, so a field some backend refuses is a 400 before anything is sent anywhere."""
+    translations: tuple[tuple[BackendInfo, str], ...]
+    """One (backend, backend model) per distinct schema and preset in the chain: the route stage translates the
+    request once per kind up front, so a field some backend refuses is a 400 before anything is sent anywhere."""
     embeddings: bool
     """Every backend of the chain serves /v1/embeddings."""
 
@@ -76,10 +84,10 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
     routes: dict[str, RouteInfo] = {}
     for route in config.routes:
         chain = tuple(entry.backend for entry in route.backends)
-        translations: dict[str, tuple[ModuleType, str]] = {}
+        translations: dict[tuple[str, str | None], tuple[BackendInfo, str]] = {}
         for entry in route.backends:
             backend = backends[entry.backend]
-            translations.setdefault(backend.schema, (backend.provider, entry.model))
+            translations.setdefault((backend.schema, backend.settings.preset), (backend, entry.model))
         info = RouteInfo(name=route.model, chain=chain, chain_id=chain_id(chain),
                          backend_models={entry.backend: entry.model for entry in route.backends},
                          translations=tuple(translations.values()),

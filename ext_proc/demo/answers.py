@@ -33,6 +33,8 @@ class Call:
     headers: Mapping[str, str]
     body: object
     api_key: str | None
+    query: str = ""
+    """The query string (without `?`), e.g. Azure's `api-version=...`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,8 @@ class DemoProvider:
         if faults.status is not None:
             reply = self._api.error(faults.status, f"demo fault: {self.name} answers {faults.status}")
         else:
-            call = Call(self.name, request.method, request.path, request.headers, body, self._api_key)
+            call = Call(self.name, request.method, request.path, request.headers, body, self._api_key,
+                        request.target.partition("?")[2])
             reply = self._api.answer(call)
         await _send(response, reply, headers, faults)
 

@@ -31,9 +31,9 @@ from types import ModuleType
 
 from ..auth.credentials import Credential, StaticCredential
 from ..config.models import Backend
-from . import anthropic, openai
+from . import anthropic, azure_openai, cohere, openai
 
-_MODULES: tuple[ModuleType, ...] = (openai, anthropic)
+_MODULES: tuple[ModuleType, ...] = (openai, anthropic, azure_openai, cohere)
 _BY_SCHEMA: dict[str, ModuleType] = {}
 for _module in _MODULES:
     for _schema in getattr(_module, "SCHEMAS", (_module.SCHEMA,)):

@@ -151,7 +151,7 @@ class AttemptStage:
             body = anthropic_messages.to_openai(body)
         if self._endpoint is not Endpoint.EMBEDDINGS:
             self._streaming = body.get("stream") is True
-            upstream = provider.chat_request(body, self._model, default_max_tokens=self._runtime.default_max_tokens)
+            upstream = backend.chat_request(body, self._model, self._runtime.default_max_tokens)
             path = backend.base_path + provider.chat_path(self._model, self._streaming, backend.settings)
         elif providers.serves_embeddings(provider):
             upstream = provider.embeddings_request(body, self._model)

@@ -101,8 +101,8 @@ class RouteStage:
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
         if self._endpoint is not Endpoint.EMBEDDINGS:
-            for provider, backend_model in route.translations:
-                provider.chat_request(body, backend_model, default_max_tokens=self._runtime.default_max_tokens)
+            for backend, backend_model in route.translations:
+                backend.chat_request(body, backend_model, self._runtime.default_max_tokens)
         elif not route.embeddings:
             raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
                              code="unsupported_endpoint")

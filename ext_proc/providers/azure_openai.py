@@ -1,0 +1,172 @@
+"""OpenAI chat completions <-> Azure OpenAI (`POST /openai/deployments/{deployment}/chat/completions?api-version=`).
+
+Azure OpenAI speaks OpenAI's own format, so this module is the OpenAI passthrough (`providers/openai.py`: its
+request with `stream_options.include_usage`, its `ChatStream`, its error mapping) plus what Azure does differently:
+
+- The URL names the deployment (`backend.azure.deployment`, else the route's backend model) and the API version
+  (`backend.azure.api_version`). The body keeps `model`: Azure ignores it (the deployment decides), and the
+  `openai.AzureOpenAI` SDK sends it too. Streamed usage needs api-version 2024-09-01-preview or later (the default,
+  2024-10-21, has it): older versions refuse `stream_options`. Azure's newer `/openai/v1` API is plain OpenAI: use
+  schema `openai` with base_url `https://<resource>.openai.azure.com/openai/v1` for it.
+- Every OpenAI field is passed on (`FIELDS`): Azure validates the body against the api-version and answers 400
+  "Unrecognized request argument supplied: <field>" to what that version lacks, so nothing is lost silently. A
+  field that is neither an OpenAI field nor an Azure extension (`EXTENSIONS`) is refused here, as for every schema.
+- Answers carry Azure's content-filter annotations (`prompt_filter_results`, and `content_filter_results` on each
+  choice). They are kept: OpenAI clients ignore fields they don't know. A stream opens with a filter-only chunk
+  (`"choices": []`, `"object": ""`, `"created": 0`) that is neither a valid `chat.completion.chunk` nor the usage
+  chunk clients expect after `include_usage`; its `prompt_filter_results` move onto the first chunk with choices.
+- Errors are OpenAI-shaped already; a content-filter refusal (400, `code: content_filter`, with `innererror`) keeps
+  its code and param. The OpenAI error envelope has no room for `innererror`, so its details are not forwarded.
+- Credentials: the static key goes in `api-key`; with `backend.azure.entra` a client-credentials bearer token is
+  used instead, refreshed in the background (`auth/azure.py`).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import orjson
+
+from ..auth import azure as entra_tokens
+from ..auth.credentials import Credential, StaticCredential, read_secret
+from ..config.models import AzureSettings, Backend
+from ..errors import BadRequest, error_body, status_error_type
+from . import openai
+
+SCHEMA = "azure-openai"
+CREDENTIAL_HEADERS = frozenset({"api-key", "authorization"})
+EMBEDDINGS = True
+DEFAULT_API_VERSION = AzureSettings.model_fields["api_version"].default
+
+MAPPED = "mapped"
+
+FIELDS: dict[str, str] = dict.fromkeys((
+    "messages", "model", "max_completion_tokens", "max_tokens", "temperature", "top_p", "stop", "stream",
+    "stream_options", "user", "safety_identifier", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort",
+    "presence_penalty", "frequency_penalty", "seed", "store", "metadata", "service_tier", "prediction",
+    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "n", "logprobs", "top_logprobs",
+    "logit_bias", "audio", "modalities", "web_search_options", "functions", "function_call", "response_format",
+    "verbosity", "moderation",
+), MAPPED)
+"""Every OpenAI field is passed to Azure, which refuses (400) what the configured api-version does not know."""
+
+EXTENSIONS = frozenset({"data_sources"})
+"""Azure-only request fields passed on as they are ("On Your Data")."""
+
+_FILTER_MARKER = b'"prompt_filter_results"'
+
+
+def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
+    return f"/openai/deployments/{_deployment(model, backend)}/chat/completions?api-version={_api_version(backend)}"
+
+
+def embeddings_path(model: str, backend: Backend | None = None) -> str:
+    return f"/openai/deployments/{_deployment(model, backend)}/embeddings?api-version={_api_version(backend)}"
+
+
+def auth_headers(credential: str) -> list[tuple[str, str]]:
+    return [("api-key", credential)]
+
+
+def make_credential(backend: Backend, secret: str | None) -> Credential:
+    """An `api-key` for a static secret, or Entra ID bearer tokens when `azure.entra` is configured."""
+    entra = backend.azure.entra if backend.azure is not None else None
+    if entra is None:
+        return StaticCredential(tuple(auth_headers(secret)) if secret else ())
+    client_secret = read_secret(entra.client_secret, f"backend {backend.id!r} azure.entra.client_secret")
+    url = entra_tokens.token_url(entra.authority, entra.tenant_id)
+    client_id = entra.client_id
+    return entra_tokens.EntraCredential(lambda: entra_tokens.fetch_token(url, client_id, client_secret),
+                                        name=backend.id)
+
+
+def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+    """The OpenAI request (model swapped, usage asked for on streams); unknown fields are refused."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    for field in body:
+        if field not in FIELDS and field not in EXTENSIONS:
+            raise BadRequest(f"'{field}' is not a chat completions field the azure-openai translator knows; "
+                             "it is refused rather than ignored", param=field)
+    return openai.chat_request(body, model, default_max_tokens=default_max_tokens)
+
+
+def chat_response(body: dict, model: str, created: int) -> dict:
+    return body
+
+
+def usage_of(response: dict) -> dict | None:
+    return openai.usage_of(response)
+
+
+def embeddings_request(body: dict, model: str) -> dict:
+    return openai.embeddings_request(body, model)
+
+
+def embeddings_response(body: dict, model: str) -> dict:
+    return body
+
+
+def error_response(status: int, body: bytes) -> tuple[int, dict]:
+    """Azure errors are OpenAI-shaped (`{"error": {"code", "message", "param", "innererror"?}}`); anything else
+    (a proxy's HTML page, say) is reported without echoing it."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    if isinstance(payload, dict) and ("error" in payload or "message" in payload):
+        return openai.error_response(status, body)
+    message = f"the azure-openai backend answered HTTP {status} with a body that is not an Azure error"
+    return status, orjson.loads(error_body(message, status_error_type(status)))
+
+
+class ChatStream:
+    """The OpenAI stream, with Azure's filter-only opening chunk folded into the first chunk that has choices."""
+
+    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+        self._inner = openai.ChatStream(model, created, include_usage)
+        self._prompt_filter_results: object = None
+
+    @property
+    def usage(self) -> dict | None:
+        return self._inner.usage
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    def feed(self, event: str | None, data: bytes) -> list[dict]:
+        if _FILTER_MARKER in data and self._hold_filter_chunk(data):
+            return []
+        chunks = self._inner.feed(event, data)
+        if self._prompt_filter_results is not None:
+            for chunk in chunks:
+                if chunk.get("choices"):
+                    chunk["prompt_filter_results"] = self._prompt_filter_results
+                    self._prompt_filter_results = None
+                    break
+        return chunks
+
+    def finish(self) -> list[dict]:
+        return self._inner.finish()
+
+    def _hold_filter_chunk(self, data: bytes) -> bool:
+        """Keep the results of a chunk that carries nothing but prompt filter results; False for any other chunk."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(chunk, dict) or chunk.get("choices") or chunk.get("usage") is not None or "error" in chunk:
+            return False
+        self._prompt_filter_results = chunk.get("prompt_filter_results")
+        return True
+
+
+def _deployment(model: str, backend: Backend | None) -> str:
+    settings = backend.azure if backend is not None else None
+    return quote((settings.deployment if settings is not None and settings.deployment else None) or model, safe="")
+
+
+def _api_version(backend: Backend | None) -> str:
+    settings = backend.azure if backend is not None else None
+    return quote(settings.api_version if settings is not None else DEFAULT_API_VERSION, safe="")

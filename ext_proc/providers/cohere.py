@@ -1,0 +1,694 @@
+"""OpenAI chat completions <-> Cohere Chat v2 (`POST /v2/chat`, bearer key) and embeddings <-> `POST /v2/embed`.
+
+Every top-level field of an OpenAI chat request is listed in `FIELDS` with what this translator does with it, and a
+field that is not listed is refused. For a `refused` field the values in `_HARMLESS` (OpenAI's own defaults, such as
+`n: 1`) mean "not asked for" and are accepted. Wire facts come from the `cohere` SDK (7.x) types used by
+`client.v2.chat` / `chat_stream` / `embed` and from docs.cohere.com (streaming, tool use, structured outputs).
+
+Things worth knowing before changing this file:
+
+- System and developer messages are joined into one leading `system` message (Cohere wants the system turn first).
+- `tool_choice` takes only `REQUIRED` and `NONE` on Cohere. A named function (or OpenAI's `allowed_tools`) is kept
+  by sending only the named tools with `REQUIRED`: the model must call one of them and can call no other, which is
+  what the client asked for. Cohere has no way to forbid parallel calls, so `parallel_tool_calls: false` is refused.
+- An assistant turn that calls tools carries its text as Cohere's `tool_plan`, and a `tool_plan` in an answer (or a
+  `tool-plan-delta` in a stream) comes back as the assistant's `content`, so a tool loop round-trips unchanged.
+- `top_p` becomes `p`, which Cohere accepts from 0.01 to 0.99: values outside are clamped (1.0, OpenAI's "off", is
+  as close to off as Cohere allows). Penalties are 0..1 on Cohere and -2..2 on OpenAI: values above 1 are clamped,
+  negative ones (which ask for *more* repetition) are refused.
+- `reasoning_effort` becomes `thinking` (Command A Reasoning and later): `none` disables it, `minimal`/`low`/
+  `medium` set a `token_budget`, `high` enables it without a budget. Thinking blocks come back as
+  `reasoning_content`; `reasoning_content` sent back on earlier assistant turns is not forwarded.
+- Usage: Cohere reports `billed_units` (what is charged) and `tokens` (what the model processed, including the
+  prompt template Cohere adds). OpenAI's `prompt_tokens`/`completion_tokens` are what the client is billed for, so
+  `billed_units` is used, and `tokens` only when billed units are missing. `cached_tokens` are prompt tokens served
+  from Cohere's cache.
+- `finish_reason` ERROR or TIMEOUT means the model stopped early: it becomes `length` in a JSON answer; in a stream a
+  `message-end` that carries an `error` text ends the stream with an error instead.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from ..errors import BadRequest, UpstreamError, error_body, status_error_type
+
+SCHEMA = "cohere"
+CREDENTIAL_HEADERS = frozenset({"authorization"})
+EMBEDDINGS = True
+
+MAPPED = "mapped"
+DROPPED = "dropped"
+REFUSED = "refused"
+
+FIELDS: dict[str, str] = {
+    "messages": MAPPED,  # system/developer -> one leading system message; user/assistant/tool as Cohere messages
+    "model": MAPPED,  # replaced by the backend's model name
+    "max_completion_tokens": MAPPED,  # -> max_tokens (preferred over max_tokens)
+    "max_tokens": MAPPED,  # -> max_tokens
+    "temperature": MAPPED,
+    "top_p": MAPPED,  # -> p, clamped to 0.01..0.99
+    "stop": MAPPED,  # -> stop_sequences
+    "stream": MAPPED,
+    "seed": MAPPED,
+    "presence_penalty": MAPPED,  # clamped to <= 1; negative refused
+    "frequency_penalty": MAPPED,
+    "tools": MAPPED,  # function tools -> ToolV2; any strict tool -> strict_tools
+    "tool_choice": MAPPED,  # required -> REQUIRED, none -> NONE, named -> that tool alone + REQUIRED
+    "response_format": MAPPED,  # json_object / json_schema -> {type: json_object, json_schema?}
+    "reasoning_effort": MAPPED,  # -> thinking
+    "stream_options": DROPPED,  # include_usage is honoured by ChatStream; message-end always carries usage
+    "user": DROPPED,  # Cohere v2 has no end-user field; it only tags the request
+    "safety_identifier": DROPPED,
+    "store": DROPPED,  # OpenAI-side storage of the completion
+    "metadata": DROPPED,  # OpenAI-side tags of stored completions
+    "service_tier": DROPPED,  # OpenAI's tiers have no Cohere counterpart
+    "prediction": DROPPED,  # a latency optimisation; the answer is the same without it
+    "prompt_cache_key": DROPPED,  # OpenAI cache routing hints; Cohere caches on its own
+    "prompt_cache_retention": DROPPED,
+    "prompt_cache_options": DROPPED,
+    "parallel_tool_calls": REFUSED,  # true is Cohere's behaviour; false can't be enforced
+    "n": REFUSED,  # one choice only
+    "logprobs": REFUSED,  # Cohere's logprobs are per text chunk, not OpenAI's per token with alternatives
+    "top_logprobs": REFUSED,
+    "logit_bias": REFUSED,
+    "audio": REFUSED,
+    "modalities": REFUSED,  # text only
+    "web_search_options": REFUSED,
+    "functions": REFUSED,  # deprecated: use tools
+    "function_call": REFUSED,  # deprecated: use tool_choice
+    "verbosity": REFUSED,  # no Cohere equivalent, and it changes the answer
+    "moderation": REFUSED,  # OpenAI-side moderation can't run on a Cohere backend
+}
+
+_HARMLESS: dict[str, tuple[object, ...]] = {
+    "parallel_tool_calls": (True,),
+    "n": (1,),
+    "logprobs": (False,),
+    "logit_bias": ({},),
+    "modalities": (["text"],),
+    "verbosity": ("medium",),
+}
+
+_REFUSAL_REASONS = {
+    "parallel_tool_calls": "'parallel_tool_calls: false' is not supported on cohere backends: Cohere can't be told "
+                           "to call at most one tool",
+    "functions": "'functions' is deprecated and not supported on cohere backends; use 'tools'",
+    "function_call": "'function_call' is deprecated and not supported on cohere backends; use 'tool_choice'",
+}
+
+# token_budget per reasoning_effort; "high" lets the model think as long as it needs.
+_THINKING_BUDGETS: dict[str, int | None] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": None}
+
+_P_RANGE = (0.01, 0.99)
+
+_FINISH_REASONS = {
+    "COMPLETE": "stop",
+    "STOP_SEQUENCE": "stop",
+    "MAX_TOKENS": "length",
+    "TOOL_CALL": "tool_calls",
+    "ERROR": "length",
+    "TIMEOUT": "length",
+}
+
+_EMBEDDING_FIELDS = frozenset({"model", "input", "dimensions", "encoding_format", "user", "input_type"})
+_EMBEDDING_INPUT_TYPES = frozenset({"search_document", "search_query", "classification", "clustering"})
+DEFAULT_EMBEDDING_INPUT_TYPE = "search_document"
+"""Cohere's embed v3+ models need an input type; OpenAI has none. Clients may send Cohere's own `input_type`."""
+
+
+def chat_path(model: str, stream: bool, backend: object = None) -> str:
+    return "/v2/chat"
+
+
+def embeddings_path(model: str, backend: object = None) -> str:
+    return "/v2/embed"
+
+
+def auth_headers(credential: str) -> list[tuple[str, str]]:
+    return [("authorization", "Bearer " + credential)]
+
+
+# --- request -------------------------------------------------------------------------------------------------------
+
+
+def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+    """Translate an OpenAI chat request into a Cohere v2 chat request for `model`.
+
+    Cohere needs no `max_tokens` (it defaults to the model's output limit, as OpenAI does), so `default_max_tokens`
+    is not sent.
+    """
+    _refuse_unsupported(body)
+    request: dict = {"model": model, "messages": _messages(body.get("messages"))}
+
+    tools = _tools(body.get("tools"))
+    if tools:
+        tools, tool_choice = _tool_choice(body.get("tool_choice"), tools)
+        request["tools"] = tools
+        if any((tool.get("function") or {}).get("strict") for tool in body["tools"]):
+            request["strict_tools"] = True
+        if tool_choice is not None:
+            request["tool_choice"] = tool_choice
+
+    response_format = _response_format(body.get("response_format"))
+    if response_format is not None:
+        request["response_format"] = response_format
+    max_tokens = _max_tokens(body)
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop:
+        request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    temperature = _number(body, "temperature")
+    if temperature is not None:
+        request["temperature"] = temperature
+    seed = body.get("seed")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise BadRequest("'seed' must be an integer", param="seed")
+        request["seed"] = seed
+    for field in ("frequency_penalty", "presence_penalty"):
+        penalty = _number(body, field)
+        if penalty is not None:
+            if penalty < 0:
+                raise BadRequest(f"'{field}' must be 0 or more on cohere backends (Cohere can't encourage "
+                                 "repetition)", param=field)
+            request[field] = min(penalty, 1.0)
+    top_p = _number(body, "top_p")
+    if top_p is not None:
+        request["p"] = min(max(top_p, _P_RANGE[0]), _P_RANGE[1])
+    thinking = _thinking(body.get("reasoning_effort"))
+    if thinking is not None:
+        request["thinking"] = thinking
+    if body.get("stream"):
+        request["stream"] = True
+    return request
+
+
+def _refuse_unsupported(body: object) -> None:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    for field, value in body.items():
+        rule = FIELDS.get(field)
+        if rule is None:
+            raise BadRequest(f"'{field}' is not a chat completions field the cohere translator knows; "
+                             "it is refused rather than ignored", param=field)
+        if rule == REFUSED and value is not None and value not in _HARMLESS.get(field, ()):
+            raise BadRequest(_REFUSAL_REASONS.get(field, f"'{field}' is not supported on cohere backends"),
+                             param=field)
+
+
+def _number(body: dict, field: str) -> float | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise BadRequest(f"'{field}' must be a number", param=field)
+    return value
+
+
+def _max_tokens(body: dict) -> int | None:
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BadRequest(f"'{field}' must be a positive integer", param=field)
+            return value
+    return None
+
+
+def _thinking(effort: object) -> dict | None:
+    if effort is None:
+        return None
+    if effort == "none":
+        return {"type": "disabled"}
+    if not isinstance(effort, str) or effort not in _THINKING_BUDGETS:
+        raise BadRequest(f"reasoning_effort {effort!r} is not supported on cohere backends; "
+                         "use none, minimal, low, medium or high", param="reasoning_effort")
+    budget = _THINKING_BUDGETS[effort]
+    return {"type": "enabled"} if budget is None else {"type": "enabled", "token_budget": budget}
+
+
+def _response_format(value: object) -> dict | None:
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if schema is None:
+            return {"type": "json_object"}
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be an object", param="response_format")
+        return {"type": "json_object", "json_schema": schema}
+    raise BadRequest("response_format must be text, json_object or json_schema on cohere backends",
+                     param="response_format")
+
+
+def _messages(messages: object) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    system: list[str] = []
+    turns: list[dict] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise BadRequest(f"{where} must be an object", param=where)
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(_texts(message.get("content"), where))
+        elif role == "user":
+            turns.append({"role": "user", "content": _user_content(message.get("content"), where)})
+        elif role == "assistant":
+            turn = _assistant(message, where)
+            if turn is not None:
+                turns.append(turn)
+        elif role == "tool":
+            turns.append(_tool_result(message, where))
+        elif role == "function":
+            raise BadRequest(f"{where}: 'function' messages are deprecated and not supported on cohere backends; "
+                             "use tool messages", param=where)
+        else:
+            raise BadRequest(f"{where} has an unknown role {role!r}", param=f"{where}.role")
+    if system:
+        turns.insert(0, {"role": "system", "content": "\n\n".join(system)})
+    return turns
+
+
+def _texts(content: object, where: str) -> list[str]:
+    """The text pieces of a string or an array of text (or past `refusal`) parts; other parts are refused."""
+    if content is None or isinstance(content, str):
+        return [content] if content else []
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}.content must be a string or an array of parts", param=f"{where}.content")
+    texts = []
+    for j, part in enumerate(content):
+        here = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("text", "refusal"):
+            raise BadRequest(f"{here}: content part type {kind!r} is not supported here on cohere backends",
+                             param=here)
+        text = part.get(kind)
+        if not isinstance(text, str):
+            raise BadRequest(f"{here}.{kind} must be a string", param=f"{here}.{kind}")
+        if text:
+            texts.append(text)
+    return texts
+
+
+def _user_content(content: object, where: str) -> str | list[dict]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}.content must be a string or an array of parts", param=f"{where}.content")
+    parts: list[dict] = []
+    for j, part in enumerate(content):
+        here = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                raise BadRequest(f"{here}.text must be a string", param=f"{here}.text")
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "image_url":
+            parts.append({"type": "image_url", "image_url": _image_url(part.get("image_url"), here)})
+        else:
+            raise BadRequest(f"{here}: content part type {kind!r} is not supported on cohere backends; "
+                             "use text and image_url parts", param=here)
+    return parts
+
+
+def _image_url(image: object, where: str) -> dict:
+    """Cohere takes a base64 data URI or a web URL, with OpenAI's `detail` values."""
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url.startswith(("data:image/", "https://", "http://")):
+        raise BadRequest(f"{where}: image_url.url must be a data:image/... URL or an http(s) URL", param=where)
+    converted = {"url": url}
+    detail = image.get("detail") if isinstance(image, dict) else None
+    if detail is not None:
+        if detail not in ("auto", "low", "high"):
+            raise BadRequest(f"{where}: image_url.detail must be auto, low or high", param=where)
+        converted["detail"] = detail
+    return converted
+
+
+def _assistant(message: dict, where: str) -> dict | None:
+    texts = _texts(message.get("content"), where)
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise BadRequest(f"{where}.tool_calls must be an array", param=f"{where}.tool_calls")
+    if calls:
+        turn: dict = {"role": "assistant", "tool_calls": [_tool_call(call, f"{where}.tool_calls[{k}]")
+                                                          for k, call in enumerate(calls)]}
+        if texts:
+            turn["tool_plan"] = "".join(texts)
+        return turn
+    if not texts:
+        return None  # an empty turn says nothing, and Cohere refuses empty messages
+    return {"role": "assistant", "content": "".join(texts)}
+
+
+def _tool_call(call: object, where: str) -> dict:
+    if not isinstance(call, dict) or call.get("type", "function") != "function":
+        raise BadRequest(f"{where}: only function tool calls are supported on cohere backends", param=where)
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    if not call.get("id") or not function.get("name"):
+        raise BadRequest(f"{where} needs an id and a function name", param=where)
+    arguments = function.get("arguments") or "{}"
+    if not isinstance(arguments, str):
+        raise BadRequest(f"{where}.function.arguments must be a JSON string", param=f"{where}.function.arguments")
+    return {"id": call["id"], "type": "function", "function": {"name": function["name"], "arguments": arguments}}
+
+
+def _tool_result(message: dict, where: str) -> dict:
+    tool_call_id = message.get("tool_call_id")
+    if not tool_call_id:
+        raise BadRequest(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
+    content = message.get("content")
+    if isinstance(content, list):
+        converted: str | list[dict] = [{"type": "text", "text": text} for text in _texts(content, where)]
+    else:
+        converted = content if isinstance(content, str) else ""
+    return {"role": "tool", "tool_call_id": tool_call_id, "content": converted}
+
+
+def _tools(tools: object) -> list[dict]:
+    if not tools:
+        return []
+    if not isinstance(tools, list):
+        raise BadRequest("'tools' must be an array", param="tools")
+    result = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise BadRequest(f"{where}: tool type {kind!r} is not supported on cohere backends; "
+                             "only function tools are", param=where)
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+        if not function.get("name"):
+            raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
+        converted: dict = {"name": function["name"]}
+        if function.get("description"):
+            converted["description"] = function["description"]
+        converted["parameters"] = function.get("parameters") or {"type": "object", "properties": {}}
+        result.append({"type": "function", "function": converted})
+    return result
+
+
+def _tool_choice(choice: object, tools: list[dict]) -> tuple[list[dict], str | None]:
+    names = [tool["function"]["name"] for tool in tools]
+    if choice is None or choice == "auto":
+        return tools, None
+    if choice == "required":
+        return tools, "REQUIRED"
+    if choice == "none":
+        return tools, "NONE"
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name")
+        if name not in names:
+            raise BadRequest(f"tool_choice names {name!r}, which is not in 'tools'", param="tool_choice")
+        return [tool for tool in tools if tool["function"]["name"] == name], "REQUIRED"
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools") or {}
+        wanted = set()
+        for entry in allowed.get("tools") or ():
+            if not isinstance(entry, dict) or entry.get("type") != "function":
+                raise BadRequest("tool_choice.allowed_tools may only name function tools on cohere backends",
+                                 param="tool_choice")
+            wanted.add((entry.get("function") or {}).get("name"))
+        narrowed = [tool for tool in tools if tool["function"]["name"] in wanted]
+        if not narrowed:
+            raise BadRequest("tool_choice.allowed_tools names none of the tools in 'tools'", param="tool_choice")
+        return narrowed, "REQUIRED" if allowed.get("mode") == "required" else None
+    raise BadRequest("tool_choice must be 'auto', 'required', 'none', a function or allowed_tools on cohere "
+                     "backends", param="tool_choice")
+
+
+# --- response ------------------------------------------------------------------------------------------------------
+
+
+def chat_response(body: dict, model: str, created: int) -> dict:
+    """Translate a Cohere v2 chat answer into an OpenAI `chat.completion`."""
+    message = body.get("message") or {}
+    text: list[str] = []
+    reasoning: list[str] = []
+    for item in message.get("content") or ():
+        if item.get("type") == "text":
+            text.append(item.get("text") or "")
+        elif item.get("type") == "thinking":
+            reasoning.append(item.get("thinking") or "")
+    tool_calls = [_openai_tool_call(call) for call in message.get("tool_calls") or ()]
+    if not text and tool_calls and message.get("tool_plan"):
+        text.append(message["tool_plan"])
+    out: dict = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None, "refusal": None}
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    if reasoning:
+        out["reasoning_content"] = "".join(reasoning)
+    completion = {
+        "id": body.get("id") or "",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": out, "finish_reason": _finish_reason(body.get("finish_reason")),
+                     "logprobs": None}],
+    }
+    usage = usage_of(body)
+    if usage is not None:
+        completion["usage"] = usage
+    return completion
+
+
+def _openai_tool_call(call: dict) -> dict:
+    function = call.get("function") or {}
+    return {"id": call.get("id") or "", "type": "function",
+            "function": {"name": function.get("name") or "", "arguments": function.get("arguments") or "{}"}}
+
+
+def usage_of(response: dict) -> dict | None:
+    usage = response.get("usage")
+    return _openai_usage(usage) if isinstance(usage, dict) else None
+
+
+def _openai_usage(usage: dict) -> dict:
+    billed = usage.get("billed_units") if isinstance(usage.get("billed_units"), dict) else {}
+    tokens = usage.get("tokens") if isinstance(usage.get("tokens"), dict) else {}
+    prompt = _count(billed.get("input_tokens"), tokens.get("input_tokens"))
+    completion = _count(billed.get("output_tokens"), tokens.get("output_tokens"))
+    result = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = usage.get("cached_tokens")
+    if isinstance(cached, int | float) and not isinstance(cached, bool):
+        result["prompt_tokens_details"] = {"cached_tokens": int(cached)}
+    return result
+
+
+def _count(*values: object) -> int:
+    """The first of `values` that is a number (Cohere sends token counts as floats such as 37.0), else 0."""
+    for value in values:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return int(value)
+    return 0
+
+
+def _finish_reason(reason: object) -> str:
+    return _FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
+
+
+# --- streaming -----------------------------------------------------------------------------------------------------
+
+
+class ChatStream:
+    """Cohere v2 stream events -> OpenAI `chat.completion.chunk` dicts, one event at a time.
+
+    `finished` turns true on `message-end`; a `message-end` with an `error` ends the stream without finishing it.
+    """
+
+    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+        self.usage: dict | None = None
+        self.finished = False
+        self._model = model
+        self._created = created
+        self._include_usage = include_usage
+        self._id = ""
+        self._tool_index: dict[int, int] = {}  # Cohere tool call index -> OpenAI tool call index
+        self._silent_tools: set[int] = set()  # tool calls that have not streamed any arguments yet
+        self._failed = False
+
+    def feed(self, event: str | None, data: bytes) -> list[dict]:
+        if self.finished or self._failed or data.strip() == b"[DONE]":
+            return []
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            return self._fail(_gateway_error("the cohere backend sent a malformed stream event"))
+        delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
+        message = delta.get("message") if isinstance(delta.get("message"), dict) else {}
+        index = payload.get("index") if isinstance(payload.get("index"), int) else 0
+        match payload.get("type") or event:
+            case "message-start":
+                self._id = payload.get("id") or ""
+                return [self._chunk({"role": "assistant", "content": ""})]
+            case "content-start" | "content-delta":
+                return self._content(message.get("content"))
+            case "tool-plan-delta":
+                plan = message.get("tool_plan")
+                return [self._chunk({"content": plan})] if isinstance(plan, str) and plan else []
+            case "tool-call-start":
+                return self._tool_call_start(index, message.get("tool_calls"))
+            case "tool-call-delta":
+                return self._tool_call_delta(index, message.get("tool_calls"))
+            case "tool-call-end":
+                return self._tool_call_end(index)
+            case "message-end":
+                return self._message_end(delta)
+            case _:
+                return []  # content-end, citation-start/-end, debug, and event types added after this was written
+
+    def finish(self) -> list[dict]:
+        if self.finished or self._failed:
+            return []
+        return self._fail(_gateway_error("the cohere stream ended before message-end"))
+
+    def _fail(self, error: dict) -> list[dict]:
+        self._failed = True
+        return [error]
+
+    def _content(self, content: object) -> list[dict]:
+        if not isinstance(content, dict):
+            return []
+        if content.get("text"):
+            return [self._chunk({"content": content["text"]})]
+        if content.get("thinking"):
+            return [self._chunk({"reasoning_content": content["thinking"]})]
+        return []
+
+    def _tool_call_start(self, index: int, call: object) -> list[dict]:
+        call = call if isinstance(call, dict) else {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        position = self._tool_index[index] = len(self._tool_index)
+        arguments = function.get("arguments") or ""
+        if not arguments:
+            self._silent_tools.add(index)
+        return [self._chunk({"tool_calls": [{"index": position, "id": call.get("id") or "", "type": "function",
+                                             "function": {"name": function.get("name") or "",
+                                                          "arguments": arguments}}]})]
+
+    def _tool_call_delta(self, index: int, call: object) -> list[dict]:
+        function = call.get("function") if isinstance(call, dict) and isinstance(call.get("function"), dict) else {}
+        arguments = function.get("arguments")
+        if not arguments or index not in self._tool_index:
+            return []
+        self._silent_tools.discard(index)
+        return [self._chunk({"tool_calls": [{"index": self._tool_index[index],
+                                             "function": {"arguments": arguments}}]})]
+
+    def _tool_call_end(self, index: int) -> list[dict]:
+        if index not in self._silent_tools:
+            return []
+        # OpenAI clients parse the joined fragments: a call without arguments streams "{}".
+        self._silent_tools.discard(index)
+        return [self._chunk({"tool_calls": [{"index": self._tool_index[index], "function": {"arguments": "{}"}}]})]
+
+    def _message_end(self, delta: dict) -> list[dict]:
+        if isinstance(delta.get("usage"), dict):
+            self.usage = _openai_usage(delta["usage"])
+        error = delta.get("error")
+        if isinstance(error, str) and error:
+            return self._fail(_error(error, UpstreamError.type, str(delta.get("finish_reason") or "ERROR")))
+        self.finished = True
+        chunks = [self._chunk({}, _finish_reason(delta.get("finish_reason")))]
+        if self._include_usage and self.usage is not None:
+            chunks.append({**self._envelope([]), "usage": self.usage})
+        return chunks
+
+    def _envelope(self, choices: list[dict]) -> dict:
+        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
+                "choices": choices}
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+        chunk = self._envelope([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+        if self._include_usage:
+            chunk["usage"] = None
+        return chunk
+
+
+# --- embeddings ----------------------------------------------------------------------------------------------------
+
+
+def embeddings_request(body: dict, model: str) -> dict:
+    """OpenAI embeddings request -> `POST /v2/embed`. base64 output is asked of Cohere directly (the float32 bytes,
+    as OpenAI's base64 is), so the answer needs no knowledge of the request."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    for field in body:
+        if field not in _EMBEDDING_FIELDS:
+            raise BadRequest(f"'{field}' is not an embeddings field the cohere translator knows", param=field)
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text for text in texts):
+        raise BadRequest("'input' must be a non-empty string or array of non-empty strings on cohere backends "
+                         "(token arrays are not supported)", param="input")
+    input_type = body.get("input_type", DEFAULT_EMBEDDING_INPUT_TYPE)
+    if input_type not in _EMBEDDING_INPUT_TYPES:
+        raise BadRequest(f"'input_type' must be one of {sorted(_EMBEDDING_INPUT_TYPES)}", param="input_type")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise BadRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    request: dict = {"model": model, "texts": texts, "input_type": input_type, "embedding_types": [encoding]}
+    dimensions = body.get("dimensions")
+    if dimensions is not None:
+        if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+            raise BadRequest("'dimensions' must be a positive integer", param="dimensions")
+        request["output_dimension"] = dimensions
+    return request
+
+
+def embeddings_response(body: dict, model: str) -> dict:
+    embeddings = body.get("embeddings") or {}
+    vectors = embeddings.get("float")
+    if vectors is None:
+        vectors = embeddings.get("base64") or []
+    data = [{"object": "embedding", "index": index, "embedding": vector} for index, vector in enumerate(vectors)]
+    meta = body.get("meta") or {}
+    billed = meta.get("billed_units") if isinstance(meta.get("billed_units"), dict) else {}
+    tokens = meta.get("tokens") if isinstance(meta.get("tokens"), dict) else {}
+    used = _count(billed.get("input_tokens"), tokens.get("input_tokens"))
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": used, "total_tokens": used}}
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+_CLIENT_STATUS = {422: 400, 498: 401, 499: 502}
+
+
+def error_response(status: int, body: bytes) -> tuple[int, dict]:
+    """A Cohere error (`{"id"?, "message"}`) -> (status for the client, OpenAI error).
+
+    498 (invalid token) becomes 401, 422 becomes 400, 499 (request cancelled on Cohere's side) and unusual 5xx
+    become 502 so Envoy retries them on the next backend.
+    """
+    client_status = _CLIENT_STATUS.get(status, status)
+    if client_status >= 500 and client_status not in (500, 502, 503, 504):
+        client_status = 502
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        payload = None
+    message = payload.get("message") if isinstance(payload, dict) else None
+    if not isinstance(message, str) or not message:
+        message = f"the cohere backend answered HTTP {status} with a body that is not a Cohere error"
+    return client_status, _error(message, status_error_type(client_status), None)
+
+
+def _gateway_error(message: str) -> dict:
+    return _error(message, UpstreamError.type, UpstreamError.code)
+
+
+def _error(message: str, type_: str, code: str | None) -> dict:
+    return orjson.loads(error_body(message, type_, code))
