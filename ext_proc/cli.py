@@ -94,6 +94,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     runtime = compile_runtime(config, announce=True)
+    for backend in runtime.backends.values():
+        # Credentials that need the network (STS, token endpoints) fetch before the first request, not during it.
+        prefetch = getattr(backend.credential, "prefetch", None)
+        if prefetch is not None:
+            prefetch()
     host = args.host or config.ext_proc.host
     if args.port is None and config.ext_proc.processes > 1:
         return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)

@@ -16,10 +16,11 @@ A provider module exposes:
 - `chat_response(body, model, created) -> dict`: provider answer -> OpenAI `chat.completion`.
 - `ChatStream(model, created, include_usage)`: `.feed(event, data) -> list[dict]` turns one provider stream event into
   OpenAI `chat.completion.chunk` dicts; `.finish() -> list[dict]`; `.usage` holds the OpenAI usage dict once known.
-- `error_response(status, body) -> tuple[int, dict]`: a provider error -> (HTTP status for the client, OpenAI error).
+- `error_response(status, body, headers) -> tuple[int, dict]`: a provider error (with its response headers, where
+  e.g. AWS names the exception) -> (HTTP status for the client, OpenAI error).
 
 Optional embeddings support: `EMBEDDINGS = True` with `embeddings_path(model, backend) -> str`,
-`embeddings_request(body, model) -> dict` and `embeddings_response(body, model) -> dict` (OpenAI `list` of
+`embeddings_request(body, model, backend) -> dict` and `embeddings_response(body, model) -> dict` (OpenAI `list` of
 `embedding` objects with usage).
 
 No module does I/O or keeps globals: the attempt stage owns the stream state and the bytes.
@@ -31,12 +32,22 @@ from types import ModuleType
 
 from ..auth.credentials import Credential, StaticCredential
 from ..config.models import Backend
-from . import anthropic, azure_openai, cohere, openai
+from . import (
+    anthropic,
+    azure_openai,
+    bedrock_anthropic,
+    bedrock_converse,
+    cohere,
+    gemini,
+    openai,
+    vertex_anthropic,
+)
 
-_MODULES: tuple[ModuleType, ...] = (openai, anthropic, azure_openai, cohere)
+_MODULES: tuple[ModuleType, ...] = (openai, anthropic, azure_openai, cohere, bedrock_converse, bedrock_anthropic,
+                                    gemini, vertex_anthropic)
 _BY_SCHEMA: dict[str, ModuleType] = {}
 for _module in _MODULES:
-    for _schema in getattr(_module, "SCHEMAS", (_module.SCHEMA,)):
+    for _schema in getattr(_module, "SCHEMAS", None) or (_module.SCHEMA,):
         _BY_SCHEMA[_schema] = _module
 
 SCHEMAS = tuple(_BY_SCHEMA)

@@ -614,7 +614,7 @@ class ChatStream:
 # --- errors --------------------------------------------------------------------------------------------------------
 
 
-def error_response(status: int, body: bytes) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
     """An Anthropic error answer -> (status for the client, OpenAI error). 529 (overloaded) becomes 503."""
     client_status = _client_status(status)
     try:

@@ -99,7 +99,7 @@ def usage_of(response: dict) -> dict | None:
     return openai.usage_of(response)
 
 
-def embeddings_request(body: dict, model: str) -> dict:
+def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
     return openai.embeddings_request(body, model)
 
 
@@ -107,7 +107,7 @@ def embeddings_response(body: dict, model: str) -> dict:
     return body
 
 
-def error_response(status: int, body: bytes) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
     """Azure errors are OpenAI-shaped (`{"error": {"code", "message", "param", "innererror"?}}`); anything else
     (a proxy's HTML page, say) is reported without echoing it."""
     try:

@@ -620,7 +620,7 @@ class ChatStream:
 # --- embeddings ----------------------------------------------------------------------------------------------------
 
 
-def embeddings_request(body: dict, model: str) -> dict:
+def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
     """OpenAI embeddings request -> `POST /v2/embed`. base64 output is asked of Cohere directly (the float32 bytes,
     as OpenAI's base64 is), so the answer needs no knowledge of the request."""
     if not isinstance(body, dict):
@@ -667,7 +667,7 @@ def embeddings_response(body: dict, model: str) -> dict:
 _CLIENT_STATUS = {422: 400, 498: 401, 499: 502}
 
 
-def error_response(status: int, body: bytes) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
     """A Cohere error (`{"id"?, "message"}`) -> (status for the client, OpenAI error).
 
     498 (invalid token) becomes 401, 422 becomes 400, 499 (request cancelled on Cohere's side) and unusual 5xx

@@ -45,7 +45,7 @@ def embeddings_path(model: str, backend: object = None) -> str:
     return "/embeddings"
 
 
-def embeddings_request(body: dict, model: str) -> dict:
+def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
     return {**body, "model": model}
 
 
@@ -114,7 +114,7 @@ class ChatStream:
         return [error]
 
 
-def error_response(status: int, body: bytes) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
     """Keep an OpenAI error object (filling in what it lacks); wrap anything else. The status is kept."""
     try:
         payload = orjson.loads(body)

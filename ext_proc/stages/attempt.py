@@ -77,8 +77,8 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 class AttemptStage:
     __slots__ = ("_attempt", "_backend", "_client_stream", "_created", "_decoder", "_endpoint", "_model",
-                 "_prompt_estimate", "_reservation", "_runtime", "_settled", "_status", "_stream", "_streamed_chars",
-                 "_streaming", "error_style", "usage")
+                 "_prompt_estimate", "_reservation", "_response_headers", "_runtime", "_settled", "_status",
+                 "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -97,6 +97,7 @@ class AttemptStage:
         self._settled = False
         self._client_stream: anthropic_messages.MessagesStream | None = None
         self.error_style = "openai"
+        self._response_headers: dict[str, str] = {}
         self.usage: Usage | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -154,7 +155,7 @@ class AttemptStage:
             upstream = backend.chat_request(body, self._model, self._runtime.default_max_tokens)
             path = backend.base_path + provider.chat_path(self._model, self._streaming, backend.settings)
         elif providers.serves_embeddings(provider):
-            upstream = provider.embeddings_request(body, self._model)
+            upstream = provider.embeddings_request(body, self._model, backend.settings)
             path = backend.base_path + provider.embeddings_path(self._model, backend.settings)
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
@@ -186,6 +187,8 @@ class AttemptStage:
     def on_response_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
         self._status = int(headers.get(":status", "0") or 0)
+        if not 200 <= self._status < 300:
+            self._response_headers = headers
         backend = self._backend
         assert backend is not None
         tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id), (constants.RESPONSE_HEADER_ATTEMPTS, self._attempt))
@@ -203,7 +206,7 @@ class AttemptStage:
         backend = self._backend
         assert backend is not None
         if not 200 <= self._status < 300:
-            status, error = backend.provider.error_response(self._status, message.body)
+            status, error = backend.provider.error_response(self._status, message.body, self._response_headers)
             if self._endpoint is Endpoint.MESSAGES:
                 error = anthropic_error_from_openai(status, error)
             return _json_reply(error, status if status != self._status else None)

@@ -1,0 +1,117 @@
+"""OpenAI chat completions <-> Anthropic Claude on Bedrock through InvokeModel (`POST /model/{modelId}/invoke` and
+`/invoke-with-response-stream`), with the Anthropic Messages body.
+
+The translation is `anthropic.py`'s, with Bedrock's differences:
+
+- the body carries `anthropic_version: "bedrock-2023-05-31"` and no `model` or `stream` (the model id is in the
+  path, streaming is the `-with-response-stream` operation; Bedrock refuses both keys as extraneous);
+- Bedrock does not fetch image URLs, so http(s) image URLs are refused (base64 data URLs work);
+- answers are Anthropic `Message` JSON; the stream is AWS event-stream whose `chunk` events carry
+  `{"bytes": base64(<one Anthropic stream event as JSON>)}` (plus a padding field), fed to `anthropic.ChatStream`;
+  the last event, `message_stop`, also carries `amazon-bedrock-invocationMetrics`, which is not needed;
+- errors are AWS errors (`{"message": ...}`, exception name in `x-amzn-errortype`), mapped as in
+  `bedrock_converse`, and mid-stream failures arrive as event-stream exception messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+
+import orjson
+
+from ..auth import aws
+from ..auth.credentials import Credential
+from ..config.models import Backend
+from ..errors import BadRequest
+from . import anthropic
+from .bedrock_converse import aws_error_response, aws_stream_error, model_path_segment
+
+SCHEMA = "bedrock-anthropic"
+CREDENTIAL_HEADERS = aws.CREDENTIAL_HEADERS
+STREAM_FORMAT = "eventstream"
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+
+MAPPED = anthropic.MAPPED
+DROPPED = anthropic.DROPPED
+REFUSED = anthropic.REFUSED
+FIELDS: dict[str, str] = dict(anthropic.FIELDS)
+"""The same rules as the Anthropic translator: `model` goes into the path and `stream` picks the operation."""
+
+usage_of = anthropic.usage_of
+
+
+def chat_path(model: str, stream: bool, backend: object = None) -> str:
+    return f"/model/{model_path_segment(model)}/{'invoke-with-response-stream' if stream else 'invoke'}"
+
+
+def make_credential(backend: Backend, secret: str | None) -> Credential:
+    return aws.make_credential(backend, secret)
+
+
+def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+    """The Anthropic Messages request for `model`, in InvokeModel's form."""
+    _refuse_image_urls(body)
+    request = anthropic.chat_request(body, model, default_max_tokens=default_max_tokens)
+    request.pop("model", None)
+    request.pop("stream", None)
+    return {"anthropic_version": BEDROCK_ANTHROPIC_VERSION, **request}
+
+
+def _refuse_image_urls(body: object) -> None:
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                where = f"messages[{i}].content[{j}]"
+                raise BadRequest(f"{where}: Bedrock does not fetch image URLs; send the image as a base64 data URL "
+                                 "(data:image/png;base64,...)", param=where)
+
+
+def chat_response(body: dict, model: str, created: int) -> dict:
+    return anthropic.chat_response(body, model, created)
+
+
+class ChatStream:
+    """InvokeModelWithResponseStream events -> OpenAI chunks: each `chunk` event's bytes are one Anthropic stream
+    event, translated by `anthropic.ChatStream`; an exception message ends the stream without finishing it."""
+
+    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+        self._inner = anthropic.ChatStream(model, created, include_usage)
+        self._failed = False
+
+    @property
+    def usage(self) -> dict | None:
+        return self._inner.usage
+
+    @property
+    def finished(self) -> bool:
+        return self._inner.finished
+
+    def feed(self, event: str | None, data: bytes) -> list[dict]:
+        if self._failed or self._inner.finished:
+            return []
+        if event and event.startswith("exception:"):
+            self._failed = True
+            return [aws_stream_error(event.partition(":")[2], data)]
+        if event != "chunk":
+            return []  # event types added after this was written
+        try:
+            encoded = orjson.loads(data)["bytes"]
+            inner_event = base64.b64decode(encoded, validate=True)
+        except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error):
+            inner_event = b""  # anthropic.ChatStream reports a malformed event
+        return self._inner.feed(None, inner_event)
+
+    def finish(self) -> list[dict]:
+        return [] if self._failed else self._inner.finish()
+
+
+def error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
+    return aws_error_response(status, body, headers)

@@ -1,0 +1,53 @@
+"""OpenAI chat completions <-> Claude on Vertex AI (`vertex-anthropic`).
+
+`POST /v1/projects/{project}/locations/{location}/publishers/anthropic/models/{model}:rawPredict` (`:streamRawPredict`
+for streams) with the Anthropic Messages body, minus `model` (it is in the path) and plus
+`anthropic_version: "vertex-2023-10-16"` in the body instead of the `anthropic-version` header. Answers, stream events
+and model errors are Anthropic's own, so the whole translation is `providers/anthropic.py`'s; authentication is a
+Google OAuth bearer (`auth/gcp.py`). Errors raised by Google's front end before the model is reached (a bad token,
+a quota, an unknown model) come in Google's shape and are read as such.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from ..auth import gcp
+from ..auth.credentials import Credential
+from ..config.models import Backend
+from . import anthropic, gemini
+from .anthropic import DROPPED, FIELDS, MAPPED, REFUSED, ChatStream, chat_response, usage_of
+
+SCHEMA = "vertex-anthropic"
+CREDENTIAL_HEADERS = frozenset({"authorization"})
+STREAM_FORMAT = "sse"
+API_VERSION = "vertex-2023-10-16"
+VERTEX_VERSION = "v1"
+
+__all__ = ["API_VERSION", "CREDENTIAL_HEADERS", "DROPPED", "FIELDS", "MAPPED", "REFUSED", "SCHEMA", "STREAM_FORMAT",
+           "ChatStream", "chat_path", "chat_request", "chat_response", "error_response", "make_credential",
+           "usage_of"]
+
+
+def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
+    assert backend is not None and backend.gcp is not None  # the config requires project and location for vertex
+    return (f"/{VERTEX_VERSION}/projects/{quote(backend.gcp.project or '', safe='')}/locations/"
+            f"{quote(backend.gcp.location or '', safe='')}/publishers/anthropic/models/{quote(model, safe='@')}"
+            f":{'streamRawPredict' if stream else 'rawPredict'}")
+
+
+def make_credential(backend: Backend, secret: str | None) -> Credential:
+    return gcp.make_credential(backend, secret)
+
+
+def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+    """The Anthropic Messages request for `model`, without `model` and with Vertex's `anthropic_version` first."""
+    request = anthropic.chat_request(body, model, default_max_tokens=default_max_tokens)
+    del request["model"]
+    return {"anthropic_version": API_VERSION, **request}
+
+
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+    """Google's front-end errors (auth, quota, routing) in Google's shape; the model's own errors in Anthropic's."""
+    google = gemini.error_from_google_body(status, body)
+    return google if google is not None else anthropic.error_response(status, body)
