@@ -182,27 +182,28 @@ def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -
     from .launch import demo
     from .launch.processes import python_module
 
-    keys = demo.provider_keys()
+    keys, env = demo.provider_secrets()
     ports = {}
-    for name, kind, key_env in ((demo.DEMO_OPENAI, "openai", demo.OPENAI_KEY_ENV),
-                                (demo.DEMO_ANTHROPIC, "anthropic", demo.ANTHROPIC_KEY_ENV)):
-        _, ready = supervisor.start_reporting(name, python_module(  # type: ignore[attr-defined]
-            "ext_proc.demo", "--kind", kind, "--name", name, "--port", "0", "--api-key", keys[key_env]))
-        ports[name] = ready["port"]
+    for provider in demo.PROVIDERS:
+        _, ready = supervisor.start_reporting(provider.name, python_module(  # type: ignore[attr-defined]
+            "ext_proc.demo", "--kind", provider.kind, "--name", provider.name, "--port", "0",
+            "--api-key", keys[provider.name]))
+        ports[provider.name] = ready["port"]
     data, client_key = demo.demo_config(
-        ports[demo.DEMO_OPENAI], ports[demo.DEMO_ANTHROPIC],
+        ports, workdir,
         listen_port=args.port or constants.DEFAULT_LISTEN_PORT,
         admin_port=args.admin_port or constants.DEFAULT_ADMIN_PORT,
         ext_proc_port=args.ext_proc_port or constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
         client_key=os.environ.get("BABELGATE_DEMO_KEY"))
     config_path = workdir / "demo-config.yaml"
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return config_path, client_key, keys
+    return config_path, client_key, env
 
 
 def _print_banner(url: str, key: str | None, config: object) -> None:
     shown_key = key or "<your virtual key>"
     model = config.routes[0].model  # type: ignore[attr-defined]
+    models = ", ".join(route.model for route in config.routes)  # type: ignore[attr-defined]
     print(f"""
 Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
 
@@ -214,6 +215,8 @@ Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
   client = OpenAI(base_url="{url}/v1", api_key="{shown_key}")
   print(client.chat.completions.create(model="{model}",
         messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
+
+Models: {models}
 """, flush=True)
 
 

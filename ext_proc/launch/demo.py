@@ -1,43 +1,110 @@
-"""The built-in configuration of `babelgate up --demo`: two fake providers, failover both ways, one fresh key."""
+"""The built-in configuration of `babelgate up --demo`: one fake provider per wire format, failover between the
+OpenAI and Anthropic ones, and one fresh virtual key."""
 
 from __future__ import annotations
 
+import json
 import secrets
+from pathlib import Path
+from typing import NamedTuple
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..auth.virtual_keys import generate_key, hash_key
 
-DEMO_OPENAI = "demo-openai"
-DEMO_ANTHROPIC = "demo-anthropic"
-OPENAI_KEY_ENV = "BABELGATE_DEMO_OPENAI_KEY"
-ANTHROPIC_KEY_ENV = "BABELGATE_DEMO_ANTHROPIC_KEY"
+
+class DemoProvider(NamedTuple):
+    name: str
+    kind: str
 
 
-def provider_keys() -> dict[str, str]:
-    """Credentials the demo providers demand, handed to the gateway through the environment like real ones."""
-    return {OPENAI_KEY_ENV: "sk-demo-" + secrets.token_hex(8), ANTHROPIC_KEY_ENV: "sk-ant-demo-" + secrets.token_hex(8)}
+PROVIDERS = (
+    DemoProvider("demo-openai", "openai"),
+    DemoProvider("demo-anthropic", "anthropic"),
+    DemoProvider("demo-bedrock", "bedrock"),
+    DemoProvider("demo-gemini", "gemini"),
+    DemoProvider("demo-vertex", "vertex"),
+    DemoProvider("demo-azure", "azure"),
+    DemoProvider("demo-cohere", "cohere"),
+)
+DEMO_OPENAI, DEMO_ANTHROPIC = PROVIDERS[0].name, PROVIDERS[1].name
+KEY_ENV = "BABELGATE_DEMO_PROVIDER_KEY"
 
 
-def demo_config(openai_port: int, anthropic_port: int, *, listen_port: int, admin_port: int, ext_proc_port: int,
+def provider_secrets() -> tuple[dict[str, str], dict[str, str]]:
+    """(the key each demo provider demands, the environment that hands those keys to the gateway)."""
+    shared = "sk-demo-" + secrets.token_hex(8)
+    access_key = "AKIADEMO" + secrets.token_hex(6).upper()
+    token = "ya29.demo-" + secrets.token_hex(8)
+    keys = {p.name: shared for p in PROVIDERS}
+    keys["demo-bedrock"] = access_key   # the demo checks the SigV4 access key id
+    keys["demo-vertex"] = token         # ... and hands out this token at /token, then demands it
+    env = {KEY_ENV: shared, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
+    return keys, env
+
+
+def write_service_account(path: Path, token_uri: str) -> Path:
+    """A throwaway service-account key whose token endpoint is the demo Vertex provider."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path.write_text(json.dumps({"type": "service_account", "project_id": "babelgate-demo", "private_key_id": "demo",
+                                "private_key": pem, "client_email": "demo@babelgate-demo.iam.gserviceaccount.com",
+                                "client_id": "1", "token_uri": token_uri}))
+    path.chmod(0o600)
+    return path
+
+
+def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin_port: int, ext_proc_port: int,
                 processes: int, client_key: str | None = None) -> tuple[dict, str]:
     """The config as data plus the virtual key it admits (generated unless given)."""
     key = client_key or generate_key()
+
+    def url(name: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{ports[name]}{path}"
+
+    secret = {"env": KEY_ENV}
+    service_account = write_service_account(workdir / "demo-service-account.json", url("demo-vertex", "/token"))
+    gcp = {"project": "babelgate-demo", "service_account_file": str(service_account)}
+    backends = [
+        {"id": "demo-openai", "schema": "openai", "base_url": url("demo-openai", "/v1"), "api_key": secret},
+        {"id": "demo-anthropic", "schema": "anthropic", "base_url": url("demo-anthropic"), "api_key": secret},
+        {"id": "demo-bedrock", "schema": "bedrock-converse", "base_url": url("demo-bedrock"),
+         "aws": {"region": "us-east-1"}},
+        {"id": "demo-bedrock-claude", "schema": "bedrock-anthropic", "base_url": url("demo-bedrock"),
+         "aws": {"region": "us-east-1"}},
+        {"id": "demo-gemini", "schema": "gemini", "base_url": url("demo-gemini"), "api_key": secret},
+        {"id": "demo-vertex", "schema": "vertex-gemini", "base_url": url("demo-vertex"),
+         "gcp": {**gcp, "location": "us-central1"}},
+        {"id": "demo-vertex-claude", "schema": "vertex-anthropic", "base_url": url("demo-vertex"),
+         "gcp": {**gcp, "location": "us-east5"}},
+        {"id": "demo-azure", "schema": "azure-openai", "base_url": url("demo-azure"), "api_key": secret},
+        {"id": "demo-cohere", "schema": "cohere", "base_url": url("demo-cohere"), "api_key": secret},
+    ]
+
+    def route(model: str, *chain: tuple[str, str], aliases: tuple[str, ...] = ()) -> dict:
+        return {"model": model, "aliases": list(aliases), "backends": [{"backend": b, "model": m} for b, m in chain]}
+
+    routes = [
+        route("gpt-4o-mini", ("demo-openai", "gpt-4o-mini"), ("demo-anthropic", "claude-haiku-4-5"), aliases=("demo",)),
+        route("claude-sonnet-4-5", ("demo-anthropic", "claude-sonnet-4-5"), ("demo-openai", "gpt-4o")),
+        route("nova-pro", ("demo-bedrock", "amazon.nova-pro-v1:0")),
+        route("bedrock-claude", ("demo-bedrock-claude", "anthropic.claude-sonnet-4-5-20250929-v1:0")),
+        route("gemini-2.5-flash", ("demo-gemini", "gemini-2.5-flash")),
+        route("vertex-gemini-pro", ("demo-vertex", "gemini-2.5-pro")),
+        route("vertex-claude", ("demo-vertex-claude", "claude-sonnet-4-5@20250929")),
+        route("azure-gpt-4o", ("demo-azure", "gpt-4o")),
+        route("command-a", ("demo-cohere", "command-a-03-2025")),
+        route("text-embedding-3-small", ("demo-openai", "text-embedding-3-small")),
+        route("titan-embed", ("demo-bedrock", "amazon.titan-embed-text-v2:0")),
+        route("gemini-embedding", ("demo-gemini", "gemini-embedding-001")),
+    ]
     config = {
         "listener": {"host": "127.0.0.1", "port": listen_port, "admin_port": admin_port},
         "ext_proc": {"host": "127.0.0.1", "port": ext_proc_port, "processes": processes},
-        "backends": [
-            {"id": DEMO_OPENAI, "schema": "openai", "base_url": f"http://127.0.0.1:{openai_port}/v1",
-             "api_key": {"env": OPENAI_KEY_ENV}, "timeout": "60s"},
-            {"id": DEMO_ANTHROPIC, "schema": "anthropic", "base_url": f"http://127.0.0.1:{anthropic_port}",
-             "api_key": {"env": ANTHROPIC_KEY_ENV}, "timeout": "60s"},
-        ],
-        "routes": [
-            {"model": "gpt-4o-mini", "aliases": ["demo"], "backends": [
-                {"backend": DEMO_OPENAI, "model": "gpt-4o-mini"},
-                {"backend": DEMO_ANTHROPIC, "model": "claude-haiku-4-5"}]},
-            {"model": "claude-sonnet-4-5", "backends": [
-                {"backend": DEMO_ANTHROPIC, "model": "claude-sonnet-4-5"},
-                {"backend": DEMO_OPENAI, "model": "gpt-4o"}]},
-        ],
+        "backends": backends,
+        "routes": routes,
         "virtual_keys": [{"id": "demo", "hash": hash_key(key), "models": ["*"]}],
     }
     return config, key

@@ -52,7 +52,7 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
     output = ""
     try:
         deadline = time.monotonic() + 60
-        while "client = OpenAI(" not in output and time.monotonic() < deadline:
+        while "Models:" not in output and time.monotonic() < deadline:
             try:
                 output += lines.get(timeout=1)
             except queue.Empty:
@@ -61,9 +61,14 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
         key = re.search(r"api_key=\"(bg-[^\"]+)\"", output).group(1)
         assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in output
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=20)
-        for model in ("gpt-4o-mini", "claude-sonnet-4-5"):
+        assert "Models: gpt-4o-mini, claude-sonnet-4-5, nova-pro" in output
+        for model in ("gpt-4o-mini", "claude-sonnet-4-5", "nova-pro", "bedrock-claude", "gemini-2.5-flash",
+                      "vertex-gemini-pro", "vertex-claude", "azure-gpt-4o", "command-a"):
             answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
-            assert "demo-" in answer.choices[0].message.content
+            assert "demo-" in answer.choices[0].message.content, model
+        for model in ("text-embedding-3-small", "gemini-embedding"):
+            assert client.embeddings.create(model=model, input=["a", "b"]).data[1].embedding
+        assert client.embeddings.create(model="titan-embed", input="a").data[0].embedding
         failover = client.chat.completions.with_raw_response.create(
             model="demo", messages=[{"role": "user", "content": "hi"}],
             extra_headers={"x-demo-fault": "demo-openai:503"})
