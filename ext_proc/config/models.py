@@ -129,6 +129,9 @@ class Backend(_Strict):
     aws: AwsSettings | None = None
     gcp: GcpSettings | None = None
     azure: AzureSettings | None = None
+    drop_fields: list[str] = Field(
+        [], description="Top-level fields removed from the translated request for this backend, e.g. `temperature` "
+                        "and `top_p` for the newest Claude models, which refuse them.")
     timeout: Seconds = Field(
         600.0, description="Whole-attempt limit (the OpenAI SDK default); a stream longer than this is cut.")
     connect_timeout: Seconds = 5.0

@@ -36,6 +36,8 @@ class BackendInfo:
         upstream = self.provider.chat_request(body, model, default_max_tokens=default_max_tokens)
         if self.settings.preset is not None:
             upstream = presets.adapt_request(self.settings.preset, upstream, model)
+        for name in self.settings.drop_fields:
+            upstream.pop(name, None)
         return upstream
 
 

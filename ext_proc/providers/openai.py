@@ -30,11 +30,35 @@ def auth_headers(credential: str) -> list[tuple[str, str]]:
 
 
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
-    """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched."""
+    """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched,
+    except Anthropic's `cache_control` marks, which OpenAI-format APIs don't know (caching there is automatic)."""
     request = {**body, "model": model}
     if request.get("stream"):
         request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+    messages = request.get("messages")
+    if isinstance(messages, list) and any(_has_cache_control(m) for m in messages):
+        request["messages"] = [_without_cache_control(m) for m in messages]
+    tools = request.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and "cache_control" in t for t in tools):
+        request["tools"] = [_without_cache_control(t) for t in tools]
     return request
+
+
+def _has_cache_control(message: object) -> bool:
+    if not isinstance(message, dict):
+        return False
+    content = message.get("content")
+    return "cache_control" in message or (isinstance(content, list) and any(
+        isinstance(part, dict) and "cache_control" in part for part in content))
+
+
+def _without_cache_control(item: object) -> object:
+    if not isinstance(item, dict):
+        return item
+    cleaned = {k: v for k, v in item.items() if k != "cache_control"}
+    if isinstance(cleaned.get("content"), list):
+        cleaned["content"] = [_without_cache_control(part) for part in cleaned["content"]]
+    return cleaned
 
 
 def chat_response(body: dict, model: str, created: int) -> dict:

@@ -95,3 +95,15 @@ def test_invalid_keys_file_entry_names_file_and_path(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(MINIMAL + "keys_file: keys.yaml\n")
     with pytest.raises(ConfigError, match=r"keys.yaml.*\n  \[0\].hash"):
         load_config(tmp_path / "config.yaml")
+
+
+def test_drop_fields_remove_what_a_backend_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K", "sk")
+    config = parse_config(
+        "backends: [{id: an, schema: anthropic, api_key: {env: K}, drop_fields: [temperature, top_p]}]\n"
+        "routes: [{model: m, backends: [{backend: an, model: claude-opus-5}]}]\n")
+    backend = compile_runtime(config).backends["an"]
+    sent = backend.chat_request({"model": "m", "temperature": 0.2, "top_p": 0.9, "max_tokens": 5,
+                                 "messages": [{"role": "user", "content": "x"}]}, "claude-opus-5", 100)
+    assert "temperature" not in sent and "top_p" not in sent and sent["max_tokens"] == 5
+    assert backend.settings.base_url == "https://api.anthropic.com"  # the schema's default

@@ -143,3 +143,19 @@ def test_wire_constants() -> None:
     assert openai.SCHEMA == "openai"
     assert openai.chat_path(MODEL, True) == openai.chat_path(MODEL, False) == "/chat/completions"
     assert openai.auth_headers("sk-test") == [("authorization", "Bearer sk-test")]
+
+
+def test_anthropic_cache_control_marks_are_removed_for_openai_backends() -> None:
+    body = {"model": "m", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "big prompt", "cache_control": {"type": "ephemeral"}}]},
+        {"role": "user", "content": "hi", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"type": "function", "function": {"name": "f"}, "cache_control": {"type": "ephemeral"}}]}
+    sent = openai.chat_request(body, "gpt-4o", default_max_tokens=10)
+    assert "cache_control" not in str(sent)
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "big prompt"}]
+    assert "cache_control" in str(body)  # the client's body is not mutated
+
+
+def test_body_without_cache_control_is_not_copied_deeply() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    assert openai.chat_request({"model": "m", "messages": messages}, "x", default_max_tokens=1)["messages"] is messages
