@@ -10,8 +10,8 @@ The model family is read from the model id (foundation model id, inference profi
   texts per call. `input_type` defaults to `search_document`; clients may send Cohere's `input_type` as an extra
   field. v4 takes `dimensions` as `output_dimension` (256, 512, 1024 or 1536).
 
-Answers are always float arrays: OpenAI's `encoding_format: base64` is only a transfer optimisation that the OpenAI
-SDKs ask for by default and accept float arrays for, and the answer translation can't see what the client asked.
+Answers here are float arrays; the attempt stage packs them as base64 when the client asked for
+`encoding_format: base64`.
 Cohere on Bedrock reports no token counts in the body, so its usage is 0 and the gateway charges its own estimate.
 """
 
@@ -29,7 +29,7 @@ FIELDS: dict[str, str] = {
     "input": MAPPED,  # one string (Titan) or up to 96 strings (Cohere); token arrays are refused
     "model": MAPPED,  # the backend's model id, in the path
     "dimensions": MAPPED,  # Titan v2 `dimensions`, Cohere v4 `output_dimension`; refused elsewhere
-    "encoding_format": MAPPED,  # float; base64 answered as floats (see the module docstring)
+    "encoding_format": MAPPED,  # float here; base64 packed by the attempt stage
     "user": DROPPED,  # no Bedrock equivalent; does not change the vectors
     "input_type": MAPPED,  # Cohere extension: search_document (default), search_query, classification, clustering
 }

@@ -132,7 +132,7 @@ EMBEDDING_FIELDS: dict[str, str] = {
     "input": MAPPED,  # strings only; token arrays refused
     "model": MAPPED,
     "dimensions": MAPPED,  # -> outputDimensionality
-    "encoding_format": DROPPED,  # answered as floats, which the OpenAI SDK accepts even when it asked for base64
+    "encoding_format": MAPPED,  # floats here; base64 packed by the attempt stage
     "user": DROPPED,
 }
 

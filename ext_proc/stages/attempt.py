@@ -8,9 +8,11 @@ answer, or with what was streamed so far when the stream is cut or the client go
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import re
+import struct
 import time
 
 import orjson
@@ -60,8 +62,8 @@ def backend_from_attributes(attributes: object) -> str | None:
     Envoy sends that attribute as protobuf text format; the set of distinct texts is the set of endpoints, so the
     parse result is memoised by text.
     """
-    for struct in attributes.values():  # type: ignore[attr-defined]
-        field = struct.fields.get(constants.UPSTREAM_HOST_METADATA_ATTRIBUTE)
+    for attribute in attributes.values():  # type: ignore[attr-defined]
+        field = attribute.fields.get(constants.UPSTREAM_HOST_METADATA_ATTRIBUTE)
         if field is None:
             continue
         text = field.string_value
@@ -76,9 +78,9 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 
 class AttemptStage:
-    __slots__ = ("_attempt", "_backend", "_client_stream", "_created", "_decoder", "_endpoint", "_model",
-                 "_prompt_estimate", "_reservation", "_response_headers", "_runtime", "_settled", "_status",
-                 "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
+    __slots__ = ("_attempt", "_backend", "_base64_embeddings", "_client_stream", "_created", "_decoder",
+                 "_endpoint", "_model", "_prompt_estimate", "_reservation", "_response_headers", "_runtime",
+                 "_settled", "_status", "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -98,6 +100,7 @@ class AttemptStage:
         self._client_stream: anthropic_messages.MessagesStream | None = None
         self.error_style = "openai"
         self._response_headers: dict[str, str] = {}
+        self._base64_embeddings = False
         self.usage: Usage | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -156,6 +159,7 @@ class AttemptStage:
             path = backend.base_path + provider.chat_path(self._model, self._streaming, backend.settings)
         elif providers.serves_embeddings(provider):
             upstream = provider.embeddings_request(body, self._model, backend.settings)
+            self._base64_embeddings = body.get("encoding_format") == "base64"
             path = backend.base_path + provider.embeddings_path(self._model, backend.settings)
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
@@ -214,6 +218,8 @@ class AttemptStage:
             answer = orjson.loads(message.body)
             if self._endpoint is Endpoint.EMBEDDINGS:
                 translated = backend.provider.embeddings_response(answer, self._model)
+                if self._base64_embeddings:
+                    encode_embeddings_base64(translated)
             else:
                 translated = backend.provider.chat_response(answer, self._model, int(time.time()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -285,6 +291,15 @@ class AttemptStage:
         self._settled = True
         await self._runtime.limiter.settle(Reservation.decode(self._reservation), self._final_usage(),
                                            self._backend.id, self._model)
+
+
+def encode_embeddings_base64(listing: dict) -> None:
+    """Providers answer floats; a client that asked for `encoding_format: base64` gets OpenAI's form (little-endian
+    float32, base64) whatever the backend."""
+    for item in listing.get("data") or ():
+        vector = item.get("embedding")
+        if isinstance(vector, list):
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _json_reply(payload: dict, status: int | None = None) -> ProcessingResponse:

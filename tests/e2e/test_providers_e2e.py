@@ -4,7 +4,9 @@ argument fragments too), images, json_schema, embeddings and usage — against d
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,3 +245,12 @@ def test_anthropic_sdk_reaches_every_schema(zoo: Zoo, route: str) -> None:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert "from anthropic" in text and final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("route", ["p-gemini-embed", "p-bedrock-embed", "p-cohere-embed"])
+def test_embeddings_asked_as_base64_come_back_as_base64(zoo: Zoo, route: str) -> None:
+    floats = zoo.client().embeddings.create(model=route, input=["alpha"], encoding_format="float").data[0].embedding
+    raw = httpx.post(zoo.url + "/v1/embeddings", timeout=30, headers={"authorization": f"Bearer {zoo.key}"},
+                     json={"model": route, "input": ["alpha"], "encoding_format": "base64"}).json()
+    packed = base64.b64decode(raw["data"][0]["embedding"])
+    assert list(struct.unpack(f"<{len(packed) // 4}f", packed)) == pytest.approx(floats, rel=1e-6)
