@@ -24,15 +24,21 @@ from __future__ import annotations
 
 import orjson
 
-from ..errors import BadRequest, UpstreamError, error_body, status_error_type
+from ..errors import BadRequest, status_error_type
+from .common import (
+    DROPPED,
+    MAPPED,
+    REFUSED,
+    error_dict,
+    gateway_error,
+    refuse_unsupported,
+    requested_max_tokens,
+    split_data_url,
+)
 
 SCHEMA = "anthropic"
 CREDENTIAL_HEADERS = frozenset({"x-api-key", "anthropic-version"})
 API_VERSION = "2023-06-01"
-
-MAPPED = "mapped"
-DROPPED = "dropped"
-REFUSED = "refused"
 
 FIELDS: dict[str, str] = {
     "messages": MAPPED,  # system/developer -> `system`; user/assistant/tool -> alternating turns
@@ -133,9 +139,10 @@ def auth_headers(credential: str) -> list[tuple[str, str]]:
 
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     """Translate an OpenAI chat request into an Anthropic Messages request for `model`."""
-    _refuse_unsupported(body)
+    refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
     system, messages = _conversation(body.get("messages"))
-    request: dict = {"model": model, "max_tokens": _max_tokens(body, default_max_tokens), "messages": messages}
+    limit, _ = requested_max_tokens(body)
+    request: dict = {"model": model, "max_tokens": limit or default_max_tokens, "messages": messages}
     if system:
         request["system"] = system
 
@@ -175,29 +182,6 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
         if tool_choice is not None:
             request["tool_choice"] = tool_choice
     return request
-
-
-def _refuse_unsupported(body: dict) -> None:
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    for field, value in body.items():
-        rule = FIELDS.get(field)
-        if rule is None:
-            raise BadRequest(f"'{field}' is not a chat completions field the anthropic translator knows; "
-                             "it is refused rather than ignored", param=field)
-        if rule == REFUSED and value is not None and value not in _HARMLESS.get(field, ()):
-            reason = _REFUSAL_REASONS.get(field, f"'{field}' is not supported on anthropic backends")
-            raise BadRequest(reason, param=field)
-
-
-def _max_tokens(body: dict, default: int) -> int:
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadRequest(f"'{field}' must be a positive integer", param=field)
-            return value
-    return default
 
 
 def _thinking(effort: object) -> dict | None:
@@ -301,12 +285,11 @@ def _image_block(part: dict, where: str) -> dict:
     if not isinstance(url, str):
         raise BadRequest(f"{where}: image_url.url must be a string", param=where)
     if url.startswith("data:"):
-        header, comma, data = url[5:].partition(",")
-        media_type, _, encoding = header.partition(";")
-        media_type = media_type.strip().lower()
-        media_type = _MEDIA_TYPE_ALIASES.get(media_type, media_type)
-        if not comma or encoding.strip().lower() != "base64" or not data:
+        parsed = split_data_url(url)
+        if parsed is None:
             raise BadRequest(f"{where}: an image data URL must look like data:image/png;base64,<data>", param=where)
+        media_type, data = parsed
+        media_type = _MEDIA_TYPE_ALIASES.get(media_type, media_type)
         if media_type not in _IMAGE_MEDIA_TYPES:
             raise BadRequest(f"{where}: image type {media_type!r} is not supported on anthropic backends; "
                              f"use one of {', '.join(sorted(_IMAGE_MEDIA_TYPES))}", param=where)
@@ -513,9 +496,9 @@ class ChatStream:
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return self._fail(_gateway_error("the anthropic backend sent a malformed stream event"))
+            return self._fail(gateway_error("the anthropic backend sent a malformed stream event"))
         if not isinstance(payload, dict):
-            return self._fail(_gateway_error("the anthropic backend sent a malformed stream event"))
+            return self._fail(gateway_error("the anthropic backend sent a malformed stream event"))
         match payload.get("type") or event:
             case "message_start":
                 return self._message_start(payload.get("message") or {})
@@ -540,7 +523,7 @@ class ChatStream:
     def finish(self) -> list[dict]:
         if self.finished or self._failed:
             return []
-        return self._fail(_gateway_error("the anthropic stream ended before message_stop"))
+        return self._fail(gateway_error("the anthropic stream ended before message_stop"))
 
     def _fail(self, error: dict) -> list[dict]:
         self._failed = True
@@ -624,7 +607,7 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         return client_status, _error_from_anthropic(payload, client_status)
     message = f"the anthropic backend answered HTTP {status} with a body that is not an Anthropic error"
-    return client_status, _error(message, status_error_type(client_status), None)
+    return client_status, error_dict(message, status_error_type(client_status), None)
 
 
 def _client_status(status: int) -> int:
@@ -642,12 +625,5 @@ def _error_from_anthropic(payload: dict, status: int | None) -> dict:
     if status is None:
         status = _STATUS_BY_ERROR_TYPE.get(kind or "api_error", 500)
     message = error.get("message") if isinstance(error.get("message"), str) else None
-    return _error(message or f"the anthropic backend reported {kind or 'an error'}", status_error_type(status), kind)
-
-
-def _gateway_error(message: str) -> dict:
-    return _error(message, UpstreamError.type, UpstreamError.code)
-
-
-def _error(message: str, type_: str, code: str | None) -> dict:
-    return orjson.loads(error_body(message, type_, code))
+    return error_dict(message or f"the anthropic backend reported {kind or 'an error'}", status_error_type(status),
+                      kind)

@@ -32,22 +32,14 @@ from ..auth.credentials import Credential, StaticCredential, read_secret
 from ..config.models import AzureSettings, Backend
 from ..errors import BadRequest, error_body, status_error_type
 from . import openai
+from .common import MAPPED, OPENAI_CHAT_FIELDS
 
 SCHEMA = "azure-openai"
 CREDENTIAL_HEADERS = frozenset({"api-key", "authorization"})
 EMBEDDINGS = True
 DEFAULT_API_VERSION = AzureSettings.model_fields["api_version"].default
 
-MAPPED = "mapped"
-
-FIELDS: dict[str, str] = dict.fromkeys((
-    "messages", "model", "max_completion_tokens", "max_tokens", "temperature", "top_p", "stop", "stream",
-    "stream_options", "user", "safety_identifier", "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort",
-    "presence_penalty", "frequency_penalty", "seed", "store", "metadata", "service_tier", "prediction",
-    "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "n", "logprobs", "top_logprobs",
-    "logit_bias", "audio", "modalities", "web_search_options", "functions", "function_call", "response_format",
-    "verbosity", "moderation",
-), MAPPED)
+FIELDS: dict[str, str] = dict.fromkeys(OPENAI_CHAT_FIELDS, MAPPED)
 """Every OpenAI field is passed to Azure, which refuses (400) what the configured api-version does not know."""
 
 EXTENSIONS = frozenset({"data_sources"})

@@ -33,9 +33,6 @@ CREDENTIAL_HEADERS = aws.CREDENTIAL_HEADERS
 STREAM_FORMAT = "eventstream"
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
-MAPPED = anthropic.MAPPED
-DROPPED = anthropic.DROPPED
-REFUSED = anthropic.REFUSED
 FIELDS: dict[str, str] = dict(anthropic.FIELDS)
 """The same rules as the Anthropic translator: `model` goes into the path and `stream` picks the operation."""
 

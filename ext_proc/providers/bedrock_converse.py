@@ -45,8 +45,18 @@ import orjson
 from ..auth import aws
 from ..auth.credentials import Credential
 from ..config.models import Backend
-from ..errors import BadRequest, UpstreamError, error_body, status_error_type
+from ..errors import BadRequest, status_error_type
 from . import bedrock_embeddings
+from .common import (
+    DROPPED,
+    MAPPED,
+    REFUSED,
+    error_dict,
+    gateway_error,
+    refuse_unsupported,
+    requested_max_tokens,
+    split_data_url,
+)
 
 SCHEMA = "bedrock-converse"
 CREDENTIAL_HEADERS = aws.CREDENTIAL_HEADERS
@@ -55,10 +65,6 @@ EMBEDDINGS = True
 
 JSON_TOOL = "babelgate_json_object"
 """The tool forced for `response_format: json_object`; its arguments are the JSON answer."""
-
-MAPPED = "mapped"
-DROPPED = "dropped"
-REFUSED = "refused"
 
 FIELDS: dict[str, str] = {
     "messages": MAPPED,  # system/developer -> `system`; user/assistant/tool -> alternating turns
@@ -211,7 +217,7 @@ class _Reasoning:
 
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     """Translate an OpenAI chat request into a Converse request body (the model id travels in the path)."""
-    _refuse_unsupported(body)
+    refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, "bedrock-converse")
     system, messages = _conversation(body.get("messages"))
     request: dict = {"messages": messages}
     if system:
@@ -241,19 +247,6 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
                              param="service_tier")
         request["serviceTier"] = {"type": _SERVICE_TIERS[tier]}
     return request
-
-
-def _refuse_unsupported(body: dict) -> None:
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    for name, value in body.items():
-        rule = FIELDS.get(name)
-        if rule is None:
-            raise BadRequest(f"'{name}' is not a chat completions field the bedrock-converse translator knows; "
-                             "it is refused rather than ignored", param=name)
-        if rule == REFUSED and value is not None and value not in _HARMLESS.get(name, ()):
-            reason = _REFUSAL_REASONS.get(name, f"'{name}' is not supported on bedrock-converse backends")
-            raise BadRequest(reason, param=name)
 
 
 def _reasoning(effort: object, family: str) -> _Reasoning:
@@ -289,7 +282,7 @@ def _reasoning(effort: object, family: str) -> _Reasoning:
 
 def _inference_config(body: dict, reasoning: _Reasoning, default_max_tokens: int) -> dict:
     config: dict = {}
-    max_tokens, max_field = _max_tokens(body)
+    max_tokens, max_field = requested_max_tokens(body)
     if max_tokens is not None and not reasoning.max_tokens:
         raise BadRequest(f"'{max_field}' can't be combined with reasoning_effort 'high' on Amazon Nova 2 models, "
                          "which choose their output length themselves", param=max_field)
@@ -321,16 +314,6 @@ def _inference_config(body: dict, reasoning: _Reasoning, default_max_tokens: int
         if any(stops):
             config["stopSequences"] = [item for item in stops if item]
     return config
-
-
-def _max_tokens(body: dict) -> tuple[int | None, str]:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadRequest(f"'{name}' must be a positive integer", param=name)
-            return value, name
-    return None, ""
 
 
 def _conversation(messages: object) -> tuple[list[dict], list[dict]]:
@@ -425,11 +408,10 @@ def _cache_point(marker: object, where: str) -> dict:
 
 def _data_url(url: str, where: str) -> tuple[str, str]:
     """`data:<media type>;base64,<data>` -> (media type, base64 data)."""
-    header, comma, data = url[5:].partition(",")
-    media_type, _, encoding = header.partition(";")
-    if not comma or encoding.strip().lower() != "base64" or not data:
+    parsed = split_data_url(url)
+    if parsed is None:
         raise BadRequest(f"{where}: a data URL must look like data:<media type>;base64,<data>", param=where)
-    return media_type.strip().lower(), data
+    return parsed
 
 
 def _image_block(part: dict, where: str) -> dict:
@@ -766,7 +748,7 @@ class ChatStream:
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
-            return self._fail(_gateway_error("the bedrock backend sent a malformed stream event"))
+            return self._fail(gateway_error("the bedrock backend sent a malformed stream event"))
         match event:
             case "messageStart":
                 return [self._chunk({"role": "assistant", "content": ""})]
@@ -792,7 +774,7 @@ class ChatStream:
         if self._stopped:
             self.finished = True  # metadata (usage) missing: the answer itself is complete
             return []
-        return self._fail(_gateway_error("the bedrock stream ended before messageStop"))
+        return self._fail(gateway_error("the bedrock stream ended before messageStop"))
 
     def _fail(self, error: dict) -> list[dict]:
         self._failed = True
@@ -890,7 +872,7 @@ def aws_error_response(status: int, body: bytes, headers: Mapping[str, str] | No
     if not isinstance(message, str) or not message:
         message = (f"the bedrock backend answered HTTP {status} ({kind})" if kind
                    else f"the bedrock backend answered HTTP {status} with a body that is not an AWS error")
-    return client_status, _error(message, status_error_type(client_status), kind)
+    return client_status, error_dict(message, status_error_type(client_status), kind)
 
 
 def aws_stream_error(exception_type: str, data: bytes) -> dict:
@@ -904,7 +886,7 @@ def aws_stream_error(exception_type: str, data: bytes) -> dict:
     message = payload.get("message") if isinstance(payload, dict) else None
     if not isinstance(message, str) or not message:
         message = f"the bedrock stream failed with {kind}"
-    return _error(message, status_error_type(status), kind)
+    return error_dict(message, status_error_type(status), kind)
 
 
 def _exception_name(value: object) -> str | None:
@@ -914,11 +896,3 @@ def _exception_name(value: object) -> str | None:
         return None
     name = value.partition(":")[0].rpartition("#")[2].strip()
     return name[:1].upper() + name[1:] if name else None
-
-
-def _gateway_error(message: str) -> dict:
-    return _error(message, UpstreamError.type, UpstreamError.code)
-
-
-def _error(message: str, type_: str, code: str | None) -> dict:
-    return orjson.loads(error_body(message, type_, code))

@@ -20,10 +20,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from ..errors import BadRequest
-
-MAPPED = "mapped"
-DROPPED = "dropped"
-REFUSED = "refused"
+from .common import DROPPED, MAPPED
 
 FIELDS: dict[str, str] = {
     "input": MAPPED,  # one string (Titan) or up to 96 strings (Cohere); token arrays are refused

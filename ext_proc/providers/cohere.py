@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import orjson
 
-from ..errors import BadRequest, UpstreamError, error_body, status_error_type
+from ..errors import BadRequest, UpstreamError, status_error_type
+from .common import DROPPED, MAPPED, REFUSED, error_dict, gateway_error, refuse_unsupported, requested_max_tokens
 
 SCHEMA = "cohere"
 CREDENTIAL_HEADERS = frozenset({"authorization"})
 EMBEDDINGS = True
-
-MAPPED = "mapped"
-DROPPED = "dropped"
-REFUSED = "refused"
 
 FIELDS: dict[str, str] = {
     "messages": MAPPED,  # system/developer -> one leading system message; user/assistant/tool as Cohere messages
@@ -138,7 +135,7 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     Cohere needs no `max_tokens` (it defaults to the model's output limit, as OpenAI does), so `default_max_tokens`
     is not sent.
     """
-    _refuse_unsupported(body)
+    refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
     request: dict = {"model": model, "messages": _messages(body.get("messages"))}
 
     tools = _tools(body.get("tools"))
@@ -153,7 +150,7 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     response_format = _response_format(body.get("response_format"))
     if response_format is not None:
         request["response_format"] = response_format
-    max_tokens = _max_tokens(body)
+    max_tokens, _ = requested_max_tokens(body)
     if max_tokens is not None:
         request["max_tokens"] = max_tokens
     stop = body.get("stop")
@@ -185,19 +182,6 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return request
 
 
-def _refuse_unsupported(body: object) -> None:
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    for field, value in body.items():
-        rule = FIELDS.get(field)
-        if rule is None:
-            raise BadRequest(f"'{field}' is not a chat completions field the cohere translator knows; "
-                             "it is refused rather than ignored", param=field)
-        if rule == REFUSED and value is not None and value not in _HARMLESS.get(field, ()):
-            raise BadRequest(_REFUSAL_REASONS.get(field, f"'{field}' is not supported on cohere backends"),
-                             param=field)
-
-
 def _number(body: dict, field: str) -> float | None:
     value = body.get(field)
     if value is None:
@@ -205,16 +189,6 @@ def _number(body: dict, field: str) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise BadRequest(f"'{field}' must be a number", param=field)
     return value
-
-
-def _max_tokens(body: dict) -> int | None:
-    for field in ("max_completion_tokens", "max_tokens"):
-        value = body.get(field)
-        if value is not None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise BadRequest(f"'{field}' must be a positive integer", param=field)
-            return value
-    return None
 
 
 def _thinking(effort: object) -> dict | None:
@@ -525,7 +499,7 @@ class ChatStream:
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
-            return self._fail(_gateway_error("the cohere backend sent a malformed stream event"))
+            return self._fail(gateway_error("the cohere backend sent a malformed stream event"))
         delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
         message = delta.get("message") if isinstance(delta.get("message"), dict) else {}
         index = payload.get("index") if isinstance(payload.get("index"), int) else 0
@@ -552,7 +526,7 @@ class ChatStream:
     def finish(self) -> list[dict]:
         if self.finished or self._failed:
             return []
-        return self._fail(_gateway_error("the cohere stream ended before message-end"))
+        return self._fail(gateway_error("the cohere stream ended before message-end"))
 
     def _fail(self, error: dict) -> list[dict]:
         self._failed = True
@@ -599,7 +573,7 @@ class ChatStream:
             self.usage = _openai_usage(delta["usage"])
         error = delta.get("error")
         if isinstance(error, str) and error:
-            return self._fail(_error(error, UpstreamError.type, str(delta.get("finish_reason") or "ERROR")))
+            return self._fail(error_dict(error, UpstreamError.type, str(delta.get("finish_reason") or "ERROR")))
         self.finished = True
         chunks = [self._chunk({}, _finish_reason(delta.get("finish_reason")))]
         if self._include_usage and self.usage is not None:
@@ -683,12 +657,4 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     message = payload.get("message") if isinstance(payload, dict) else None
     if not isinstance(message, str) or not message:
         message = f"the cohere backend answered HTTP {status} with a body that is not a Cohere error"
-    return client_status, _error(message, status_error_type(client_status), None)
-
-
-def _gateway_error(message: str) -> dict:
-    return _error(message, UpstreamError.type, UpstreamError.code)
-
-
-def _error(message: str, type_: str, code: str | None) -> dict:
-    return orjson.loads(error_body(message, type_, code))
+    return client_status, error_dict(message, status_error_type(client_status), None)

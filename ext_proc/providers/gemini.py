@@ -60,7 +60,17 @@ import orjson
 from ..auth import gcp
 from ..auth.credentials import Credential
 from ..config.models import Backend
-from ..errors import BadRequest, UpstreamError, error_body, status_error_type
+from ..errors import BadRequest, status_error_type
+from .common import (
+    DROPPED,
+    MAPPED,
+    REFUSED,
+    error_dict,
+    gateway_error,
+    refuse_unsupported,
+    requested_max_tokens,
+    split_data_url,
+)
 
 SCHEMAS = ("gemini", "vertex-gemini")
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-goog-api-key"})
@@ -68,10 +78,6 @@ STREAM_FORMAT = "sse"
 EMBEDDINGS = True
 AI_STUDIO_VERSION = "v1beta"
 VERTEX_VERSION = "v1"
-
-MAPPED = "mapped"
-DROPPED = "dropped"
-REFUSED = "refused"
 
 FIELDS: dict[str, str] = {
     "messages": MAPPED,  # system/developer -> systemInstruction; user/assistant/tool -> contents
@@ -229,7 +235,7 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
 
     Gemini needs no max_tokens (it defaults to the model's limit), so `default_max_tokens` is not used.
     """
-    _refuse_unsupported(body)
+    refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, "gemini")
     system, contents = _conversation(body.get("messages"), model)
     request: dict = {"contents": contents}
     if system:
@@ -246,19 +252,6 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return request
 
 
-def _refuse_unsupported(body: dict) -> None:
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    for field, value in body.items():
-        rule = FIELDS.get(field)
-        if rule is None:
-            raise BadRequest(f"'{field}' is not a chat completions field the gemini translator knows; "
-                             "it is refused rather than ignored", param=field)
-        if rule == REFUSED and value is not None and value not in _HARMLESS.get(field, ()):
-            raise BadRequest(_REFUSAL_REASONS.get(field, f"'{field}' is not supported on gemini backends"),
-                             param=field)
-
-
 def _generation_config(body: dict) -> dict:
     config: dict = {}
     for field, key in (("temperature", "temperature"), ("top_p", "topP"), ("presence_penalty", "presencePenalty"),
@@ -271,7 +264,7 @@ def _generation_config(body: dict) -> dict:
     n = body.get("n")
     if n is not None and n != 1:
         config["candidateCount"] = _positive_int(body, "n")
-    max_tokens = _max_tokens(body)
+    max_tokens, _ = requested_max_tokens(body)
     if max_tokens is not None:
         config["maxOutputTokens"] = max_tokens
     stop = body.get("stop")
@@ -297,13 +290,6 @@ def _positive_int(body: dict, field: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise BadRequest(f"'{field}' must be a positive integer", param=field)
     return value
-
-
-def _max_tokens(body: dict) -> int | None:
-    for field in ("max_completion_tokens", "max_tokens"):
-        if body.get(field) is not None:
-            return _positive_int(body, field)
-    return None
 
 
 def _thinking(effort: object) -> dict | None:
@@ -436,10 +422,9 @@ def _image_part(part: dict, where: str) -> dict:
 
 
 def _inline_data(url: str, where: str, fallback_type: str | None = None) -> dict:
-    header, comma, data = url.removeprefix("data:").partition(",")
-    mime_type, _, encoding = header.partition(";")
-    mime_type = mime_type.strip().lower() or (fallback_type or "")
-    if not comma or encoding.strip().lower() != "base64" or not data or not mime_type:
+    mime_type, data = split_data_url(url) or ("", "")
+    mime_type = mime_type or (fallback_type or "")
+    if not data or not mime_type:
         raise BadRequest(f"{where}: a data URL must look like data:image/png;base64,<data>", param=where)
     return {"inlineData": {"mimeType": mime_type, "data": data}}
 
@@ -868,7 +853,7 @@ class ChatStream:
         if isinstance(payload, list) and len(payload) == 1:
             payload = payload[0]  # Vertex wraps some errors in an array
         if not isinstance(payload, dict):
-            return self._fail(_gateway_error("the gemini backend sent a malformed stream event"))
+            return self._fail(gateway_error("the gemini backend sent a malformed stream event"))
         if isinstance(payload.get("error"), dict):
             return self._fail(_error_from_google(payload["error"], None))
         self._id = self._id or payload.get("responseId") or ""
@@ -890,7 +875,7 @@ class ChatStream:
         if self.finished or self._failed:
             return []
         if not self._calls or self._open:
-            return self._fail(_gateway_error("the gemini stream ended before its last candidate finished"))
+            return self._fail(gateway_error("the gemini stream ended before its last candidate finished"))
         self.finished = True
         if self._include_usage and self.usage is not None:
             return [{**self._envelope([]), "usage": self.usage}]
@@ -951,7 +936,7 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
             client_status = 401
         return client_status, _error_from_google(error, client_status)
     message = f"the gemini backend answered HTTP {status} with a body that is not a Google API error"
-    return client_status, _error(message, status_error_type(client_status), None)
+    return client_status, error_dict(message, status_error_type(client_status), None)
 
 
 def error_from_google_body(status: int, body: bytes) -> tuple[int, dict] | None:
@@ -983,15 +968,7 @@ def _error_from_google(error: dict, status: int | None) -> dict:
         code = error.get("code")
         status = _STATUS_BY_ERROR.get(kind or "", code if isinstance(code, int) and code >= 400 else 500)
     message = error.get("message") if isinstance(error.get("message"), str) else None
-    return _error(message or f"the gemini backend reported {kind or 'an error'}", status_error_type(status), kind)
-
-
-def _gateway_error(message: str) -> dict:
-    return _error(message, UpstreamError.type, UpstreamError.code)
-
-
-def _error(message: str, type_: str, code: str | None) -> dict:
-    return orjson.loads(error_body(message, type_, code))
+    return error_dict(message or f"the gemini backend reported {kind or 'an error'}", status_error_type(status), kind)
 
 
 # --- embeddings ----------------------------------------------------------------------------------------------------

@@ -43,21 +43,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import BadRequest
+from .common import DROPPED, OPENAI_CHAT_FIELDS, REFUSED
 
 PASSED = "passed"
-DROPPED = "dropped"
 RENAMED = "renamed"
-REFUSED = "refused"
-
-OPENAI_CHAT_FIELDS: tuple[str, ...] = (
-    "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
-    "max_completion_tokens", "max_tokens", "metadata", "modalities", "moderation", "n", "parallel_tool_calls",
-    "prediction", "presence_penalty", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
-    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
-    "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
-    "web_search_options",
-)
-"""Every top-level field of an OpenAI chat completions request (openai SDK `CompletionCreateParams`)."""
 
 _PLATFORM_DROPPED: dict[str, str] = {
     "store": "OpenAI-side storage of completions; nothing is stored for the client to fetch",

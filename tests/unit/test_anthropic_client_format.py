@@ -31,7 +31,7 @@ from ext_proc.client_formats.anthropic_messages import MessagesStream, from_open
 from ext_proc.errors import BadRequest
 from ext_proc.providers import anthropic as anthropic_provider
 from ext_proc.streaming.sse import SSEDecoder, SSEEvent, encode_event
-from tests.unit.test_anthropic_translation import _problems
+from tests.unit.provider_checks import sdk_fields, typed_dict_problems
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic_client"
 PROVIDER_FIXTURES = FIXTURES.parent / "anthropic"
@@ -90,7 +90,7 @@ def _assert_valid_openai_request(request: dict) -> None:
     params = (completion_create_params.CompletionCreateParamsStreaming if request.get("stream")
               else completion_create_params.CompletionCreateParamsNonStreaming)
     _adapter(params).validate_python(request)
-    problems = [problem for problem in _problems(request, params, "request")
+    problems = [problem for problem in typed_dict_problems(request, params, "request")
                 if not any(problem.endswith(f".{key}: unknown key") for key in OPENAI_EXTENSION_KEYS)]
     assert problems == []
 
@@ -100,7 +100,7 @@ def _assert_valid_anthropic_request(request: dict) -> None:
     params = (message_create_params.MessageCreateParamsStreaming if request.get("stream")
               else message_create_params.MessageCreateParamsNonStreaming)
     _adapter(params).validate_python(request)
-    assert _problems(request, params, "request") == []
+    assert typed_dict_problems(request, params, "request") == []
 
 
 def _assert_valid_events(events: list[tuple[str, dict]]) -> None:
@@ -161,11 +161,9 @@ def test_request_translates_to_golden_openai_request(case: str) -> None:
 
 
 def test_every_messages_field_has_a_rule() -> None:
-    sdk_fields: set[str] = set()
-    for params in (message_create_params.MessageCreateParamsNonStreaming,
-                   message_create_params.MessageCreateParamsStreaming):
-        sdk_fields |= set(params.__annotations__) | set(typing.get_type_hints(params))
-    assert sdk_fields | LEGACY_FIELDS == set(anthropic_messages.FIELDS)
+    fields = sdk_fields(message_create_params.MessageCreateParamsNonStreaming,
+                        message_create_params.MessageCreateParamsStreaming)
+    assert fields | LEGACY_FIELDS == set(anthropic_messages.FIELDS)
     assert set(anthropic_messages.FIELDS.values()) <= {anthropic_messages.MAPPED, anthropic_messages.DROPPED,
                                                        anthropic_messages.REFUSED}
 

@@ -7,10 +7,9 @@ SDK's response models.
 
 from __future__ import annotations
 
-import collections.abc
+import functools
 import itertools
 import json
-import types
 import typing
 from pathlib import Path
 
@@ -18,12 +17,21 @@ import anthropic.types as anthropic_types
 import pydantic
 import pytest
 from anthropic.types import message_create_params
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
-from typing_extensions import is_typeddict
+from openai.types.chat import ChatCompletion, completion_create_params
 
-from ext_proc.errors import BadRequest
 from ext_proc.providers import anthropic
-from ext_proc.streaming.sse import SSEDecoder, SSEEvent
+from tests.unit.provider_checks import (
+    FixtureFolder,
+    assert_error_envelope,
+    assert_every_openai_field_has_a_rule,
+    assert_no_undeclared_keys,
+    assert_refused_field_is_named,
+    assert_refused_with_param,
+    assert_valid_chunks,
+    feed_stream,
+    fields_with_rule,
+    typed_dict_problems,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "anthropic"
 MODEL = "claude-sonnet-4-5-20250929"
@@ -35,26 +43,15 @@ OPENAI_EXTENSIONS = {"reasoning_content"}
 """Keys we add to OpenAI messages and deltas that the SDK models don't declare (read by many OpenAI clients)."""
 
 
-def _load(name: str) -> typing.Any:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def _cases(prefix: str, suffix: str) -> list[str]:
-    return sorted(path.name[len(prefix):-len(suffix)] for path in FIXTURES.glob(f"{prefix}*{suffix}"))
-
-
-def _events(name: str) -> list[SSEEvent]:
-    decoder = SSEDecoder()
-    return decoder.feed((FIXTURES / name).read_bytes()) + decoder.finish()
+_fixtures = FixtureFolder(FIXTURES)
+_load, _cases, _events = _fixtures.load, _fixtures.cases, _fixtures.events
+_assert_no_undeclared_keys = functools.partial(assert_no_undeclared_keys, extensions=OPENAI_EXTENSIONS)
+_assert_valid_chunks = functools.partial(assert_valid_chunks, extensions=OPENAI_EXTENSIONS)
 
 
 def _run_stream(name: str, include_usage: bool) -> tuple[anthropic.ChatStream, list[dict]]:
     stream = anthropic.ChatStream(MODEL, CREATED, include_usage)
-    out: list[dict] = []
-    for event in _events(name):
-        out.extend(stream.feed(event.event, event.data))
-    out.extend(stream.finish())
-    return stream, out
+    return stream, feed_stream(stream, _events(name))
 
 
 def _translate(body: dict) -> dict:
@@ -62,45 +59,6 @@ def _translate(body: dict) -> dict:
 
 
 # --- validators ----------------------------------------------------------------------------------------------------
-
-
-def _problems(value: object, hint: object, path: str) -> list[str]:
-    """Where `value` departs from a TypedDict-based SDK type, unknown keys included. Empty means it fits."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Required, typing.NotRequired, typing.Annotated):
-        return _problems(value, typing.get_args(hint)[0], path)
-    if origin in (typing.Union, types.UnionType):
-        # Fits if one member fits; otherwise report the member that got furthest (not "expected str" at the top).
-        tries = [_problems(value, member, path) for member in typing.get_args(hint)]
-        return min(tries, key=lambda problems: (any(p.startswith(f"{path}: ") for p in problems), len(problems)))
-    if origin is typing.Literal:
-        return [] if value in typing.get_args(hint) else [f"{path}: {value!r} is not one of {typing.get_args(hint)}"]
-    if is_typeddict(hint):
-        if not isinstance(value, dict):
-            return [f"{path}: expected an object"]
-        hints = typing.get_type_hints(hint, include_extras=True)
-        problems = [f"{path}.{key}: unknown key" for key in value if key not in hints]
-        problems += [f"{path}.{key}: missing" for key in hint.__required_keys__ if key not in value]
-        for key, item in value.items():
-            if key in hints:
-                problems += _problems(item, hints[key], f"{path}.{key}")
-        return problems
-    if origin in (list, collections.abc.Iterable, collections.abc.Sequence) or (
-            origin is not None and origin.__name__ == "SequenceNotStr"):
-        if not isinstance(value, list):
-            return [f"{path}: expected an array"]
-        return [problem for i, item in enumerate(value) for problem in _problems(item, typing.get_args(hint)[0],
-                                                                                 f"{path}[{i}]")]
-    if origin in (dict, collections.abc.Mapping) or hint is object:
-        return [] if hint is object or isinstance(value, dict) else [f"{path}: expected an object"]
-    if hint is type(None):
-        return [] if value is None else [f"{path}: expected null"]
-    if hint is float:
-        return [] if isinstance(value, int | float) and not isinstance(value, bool) else [f"{path}: expected number"]
-    if hint in (str, int, bool):
-        ok = isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
-        return [] if ok else [f"{path}: expected {hint.__name__}"]
-    return [f"{path}: {hint!r} never matches a request value"]  # response models, file handles
 
 
 LEGACY_SAMPLING = {"temperature": (0.0, 1.0), "top_p": (0.0, 1.0)}
@@ -115,35 +73,9 @@ def _assert_valid_anthropic_request(request: dict) -> None:
     params = (message_create_params.MessageCreateParamsStreaming if request.get("stream")
               else message_create_params.MessageCreateParamsNonStreaming)
     pydantic.TypeAdapter(params).validate_python(request)
-    assert _problems(request, params, "request") == []
+    assert typed_dict_problems(request, params, "request") == []
     # The SDK also allows inline system messages (newer API versions); 2023-06-01 only takes user and assistant.
     assert {message["role"] for message in request["messages"]} <= {"user", "assistant"}
-
-
-def _assert_no_undeclared_keys(model: pydantic.BaseModel, path: str) -> None:
-    extra = set(model.model_extra or ()) - OPENAI_EXTENSIONS
-    assert not extra, f"{path} has keys the openai SDK does not declare: {extra}"
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, pydantic.BaseModel):
-                _assert_no_undeclared_keys(item, f"{path}.{name}[{i}]")
-
-
-def _assert_error_envelope(error: dict) -> None:
-    assert set(error) == {"error"}
-    assert set(error["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(error["error"]["message"], str) and error["error"]["message"]
-    assert isinstance(error["error"]["type"], str)
-
-
-def _assert_valid_chunks(chunks: list[dict]) -> None:
-    for chunk in chunks:
-        if "error" in chunk:
-            _assert_error_envelope(chunk)
-        else:
-            _assert_no_undeclared_keys(ChatCompletionChunk.model_validate(chunk), "chunk")
 
 
 # --- requests ------------------------------------------------------------------------------------------------------
@@ -177,14 +109,7 @@ def test_schema_validator_catches_a_misplaced_key() -> None:
 
 
 def test_every_openai_request_field_has_a_rule() -> None:
-    sdk_fields = set(completion_create_params.CompletionCreateParamsNonStreaming.__annotations__) | set(
-        completion_create_params.CompletionCreateParamsStreaming.__annotations__)
-    for params in (completion_create_params.CompletionCreateParamsNonStreaming,
-                   completion_create_params.CompletionCreateParamsStreaming):
-        sdk_fields |= set(typing.get_type_hints(params))
-    assert sdk_fields - set(anthropic.FIELDS) == set(), "OpenAI fields with no mapped/dropped/refused rule"
-    assert set(anthropic.FIELDS) - sdk_fields == set(), "rules for fields the OpenAI SDK no longer has"
-    assert set(anthropic.FIELDS.values()) <= {anthropic.MAPPED, anthropic.DROPPED, anthropic.REFUSED}
+    assert_every_openai_field_has_a_rule(anthropic.FIELDS)
 
 
 REFUSED_SAMPLES = _load("refused_fields.json")
@@ -192,16 +117,13 @@ DROPPED_SAMPLES = _load("dropped_fields.json")
 
 
 def test_every_refused_and_dropped_field_has_a_sample() -> None:
-    assert set(REFUSED_SAMPLES) == {f for f, rule in anthropic.FIELDS.items() if rule == anthropic.REFUSED}
-    assert set(DROPPED_SAMPLES) == {f for f, rule in anthropic.FIELDS.items() if rule == anthropic.DROPPED}
+    assert set(REFUSED_SAMPLES) == fields_with_rule(anthropic.FIELDS, anthropic.REFUSED)
+    assert set(DROPPED_SAMPLES) == fields_with_rule(anthropic.FIELDS, anthropic.DROPPED)
 
 
 @pytest.mark.parametrize("field", sorted(REFUSED_SAMPLES))
 def test_refused_field_is_named_in_the_bad_request(field: str) -> None:
-    with pytest.raises(BadRequest) as refused:
-        _translate({**BASE_BODY, field: REFUSED_SAMPLES[field]})
-    assert refused.value.param == field
-    assert field in refused.value.message
+    assert_refused_field_is_named(_translate, {**BASE_BODY, field: REFUSED_SAMPLES[field]}, field)
 
 
 @pytest.mark.parametrize("field", sorted(DROPPED_SAMPLES))
@@ -216,10 +138,7 @@ def test_null_refused_field_counts_as_absent(field: str) -> None:
 
 @pytest.mark.parametrize("case", _load("bad_requests.json"), ids=lambda case: case["name"])
 def test_untranslatable_request_is_refused_with_its_param(case: dict) -> None:
-    with pytest.raises(BadRequest) as refused:
-        _translate({**BASE_BODY, **case["body"]})
-    assert refused.value.param == case["param"]
-    assert case["message"] in refused.value.message
+    assert_refused_with_param(_translate, {**BASE_BODY, **case["body"]}, case["param"], case["message"])
 
 
 @pytest.mark.parametrize("case", _load("tool_choice_cases.json"), ids=lambda case: case["name"])
@@ -401,7 +320,7 @@ def test_mid_stream_error_ends_the_stream_without_finishing_it() -> None:
 def test_stream_cut_before_message_stop_reports_an_error() -> None:
     stream, chunks = _run_stream("stream_cut_early.anthropic.sse", include_usage=False)
     assert not stream.finished
-    _assert_error_envelope(chunks[-1])
+    assert_error_envelope(chunks[-1])
     assert "ended before message_stop" in chunks[-1]["error"]["message"]
 
 
@@ -409,7 +328,7 @@ def test_malformed_stream_event_is_an_error() -> None:
     stream = anthropic.ChatStream(MODEL, CREATED, include_usage=False)
     chunks = stream.feed("content_block_delta", b"{not json")
     assert len(chunks) == 1
-    _assert_error_envelope(chunks[0])
+    assert_error_envelope(chunks[0])
     assert stream.finish() == []
 
 
@@ -429,7 +348,7 @@ def test_error_response_maps_status_and_body(case: dict) -> None:
     body = case["raw_body"].encode() if "raw_body" in case else json.dumps(case["body"]).encode()
     status, error = anthropic.error_response(case["status"], body)
     assert (status, error) == (case["expected_status"], case["expected"])
-    _assert_error_envelope(error)
+    assert_error_envelope(error)
 
 
 def test_error_messages_do_not_echo_unrecognised_bodies() -> None:

@@ -8,21 +8,25 @@ reaches the client on its own, and Azure errors keep their codes.
 
 from __future__ import annotations
 
-import collections.abc
+import functools
 import json
-import types
-import typing
 from pathlib import Path
 
 import pydantic
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
-from typing_extensions import is_typeddict
 
 from ext_proc.config.models import Backend
 from ext_proc.errors import BadRequest
 from ext_proc.providers import azure_openai, openai
-from ext_proc.streaming.sse import SSEDecoder, SSEEvent
+from tests.unit.provider_checks import (
+    FixtureFolder,
+    assert_error_envelope,
+    assert_no_undeclared_keys,
+    feed_stream,
+    openai_chat_fields,
+    typed_dict_problems,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "azure"
 MODEL = "gpt-4o-2024-08-06"
@@ -32,22 +36,13 @@ AZURE_EXTENSIONS = {"prompt_filter_results", "content_filter_results"}
 """Azure's keys on answers and chunks that the openai SDK models don't declare (clients ignore them)."""
 
 
-def _load(name: str) -> typing.Any:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def _events(name: str) -> list[SSEEvent]:
-    decoder = SSEDecoder()
-    return decoder.feed((FIXTURES / name).read_bytes()) + decoder.finish()
+_fixtures = FixtureFolder(FIXTURES)
+_load, _events = _fixtures.load, _fixtures.events
 
 
 def _run_stream(name: str, include_usage: bool) -> tuple[azure_openai.ChatStream, list[dict]]:
     stream = azure_openai.ChatStream(MODEL, CREATED, include_usage)
-    out: list[dict] = []
-    for event in _events(name):
-        out.extend(stream.feed(event.event, event.data))
-    out.extend(stream.finish())
-    return stream, out
+    return stream, feed_stream(stream, _events(name))
 
 
 def _backend(**azure: object) -> Backend:
@@ -55,69 +50,15 @@ def _backend(**azure: object) -> Backend:
     return Backend.model_validate({**settings, "azure": azure} if azure else settings)
 
 
-def _problems(value: object, hint: object, path: str) -> list[str]:
-    """Where `value` departs from a TypedDict-based openai SDK type, unknown keys included. Empty means it fits."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Required, typing.NotRequired, typing.Annotated):
-        return _problems(value, typing.get_args(hint)[0], path)
-    if origin in (typing.Union, types.UnionType):
-        tries = [_problems(value, member, path) for member in typing.get_args(hint)]
-        return min(tries, key=lambda problems: (any(p.startswith(f"{path}: ") for p in problems), len(problems)))
-    if origin is typing.Literal:
-        return [] if value in typing.get_args(hint) else [f"{path}: {value!r} is not one of {typing.get_args(hint)}"]
-    if is_typeddict(hint):
-        if not isinstance(value, dict):
-            return [f"{path}: expected an object"]
-        hints = typing.get_type_hints(hint, include_extras=True)
-        problems = [f"{path}.{key}: unknown key" for key in value if key not in hints]
-        problems += [f"{path}.{key}: missing" for key in hint.__required_keys__ if key not in value]
-        for key, item in value.items():
-            if key in hints:
-                problems += _problems(item, hints[key], f"{path}.{key}")
-        return problems
-    if origin in (list, collections.abc.Iterable, collections.abc.Sequence) or (
-            origin is not None and origin.__name__ == "SequenceNotStr"):
-        if not isinstance(value, list):
-            return [f"{path}: expected an array"]
-        return [problem for i, item in enumerate(value) for problem in _problems(item, typing.get_args(hint)[0],
-                                                                                 f"{path}[{i}]")]
-    if origin in (dict, collections.abc.Mapping) or hint is object:
-        return [] if hint is object or isinstance(value, dict) else [f"{path}: expected an object"]
-    if hint is type(None):
-        return [] if value is None else [f"{path}: expected null"]
-    if hint is float:
-        return [] if isinstance(value, int | float) and not isinstance(value, bool) else [f"{path}: expected number"]
-    if hint in (str, int, bool):
-        ok = isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
-        return [] if ok else [f"{path}: expected {hint.__name__}"]
-    return [f"{path}: {hint!r} never matches a request value"]
-
-
 def _assert_valid_azure_request(request: dict) -> None:
     request = {key: value for key, value in request.items() if key not in azure_openai.EXTENSIONS}
     params = (completion_create_params.CompletionCreateParamsStreaming if request.get("stream")
               else completion_create_params.CompletionCreateParamsNonStreaming)
     pydantic.TypeAdapter(params).validate_python(request)
-    assert _problems(request, params, "request") == []
+    assert typed_dict_problems(request, params, "request") == []
 
 
-def _assert_no_undeclared_keys(model: pydantic.BaseModel, path: str) -> None:
-    extra = set(model.model_extra or ()) - AZURE_EXTENSIONS
-    assert not extra, f"{path} has keys the openai SDK does not declare: {extra}"
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, pydantic.BaseModel):
-                _assert_no_undeclared_keys(item, f"{path}.{name}[{i}]")
-
-
-def _assert_error_envelope(error: dict) -> None:
-    assert set(error) == {"error"}
-    assert set(error["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(error["error"]["message"], str) and error["error"]["message"]
-
-
+_assert_no_undeclared_keys = functools.partial(assert_no_undeclared_keys, extensions=AZURE_EXTENSIONS)
 # --- paths and credentials -----------------------------------------------------------------------------------------
 
 
@@ -164,10 +105,7 @@ def test_streamed_request_always_asks_for_usage() -> None:
 
 
 def test_every_openai_request_field_is_passed_to_azure() -> None:
-    sdk_fields: set[str] = set()
-    for params in (completion_create_params.CompletionCreateParamsNonStreaming,
-                   completion_create_params.CompletionCreateParamsStreaming):
-        sdk_fields |= set(params.__annotations__) | set(typing.get_type_hints(params))
+    sdk_fields = openai_chat_fields()
     assert set(azure_openai.FIELDS) == sdk_fields
     assert set(azure_openai.FIELDS.values()) == {azure_openai.MAPPED}
     for field in sorted(sdk_fields - {"messages", "model", "stream", "stream_options"}):
@@ -257,7 +195,7 @@ def test_stream_behaves_like_the_openai_stream_after_the_opening_chunk() -> None
 def test_mid_stream_error_is_reported() -> None:
     stream = azure_openai.ChatStream(MODEL, CREATED, False)
     chunks = stream.feed(None, b'{"error": {"code": "content_filter", "message": "filtered"}}')
-    _assert_error_envelope(chunks[0])
+    assert_error_envelope(chunks[0])
     assert chunks[0]["error"]["code"] == "content_filter"
     assert not stream.finished
 
@@ -270,4 +208,4 @@ def test_error_response_keeps_azure_codes(case: dict) -> None:
     body = case["raw_body"].encode() if "raw_body" in case else json.dumps(case["body"]).encode()
     status, error = azure_openai.error_response(case["status"], body)
     assert (status, error) == (case["expected_status"], case["expected"])
-    _assert_error_envelope(error)
+    assert_error_envelope(error)

@@ -29,8 +29,14 @@ from ext_proc.errors import BadRequest
 from ext_proc.providers import anthropic, bedrock_anthropic, bedrock_converse, bedrock_embeddings
 from ext_proc.streaming.eventstream import EventStreamDecoder, encode_event, encode_message
 from ext_proc.streaming.sse import SSEDecoder
+from tests.unit.provider_checks import (
+    assert_error_envelope,
+    assert_every_openai_field_has_a_rule,
+    assert_refused_field_is_named,
+    assert_refused_with_param,
+    fields_with_rule,
+)
 from tests.unit.test_anthropic_translation import (
-    _assert_error_envelope,
     _assert_no_undeclared_keys,
     _assert_valid_anthropic_request,
     _assert_valid_chunks,
@@ -168,14 +174,7 @@ def test_schema_validation_catches_broken_requests(broken: dict) -> None:
 
 
 def test_every_openai_request_field_has_a_rule() -> None:
-    sdk_fields: set[str] = set()
-    for params in (completion_create_params.CompletionCreateParamsNonStreaming,
-                   completion_create_params.CompletionCreateParamsStreaming):
-        sdk_fields |= set(params.__annotations__) | set(typing.get_type_hints(params))
-    rules = bedrock_converse.FIELDS
-    assert sdk_fields - set(rules) == set(), "OpenAI fields with no mapped/dropped/refused rule"
-    assert set(rules) - sdk_fields == set(), "rules for fields the OpenAI SDK no longer has"
-    assert set(rules.values()) <= {bedrock_converse.MAPPED, bedrock_converse.DROPPED, bedrock_converse.REFUSED}
+    assert_every_openai_field_has_a_rule(bedrock_converse.FIELDS)
 
 
 REFUSED_SAMPLES = _load("refused_fields.json")
@@ -184,16 +183,13 @@ DROPPED_SAMPLES = _load("dropped_fields.json")
 
 def test_every_refused_and_dropped_field_has_a_sample() -> None:
     rules = bedrock_converse.FIELDS
-    assert set(REFUSED_SAMPLES) == {name for name, rule in rules.items() if rule == bedrock_converse.REFUSED}
-    assert set(DROPPED_SAMPLES) == {name for name, rule in rules.items() if rule == bedrock_converse.DROPPED}
+    assert set(REFUSED_SAMPLES) == fields_with_rule(rules, bedrock_converse.REFUSED)
+    assert set(DROPPED_SAMPLES) == fields_with_rule(rules, bedrock_converse.DROPPED)
 
 
 @pytest.mark.parametrize("field", sorted(REFUSED_SAMPLES))
 def test_refused_field_is_named_in_the_bad_request(field: str) -> None:
-    with pytest.raises(BadRequest) as refused:
-        _translate({**BASE_BODY, field: REFUSED_SAMPLES[field]})
-    assert refused.value.param == field
-    assert field in refused.value.message
+    assert_refused_field_is_named(_translate, {**BASE_BODY, field: REFUSED_SAMPLES[field]}, field)
 
 
 @pytest.mark.parametrize("field", sorted(DROPPED_SAMPLES))
@@ -208,10 +204,7 @@ def test_null_refused_field_counts_as_absent(field: str) -> None:
 
 @pytest.mark.parametrize("case", _load("bad_requests.json"), ids=lambda case: case["name"])
 def test_untranslatable_request_is_refused_with_its_param(case: dict) -> None:
-    with pytest.raises(BadRequest) as refused:
-        _translate({**BASE_BODY, **case["body"]})
-    assert refused.value.param == case["param"]
-    assert case["message"] in refused.value.message
+    assert_refused_with_param(_translate, {**BASE_BODY, **case["body"]}, case["param"], case["message"])
 
 
 @pytest.mark.parametrize("case", _load("tool_choice_cases.json"), ids=lambda case: case["name"])
@@ -451,7 +444,7 @@ def test_exception_mid_stream_ends_the_stream_without_finishing_it() -> None:
 def test_stream_cut_before_message_stop_reports_an_error() -> None:
     stream, chunks = _run_converse("cut_early", include_usage=False)
     assert not stream.finished
-    _assert_error_envelope(chunks[-1])
+    assert_error_envelope(chunks[-1])
     assert "ended before messageStop" in chunks[-1]["error"]["message"]
 
 
@@ -475,7 +468,7 @@ def test_malformed_stream_event_is_an_error() -> None:
     stream = bedrock_converse.ChatStream(MODEL, CREATED, include_usage=False)
     chunks = stream.feed("contentBlockDelta", b"{not json")
     assert len(chunks) == 1
-    _assert_error_envelope(chunks[0])
+    assert_error_envelope(chunks[0])
     assert stream.finish() == []
 
 
@@ -494,7 +487,7 @@ def test_error_response_maps_status_and_body(case: dict, module: typing.Any) -> 
     body = case["raw_body"].encode() if "raw_body" in case else json.dumps(case["body"]).encode()
     status, error = module.error_response(case["status"], body, case.get("headers"))
     assert (status, error) == (case["expected_status"], case["expected"])
-    _assert_error_envelope(error)
+    assert_error_envelope(error)
 
 
 def test_error_exception_name_from_the_header_wins_over_the_status() -> None:
@@ -636,5 +629,5 @@ def test_invoke_stream_with_undecodable_chunk_is_an_error() -> None:
     stream = bedrock_anthropic.ChatStream(CLAUDE, CREATED, include_usage=False)
     chunks = stream.feed("chunk", b'{"bytes":"not base64!"}')
     assert len(chunks) == 1
-    _assert_error_envelope(chunks[0])
+    assert_error_envelope(chunks[0])
     assert not stream.finished

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import collections.abc
+import functools
 import json
 import struct
 import types
@@ -22,11 +23,21 @@ from cohere.types import EmbedByTypeResponse
 from cohere.v2.raw_client import RawV2Client
 from cohere.v2.types import V2ChatResponse, V2ChatStreamResponse
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
+from openai.types.chat import ChatCompletion, completion_create_params
 
 from ext_proc.errors import BadRequest
 from ext_proc.providers import cohere
-from ext_proc.streaming.sse import SSEDecoder, SSEEvent
+from tests.unit.provider_checks import (
+    FixtureFolder,
+    assert_error_envelope,
+    assert_every_openai_field_has_a_rule,
+    assert_no_undeclared_keys,
+    assert_refused_field_is_named,
+    assert_refused_with_param,
+    assert_valid_chunks,
+    feed_stream,
+    fields_with_rule,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cohere"
 MODEL = "command-a-03-2025"
@@ -46,26 +57,13 @@ EMBED_PARAMS = {name: hint for name, hint in typing.get_type_hints(RawV2Client.e
                 if name not in _NOT_SENT}
 
 
-def _load(name: str) -> typing.Any:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def _cases(prefix: str, suffix: str) -> list[str]:
-    return sorted(path.name[len(prefix):-len(suffix)] for path in FIXTURES.glob(f"{prefix}*{suffix}"))
-
-
-def _events(name: str) -> list[SSEEvent]:
-    decoder = SSEDecoder()
-    return decoder.feed((FIXTURES / name).read_bytes()) + decoder.finish()
+_fixtures = FixtureFolder(FIXTURES)
+_load, _cases, _events = _fixtures.load, _fixtures.cases, _fixtures.events
 
 
 def _run_stream(name: str, include_usage: bool) -> tuple[cohere.ChatStream, list[dict]]:
     stream = cohere.ChatStream(MODEL, CREATED, include_usage)
-    out: list[dict] = []
-    for event in _events(name):
-        out.extend(stream.feed(event.event, event.data))
-    out.extend(stream.finish())
-    return stream, out
+    return stream, feed_stream(stream, _events(name))
 
 
 def _translate(body: dict) -> dict:
@@ -132,30 +130,8 @@ def _assert_valid_cohere_request(request: dict, params: dict[str, object] = CHAT
     assert {"model", "messages"} <= set(request) if params is CHAT_PARAMS else {"model", "input_type"} <= set(request)
 
 
-def _assert_no_undeclared_keys(model: pydantic.BaseModel, path: str) -> None:
-    extra = set(model.model_extra or ()) - OPENAI_EXTENSIONS
-    assert not extra, f"{path} has keys the openai SDK does not declare: {extra}"
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, pydantic.BaseModel):
-                _assert_no_undeclared_keys(item, f"{path}.{name}[{i}]")
-
-
-def _assert_error_envelope(error: dict) -> None:
-    assert set(error) == {"error"}
-    assert set(error["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(error["error"]["message"], str) and error["error"]["message"]
-    assert isinstance(error["error"]["type"], str)
-
-
-def _assert_valid_chunks(chunks: list[dict]) -> None:
-    for chunk in chunks:
-        if "error" in chunk:
-            _assert_error_envelope(chunk)
-        else:
-            _assert_no_undeclared_keys(ChatCompletionChunk.model_validate(chunk), "chunk")
+_assert_no_undeclared_keys = functools.partial(assert_no_undeclared_keys, extensions=OPENAI_EXTENSIONS)
+_assert_valid_chunks = functools.partial(assert_valid_chunks, extensions=OPENAI_EXTENSIONS)
 
 
 # --- requests ------------------------------------------------------------------------------------------------------
@@ -194,13 +170,7 @@ def test_schema_validator_catches_what_cohere_does_not_take(misplaced: dict) -> 
 
 
 def test_every_openai_request_field_has_a_rule() -> None:
-    sdk_fields: set[str] = set()
-    for params in (completion_create_params.CompletionCreateParamsNonStreaming,
-                   completion_create_params.CompletionCreateParamsStreaming):
-        sdk_fields |= set(params.__annotations__) | set(typing.get_type_hints(params))
-    assert sdk_fields - set(cohere.FIELDS) == set(), "OpenAI fields with no mapped/dropped/refused rule"
-    assert set(cohere.FIELDS) - sdk_fields == set(), "rules for fields the OpenAI SDK no longer has"
-    assert set(cohere.FIELDS.values()) <= {cohere.MAPPED, cohere.DROPPED, cohere.REFUSED}
+    assert_every_openai_field_has_a_rule(cohere.FIELDS)
 
 
 REFUSED_SAMPLES = _load("refused_fields.json")
@@ -208,16 +178,13 @@ DROPPED_SAMPLES = _load("dropped_fields.json")
 
 
 def test_every_refused_and_dropped_field_has_a_sample() -> None:
-    assert set(REFUSED_SAMPLES) == {f for f, rule in cohere.FIELDS.items() if rule == cohere.REFUSED}
-    assert set(DROPPED_SAMPLES) == {f for f, rule in cohere.FIELDS.items() if rule == cohere.DROPPED}
+    assert set(REFUSED_SAMPLES) == fields_with_rule(cohere.FIELDS, cohere.REFUSED)
+    assert set(DROPPED_SAMPLES) == fields_with_rule(cohere.FIELDS, cohere.DROPPED)
 
 
 @pytest.mark.parametrize("field", sorted(REFUSED_SAMPLES))
 def test_refused_field_is_named_in_the_bad_request(field: str) -> None:
-    with pytest.raises(BadRequest) as refused:
-        _translate({**BASE_BODY, "tools": TWO_TOOLS, field: REFUSED_SAMPLES[field]})
-    assert refused.value.param == field
-    assert field in refused.value.message
+    assert_refused_field_is_named(_translate, {**BASE_BODY, "tools": TWO_TOOLS, field: REFUSED_SAMPLES[field]}, field)
 
 
 @pytest.mark.parametrize("field", sorted(DROPPED_SAMPLES))
@@ -232,10 +199,7 @@ def test_null_refused_field_counts_as_absent(field: str) -> None:
 
 @pytest.mark.parametrize("case", _load("bad_requests.json"), ids=lambda case: case["name"])
 def test_untranslatable_request_is_refused_with_its_param(case: dict) -> None:
-    with pytest.raises(BadRequest) as refused:
-        _translate({**BASE_BODY, **case["body"]})
-    assert refused.value.param == case["param"]
-    assert case["message"] in refused.value.message
+    assert_refused_with_param(_translate, {**BASE_BODY, **case["body"]}, case["param"], case["message"])
 
 
 @pytest.mark.parametrize("case", _load("tool_choice_cases.json"), ids=lambda case: case["name"])
@@ -428,7 +392,7 @@ def test_malformed_stream_event_is_an_error() -> None:
     stream = cohere.ChatStream(MODEL, CREATED, include_usage=False)
     chunks = stream.feed("content-delta", b"{not json")
     assert len(chunks) == 1
-    _assert_error_envelope(chunks[0])
+    assert_error_envelope(chunks[0])
     assert stream.finish() == []
 
 
@@ -485,7 +449,7 @@ def test_error_response_maps_status_and_body(case: dict) -> None:
     body = case["raw_body"].encode() if "raw_body" in case else json.dumps(case["body"]).encode()
     status, error = cohere.error_response(case["status"], body)
     assert (status, error) == (case["expected_status"], case["expected"])
-    _assert_error_envelope(error)
+    assert_error_envelope(error)
 
 
 def test_error_messages_do_not_echo_unrecognised_bodies() -> None:

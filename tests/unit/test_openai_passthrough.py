@@ -7,43 +7,26 @@ outputs are `.client.sse` when the client did not ask for usage and `.client.usa
 from __future__ import annotations
 
 import json
-import typing
 from pathlib import Path
 
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ext_proc.providers import openai
-from ext_proc.streaming.sse import SSEDecoder, SSEEvent
+from tests.unit.provider_checks import FixtureFolder, assert_error_envelope, feed_stream
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "openai"
 MODEL = "gpt-4o-mini-2024-07-18"
 CREATED = 1700000000
 
 
-def _load(name: str) -> typing.Any:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def _events(name: str) -> list[SSEEvent]:
-    decoder = SSEDecoder()
-    return decoder.feed((FIXTURES / name).read_bytes()) + decoder.finish()
+_fixtures = FixtureFolder(FIXTURES)
+_load, _events = _fixtures.load, _fixtures.events
 
 
 def _run_stream(case: str, include_usage: bool) -> tuple[openai.ChatStream, list[dict]]:
     stream = openai.ChatStream(MODEL, CREATED, include_usage)
-    out: list[dict] = []
-    for event in _events(f"stream_{case}.upstream.sse"):
-        out.extend(stream.feed(event.event, event.data))
-    out.extend(stream.finish())
-    return stream, out
-
-
-def _assert_error_envelope(error: dict) -> None:
-    assert set(error) == {"error"}
-    assert set(error["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(error["error"]["message"], str) and error["error"]["message"]
-    assert isinstance(error["error"]["type"], str)
+    return stream, feed_stream(stream, _events(f"stream_{case}.upstream.sse"))
 
 
 def _stream_cases() -> list[tuple[str, bool]]:
@@ -84,7 +67,7 @@ def test_stream_translates_to_golden_chunks(case: str, include_usage: bool) -> N
     assert chunks == [json.loads(event.data) for event in _events(f"stream_{case}{suffix}")]
     for chunk in chunks:
         if "error" in chunk:
-            _assert_error_envelope(chunk)
+            assert_error_envelope(chunk)
         else:
             ChatCompletionChunk.model_validate(chunk)
 
@@ -128,7 +111,7 @@ def test_mid_stream_error_stops_the_stream() -> None:
 def test_malformed_stream_event_is_an_error() -> None:
     stream = openai.ChatStream(MODEL, CREATED, include_usage=False)
     chunks = stream.feed(None, b"{truncated")
-    _assert_error_envelope(chunks[0])
+    assert_error_envelope(chunks[0])
 
 
 @pytest.mark.parametrize("case", _load("errors.json"), ids=lambda case: case["name"])
@@ -136,7 +119,7 @@ def test_error_response_keeps_status_and_openai_shape(case: dict) -> None:
     body = case["raw_body"].encode() if "raw_body" in case else json.dumps(case["body"]).encode()
     status, error = openai.error_response(case["status"], body)
     assert (status, error) == (case["expected_status"], case["expected"])
-    _assert_error_envelope(error)
+    assert_error_envelope(error)
 
 
 def test_wire_constants() -> None:

@@ -6,14 +6,12 @@ and, for streams, `stream_options.include_usage`.
 
 from __future__ import annotations
 
-import typing
-
 import pytest
-from openai.types.chat import completion_create_params
 
 from ext_proc.config.models import PRESETS as CONFIG_PRESETS
 from ext_proc.errors import BadRequest
 from ext_proc.providers import openai, presets
+from tests.unit.provider_checks import openai_chat_fields
 
 BASE = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 NAMES = sorted(presets.PRESETS)
@@ -33,14 +31,6 @@ SAMPLES: dict[str, object] = {
 """A value for every field that is not OpenAI's default, so a refused field is refused."""
 
 
-def _sdk_fields() -> set[str]:
-    fields: set[str] = set()
-    for params in (completion_create_params.CompletionCreateParamsNonStreaming,
-                   completion_create_params.CompletionCreateParamsStreaming):
-        fields |= set(params.__annotations__) | set(typing.get_type_hints(params))
-    return fields
-
-
 def _cases(rule: str) -> list[tuple[str, str]]:
     return [(name, field) for name in NAMES for field, found in presets.rules(name).items() if found == rule]
 
@@ -50,14 +40,14 @@ def test_presets_are_the_configurable_ones() -> None:
 
 
 def test_the_field_list_is_the_openai_sdks() -> None:
-    assert set(presets.OPENAI_CHAT_FIELDS) == _sdk_fields()
-    assert set(SAMPLES) == _sdk_fields() - {"messages", "model"}
+    assert set(presets.OPENAI_CHAT_FIELDS) == openai_chat_fields()
+    assert set(SAMPLES) == openai_chat_fields() - {"messages", "model"}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_field_has_a_rule_for_every_preset(name: str) -> None:
     table = presets.rules(name)
-    assert set(table) == _sdk_fields()
+    assert set(table) == openai_chat_fields()
     assert set(table.values()) <= {presets.PASSED, presets.DROPPED, presets.RENAMED, presets.REFUSED}
     assert table["messages"] == table["model"] == table["stream"] == presets.PASSED
     spec = presets.PRESETS[name]

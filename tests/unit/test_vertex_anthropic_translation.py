@@ -19,8 +19,8 @@ from ext_proc.config.models import Backend
 from ext_proc.errors import BadRequest
 from ext_proc.providers import anthropic, vertex_anthropic
 from ext_proc.streaming.sse import SSEDecoder, SSEEvent
+from tests.unit.provider_checks import assert_error_envelope
 from tests.unit.test_anthropic_translation import (
-    _assert_error_envelope,
     _assert_no_undeclared_keys,
     _assert_valid_anthropic_request,
     _assert_valid_chunks,
@@ -117,7 +117,7 @@ def test_stream_is_translated_like_anthropic() -> None:
 def test_errors_from_google_or_from_the_model(case: dict) -> None:
     status, error = vertex_anthropic.error_response(case["status"], json.dumps(case["body"]).encode())
     assert (status, error) == (case["expected_status"], case["expected"])
-    _assert_error_envelope(error)
+    assert_error_envelope(error)
 
 
 def test_unrecognised_error_body_is_not_echoed() -> None:
