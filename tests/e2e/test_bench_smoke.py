@@ -1,0 +1,22 @@
+"""The benchmark harness runs end to end in its smoke mode (timings are reported, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "load" / "bench.py"), "--smoke", "--output", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(next(tmp_path.glob("smoke-*.json")).read_text())
+    scenarios = {row["scenario"][:3] for row in rows}
+    assert scenarios == {"(a)", "(b)", "(c)", "(d)", "(e)"}
+    assert all(row["non_2xx"] == 0 and row["requests"] > 0 for row in rows)
+    assert all(row["ext_proc_cpu_ms_per_req"] > 0 for row in rows if not row["scenario"].startswith("(a)"))
+    assert (next(tmp_path.glob("smoke-*.md")).read_text()).startswith("| scenario |")
