@@ -43,6 +43,7 @@ METADATA_REPLIED_KEY = "replied"
 UPSTREAM_HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 
 CHAIN_CLUSTER_PREFIX = "bg_chain_"
+DIRECT_ROUTE_PREFIX = "bg_direct_"
 BACKEND_CLUSTER_PREFIX = "bg_backend_"
 EXT_PROC_CLUSTER = "bg_ext_proc"
 

@@ -18,7 +18,7 @@ def run(url: str, body: dict, key: str, *, connections: int, seconds: float, wor
     if rate:
         lines.append(f"function delay() return {1000 * connections / rate:.3f} end")
     script.write_text("\n".join(lines) + "\n")
-    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
                             capture_output=True, text=True, check=True).stdout
     latencies = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)$", output, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)

@@ -53,6 +53,12 @@ class RouteInfo:
     embeddings: bool
     """Every backend of the chain serves /v1/embeddings."""
 
+    @property
+    def direct(self) -> bool:
+        """A single-backend route has nothing to fail over to: the route stage translates it itself and Envoy
+        sends it straight to the backend's cluster, one gRPC stream per request instead of two."""
+        return len(self.chain) == 1
+
 
 @dataclass(frozen=True, slots=True)
 class Runtime:

@@ -35,10 +35,10 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
-from ..config.chains import chain_id, chains
+from ..config.chains import chain_id, chains, direct_backends
 from ..config.models import Config
 from ..errors import NotFound
-from .clusters import all_clusters
+from .clusters import all_clusters, backend_cluster_name
 from .filters import local_reply_config, route_stage_filter
 
 RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
@@ -88,6 +88,7 @@ def route_configuration(config: Config) -> RouteConfiguration:
     """
     timeouts = {b.id: b.timeout for b in config.backends}
     routes = [chain_route(chain, timeouts) for chain in chains(config)]
+    routes += [direct_route(backend, timeouts[backend]) for backend in direct_backends(config)]
     routes.append(Route(
         name="unrouted",
         match=RouteMatch(prefix="/"),
@@ -126,6 +127,19 @@ def chain_route(chain: tuple[str, ...], timeouts: dict[str, float]) -> Route:
         match=RouteMatch(prefix="/", headers=[HeaderMatcher(
             name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=name))]),
         route=RouteAction(cluster=name, timeout=timedelta(seconds=total), retry_policy=retry),
+    )
+
+
+def direct_route(backend: str, timeout: float) -> Route:
+    """A single-backend route: no failover, so no aggregate cluster and no attempt stage."""
+    name = chain_id((backend,))
+    return Route(
+        name=name,
+        match=RouteMatch(prefix="/", headers=[HeaderMatcher(
+            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=name))]),
+        route=RouteAction(cluster=backend_cluster_name(backend), timeout=timedelta(seconds=timeout)),
+        # no attempt stage runs on this path to strip the routing header before the request leaves
+        request_headers_to_remove=[constants.HEADER_CHAIN],
     )
 
 

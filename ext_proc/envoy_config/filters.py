@@ -38,6 +38,7 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
+from ..config.chains import direct_backends
 from ..config.models import Config
 from ..errors import status_error_type
 
@@ -51,7 +52,7 @@ ROUTE_STAGE_MODE = ProcessingMode(
     response_header_mode=_SKIP, response_body_mode=_NONE,
     request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
 
-ROUTE_STAGE_WITH_LIMITS_MODE = ProcessingMode(
+ROUTE_STAGE_WITH_RESPONSE_MODE = ProcessingMode(
     request_header_mode=_SEND, request_body_mode=_BUFFERED,
     response_header_mode=_SEND, response_body_mode=_NONE,
     request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
@@ -84,10 +85,15 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, **extra: object
 
 
 def route_stage_filter(config: Config) -> HttpFilter:
-    # The final response headers are only worth a message when a reservation must be released or reported.
-    mode = ROUTE_STAGE_WITH_LIMITS_MODE if config.limits_configured else ROUTE_STAGE_MODE
+    # The final response headers are only worth a message when a reservation must be released or reported, or when
+    # the route stage translates a direct (single-backend) route's answer itself.
+    needs_response = config.limits_configured or bool(direct_backends(config))
+    mode = ROUTE_STAGE_WITH_RESPONSE_MODE if needs_response else ROUTE_STAGE_MODE
     processor = _processor(config, constants.STAGE_ROUTE, mode,
-                           mutation_rules=HeaderMutationRules(allow_envoy=True))
+                           # direct routes: the route stage sets the backend's host and switches the response body
+                           # to BUFFERED/STREAMED per answer
+                           allow_mode_override=True,
+                           mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True))
     return HttpFilter(name="babelgate.route_stage", typed_config=Any.pack(processor))
 
 

@@ -27,7 +27,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from .. import constants, providers
 from ..client_formats import anthropic_messages
-from ..config.runtime import BackendInfo, Runtime
+from ..config.runtime import BackendInfo, RouteInfo, Runtime
 from ..errors import BadRequest, UpstreamError, anthropic_error_from_openai
 from ..limits.estimate import Usage, estimate_prompt_tokens, usage_from_openai
 from ..limits.limiter import Reservation
@@ -42,6 +42,11 @@ STREAMED_RESPONSE_MODE = ProcessingMode(
     request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
     response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.STREAMED,
     request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
+BUFFERED_RESPONSE_MODE = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
+    response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.BUFFERED,
+    request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
+"""For direct routes, whose route stage is configured without response bodies."""
 
 # Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows this
 # stage the previous attempt's headers, so every credential header any provider module sets is listed here too.
@@ -54,6 +59,12 @@ _JSON = "application/json"
 _backend_by_metadata: dict[str, str] = {}
 _BACKEND_IN_METADATA = re.compile(
     r'key:\s*"' + constants.METADATA_BACKEND_KEY + r'"\s*value\s*\{\s*string_value:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def forwarded_never(header: str) -> bool:
+    """Client credentials, Babelgate's and Envoy's own headers, and any credential a provider sets: never sent on."""
+    return header in _CLIENT_ONLY_HEADERS or header.startswith((constants.CLIENT_HEADER_PREFIX,
+                                                                constants.ENVOY_HEADER_PREFIX))
 
 
 def backend_from_attributes(attributes: object) -> str | None:
@@ -78,7 +89,7 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 
 class AttemptStage:
-    __slots__ = ("_attempt", "_backend", "_base64_embeddings", "_client_stream", "_created", "_decoder",
+    __slots__ = ("_attempt", "_backend", "_base64_embeddings", "_client_stream", "_created", "_decoder", "_direct",
                  "_endpoint", "_model", "_prompt_estimate", "_reservation", "_response_headers", "_runtime",
                  "_settled", "_status", "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
 
@@ -101,6 +112,7 @@ class AttemptStage:
         self.error_style = "openai"
         self._response_headers: dict[str, str] = {}
         self._base64_embeddings = False
+        self._direct = False
         self.usage: Usage | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -126,6 +138,18 @@ class AttemptStage:
 
     # -- request ------------------------------------------------------------------------------------------------
 
+    def start_direct(self, backend: BackendInfo, route: RouteInfo, endpoint: Endpoint,
+                     reservation: str | None) -> None:
+        """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
+        learn from Envoy's attributes and metadata is known there already."""
+        self._direct = True
+        self._backend = backend
+        self._model = route.backend_models[backend.id]
+        self._endpoint = endpoint
+        self._reservation = reservation
+        if endpoint is Endpoint.MESSAGES:
+            self.error_style = "anthropic"
+
     def on_request_headers(self, message: HttpHeaders, attributes: object, context: Metadata) -> ProcessingResponse:
         headers = messages.header_dict(message)
         decision = messages.babelgate_metadata(context)
@@ -142,14 +166,12 @@ class AttemptStage:
             self.error_style = "anthropic"
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
-        remove = [name for name in headers if name in _CLIENT_ONLY_HEADERS
-                  or name.startswith((constants.CLIENT_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
-        return messages.request_headers_reply(remove=remove)
+        return messages.request_headers_reply(remove=[name for name in headers if forwarded_never(name)])
 
-    def on_request_body(self, message: HttpBody) -> ProcessingResponse:
+    def on_request_body(self, message: HttpBody, parsed: dict | None = None) -> ProcessingResponse:
         backend = self._backend
         assert backend is not None
-        body = orjson.loads(message.body)
+        body = parsed if parsed is not None else orjson.loads(message.body)
         provider = backend.provider
         if self._endpoint is Endpoint.MESSAGES:
             body = anthropic_messages.to_openai(body)
@@ -202,7 +224,8 @@ class AttemptStage:
             self._decoder = EventStreamDecoder() if content_type.startswith(_EVENTSTREAM) else SSEDecoder()
             return messages.response_headers_reply(
                 set_headers=tags, remove=("content-length",), mode=STREAMED_RESPONSE_MODE)
-        return messages.response_headers_reply(set_headers=tags)
+        return messages.response_headers_reply(set_headers=tags,
+                                               mode=BUFFERED_RESPONSE_MODE if self._direct else None)
 
     def on_response_body(self, message: HttpBody) -> ProcessingResponse:
         if self._decoder is not None:

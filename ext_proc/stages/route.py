@@ -27,11 +27,13 @@ from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
 from . import messages
+from .attempt import AttemptStage, forwarded_never
 from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_endpoint", "_key", "_reservation", "_runtime", "_user", "error_style")
+    __slots__ = ("_attempt", "_endpoint", "_header_names", "_key", "_reservation", "_runtime", "_user",
+                 "error_style")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -40,6 +42,9 @@ class RouteStage:
         self._key: KeyInfo | None = None
         self._user: str | None = None
         self._reservation: Reservation | None = None
+        self._header_names: tuple[str, ...] = ()
+        self._attempt: AttemptStage | None = None
+        """Set for a direct route: the attempt stage's logic, run inside this stream."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -48,13 +53,18 @@ class RouteStage:
         if kind == "request_body":
             return await self.on_request_body(request.request_body)
         if kind == "response_headers":
-            return await self.on_response_headers(request.response_headers)
+            return await self.on_response_headers(request)
+        if kind == "response_body" and self._attempt is not None:
+            return await self._attempt.handle(request)
         return messages.continue_unchanged(kind)
 
     async def close(self) -> None:
-        """Nothing to do. A reservation whose client left before any answer is not released here: an attempt may
-        be settling it at this moment, and releasing too would under-count. It leaves with its window instead
-        (an over-count, never an over-admission)."""
+        """A direct route's answer that never reached its end is still settled. Otherwise nothing to do: a
+        reservation whose client left before any answer is not released here, since an attempt may be settling it
+        at this moment and releasing too would under-count; it leaves with its window instead (an over-count,
+        never an over-admission)."""
+        if self._attempt is not None:
+            await self._attempt.close()
 
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
@@ -74,6 +84,7 @@ class RouteStage:
             raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
         self._endpoint, self._key = endpoint, key
         self._user = headers.get(self._runtime.user_header) or None
+        self._header_names = tuple(headers)
         # Clients steer neither Babelgate (internal headers) nor Envoy (x-envoy-max-retries and friends).
         spoofed = [name for name in headers
                    if name.startswith((constants.INTERNAL_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
@@ -85,7 +96,7 @@ class RouteStage:
         raw = message.body
         if len(raw) > self._runtime.max_body_bytes:
             raise _too_large(self._runtime.max_body_bytes)
-        body = parse_json_object(raw)
+        body = original = parse_json_object(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
@@ -116,17 +127,42 @@ class RouteStage:
             self._reservation = await self._reserve(limiter, body, route)
             if self._reservation is not None:
                 metadata[constants.METADATA_RESERVATION_KEY] = self._reservation.encode()
+        if route.direct:
+            return self._direct(route, message, original, metadata)
         return messages.request_body_reply(
             set_headers=((constants.HEADER_CHAIN, route.chain_id),), clear_route_cache=True, metadata=metadata)
 
-    async def on_response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+    def _direct(self, route: RouteInfo, message: HttpBody, body: dict, metadata: dict[str, str]) -> ProcessingResponse:
+        """Translate here and send straight to the backend: one gRPC stream for the whole request."""
+        assert self._endpoint is not None
+        attempt = AttemptStage(self._runtime)
+        attempt.start_direct(self._runtime.backends[route.chain[0]], route, self._endpoint,
+                             metadata.get(constants.METADATA_RESERVATION_KEY))
+        reply = attempt.on_request_body(message, body)
+        self._attempt = attempt
+        common = reply.request_body.response
+        common.clear_route_cache = True
+        common.header_mutation.set_headers.extend(messages.mutation(((constants.HEADER_CHAIN, route.chain_id),))
+                                                  .set_headers)
+        # Headers this reply sets (the provider's own credential among them) are overwritten, not removed.
+        replaced = {option.header.key for option in common.header_mutation.set_headers}
+        common.header_mutation.remove_headers.extend(
+            name for name in self._header_names if forwarded_never(name) and name not in replaced)
+        reply.dynamic_metadata.update({constants.METADATA_NAMESPACE: metadata})
+        return reply
+
+    async def on_response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         reservation = self._reservation
+        reply = (await self._attempt.handle(request) if self._attempt is not None
+                 else messages.response_headers_reply())
         if reservation is None:
-            return messages.response_headers_reply()
-        status = messages.header_dict(message).get(":status", "")
+            return reply  # type: ignore[return-value]
+        status = messages.header_dict(request.response_headers).get(":status", "")
         if not status.startswith("2"):
             await self._runtime.limiter.release(reservation)  # type: ignore[union-attr]
-        return messages.response_headers_reply(set_headers=reservation.headers)
+        reply.response_headers.response.header_mutation.set_headers.extend(  # type: ignore[union-attr]
+            messages.mutation(reservation.headers).set_headers)
+        return reply  # type: ignore[return-value]
 
     async def _reserve(self, limiter: Limiter, body: dict, route: RouteInfo) -> Reservation | None:
         assert self._key is not None

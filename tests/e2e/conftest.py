@@ -103,6 +103,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
                 _route("claude-sonnet-4-5", ("an", "claude-sonnet-4-5"), ("oa", "gpt-4o")),
                 _route("openai-pair", ("oa", "gpt-4.1"), ("ob", "gpt-4.1")),
                 _route("quick-then-anthropic", ("oa-quick", "gpt-4o-mini"), ("an", "claude-haiku-4-5")),
+                _route("anthropic-solo", ("an", "claude-opus-4-1")),
                 _route("killable-then-anthropic", ("killable", "gpt-4o-mini"), ("an", "claude-haiku-4-5")),
                 _route("dead-then-openai", ("dead", "gpt-4o-mini"), ("ob", "gpt-4o-mini")),
                 {"model": "secure-model", "backends": [{"backend": "secure", "model": "gpt-4o-mini"}]},

@@ -186,3 +186,24 @@ def test_https_backend_with_test_ca_and_sni(gateway: Gateway, client: openai.Ope
     assert "openai-tls" in raw.parse().choices[0].message.content
     assert raw.headers["x-demo-sni"] == "api.demo.test"
     assert last_request(gateway, "tls")["headers"]["host"].startswith("api.demo.test:")
+
+
+def test_direct_route_is_served_in_one_stream_and_sends_nothing_internal(gateway: Gateway,
+                                                                          client: openai.OpenAI) -> None:
+    """A single-backend route skips the attempt stage; the route stage must clean the request itself."""
+    raw = client.embeddings.with_raw_response.create(
+        model="embed-small", input="x", extra_headers={"x-babelgate-tags": "t", "x-api-key": "client-secret"})
+    assert raw.headers["x-babelgate-backend"] == "oa" and raw.headers["x-babelgate-attempts"] == "1"
+    headers = last_request(gateway, "openai-a")["headers"]
+    assert headers["authorization"] == f"Bearer {gateway.provider_keys['openai-a']}"
+    assert not [h for h in headers if h.startswith("x-babelgate")]
+    assert "client-secret" not in json.dumps(headers) and gateway.key not in json.dumps(headers)
+
+
+def test_direct_anthropic_route_overwrites_a_client_x_api_key(gateway: Gateway, client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model="anthropic-solo", messages=[{"role": "user", "content": "solo"}],
+                                            extra_headers={"x-api-key": "client-secret"})
+    assert "anthropic-a" in answer.choices[0].message.content
+    headers = last_request(gateway, "anthropic-a")["headers"]
+    assert headers["x-api-key"] == gateway.provider_keys["anthropic-a"]
+    assert not [h for h in headers if h.startswith("x-babelgate")]

@@ -133,3 +133,18 @@ def test_committed_example_is_in_sync_with_its_source() -> None:
 def test_committed_example_passes_envoy_validate(tmp_path: Path) -> None:
     result = envoy_validate((ROOT / "envoy" / "envoy.yaml").read_text(), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_single_backend_routes_go_straight_to_the_backend_cluster() -> None:
+    config = parse_config(CONFIG.replace("routes:\n", "routes:\n  - model: solo\n"
+                                                      "    backends: [{backend: an, model: y}]\n", 1))
+    rendered = yaml.safe_load(render_yaml(config))
+    manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
+    direct = routes["bg_direct_an"]
+    assert direct["route"]["cluster"] == "bg_backend_an" and "retry_policy" not in direct["route"]
+    assert direct["request_headers_to_remove"] == [constants.HEADER_CHAIN]
+    assert "bg_chain_an" not in _clusters(rendered)  # no aggregate cluster for a chain of one
+    route_stage = manager["http_filters"][0]["typed_config"]
+    assert route_stage["processing_mode"]["response_header_mode"] == "SEND"
+    assert route_stage["allow_mode_override"] is True

@@ -178,3 +178,17 @@ def test_model_list_is_json(monkeypatch: pytest.MonkeyPatch) -> None:
                                                     "authorization": f"Bearer {CLIENT_KEY}"}))
     assert extra["content-type"] == "application/json"
     assert orjson.loads(orjson.dumps(listing))["object"] == "list"
+
+
+def test_direct_route_is_translated_in_the_route_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = RouteStage(runtime(monkeypatch))
+    drive(stage, ProcessingRequest(request_headers=headers({**CHAT, "x-api-key": "bg-client"})))
+    reply = drive(stage, ProcessingRequest(request_body=body({**HELLO, "model": "claude"}))).request_body.response
+    sent = orjson.loads(reply.body_mutation.body)
+    assert sent["model"] == "claude-x" and sent["messages"] == [{"role": "user", "content": "hi"}]
+    set_ = set_headers(reply)
+    assert set_[constants.HEADER_CHAIN] == "bg_direct_an" and set_[":path"] == "/v1/messages"
+    assert set_["x-api-key"] == "sk-unit-anthropic" and set_[":authority"] == "api.anthropic.com"
+    assert "authorization" in reply.header_mutation.remove_headers
+    assert "x-api-key" not in reply.header_mutation.remove_headers  # overwritten with the provider's key instead
+    assert reply.clear_route_cache
