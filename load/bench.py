@@ -4,7 +4,8 @@
     python load/bench.py --smoke         # seconds; what CI runs (no timing is asserted anywhere)
 
 Scenarios: (a) Envoy alone, (b) Envoy + Babelgate to an OpenAI backend, (c) with Anthropic translation, (d) streaming
-with Anthropic translation, (e) OpenAI backend with Redis-backed limits. Each is driven by `wrk` at a fixed
+with Anthropic translation, (e) OpenAI backend with Redis-backed limits, and with `--with-litellm` (f) the LiteLLM
+proxy (one worker) in front of the same upstream. Each is driven by `wrk` at a fixed
 concurrency and at a paced rate; reported: RPS, p50/p90/p99, p50 added versus (a) in the same mode, CPU per request
 of the ext_proc and Envoy processes, and ext_proc RSS.
 """
@@ -25,6 +26,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import litellm
 import procstats
 import upstreams
 import wrk
@@ -44,7 +46,9 @@ class Target:
     url: str
     body: dict
     ext_proc_pids: list[int]
+    """The gateway's own (Python) processes: Babelgate's ext_proc servers, or the LiteLLM proxy."""
     envoy_pid: int | None
+    key: str = ""
 
 
 def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
@@ -81,6 +85,7 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
 
 def measure(target: Target, key: str, workdir: Path, *, connections: int, seconds: float,
             rate: float | None) -> dict:
+    key = target.key or key
     wrk.run(target.url, target.body, key, connections=connections, seconds=min(2, seconds), workdir=workdir,
             rate=rate)  # warm-up
     pids = target.ext_proc_pids + ([target.envoy_pid] if target.envoy_pid else [])
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=300, help="paced requests per second")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--with-litellm", action="store_true",
+                        help=f"add the LiteLLM {litellm.VERSION} proxy (installed into load/.venv-litellm)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.seconds, args.connections, args.rate = 1, 2, 50
@@ -158,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                                                            f"redis://127.0.0.1:{redis_port}")
             targets.append(Target("(e) + Babelgate, OpenAI, Redis limits", limited.url + "/v1/chat/completions",
                                   {"model": "bench-openai", **CHAT}, ext_proc_l, envoy_l))
+        if args.with_litellm:
+            litellm_url, litellm_child = litellm.start(supervisor, workdir, upstream_port)
+            targets.append(Target("(f) LiteLLM proxy, OpenAI", litellm_url, {"model": "bench-openai", **CHAT},
+                                  [litellm_child.process.pid], None, key=litellm.MASTER_KEY))
         for target in targets:  # every target must answer correctly before it is timed
-            check = httpx.post(target.url, json=target.body, timeout=10, headers={"authorization": f"Bearer {key}"})
+            check = httpx.post(target.url, json=target.body, timeout=10,
+                               headers={"authorization": f"Bearer {target.key or key}"})
             if check.status_code != 200:
                 raise SystemExit(f"{target.scenario} answered {check.status_code}: {check.text[:300]}")
         for mode in ({"connections": args.connections, "rate": None},
