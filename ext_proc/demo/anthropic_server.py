@@ -47,6 +47,9 @@ _BLOCK_TYPES = {
 _TOOL_CHOICES = {"auto", "any", "tool", "none"}
 
 
+KIND = "anthropic"
+
+
 def answer(call: Call) -> Reply:
     if call.path != "/v1/messages":
         return error(404, f"Not found: {call.method} {call.path}")

@@ -43,6 +43,9 @@ _FINGERPRINT = "fp_demo"
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
 
+KIND = "openai"
+
+
 def answer(call: Call) -> Reply:
     route = _ROUTES.get(call.path)
     if route is None:

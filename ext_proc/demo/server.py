@@ -8,7 +8,6 @@ header) are applied, then the provider module answers. `GET /_demo/requests` lis
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -16,7 +15,14 @@ from typing import NamedTuple
 
 import orjson
 
-from ext_proc.demo import anthropic_server, openai_server
+from ext_proc.demo import (
+    anthropic_server,
+    azure_server,
+    bedrock_server,
+    cohere_server,
+    gemini_server,
+    openai_server,
+)
 from ext_proc.demo.answers import NOT_JSON, Call, Reply
 from ext_proc.demo.faults import FAULT_HEADER, NO_FAULTS, Faults, FaultSpecError, parse_faults
 from ext_proc.demo.http import HttpServer, Request, Response, start_http_server
@@ -32,20 +38,12 @@ class _Api(NamedTuple):
     error: Callable[[int, str], Reply]
 
 
+# Each provider module exposes `KIND` (or `KINDS`), `answer(call) -> Reply` and `error(status, message) -> Reply`.
 _APIS = {
-    "openai": _Api(openai_server.answer, openai_server.error),
-    "anthropic": _Api(anthropic_server.answer, anthropic_server.error),
+    kind: _Api(module.answer, module.error)
+    for module in (openai_server, anthropic_server, bedrock_server, gemini_server, azure_server, cohere_server)
+    for kind in (getattr(module, "KINDS", None) or (module.KIND,))
 }
-# Each further demo provider module exposes `KIND`, `answer(call) -> Reply` and `error(status, message) -> Reply`.
-for _module_name in ("bedrock_server", "gemini_server", "azure_server", "cohere_server"):
-    try:
-        _module = importlib.import_module(f"ext_proc.demo.{_module_name}")
-    except ModuleNotFoundError as _missing:
-        if _missing.name != f"ext_proc.demo.{_module_name}":
-            raise
-        continue
-    for _kind in getattr(_module, "KINDS", (getattr(_module, "KIND", ""),)):
-        _APIS[_kind] = _Api(_module.answer, _module.error)
 KINDS = tuple(_APIS)
 
 
