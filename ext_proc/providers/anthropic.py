@@ -30,6 +30,7 @@ from .common import (
     MAPPED,
     REFUSED,
     error_dict,
+    function_tools,
     gateway_error,
     refuse_unsupported,
     requested_max_tokens,
@@ -344,20 +345,8 @@ def _tool_result(message: dict, where: str) -> dict:
 
 
 def _tools(tools: object) -> list[dict]:
-    if not tools:
-        return []
-    if not isinstance(tools, list):
-        raise BadRequest("'tools' must be an array", param="tools")
     result = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: tool type {kind!r} is not supported on anthropic backends; "
-                             "only function tools are", param=where)
-        function = tool.get("function") or {}
-        if not function.get("name"):
-            raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
+    for _, tool, function in function_tools(tools, "anthropic"):
         converted: dict = {"name": function["name"]}
         if function.get("description"):
             converted["description"] = function["description"]

@@ -32,7 +32,16 @@ from __future__ import annotations
 import orjson
 
 from ..errors import BadRequest, UpstreamError, status_error_type
-from .common import DROPPED, MAPPED, REFUSED, error_dict, gateway_error, refuse_unsupported, requested_max_tokens
+from .common import (
+    DROPPED,
+    MAPPED,
+    REFUSED,
+    error_dict,
+    function_tools,
+    gateway_error,
+    refuse_unsupported,
+    requested_max_tokens,
+)
 
 SCHEMA = "cohere"
 CREDENTIAL_HEADERS = frozenset({"authorization"})
@@ -350,20 +359,8 @@ def _tool_result(message: dict, where: str) -> dict:
 
 
 def _tools(tools: object) -> list[dict]:
-    if not tools:
-        return []
-    if not isinstance(tools, list):
-        raise BadRequest("'tools' must be an array", param="tools")
     result = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: tool type {kind!r} is not supported on cohere backends; "
-                             "only function tools are", param=where)
-        function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
-        if not function.get("name"):
-            raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
+    for _, _, function in function_tools(tools, "cohere"):
         converted: dict = {"name": function["name"]}
         if function.get("description"):
             converted["description"] = function["description"]

@@ -82,3 +82,25 @@ def error_dict(message: str, type_: str, code: str | int | None, param: str | No
 def gateway_error(message: str) -> dict:
     """The error for an upstream answer the gateway can't make sense of (502 upstream_error)."""
     return error_dict(message, UpstreamError.type, UpstreamError.code)
+
+
+def function_tools(tools: object, translator: str) -> list[tuple[str, dict, dict]]:
+    """(where, tool, function) for each OpenAI function tool, after the checks every provider makes: an array of
+    `type: function` tools, each with a non-empty name. Other tool types are refused, naming the tool."""
+    if not tools:
+        return []
+    if not isinstance(tools, list):
+        raise BadRequest("'tools' must be an array", param="tools")
+    found = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise BadRequest(f"{where}: tool type {kind!r} is not supported on {translator} backends; "
+                             "only function tools are", param=where)
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
+        found.append((where, tool, function))
+    return found

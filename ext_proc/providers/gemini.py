@@ -66,6 +66,7 @@ from .common import (
     MAPPED,
     REFUSED,
     error_dict,
+    function_tools,
     gateway_error,
     refuse_unsupported,
     requested_max_tokens,
@@ -528,22 +529,9 @@ def _function_response(message: dict, where: str, names_by_call: dict[str, str])
 
 
 def _tools(tools: object) -> list[dict]:
-    if not tools:
-        return []
-    if not isinstance(tools, list):
-        raise BadRequest("'tools' must be an array", param="tools")
     declarations = []
-    for i, tool in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise BadRequest(f"{where}: tool type {kind!r} is not supported on gemini backends; "
-                             "only function tools are", param=where)
-        function = tool.get("function") or {}
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
-        declaration: dict = {"name": name}
+    for where, _, function in function_tools(tools, "gemini"):
+        declaration: dict = {"name": function["name"]}
         if function.get("description"):
             declaration["description"] = function["description"]
         parameters = function.get("parameters")
