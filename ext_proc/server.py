@@ -1,7 +1,8 @@
 """The gRPC ext_proc service. One gRPC stream is one stage of one HTTP request; this module only dispatches.
 
 Envoy opens a stream per request per filter: the route stage's stream (tagged with `x-babelgate-stage: route` in
-the gRPC metadata) and, for each upstream attempt, an attempt stage stream. All logic lives in `stages/`.
+the gRPC metadata) and, for each upstream attempt, an attempt stage stream. All logic lives in `stages/`; the gRPC
+server is Babelgate's own (`transport/`), because grpc.aio's per-message thread hops cost more than the stages do.
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-import grpc
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError
 
 from . import constants
 from .config.runtime import Runtime
@@ -24,10 +25,13 @@ from .limits.store import StoreUnavailable
 from .stages import messages
 from .stages.attempt import AttemptStage
 from .stages.route import RouteStage
+from .transport.grpc import Call, GrpcServer, MethodFactory, RpcError, Status, unary
+from .transport.health import NOT_SERVING, SERVING, HealthService
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+PROCESS_METHOD = f"/{SERVICE_NAME}/Process"
 
 
 class RuntimeHolder:
@@ -37,23 +41,117 @@ class RuntimeHolder:
         self.current = runtime
 
 
-async def process(requests: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext,
-                  holder: RuntimeHolder) -> AsyncIterator[ProcessingResponse]:
-    runtime = holder.current
-    stage: Stage = AttemptStage(runtime) if _is_attempt(context) else RouteStage(runtime)
-    try:
-        async for request in requests:
-            reply = await respond(stage, request)
-            if reply is not None:
-                yield reply
-    finally:
-        # Runs on normal ends and on cancellation (client gone, upstream reset); settling must not be cut short
-        # by that cancellation, so it continues as its own task.
-        _keep_running(stage.close())
-
-
 Stage = RouteStage | AttemptStage
 _closing: set[asyncio.Task] = set()
+
+
+class ProcessStream:
+    """One ext_proc stream: each message through the stage, replies in order.
+
+    Without a limiter nothing in a stage waits, so a message is answered within the read that brought it, no task
+    created (should a handler wait after all, it continues as a task). With a limiter every message runs as a task:
+    the store's client (redis-py's timeouts among it) needs a current task. Later messages of a stream queue behind
+    a running one.
+    """
+
+    __slots__ = ("_call", "_ending", "_in_task", "_queue", "_stage", "_task")
+
+    def __init__(self, call: Call, stage: Stage, in_task: bool) -> None:
+        self._call = call
+        self._stage = stage
+        self._in_task = in_task
+        self._queue: deque[ProcessingRequest] = deque()
+        self._task: asyncio.Task | None = None
+        self._ending = False
+
+    def on_message(self, message: bytes) -> None:
+        try:
+            request = ProcessingRequest.FromString(message)
+        except DecodeError:
+            self._call.finish(Status.INVALID_ARGUMENT, "not a ProcessingRequest")
+            return
+        if self._task is not None:
+            self._queue.append(request)
+        else:
+            self._run(request)
+
+    def on_end(self) -> None:
+        if self._task is not None:
+            self._ending = True
+        else:
+            self._end()
+
+    def on_cancel(self) -> None:
+        # The client (Envoy) gave up on this request; settling still happens, as its own task.
+        if self._task is not None:
+            self._task.cancel()
+        _keep_running(self._stage.close())
+
+    def _run(self, request: ProcessingRequest) -> None:
+        coroutine = respond(self._stage, request)
+        if self._in_task:
+            self._task = asyncio.get_running_loop().create_task(coroutine)
+        else:
+            try:
+                awaited = coroutine.send(None)
+            except StopIteration as done:
+                self._reply(done.value)
+                return
+            self._task = asyncio.get_running_loop().create_task(_resume(coroutine, awaited))
+        self._task.add_done_callback(self._resumed)
+
+    def _resumed(self, task: asyncio.Task) -> None:
+        self._task = None
+        if task.cancelled():
+            return
+        exception = task.exception()
+        if exception is not None:  # respond() turns every Exception into a reply; this is a BaseException
+            log.error("an ext_proc stream stopped: %r", exception)
+            self._call.finish(Status.INTERNAL, "the gateway failed to process this request")
+            return
+        self._reply(task.result())
+        while self._queue and self._task is None and not self._call.done:
+            self._run(self._queue.popleft())
+        if self._ending and self._task is None:
+            self._end()
+
+    def _reply(self, reply: ProcessingResponse | None) -> None:
+        if reply is not None:
+            self._call.send_message(reply.SerializeToString())
+
+    def _end(self) -> None:
+        self._call.finish()
+        _keep_running(self._stage.close())
+
+
+class _Resume:
+    """Continues, inside a task, a coroutine that was started by hand and stopped at its first `await`."""
+
+    __slots__ = ("_coroutine", "_first")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coroutine = coroutine
+        self._first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, awaited = self._coroutine, self._first
+        while True:
+            try:
+                sent = yield awaited
+            except BaseException as exc:  # cancellation included: handed to the coroutine, as a task would
+                try:
+                    awaited = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    awaited = coroutine.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+async def _resume(coroutine: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Resume(coroutine, first)
 
 
 def _keep_running(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -74,66 +172,43 @@ async def respond(stage: Stage, request: ProcessingRequest) -> ProcessingRespons
                                                   code="gateway_internal_error"), stage.error_style)
 
 
-def _is_attempt(context: grpc.aio.ServicerContext) -> bool:
-    for key, value in context.invocation_metadata() or ():
-        if key == constants.STAGE_METADATA_KEY:
-            return value == constants.STAGE_ATTEMPT
-    return False
+def build_server(holder: RuntimeHolder) -> tuple[GrpcServer, HealthService]:
+    def process(call: Call, metadata: dict[str, str]) -> ProcessStream:
+        runtime = holder.current
+        is_attempt = metadata.get(constants.STAGE_METADATA_KEY) == constants.STAGE_ATTEMPT
+        return ProcessStream(call, AttemptStage(runtime) if is_attempt else RouteStage(runtime),
+                             in_task=runtime.limiter is not None)
 
-
-def build_server(holder: RuntimeHolder, address: str) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    server = grpc.aio.server(options=[
-        ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ])
-
-    async def process_stream(requests: AsyncIterator[ProcessingRequest],
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[ProcessingResponse]:
-        async for reply in process(requests, context, holder):
-            yield reply
-
-    handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        "Process": grpc.stream_stream_rpc_method_handler(
-            process_stream,
-            request_deserializer=ProcessingRequest.FromString,
-            response_serializer=ProcessingResponse.SerializeToString),
-    })
-    server.add_generic_rpc_handlers((handler, _usage_handler(holder)))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not listen on {address}")
-    return server, port, health_servicer
+    health = HealthService()
+    server = GrpcServer({PROCESS_METHOD: process, USAGE_METHOD: _usage_method(holder), **health.methods()})
+    return server, health
 
 
 USAGE_SERVICE = "babelgate.limits.v1.Limits"
 USAGE_METHOD = f"/{USAGE_SERVICE}/Usage"
 
 
-def _usage_handler(holder: RuntimeHolder) -> grpc.GenericRpcHandler:
+def _usage_method(holder: RuntimeHolder) -> MethodFactory:
     """The in-memory limiter lives inside this process: `babelgate usage` reads it here (JSON over gRPC)."""
 
-    async def usage(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def usage(request: bytes) -> bytes:
         limiter = holder.current.limiter
         if limiter is None:
             return orjson.dumps({"prefix": "", "values": {}})
         try:
             values = await limiter.store.scan(limiter.prefix)
         except StoreUnavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the limiter store is unavailable")
+            raise RpcError(Status.UNAVAILABLE, "the limiter store is unavailable") from None
         return orjson.dumps({"prefix": limiter.prefix, "values": values})
 
-    return grpc.method_handlers_generic_handler(USAGE_SERVICE, {
-        "Usage": grpc.unary_unary_rpc_method_handler(usage)})
+    return unary(usage)
 
 
 async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight streams for a few seconds."""
-    server, port, health_servicer = build_server(holder, address)
-    await server.start()
-    await _set_serving(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    server, health = build_server(holder)
+    port = await server.start(address)
+    _set_serving(health, SERVING)
     if on_ready is not None:
         on_ready(port)
     stop = asyncio.Event()
@@ -141,10 +216,12 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], N
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await _set_serving(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    _set_serving(health, NOT_SERVING)
     await server.stop(grace=5)
+    if _closing:
+        await asyncio.wait(list(_closing), timeout=5)
 
 
-async def _set_serving(servicer: health.aio.HealthServicer, status: int) -> None:
+def _set_serving(health: HealthService, status: int) -> None:
     for service in ("", SERVICE_NAME):
-        await servicer.set(service, status)
+        health.set(service, status)

@@ -11,12 +11,18 @@ import orjson
 
 def run(url: str, body: dict, key: str, *, connections: int, seconds: float, workdir: Path,
         rate: float | None = None) -> dict:
-    """RPS and latency percentiles (ms). With `rate`, each connection waits so the total is about `rate` req/s."""
+    """RPS and latency percentiles (ms). With `rate`, each connection waits so the total is about `rate` req/s.
+
+    The waits are exponentially distributed (Poisson arrivals): a fixed delay keeps all connections in step, so
+    every request of a burst would queue behind the others and the figure would measure wrk's bursts.
+    """
     script = workdir / f"wrk-{abs(hash((url, connections, rate)))}.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = [[{orjson.dumps(body).decode()}]]",
              'wrk.headers["Content-Type"] = "application/json"', f'wrk.headers["Authorization"] = "Bearer {key}"']
     if rate:
-        lines.append(f"function delay() return {1000 * connections / rate:.3f} end")
+        mean_ms = 1000 * connections / rate
+        lines.append(f"math.randomseed({abs(hash(url)) % 100000})")
+        lines.append(f"function delay() return math.floor(-math.log(1 - math.random()) * {mean_ms:.3f}) end")
     script.write_text("\n".join(lines) + "\n")
     output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
                             capture_output=True, text=True, check=True).stdout

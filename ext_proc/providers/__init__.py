@@ -23,6 +23,9 @@ Optional embeddings support: `EMBEDDINGS = True` with `embeddings_path(model, ba
 `embeddings_request(body, model, backend) -> dict` and `embeddings_response(body, model) -> dict` (OpenAI `list` of
 `embedding` objects with usage).
 
+Optional `IDENTITY_RESPONSES = True`: its successful non-streaming answers (chat and embeddings) already are OpenAI's,
+so a request that needs nothing from the answer (no reservation to settle) may skip sending the body to Babelgate.
+
 No module does I/O or keeps globals: the attempt stage owns the stream state and the bytes.
 """
 

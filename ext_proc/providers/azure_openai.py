@@ -83,6 +83,9 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return openai.chat_request(body, model, default_max_tokens=default_max_tokens)
 
 
+IDENTITY_RESPONSES = True
+
+
 def chat_response(body: dict, model: str, created: int) -> dict:
     return body
 

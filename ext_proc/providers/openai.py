@@ -61,6 +61,9 @@ def _without_cache_control(item: object) -> object:
     return cleaned
 
 
+IDENTITY_RESPONSES = True
+
+
 def chat_response(body: dict, model: str, created: int) -> dict:
     return body
 

@@ -47,6 +47,11 @@ BUFFERED_RESPONSE_MODE = ProcessingMode(
     response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.BUFFERED,
     request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
 """For direct routes, whose route stage is configured without response bodies."""
+HEADERS_ONLY_MODE = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
+    response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.NONE,
+    request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
+"""A direct route's answer that already is the client's format and settles nothing: its body skips Python."""
 
 # Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows this
 # stage the previous attempt's headers, so every credential header any provider module sets is listed here too.
@@ -90,8 +95,8 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 class AttemptStage:
     __slots__ = ("_attempt", "_backend", "_base64_embeddings", "_client_stream", "_created", "_decoder", "_direct",
-                 "_endpoint", "_model", "_prompt_estimate", "_reservation", "_response_headers", "_runtime",
-                 "_settled", "_status", "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
+                 "_endpoint", "_identity_answer", "_model", "_prompt_estimate", "_reservation", "_response_headers",
+                 "_runtime", "_settled", "_status", "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -113,6 +118,7 @@ class AttemptStage:
         self._response_headers: dict[str, str] = {}
         self._base64_embeddings = False
         self._direct = False
+        self._identity_answer = False
         self.usage: Usage | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -188,6 +194,9 @@ class AttemptStage:
                              code="unsupported_endpoint")
         if self._reservation is not None:
             self._prompt_estimate = estimate_prompt_tokens(body, self._runtime.chars_per_token)
+        self._identity_answer = (self._direct and self._reservation is None and not self._streaming
+                                 and not self._base64_embeddings and self._endpoint is not Endpoint.MESSAGES
+                                 and getattr(provider, "IDENTITY_RESPONSES", False))
         if self._streaming:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -224,6 +233,8 @@ class AttemptStage:
             self._decoder = EventStreamDecoder() if content_type.startswith(_EVENTSTREAM) else SSEDecoder()
             return messages.response_headers_reply(
                 set_headers=tags, remove=("content-length",), mode=STREAMED_RESPONSE_MODE)
+        if self._identity_answer and 200 <= self._status < 300:
+            return messages.response_headers_reply(set_headers=tags, mode=HEADERS_ONLY_MODE)
         return messages.response_headers_reply(set_headers=tags,
                                                mode=BUFFERED_RESPONSE_MODE if self._direct else None)
 

@@ -192,3 +192,30 @@ def test_direct_route_is_translated_in_the_route_stage(monkeypatch: pytest.Monke
     assert "authorization" in reply.header_mutation.remove_headers
     assert "x-api-key" not in reply.header_mutation.remove_headers  # overwritten with the provider's key instead
     assert reply.clear_route_cache
+
+
+def _answer_mode(monkeypatch: pytest.MonkeyPatch, path: str, payload: dict, status: str = "200") -> object:
+    stage = RouteStage(runtime(monkeypatch))
+    drive(stage, ProcessingRequest(request_headers=headers({**CHAT, ":path": path})))
+    drive(stage, ProcessingRequest(request_body=body(payload)))
+    reply = drive(stage, ProcessingRequest(response_headers=headers(
+        {":status": status, "content-type": "application/json"})))
+    return reply.mode_override
+
+
+def test_an_answer_already_in_openai_format_skips_the_body_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Minimal processing: a direct OpenAI-schema answer with no reservation to settle never reaches Python."""
+    mode = _answer_mode(monkeypatch, "/v1/embeddings", {"model": "embed", "input": "hi"})
+    assert mode.response_body_mode == mode.NONE
+
+
+@pytest.mark.parametrize(("why", "path", "payload", "status"), [
+    ("translated answer", "/v1/chat/completions", {**HELLO, "model": "claude"}, "200"),
+    ("base64 embeddings are re-encoded", "/v1/embeddings",
+     {"model": "embed", "input": "hi", "encoding_format": "base64"}, "200"),
+    ("errors are normalised", "/v1/embeddings", {"model": "embed", "input": "hi"}, "500"),
+])
+def test_answers_that_need_python_keep_the_body_phase(monkeypatch: pytest.MonkeyPatch, why: str, path: str,
+                                                      payload: dict, status: str) -> None:
+    mode = _answer_mode(monkeypatch, path, payload, status)
+    assert mode.response_body_mode == mode.BUFFERED, why

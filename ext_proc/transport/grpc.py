@@ -1,0 +1,275 @@
+"""gRPC on top of `http2`: length-prefixed messages, method dispatch by path, status in trailers.
+
+An application registers, per method path, a factory that receives the `Call` and the request metadata and returns
+an `RpcHandler`; the handler gets each request message as bytes and answers through `Call.send_message` and
+`Call.finish`. Only the identity (uncompressed) message encoding is supported, which is what Envoy and grpcio send
+unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from .http2 import Http2Connection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_PREFIX = struct.Struct(">BL")
+
+
+class Status(enum.IntEnum):
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    NOT_FOUND = 5
+    RESOURCE_EXHAUSTED = 8
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+
+
+class RpcError(Exception):
+    """Raised by a unary method to answer with a non-OK status."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RpcHandler(Protocol):
+    def on_message(self, message: bytes) -> None: ...
+    def on_end(self) -> None:
+        """The client sent its last message."""
+    def on_cancel(self) -> None:
+        """The client went away (reset or lost connection) before the call finished."""
+
+
+MethodFactory = Callable[["Call", dict[str, str]], RpcHandler]
+
+
+def _integer(value: int, prefix_bits: int, first: int = 0) -> bytes:
+    """RFC 7541 section 5.1 integer encoding."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def literal_header(name: str, value: str) -> bytes:
+    """A header as an HPACK literal without indexing: it never touches the dynamic table, so a block built from
+    these is valid on every connection at any time and can be built once."""
+    name_bytes, value_bytes = name.encode("ascii"), value.encode("ascii")
+    return (b"\x00" + _integer(len(name_bytes), 7) + name_bytes
+            + _integer(len(value_bytes), 7) + value_bytes)
+
+
+_STATUS_200 = b"\x88"  # ":status: 200", entry 8 of the HPACK static table
+RESPONSE_HEADERS = _STATUS_200 + literal_header("content-type", "application/grpc")
+_OK_TRAILERS = literal_header("grpc-status", "0")
+
+
+def _status_block(status: Status, message: str) -> bytes:
+    if status == Status.OK and not message:
+        return _OK_TRAILERS
+    block = literal_header("grpc-status", str(int(status)))
+    if message:
+        block += literal_header("grpc-message", _percent_encode(message))
+    return block
+
+
+def _percent_encode(message: str) -> str:
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in message.encode("utf-8"))
+
+
+class Call:
+    """One RPC on one HTTP/2 stream; also the stream's handler for the connection."""
+
+    __slots__ = ("_buffer", "_connection", "_headers_sent", "_stream_id", "done", "handler")
+
+    def __init__(self, connection: Http2Connection, stream_id: int) -> None:
+        self._connection = connection
+        self._stream_id = stream_id
+        self._headers_sent = False
+        self._buffer: bytearray | None = None
+        self.done = False
+        self.handler: RpcHandler | None = None
+
+    def send_message(self, message: bytes) -> None:
+        if self.done:
+            return
+        if not self._headers_sent:
+            self._headers_sent = True
+            self._connection.send_headers(self._stream_id, RESPONSE_HEADERS)
+        self._connection.send_data(self._stream_id, _PREFIX.pack(0, len(message)) + message)
+
+    def finish(self, status: Status = Status.OK, message: str = "") -> None:
+        if self.done:
+            return
+        self.done = True
+        block = _status_block(status, message)
+        if not self._headers_sent:
+            block = RESPONSE_HEADERS + block  # a trailers-only response
+        self._connection.send_headers(self._stream_id, block, end_stream=True)
+
+    # -- http2.StreamHandler ----------------------------------------------------------------------------------------
+
+    def data(self, chunk: bytes, end_stream: bool) -> None:
+        handler = self.handler
+        if handler is None or self.done:
+            return
+        try:
+            if chunk:
+                self._messages(chunk, handler)
+            if end_stream and not self.done:
+                if self._buffer:
+                    self.finish(Status.INTERNAL, "the stream ended inside a message")
+                else:
+                    handler.on_end()
+        except Exception:
+            log.exception("a gRPC handler failed")
+            self.finish(Status.INTERNAL, "the server failed to process this call")
+
+    def reset(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.handler is not None:
+            self.handler.on_cancel()
+
+    def _messages(self, chunk: bytes, handler: RpcHandler) -> None:
+        buffer = self._buffer
+        if buffer is None:
+            # The usual case: a chunk that is exactly one whole message, handed on without copying into a buffer.
+            if len(chunk) >= 5 and chunk[0] == 0 and _PREFIX.unpack_from(chunk)[1] == len(chunk) - 5:
+                handler.on_message(chunk[5:])
+                return
+            buffer = self._buffer = bytearray()
+        buffer += chunk
+        while len(buffer) >= 5 and not self.done:
+            compressed, length = _PREFIX.unpack_from(buffer)
+            if compressed:
+                self.finish(Status.UNIMPLEMENTED, "compressed messages are not supported")
+                return
+            if length > MAX_MESSAGE_BYTES:
+                self.finish(Status.RESOURCE_EXHAUSTED, f"message larger than {MAX_MESSAGE_BYTES} bytes")
+                return
+            if len(buffer) - 5 < length:
+                return
+            message = bytes(buffer[5:5 + length])
+            del buffer[:5 + length]
+            handler.on_message(message)
+        if not buffer:
+            self._buffer = None
+
+
+def unary(method: Callable[[bytes], Awaitable[bytes]]) -> MethodFactory:
+    """A unary method: one request message in, one reply (or an `RpcError`) out."""
+
+    class _Unary:
+        __slots__ = ("_call", "_request", "_task")
+
+        def __init__(self, call: Call, metadata: dict[str, str]) -> None:
+            self._call = call
+            self._request = b""
+            self._task: asyncio.Task | None = None
+
+        def on_message(self, message: bytes) -> None:
+            self._request = message
+
+        def on_end(self) -> None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+        def on_cancel(self) -> None:
+            if self._task is not None:
+                self._task.cancel()
+
+        async def _run(self) -> None:
+            try:
+                reply = await method(self._request)
+            except RpcError as error:
+                self._call.finish(error.status, error.message)
+                return
+            except Exception:
+                log.exception("unary gRPC method failed")
+                self._call.finish(Status.INTERNAL, "the server failed to process this call")
+                return
+            self._call.send_message(reply)
+            self._call.finish()
+
+    return _Unary
+
+
+class _Unimplemented:
+    __slots__ = ()
+
+    def on_message(self, message: bytes) -> None:
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+    def on_cancel(self) -> None:
+        pass
+
+
+class GrpcServer:
+    """Listens on `host:port` (port 0 picks one) or `unix:/path`; serves the registered methods."""
+
+    def __init__(self, methods: dict[str, MethodFactory]) -> None:
+        self._methods = methods
+        self._server: asyncio.Server | None = None
+        self._connections: set[Http2Connection] = set()
+
+    async def start(self, address: str) -> int:
+        loop = asyncio.get_running_loop()
+        if address.startswith("unix:"):
+            self._server = await loop.create_unix_server(self._protocol, address[len("unix:"):])
+            return 0
+        host, _, port = address.rpartition(":")
+        self._server = await loop.create_server(self._protocol, host.strip("[]") or None, int(port),
+                                                reuse_address=True, backlog=1024)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let open calls finish for up to `grace` seconds, then close every connection."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.go_away()
+        waits = [asyncio.ensure_future(c.closed.wait()) for c in self._connections]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for wait in pending:
+                wait.cancel()
+        for connection in list(self._connections):
+            connection.close()
+
+    def _protocol(self) -> Http2Connection:
+        connection = Http2Connection(self._open_stream, on_close=self._connections.discard)
+        self._connections.add(connection)
+        return connection
+
+    def _open_stream(self, connection: Http2Connection, stream_id: int, headers: list[tuple[str, str]]) -> Call:
+        call = Call(connection, stream_id)
+        metadata = dict(headers)
+        factory = self._methods.get(metadata.get(":path", ""))
+        if factory is None or metadata.get(":method") != "POST":
+            call.handler = _Unimplemented()
+            call.finish(Status.UNIMPLEMENTED, f"unknown method {metadata.get(':path', '')}")
+            return call
+        call.handler = factory(call, metadata)
+        return call
