@@ -173,33 +173,40 @@ class Http2Connection(asyncio.Protocol):
         if stream.pending is not None:
             stream.pending.append((kind, payload, end_stream))
             return
-        if not self._send_now(stream, kind, payload, end_stream):
-            stream.pending = deque(((kind, payload, end_stream),))
+        rest = self._send_now(stream, kind, payload, end_stream)
+        if rest is not None:
+            stream.pending = deque(((kind, rest, end_stream),))
             self._blocked[stream_id] = stream
-            return
-        if end_stream:
+        elif end_stream:
             self._local_close(stream)
 
-    def _send_now(self, stream: _Stream, kind: int, payload: bytes, end_stream: bool) -> bool:
-        """Frame and queue `payload` if the flow-control windows allow it all; False (nothing sent) otherwise."""
-        flags = END_STREAM if end_stream else 0
+    def _send_now(self, stream: _Stream, kind: int, payload: bytes, end_stream: bool) -> bytes | None:
+        """Frame and queue as much of `payload` as the flow-control windows allow; the unsent rest, or None."""
         if kind == HEADERS:
-            self._write(frame(HEADERS, flags | END_HEADERS, stream.id, payload))
-            return True
+            self._write(frame(HEADERS, (END_STREAM if end_stream else 0) | END_HEADERS, stream.id, payload))
+            return None
+        allowed = min(stream.send_window, self._send_window)
         size = len(payload)
-        if size > stream.send_window or size > self._send_window:
-            return False
+        if size > allowed:
+            if allowed <= 0:
+                return payload
+            self._data_frames(stream, payload[:allowed], False)
+            return payload[allowed:]
+        self._data_frames(stream, payload, end_stream)
+        return None
+
+    def _data_frames(self, stream: _Stream, payload: bytes, end_stream: bool) -> None:
+        size = len(payload)
         stream.send_window -= size
         self._send_window -= size
+        flags = END_STREAM if end_stream else 0
         limit = self._peer_max_frame
         if size <= limit:
             self._write(frame(DATA, flags, stream.id, payload))
-            return True
-        view = memoryview(payload)
+            return
         for start in range(0, size, limit):
             last = start + limit >= size
-            self._write(frame(DATA, flags if last else 0, stream.id, bytes(view[start:start + limit])))
-        return True
+            self._write(frame(DATA, flags if last else 0, stream.id, payload[start:start + limit]))
 
     def _local_close(self, stream: _Stream) -> None:
         # gRPC servers end their side last, so a locally closed stream is done (a client still sending after the
@@ -215,7 +222,9 @@ class Http2Connection(asyncio.Protocol):
             pending = stream.pending
             while pending:
                 kind, payload, end_stream = pending[0]
-                if not self._send_now(stream, kind, payload, end_stream):
+                rest = self._send_now(stream, kind, payload, end_stream)
+                if rest is not None:
+                    pending[0] = (kind, rest, end_stream)
                     break
                 pending.popleft()
                 if end_stream:
