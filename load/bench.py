@@ -4,7 +4,8 @@
     python load/bench.py --smoke         # seconds; what CI runs (no timing is asserted anywhere)
 
 Scenarios: (a) Envoy alone, (b) Envoy + Babelgate to an OpenAI backend, (c) with Anthropic translation, (d) streaming
-with Anthropic translation, (e) OpenAI backend with Redis-backed limits, and with `--with-litellm` (f) the LiteLLM
+with Anthropic translation, (e) the full flow: Anthropic translation and Redis-backed limits, and with
+`--with-litellm` (f) the LiteLLM
 proxy (one worker) in front of the same upstream. Each is driven by `wrk` at a fixed
 concurrency and at a paced rate; reported: RPS, p50/p90/p99, p50 added versus (a) in the same mode, CPU per request
 of the ext_proc and Envoy processes, and ext_proc RSS.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -52,12 +54,12 @@ class Target:
 
 
 def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
-                    redis_url: str | None) -> tuple[Stack, list[int], int]:
+                    redis_url: str | None, processes: int = 1, envoy_workers: int = 2) -> tuple[Stack, list[int], int]:
     """The stack, its ext_proc pids and its Envoy pid."""
     base = f"http://127.0.0.1:{upstream_port}"
     config = {
         "listener": {"port": free_port(), "admin_port": free_port()},
-        "ext_proc": {"port": free_port(), "processes": 1},
+        "ext_proc": {"port": _free_ports(processes), "processes": processes},
         "backends": [
             {"id": "openai", "schema": "openai", "base_url": base + "/v1", "api_key": {"env": "BENCH_KEY"}},
             {"id": "anthropic", "schema": "anthropic", "base_url": base, "api_key": {"env": "BENCH_KEY"}},
@@ -76,11 +78,26 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     first = len(supervisor.children)
-    stack = start_stack(parse_config(path.read_text()), path, directory, supervisor, env={"BENCH_KEY": "sk-bench"})
+    stack = start_stack(parse_config(path.read_text()), path, directory, supervisor, env={"BENCH_KEY": "sk-bench"},
+                        envoy_workers=envoy_workers)
     started = supervisor.children[first:]
     ext_proc = [c.process.pid for c in started if c.name.startswith("ext_proc")]
     envoy = next(c.process.pid for c in started if c.name == "envoy")
     return stack, ext_proc, envoy
+
+
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (ext_proc processes listen on port, port+1, ...)."""
+    for _ in range(100):
+        first = free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+    raise SystemExit("no run of free ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def measure(target: Target, key: str, workdir: Path, *, connections: int, seconds: float,
@@ -127,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=float, default=300, help="paced requests per second")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead of the scenarios: (c) at 2x the connections with 1-2 ext_proc processes and "
+                             "1-2 Envoy workers")
     parser.add_argument("--with-litellm", action="store_true",
                         help=f"add the LiteLLM {litellm.VERSION} proxy (installed into load/.venv-litellm)")
     args = parser.parse_args(argv)
@@ -145,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             upstreams.upstream_config(upstream_port, baseline_port, admin_port)))
         upstream = supervisor.start("upstream-envoy", [*envoy_argv(workdir / "upstream.yaml"), "--base-id", "17"])
         wait_for_envoy(admin_port, 30, supervisor)
+        if args.scaling:
+            rows = scaling(supervisor, workdir, upstream_port, key, args)
+            return _report(rows, args, "scaling")
         plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
         targets = [
             Target("(a) Envoy alone", f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
@@ -163,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_port("127.0.0.1", redis_port, 10, supervisor)
             limited, ext_proc_l, envoy_l = start_babelgate(supervisor, workdir, "limited", upstream_port, key,
                                                            f"redis://127.0.0.1:{redis_port}")
-            targets.append(Target("(e) + Babelgate, OpenAI, Redis limits", limited.url + "/v1/chat/completions",
-                                  {"model": "bench-openai", **CHAT}, ext_proc_l, envoy_l))
+            # The full flow: translation both ways and a Redis reservation + settlement on every request.
+            targets.append(Target("(e) + Babelgate, Anthropic, Redis limits", limited.url + "/v1/chat/completions",
+                                  {"model": "bench-anthropic", **CHAT}, ext_proc_l, envoy_l))
         if args.with_litellm:
             litellm_url, litellm_child = litellm.start(supervisor, workdir, upstream_port)
             targets.append(Target("(f) LiteLLM proxy, OpenAI", litellm_url, {"model": "bench-openai", **CHAT},
@@ -181,11 +205,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     finally:
         supervisor.stop_all()
+    return _report(rows, args, "smoke" if args.smoke else "full")
+
+
+def scaling(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, args: argparse.Namespace) -> list[dict]:
+    """How throughput grows with ext_proc processes and Envoy workers (each process is one endpoint of the ext_proc
+    cluster; Envoy spreads its gRPC streams over them)."""
+    rows = []
+    for processes, workers in ((1, 1), (1, 2), (2, 2)):
+        name = f"p{processes}w{workers}"
+        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, name, upstream_port, key, None,
+                                                 processes=processes, envoy_workers=workers)
+        target = Target(f"(c) Anthropic, {processes} ext_proc process(es), {workers} Envoy worker(s)",
+                        stack.url + "/v1/chat/completions", {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
+        rows.append(measure(target, key, workdir, connections=2 * args.connections, seconds=args.seconds, rate=None))
+        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def _report(rows: list[dict], args: argparse.Namespace, kind: str) -> int:
     table = markdown(rows)
     print("\n" + table)
     args.output.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    kind = "smoke" if args.smoke else "full"
     (args.output / f"{kind}-{stamp}.json").write_text(json.dumps(rows, indent=2))
     (args.output / f"{kind}-{stamp}.md").write_text(table + "\n")
     return 0

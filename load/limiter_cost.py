@@ -21,8 +21,9 @@ from ext_proc.limits.limiter import Demand
 from ext_proc.limits.setup import build_limiter
 
 
-async def time_limiter_calls(redis_url: str, rounds: int) -> tuple[float, float]:
-    """Median microseconds of one reservation and of one settlement."""
+async def time_limiter_calls(redis_url: str, rounds: int) -> tuple[float, float, float, float]:
+    """Median microseconds of one reservation and of one settlement, one at a time; then the process CPU
+    microseconds per reserve+settle pair, one at a time and with 32 requests in flight."""
     config = parse_config(yaml.safe_dump({
         "backends": [{"id": "b", "schema": "openai", "base_url": "http://127.0.0.1:9/v1"}],
         "routes": [{"model": "m", "backends": [{"backend": "b", "model": "m"}]}],
@@ -32,6 +33,7 @@ async def time_limiter_calls(redis_url: str, rounds: int) -> tuple[float, float]
     assert limiter is not None
     scopes = limiter.scopes("k", None, None, "m", "b")
     reserve_times, settle_times = [], []
+    cpu_started = time.process_time()
     for _ in range(rounds):
         started = time.perf_counter()
         reservation = await limiter.reserve(scopes, Demand(20, 16, 0), "b")
@@ -39,8 +41,19 @@ async def time_limiter_calls(redis_url: str, rounds: int) -> tuple[float, float]
         await limiter.settle(reservation, Usage(9, 1), "b", "m")
         reserve_times.append(reserved - started)
         settle_times.append(time.perf_counter() - reserved)
+    sequential_cpu = (time.process_time() - cpu_started) / rounds * 1e6
+
+    async def client(count: int) -> None:
+        for _ in range(count):
+            reservation = await limiter.reserve(scopes, Demand(20, 16, 0), "b")
+            await limiter.settle(reservation, Usage(9, 1), "b", "m")
+
+    cpu_started = time.process_time()
+    await asyncio.gather(*(client(rounds // 32) for _ in range(32)))
+    concurrent_cpu = (time.process_time() - cpu_started) / (32 * (rounds // 32)) * 1e6
     await limiter.store.close()
-    return statistics.median(reserve_times) * 1e6, statistics.median(settle_times) * 1e6
+    return (statistics.median(reserve_times) * 1e6, statistics.median(settle_times) * 1e6, sequential_cpu,
+            concurrent_cpu)
 
 
 def main() -> None:
@@ -54,9 +67,11 @@ def main() -> None:
                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", port, 10)
-        reserve_us, settle_us = asyncio.run(time_limiter_calls(f"redis://127.0.0.1:{port}", args.rounds))
+        reserve_us, settle_us, sequential_cpu, concurrent_cpu = asyncio.run(
+            time_limiter_calls(f"redis://127.0.0.1:{port}", args.rounds))
         print(f"limiter against Redis, medians over {args.rounds}: reserve {reserve_us:.0f} µs, "
-              f"settle {settle_us:.0f} µs")
+              f"settle {settle_us:.0f} µs; gateway CPU per reserve+settle: {sequential_cpu:.0f} µs one at a time, "
+              f"{concurrent_cpu:.0f} µs with 32 in flight")
     finally:
         redis.terminate()
         redis.wait(10)

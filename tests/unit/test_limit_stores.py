@@ -234,6 +234,41 @@ def test_adjust_settles_live_counters_and_never_goes_below_zero(stores: Stores) 
     stores.run(scenario)
 
 
+def test_concurrent_settlements_share_one_script_call_and_all_land(redis_server: RedisServer) -> None:
+    async def scenario(bench: Bench) -> None:
+        keys = [bench.key(0, f"c{i}") for i in range(50)]
+        await bench.store.reserve([counter(k, 100) for k in keys], [10] * 50)
+        await bench.store.adjust([keys[0]], [0])  # loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA)
+        before = await _script_calls(bench.raw)
+        await asyncio.gather(*(bench.store.adjust([k, keys[0]], [i, 1]) for i, k in enumerate(keys)))
+        assert await _script_calls(bench.raw) - before == 1
+        assert await bench.store.read(keys) == [10 + 0 + 50, *(10 + i for i in range(1, 50))]
+
+    Stores("redis", redis_server.url).run(scenario)
+
+
+def test_concurrent_reservations_share_one_script_call_each_all_or_nothing(redis_server: RedisServer) -> None:
+    async def scenario(bench: Bench) -> None:
+        shared, own = counter(bench.key(0, "shared"), 100), [counter(bench.key(0, f"own{i}"), 15) for i in range(30)]
+        await bench.store.reserve([shared], [0])  # loads the script
+        before = await _script_calls(bench.raw)
+        # 30 requests, each needing 10 of the shared limit and 10 or 20 of its own: the odd ones can never fit.
+        admissions = await asyncio.gather(*(bench.store.reserve([shared, own[i]], [10, 10 + 10 * (i % 2)])
+                                            for i in range(30)))
+        assert await _script_calls(bench.raw) - before == 1
+        admitted = [i for i, admission in enumerate(admissions) if admission.admitted]
+        assert admitted == list(range(0, 20, 2))  # in arrival order, until the shared limit is full
+        assert {admissions[i].refused_index for i in range(30) if i not in admitted} == {0, 1}
+        assert await bench.store.read([shared.key, own[0].key, own[1].key]) == [100, 10, 0]
+
+    Stores("redis", redis_server.url).run(scenario)
+
+
+async def _script_calls(raw: Redis) -> int:
+    stats = await raw.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+
+
 def test_adjust_does_not_recreate_an_expired_window(stores: Stores) -> None:
     async def scenario(bench: Bench) -> None:
         short, long = counter(bench.key(0), 100, ttl=1), counter(bench.key(1), 100, ttl=60)
