@@ -5,8 +5,7 @@
 
 Scenarios: (a) Envoy alone, (b) Envoy + Babelgate to an OpenAI backend, (c) with Anthropic translation, (d) streaming
 with Anthropic translation, (e) the full flow: Anthropic translation and Redis-backed limits, and with
-`--with-litellm` (f) the LiteLLM
-proxy (one worker) in front of the same upstream. Each is driven by `wrk` at a fixed
+`--with-litellm` (f) the LiteLLM proxy (one worker) in front of the same upstream. Each is driven by `wrk` at a fixed
 concurrency and at a paced rate; reported: RPS, p50/p90/p99, p50 added versus (a) in the same mode, CPU per request
 of the ext_proc and Envoy processes, and ext_proc RSS.
 """
