@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     return _report(rows, args, "smoke" if args.smoke else "full")
 
 
-def scaling(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, args: argparse.Namespace) -> list[dict]:
+def scaling(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
+            args: argparse.Namespace) -> list[dict]:
     """How throughput grows with ext_proc processes and Envoy workers (each process is one endpoint of the ext_proc
     cluster; Envoy spreads its gRPC streams over them)."""
     rows = []
