@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", action="store_true",
                         help="instead of the scenarios: (c) at 2x the connections with 1-2 ext_proc processes and "
                              "1-2 Envoy workers")
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="instead of the scenarios: the full flow (e) at the paced rate for SECONDS, sampling the "
+                             "ext_proc RSS")
     parser.add_argument("--with-litellm", action="store_true",
                         help=f"add the LiteLLM {litellm.VERSION} proxy (installed into load/.venv-litellm)")
     args = parser.parse_args(argv)
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.scaling:
             rows = scaling(supervisor, workdir, upstream_port, key, args)
             return _report(rows, args, "scaling")
+        if args.soak:
+            return soak(supervisor, workdir, upstream_port, key, args)
         plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
         targets = [
             Target("(a) Envoy alone", f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
@@ -221,6 +227,45 @@ def scaling(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
         rows.append(measure(target, key, workdir, connections=2 * args.connections, seconds=args.seconds, rate=None))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     return rows
+
+
+def soak(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, args: argparse.Namespace) -> int:
+    """RSS of the ext_proc process over a long run of the full flow at a moderate rate: flat, or leaking?"""
+    redis_port = free_port()
+    supervisor.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no"])
+    wait_for_port("127.0.0.1", redis_port, 10, supervisor)
+    stack, ext_proc, _ = start_babelgate(supervisor, workdir, "soak", upstream_port, key,
+                                         f"redis://127.0.0.1:{redis_port}")
+    body = {"model": "bench-anthropic", **CHAT}
+    url = stack.url + "/v1/chat/completions"
+    wrk.run(url, body, key, connections=8, seconds=5, workdir=workdir, rate=args.rate)  # warm-up
+    result: dict = {}
+    load = threading.Thread(target=lambda: result.update(wrk.run(
+        url, body, key, connections=8, seconds=args.soak, workdir=workdir, rate=args.rate)))
+    started = time.monotonic()
+    load.start()
+    samples = []
+    while load.is_alive():
+        samples.append((round(time.monotonic() - started), sum(procstats.rss_mib(p) for p in ext_proc)))
+        load.join(timeout=min(30.0, max(1.0, args.soak / 20)))
+    first, last = samples[0][1], samples[-1][1]
+    peak = max(rss for _, rss in samples)
+    summary = {"seconds": args.soak, "rate": args.rate, "requests": result.get("requests"),
+               "non_2xx": result.get("non_2xx"), "p50_ms": result.get("p50_ms"), "p99_ms": result.get("p99_ms"),
+               "rss_first_mib": first, "rss_last_mib": last, "rss_peak_mib": peak,
+               "growth_percent": 100 * (last - first) / first, "samples": samples}
+    table = ("| seconds | requests | non-2xx | p50 ms | p99 ms | RSS first MiB | RSS last MiB | RSS peak MiB "
+             "| growth |\n"
+             "|---|---|---|---|---|---|---|---|---|\n"
+             f"| {args.soak:.0f} | {summary['requests']} | {summary['non_2xx']} | {_f(summary['p50_ms'])} | "
+             f"{_f(summary['p99_ms'])} | {first:.1f} | {last:.1f} | {peak:.1f} | {summary['growth_percent']:+.1f}% |")
+    print("\n" + table)
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (args.output / f"soak-{stamp}.json").write_text(json.dumps(summary, indent=2))
+    (args.output / f"soak-{stamp}.md").write_text(table + "\n")
+    return 0
 
 
 def _report(rows: list[dict], args: argparse.Namespace, kind: str) -> int:
