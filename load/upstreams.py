@@ -68,3 +68,14 @@ def upstream_config(upstream_port: int, baseline_port: int, admin_port: int) -> 
             "static_resources": {"listeners": [_listener("upstream", upstream_port, routes, [buffer]),
                                                _listener("baseline", baseline_port, baseline, [])],
                                  "clusters": [cluster]}}
+
+
+def plain_proxy(port: int, admin_port: int, upstream_port: int) -> dict:
+    """Envoy as a plain reverse proxy to `upstream_port`: the baseline a gateway's overhead is measured against."""
+    cluster = {"name": "upstream", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": upstream_port}}}}]}]}}
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {"listeners": [_listener("proxy", port, [
+                {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "60s"}}], [])],
+                                 "clusters": [cluster]}}
