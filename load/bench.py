@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -35,7 +34,7 @@ import wrk
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy, wait_for_port
+from ext_proc.launch.processes import Supervisor, free_port, free_port_run, wait_for_envoy, wait_for_port
 from ext_proc.launch.stack import Stack, envoy_argv, start_stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -59,7 +58,7 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
     base = f"http://127.0.0.1:{upstream_port}"
     config = {
         "listener": {"port": free_port(), "admin_port": free_port()},
-        "ext_proc": {"port": _free_ports(processes), "processes": processes},
+        "ext_proc": {"port": free_port_run(processes), "processes": processes},
         "backends": [
             {"id": "openai", "schema": "openai", "base_url": base + "/v1", "api_key": {"env": "BENCH_KEY"}},
             {"id": "anthropic", "schema": "anthropic", "base_url": base, "api_key": {"env": "BENCH_KEY"}},
@@ -84,20 +83,6 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
     ext_proc = [c.process.pid for c in started if c.name.startswith("ext_proc")]
     envoy = next(c.process.pid for c in started if c.name == "envoy")
     return stack, ext_proc, envoy
-
-
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (ext_proc processes listen on port, port+1, ...)."""
-    for _ in range(100):
-        first = free_port()
-        if all(_port_free(first + i) for i in range(1, count)):
-            return first
-    raise SystemExit("no run of free ports found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def measure(target: Target, key: str, workdir: Path, *, connections: int, seconds: float,

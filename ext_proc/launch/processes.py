@@ -114,6 +114,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (N ext_proc processes listen on port, port+1, ...)."""
+    for _ in range(100):
+        first = free_port(host)
+        if all(_bindable(host, first + offset) for offset in range(1, count)):
+            return first
+    raise LaunchError(f"no run of {count} free ports found on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(host: str, port: int, timeout: float, supervisor: Supervisor | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from ext_proc.auth.virtual_keys import hash_key
-from ext_proc.launch.processes import free_port
+from ext_proc.launch.processes import free_port, free_port_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,7 +87,7 @@ def test_up_with_a_config_file_serves_its_routes(tmp_path: Path) -> None:
     try:
         provider_port = json.loads(provider.stdout.readline())["port"]
         key = "bg-user-config-key"
-        port, admin, ext_proc = free_port(), free_port(), free_port()
+        port, admin, ext_proc = free_port(), free_port(), free_port_run(2)
         config = tmp_path / "babelgate.yaml"
         config.write_text(yaml.safe_dump({
             "listener": {"port": port, "admin_port": admin}, "ext_proc": {"port": ext_proc, "processes": 2},
@@ -111,7 +111,8 @@ def test_up_with_a_config_file_serves_its_routes(tmp_path: Path) -> None:
                        .model for _ in range(4)}
             assert answers == {"claude-house"}
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             assert process.wait(20) == 0
         assert _closed(ext_proc) and _closed(ext_proc + 1) and _closed(port)
     finally:

@@ -19,7 +19,7 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
 from ext_proc.launch.stack import start_stack
 from ext_proc.limits.estimate import estimate_prompt_tokens
 
@@ -72,7 +72,7 @@ def _limits_config(provider_port: int, second_port: int, redis_url: str | None, 
     hour_tokens = {"window": "hour", "total_tokens": 100_000}
     return {
         "listener": {"port": free_port(), "admin_port": free_port()},
-        "ext_proc": {"port": free_port(), "processes": processes},
+        "ext_proc": {"port": free_port_run(processes), "processes": processes},
         "backends": [
             {"id": "oa", "schema": "openai", "base_url": f"http://127.0.0.1:{provider_port}/v1",
              "api_key": {"env": "LIMITS_PROVIDER_KEY"}},
