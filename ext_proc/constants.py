@@ -20,6 +20,7 @@ RESPONSE_HEADER_MODEL = "x-babelgate-requested-model"
 
 ENVOY_HEADER_PREFIX = "x-envoy-"
 ENVOY_ATTEMPT_COUNT_HEADER = "x-envoy-attempt-count"
+ENVOY_PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
 
 STAGE_METADATA_KEY = "x-babelgate-stage"
 """gRPC initial metadata that tells the server which stage a stream belongs to."""
@@ -34,6 +35,8 @@ header map between all attempts, so anything the first attempt strips from the h
 """
 METADATA_BACKEND_KEY = "backend"
 METADATA_ROUTE_KEY = "route"
+METADATA_REQUESTED_KEY = "requested"
+"""The model name the client sent (an alias, or a name a wildcard route matched)."""
 METADATA_ENDPOINT_KEY = "endpoint"
 METADATA_KEY_ID_KEY = "key_id"
 METADATA_RESERVATION_KEY = "reservation"

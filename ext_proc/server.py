@@ -63,6 +63,12 @@ class ProcessStream:
         self._queue: deque[ProcessingRequest] = deque()
         self._task: asyncio.Task | None = None
         self._ending = False
+        stage.push = self.push
+
+    def push(self, reply: ProcessingResponse) -> None:
+        """A message the stage sends on its own, not as an answer (a timer fired): dropped once the call is over."""
+        if not self._call.done:
+            self._call.send_message(reply.SerializeToString())
 
     def on_message(self, message: bytes) -> None:
         try:

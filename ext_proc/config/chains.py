@@ -1,36 +1,116 @@
-"""Chains: the backend orders a request can be sent down. Shared by the route stage and the Envoy renderer.
+"""Chains: the backend orders a request can be sent down, and the Envoy route that sends it down each.
 
-A chain of one backend is a direct route: Envoy sends it straight to the backend's cluster (no aggregate cluster,
-no attempt stage), and the route stage translates it itself.
+The route stage picks an order per request (policy, rules, cooldowns); Envoy can only follow orders it was given, so
+the renderer and the route stage both derive them from this module. A route of up to `FULL_ORDERS_UP_TO` backends
+gets every order; a longer one gets one order per first backend (the rest in config order), which keeps the number
+of Envoy routes linear. An order of one backend is a direct route: no aggregate cluster and no attempt stage, the
+route stage translates the request itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+from dataclasses import dataclass
+
 from .. import constants
-from .models import Config
+from .models import Backend, Config, ModelRoute
+
+FULL_ORDERS_UP_TO = 4
+DEFAULT_RETRY_ON: tuple[int | str, ...] = (429, 500, 502, 503, 504, "connect-failure", "reset")
 
 
-def chain_id(backend_ids: tuple[str, ...]) -> str:
-    """The chain header value that selects the chain's Envoy route."""
-    if len(backend_ids) == 1:
-        return constants.DIRECT_ROUTE_PREFIX + backend_ids[0]
-    return constants.CHAIN_CLUSTER_PREFIX + "__".join(backend_ids)
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    retry_on: tuple[int | str, ...]
+    retries: int
+    deadline: float | None
+    """None: the sum of the timeouts of the backends in the order."""
+
+    @property
+    def statuses(self) -> list[int]:
+        return sorted(o for o in self.retry_on if isinstance(o, int))
+
+    @property
+    def is_default(self) -> bool:
+        return self.retry_on == DEFAULT_RETRY_ON and self.deadline is None
 
 
-def chains(config: Config) -> list[tuple[str, ...]]:
-    """Every distinct failover order (two or more backends) a route can send a request down, in config order."""
-    seen: dict[tuple[str, ...], None] = {}
+@dataclass(frozen=True, slots=True)
+class ChainRoute:
+    """One Envoy route: a backend order and how the requests sent down it are retried."""
+
+    order: tuple[str, ...]
+    retry: RetrySettings
+
+    @property
+    def cluster(self) -> str:
+        """The aggregate cluster of the order (its member clusters for a direct route)."""
+        if len(self.order) == 1:
+            return constants.BACKEND_CLUSTER_PREFIX + self.order[0]
+        return constants.CHAIN_CLUSTER_PREFIX + "__".join(self.order)
+
+    @property
+    def name(self) -> str:
+        """The chain header value that selects this Envoy route."""
+        base = (constants.DIRECT_ROUTE_PREFIX + self.order[0] if len(self.order) == 1
+                else constants.CHAIN_CLUSTER_PREFIX + "__".join(self.order))
+        if self.retry.is_default and self.retry.retries == len(self.order) - 1:
+            return base
+        digest = hashlib.sha256(repr((self.retry.retry_on, self.retry.retries, self.retry.deadline)).encode())
+        return f"{base}.{digest.hexdigest()[:8]}"
+
+    @property
+    def direct(self) -> bool:
+        return len(self.order) == 1
+
+
+def orders(backends: tuple[str, ...], length: int) -> list[tuple[str, ...]]:
+    """Every order a request may take through `backends`, `length` of them at most."""
+    length = min(length, len(backends))
+    if len(backends) <= FULL_ORDERS_UP_TO:
+        return list(itertools.permutations(backends, length))
+    return [(first, *[b for b in backends if b != first][:length - 1]) for first in backends]
+
+
+def retry_settings(route: ModelRoute, chain_length: int) -> RetrySettings:
+    attempts = route.max_attempts or chain_length
+    outcomes = tuple(dict.fromkeys(route.retry_on))
+    return RetrySettings(retry_on=outcomes if set(outcomes) != set(DEFAULT_RETRY_ON) else DEFAULT_RETRY_ON,
+                         retries=attempts - 1, deadline=route.deadline)
+
+
+def route_chains(route: ModelRoute) -> dict[tuple[str, ...], ChainRoute]:
+    """Every Envoy route a model route may send a request down, by backend order."""
+    sets = [tuple(entry.backend for entry in route.backends)] + [tuple(rule.backends) for rule in route.rules]
+    found: dict[tuple[str, ...], ChainRoute] = {}
+    for backends in sets:
+        retry = retry_settings(route, len(backends))
+        length = min(len(backends), route.max_attempts or len(backends))
+        for order in orders(backends, length):
+            found.setdefault(order, ChainRoute(order, retry))
+    return found
+
+
+def all_chain_routes(config: Config) -> list[ChainRoute]:
+    """Every distinct Envoy route, over all model routes, in config order."""
+    seen: dict[str, ChainRoute] = {}
     for route in config.routes:
-        chain = tuple(entry.backend for entry in route.backends)
-        if len(chain) > 1:
-            seen.setdefault(chain, None)
-    return list(seen)
+        for chain in route_chains(route).values():
+            seen.setdefault(chain.name, chain)
+    return list(seen.values())
 
 
-def direct_backends(config: Config) -> list[str]:
-    """Backends that some single-backend route sends to directly."""
-    seen: dict[str, None] = {}
-    for route in config.routes:
-        if len(route.backends) == 1:
-            seen.setdefault(route.backends[0].backend, None)
-    return list(seen)
+def aggregate_orders(config: Config) -> list[tuple[str, ...]]:
+    """Orders of two or more backends: each needs an aggregate cluster."""
+    return list(dict.fromkeys(c.order for c in all_chain_routes(config) if not c.direct))
+
+
+def deadline(chain: ChainRoute, backends: dict[str, Backend]) -> float:
+    """The whole request: every attempt may take its backend's full timeout, unless the route sets a deadline."""
+    if chain.retry.deadline is not None:
+        return chain.retry.deadline
+    attempts = chain.retry.retries + 1
+    timeouts = [backends[b].timeout for b in chain.order]
+    # Attempts past the order's length go round it again.
+    return sum(timeouts[i % len(timeouts)] for i in range(attempts))

@@ -120,6 +120,18 @@ class AzureSettings(_Strict):
     entra: AzureEntra | None = Field(None, description="Entra ID (client credentials) instead of an `api-key`.")
 
 
+class OutlierDetection(_Strict):
+    """Envoy's passive health check on the backend's cluster: an ejected backend is skipped by every chain (moved to
+    the end, in effect), and tried again after the ejection time; a chain whose backends are all ejected still sends
+    (Envoy's panic mode), so nothing is dropped."""
+
+    consecutive_5xx: int = Field(5, ge=1)
+    consecutive_gateway_failure: int = Field(3, ge=1, description="502, 503, 504, resets and connect failures.")
+    interval: Seconds = 5.0
+    base_ejection_time: Seconds = 30.0
+    max_ejection_time: Seconds = 300.0
+
+
 class Backend(_Strict):
     id: str
     schema_: Schema = Field(alias="schema")
@@ -135,10 +147,19 @@ class Backend(_Strict):
     timeout: Seconds = Field(
         600.0, description="Whole-attempt limit (the OpenAI SDK default); a stream longer than this is cut.")
     connect_timeout: Seconds = 5.0
+    first_byte_timeout: Seconds | None = Field(
+        None, description="Longest wait for the response headers of one attempt; past it the attempt fails with a "
+                          "504 (and the next backend is tried). For a stream this is the time to first byte.")
+    stream_idle_timeout: Seconds | None = Field(
+        None, description="Longest pause between two chunks of a stream already started; past it the stream ends "
+                          "with an OpenAI-style error event (a started stream never switches backends).")
     ca_file: Path | None = Field(None, description="CA bundle for an https base URL; the system bundle by default.")
     connect_to: str | None = Field(
         None, description="Connect to this IP instead of resolving the base URL host; SNI and Host still use the host.")
     limits: list[LimitRule] = []
+    outlier_detection: OutlierDetection | None = Field(
+        default_factory=lambda: OutlierDetection(),
+        description="Envoy ejects the backend after consecutive failures; `null` turns it off.")
 
     @model_validator(mode="before")
     @classmethod
@@ -227,21 +248,96 @@ def _default_url(data: dict) -> str | None:
 
 class RouteBackend(_Strict):
     backend: str
-    model: str = Field(min_length=1, description="The model name as the backend knows it.")
+    model: str = Field(min_length=1, description="The model name as the backend knows it; `*` in a wildcard route "
+                                                 "passes on what the client's model name matched.")
+    weight: float = Field(1.0, gt=0, description="Share of first attempts under the `weighted` policy.")
+    max_input_tokens: int | None = Field(
+        None, ge=1, description="Context window: the `cost` policy skips this backend for longer prompts.")
+
+
+Policy = Literal["priority", "weighted", "latency", "cost"]
+
+RETRY_EVENTS = ("connect-failure", "reset")
+NEVER_RETRIED = (400, 401, 403, 404)
+
+
+class RuleMatch(_Strict):
+    """Every condition given must hold."""
+
+    team: str | None = None
+    key: str | None = Field(None, description="Virtual key id.")
+    tags: list[str] = Field([], description="Any of these among the request's `x-babelgate-tags` (comma-separated).")
+    headers: dict[str, str] = Field({}, description="Exact request header values.")
+    metadata: dict[str, str] = Field({}, description="Exact values in the request body's `metadata` object.")
+
+    @field_validator("headers")
+    @classmethod
+    def _lower_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name.lower(): wanted for name, wanted in value.items()}
+
+
+class RouteRule(_Strict):
+    """Requests matching `when` go down a sub-chain of the route's own backends."""
+
+    when: RuleMatch
+    backends: list[str] = Field(min_length=1, description="Backend ids from the route's `backends`, in order.")
+    policy: Policy | None = Field(None, description="The route's policy if unset.")
 
 
 class ModelRoute(_Strict):
-    model: str = Field(min_length=1, description="The public model name clients send.")
+    model: str = Field(min_length=1, description="The public model name clients send; `prefix/*` matches any name "
+                                                 "that starts with `prefix/`.")
     aliases: list[str] = []
     backends: list[RouteBackend] = Field(min_length=1, description="Tried in this order; later ones on failure.")
     limits: list[LimitRule] = []
+    policy: Policy = Field("priority", description="Which backend goes first: config order, weights, lowest "
+                                                   "latency, or lowest price; the others follow as fallbacks.")
+    sticky_header: str | None = Field(
+        None, description="`weighted`: the same value of this header (e.g. x-request-id) always picks the same "
+                          "backend; random otherwise.")
+    exploration: float = Field(0.05, ge=0, le=1, description="`latency`: share of requests sent in random order.")
+    rules: list[RouteRule] = []
+    retry_on: list[int | Literal["connect-failure", "reset"]] = Field(
+        [429, 500, 502, 503, 504, "connect-failure", "reset"],
+        description="Outcomes that send the request to the next backend. 400, 401, 403 and 404 are refused: they "
+                    "would fail the same way everywhere.")
+    max_attempts: int | None = Field(None, ge=1, le=10, description="Attempts in all, retries included; the "
+                                                                     "number of backends if unset.")
+    deadline: Seconds | None = Field(None, description="The whole request, every attempt included; the sum of "
+                                                       "the backends' timeouts if unset.")
 
     @model_validator(mode="after")
-    def _no_repeated_backend(self) -> ModelRoute:
+    def _consistent(self) -> ModelRoute:
         ids = [b.backend for b in self.backends]
         if len(ids) != len(set(ids)):
             raise ValueError("a backend may appear only once in a route's chain")
+        for rule in self.rules:
+            unknown = [b for b in rule.backends if b not in ids]
+            if unknown:
+                raise ValueError(f"rule names backends that are not in this route: {', '.join(unknown)}")
+            if len(rule.backends) != len(set(rule.backends)):
+                raise ValueError("a backend may appear only once in a rule's chain")
+        for outcome in self.retry_on:
+            if isinstance(outcome, int) and (outcome in NEVER_RETRIED or not 400 <= outcome <= 599):
+                raise ValueError(f"retry_on: {outcome} is not retried (400/401/403/404 fail the same everywhere; "
+                                 "other 4xx and 5xx statuses may be listed)")
+        if self.is_wildcard:
+            prefix = self.model[:-1]
+            if "*" in prefix or not prefix.endswith("/"):
+                raise ValueError("a wildcard route is written `prefix/*`")
+            if self.aliases:
+                raise ValueError("a wildcard route has no aliases")
+        elif "*" in self.model:
+            raise ValueError("`*` may only end a wildcard route's model, as in `anthropic/*`")
+        elif any("*" in b.model for b in self.backends):
+            raise ValueError("a backend model with `*` needs a wildcard route (`prefix/*`) to fill it in")
+        if self.sticky_header is not None:
+            object.__setattr__(self, "sticky_header", self.sticky_header.lower())
         return self
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.model.endswith("/*")
 
 
 class VirtualKey(_Strict):
@@ -310,6 +406,16 @@ class RedisSettings(_Strict):
         return value
 
 
+class RoutingSettings(_Strict):
+    cooldown_default: Seconds = Field(
+        5.0, description="How long a backend cools after a 429 that names no wait (no retry-after or reset header).")
+    cooldown_max: Seconds = Field(300.0, description="A provider's retry-after is honoured up to this long.")
+    share_cooldowns: bool = Field(
+        True, description="With `limits.redis` configured, cooldowns are shared by every process and replica.")
+    latency_smoothing: float = Field(0.3, gt=0, le=1, description="Weight of the newest sample in the latency "
+                                                                   "averages (EWMA).")
+
+
 class LimitSettings(_Strict):
     redis: RedisSettings | None = Field(None, description="Shared store; without it, an in-process store.")
     user_header: str = Field("x-user-id", description="Header naming the end user; else the body's `user`.")
@@ -335,6 +441,7 @@ class Config(_Strict):
     limits: LimitSettings = LimitSettings()
     teams: list[Team] = []
     prices: list[Price] = []
+    routing: RoutingSettings = RoutingSettings()
 
     @property
     def limits_configured(self) -> bool:

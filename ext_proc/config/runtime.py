@@ -5,6 +5,7 @@ Built once per (re)load and swapped as a whole, so a request sees one consistent
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import ModuleType
@@ -15,8 +16,11 @@ from ..auth.virtual_keys import KeyInfo
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
 from ..providers import presets
-from .chains import chain_id
-from .models import Backend, Config
+from ..routing.cooldowns import Cooldowns, shared_cooldowns
+from ..routing.latency import LatencyAverages
+from ..routing.rules import CompiledRule
+from .chains import route_chains
+from .models import Backend, Config, ModelRoute, RoutingSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +46,55 @@ class BackendInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainChoice:
+    """What the route stage hands Envoy for one backend order."""
+
+    name: str
+    """The chain header value (the Envoy route)."""
+    direct: bool
+    first_byte_ms: str | None
+    """Per-try timeout for a stream sent down this order, as Envoy's header wants it; None when no backend of the
+    order sets `first_byte_timeout`. Envoy applies one per-try timeout to every attempt of a request, so it is the
+    largest `first_byte_timeout` among the order's backends (those without one accept it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RouteInfo:
     name: str
-    chain: tuple[str, ...]
-    chain_id: str
+    backends: tuple[str, ...]
+    """Config order."""
     backend_models: dict[str, str]
-    translations: tuple[tuple[BackendInfo, str], ...]
-    """One (backend, backend model) per distinct schema and preset in the chain: the route stage translates the
-    request once per kind up front, so a field some backend refuses is a 400 before anything is sent anywhere."""
+    policy: str
+    weights: dict[str, float]
+    windows: dict[str, int | None]
+    prices: dict[str, tuple[float, float]]
+    """Backend -> (USD per input token, USD per output token), where the price table has the backend's model."""
+    sticky_header: str | None
+    exploration: float
+    rules: tuple[CompiledRule, ...]
+    chains: dict[tuple[str, ...], ChainChoice]
+    """Every order Envoy knows for this route (already cut to the route's attempt count)."""
+    by_first: dict[str, ChainChoice]
+    """An order starting with each backend, for orders Envoy was not given (routes of many backends)."""
+    attempts: dict[tuple[str, ...], int]
+    """Orders are cut to this many backends, per candidate set (the route's backends, each rule's)."""
+    translations: tuple[BackendInfo, ...]
+    """One backend per distinct schema and preset in the chain: the route stage translates the request once per
+    kind up front, so a field some backend refuses is a 400 before anything is sent anywhere."""
     embeddings: bool
     """Every backend of the chain serves /v1/embeddings."""
+    wildcard: bool
 
-    @property
-    def direct(self) -> bool:
-        """A single-backend route has nothing to fail over to: the route stage translates it itself and Envoy
-        sends it straight to the backend's cluster, one gRPC stream per request instead of two."""
-        return len(self.chain) == 1
+    def backend_model(self, backend: str, requested: str) -> str:
+        """The backend's model name; a wildcard route's `*` becomes what the client's name matched."""
+        model = self.backend_models[backend]
+        if self.wildcard and "*" in model:
+            return model.replace("*", requested[len(self.name) - 1:])
+        return model
+
+    def chain_for(self, order: list[str] | tuple[str, ...], candidates: tuple[str, ...]) -> ChainChoice:
+        cut = tuple(order[:self.attempts[candidates]])
+        return self.chains.get(cut) or self.by_first[cut[0]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +105,9 @@ class Runtime:
     keys: dict[str, KeyInfo]
     routes: dict[str, RouteInfo]
     """Public model name or alias -> route."""
+    wildcards: tuple[RouteInfo, ...]
+    """`prefix/*` routes, longest prefix first."""
+    health: BackendHealth
     backends: dict[str, BackendInfo]
     public_models: tuple[str, ...]
     max_body_bytes: int
@@ -76,7 +116,8 @@ class Runtime:
     chars_per_token: float
 
 
-def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False) -> Runtime:
+def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
+                    health: BackendHealth | None = None) -> Runtime:
     backends: dict[str, BackendInfo] = {}
     for index, backend in enumerate(config.backends):
         provider = providers.for_schema(backend.schema_)
@@ -90,18 +131,15 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
             settings=backend)
 
     routes: dict[str, RouteInfo] = {}
+    wildcards: list[RouteInfo] = []
     for route in config.routes:
-        chain = tuple(entry.backend for entry in route.backends)
-        translations: dict[tuple[str, str | None], tuple[BackendInfo, str]] = {}
-        for entry in route.backends:
-            backend = backends[entry.backend]
-            translations.setdefault((backend.schema, backend.settings.preset), (backend, entry.model))
-        info = RouteInfo(name=route.model, chain=chain, chain_id=chain_id(chain),
-                         backend_models={entry.backend: entry.model for entry in route.backends},
-                         translations=tuple(translations.values()),
-                         embeddings=all(providers.serves_embeddings(backends[b].provider) for b in chain))
+        info = _route_info(config, route, backends)
+        if info.wildcard:
+            wildcards.append(info)
+            continue
         for name in (route.model, *route.aliases):
             routes[name] = info
+    wildcards.sort(key=lambda info: len(info.name), reverse=True)
 
     keys = {
         key.hash: KeyInfo(
@@ -110,13 +148,73 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
             expires_at=_utc(key.expires_at).timestamp() if key.expires_at else None)
         for key in config.virtual_keys
     }
+    if health is None:
+        health = BackendHealth(config.routing)
+        redis = config.limits.redis
+        if load_secrets and redis is not None and config.routing.share_cooldowns:
+            password = read_secret(redis.password, "limits.redis.password") if redis.password else None
+            health.cooldowns.share_through(shared_cooldowns(redis, password, health.cooldowns))
     return Runtime(config=config, limiter=build_limiter(config, announce=announce) if load_secrets else None,
-                   keys=keys, routes=routes, backends=backends,
-                   public_models=tuple(r.model for r in config.routes),
+                   keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
+                   health=health,
+                   public_models=tuple(r.model for r in config.routes if not r.is_wildcard),
                    max_body_bytes=config.requests.max_body_bytes,
                    default_max_tokens=config.requests.default_max_tokens,
                    user_header=config.limits.user_header,
                    chars_per_token=config.limits.chars_per_token)
+
+
+def find_route(runtime: Runtime, model: str) -> RouteInfo | None:
+    route = runtime.routes.get(model)
+    if route is not None or not runtime.wildcards:
+        return route
+    for candidate in runtime.wildcards:
+        if model.startswith(candidate.name[:-1]) and len(model) > len(candidate.name) - 1:
+            return candidate
+    return None
+
+
+class BackendHealth:
+    """What this process knows of its backends beyond Envoy's own outlier detection; kept across config reloads."""
+
+    def __init__(self, settings: RoutingSettings) -> None:
+        self.cooldowns = Cooldowns(settings.cooldown_default, settings.cooldown_max)
+        self.latency = LatencyAverages(settings.latency_smoothing)
+        self.rng = random.Random()
+
+
+def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendInfo]) -> RouteInfo:
+    ids = tuple(entry.backend for entry in route.backends)
+    models = {entry.backend: entry.model for entry in route.backends}
+    found = route_chains(route)
+    choices = {order: ChainChoice(chain.name, chain.direct, _first_byte_ms(order, backends))
+               for order, chain in found.items()}
+    by_first: dict[str, ChainChoice] = {}
+    for order, choice in choices.items():
+        by_first.setdefault(order[0], choice)
+    candidate_sets = [ids, *(tuple(rule.backends) for rule in route.rules)]
+    attempts = {candidates: min(len(candidates), route.max_attempts or len(candidates))
+                for candidates in candidate_sets}
+    prices = {p.backend: (p.input / 1e6, p.output / 1e6) for p in config.prices
+              if p.backend in models and p.model == models[p.backend]}
+    kinds: dict[tuple[str, str | None], BackendInfo] = {}
+    for backend_id in ids:
+        backend = backends[backend_id]
+        kinds.setdefault((backend.schema, backend.settings.preset), backend)
+    return RouteInfo(
+        name=route.model, backends=ids, backend_models=models, policy=route.policy,
+        weights={entry.backend: entry.weight for entry in route.backends},
+        windows={entry.backend: entry.max_input_tokens for entry in route.backends},
+        prices=prices, sticky_header=route.sticky_header, exploration=route.exploration,
+        rules=tuple(CompiledRule.of(rule, route.policy) for rule in route.rules),
+        chains=choices, by_first=by_first, attempts=attempts, translations=tuple(kinds.values()),
+        embeddings=all(providers.serves_embeddings(backends[b].provider) for b in ids),
+        wildcard=route.is_wildcard)
+
+
+def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:
+    limits = [limit for b in order if (limit := backends[b].settings.first_byte_timeout) is not None]
+    return str(int(1000 * max(limits))) if limits else None
 
 
 def _utc(moment: datetime) -> datetime:

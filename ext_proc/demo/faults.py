@@ -9,6 +9,7 @@ Actions:
 - `stall=MS`: wait MS milliseconds before the first byte of the answer
 - `midstream=N`: for a streamed answer, send N events, then drop the connection
 - `slow=MS`: for a streamed answer, pause MS milliseconds between events
+- `retry_after=S`: an error status answer carries `retry-after: S` (replacing the provider's own)
 
 Later items override earlier ones, so a request's `x-demo-fault` header refines the server-wide spec.
 """
@@ -34,6 +35,7 @@ class Faults:
     stall_ms: int = 0
     midstream: int | None = None
     slow_ms: int = 0
+    retry_after: int | None = None
 
 
 NO_FAULTS = Faults()
@@ -64,11 +66,11 @@ def _action(action: str, item: str) -> dict[str, object]:
     if action == "reset":
         return {"reset": True}
     key, equals, value = action.partition("=")
-    field = {"stall": "stall_ms", "midstream": "midstream", "slow": "slow_ms"}.get(key)
+    field = {"stall": "stall_ms", "midstream": "midstream", "slow": "slow_ms", "retry_after": "retry_after"}.get(key)
     if field is None or not equals:
         raise FaultSpecError(
             f"fault item {item!r}: unknown action {action!r}; expected a 4xx/5xx status, reset, stall=MS, "
-            "midstream=N or slow=MS"
+            "midstream=N, slow=MS or retry_after=S"
         )
     if not (value.isascii() and value.isdigit()) or int(value) > _MAX_VALUE:
         raise FaultSpecError(f"fault item {item!r}: {key} needs a whole number up to {_MAX_VALUE}")

@@ -8,6 +8,7 @@ header) are applied, then the provider module answers. `GET /_demo/requests` lis
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -98,6 +99,9 @@ class DemoProvider:
             return
         if faults.status is not None:
             reply = self._api.error(faults.status, f"demo fault: {self.name} answers {faults.status}")
+            if faults.retry_after is not None:
+                kept = tuple((name, value) for name, value in reply.headers if name != "retry-after")
+                reply = dataclasses.replace(reply, headers=(*kept, ("retry-after", str(faults.retry_after))))
         else:
             call = Call(self.name, request.method, request.path, request.headers, body, self._api_key,
                         request.target.partition("?")[2])

@@ -14,6 +14,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
     HeaderMatcher,
     RetryPolicy,
+    RetryPolicyRetryBackOff,
     RetryPolicyRetryHostPredicate,
     RetryPolicyRetryPriority,
     Route,
@@ -35,14 +36,11 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
-from ..config.chains import chain_id, chains, direct_backends
-from ..config.models import Config
+from ..config.chains import ChainRoute, all_chain_routes, deadline
+from ..config.models import Backend, Config
 from ..errors import NotFound
-from .clusters import all_clusters, backend_cluster_name
+from .clusters import all_clusters
 from .filters import local_reply_config, route_stage_filter
-
-RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
-RETRIABLE_STATUS_CODES = [429]
 
 
 def render_bootstrap(config: Config) -> Bootstrap:
@@ -57,9 +55,18 @@ def render_bootstrap(config: Config) -> Bootstrap:
 
 
 def render_yaml(config: Config) -> str:
-    data = render_bootstrap(config).to_dict(casing=betterproto2.Casing.SNAKE)
+    data = _proto_field_names(render_bootstrap(config).to_dict(casing=betterproto2.Casing.SNAKE))
     header = "# Rendered by `babelgate render`; edit the Babelgate config instead.\n"
     return header + yaml.safe_dump(data, sort_keys=False, width=120)
+
+
+def _proto_field_names(value: object) -> object:
+    """betterproto2's snake casing splits digits from letters (`consecutive_5_xx`); Envoy wants the proto names."""
+    if isinstance(value, dict):
+        return {key.replace("_5_xx", "_5xx"): _proto_field_names(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_proto_field_names(item) for item in value]
+    return value
 
 
 def listener(config: Config) -> Listener:
@@ -82,13 +89,10 @@ def listener(config: Config) -> Listener:
 
 
 def route_configuration(config: Config) -> RouteConfiguration:
-    """One route per chain, selected by the header the route stage sets; everything else gets a 404.
-
-    The catch-all is only reached if the route stage let a request through without choosing a chain.
-    """
-    timeouts = {b.id: b.timeout for b in config.backends}
-    routes = [chain_route(chain, timeouts) for chain in chains(config)]
-    routes += [direct_route(backend, timeouts[backend]) for backend in direct_backends(config)]
+    """One route per chain (backend order + retry settings), selected by the header the route stage sets; everything
+    else gets a 404. The catch-all is only reached if the route stage let a request through without choosing."""
+    backends = {b.id: b for b in config.backends}
+    routes = [chain_route(chain, backends) for chain in all_chain_routes(config)]
     routes.append(Route(
         name="unrouted",
         match=RouteMatch(prefix="/"),
@@ -107,40 +111,44 @@ def route_configuration(config: Config) -> RouteConfiguration:
     return RouteConfiguration(name="babelgate", virtual_hosts=[host])
 
 
-def chain_route(chain: tuple[str, ...], timeouts: dict[str, float]) -> Route:
-    name = chain_id(chain)
-    # The whole request may take every backend's full timeout in turn; each attempt is bounded by its cluster.
-    total = sum(timeouts[b] for b in chain)
-    retry = RetryPolicy(
-        retry_on=RETRY_ON,
-        retriable_status_codes=RETRIABLE_STATUS_CODES,
-        num_retries=len(chain) - 1,
-        retry_priority=RetryPolicyRetryPriority(
+def chain_route(chain: ChainRoute, backends: dict[str, Backend]) -> Route:
+    """Attempts follow the chain's order (previous_priorities over the aggregate cluster's members); a direct route
+    retries its one backend. Each attempt is bounded by its backend cluster's `max_stream_duration`."""
+    action = RouteAction(cluster=chain.cluster, timeout=timedelta(seconds=deadline(chain, backends)))
+    if chain.retry.retries:
+        action.retry_policy = retry_policy(chain)
+    return Route(
+        name=chain.name,
+        match=RouteMatch(prefix="/", headers=[HeaderMatcher(
+            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=chain.name))]),
+        route=action,
+        # a direct route has no attempt stage to strip the routing header before the request leaves
+        request_headers_to_remove=[constants.HEADER_CHAIN] if chain.direct else [],
+    )
+
+
+def retry_policy(chain: ChainRoute) -> RetryPolicy:
+    outcomes = set(chain.retry.retry_on)
+    retry_on = [_RETRY_EVENTS[o] for o in ("connect-failure", "reset") if o in outcomes]
+    statuses = chain.retry.statuses
+    if statuses:
+        retry_on.append("retriable-status-codes")
+    policy = RetryPolicy(retry_on=",".join(retry_on), retriable_status_codes=statuses,
+                         num_retries=chain.retry.retries)
+    if not chain.direct:
+        policy.retry_priority = RetryPolicyRetryPriority(
             name="envoy.retry_priorities.previous_priorities",
-            typed_config=Any.pack(PreviousPrioritiesConfig(update_frequency=1))),
-        retry_host_predicate=[RetryPolicyRetryHostPredicate(
-            name="envoy.retry_host_predicates.previous_hosts", typed_config=Any.pack(PreviousHostsPredicate()))],
-        host_selection_retry_max_attempts=5,
-    )
-    return Route(
-        name=name,
-        match=RouteMatch(prefix="/", headers=[HeaderMatcher(
-            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=name))]),
-        route=RouteAction(cluster=name, timeout=timedelta(seconds=total), retry_policy=retry),
-    )
+            typed_config=Any.pack(PreviousPrioritiesConfig(update_frequency=1)))
+        policy.retry_host_predicate = [RetryPolicyRetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts", typed_config=Any.pack(PreviousHostsPredicate()))]
+        policy.host_selection_retry_max_attempts = 5
+    # Retries are the failover itself: a backend down is no reason to wait before trying the next.
+    policy.retry_back_off = RetryPolicyRetryBackOff(base_interval=timedelta(milliseconds=1),
+                                                    max_interval=timedelta(milliseconds=5))
+    return policy
 
 
-def direct_route(backend: str, timeout: float) -> Route:
-    """A single-backend route: no failover, so no aggregate cluster and no attempt stage."""
-    name = chain_id((backend,))
-    return Route(
-        name=name,
-        match=RouteMatch(prefix="/", headers=[HeaderMatcher(
-            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=name))]),
-        route=RouteAction(cluster=backend_cluster_name(backend), timeout=timedelta(seconds=timeout)),
-        # no attempt stage runs on this path to strip the routing header before the request leaves
-        request_headers_to_remove=[constants.HEADER_CHAIN],
-    )
+_RETRY_EVENTS = {"connect-failure": "connect-failure", "reset": "reset,refused-stream"}
 
 
 def _address(host: str, port: int) -> Address:

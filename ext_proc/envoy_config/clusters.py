@@ -12,6 +12,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     ClusterDiscoveryType,
     ClusterDnsLookupFamily,
     ClusterLbPolicy,
+    OutlierDetection,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
@@ -44,8 +45,9 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
-from ..config.chains import chain_id, chains
+from ..config.chains import aggregate_orders
 from ..config.models import Backend, Config
+from ..config.models import OutlierDetection as OutlierSettings
 from .filters import attempt_stage_filter
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -59,7 +61,7 @@ def backend_cluster_name(backend_id: str) -> str:
 def all_clusters(config: Config) -> list[Cluster]:
     clusters = [ext_proc_cluster(config)]
     clusters.extend(backend_cluster(b) for b in config.backends)
-    clusters.extend(chain_cluster(config, chain) for chain in chains(config))
+    clusters.extend(chain_cluster(config, order) for order in aggregate_orders(config))
     return clusters
 
 
@@ -100,14 +102,30 @@ def backend_cluster(backend: Backend) -> Cluster:
     )
     if backend.is_tls:
         cluster.transport_socket = _tls_socket(backend)
+    if backend.outlier_detection is not None:
+        cluster.outlier_detection = outlier_detection(backend.outlier_detection)
     return cluster
+
+
+def outlier_detection(settings: OutlierSettings) -> OutlierDetection:
+    """Each backend cluster has one host, so ejecting it takes the backend out of every chain until the ejection
+    ends; Envoy's panic mode still sends to it when nothing else is left."""
+    return OutlierDetection(
+        consecutive_5xx=settings.consecutive_5xx,
+        consecutive_gateway_failure=settings.consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure=100,
+        interval=timedelta(seconds=settings.interval),
+        base_ejection_time=timedelta(seconds=settings.base_ejection_time),
+        max_ejection_time=timedelta(seconds=settings.max_ejection_time),
+        max_ejection_percent=100,
+    )
 
 
 def chain_cluster(config: Config, chain: tuple[str, ...]) -> Cluster:
     """An aggregate cluster: Envoy tries its members in order, and the attempt stage runs once per attempt."""
     aggregate = AggregateClusterConfig(clusters=[backend_cluster_name(b) for b in chain])
     return Cluster(
-        name=chain_id(chain),
+        name=constants.CHAIN_CLUSTER_PREFIX + "__".join(chain),
         connect_timeout=timedelta(seconds=5),
         lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
         cluster_type=ClusterCustomClusterType(name="envoy.clusters.aggregate", typed_config=Any.pack(aggregate)),

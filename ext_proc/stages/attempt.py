@@ -8,12 +8,14 @@ answer, or with what was streamed so far when the stream is cut or the client go
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
 import re
 import struct
 import time
+from collections.abc import Callable
 
 import orjson
 from envoy.config.core.v3.base_pb2 import Metadata
@@ -27,8 +29,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from .. import constants, providers
 from ..client_formats import anthropic_messages
-from ..config.runtime import BackendInfo, RouteInfo, Runtime
-from ..errors import BadRequest, UpstreamError, anthropic_error_from_openai
+from ..config.runtime import BackendInfo, Runtime, find_route
+from ..errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout, anthropic_error_from_openai
 from ..limits.estimate import Usage, estimate_prompt_tokens, usage_from_openai
 from ..limits.limiter import Reservation
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
@@ -47,6 +49,12 @@ BUFFERED_RESPONSE_MODE = ProcessingMode(
     response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.BUFFERED,
     request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SKIP)
 """For direct routes, whose route stage is configured without response bodies."""
+DUPLEX_RESPONSE_MODE = ProcessingMode(
+    request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
+    response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.FULL_DUPLEX_STREAMED,
+    request_trailer_mode=ProcessingMode.SKIP, response_trailer_mode=ProcessingMode.SEND)
+"""A stream whose backend has a `stream_idle_timeout`: replies need not follow Envoy's chunks, so the stage can end
+the stream with an error event on its own when the backend stalls."""
 HEADERS_ONLY_MODE = ProcessingMode(
     request_header_mode=ProcessingMode.SEND, request_body_mode=ProcessingMode.BUFFERED,
     response_header_mode=ProcessingMode.SEND, response_body_mode=ProcessingMode.NONE,
@@ -94,9 +102,37 @@ def backend_from_attributes(attributes: object) -> str | None:
 
 
 class AttemptStage:
-    __slots__ = ("_attempt", "_backend", "_base64_embeddings", "_client_stream", "_created", "_decoder", "_direct",
-                 "_endpoint", "_identity_answer", "_model", "_prompt_estimate", "_reservation", "_response_headers",
-                 "_runtime", "_settled", "_status", "_stream", "_streamed_chars", "_streaming", "error_style", "usage")
+    __slots__ = (
+        "_attempt",
+        "_backend",
+        "_base64_embeddings",
+        "_client_stream",
+        "_created",
+        "_decoder",
+        "_direct",
+        "_duplex",
+        "_ended",
+        "_ended_at",
+        "_endpoint",
+        "_first_byte_at",
+        "_identity_answer",
+        "_model",
+        "_prompt_estimate",
+        "_requested",
+        "_reservation",
+        "_response_headers",
+        "_runtime",
+        "_sent_at",
+        "_settled",
+        "_status",
+        "_stream",
+        "_streamed_chars",
+        "_streaming",
+        "_timer",
+        "error_style",
+        "push",
+        "usage",
+    )
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -120,6 +156,14 @@ class AttemptStage:
         self._direct = False
         self._identity_answer = False
         self.usage: Usage | None = None
+        self.push: Callable[[ProcessingResponse], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._duplex = False
+        self._ended = False
+        self._requested = ""
+        self._sent_at = 0.0
+        self._first_byte_at = 0.0
+        self._ended_at = 0.0
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -129,9 +173,12 @@ class AttemptStage:
             return self.on_request_body(request.request_body)
         if kind == "response_headers":
             return self.on_response_headers(request.response_headers)
+        if kind == "response_trailers":
+            return messages.continue_unchanged(kind)
         if kind == "response_body":
             reply = self.on_response_body(request.response_body)
             if request.response_body.end_of_stream and 200 <= self._status < 300:
+                self._ended_at = time.monotonic()
                 await self._settle()
             return reply
         return messages.continue_unchanged(kind)
@@ -139,18 +186,21 @@ class AttemptStage:
     async def close(self) -> None:
         """The gRPC stream ended. A successful answer that never reached its end (upstream cut, client gone) is
         still charged, with what was streamed."""
+        self._disarm()
+        self._record_latency()
         if 200 <= self._status < 300:
             await self._settle()
 
     # -- request ------------------------------------------------------------------------------------------------
 
-    def start_direct(self, backend: BackendInfo, route: RouteInfo, endpoint: Endpoint,
+    def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
                      reservation: str | None) -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
         self._backend = backend
-        self._model = route.backend_models[backend.id]
+        self._model = model
+        self._requested = requested
         self._endpoint = endpoint
         self._reservation = reservation
         if endpoint is Endpoint.MESSAGES:
@@ -161,12 +211,16 @@ class AttemptStage:
         decision = messages.babelgate_metadata(context)
         backend_id = backend_from_attributes(attributes)
         backend = self._runtime.backends.get(backend_id or "")
-        route = self._runtime.routes.get(decision.get(constants.METADATA_ROUTE_KEY, ""))
+        requested = decision.get(constants.METADATA_REQUESTED_KEY) or decision.get(constants.METADATA_ROUTE_KEY, "")
+        route = find_route(self._runtime, requested)
         if backend is None or route is None:
             raise UpstreamError("The gateway could not tell which backend this attempt goes to.",
                                 code="unknown_backend")
         self._backend = backend
-        self._model = route.backend_models.get(backend.id, "")
+        self._requested = requested
+        if backend.id not in route.backend_models:
+            raise UpstreamError(f"Backend {backend.id!r} is not part of route {route.name!r}.", code="unknown_backend")
+        self._model = route.backend_model(backend.id, self._requested)
         self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
         if self._endpoint is Endpoint.MESSAGES:
             self.error_style = "anthropic"
@@ -207,6 +261,7 @@ class AttemptStage:
                 self._client_stream = anthropic_messages.MessagesStream(self._model)
             self._stream = provider.ChatStream(self._model, self._created, include_usage)
         encoded = orjson.dumps(upstream)
+        self._sent_at = time.monotonic()
         return messages.request_body_reply(
             set_headers=(
                 (":path", path),
@@ -217,22 +272,70 @@ class AttemptStage:
             ),
             body=encoded)
 
+    def _record_latency(self) -> None:
+        """At the end of the attempt: its whole duration, or, for one that never answered, as long as it lasted."""
+        backend = self._backend
+        if backend is None or not self._sent_at:
+            return
+        latency = self._runtime.health.latency
+        if self._first_byte_at == 0.0:
+            latency.on_failure(backend.id, time.monotonic() - self._sent_at)
+        elif self._ended_at:
+            latency.on_end(backend.id, self._ended_at - self._sent_at)
+        self._sent_at = 0.0
+
+    def _arm_idle_timer(self) -> None:
+        assert self._backend is not None
+        timeout = self._backend.settings.stream_idle_timeout
+        if timeout is not None and self.push is not None:
+            self._disarm()
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._stream_stalled, timeout)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _stream_stalled(self, timeout: float) -> None:
+        """The backend paused past its limit in the middle of a stream: the client already has part of the answer,
+        so no other backend may take over; end the stream with an error event the SDKs raise."""
+        self._timer = None
+        assert self._backend is not None and self.push is not None
+        error = UpstreamTimeout(f"Backend {self._backend.id!r} sent nothing for {timeout:g}s in the middle of the "
+                                "stream; the stream was ended.", code="stream_idle_timeout")
+        self._ended = True
+        self.push(messages.streamed_body_reply(self._encode_error(error) + self._end_of_stream(), True))
+
     # -- response -----------------------------------------------------------------------------------------------
 
     def on_response_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
         self._status = int(headers.get(":status", "0") or 0)
-        if not 200 <= self._status < 300:
-            self._response_headers = headers
         backend = self._backend
         assert backend is not None
-        tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id), (constants.RESPONSE_HEADER_ATTEMPTS, self._attempt))
+        health = self._runtime.health
+        if self._sent_at:
+            self._first_byte_at = time.monotonic()
+            if 200 <= self._status < 300:
+                health.latency.on_first_byte(backend.id, self._first_byte_at - self._sent_at)
+            else:
+                health.latency.on_failure(backend.id, self._first_byte_at - self._sent_at)
+        if not 200 <= self._status < 300:
+            self._response_headers = headers
+            health.cooldowns.on_response(backend.id, self._status, headers)
+        tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id),
+                (constants.RESPONSE_HEADER_ATTEMPTS, headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, self._attempt)),
+                (constants.RESPONSE_HEADER_MODEL, self._requested))
         content_type = headers.get("content-type", "")
         if 200 <= self._status < 300 and self._streaming and content_type.startswith(("text/event-stream",
                                                                                         _EVENTSTREAM)):
             self._decoder = EventStreamDecoder() if content_type.startswith(_EVENTSTREAM) else SSEDecoder()
-            return messages.response_headers_reply(
-                set_headers=tags, remove=("content-length",), mode=STREAMED_RESPONSE_MODE)
+            mode = STREAMED_RESPONSE_MODE
+            if backend.settings.stream_idle_timeout is not None and self.push is not None:
+                self._duplex = True
+                mode = DUPLEX_RESPONSE_MODE
+                self._arm_idle_timer()
+            return messages.response_headers_reply(set_headers=tags, remove=("content-length",), mode=mode)
         if self._identity_answer and 200 <= self._status < 300:
             return messages.response_headers_reply(set_headers=tags, mode=HEADERS_ONLY_MODE)
         return messages.response_headers_reply(set_headers=tags,
@@ -279,10 +382,21 @@ class AttemptStage:
             if message.end_of_stream:
                 out.extend(self._encode(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
         except (SSEError, EventStreamError) as exc:
-            out.append(self._encode(orjson.loads(UpstreamError(str(exc)).body())))
+            out.append(self._encode_error(UpstreamError(str(exc))))
         if message.end_of_stream:
             out.append(self._end_of_stream())
-        return messages.response_body_reply(b"".join(out))
+        if not self._duplex:
+            return messages.response_body_reply(b"".join(out))
+        if self._ended:  # the stage already ended this stream on its own
+            return messages.streamed_body_reply(b"", False)
+        if message.end_of_stream:
+            self._disarm()
+        else:
+            self._arm_idle_timer()
+        return messages.streamed_body_reply(b"".join(out), message.end_of_stream)
+
+    def _encode_error(self, error: GatewayError) -> bytes:
+        return self._encode(orjson.loads(error.body()))
 
     def _end_of_stream(self) -> bytes:
         if self._client_stream is None:

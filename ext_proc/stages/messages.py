@@ -89,6 +89,15 @@ def response_body_reply(body: bytes | None = None, set_headers: Headers = (),
     return ProcessingResponse(response_body=BodyResponse(response=_common(set_headers, remove, body, False)))
 
 
+def streamed_body_reply(body: bytes, end_of_stream: bool) -> ProcessingResponse:
+    """A body chunk in FULL_DUPLEX_STREAMED mode, where replies need not match Envoy's chunks one for one."""
+    reply = ProcessingResponse()
+    streamed = reply.response_body.response.body_mutation.streamed_response
+    streamed.body = body
+    streamed.end_of_stream = end_of_stream
+    return reply
+
+
 def continue_unchanged(kind: str | None) -> ProcessingResponse | None:
     """A phase the stage does not act on (sent only if Envoy's processing mode asks for it): continue as is."""
     if kind is None:

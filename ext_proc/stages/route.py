@@ -10,6 +10,7 @@ final answer failed, and add the `x-ratelimit-*` headers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
@@ -22,27 +23,30 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
 from ..client_formats import anthropic_messages
-from ..config.runtime import RouteInfo, Runtime
+from ..config.runtime import RouteInfo, Runtime, find_route
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
+from ..routing.policies import cooled_last, rank
+from ..routing.rules import RequestFacts, first_match
 from . import messages
 from .attempt import AttemptStage, forwarded_never
 from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_endpoint", "_header_names", "_key", "_reservation", "_runtime", "_user",
-                 "error_style")
+    __slots__ = ("_attempt", "_endpoint", "_headers", "_key", "_reservation", "_runtime", "_user",
+                 "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self.error_style = "openai"
+        self.push: Callable[[ProcessingResponse], None] | None = None
         self._endpoint: Endpoint | None = None
         self._key: KeyInfo | None = None
         self._user: str | None = None
         self._reservation: Reservation | None = None
-        self._header_names: tuple[str, ...] = ()
+        self._headers: dict[str, str] = {}
         self._attempt: AttemptStage | None = None
         """Set for a direct route: the attempt stage's logic, run inside this stream."""
 
@@ -84,7 +88,7 @@ class RouteStage:
             raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
         self._endpoint, self._key = endpoint, key
         self._user = headers.get(self._runtime.user_header) or None
-        self._header_names = tuple(headers)
+        self._headers = headers
         # Clients steer neither Babelgate (internal headers) nor Envoy (x-envoy-max-retries and friends).
         spoofed = [name for name in headers
                    if name.startswith((constants.INTERNAL_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
@@ -106,48 +110,83 @@ class RouteStage:
             check_chat_shape(body)
         elif "input" not in body:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
-        route = self._runtime.routes.get(model)
+        route = find_route(self._runtime, model)
         if route is None:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
+        runtime = self._runtime
         if self._endpoint is not Endpoint.EMBEDDINGS:
-            for backend, backend_model in route.translations:
-                backend.chat_request(body, backend_model, self._runtime.default_max_tokens)
+            for backend in route.translations:
+                backend.chat_request(body, route.backend_model(backend.id, model), runtime.default_max_tokens)
         elif not route.embeddings:
             raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
                              code="unsupported_endpoint")
+        candidates, order = self._order(route, body)
+        chain = route.chain_for(order, candidates)
         metadata = {
             constants.METADATA_ROUTE_KEY: route.name,
+            constants.METADATA_REQUESTED_KEY: model,
             constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
             constants.METADATA_KEY_ID_KEY: self._key.id,
         }
-        limiter = self._runtime.limiter
+        limiter = runtime.limiter
         if limiter is not None:
-            self._reservation = await self._reserve(limiter, body, route)
+            self._reservation = await self._reserve(limiter, body, route, order[0], model)
             if self._reservation is not None:
                 metadata[constants.METADATA_RESERVATION_KEY] = self._reservation.encode()
-        if route.direct:
-            return self._direct(route, message, original, metadata)
-        return messages.request_body_reply(
-            set_headers=((constants.HEADER_CHAIN, route.chain_id),), clear_route_cache=True, metadata=metadata)
+        headers = [(constants.HEADER_CHAIN, chain.name)]
+        if chain.first_byte_ms is not None and body.get("stream") is True:
+            headers.append((constants.ENVOY_PER_TRY_TIMEOUT_HEADER, chain.first_byte_ms))
+        if chain.direct:
+            return self._direct(route, order[0], model, headers, message, original, metadata)
+        return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
 
-    def _direct(self, route: RouteInfo, message: HttpBody, body: dict, metadata: dict[str, str]) -> ProcessingResponse:
+    def _order(self, route: RouteInfo, body: dict) -> tuple[tuple[str, ...], list[str]]:
+        """The backends this request may use, and the order to try them in."""
+        candidates, policy = route.backends, route.policy
+        if route.rules:
+            assert self._key is not None
+            metadata = body.get("metadata")
+            facts = RequestFacts(self._key.id, self._key.team, self._headers,
+                                 metadata if isinstance(metadata, dict) else {})
+            rule = first_match(route.rules, facts)
+            if rule is not None:
+                candidates, policy = rule.backends, rule.policy
+        health = self._runtime.health
+        if policy == "priority" or len(candidates) == 1:
+            order = list(candidates)
+        else:
+            prompt = output = 0
+            if policy == "cost":
+                prompt = estimate_prompt_tokens(body, self._runtime.chars_per_token)
+                output = (0 if self._endpoint is Endpoint.EMBEDDINGS
+                          else reserved_output_tokens(body, self._runtime.default_max_tokens))
+            sticky = self._headers.get(route.sticky_header) if route.sticky_header else None
+            order = rank(policy, candidates, weights=route.weights, sticky=sticky, latency=health.latency,
+                         streaming=body.get("stream") is True, exploration=route.exploration, prices=route.prices,
+                         windows=route.windows, prompt_tokens=prompt, output_tokens=output, rng=health.rng)
+            if not order:
+                raise BadRequest(f"The prompt (about {prompt} tokens) is longer than the context window of every "
+                                 f"backend of {route.name!r}.", param="messages", code="context_length_exceeded")
+        return candidates, cooled_last(order, health.cooldowns)
+
+    def _direct(self, route: RouteInfo, backend_id: str, requested: str, headers: list[tuple[str, str]],
+                message: HttpBody, body: dict, metadata: dict[str, str]) -> ProcessingResponse:
         """Translate here and send straight to the backend: one gRPC stream for the whole request."""
         assert self._endpoint is not None
         attempt = AttemptStage(self._runtime)
-        attempt.start_direct(self._runtime.backends[route.chain[0]], route, self._endpoint,
-                             metadata.get(constants.METADATA_RESERVATION_KEY))
+        attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
+                             requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY))
         reply = attempt.on_request_body(message, body)
         self._attempt = attempt
         common = reply.request_body.response
         common.clear_route_cache = True
-        common.header_mutation.set_headers.extend(messages.mutation(((constants.HEADER_CHAIN, route.chain_id),))
-                                                  .set_headers)
+        common.header_mutation.set_headers.extend(messages.mutation(headers).set_headers)
         # Headers this reply sets (the provider's own credential among them) are overwritten, not removed.
         replaced = {option.header.key for option in common.header_mutation.set_headers}
         common.header_mutation.remove_headers.extend(
-            name for name in self._header_names if forwarded_never(name) and name not in replaced)
+            name for name in self._headers if forwarded_never(name) and name not in replaced)
         reply.dynamic_metadata.update({constants.METADATA_NAMESPACE: metadata})
         return reply
 
@@ -164,10 +203,10 @@ class RouteStage:
             messages.mutation(reservation.headers).set_headers)
         return reply  # type: ignore[return-value]
 
-    async def _reserve(self, limiter: Limiter, body: dict, route: RouteInfo) -> Reservation | None:
+    async def _reserve(self, limiter: Limiter, body: dict, route: RouteInfo, primary: str,
+                       requested: str) -> Reservation | None:
         assert self._key is not None
         user = self._user or (body.get("user") if isinstance(body.get("user"), str) and body.get("user") else None)
-        primary = route.chain[0]
         runtime = self._runtime
         scopes = limiter.scopes(self._key.id, self._key.team, user, route.name, primary)
         if not scopes:
@@ -175,7 +214,7 @@ class RouteStage:
         prompt = estimate_prompt_tokens(body, runtime.chars_per_token)
         output = (0 if self._endpoint is Endpoint.EMBEDDINGS
                   else reserved_output_tokens(body, runtime.default_max_tokens))
-        cost = cost_micro_usd(Usage(prompt, output), limiter.price(primary, route.backend_models[primary]))
+        cost = cost_micro_usd(Usage(prompt, output), limiter.price(primary, route.backend_model(primary, requested)))
         return await limiter.reserve(scopes, Demand(prompt, output, cost), primary)
 
 
@@ -221,7 +260,7 @@ def _model_list(runtime: Runtime, key: KeyInfo) -> bytes:
 
 
 def _model_entry(runtime: Runtime, key: KeyInfo, name: str) -> bytes:
-    route = runtime.routes.get(name)
-    if route is None or route.name not in _visible(runtime, key):
+    route = find_route(runtime, name)
+    if route is None or (key.models is not None and route.name not in key.models):
         raise NotFound(f"The model {name!r} does not exist.", param="model", code="model_not_found")
-    return orjson.dumps(_model_object(route.name, int(time.time())))
+    return orjson.dumps(_model_object(name if route.wildcard else route.name, int(time.time())))

@@ -115,7 +115,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Gateway:
                 {"id": "test-expired", "hash": hash_key(expired_key), "expires_at": "2020-01-01T00:00:00Z"},
             ],
             "requests": {"max_body_bytes": 256 * 1024},
+            # The tests sharing this gateway inject failures back to back: cooldowns and ejections would carry one
+            # test's failures into the next. They are tested on gateways of their own (test_routing_e2e.py).
+            "routing": {"cooldown_max": "1ms"},
         }
+        for backend in config["backends"]:
+            backend["outlier_detection"] = None
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         stack = start_stack(load_config(config_path), config_path, workdir, supervisor, env=env)

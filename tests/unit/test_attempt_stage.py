@@ -88,7 +88,8 @@ def test_response_json_from_anthropic_becomes_a_chat_completion(monkeypatch: pyt
     attempt = Attempt(monkeypatch, "an")
     attempt.send(request_body=body(HELLO))
     head = attempt.send(response_headers=headers({":status": "200", "content-type": "application/json"}))
-    assert set_headers(head.response_headers.response) == {"x-babelgate-backend": "an", "x-babelgate-attempts": "2"}
+    assert set_headers(head.response_headers.response) == {"x-babelgate-backend": "an", "x-babelgate-attempts": "2",
+                                                           "x-babelgate-requested-model": "gpt-4o"}
     assert not head.HasField("mode_override")
     answer = (FIXTURES / "response_text_and_tool_calls.anthropic.json").read_bytes()
     reply = attempt.send(response_body=HttpBody(body=answer, end_of_stream=True)).response_body.response

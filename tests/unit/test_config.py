@@ -30,7 +30,7 @@ def test_valid_config_loads_with_durations_and_relative_secret_files(monkeypatch
     assert runtime.backends["oa"].credential.headers("POST", "", b"") == [("authorization", "Bearer sk-env-secret")]
     assert ("x-api-key", "sk-ant-file-secret") in runtime.backends["an"].credential.headers("POST", "", b"")
     assert runtime.routes["gpt4"] is runtime.routes["gpt-4o"]
-    assert runtime.routes["gpt-4o"].chain == ("oa", "an")
+    assert runtime.routes["gpt-4o"].backends == ("oa", "an")
     assert runtime.routes["gpt-4o"].backend_models == {"oa": "gpt-4o-2024-08-06", "an": "claude-sonnet-4-5"}
 
 

@@ -52,7 +52,8 @@ def test_chat_request_names_its_chain_and_hands_the_decision_on(monkeypatch: pyt
     reply = run(monkeypatch, {**CHAT, "x-babelgate-int-chain": "spoofed"}, {**HELLO, "model": "gpt4"})
     assert reply.request_body.response.clear_route_cache
     assert set_headers(reply.request_body.response) == {constants.HEADER_CHAIN: "bg_chain_oa__an"}
-    assert messages.babelgate_metadata(_as_metadata(reply)) == {"route": "gpt-4o", "endpoint": "chat", "key_id": "all"}
+    assert messages.babelgate_metadata(_as_metadata(reply)) == {"route": "gpt-4o", "requested": "gpt4",
+                                                                      "endpoint": "chat", "key_id": "all"}
 
 
 def test_spoofed_internal_headers_are_removed(monkeypatch: pytest.MonkeyPatch) -> None:

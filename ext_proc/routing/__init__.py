@@ -1,0 +1,1 @@
+"""Which backend goes first: policies, header/metadata rules, cooldowns and latency averages."""

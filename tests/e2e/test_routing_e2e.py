@@ -1,0 +1,374 @@
+"""Routing policies and resilience through the real Envoy: two ext_proc processes sharing a real Redis, demo
+providers told to fail per request (500, 429 with retry-after, reset, refused, slow first byte, slow body).
+
+Each test uses backends of its own (several backend ids over the same demo processes), so one test's cooldowns,
+ejections and latency averages never steer another's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from ext_proc.auth.virtual_keys import generate_key, hash_key
+from ext_proc.config.loading import load_config
+from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
+from ext_proc.launch.stack import start_stack
+
+from ..redis_server import RedisServer
+from .support import fault
+
+HELLO = [{"role": "user", "content": "hello"}]
+PROVIDERS = ("p1", "p2", "p3")
+
+
+@dataclass
+class RoutingGateway:
+    url: str
+    key: str
+    team_key: str
+    supervisor: Supervisor
+    provider_ports: dict[str, int]
+
+    def client(self, **options: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=options.pop("api_key", self.key),  # type: ignore[arg-type]
+                             max_retries=0, timeout=30, **options)  # type: ignore[arg-type]
+
+    def async_client(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0, timeout=30)
+
+
+def _backend(backend_id: str, provider: str, ports: dict[str, int], **extra: object) -> dict:
+    kind_path = "" if provider == "pa" else "/v1"
+    return {"id": backend_id, "schema": "anthropic" if provider == "pa" else "openai",
+            "base_url": f"http://127.0.0.1:{ports[provider]}{kind_path}", "api_key": {"env": "ROUTING_KEY"},
+            "timeout": "10s", **extra}
+
+
+def _route(model: str, *backends: str, **extra: object) -> dict:
+    return {"model": model, "backends": [{"backend": b, "model": f"model-{b}"} for b in backends], **extra}
+
+
+def _config(ports: dict[str, int], redis_url: str, client_key: str, team_key: str) -> dict:
+    backends = [
+        # one healthy backend left: 500 / 429 / reset / refused / stalled first byte / stalled non-stream answer
+        *(_backend(f"h{i}", p, ports, outlier_detection=None) for i, p in enumerate(PROVIDERS, 1)),
+        _backend("h-dead", "p1", {"p1": free_port()}, outlier_detection=None),
+        _backend("t1", "p1", ports, first_byte_timeout="300ms", timeout="1s"), _backend("t2", "p2", ports),
+        _backend("i1", "p1", ports, stream_idle_timeout="300ms"), _backend("i2", "p2", ports),
+        _backend("c1", "p1", ports), _backend("c2", "p2", ports),
+        _backend("w1", "p1", ports), _backend("w2", "p2", ports),
+        _backend("l1", "p1", ports), _backend("l2", "p2", ports),
+        _backend("k1", "p1", ports), _backend("k2", "p2", ports),
+        _backend("r1", "p1", ports), _backend("r2", "p2", ports), _backend("r3", "p3", ports),
+        _backend("m1", "p1", ports), _backend("m2", "p2", ports), _backend("m3", "p3", ports),
+        _backend("e1", "p1", ports, outlier_detection={"consecutive_5xx": 2, "interval": "500ms",
+                                                       "base_ejection_time": "2s"}),
+        _backend("e2", "p2", ports),
+        _backend("solo", "p3", ports, outlier_detection={"consecutive_5xx": 1, "interval": "500ms",
+                                                         "base_ejection_time": "30s"}),
+        _backend("x1", "p1", ports), _backend("xa", "pa", ports),
+        _backend("d1", "p1", ports), _backend("d2", "p2", ports),
+    ]
+    routes = [
+        _route("healthy-last", "h1", "h2", "h3"),
+        _route("dead-first", "h-dead", "h2", "h3"),
+        _route("first-byte", "t1", "t2"),
+        _route("idle", "i1", "i2"),
+        _route("cooling", "c1", "c2"),
+        {"model": "weighted", "policy": "weighted",
+         "backends": [{"backend": "w1", "model": "a", "weight": 3}, {"backend": "w2", "model": "b", "weight": 1}]},
+        {"model": "sticky", "policy": "weighted", "sticky_header": "x-session-id",
+         "backends": [{"backend": "w1", "model": "a"}, {"backend": "w2", "model": "b"}]},
+        _route("fastest", "l1", "l2", policy="latency", exploration=0.05),
+        {"model": "cheapest", "policy": "cost",
+         "backends": [{"backend": "k1", "model": "pricey"},
+                      {"backend": "k2", "model": "cheap", "max_input_tokens": 50}]},
+        _route("ruled", "r1", "r2", "r3", rules=[
+            {"when": {"tags": ["batch"]}, "backends": ["r3"]},
+            {"when": {"team": "research"}, "backends": ["r2", "r1"]},
+            {"when": {"headers": {"X-Tier": "gold"}}, "backends": ["r2"]},
+            {"when": {"metadata": {"purpose": "eval"}}, "backends": ["r3", "r1"]},
+        ]),
+        _route("capped", "m1", "m2", "m3", max_attempts=2),
+        _route("no-429-failover", "m1", "m2", retry_on=[500, 502, 503, 504, "connect-failure", "reset"]),
+        _route("deadline", "d1", "d2", deadline="700ms"),
+        _route("ejecting", "e1", "e2"),
+        _route("solo", "solo"),
+        {"model": "alias-route", "aliases": ["alias-name"], "backends": [{"backend": "x1", "model": "gpt-real"}]},
+        {"model": "anthropic/*", "backends": [{"backend": "xa", "model": "*"}]},
+        {"model": "openai/*", "backends": [{"backend": "x1", "model": "*"}, {"backend": "xa", "model": "claude-*"}]},
+    ]
+    return {
+        "listener": {"port": free_port(), "admin_port": free_port()},
+        "ext_proc": {"port": free_port_run(2), "processes": 2},
+        "backends": backends, "routes": routes,
+        "virtual_keys": [{"id": "router", "hash": hash_key(client_key)},
+                         {"id": "researcher", "hash": hash_key(team_key), "team": "research"}],
+        "teams": [{"id": "research"}],
+        "prices": [{"backend": "k1", "model": "pricey", "input": 10, "output": 30},
+                   {"backend": "k2", "model": "cheap", "input": 0.1, "output": 0.4}],
+        "limits": {"redis": {"url": redis_url}},
+    }
+
+
+@pytest.fixture(scope="module")
+def routing_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutingGateway]:
+    workdir = tmp_path_factory.mktemp("routing")
+    redis = RedisServer(workdir)
+    redis.start()
+    supervisor = Supervisor(log_dir=workdir)
+    try:
+        ports = {}
+        for name in (*PROVIDERS, "pa"):
+            _, ready = supervisor.start_reporting(name, python_module(
+                "ext_proc.demo", "--kind", "anthropic" if name == "pa" else "openai", "--name", name,
+                "--port", "0", "--api-key", "sk-routing"))
+            ports[name] = int(ready["port"])
+        client_key, team_key = generate_key(), generate_key()
+        path = Path(workdir) / "config.yaml"
+        path.write_text(yaml.safe_dump(_config(ports, redis.url, client_key, team_key), sort_keys=False))
+        stack = start_stack(load_config(path), path, workdir, supervisor, env={"ROUTING_KEY": "sk-routing"})
+        yield RoutingGateway(stack.url, client_key, team_key, supervisor, ports)
+    finally:
+        supervisor.stop_all()
+        redis.stop()
+
+
+def _ask(client: openai.OpenAI, model: str, headers: dict[str, str] | None = None, **extra: object):
+    return client.chat.completions.with_raw_response.create(model=model, messages=HELLO, extra_headers=headers or {},
+                                                            **extra)
+
+
+@pytest.mark.parametrize("failure", ["500", "429", "reset", "503"])
+def test_every_request_succeeds_while_one_backend_is_left(routing_gateway: RoutingGateway, failure: str) -> None:
+    client = routing_gateway.client()
+    answers = [_ask(client, "healthy-last", fault(f"p1:{failure},p2:{failure}")) for _ in range(20)]
+    assert {a.status_code for a in answers} == {200}
+    assert {a.headers["x-babelgate-backend"] for a in answers} == {"h3"}
+    assert all("p3" in a.parse().choices[0].message.content for a in answers)
+
+
+def test_refused_backend_and_a_failing_one_leave_the_third(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    answers = [_ask(client, "dead-first", fault("p2:502")) for _ in range(20)]
+    assert {a.headers["x-babelgate-backend"] for a in answers} == {"h3"}
+
+
+def test_stream_stalled_before_its_first_byte_fails_over(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    started = time.monotonic()
+    stream = client.chat.completions.create(model="first-byte", messages=HELLO, stream=True,
+                                            extra_headers=fault("p1:stall=5000"))
+    chunks = list(stream)
+    elapsed = time.monotonic() - started
+    assert "p2" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[0].model == "model-t2"
+    assert elapsed < 3  # the first backend's 300 ms first-byte limit, not its 5 s stall
+
+
+def test_whole_answer_stalled_past_the_backend_timeout_fails_over(routing_gateway: RoutingGateway) -> None:
+    started = time.monotonic()
+    answer = _ask(routing_gateway.client(), "first-byte", fault("p1:stall=5000"))
+    assert answer.headers["x-babelgate-backend"] == "t2"
+    assert time.monotonic() - started < 4  # t1's 1 s timeout
+
+
+def test_stream_stalled_after_its_first_byte_ends_with_an_error_event(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    stream = client.chat.completions.create(model="idle", messages=HELLO, stream=True,
+                                            extra_headers=fault("p1:slow=2000"))
+    received = []
+    with pytest.raises(openai.APIError) as raised:
+        received.extend(stream)
+    assert received and received[0].model == "model-i1"  # part of the answer came, from the first backend only
+    assert "sent nothing for 0.3s" in str(raised.value)
+    assert "p2" not in "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+
+
+def test_stream_that_keeps_flowing_is_not_cut_by_the_idle_limit(routing_gateway: RoutingGateway) -> None:
+    stream = routing_gateway.client().chat.completions.create(
+        model="idle", messages=HELLO, stream=True, stream_options={"include_usage": True},
+        extra_headers=fault("p1:slow=100"))
+    chunks = list(stream)
+    assert "p1" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None
+
+
+def test_429_cools_the_backend_in_every_process_until_retry_after(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    first = _ask(client, "cooling", fault("p1:429,p1:retry_after=2"))
+    assert first.headers["x-babelgate-backend"] == "c2" and first.headers["x-babelgate-attempts"] == "2"
+    time.sleep(0.7)  # every process has read the shared cooldown by now
+    during = [_ask(client, "cooling") for _ in range(12)]  # two server processes answer these
+    assert {(a.headers["x-babelgate-backend"], a.headers["x-babelgate-attempts"]) for a in during} == {("c2", "1")}
+    time.sleep(1.6)
+    after = [_ask(client, "cooling") for _ in range(4)]
+    assert {a.headers["x-babelgate-backend"] for a in after} == {"c1"}
+
+
+def test_cooled_backends_are_never_dropped(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    with pytest.raises(openai.RateLimitError):
+        _ask(client, "cooling", fault("p1:429,p2:429,p1:retry_after=3,p2:retry_after=3"))
+    time.sleep(0.7)
+    answer = _ask(client, "cooling")  # both cooling: the request still goes out, in the policy's order
+    assert answer.status_code == 200
+    time.sleep(2.5)
+
+
+def test_weighted_routing_converges_to_its_weights(routing_gateway: RoutingGateway) -> None:
+    async def run() -> collections.Counter:
+        client = routing_gateway.async_client()
+        gate = asyncio.Semaphore(16)
+
+        async def one() -> str:
+            async with gate:
+                raw = await client.chat.completions.with_raw_response.create(model="weighted", messages=HELLO)
+                return raw.headers["x-babelgate-backend"]
+
+        counts = collections.Counter(await asyncio.gather(*(one() for _ in range(1000))))
+        await client.close()
+        return counts
+
+    counts = asyncio.run(run())
+    share = counts["w1"] / 1000
+    # weights 3:1 -> 0.75; the binomial standard deviation over 1,000 draws is 0.014, so +-0.05 is 3.6 of them
+    assert abs(share - 0.75) <= 0.05, counts
+
+
+def test_sticky_weighted_routing_keeps_a_session_on_one_backend(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    for session in ("alpha", "beta", "gamma"):
+        chosen = {_ask(client, "sticky", {"x-session-id": session}).headers["x-babelgate-backend"] for _ in range(6)}
+        assert len(chosen) == 1
+    spread = {_ask(client, "sticky", {"x-session-id": f"s{i}"}).headers["x-babelgate-backend"] for i in range(30)}
+    assert spread == {"w1", "w2"}
+
+
+def test_latency_policy_moves_traffic_away_from_a_slowed_backend(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    slow = fault("p1:stall=150")
+    used = [_ask(client, "fastest", slow).headers["x-babelgate-backend"] for _ in range(60)]
+    late = used[-30:]
+    assert late.count("l2") >= 24, used  # exploration sends a few to l1 on purpose
+
+
+def test_cost_policy_picks_the_cheapest_backend_that_fits(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    assert _ask(client, "cheapest").headers["x-babelgate-backend"] == "k2"
+    long_prompt = [{"role": "user", "content": "word " * 400}]  # ~500 tokens: past k2's 50-token window
+    raw = client.chat.completions.with_raw_response.create(model="cheapest", messages=long_prompt)
+    assert raw.headers["x-babelgate-backend"] == "k1"
+
+
+@pytest.mark.parametrize(("headers", "body", "key", "backend"), [
+    ({"x-babelgate-tags": "interactive, batch"}, {}, "key", "r3"),
+    ({}, {}, "team_key", "r2"),
+    ({"x-tier": "gold"}, {}, "key", "r2"),
+    ({}, {"metadata": {"purpose": "eval"}}, "key", "r3"),
+    ({"x-tier": "silver"}, {}, "key", "r1"),
+])
+def test_rules_send_matching_requests_down_their_sub_chain(routing_gateway: RoutingGateway, headers: dict,
+                                                          body: dict, key: str, backend: str) -> None:
+    client = routing_gateway.client(api_key=getattr(routing_gateway, key))
+    assert _ask(client, "ruled", headers, **body).headers["x-babelgate-backend"] == backend
+
+
+def test_rule_sub_chain_still_fails_over_within_itself(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client(api_key=routing_gateway.team_key)
+    answer = _ask(client, "ruled", fault("p2:500"))
+    assert answer.headers["x-babelgate-backend"] == "r1" and answer.headers["x-babelgate-attempts"] == "2"
+
+
+def test_max_attempts_bounds_the_failover(routing_gateway: RoutingGateway) -> None:
+    with pytest.raises(openai.InternalServerError) as raised:
+        _ask(routing_gateway.client(), "capped", fault("p1:500,p2:500"))
+    assert raised.value.response.headers["x-babelgate-attempts"] == "2"
+
+
+def test_statuses_left_out_of_retry_on_are_returned_as_they_are(routing_gateway: RoutingGateway) -> None:
+    with pytest.raises(openai.RateLimitError) as raised:
+        _ask(routing_gateway.client(), "no-429-failover", fault("p1:429,p1:retry_after=0"))
+    assert raised.value.response.headers["x-babelgate-attempts"] == "1"
+    assert "retry-after" in raised.value.response.headers
+
+
+def test_deadline_bounds_the_whole_request(routing_gateway: RoutingGateway) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as raised:
+        _ask(routing_gateway.client(), "deadline", fault("p1:stall=5000,p2:stall=5000"))
+    assert raised.value.status_code == 504
+    assert raised.value.response.json()["error"]["type"]
+    assert time.monotonic() - started < 3
+
+
+def test_outlier_detection_ejects_a_failing_backend_and_lets_it_back(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    for _ in range(2):  # consecutive_5xx: 2
+        assert _ask(client, "ejecting", fault("p1:500")).headers["x-babelgate-attempts"] == "2"
+    ejected = _ask(client, "ejecting")
+    assert (ejected.headers["x-babelgate-backend"], ejected.headers["x-babelgate-attempts"]) == ("e2", "1")
+    deadline = time.monotonic() + 8
+    while _ask(client, "ejecting").headers["x-babelgate-backend"] != "e1":
+        assert time.monotonic() < deadline, "the ejected backend never came back"
+        time.sleep(0.3)
+
+
+def test_the_only_backend_is_used_even_when_ejected(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            _ask(client, "solo", fault("p3:500"))
+    assert _ask(client, "solo").status_code == 200
+
+
+def test_response_names_the_backend_model_and_keeps_the_requested_alias(routing_gateway: RoutingGateway) -> None:
+    answer = _ask(routing_gateway.client(), "alias-name")
+    assert answer.parse().model == "gpt-real"
+    assert answer.headers["x-babelgate-requested-model"] == "alias-name"
+    assert answer.headers["x-babelgate-backend"] == "x1"
+
+
+def test_wildcard_route_passes_the_model_name_through(routing_gateway: RoutingGateway) -> None:
+    client = routing_gateway.client()
+    answer = _ask(client, "anthropic/claude-opus-9")
+    assert answer.parse().model == "claude-opus-9"
+    assert answer.headers["x-babelgate-requested-model"] == "anthropic/claude-opus-9"
+    failed_over = _ask(client, "openai/mini-7", fault("p1:503"))
+    assert failed_over.parse().model == "claude-mini-7"
+    assert failed_over.headers["x-babelgate-backend"] == "xa"
+    with pytest.raises(openai.NotFoundError):
+        _ask(client, "anthropic/")
+    listed = {m.id for m in client.models.list()}
+    assert "anthropic/*" not in listed and "alias-route" in listed
+
+
+def test_failover_success_rate_and_added_latency(routing_gateway: RoutingGateway,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """The figures for the closing note: the same route answered directly and after a failed first attempt."""
+    client = routing_gateway.client()
+    for _ in range(5):
+        _ask(client, "healthy-last")
+    plain, failed_over, ok = [], [], 0
+    for _ in range(40):
+        started = time.monotonic()
+        _ask(client, "healthy-last")
+        plain.append(time.monotonic() - started)
+        started = time.monotonic()
+        answer = _ask(client, "healthy-last", fault("p1:500"))
+        failed_over.append(time.monotonic() - started)
+        ok += answer.status_code == 200 and answer.headers["x-babelgate-backend"] == "h2"
+    assert ok == 40
+    with capsys.disabled():
+        print(f"\nfailover: 40/40 succeeded; p50 direct {statistics.median(plain) * 1000:.2f} ms, "
+              f"after one failed attempt {statistics.median(failed_over) * 1000:.2f} ms")
