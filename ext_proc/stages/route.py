@@ -176,6 +176,7 @@ class RouteStage:
         """Translate here and send straight to the backend: one gRPC stream for the whole request."""
         assert self._endpoint is not None
         attempt = AttemptStage(self._runtime)
+        attempt.push = self.push
         attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY))
         reply = attempt.on_request_body(message, body)

@@ -84,6 +84,8 @@ def _config(ports: dict[str, int], redis_url: str, client_key: str, team_key: st
         _route("dead-first", "h-dead", "h2", "h3"),
         _route("first-byte", "t1", "t2"),
         _route("idle", "i1", "i2"),
+        _route("idle-solo", "i1"),
+        _route("first-byte-solo", "t1"),
         _route("cooling", "c1", "c2"),
         {"model": "weighted", "policy": "weighted",
          "backends": [{"backend": "w1", "model": "a", "weight": 3}, {"backend": "w2", "model": "b", "weight": 1}]},
@@ -193,6 +195,39 @@ def test_stream_stalled_after_its_first_byte_ends_with_an_error_event(routing_ga
     assert received and received[0].model == "model-i1"  # part of the answer came, from the first backend only
     assert "sent nothing for 0.3s" in str(raised.value)
     assert "p2" not in "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+
+
+def test_single_backend_stream_stalled_after_its_first_byte_ends_with_an_error_event(
+        routing_gateway: RoutingGateway) -> None:
+    stream = routing_gateway.client().chat.completions.create(
+        model="idle-solo", messages=HELLO, stream=True, extra_headers=fault("p1:slow=2000"))
+    received = []
+    with pytest.raises(openai.APIError, match=r"sent nothing for 0\.3s"):
+        received.extend(stream)
+    assert received
+
+
+def test_anthropic_client_gets_an_anthropic_error_event_when_the_stream_stalls(
+        routing_gateway: RoutingGateway) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=routing_gateway.url + "/anthropic", api_key=routing_gateway.key,
+                                 max_retries=0, timeout=30)
+    with pytest.raises(anthropic.APIStatusError) as raised, client.messages.stream(
+            model="idle", max_tokens=50, messages=HELLO, extra_headers=fault("p1:slow=2000")) as stream:
+        for _ in stream:
+            pass
+    assert "sent nothing" in str(raised.value)
+
+
+def test_single_backend_stream_stalled_before_its_first_byte_is_a_json_504(routing_gateway: RoutingGateway) -> None:
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as raised:
+        routing_gateway.client().chat.completions.create(model="first-byte-solo", messages=HELLO, stream=True,
+                                                         extra_headers=fault("p1:stall=5000"))
+    assert raised.value.status_code == 504
+    assert raised.value.response.json()["error"]["type"]
+    assert time.monotonic() - started < 3
 
 
 def test_stream_that_keeps_flowing_is_not_cut_by_the_idle_limit(routing_gateway: RoutingGateway) -> None:
