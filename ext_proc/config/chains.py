@@ -74,22 +74,40 @@ def orders(backends: tuple[str, ...], length: int) -> list[tuple[str, ...]]:
 
 
 def retry_settings(route: ModelRoute, chain_length: int) -> RetrySettings:
+    """One attempt per backend of the order, unless the route sets `max_attempts` (then attempts past the order's
+    length go round it again)."""
     attempts = route.max_attempts or chain_length
-    outcomes = tuple(dict.fromkeys(route.retry_on))
-    return RetrySettings(retry_on=outcomes if set(outcomes) != set(DEFAULT_RETRY_ON) else DEFAULT_RETRY_ON,
+    outcomes = tuple(sorted(set(route.retry_on), key=lambda o: (isinstance(o, str), str(o))))
+    default = tuple(sorted(DEFAULT_RETRY_ON, key=lambda o: (isinstance(o, str), str(o))))
+    return RetrySettings(retry_on=DEFAULT_RETRY_ON if outcomes == default else outcomes,
                          retries=attempts - 1, deadline=route.deadline)
+
+
+def route_chain_sets(route: ModelRoute) -> dict[tuple[str, ...], dict[tuple[str, ...], ChainRoute]]:
+    """Per candidate set (the route's backends, then each rule's), every order Envoy is given for it.
+
+    Orders are cut to the route's attempt count. The `cost` policy may leave backends out (their context window is
+    too small), so a set it ranks also gets every shorter order, down to each backend alone."""
+    sets = [(tuple(entry.backend for entry in route.backends), route.policy)]
+    sets += [(tuple(rule.backends), rule.policy or route.policy) for rule in route.rules]
+    found: dict[tuple[str, ...], dict[tuple[str, ...], ChainRoute]] = {}
+    for backends, policy in sets:
+        length = min(len(backends), route.max_attempts or len(backends))
+        lengths = range(1, length + 1) if policy == "cost" else (length,)
+        table = found.setdefault(backends, {})
+        for cut in lengths:
+            for order in orders(backends, cut):
+                table.setdefault(order, ChainRoute(order, retry_settings(route, len(order))))
+    return found
 
 
 def route_chains(route: ModelRoute) -> dict[tuple[str, ...], ChainRoute]:
     """Every Envoy route a model route may send a request down, by backend order."""
-    sets = [tuple(entry.backend for entry in route.backends)] + [tuple(rule.backends) for rule in route.rules]
-    found: dict[tuple[str, ...], ChainRoute] = {}
-    for backends in sets:
-        retry = retry_settings(route, len(backends))
-        length = min(len(backends), route.max_attempts or len(backends))
-        for order in orders(backends, length):
-            found.setdefault(order, ChainRoute(order, retry))
-    return found
+    flat: dict[tuple[str, ...], ChainRoute] = {}
+    for table in route_chain_sets(route).values():
+        for order, chain in table.items():
+            flat.setdefault(order, chain)
+    return flat
 
 
 def all_chain_routes(config: Config) -> list[ChainRoute]:

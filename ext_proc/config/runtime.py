@@ -19,7 +19,7 @@ from ..providers import presets
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
 from ..routing.rules import CompiledRule
-from .chains import route_chains
+from .chains import route_chain_sets
 from .models import Backend, Config, ModelRoute, RoutingSettings
 
 
@@ -49,6 +49,7 @@ class BackendInfo:
 class ChainChoice:
     """What the route stage hands Envoy for one backend order."""
 
+    order: tuple[str, ...]
     name: str
     """The chain header value (the Envoy route)."""
     direct: bool
@@ -74,8 +75,9 @@ class RouteInfo:
     rules: tuple[CompiledRule, ...]
     chains: dict[tuple[str, ...], ChainChoice]
     """Every order Envoy knows for this route (already cut to the route's attempt count)."""
-    by_first: dict[str, ChainChoice]
-    """An order starting with each backend, for orders Envoy was not given (routes of many backends)."""
+    by_first: dict[tuple[tuple[str, ...], str], ChainChoice]
+    """(candidate set, backend) -> an order of that set starting with that backend, for orders Envoy was not given
+    (sets of many backends)."""
     attempts: dict[tuple[str, ...], int]
     """Orders are cut to this many backends, per candidate set (the route's backends, each rule's)."""
     translations: tuple[BackendInfo, ...]
@@ -93,8 +95,17 @@ class RouteInfo:
         return model
 
     def chain_for(self, order: list[str] | tuple[str, ...], candidates: tuple[str, ...]) -> ChainChoice:
+        """The Envoy route for this order; for an order Envoy was not given (a set of many backends), the given
+        order with the same first backend, or that backend alone if the former would try a backend this request
+        may not use (outside its rule's set, or left out by the `cost` policy)."""
         cut = tuple(order[:self.attempts[candidates]])
-        return self.chains.get(cut) or self.by_first[cut[0]]
+        exact = self.chains.get(cut)
+        if exact is not None:
+            return exact
+        similar = self.by_first[(candidates, cut[0])]
+        if set(similar.order) <= set(order):
+            return similar
+        return self.chains.get((cut[0],), similar)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +197,13 @@ class BackendHealth:
 def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendInfo]) -> RouteInfo:
     ids = tuple(entry.backend for entry in route.backends)
     models = {entry.backend: entry.model for entry in route.backends}
-    found = route_chains(route)
-    choices = {order: ChainChoice(chain.name, chain.direct, _first_byte_ms(order, backends))
-               for order, chain in found.items()}
-    by_first: dict[str, ChainChoice] = {}
-    for order, choice in choices.items():
-        by_first.setdefault(order[0], choice)
+    choices: dict[tuple[str, ...], ChainChoice] = {}
+    by_first: dict[tuple[tuple[str, ...], str], ChainChoice] = {}
+    for candidates, table in route_chain_sets(route).items():
+        for order, chain in table.items():
+            choice = choices.setdefault(
+                order, ChainChoice(order, chain.name, chain.direct, _first_byte_ms(order, backends)))
+            by_first.setdefault((candidates, order[0]), choice)
     candidate_sets = [ids, *(tuple(rule.backends) for rule in route.rules)]
     attempts = {candidates: min(len(candidates), route.max_attempts or len(candidates))
                 for candidates in candidate_sets}
@@ -214,7 +226,7 @@ def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendIn
 
 def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:
     limits = [limit for b in order if (limit := backends[b].settings.first_byte_timeout) is not None]
-    return str(int(1000 * max(limits))) if limits else None
+    return str(max(1, round(1000 * max(limits)))) if limits else None
 
 
 def _utc(moment: datetime) -> datetime:

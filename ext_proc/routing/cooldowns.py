@@ -42,9 +42,19 @@ class Cooldowns:
     def share_through(self, shared: SharedCooldowns) -> None:
         self._shared = shared
 
+    @property
+    def any(self) -> bool:
+        """Some backend is or was cooling lately (ended cooldowns are forgotten when next asked about)."""
+        return bool(self._until)
+
     def cooling(self, backend: str, now: float | None = None) -> bool:
         until = self._until.get(backend)
-        return until is not None and until > (time.time() if now is None else now)
+        if until is None:
+            return False
+        if until > (time.time() if now is None else now):
+            return True
+        del self._until[backend]
+        return False
 
     def cool(self, backend: str, seconds: float) -> None:
         until = time.time() + min(seconds, self.maximum)
@@ -54,8 +64,9 @@ class Cooldowns:
                 self._shared.publish(backend, until)
 
     def merge(self, shared: Mapping[str, float]) -> None:
+        now = time.time()
         for backend, until in shared.items():
-            if until > self._until.get(backend, 0.0):
+            if until > now and until > self._until.get(backend, 0.0):
                 self._until[backend] = until
 
     def on_response(self, backend: str, status: int, headers: Mapping[str, str]) -> None:

@@ -7,7 +7,6 @@ fails fast falls behind the others instead of looking quick.
 
 from __future__ import annotations
 
-
 FAILURE_PENALTY = 1.0
 SPIKE_LIMIT = 3.0
 

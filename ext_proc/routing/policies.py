@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from collections.abc import Mapping, Sequence
 
 from .cooldowns import Cooldowns
@@ -59,10 +60,13 @@ def cheapest_first(backends: Sequence[str], prices: Mapping[str, tuple[float, fl
 
 def cooled_last(order: list[str], cooldowns: Cooldowns) -> list[str]:
     """Backends in cooldown keep their relative order behind the others; none is dropped."""
-    warm = [b for b in order if not cooldowns.cooling(b)]
-    if len(warm) == len(order):
+    if len(order) < 2 or not cooldowns.any:
         return order
-    return warm + [b for b in order if cooldowns.cooling(b)]
+    now = time.time()
+    cooling = {b for b in order if cooldowns.cooling(b, now)}
+    if not cooling:
+        return order
+    return [b for b in order if b not in cooling] + [b for b in order if b in cooling]
 
 
 def rank(policy: str, backends: Sequence[str], *, weights: Mapping[str, float], sticky: str | None,

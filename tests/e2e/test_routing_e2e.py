@@ -102,6 +102,8 @@ def _config(ports: dict[str, int], redis_url: str, client_key: str, team_key: st
             {"when": {"metadata": {"purpose": "eval"}}, "backends": ["r3", "r1"]},
         ]),
         _route("capped", "m1", "m2", "m3", max_attempts=2),
+        _route("retried-solo", "m3", max_attempts=3),
+        _route("round-again", "m1", "m2", max_attempts=4),
         _route("no-429-failover", "m1", "m2", retry_on=[500, 502, 503, 504, "connect-failure", "reset"]),
         _route("deadline", "d1", "d2", deadline="700ms"),
         _route("ejecting", "e1", "e2"),
@@ -329,6 +331,20 @@ def test_max_attempts_bounds_the_failover(routing_gateway: RoutingGateway) -> No
     with pytest.raises(openai.InternalServerError) as raised:
         _ask(routing_gateway.client(), "capped", fault("p1:500,p2:500"))
     assert raised.value.response.headers["x-babelgate-attempts"] == "2"
+
+
+def test_single_backend_route_retries_its_backend(routing_gateway: RoutingGateway) -> None:
+    with pytest.raises(openai.InternalServerError) as raised:
+        _ask(routing_gateway.client(), "retried-solo", fault("p3:500"))
+    assert raised.value.response.headers["x-babelgate-attempts"] == "3"
+
+
+def test_more_attempts_than_backends_go_round_the_chain_again(routing_gateway: RoutingGateway) -> None:
+    with pytest.raises(openai.InternalServerError) as raised:
+        _ask(routing_gateway.client(), "round-again", fault("p1:500,p2:500"))
+    assert raised.value.response.headers["x-babelgate-attempts"] == "4"
+    answer = _ask(routing_gateway.client(), "round-again", fault("p1:500"))
+    assert (answer.headers["x-babelgate-backend"], answer.headers["x-babelgate-attempts"]) == ("m2", "2")
 
 
 def test_statuses_left_out_of_retry_on_are_returned_as_they_are(routing_gateway: RoutingGateway) -> None:
