@@ -68,9 +68,10 @@ def all_clusters(config: Config) -> list[Cluster]:
 def ext_proc_cluster(config: Config) -> Cluster:
     server = config.ext_proc
     ports = [server.port + i for i in range(server.processes)]
+    # A host name (a compose service, a Kubernetes Service) resolves to every replica: STRICT_DNS keeps them all.
     return Cluster(
         name=constants.EXT_PROC_CLUSTER,
-        type=ClusterDiscoveryType.STATIC,
+        type=ClusterDiscoveryType.STATIC if _is_ip(server.host) else ClusterDiscoveryType.STRICT_DNS,
         connect_timeout=timedelta(seconds=1),
         lb_policy=ClusterLbPolicy.LEAST_REQUEST,
         load_assignment=_assignment(constants.EXT_PROC_CLUSTER, [(server.host, port) for port in ports]),
