@@ -103,10 +103,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is None and config.ext_proc.processes > 1:
         return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
     port = args.port if args.port is not None else config.ext_proc.port
-    return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready)
+    return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready, config_path=Path(args.config))
 
 
-def _serve_one(runtime: object, address: str, report_ready: bool) -> int:
+def _serve_one(runtime: object, address: str, report_ready: bool, config_path: Path) -> int:
     from .server import RuntimeHolder, serve
 
     try:
@@ -120,7 +120,7 @@ def _serve_one(runtime: object, address: str, report_ready: bool) -> int:
         if report_ready:
             print(json.dumps({"port": port}), flush=True)
 
-    asyncio.run(serve(RuntimeHolder(runtime), address, on_ready=ready))  # type: ignore[arg-type]
+    asyncio.run(serve(RuntimeHolder(runtime), address, on_ready=ready, config_path=config_path))  # type: ignore[arg-type]
     return 0
 
 

@@ -12,6 +12,7 @@ import logging
 import signal
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +20,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from google.protobuf.message import DecodeError
 
 from . import constants
+from .config.loading import load_config
+from .config.reload import ConfigReloader
 from .config.runtime import Runtime
 from .errors import GatewayError, UpstreamError
 from .limits.store import StoreUnavailable
@@ -210,22 +213,41 @@ def _usage_method(holder: RuntimeHolder) -> MethodFactory:
     return unary(usage)
 
 
-async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then drain in-flight streams for a few seconds."""
+DRAIN_SECONDS = 10.0
+
+
+async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], None] | None = None,
+                config_path: Path | None = None, drain_seconds: float = DRAIN_SECONDS) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: health turns NOT_SERVING, streams in flight get up to
+    `drain_seconds` to finish, and settlements still running get the same again.
+
+    With `config_path`, the configuration reloads on SIGHUP and whenever a watched file changes."""
     server, health = build_server(holder)
     port = await server.start(address)
+    holder.current.health.cooldowns.start()
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task | None = None
+    if config_path is not None:
+        reloader = ConfigReloader(holder, config_path, load_config)
+        watcher = loop.create_task(reloader.watch())
+        loop.add_signal_handler(signal.SIGHUP, lambda: _keep_running(_reload(reloader)))
     _set_serving(health, SERVING)
     if on_ready is not None:
         on_ready(port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     _set_serving(health, NOT_SERVING)
-    await server.stop(grace=5)
+    await server.stop(grace=drain_seconds)
     if _closing:
-        await asyncio.wait(list(_closing), timeout=5)
+        await asyncio.wait(list(_closing), timeout=drain_seconds)
+
+
+async def _reload(reloader: ConfigReloader) -> None:
+    await reloader.reload("SIGHUP")
 
 
 def _set_serving(health: HealthService, status: int) -> None:

@@ -5,6 +5,7 @@ Built once per (re)load and swapped as a whole, so a request sees one consistent
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ class BackendInfo:
     base_path: str
     credential: Credential
     settings: Backend
+    secret_digest: str = ""
+    """Of the API key read at load: a reload keeps the credential object only if neither settings nor key changed."""
 
     def chat_request(self, body: dict, model: str, default_max_tokens: int) -> dict:
         """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...)."""
@@ -128,18 +131,28 @@ class Runtime:
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
-                    health: BackendHealth | None = None) -> Runtime:
+                    health: BackendHealth | None = None, previous: Runtime | None = None) -> Runtime:
+    """`previous`: the runtime a reload replaces. Its backend health, limiter store and unchanged credentials (with
+    their refresh threads) carry over; what it had and this one drops is listed by `retired_by`."""
     backends: dict[str, BackendInfo] = {}
     for index, backend in enumerate(config.backends):
         provider = providers.for_schema(backend.schema_)
         credential: Credential = StaticCredential()
+        digest = ""
         if load_secrets:
             secret = read_secret(backend.api_key, f"backends[{index}].api_key") if backend.api_key else None
-            credential = providers.credential_for(provider, backend, secret)
+            digest = hashlib.sha256(secret.encode()).hexdigest() if secret else ""
+            old = previous.backends.get(backend.id) if previous is not None else None
+            if old is not None and old.settings == backend and old.secret_digest == digest:
+                credential = old.credential
+            else:
+                credential = providers.credential_for(provider, backend, secret)
         backends[backend.id] = BackendInfo(
             id=backend.id, schema=backend.schema_, provider=provider, authority=backend.authority,
             origin=f"{backend.scheme}://{backend.authority}", base_path=backend.base_path, credential=credential,
-            settings=backend)
+            settings=backend, secret_digest=digest)
+    if previous is not None:
+        health = previous.health
 
     routes: dict[str, RouteInfo] = {}
     wildcards: list[RouteInfo] = []
@@ -165,7 +178,9 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
         if load_secrets and redis is not None and config.routing.share_cooldowns:
             password = read_secret(redis.password, "limits.redis.password") if redis.password else None
             health.cooldowns.share_through(shared_cooldowns(redis, password, health.cooldowns))
-    return Runtime(config=config, limiter=build_limiter(config, announce=announce) if load_secrets else None,
+    earlier = (previous.config, previous.limiter) if previous is not None and previous.limiter is not None else None
+    limiter = build_limiter(config, announce=announce, previous=earlier) if load_secrets else None
+    return Runtime(config=config, limiter=limiter,
                    keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
                    health=health,
                    public_models=tuple(r.model for r in config.routes if not r.is_wildcard),
@@ -173,6 +188,15 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    default_max_tokens=config.requests.default_max_tokens,
                    user_header=config.limits.user_header,
                    chars_per_token=config.limits.chars_per_token)
+
+
+def retired_by(old: Runtime, new: Runtime) -> list[object]:
+    """What `old` holds and `new` no longer uses: credentials (refresh threads) and the limiter's store."""
+    kept = {id(b.credential) for b in new.backends.values()}
+    retired: list[object] = [b.credential for b in old.backends.values() if id(b.credential) not in kept]
+    if old.limiter is not None and (new.limiter is None or new.limiter.store is not old.limiter.store):
+        retired.append(old.limiter.store)
+    return retired
 
 
 def find_route(runtime: Runtime, model: str) -> RouteInfo | None:

@@ -13,12 +13,18 @@ from .redis_store import RedisStore
 log = logging.getLogger(__name__)
 
 
-def build_limiter(config: Config, *, announce: bool = False) -> Limiter | None:
-    """None when no limit is configured anywhere: requests then skip the limiter entirely."""
+def build_limiter(config: Config, *, announce: bool = False, previous: tuple[Config, Limiter] | None = None
+                  ) -> Limiter | None:
+    """None when no limit is configured anywhere: requests then skip the limiter entirely.
+
+    `previous` (a reload): its store is kept when the store settings did not change, so counts carry over (the
+    in-memory store's included) and no new Redis pool is opened per reload."""
     tables = compile_tables(config)
     if tables.empty:
         return None
     settings = config.limits.redis
+    if previous is not None and previous[0].limits.redis == settings:
+        return Limiter(previous[1].store, tables, prefix=settings.key_prefix if settings else "bg:")
     if settings is None:
         if announce:
             log.warning("limits use the embedded in-memory store: exact within this process only%s; configure "

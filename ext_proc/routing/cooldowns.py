@@ -42,6 +42,11 @@ class Cooldowns:
     def share_through(self, shared: SharedCooldowns) -> None:
         self._shared = shared
 
+    def start(self) -> None:
+        """Begin reading the shared cooldowns (inside the server's event loop)."""
+        if self._shared is not None:
+            self._shared.start()
+
     @property
     def any(self) -> bool:
         """Some backend is or was cooling lately (ended cooldowns are forgotten when next asked about)."""

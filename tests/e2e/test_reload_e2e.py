@@ -1,0 +1,186 @@
+"""Hot reload through the real Envoy: config and keys rewritten under traffic, two ext_proc processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from ext_proc.auth.virtual_keys import generate_key, hash_key
+from ext_proc.config.loading import load_config
+from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
+from ext_proc.launch.stack import Stack, start_stack
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+@dataclass
+class Reloadable:
+    stack: Stack
+    config_path: Path
+    keys_path: Path
+    base: dict
+    keys: dict[str, str]
+    log_dir: Path
+    written: list[int] = field(default_factory=list)
+
+    def client(self, key_id: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.stack.url + "/v1", api_key=self.keys[key_id], max_retries=0, timeout=20)
+
+    def write_config(self, backend_model: str, broken: bool = False) -> None:
+        data = {**self.base, "routes": [{"model": "m", "aliases": ["m-alias"],
+                                         "backends": [{"backend": "p", "model": backend_model}]}]}
+        text = yaml.safe_dump(data, sort_keys=False) + ("routes: [unclosed\n" if broken else "")
+        _replace(self.config_path, text)
+
+    def write_keys(self, *key_ids: str) -> None:
+        _replace(self.keys_path, yaml.safe_dump([{"id": k, "hash": hash_key(self.keys[k])} for k in key_ids]))
+
+
+def _replace(path: Path, text: str) -> None:
+    """The way editors and ConfigMap updates write: a new file renamed over the old one."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@pytest.fixture(scope="module")
+def reloadable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloadable]:
+    workdir = tmp_path_factory.mktemp("reload")
+    supervisor = Supervisor(log_dir=workdir)
+    try:
+        _, ready = supervisor.start_reporting("provider", python_module(
+            "ext_proc.demo", "--kind", "openai", "--name", "p", "--port", "0", "--api-key", "sk-reload"))
+        (workdir / "provider.key").write_text("sk-reload\n")
+        base = {
+            "listener": {"port": free_port(), "admin_port": free_port()},
+            "ext_proc": {"port": free_port_run(2), "processes": 2},
+            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{ready['port']}/v1",
+                          "api_key": {"file": "provider.key"}}],
+            "keys_file": "keys.yaml",
+        }
+        keys = {name: generate_key() for name in ("alice", "bob")}
+        reloadable = Reloadable(None, workdir / "config.yaml", workdir / "keys.yaml", base, keys, workdir)  # type: ignore[arg-type]
+        reloadable.write_keys("alice", "bob")
+        reloadable.write_config("v0")
+        reloadable.stack = start_stack(load_config(reloadable.config_path), reloadable.config_path, workdir,
+                                       supervisor)
+        yield reloadable
+    finally:
+        supervisor.stop_all()
+
+
+def _model(client: openai.OpenAI) -> str:
+    return client.chat.completions.create(model="m", messages=HELLO).model
+
+
+def _wait_for_model(client: openai.OpenAI, expected: str, within: float = 5.0) -> float:
+    started = time.monotonic()
+    while True:
+        # both processes must have it: several answers in a row
+        if all(_model(client) == expected for _ in range(4)):
+            return time.monotonic() - started
+        assert time.monotonic() - started < within, f"{expected} never served"
+        time.sleep(0.05)
+
+
+def test_twenty_reloads_under_traffic_lose_no_request(reloadable: Reloadable) -> None:
+    failures: list[str] = []
+    served = 0
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal served
+        client = reloadable.client("alice")
+        while not stop.is_set():
+            try:
+                stream = client.chat.completions.create(model="m-alias", messages=HELLO, stream=True)
+                assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+                client.chat.completions.create(model="m", messages=HELLO)
+                served += 2
+            except Exception as exc:  # every failure is a finding
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=traffic) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        observer = reloadable.client("alice")
+        for version in range(1, 21):
+            reloadable.write_config(f"v{version}")
+            _wait_for_model(observer, f"v{version}")
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+    assert not failures, failures[:5]
+    assert served > 100
+
+
+def test_revoked_key_is_refused_within_a_second(reloadable: Reloadable) -> None:
+    bob = reloadable.client("bob")
+    assert _model(bob)
+    reloadable.write_keys("alice")
+    revoked = time.monotonic()
+    while True:
+        try:
+            _model(bob)
+        except openai.AuthenticationError:
+            break
+        assert time.monotonic() - revoked < 1.0, "the revoked key still works after a second"
+        time.sleep(0.02)
+    for _ in range(6):  # and stays refused, whichever process answers
+        with pytest.raises(openai.AuthenticationError):
+            _model(bob)
+    assert _model(reloadable.client("alice"))
+    reloadable.write_keys("alice", "bob")
+    restored = time.monotonic()
+    while True:
+        try:
+            if all(_model(bob) for _ in range(4)):
+                break
+        except openai.AuthenticationError:
+            assert time.monotonic() - restored < 2.0
+            time.sleep(0.02)
+
+
+def test_invalid_config_is_rejected_and_the_running_one_stays(reloadable: Reloadable) -> None:
+    alice = reloadable.client("alice")
+    current = _model(alice)
+    reloadable.write_config("never-served", broken=True)
+    time.sleep(1.0)
+    assert {_model(alice) for _ in range(6)} == {current}
+    logs = "".join(path.read_text() for path in reloadable.log_dir.glob("ext_proc-*.log"))
+    assert "config reload (a watched file changed) rejected, keeping the running configuration" in logs
+    reloadable.write_config("after-the-fix")
+    _wait_for_model(alice, "after-the-fix")
+
+
+def test_provider_key_file_rotation_takes_effect_without_a_restart(reloadable: Reloadable) -> None:
+    alice = reloadable.client("alice")
+    _replace(reloadable.log_dir / "provider.key", "sk-wrong\n")
+    deadline = time.monotonic() + 5
+    while True:  # the demo provider only accepts sk-reload: the rotated key is in use once requests fail
+        try:
+            _model(alice)
+        except openai.APIStatusError as exc:
+            assert exc.status_code in (401, 502)
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _replace(reloadable.log_dir / "provider.key", "sk-reload\n")
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            _model(alice)
+            break
+        except openai.APIStatusError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
