@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -146,6 +147,7 @@ def _up(args: argparse.Namespace) -> int:
     from .config.loading import load_config
     from .config.runtime import compile_runtime
     from .launch.processes import Supervisor
+    from .launch.reload import StackReloader
     from .launch.stack import start_stack
 
     supervisor = Supervisor()
@@ -164,7 +166,8 @@ def _up(args: argparse.Namespace) -> int:
         compile_runtime(config)  # fail here, with a clear message, if a secret is missing
         stack = start_stack(config, config_path, workdir, supervisor, env=env)
         _print_banner(stack.url, key, config)
-        _wait_for_signal(supervisor)
+        watcher = StackReloader(stack, Path(config_path), lambda path: _with_overrides(load_config(path), args))
+        _wait_for_signal(supervisor, on_tick=watcher.tick, on_hangup=watcher.hangup)
     finally:
         supervisor.stop_all()
     return 0
@@ -220,17 +223,34 @@ Models: {models}
 """, flush=True)
 
 
-def _wait_for_signal(supervisor: object) -> None:
+def _wait_for_signal(supervisor: object, on_tick: Callable[[], None] | None = None,
+                     on_hangup: Callable[[], None] | None = None) -> None:
+    """Until SIGTERM/SIGINT. SIGHUP is passed on to every child (the servers reload their config) and to
+    `on_hangup`."""
     stop = False
+    hangups = 0
 
     def request_stop(signum: int, frame: object) -> None:
         nonlocal stop
         stop = True
 
+    def hangup(signum: int, frame: object) -> None:
+        nonlocal hangups
+        hangups += 1
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, hangup)
+    handled = 0
     while not stop:
         supervisor.check()  # type: ignore[attr-defined]
+        if hangups != handled:
+            handled = hangups
+            supervisor.signal_all(signal.SIGHUP, skip=("envoy",))  # type: ignore[attr-defined]
+            if on_hangup is not None:
+                on_hangup()
+        if on_tick is not None:
+            on_tick()
         time.sleep(0.2)
     log.info("stopping")
 

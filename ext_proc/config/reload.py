@@ -51,7 +51,7 @@ def watched_files(config: Config, config_path: Path) -> list[Path]:
     return files
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def file_signature(path: Path) -> tuple[int, int, int] | None:
     """Changes when the file is rewritten in place or replaced (a Kubernetes ConfigMap swaps a symlink)."""
     try:
         stat = os.stat(path)
@@ -74,7 +74,7 @@ class ConfigReloader:
         self.rejections = 0
 
     def _snapshot(self) -> dict[Path, tuple[int, int, int] | None]:
-        return {path: _signature(path) for path in watched_files(self._holder.current.config, self._path)}
+        return {path: file_signature(path) for path in watched_files(self._holder.current.config, self._path)}
 
     async def watch(self) -> None:
         """Poll the watched files; a change triggers a reload (an editor's save is several writes: wait for quiet)."""

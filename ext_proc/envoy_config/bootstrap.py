@@ -28,6 +28,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
     HttpFilter,
+    Rds,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import DownstreamConnectionsConfig
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
@@ -43,10 +44,11 @@ from .clusters import all_clusters
 from .filters import local_reply_config, route_stage_filter
 
 
-def render_bootstrap(config: Config) -> Bootstrap:
+def render_bootstrap(config: Config, routes_from: Rds | None = None) -> Bootstrap:
     return Bootstrap(
         admin=Admin(address=_address("127.0.0.1", config.listener.admin_port)),
-        static_resources=BootstrapStaticResources(listeners=[listener(config)], clusters=all_clusters(config)),
+        static_resources=BootstrapStaticResources(listeners=[listener(config, routes_from)],
+                                                  clusters=all_clusters(config)),
         overload_manager=OverloadManager(resource_monitors=[ResourceMonitor(
             name="envoy.resource_monitors.global_downstream_max_connections",
             typed_config=Any.pack(DownstreamConnectionsConfig(
@@ -69,11 +71,16 @@ def _proto_field_names(value: object) -> object:
     return value
 
 
-def listener(config: Config) -> Listener:
+proto_field_names = _proto_field_names
+
+
+def listener(config: Config, routes_from: Rds | None = None) -> Listener:
+    """`routes_from`: routes come from RDS (`babelgate up` reloads them from a file) instead of being inline."""
     manager = HttpConnectionManager(
         stat_prefix="babelgate",
         codec_type=HttpConnectionManagerCodecType.AUTO,
-        route_config=route_configuration(config),
+        route_config=None if routes_from is not None else route_configuration(config),
+        rds=routes_from,
         http_filters=[
             route_stage_filter(config),
             HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(Router())),

@@ -83,6 +83,12 @@ class Supervisor:
             if not child.alive():
                 raise LaunchError(f"{child.name} exited with code {child.process.returncode}\n{child.log_tail()}")
 
+    def signal_all(self, sig: int, skip: Sequence[str] = ()) -> None:
+        for child in self.children:
+            if child.name not in skip and child.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(sig)
+
     def stop_all(self, timeout: float = 10.0) -> None:
         for child in reversed(self.children):
             if child.alive():

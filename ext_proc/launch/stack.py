@@ -7,14 +7,19 @@ wiring users run.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import envoy as envoy_wheel
 
 from ..config.models import Config
-from ..envoy_config.bootstrap import render_yaml
+from ..envoy_config.xds_files import bootstrap_yaml, write_resources
 from .processes import LaunchError, Supervisor, python_module, wait_for_envoy
+
+SETTLE_SECONDS = 3.0
+"""After a reload, how long Envoy keeps the old routes and clusters next to the new ones: every ext_proc server has
+read the new config by then (they poll it four times a second)."""
 
 
 @dataclass
@@ -22,6 +27,9 @@ class Stack:
     config: Config
     envoy_config_path: Path
     supervisor: Supervisor
+    xds_directory: Path
+    version: int = 1
+    _settling: tuple[Config, float] | None = None
 
     @property
     def url(self) -> str:
@@ -29,6 +37,22 @@ class Stack:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
+
+    def apply(self, config: Config) -> None:
+        """Give Envoy the routes and clusters of `config`, next to the running ones until the servers caught up
+        (`settle` drops the old ones). Listener, admin and ext_proc settings need a restart."""
+        self.version += 1
+        write_resources(self.xds_directory, [self.config, config], self.version)
+        self._settling = (config, time.monotonic() + SETTLE_SECONDS)
+
+    def settle(self, now: float | None = None) -> None:
+        if self._settling is None or (now if now is not None else time.monotonic()) < self._settling[1]:
+            return
+        config, _ = self._settling
+        self._settling = None
+        self.version += 1
+        write_resources(self.xds_directory, [config], self.version)
+        self.config = config
 
 
 def envoy_binary() -> str:
@@ -52,11 +76,14 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
             python_module("ext_proc", "serve", "-c", str(config_path), "--port", str(port), "--report-ready"),
             env=env)
     envoy_config_path = workdir / "envoy.yaml"
-    envoy_config_path.write_text(render_yaml(config))
+    xds_directory = workdir / "xds"
+    write_resources(xds_directory, [config], 1)
+    envoy_config_path.write_text(bootstrap_yaml(config, xds_directory))
     supervisor.start("envoy", envoy_argv(envoy_config_path, envoy_log_level, envoy_workers))
     try:
         wait_for_envoy(config.listener.admin_port, timeout=30, supervisor=supervisor)
     except LaunchError:
         supervisor.stop_all()
         raise
-    return Stack(config=config, envoy_config_path=envoy_config_path, supervisor=supervisor)
+    return Stack(config=config, envoy_config_path=envoy_config_path, supervisor=supervisor,
+                 xds_directory=xds_directory)

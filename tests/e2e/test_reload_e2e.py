@@ -184,3 +184,71 @@ def test_provider_key_file_rotation_takes_effect_without_a_restart(reloadable: R
         except openai.APIStatusError:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_up_gives_envoy_new_routes_and_clusters_without_dropping_traffic(tmp_path: Path) -> None:
+    """`babelgate up -c`: a new backend and a two-backend route appear while a client keeps its connections busy."""
+    supervisor = Supervisor(log_dir=tmp_path)
+    try:
+        ports = {}
+        for name in ("first", "second"):
+            _, ready = supervisor.start_reporting(name, python_module(
+                "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", "sk-up"))
+            ports[name] = ready["port"]
+        key = generate_key()
+        listen = free_port()
+        config = {
+            "listener": {"port": listen, "admin_port": free_port()}, "ext_proc": {"port": free_port()},
+            "backends": [{"id": "first", "schema": "openai", "base_url": f"http://127.0.0.1:{ports['first']}/v1",
+                          "api_key": {"env": "UP_KEY"}}],
+            "routes": [{"model": "old", "backends": [{"backend": "first", "model": "f"}]}],
+            "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
+        }
+        path = tmp_path / "babelgate.yaml"
+        _replace(path, yaml.safe_dump(config))
+        supervisor.start("up", python_module("ext_proc", "up", "-c", str(path)), env={"UP_KEY": "sk-up"})
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{listen}/v1", api_key=key, max_retries=0, timeout=20)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.chat.completions.create(model="old", messages=HELLO)
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    client.chat.completions.create(model="old", messages=HELLO)
+                except Exception as exc:  # every failure is a finding
+                    failures.append(repr(exc))
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        try:
+            config["backends"].append({"id": "second", "schema": "openai", "api_key": {"env": "UP_KEY"},
+                                       "base_url": f"http://127.0.0.1:{ports['second']}/v1"})
+            config["routes"].append({"model": "new", "backends": [{"backend": "second", "model": "s"},
+                                                                  {"backend": "first", "model": "f"}]})
+            _replace(path, yaml.safe_dump(config))
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="new", messages=HELLO, extra_headers={"x-demo-fault": "second:500"})
+                    break
+                except openai.APIStatusError:
+                    assert time.monotonic() < deadline, "the new route never worked"
+                    time.sleep(0.1)
+            assert (raw.headers["x-babelgate-backend"], raw.headers["x-babelgate-attempts"]) == ("first", "2")
+            time.sleep(4)  # past the settle time: Envoy drops the old-only routes
+            assert client.chat.completions.create(model="new", messages=HELLO).model == "s"
+        finally:
+            stop.set()
+            worker.join(30)
+        assert not failures, failures[:5]
+    finally:
+        supervisor.stop_all()

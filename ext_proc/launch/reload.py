@@ -1,0 +1,56 @@
+"""`babelgate up` follows its config file: on a change (or SIGHUP) Envoy gets the new routes and clusters through
+its watched files, while each ext_proc server reloads the same file on its own (see `config/reload.py`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ..auth.credentials import read_secret
+from ..config.models import Config
+from ..config.reload import file_signature, watched_files
+from .stack import Stack
+
+log = logging.getLogger(__name__)
+
+
+class StackReloader:
+    def __init__(self, stack: Stack, config_path: Path, load: Callable[[Path], Config]) -> None:
+        self._stack = stack
+        self._path = config_path
+        self._load = load
+        self._seen = self._snapshot(stack.config)
+
+    def _snapshot(self, config: Config) -> dict[Path, tuple[int, int, int] | None]:
+        return {path: file_signature(path) for path in watched_files(config, self._path)}
+
+    def tick(self) -> None:
+        """Called a few times a second by the supervising loop."""
+        self._stack.settle()
+        if self._snapshot(self._stack.config) != self._seen:
+            self.reload("the config file changed")
+
+    def hangup(self) -> None:
+        self.reload("SIGHUP")
+
+    def reload(self, reason: str) -> bool:
+        self._seen = self._snapshot(self._stack.config)
+        try:
+            config = self._load(self._path)
+            for index, backend in enumerate(config.backends):  # what the servers would refuse, Envoy refuses too
+                if backend.api_key is not None:
+                    read_secret(backend.api_key, f"backends[{index}].api_key")
+        except Exception as exc:  # the running configuration stays; the message says why
+            log.error("config reload (%s) rejected, keeping the running configuration: %s", reason,
+                      str(exc) or type(exc).__name__)
+            return False
+        running = self._stack.config
+        if config.listener != running.listener or config.ext_proc != running.ext_proc:
+            log.warning("listener and ext_proc settings changed: they take effect at the next restart")
+            config = config.model_copy(update={"listener": running.listener, "ext_proc": running.ext_proc})
+        self._stack.apply(config)
+        self._seen = self._snapshot(config)
+        log.info("Envoy routes and clusters reloaded (%s)", reason)
+        return True
+
