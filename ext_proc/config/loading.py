@@ -104,6 +104,10 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
             holder[key] = str(base_dir / value)
 
     fix(data, "keys_file")
+    listener = data.get("listener")
+    if isinstance(listener, dict) and isinstance(listener.get("tls"), dict):
+        fix(listener["tls"], "cert_file")
+        fix(listener["tls"], "key_file")
     redis = (data.get("limits") or {}).get("redis") if isinstance(data.get("limits"), dict) else None
     if isinstance(redis, dict):
         fix(redis, "ca_file")

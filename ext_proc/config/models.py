@@ -356,7 +356,15 @@ class VirtualKey(_Strict):
         return value
 
 
+class ListenerTls(_Strict):
+    """TLS on the client-facing listener (HTTP/2 and HTTP/1.1 offered by ALPN)."""
+
+    cert_file: Path = Field(description="PEM certificate chain.")
+    key_file: Path = Field(description="PEM private key.")
+
+
 class Listener(_Strict):
+    tls: ListenerTls | None = None
     host: str = "127.0.0.1"
     port: int = Field(constants.DEFAULT_LISTEN_PORT, ge=0, le=65535)
     admin_port: int = Field(constants.DEFAULT_ADMIN_PORT, ge=0, le=65535)

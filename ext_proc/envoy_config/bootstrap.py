@@ -7,7 +7,14 @@ from datetime import timedelta
 import betterproto2
 import yaml
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
-from envoy_data_plane.envoy.config.core.v3 import Address, DataSource, HeaderValue, HeaderValueOption, SocketAddress
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    SocketAddress,
+    TransportSocket,
+)
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
 from envoy_data_plane.envoy.config.route.v3 import (
@@ -33,12 +40,17 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import DownstreamConnectionsConfig
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.retry.priority.previous_priorities.v3 import PreviousPrioritiesConfig
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+)
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
 from ..config.chains import ChainRoute, all_chain_routes, deadline
-from ..config.models import Backend, Config
+from ..config.models import Backend, Config, ListenerTls
 from ..errors import NotFound
 from .clusters import all_clusters
 from .filters import local_reply_config, route_stage_filter
@@ -90,9 +102,18 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
     return Listener(
         name="babelgate",
         address=_address(config.listener.host, config.listener.port),
-        filter_chains=[FilterChain(filters=[Filter(
-            name="envoy.filters.network.http_connection_manager", typed_config=Any.pack(manager))])],
+        filter_chains=[FilterChain(
+            filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=Any.pack(manager))],
+            transport_socket=_listener_tls(config.listener.tls) if config.listener.tls is not None else None)],
     )
+
+
+def _listener_tls(tls: ListenerTls) -> TransportSocket:
+    context = DownstreamTlsContext(common_tls_context=CommonTlsContext(
+        alpn_protocols=["h2", "http/1.1"],
+        tls_certificates=[TlsCertificate(certificate_chain=DataSource(filename=str(tls.cert_file)),
+                                         private_key=DataSource(filename=str(tls.key_file)))]))
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
 
 
 def route_configuration(config: Config) -> RouteConfiguration:

@@ -33,7 +33,8 @@ class Stack:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.listener.host}:{self.config.listener.port}"
+        scheme = "https" if self.config.listener.tls is not None else "http"
+        return f"{scheme}://{self.config.listener.host}:{self.config.listener.port}"
 
     def stop(self) -> None:
         self.supervisor.stop_all()

@@ -1,0 +1,88 @@
+"""TLS on Envoy's client-facing listener: the official SDK trusting a test CA, HTTP/1.1 and HTTP/2."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from ext_proc.auth.virtual_keys import generate_key, hash_key
+from ext_proc.config.loading import load_config
+from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.stack import Stack, start_stack
+
+from .certs import make_ca_and_server_cert
+
+HOSTNAME = "localhost"
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str, Path]]:
+    workdir = tmp_path_factory.mktemp("tls-listener")
+    ca, cert, key_file = make_ca_and_server_cert(workdir, HOSTNAME)
+    supervisor = Supervisor(log_dir=workdir)
+    try:
+        _, ready = supervisor.start_reporting("provider", python_module(
+            "ext_proc.demo", "--kind", "openai", "--name", "p", "--port", "0", "--api-key", "sk-tls"))
+        key = generate_key()
+        config = {
+            "listener": {"port": free_port(), "admin_port": free_port(),
+                         "tls": {"cert_file": cert.name, "key_file": key_file.name}},  # relative to the config
+            "ext_proc": {"port": free_port()},
+            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{ready['port']}/v1",
+                          "api_key": {"env": "TLS_PROVIDER_KEY"}}],
+            "routes": [{"model": "m", "backends": [{"backend": "p", "model": "served"}]}],
+            "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
+        }
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        stack = start_stack(load_config(path), path, workdir, supervisor, env={"TLS_PROVIDER_KEY": "sk-tls"})
+        yield stack, key, ca
+    finally:
+        supervisor.stop_all()
+
+
+def _url(stack: Stack) -> str:
+    return f"https://{HOSTNAME}:{stack.config.listener.port}"
+
+
+def test_stack_url_says_https(tls_gateway: tuple[Stack, str, Path]) -> None:
+    stack, _, _ = tls_gateway
+    assert stack.url.startswith("https://")
+
+
+def test_openai_sdk_over_tls_trusting_the_test_ca(tls_gateway: tuple[Stack, str, Path]) -> None:
+    stack, key, ca = tls_gateway
+    http = httpx.Client(verify=ssl.create_default_context(cafile=str(ca)))
+    client = openai.OpenAI(base_url=_url(stack) + "/v1", api_key=key, max_retries=0, timeout=20, http_client=http)
+    assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).model == "served"
+    chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_http2_is_offered(tls_gateway: tuple[Stack, str, Path]) -> None:
+    stack, key, ca = tls_gateway
+    with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=str(ca))) as http:
+        response = http.post(_url(stack) + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                             json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200 and response.http_version == "HTTP/2"
+
+
+def test_a_client_without_the_ca_is_refused(tls_gateway: tuple[Stack, str, Path]) -> None:
+    stack, key, _ = tls_gateway
+    client = openai.OpenAI(base_url=_url(stack) + "/v1", api_key=key, max_retries=0, timeout=10)
+    with pytest.raises(openai.APIConnectionError):
+        client.models.list()
+
+
+def test_plain_http_gets_no_answer(tls_gateway: tuple[Stack, str, Path]) -> None:
+    stack, key, _ = tls_gateway
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{stack.config.listener.port}/v1/models",
+                  headers={"authorization": f"Bearer {key}"}, timeout=5)
