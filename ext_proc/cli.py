@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     render = commands.add_parser("render", help="print the Envoy config for a Babelgate config")
     render.add_argument("-c", "--config", type=Path, required=True)
     render.add_argument("-o", "--output", type=Path)
+    what = render.add_mutually_exclusive_group()
+    what.add_argument("--filters-only", action="store_true",
+                      help="the HTTP filter, routes and clusters to paste into an Envoy config of your own")
+    what.add_argument("--istio", choices=("gateway", "sidecar"),
+                      help="Istio objects (EnvoyFilter, ServiceEntry, DestinationRule, Deployment, Service)")
+    render.add_argument("--namespace", default="babelgate", help="--istio: namespace of the ext_proc Service")
+    render.add_argument("--image", default="babelgate:latest", help="--istio: the ext_proc server image")
     render.set_defaults(handler=_render)
 
     check = commands.add_parser("check", help="validate a config, its secrets, and the rendered Envoy config")
@@ -261,7 +268,18 @@ def _render(args: argparse.Namespace) -> int:
     from .config.loading import load_config
     from .envoy_config.bootstrap import render_yaml
 
-    text = render_yaml(load_config(args.config))
+    config = load_config(args.config)
+    if args.filters_only:
+        from .envoy_config.snippets import filters_only_yaml
+
+        text = filters_only_yaml(config)
+    elif args.istio:
+        from .envoy_config.istio import render_istio_yaml
+
+        text = render_istio_yaml(config, placement=args.istio, namespace=args.namespace, image=args.image,
+                                 config_text=args.config.read_text())
+    else:
+        text = render_yaml(config)
     if args.output:
         args.output.write_text(text)
     else:

@@ -25,6 +25,8 @@ ENVOY_PER_TRY_TIMEOUT_HEADER = "x-envoy-upstream-rq-per-try-timeout-ms"
 STAGE_METADATA_KEY = "x-babelgate-stage"
 """gRPC initial metadata that tells the server which stage a stream belongs to."""
 STAGE_ROUTE = "route"
+ROUTE_STAGE_FILTER = "babelgate.route_stage"
+"""The route stage's HTTP filter name (per-route config refers to it)."""
 STAGE_ATTEMPT = "attempt"
 
 METADATA_NAMESPACE = "babelgate"

@@ -94,7 +94,7 @@ def route_stage_filter(config: Config) -> HttpFilter:
                            # to BUFFERED/STREAMED per answer
                            allow_mode_override=True,
                            mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True))
-    return HttpFilter(name="babelgate.route_stage", typed_config=Any.pack(processor))
+    return HttpFilter(name=constants.ROUTE_STAGE_FILTER, typed_config=Any.pack(processor))
 
 
 def attempt_stage_filter(config: Config) -> HttpFilter:
@@ -126,11 +126,19 @@ def local_reply_config() -> LocalReplyConfig:
             body_format_override=_error_format(status_error_type(status)))
         for status in _TYPED_STATUSES
     ]
-    mappers.append(ResponseMapper(filter=not_ours, body_format_override=_error_format("gateway_error")))
+    # Only errors: a user's own `direct_response` routes (next to Babelgate's) keep their bodies.
+    errors = AccessLogFilter(and_filter=AndFilter(filters=[not_ours, _status_at_least(400)]))
+    mappers.append(ResponseMapper(filter=errors, body_format_override=_error_format("gateway_error")))
     return LocalReplyConfig(mappers=mappers)
 
 
 _TYPED_STATUSES = (400, 404, 408, 413, 429, 431, 500, 502, 503, 504)
+
+
+def _status_at_least(status: int) -> AccessLogFilter:
+    return AccessLogFilter(status_code_filter=StatusCodeFilter(comparison=ComparisonFilter(
+        op=ComparisonFilterOp.GE,
+        value=RuntimeUInt32(default_value=status, runtime_key="babelgate.local_reply.errors_from"))))
 
 
 def _status_is(status: int) -> AccessLogFilter:

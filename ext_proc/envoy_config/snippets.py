@@ -1,0 +1,59 @@
+"""`babelgate render --filters-only`: the pieces a user pastes into an Envoy config of their own.
+
+Four pieces, each in the shape of the Envoy field it goes into: the route-stage HTTP filter (before the router), the
+chain routes (at the front of the virtual host that serves OpenAI-format traffic), the clusters (the ext_proc
+servers, each backend, each chain with the attempt stage as its upstream filter), and the local-reply mapper that
+gives Envoy's own errors the OpenAI shape. Routes of the user's that carry other traffic switch the route stage off
+with the per-route config printed alongside.
+"""
+
+from __future__ import annotations
+
+import betterproto2
+import yaml
+
+from .. import constants
+from ..config.models import Config
+from .bootstrap import proto_field_names, route_configuration
+from .clusters import all_clusters
+from .filters import local_reply_config, route_stage_filter
+
+_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+
+_GUIDE = """\
+# Babelgate for an existing Envoy (rendered by `babelgate render --filters-only`; edit the Babelgate config instead).
+#
+# 1. http_filters: put `babelgate.route_stage` in your HttpConnectionManager's http_filters, before
+#    envoy.filters.http.router.
+# 2. routes: put these at the front of the virtual host that receives OpenAI-format requests; they only match
+#    requests the route stage has chosen a chain for (header x-babelgate-int-chain). The last one (`unrouted`) is a
+#    catch-all 404: leave it out if your own routes follow.
+# 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc).
+# 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional).
+# 5. disable_on_other_routes: add it as `typed_per_filter_config` to each of your routes that carries other traffic,
+#    so the route stage leaves those requests alone.
+# 6. virtual_host_settings: set these on that virtual host (request bodies up to the configured size are buffered
+#    for translation; the attempt counts feed x-babelgate-attempts).
+"""
+
+
+def filters_only(config: Config) -> dict:
+    host = route_configuration(config).virtual_hosts[0]
+    routes = host.routes
+    return {
+        "http_filters": [_plain(route_stage_filter(config))],
+        "routes": [_plain(route) for route in routes],
+        "clusters": [_plain(cluster) for cluster in all_clusters(config)],
+        "local_reply_config": _plain(local_reply_config()),
+        "virtual_host_settings": {"request_body_buffer_limit": config.requests.max_body_bytes,
+                                  "include_request_attempt_count": True, "include_attempt_count_in_response": True},
+        "disable_on_other_routes": {constants.ROUTE_STAGE_FILTER: {"@type": _PER_ROUTE_TYPE, "disabled": True}},
+    }
+
+
+def filters_only_yaml(config: Config) -> str:
+    return _GUIDE + yaml.safe_dump(filters_only(config), sort_keys=False, width=120)
+
+
+def _plain(message: betterproto2.Message) -> dict:
+    return proto_field_names(message.to_dict(casing=betterproto2.Casing.SNAKE))  # type: ignore[return-value]
