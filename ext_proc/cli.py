@@ -22,6 +22,9 @@ from . import constants
 
 log = logging.getLogger("babelgate")
 
+DRAIN_SECONDS = 10.0
+"""On SIGTERM, `babelgate up` lets requests in flight (streams included) finish for this long before stopping."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -175,6 +178,9 @@ def _up(args: argparse.Namespace) -> int:
         _print_banner(stack.url, key, config)
         watcher = StackReloader(stack, Path(config_path), lambda path: _with_overrides(load_config(path), args))
         _wait_for_signal(supervisor, on_tick=watcher.tick, on_hangup=watcher.hangup)
+        left = stack.drain(timeout=DRAIN_SECONDS)
+        if left:
+            log.warning("%d requests were still in flight after %.0fs of draining", left, DRAIN_SECONDS)
     finally:
         supervisor.stop_all()
     return 0

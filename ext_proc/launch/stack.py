@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,30 @@ class Stack:
 
     def stop(self) -> None:
         self.supervisor.stop_all()
+
+    def drain(self, timeout: float) -> int:
+        """Stop taking new connections and wait, up to `timeout` seconds, for the requests in flight to finish
+        (streams included); then the processes can be stopped. Returns the requests still active at the end."""
+        admin = f"http://127.0.0.1:{self.config.listener.admin_port}"
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{admin}/drain_listeners?graceful", method="POST"),
+                                   timeout=2).close()
+        except OSError:
+            return 0
+        deadline = time.monotonic() + timeout
+        active = 0
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{admin}/stats?filter=downstream_rq_active", timeout=2) as response:
+                    text = response.read().decode()
+            except OSError:
+                return 0
+            active = sum(int(line.rpartition(":")[2]) for line in text.splitlines()
+                         if line.startswith("http.babelgate.downstream_rq_active:"))
+            if active == 0:
+                return 0
+            time.sleep(0.1)
+        return active
 
     def apply(self, config: Config) -> None:
         """Give Envoy the routes and clusters of `config`, next to the running ones until the servers caught up
