@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="Istio objects (EnvoyFilter, ServiceEntry, DestinationRule, Deployment, Service)")
     render.add_argument("--namespace", default="babelgate", help="--istio: namespace of the ext_proc Service")
     render.add_argument("--image", default="babelgate:latest", help="--istio: the ext_proc server image")
+    render.add_argument("--gateway-host", default="llm.example.com",
+                        help="--istio gateway: the host name clients call")
+    render.add_argument("--gateway-namespace", default="istio-system",
+                        help="--istio gateway: the namespace the ingress gateway runs in")
     render.set_defaults(handler=_render)
 
     check = commands.add_parser("check", help="validate a config, its secrets, and the rendered Envoy config")
@@ -283,7 +287,8 @@ def _render(args: argparse.Namespace) -> int:
         from .envoy_config.istio import render_istio_yaml
 
         text = render_istio_yaml(config, placement=args.istio, namespace=args.namespace, image=args.image,
-                                 config_text=args.config.read_text())
+                                 config_text=args.config.read_text(), gateway_host=args.gateway_host,
+                                 gateway_namespace=args.gateway_namespace)
     else:
         text = render_yaml(config)
     if args.output:

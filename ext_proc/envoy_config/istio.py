@@ -1,0 +1,480 @@
+"""`babelgate render --istio`: Babelgate inside an Istio mesh, as Kubernetes objects.
+
+Envoy is Istio's here: the ingress gateway (`placement="gateway"`), or the sidecar of the application that calls
+the LLM providers (`placement="sidecar"`, on its outbound listener). An EnvoyFilter patches into that Envoy what
+`babelgate render` puts in a standalone bootstrap — the route stage, the chain routes, the chain and backend clusters
+with the attempt stage, the local-reply mapping — built by the same functions, so the two renderings cannot drift.
+The ext_proc server runs as a Deployment behind a Service; Istio makes the Service's cluster, and both stages point
+at it by Istio's name for it.
+
+Babelgate shares that Envoy with other traffic, so the route stage is inserted disabled and enabled only on
+Babelgate's virtual host, and the local-reply mapping only rewrites replies of that virtual host. See
+`envoy/istio/README.md` for the placements and the design choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import betterproto2
+import yaml
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, AndFilter, ExtensionFilter
+from envoy_data_plane.envoy.config.route.v3 import FilterConfig, VirtualHost
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpConnectionManager
+from envoy_data_plane.envoy.type.matcher.v3 import MetadataMatcher, MetadataMatcherPathSegment, ValueMatcher
+from envoy_data_plane.google.protobuf import Any
+
+from .. import constants
+from ..config.chains import aggregate_orders, all_chain_routes
+from ..config.models import Backend, Config
+from ..config.models import OutlierDetection as OutlierSettings
+from ..errors import NotFound
+from .bootstrap import _proto_field_names, chain_route, route_configuration
+from .clusters import backend_cluster, chain_cluster
+from .filters import local_reply_config, route_stage_filter
+
+Placement = Literal["gateway", "sidecar"]
+
+EXT_PROC_SERVICE = "babelgate"
+EXT_PROC_PORT = 50051
+EXT_PROC_PORT_NAME = "grpc-ext-proc"
+API_SERVICE = "babelgate-api"
+"""Sidecar placement: the selector-less Service applications call; their own sidecar answers it."""
+HTTP_PORT = 80
+CONFIG_MAP = "babelgate-config"
+CONFIG_DIR = "/etc/babelgate"
+CONFIG_FILE = "babelgate.yaml"
+PROVIDER_KEYS_SECRET = "babelgate-provider-keys"
+KEYS_SECRET = "babelgate-keys"
+DEFAULT_GATEWAY_HOST = "llm.example.com"
+DEFAULT_GATEWAY_NAMESPACE = "istio-system"
+CLUSTER_DOMAIN = "svc.cluster.local"
+
+_HCM = "envoy.filters.network.http_connection_manager"
+_ROUTER = "envoy.filters.http.router"
+_EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+_LABELS = {"app.kubernetes.io/name": "babelgate", "app.kubernetes.io/part-of": "babelgate"}
+_SERVER_LABELS = {**_LABELS, "app.kubernetes.io/component": "ext-proc"}
+
+_DECIDED = MetadataMatcher(filter=constants.METADATA_NAMESPACE,
+                           path=[MetadataMatcherPathSegment(key=constants.METADATA_ROUTE_KEY)],
+                           value=ValueMatcher(present_match=True))
+"""A direct route also matches only once the route stage chose it: outside Babelgate's virtual host (where the
+route stage does not run to strip a client's own chain header) the header alone proves nothing."""
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where in the mesh Babelgate's Envoy config goes, and the names Istio gives the pieces it patches."""
+
+    placement: Placement
+    namespace: str
+    host: str
+    filter_namespace: str
+
+    @property
+    def context(self) -> str:
+        # The sidecar placement runs in the calling application's sidecar: its LLM calls are *outbound* requests.
+        return "GATEWAY" if self.placement == "gateway" else "SIDECAR_OUTBOUND"
+
+    @property
+    def virtual_host(self) -> str:
+        """Istio names the virtual host of a host on an HTTP port `host:port` (gateway servers and services)."""
+        return f"{self.host}:{HTTP_PORT}"
+
+    @property
+    def ext_proc_host(self) -> str:
+        return f"{EXT_PROC_SERVICE}.{self.namespace}.{CLUSTER_DOMAIN}"
+
+    @property
+    def ext_proc_cluster(self) -> str:
+        """Istio's outbound cluster for the ext_proc Service's gRPC port."""
+        return f"outbound|{EXT_PROC_PORT}||{self.ext_proc_host}"
+
+
+def render_istio(config: Config, *, placement: Placement, namespace: str, image: str, config_text: str,
+                 gateway_host: str = DEFAULT_GATEWAY_HOST,
+                 gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE) -> list[dict]:
+    """Every object to `kubectl apply` for Babelgate in an Istio mesh, as plain dicts.
+
+    `config_text` is the Babelgate config file as written (it goes into the ConfigMap the server reads);
+    `gateway_host` is the host clients call on the ingress gateway, and `gateway_namespace` the namespace the
+    ingress gateway runs in (an EnvoyFilter's workload selector only reaches its own namespace). Both are ignored
+    for the sidecar placement, where applications call `babelgate-api.<namespace>`.
+    """
+    if placement == "gateway":
+        site = _Site(placement, namespace, gateway_host, gateway_namespace)
+        front = [_gateway(site), _virtual_service(site)]
+    elif placement == "sidecar":
+        site = _Site(placement, namespace, f"{API_SERVICE}.{namespace}.{CLUSTER_DOMAIN}", namespace)
+        front = [_api_service(site), _virtual_service(site)]
+    else:
+        raise ValueError(f"placement must be 'gateway' or 'sidecar', not {placement!r}")
+    return [
+        _envoy_filter(config, site),
+        *front,
+        *egress_objects(config, namespace),
+        _config_map(namespace, config_text),
+        _deployment(config, namespace, image, config_text),
+        _ext_proc_service(namespace),
+    ]
+
+
+def render_istio_yaml(config: Config, *, placement: Placement, namespace: str, image: str, config_text: str,
+                      gateway_host: str = DEFAULT_GATEWAY_HOST,
+                      gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE) -> str:
+    objects = render_istio(config, placement=placement, namespace=namespace, image=image, config_text=config_text,
+                           gateway_host=gateway_host, gateway_namespace=gateway_namespace)
+    who = (f"clients call http://{gateway_host}/v1 through the Istio ingress gateway" if placement == "gateway"
+           else f"applications in namespace {namespace} call http://{API_SERVICE}.{namespace}/v1")
+    header = ("# Rendered by `babelgate render --istio`; edit the Babelgate config instead (envoy/istio/README.md).\n"
+              f"# Placement: {placement}; {who}.\n")
+    return header + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+class _Dumper(yaml.SafeDumper):
+    """No anchors (each object reads on its own), and the ConfigMap's config file as a block, as it was written."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+# -- the EnvoyFilter -------------------------------------------------------------------------------------------------
+
+def _envoy_filter(config: Config, site: _Site) -> dict:
+    """The standalone rendering's pieces as patches on Istio's Envoy config."""
+    clusters = [backend_cluster(b) for b in config.backends]
+    clusters += [chain_cluster(config, order) for order in aggregate_orders(config)]
+    patches = [
+        _patch(site, "HTTP_FILTER", {"listener": _listener(site, _ROUTER)}, "INSERT_BEFORE",
+               _route_stage(config, site)),
+        _patch(site, "NETWORK_FILTER", {"listener": _listener(site)}, "MERGE", _local_replies(site)),
+        _patch(site, "VIRTUAL_HOST", {"routeConfiguration": _virtual_host_match(site)}, "MERGE",
+               _virtual_host(config, site)),
+        *_route_patches(config, site),
+        *[_patch(site, "CLUSTER", {}, "ADD", _as_dict(cluster, site)) for cluster in clusters],
+    ]
+    spec: dict = {}
+    if site.placement == "gateway":
+        spec["workloadSelector"] = {"labels": {"istio": "ingressgateway"}}
+    spec["configPatches"] = patches
+    return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+            "metadata": {"name": "babelgate", "namespace": site.filter_namespace, "labels": dict(_LABELS)},
+            "spec": spec}
+
+
+def _listener(site: _Site, sub_filter: str | None = None) -> dict:
+    """The HTTP connection managers of the gateway's listeners, or of the sidecar's outbound listener for port 80
+    (the one that serves `babelgate-api`)."""
+    manager: dict = {"name": _HCM}
+    if sub_filter is not None:
+        manager["subFilter"] = {"name": sub_filter}
+    match: dict = {"portNumber": HTTP_PORT} if site.placement == "sidecar" else {}
+    match["filterChain"] = {"filter": manager}
+    return match
+
+
+def _virtual_host_match(site: _Site) -> dict:
+    return {"portNumber": HTTP_PORT, "vhost": {"name": site.virtual_host}}
+
+
+def _route_patches(config: Config, site: _Site) -> list[dict]:
+    """The standalone chain routes, in front of the virtual host's own. Istio puts each INSERT_FIRST route in front
+    of those inserted before it, so they go in reversed to end in the standalone order."""
+    backends = {b.id: b for b in config.backends}
+    patches = []
+    for chain in reversed(all_chain_routes(config)):
+        route = chain_route(chain, backends)
+        where = _virtual_host_match(site)
+        if chain.direct:
+            route.match.dynamic_metadata = [_DECIDED]
+            if site.placement == "sidecar":
+                # The backend's host selects some virtual host of a sidecar's route configuration (Istio ends it
+                # with a catch-all): the route goes into every one. For the gateway see `_direct_hosts`.
+                where = {"portNumber": HTTP_PORT}
+        patches.append(_patch(site, "HTTP_ROUTE", {"routeConfiguration": where}, "INSERT_FIRST",
+                              _as_dict(route, site)))
+    return patches
+
+
+def _patch(site: _Site, apply_to: str, match: dict, operation: str, value: dict) -> dict:
+    return {"applyTo": apply_to, "match": {"context": site.context, **match},
+            "patch": {"operation": operation, "value": value}}
+
+
+def _route_stage(config: Config, site: _Site) -> dict:
+    """Disabled by default: the listener serves other hosts too; Babelgate's virtual host turns it on."""
+    stage = route_stage_filter(config)
+    stage.disabled = True
+    return _as_dict(stage, site)
+
+
+def _virtual_host(config: Config, site: _Site) -> dict:
+    """Merged into the virtual host Istio made for the host clients call: the standalone virtual host's settings,
+    and the route stage enabled (an empty `FilterConfig.config` turns a disabled filter on)."""
+    own = route_configuration(config).virtual_hosts[0]
+    return _as_dict(VirtualHost(
+        domains=_direct_hosts(config) if site.placement == "gateway" else [],
+        include_request_attempt_count=own.include_request_attempt_count,
+        include_attempt_count_in_response=own.include_attempt_count_in_response,
+        request_body_buffer_limit=own.request_body_buffer_limit,
+        typed_per_filter_config={route_stage_filter(config).name: Any.pack(FilterConfig(config=Any()))},
+    ), site)
+
+
+def _direct_hosts(config: Config) -> list[str]:
+    """On a direct route the route stage sets the backend's `:authority` before Envoy matches routes again, and
+    Envoy picks the virtual host anew by it. A gateway has no virtual host for a provider's host: Babelgate's gets
+    those names (a standalone Envoy's virtual host takes `*`)."""
+    backends = {b.id: b for b in config.backends}
+    direct = [backends[chain.order[0]] for chain in all_chain_routes(config) if chain.direct]
+    return list(dict.fromkeys(name for b in direct for name in (b.host, b.authority)))
+
+
+
+def _local_replies(site: _Site) -> dict:
+    """Babelgate's local-reply mappers, each narrowed to Babelgate's requests (its virtual host, or a direct route
+    in whichever virtual host the backend's host selected): the HTTP connection manager's local-reply config is per
+    listener, and other hosts' replies must stay as they are."""
+    expression = (f"xds.virtual_host_name == {json.dumps(site.virtual_host)}"
+                  f" || xds.route_name.startsWith({json.dumps(constants.DIRECT_ROUTE_PREFIX)})")
+    ours = AccessLogFilter(extension_filter=ExtensionFilter(name=_CEL_FILTER, typed_config=Any.pack(
+        ExpressionFilter(expression=expression))))
+    replies = local_reply_config()
+    for mapper in replies.mappers:
+        conditions = mapper.filter.and_filter.filters if mapper.filter.and_filter is not None else [mapper.filter]
+        mapper.filter = AccessLogFilter(and_filter=AndFilter(filters=[ours, *conditions]))
+    return {"typed_config": _as_dict(Any.pack(HttpConnectionManager(local_reply_config=replies)), site)}
+
+
+def _as_dict(message: betterproto2.Message, site: _Site) -> dict:
+    return _for_istio(_proto_field_names(message.to_dict(casing=betterproto2.Casing.SNAKE)), site)  # type: ignore[return-value]
+
+
+def _for_istio(value: object, site: _Site) -> object:
+    """Both stages call the ext_proc server through Istio's cluster for its Service (the standalone cluster does not
+    exist here), with the Service's host as `:authority`; an empty `Any` is `{}` in JSON."""
+    if isinstance(value, list):
+        return [_for_istio(item, site) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if value == {"@type": ""}:
+        return {}
+    out = {key: _for_istio(item, site) for key, item in value.items()}
+    if out.get("@type") == _EXT_PROC_TYPE:
+        out["grpc_service"]["envoy_grpc"] = {"cluster_name": site.ext_proc_cluster, "authority": site.ext_proc_host}
+    return out
+
+
+# -- how clients reach it --------------------------------------------------------------------------------------------
+
+def _gateway(site: _Site) -> dict:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "babelgate", "namespace": site.namespace, "labels": dict(_LABELS)},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": HTTP_PORT, "name": "http-babelgate", "protocol": "HTTP"},
+                                  "hosts": [site.host]}]}}
+
+
+def _api_service(site: _Site) -> dict:
+    """No selector, no endpoints: the host and port exist so Istio gives every sidecar a virtual host for them,
+    which the EnvoyFilter turns into Babelgate. A caller whose sidecar lacks the EnvoyFilter gets a 503."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": API_SERVICE, "namespace": site.namespace, "labels": dict(_LABELS)},
+            "spec": {"ports": [{"name": "http-openai", "port": HTTP_PORT, "protocol": "TCP", "appProtocol": "http"}]}}
+
+
+def _virtual_service(site: _Site) -> dict:
+    """The route Istio keeps behind Babelgate's chain routes: reached only if the route stage let a request through
+    without choosing a chain, like the standalone `unrouted` route."""
+    spec: dict = {"hosts": [site.host]}
+    if site.placement == "gateway":
+        spec["gateways"] = ["babelgate"]
+    spec["http"] = [{
+        "name": "babelgate-unrouted",
+        "directResponse": {"status": 404, "body": {"string": NotFound("No route for this request.").body().decode()}},
+        "headers": {"response": {"set": {"content-type": "application/json"}}},
+    }]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "babelgate", "namespace": site.namespace, "labels": dict(_LABELS)}, "spec": spec}
+
+
+# -- the providers, as the mesh sees them ----------------------------------------------------------------------------
+
+def egress_objects(config: Config, namespace: str) -> list[dict]:
+    """A ServiceEntry and a DestinationRule per provider host outside the cluster.
+
+    Babelgate's own traffic does not use them: its backend clusters (added by the EnvoyFilter) originate TLS
+    themselves. They register the host for the rest of the mesh: HTTPS on the URL's port as is, and plain HTTP on
+    port 80 with TLS originated by Istio (SNI = the host), ejecting the host like Babelgate's own cluster does.
+    """
+    hosts: dict[str, list[Backend]] = {}
+    for backend in config.backends:
+        if not _in_cluster(backend.host):
+            hosts.setdefault(backend.host, []).append(backend)
+    objects: list[dict] = []
+    for host, backends in hosts.items():
+        objects += [_service_entry(host, backends, namespace), _destination_rule(host, backends, namespace)]
+    return objects
+
+
+def _service_entry(host: str, backends: list[Backend], namespace: str) -> dict:
+    ports: dict[int, dict] = {}
+    for backend in backends:
+        if backend.is_tls:
+            name = "https" if backend.port == 443 else f"https-{backend.port}"
+            ports.setdefault(backend.port, {"number": backend.port, "name": name, "protocol": "TLS"})
+    for backend in backends:
+        if backend.is_tls:
+            ports.setdefault(HTTP_PORT, {"number": HTTP_PORT, "name": "http", "protocol": "HTTP",
+                                         "targetPort": backend.port})
+        else:
+            name = "http" if backend.port == HTTP_PORT else f"http-{backend.port}"
+            ports.setdefault(backend.port, {"number": backend.port, "name": name, "protocol": "HTTP"})
+    spec: dict = {"hosts": [host], "location": "MESH_EXTERNAL", "ports": list(ports.values())}
+    dial = next((b.connect_to for b in backends if b.connect_to), None)
+    if dial is not None:
+        spec.update(resolution="STATIC", endpoints=[{"address": dial}])
+    else:
+        spec["resolution"] = "DNS"
+    return {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": _egress_name(host), "namespace": namespace, "labels": dict(_LABELS)}, "spec": spec}
+
+
+def _destination_rule(host: str, backends: list[Backend], namespace: str) -> dict:
+    policy: dict = {}
+    # Backends sharing a host (two keys, two Azure deployments) share this rule: the first one's settings win.
+    settings = next((b.outlier_detection for b in backends if b.outlier_detection is not None), None)
+    if settings is not None:
+        policy["outlierDetection"] = _outlier_detection(settings)
+    tls = next((b for b in backends if b.is_tls), None)
+    if tls is not None:
+        policy["portLevelSettings"] = [{"port": {"number": HTTP_PORT}, "tls": {"mode": "SIMPLE", "sni": host}}]
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": _egress_name(host), "namespace": namespace, "labels": dict(_LABELS)},
+            "spec": {"host": host, "trafficPolicy": policy}}
+
+
+def _outlier_detection(settings: OutlierSettings) -> dict:
+    """The same ejection as the backend cluster's (`clusters.outlier_detection`); Istio has no max ejection time."""
+    return {"consecutive5xxErrors": settings.consecutive_5xx,
+            "consecutiveGatewayErrors": settings.consecutive_gateway_failure,
+            "interval": _duration(settings.interval),
+            "baseEjectionTime": _duration(settings.base_ejection_time),
+            "maxEjectionPercent": 100}
+
+
+def _in_cluster(host: str) -> bool:
+    """IP addresses, single labels and Kubernetes service names are no MESH_EXTERNAL hosts."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host or host.endswith((".svc", ".local")) or ".svc." in host
+    return True
+
+
+def _egress_name(host: str) -> str:
+    return "babelgate-" + host.replace(".", "-")
+
+
+def _duration(seconds: float) -> str:
+    return f"{int(seconds)}s" if float(seconds).is_integer() else f"{round(seconds * 1000)}ms"
+
+
+# -- the ext_proc server ---------------------------------------------------------------------------------------------
+
+def _config_map(namespace: str, config_text: str) -> dict:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": CONFIG_MAP, "namespace": namespace, "labels": dict(_LABELS)},
+            "data": {CONFIG_FILE: config_text}}
+
+
+def _deployment(config: Config, namespace: str, image: str, config_text: str) -> dict:
+    """One server process per pod (`--port` keeps `serve` from starting `ext_proc.processes` of them, which the
+    single Service port could not reach): the config's process count becomes the replica count, two at least."""
+    container: dict = {
+        "name": "babelgate",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["serve", "-c", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "0.0.0.0", "--port", str(EXT_PROC_PORT)],
+        "ports": [{"name": EXT_PROC_PORT_NAME, "containerPort": EXT_PROC_PORT, "protocol": "TCP"}],
+    }
+    if _env_secrets(config):
+        container["envFrom"] = [{"secretRef": {"name": PROVIDER_KEYS_SECRET}}]
+    probe = {"grpc": {"port": EXT_PROC_PORT}}
+    container.update({
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    })
+    sources: list[dict] = [{"configMap": {"name": CONFIG_MAP}}]
+    if config.keys_file is not None:
+        # `babelgate keys create` output, next to the config as the config names it; optional like the file itself
+        name = config.keys_file.name
+        sources.append({"secret": {"name": KEYS_SECRET, "optional": True, "items": [{"key": name, "path": name}]}})
+    checksum = hashlib.sha256(config_text.encode()).hexdigest()
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": EXT_PROC_SERVICE, "namespace": namespace, "labels": dict(_SERVER_LABELS)},
+        "spec": {
+            "replicas": max(2, config.ext_proc.processes),
+            "selector": {"matchLabels": {k: v for k, v in _SERVER_LABELS.items() if k != "app.kubernetes.io/part-of"}},
+            "template": {
+                "metadata": {
+                    "labels": {**_SERVER_LABELS, "sidecar.istio.io/inject": "true"},
+                    "annotations": {
+                        # a changed config changes the pod template, so `kubectl apply` rolls the pods
+                        "babelgate/config-sha256": checksum,
+                        # credentials are fetched at start-up, through the sidecar
+                        "proxy.istio.io/config": '{"holdApplicationUntilProxyStarts": true}',
+                    },
+                },
+                "spec": {
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    # streams in flight get up to 10 s after SIGTERM, then settlements as long again
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [{"name": "config", "projected": {"sources": sources}},
+                                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                },
+            },
+        },
+    }
+
+
+def _env_secrets(config: Config) -> list[str]:
+    refs = [b.api_key for b in config.backends]
+    refs += [b.azure.entra.client_secret for b in config.backends if b.azure and b.azure.entra]
+    if config.limits.redis is not None:
+        refs.append(config.limits.redis.password)
+    return [ref.env for ref in refs if ref is not None and ref.env]
+
+
+def _ext_proc_service(namespace: str) -> dict:
+    """A ClusterIP Service, not headless: Istio makes a headless Service's cluster ORIGINAL_DST, which a gRPC client
+    (the ext_proc filter) cannot use. Istio's EDS lists every ready pod, and Envoy spreads the streams over them."""
+    selector = {k: v for k, v in _SERVER_LABELS.items() if k != "app.kubernetes.io/part-of"}
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": EXT_PROC_SERVICE, "namespace": namespace, "labels": dict(_SERVER_LABELS)},
+            "spec": {"selector": selector,
+                     "ports": [{"name": EXT_PROC_PORT_NAME, "port": EXT_PROC_PORT, "targetPort": EXT_PROC_PORT_NAME,
+                                "protocol": "TCP", "appProtocol": "grpc"}]}}

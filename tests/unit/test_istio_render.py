@@ -1,0 +1,624 @@
+"""`babelgate render --istio`: the EnvoyFilter's patches are Envoy config that the real Envoy accepts and runs once
+applied the way Istio applies them, and the Kubernetes objects around them do what envoy/istio/README.md says.
+
+Istio itself is not here: `mesh_envoy` builds what Istio would generate for the rendered Gateway/VirtualService or
+Service (only the parts the patches touch, plus another application's host on the same listener), then applies the
+EnvoyFilter's patches with Istio's semantics (INSERT_BEFORE the router, proto merges, INSERT_FIRST routes, ADD
+clusters). A patch that would match nothing in Istio fails the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import pkgutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
+
+from ext_proc import constants
+from ext_proc.auth.virtual_keys import generate_key, hash_key
+from ext_proc.config.loading import load_config, parse_config
+from ext_proc.envoy_config.bootstrap import route_configuration
+from ext_proc.envoy_config.istio import render_istio, render_istio_yaml
+from ext_proc.errors import status_error_type
+from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
+from ext_proc.launch.stack import envoy_argv, envoy_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "envoy" / "babelgate.example.yaml"
+NAMESPACE = "babelgate"
+PLACEMENTS = ("gateway", "sidecar")
+CONTEXTS = {"gateway": "GATEWAY", "sidecar": "SIDECAR_OUTBOUND"}
+EXT_PROC_CLUSTER = "outbound|50051||babelgate.babelgate.svc.cluster.local"
+HCM = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+OTHER_HOST = "other.example"
+PATCH_MESSAGES = {
+    "HTTP_FILTER": "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+    "NETWORK_FILTER": "envoy.config.listener.v3.Filter",
+    "VIRTUAL_HOST": "envoy.config.route.v3.VirtualHost",
+    "HTTP_ROUTE": "envoy.config.route.v3.Route",
+    "CLUSTER": "envoy.config.cluster.v3.Cluster",
+}
+
+CONFIG = """
+ext_proc: {port: 50100, processes: 3, message_timeout: 2s}
+requests: {max_body_bytes: 1048576}
+backends:
+  - id: oa
+    schema: openai
+    base_url: "https://api.openai.com/v1"
+    api_key: {env: OPENAI_API_KEY}
+    timeout: 30s
+    outlier_detection: {consecutive_5xx: 7, consecutive_gateway_failure: 2, interval: 1500ms, base_ejection_time: 45s}
+  - {id: oa-batch, schema: openai, base_url: "https://api.openai.com/v1", api_key: {env: OPENAI_BATCH_KEY}}
+  - {id: an, schema: anthropic, base_url: "https://api.anthropic.com", outlier_detection: null}
+  - id: private
+    schema: openai
+    base_url: "https://llm.internal.example:8443/v1"
+    connect_to: 10.1.2.3
+    ca_file: /etc/ssl/certs/ca-certificates.crt
+  - {id: vllm, schema: openai, base_url: "http://vllm.ml.svc.cluster.local:8000/v1"}
+routes:
+  - model: a
+    backends: [{backend: oa, model: x}, {backend: an, model: y}, {backend: private, model: z}]
+  - model: b
+    backends: [{backend: oa-batch, model: x}, {backend: vllm, model: w}]
+  - model: solo
+    backends: [{backend: an, model: y}]
+limits:
+  per_key: [{window: minute, requests: 100}]
+keys_file: keys.yaml
+"""
+
+
+def render(text: str, placement: str, **kwargs: str) -> list[dict]:
+    return render_istio(parse_config(text), placement=placement, namespace=NAMESPACE,  # type: ignore[arg-type]
+                        image="registry.example/babelgate:1.2.3", config_text=text, **kwargs)
+
+
+def by_kind(objects: list[dict]) -> dict[tuple[str, str], dict]:
+    found = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    assert len(found) == len(objects), "two objects share a kind and name"
+    return found
+
+
+def patches(objects: list[dict]) -> list[dict]:
+    return by_kind(objects)["EnvoyFilter", "babelgate"]["spec"]["configPatches"]
+
+
+def typed_configs(value: object) -> Iterator[dict]:
+    if isinstance(value, dict):
+        if "@type" in value:
+            yield value
+        for item in value.values():
+            yield from typed_configs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from typed_configs(item)
+
+
+def message_class(full_name: str) -> type[Message]:
+    """The xds-protos class of a message, after importing every `_pb2` module of its package."""
+    package = full_name.rsplit(".", 1)[0]
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        if info.name.endswith("_pb2"):
+            importlib.import_module(f"{package}.{info.name}")
+    return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(full_name))
+
+
+def parse(value: dict, full_name: str) -> Message:
+    """Strict: an unknown field or a wrong value type is a ParseError. Nested `Any`s resolve by their `@type`."""
+    for typed in typed_configs(value):
+        message_class(typed["@type"].rsplit("/", 1)[1])
+    return json_format.ParseDict({k: v for k, v in value.items() if k != "@type"}, message_class(full_name)())
+
+
+def merge(target: dict, patch: dict, full_name: str) -> dict:
+    """A proto merge, as Istio's MERGE does: fields set in the patch replace, lists append, maps add keys."""
+    message = parse(target, full_name)
+    message.MergeFrom(parse(patch, full_name))
+    merged = json.loads(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True)))
+    return {"@type": target["@type"], **merged} if "@type" in target else merged
+
+
+# -- what Istio would hand the proxy ----------------------------------------------------------------------------------
+
+@dataclass
+class Names:
+    """Istio's names for the pieces the patches match, derived from the rendered Gateway or Service."""
+
+    port: int
+    route_config: str
+    virtual_host: str
+    domains: list[str]
+    client_host: str
+
+
+def istio_names(found: dict[tuple[str, str], dict], placement: str) -> Names:
+    if placement == "gateway":
+        server = found["Gateway", "babelgate"]["spec"]["servers"][0]
+        port, host = server["port"]["number"], server["hosts"][0]
+        return Names(port, f"http.{port}", f"{host}:{port}", [host, f"{host}:*"], host)
+    service = found["Service", "babelgate-api"]
+    port, name = service["spec"]["ports"][0]["port"], service["metadata"]["name"]
+    fqdn = f"{name}.{NAMESPACE}.svc.cluster.local"
+    short = [fqdn, name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc"]
+    return Names(port, str(port), f"{fqdn}:{port}", short + [f"{h}:{port}" for h in short], f"{name}.{NAMESPACE}")
+
+
+def mesh_envoy(objects: list[dict], placement: str, *, port: int, admin_port: int, ext_proc_port: int) -> dict:
+    found = by_kind(objects)
+    names = istio_names(found, placement)
+    http = found["VirtualService", "babelgate"]["spec"]["http"][0]
+    unrouted = {
+        "name": http["name"], "match": {"prefix": "/"},
+        "direct_response": {"status": http["directResponse"]["status"],
+                            "body": {"inline_string": http["directResponse"]["body"]["string"]}},
+        "response_headers_to_add": [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+                                    for k, v in http["headers"]["response"]["set"].items()],
+    }
+    route_config = {"name": names.route_config, "virtual_hosts": [
+        {"name": names.virtual_host, "domains": names.domains, "routes": [unrouted]},
+        {"name": f"{OTHER_HOST}:{names.port}", "domains": [OTHER_HOST], "routes": [
+            {"match": {"prefix": "/nowhere"}, "route": {"cluster": f"outbound|80||nowhere.{OTHER_HOST}"}},
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "other"}}}]},
+    ]}
+    if placement == "sidecar":  # Istio ends a sidecar's outbound route configurations with a catch-all
+        route_config["virtual_hosts"].append({"name": "allow_any", "domains": ["*"], "routes": [
+            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}]})
+    manager = {"@type": HCM_TYPE, "stat_prefix": f"outbound_0.0.0.0_{names.port}", "http_filters": [
+        {"name": "envoy.filters.http.router",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    grpc = found["Service", "babelgate"]["spec"]["ports"][0]
+    assert grpc["appProtocol"] == "grpc"  # Istio makes the cluster HTTP/2 for it
+    ext_proc = f"outbound|{grpc['port']}||babelgate.{NAMESPACE}.svc.cluster.local"
+    clusters = [
+        {"name": ext_proc, "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": _assignment(ext_proc, ext_proc_port),
+         "typed_extension_protocol_options": {HTTP_OPTIONS: {
+             "@type": f"type.googleapis.com/{HTTP_OPTIONS}", "explicit_http_config": {"http2_protocol_options": {}}}}},
+        *[{"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": name}}
+          for name in (f"outbound|80||nowhere.{OTHER_HOST}", "PassthroughCluster")],
+    ]
+    for patch in patches(objects):
+        assert patch["match"]["context"] == CONTEXTS[placement]
+        assert apply(patch, manager, route_config, clusters, names), f"Istio would apply this to nothing: {patch}"
+    manager["route_config"] = route_config
+    listener = {"name": f"0.0.0.0_{names.port}", "address": _address(port),
+                "filter_chains": [{"filters": [{"name": HCM, "typed_config": manager}]}]}
+    return {"admin": {"address": _address(admin_port)},
+            "static_resources": {"listeners": [listener], "clusters": clusters}}
+
+
+def apply(patch: dict, manager: dict, route_config: dict, clusters: list[dict], names: Names) -> bool:
+    kind, match = patch["applyTo"], patch["match"]
+    operation, value = patch["patch"]["operation"], patch["patch"]["value"]
+    if kind in ("HTTP_FILTER", "NETWORK_FILTER"):
+        listener = match["listener"]
+        if listener.get("portNumber", names.port) != names.port or listener["filterChain"]["filter"]["name"] != HCM:
+            return False
+        if kind == "NETWORK_FILTER":
+            assert operation == "MERGE"
+            manager.update(merge(manager, value["typed_config"], HCM_TYPE.rsplit("/", 1)[1]))
+            return True
+        assert operation == "INSERT_BEFORE"
+        filters = [f["name"] for f in manager["http_filters"]]
+        before = listener["filterChain"]["filter"]["subFilter"]["name"]
+        if before not in filters:
+            return False
+        manager["http_filters"].insert(filters.index(before), copy.deepcopy(value))
+        return True
+    if kind in ("VIRTUAL_HOST", "HTTP_ROUTE"):
+        wanted = match["routeConfiguration"]
+        if wanted.get("portNumber", names.port) != names.port:
+            return False
+        name = wanted.get("vhost", {}).get("name")  # none: every virtual host of the route configuration
+        hosts = [i for i, h in enumerate(route_config["virtual_hosts"]) if name in (None, h["name"])]
+        for index in hosts:
+            host = route_config["virtual_hosts"][index]
+            if kind == "VIRTUAL_HOST":
+                assert operation == "MERGE"
+                route_config["virtual_hosts"][index] = merge(host, value, PATCH_MESSAGES[kind])
+            else:  # INSERT_FIRST without a route to match: in front of the virtual host's routes
+                assert operation == "INSERT_FIRST" and "route" not in wanted.get("vhost", {})
+                host["routes"].insert(0, copy.deepcopy(value))
+        return bool(hosts)
+    assert kind == "CLUSTER" and operation == "ADD", kind
+    clusters.append(copy.deepcopy(value))
+    return True
+
+
+def _address(port: int) -> dict:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _assignment(name: str, port: int) -> dict:
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(port)}}]}]}
+
+
+def envoy_validate(config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
+                           "--log-level", "error"], capture_output=True, text=True, timeout=60)
+
+
+def babelgate_routes(config: dict) -> list[str]:
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return [r.get("name") for r in manager["route_config"]["virtual_hosts"][0]["routes"]]
+
+
+# -- (1) every patch is typed Envoy config ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_every_typed_config_in_the_patches_parses_as_its_envoy_message(placement: str) -> None:
+    found = list(typed_configs(patches(render(CONFIG, placement))))
+    types = {typed["@type"].rsplit(".", 1)[1] for typed in found}
+    assert {"ExternalProcessor", "HttpConnectionManager", "FilterConfig", "ExpressionFilter", "HttpProtocolOptions",
+            "ClusterConfig", "UpstreamTlsContext", "PreviousPrioritiesConfig", "UpstreamCodec"} <= types
+    for typed in found:
+        parse(typed, typed["@type"].rsplit("/", 1)[1])
+    for patch in patches(render(CONFIG, placement)):
+        parse(patch["patch"]["value"], PATCH_MESSAGES[patch["applyTo"]])
+
+
+def test_a_misnamed_field_in_a_patch_would_be_caught() -> None:
+    cluster = next(p["patch"]["value"] for p in patches(render(CONFIG, "gateway"))
+                   if p["applyTo"] == "CLUSTER" and "outlier_detection" in p["patch"]["value"])
+    broken = copy.deepcopy(cluster)
+    broken["outlier_detection"]["consecutive_5_xx"] = broken["outlier_detection"].pop("consecutive_5xx")
+    with pytest.raises(json_format.ParseError):
+        parse(broken, PATCH_MESSAGES["CLUSTER"])
+
+
+# -- (2) applied as Istio applies them, the real Envoy accepts and runs them ------------------------------------------
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_patched_istio_config_passes_envoy_validate(placement: str, tmp_path: Path) -> None:
+    config = mesh_envoy(render(CONFIG, placement), placement, port=free_port(), admin_port=free_port(),
+                        ext_proc_port=50051)
+    result = envoy_validate(config, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_chain_routes_end_up_in_front_of_istios_route_in_the_standalone_order(placement: str) -> None:
+    config = mesh_envoy(render(CONFIG, placement), placement, port=1, admin_port=2, ext_proc_port=3)
+    standalone = [r.name for r in route_configuration(parse_config(CONFIG)).virtual_hosts[0].routes]
+    assert standalone[-1] == "unrouted"
+    assert babelgate_routes(config) == [*standalone[:-1], "babelgate-unrouted"]
+
+
+def test_a_patch_matching_nothing_in_istio_is_caught() -> None:
+    objects = render(CONFIG, "gateway")
+    for patch in patches(objects):
+        if patch["applyTo"] == "VIRTUAL_HOST":
+            patch["match"]["routeConfiguration"]["vhost"]["name"] = "llm.example.com:8080"
+    with pytest.raises(AssertionError, match="apply this to nothing"):
+        mesh_envoy(objects, "gateway", port=1, admin_port=2, ext_proc_port=3)
+
+
+def test_an_invalid_patch_would_fail_envoy_validate(tmp_path: Path) -> None:
+    objects = render(CONFIG, "sidecar")
+    for patch in patches(objects):
+        if patch["applyTo"] == "NETWORK_FILTER":
+            cel = next(t for t in typed_configs(patch) if t["@type"].endswith("ExpressionFilter"))
+            cel["expression"] = "xds.virtual_host_name =="
+    config = mesh_envoy(objects, "sidecar", port=free_port(), admin_port=free_port(), ext_proc_port=50051)
+    assert envoy_validate(config, tmp_path).returncode != 0
+
+
+LIVE_CONFIG = """
+backends:
+  - {{id: oa, schema: openai, base_url: "http://127.0.0.1:{openai}/v1", api_key: {{env: ISTIO_TEST_OPENAI}},
+     outlier_detection: null}}
+  - {{id: an, schema: anthropic, base_url: "http://127.0.0.1:{anthropic}", api_key: {{env: ISTIO_TEST_ANTHROPIC}},
+     outlier_detection: null}}
+routes:
+  - model: gpt-4o-mini
+    backends: [{{backend: oa, model: gpt-4o-mini}}, {{backend: an, model: claude-haiku-4-5}}]
+  - model: claude-opus-4-1
+    backends: [{{backend: an, model: claude-opus-4-1}}]
+virtual_keys: [{{id: istio-test, hash: "{hash}"}}]
+routing: {{cooldown_max: 1ms}}
+"""
+
+
+@dataclass
+class Servers:
+    workdir: Path
+    config_text: str
+    key: str
+    ext_proc_port: int
+    refusing_port: int
+
+
+@dataclass
+class Mesh:
+    url: str
+    host: str
+    key: str
+
+    def chat(self, model: str = "gpt-4o-mini", headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.post(self.url + "/v1/chat/completions", timeout=20,
+                          headers={"host": self.host, "authorization": f"Bearer {self.key}", **(headers or {})},
+                          json={"model": model, "messages": [{"role": "user", "content": "Hello"}]})
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    """Two demo providers and one ext_proc server, shared by both placements' Envoys."""
+    workdir = tmp_path_factory.mktemp("istio")
+    supervisor = Supervisor(log_dir=workdir)
+    secrets = {"ISTIO_TEST_OPENAI": "sk-istio-openai", "ISTIO_TEST_ANTHROPIC": "sk-istio-anthropic"}
+    key = generate_key()
+    # bound, never listening: connections to it are refused, and no port picked later can be it
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    try:
+        ports = {}
+        for kind, secret in (("openai", "ISTIO_TEST_OPENAI"), ("anthropic", "ISTIO_TEST_ANTHROPIC")):
+            _, ready = supervisor.start_reporting(f"istio-{kind}", python_module(
+                "ext_proc.demo", "--kind", kind, "--name", f"istio-{kind}", "--port", "0",
+                "--api-key", secrets[secret]))
+            ports[kind] = ready["port"]
+        text = LIVE_CONFIG.format(hash=hash_key(key), **ports)
+        path = workdir / "babelgate.yaml"
+        path.write_text(text)
+        ext_proc_port = free_port()
+        supervisor.start_reporting("ext_proc", python_module(
+            "ext_proc", "serve", "-c", str(path), "--port", str(ext_proc_port), "--report-ready"), env=secrets)
+        yield Servers(workdir, text, key, ext_proc_port, refusing.getsockname()[1])
+    finally:
+        supervisor.stop_all()
+        refusing.close()
+
+
+@contextlib.contextmanager
+def mesh_envoy_running(servers: Servers, placement: str, ext_proc_port: int) -> Iterator[Mesh]:
+    """The real Envoy, running the config Istio would give the ingress gateway or the application's sidecar."""
+    objects = render_istio(parse_config(servers.config_text), placement=placement,  # type: ignore[arg-type]
+                           namespace=NAMESPACE, image="babelgate:test", config_text=servers.config_text)
+    port, admin_port = free_port(), free_port()
+    path = servers.workdir / f"envoy-{placement}-{ext_proc_port}.yaml"
+    path.write_text(yaml.safe_dump(mesh_envoy(objects, placement, port=port, admin_port=admin_port,
+                                              ext_proc_port=ext_proc_port), sort_keys=False))
+    supervisor = Supervisor(log_dir=servers.workdir)
+    try:
+        supervisor.start(f"envoy-{placement}", envoy_argv(path, workers=1))
+        wait_for_envoy(admin_port, timeout=30, supervisor=supervisor)
+        yield Mesh(f"http://127.0.0.1:{port}", istio_names(by_kind(objects), placement).client_host, servers.key)
+    finally:
+        supervisor.stop_all()
+
+
+@pytest.fixture(scope="module", params=PLACEMENTS)
+def mesh(request: pytest.FixtureRequest, servers: Servers) -> Iterator[Mesh]:
+    with mesh_envoy_running(servers, request.param, servers.ext_proc_port) as running:
+        yield running
+
+
+def test_requests_to_babelgates_host_are_translated_and_fail_over(mesh: Mesh) -> None:
+    answered = mesh.chat()
+    assert answered.status_code == 200, answered.text
+    assert answered.headers[constants.RESPONSE_HEADER_BACKEND] == "oa"
+    assert answered.json()["choices"][0]["message"]["content"]
+    # the chain route, the aggregate cluster and the attempt stage (through Istio's ext_proc cluster) at work:
+    # the OpenAI-format request reaches the Anthropic provider, translated, after the first backend's 503
+    failed_over = mesh.chat(headers={"x-demo-fault": "istio-openai:503"})
+    assert failed_over.status_code == 200, failed_over.text
+    assert failed_over.headers[constants.RESPONSE_HEADER_BACKEND] == "an"
+    assert failed_over.headers[constants.RESPONSE_HEADER_ATTEMPTS] == "2"
+    assert failed_over.json()["choices"][0]["message"]["content"]
+
+
+def test_a_direct_route_reaches_its_backend_after_the_host_changes(mesh: Mesh) -> None:
+    # the route stage sets the backend's host, and Envoy picks the virtual host again by it: the route must be there
+    answered = mesh.chat(model="claude-opus-4-1")
+    assert answered.status_code == 200, answered.text
+    assert answered.headers[constants.RESPONSE_HEADER_BACKEND] == "an"
+    assert answered.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_envoys_own_errors_are_openai_shaped_on_babelgates_host_only(servers: Servers, placement: str) -> None:
+    with mesh_envoy_running(servers, placement, ext_proc_port=servers.refusing_port) as broken:
+        # the ext_proc server is unreachable: Envoy answers 503 itself, mapped to an OpenAI-style error
+        answer = broken.chat()
+        assert answer.status_code == 503
+        assert answer.headers["content-type"] == "application/json"
+        error = answer.json()["error"]
+        assert error["type"] == status_error_type(503) and "HTTP 503" in error["message"]
+        nowhere = httpx.get(broken.url + "/nowhere", headers={"host": OTHER_HOST})
+        assert nowhere.status_code == 503 and nowhere.text == "no healthy upstream"
+
+
+def test_other_hosts_on_the_same_listener_are_left_alone(mesh: Mesh) -> None:
+    # on Babelgate's host the route stage refuses a request without a key; on another host it does not run
+    refused = httpx.get(mesh.url + "/v1/models", headers={"host": mesh.host})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    other = httpx.get(mesh.url + "/", headers={"host": OTHER_HOST})
+    assert other.status_code == 200 and other.text == "other"
+    # Babelgate's routes outside its virtual host need the route stage's decision, not just its header
+    spoofed = httpx.get(mesh.url + "/", headers={"host": OTHER_HOST, constants.HEADER_CHAIN: "bg_direct_an"})
+    assert spoofed.status_code == 200 and spoofed.text == "other"
+    # and Envoy's own error replies for this host keep their usual form
+    nowhere = httpx.get(mesh.url + "/nowhere", headers={"host": OTHER_HOST})
+    assert nowhere.status_code == 503
+    assert nowhere.text == "no healthy upstream"
+
+
+# -- (3) the committed examples ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_committed_istio_examples_are_in_sync_with_the_renderer(placement: str) -> None:
+    expected = render_istio_yaml(load_config(EXAMPLE), placement=placement, namespace=NAMESPACE,  # type: ignore[arg-type]
+                                 image="babelgate:latest", config_text=EXAMPLE.read_text())
+    committed = ROOT / "envoy" / "istio" / f"{placement}.yaml"
+    assert committed.read_text() == expected, f"{committed.relative_to(ROOT)} is stale: see envoy/istio/README.md"
+
+
+# -- (4) the objects around the EnvoyFilter ---------------------------------------------------------------------------
+
+def test_one_service_entry_and_destination_rule_per_external_provider_host() -> None:
+    found = by_kind(render(CONFIG, "sidecar"))
+    entries = {o["spec"]["hosts"][0]: o["spec"] for (kind, _), o in found.items() if kind == "ServiceEntry"}
+    rules = {o["spec"]["host"]: o["spec"] for (kind, _), o in found.items() if kind == "DestinationRule"}
+    # oa and oa-batch share a host; the in-cluster vLLM Service is no MESH_EXTERNAL host
+    assert set(entries) == set(rules) == {"api.openai.com", "api.anthropic.com", "llm.internal.example"}
+    openai = entries["api.openai.com"]
+    assert openai["location"] == "MESH_EXTERNAL" and openai["resolution"] == "DNS"
+    assert openai["ports"] == [{"number": 443, "name": "https", "protocol": "TLS"},
+                               {"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 443}]
+    private = entries["llm.internal.example"]
+    assert private["resolution"] == "STATIC" and private["endpoints"] == [{"address": "10.1.2.3"}]
+    assert {p["number"]: p.get("targetPort") for p in private["ports"]} == {8443: None, 80: 8443}
+
+
+def test_destination_rules_originate_tls_with_the_hosts_sni_and_mirror_outlier_detection() -> None:
+    found = by_kind(render(CONFIG, "gateway"))
+    rules = {o["spec"]["host"]: o["spec"]["trafficPolicy"] for (kind, _), o in found.items()
+             if kind == "DestinationRule"}
+    for host, policy in rules.items():
+        assert policy["portLevelSettings"] == [{"port": {"number": 80}, "tls": {"mode": "SIMPLE", "sni": host}}]
+    assert rules["api.openai.com"]["outlierDetection"] == {  # oa's settings, not oa-batch's defaults
+        "consecutive5xxErrors": 7, "consecutiveGatewayErrors": 2, "interval": "1500ms", "baseEjectionTime": "45s",
+        "maxEjectionPercent": 100}
+    assert rules["llm.internal.example"]["outlierDetection"]["consecutive5xxErrors"] == 5  # the default
+    assert "outlierDetection" not in rules["api.anthropic.com"]  # `outlier_detection: null`
+
+
+def test_backend_clusters_keep_their_own_tls_and_endpoint_metadata() -> None:
+    clusters = {p["patch"]["value"]["name"]: p["patch"]["value"] for p in patches(render(CONFIG, "gateway"))
+                if p["applyTo"] == "CLUSTER"}
+    assert constants.EXT_PROC_CLUSTER not in clusters  # Istio makes the ext_proc cluster, from the Service
+    anthropic = clusters["bg_backend_an"]
+    assert anthropic["transport_socket"]["typed_config"]["sni"] == "api.anthropic.com"
+    endpoint = anthropic["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["metadata"]["filter_metadata"]["babelgate"] == {"backend": "an"}
+    assert clusters["bg_backend_private"]["transport_socket"]["typed_config"]["sni"] == "llm.internal.example"
+    assert clusters["bg_backend_oa"]["outlier_detection"]["consecutive_5xx"] == 7
+    assert "transport_socket" not in clusters["bg_backend_vllm"]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_both_stages_call_the_ext_proc_service_by_istios_cluster_name(placement: str) -> None:
+    objects = render(CONFIG, placement)
+    processors = [t for t in typed_configs(patches(objects)) if t["@type"] == EXT_PROC_TYPE]
+    stages = sorted(p["grpc_service"]["initial_metadata"][0]["value"] for p in processors)
+    assert stages[0] == "attempt" and stages[-1] == "route"
+    for processor in processors:
+        assert processor["grpc_service"]["envoy_grpc"] == {
+            "cluster_name": EXT_PROC_CLUSTER, "authority": "babelgate.babelgate.svc.cluster.local"}
+    assert constants.EXT_PROC_CLUSTER not in json.dumps(objects)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_the_route_stage_runs_only_on_babelgates_virtual_host(placement: str) -> None:
+    objects = render(CONFIG, placement)
+    names = istio_names(by_kind(objects), placement)
+    by_type = {p["applyTo"]: p for p in patches(objects)}
+    route_stage = by_type["HTTP_FILTER"]["patch"]["value"]
+    assert route_stage["name"] == "babelgate.route_stage" and route_stage["disabled"] is True
+    enabled = by_type["VIRTUAL_HOST"]["patch"]["value"]["typed_per_filter_config"]["babelgate.route_stage"]
+    assert enabled == {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
+    assert by_type["VIRTUAL_HOST"]["match"]["routeConfiguration"]["vhost"]["name"] == names.virtual_host
+    mappers = by_type["NETWORK_FILTER"]["patch"]["value"]["typed_config"]["local_reply_config"]["mappers"]
+    for mapper in mappers:
+        scope = mapper["filter"]["and_filter"]["filters"][0]["extension_filter"]["typed_config"]
+        assert scope["expression"] == (f'xds.virtual_host_name == "{names.virtual_host}"'
+                                       ' || xds.route_name.startsWith("bg_direct_")')
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_direct_routes_follow_the_backends_host_and_need_the_route_stages_decision(placement: str) -> None:
+    objects = render(CONFIG, placement)
+    names = istio_names(by_kind(objects), placement)
+    routes = [p for p in patches(objects) if p["applyTo"] == "HTTP_ROUTE"]
+    direct = [p for p in routes if p["patch"]["value"]["name"].startswith(constants.DIRECT_ROUTE_PREFIX)]
+    assert [p["patch"]["value"]["name"] for p in direct] == ["bg_direct_an"]
+    (patch,) = direct
+    assert patch["patch"]["value"]["match"]["dynamic_metadata"] == [
+        {"filter": "babelgate", "path": [{"key": "route"}], "value": {"present_match": True}}]
+    merged = next(p for p in patches(objects) if p["applyTo"] == "VIRTUAL_HOST")["patch"]["value"]
+    chains = [p for p in routes if p not in direct]
+    assert chains and all(p["match"]["routeConfiguration"]["vhost"]["name"] == names.virtual_host for p in chains)
+    if placement == "gateway":  # the backend's host selects Babelgate's own virtual host
+        assert patch["match"]["routeConfiguration"]["vhost"]["name"] == names.virtual_host
+        assert merged["domains"] == ["api.anthropic.com"]
+    else:  # whichever virtual host of the sidecar's route configuration it selects, the route is there
+        assert patch["match"]["routeConfiguration"] == {"portNumber": 80}
+        assert "domains" not in merged
+
+
+def test_gateway_placement_patches_the_ingress_gateway_from_its_namespace() -> None:
+    found = by_kind(render(CONFIG, "gateway", gateway_host="ai.corp.example", gateway_namespace="ingress"))
+    envoy_filter = found["EnvoyFilter", "babelgate"]
+    assert envoy_filter["metadata"]["namespace"] == "ingress"
+    assert envoy_filter["spec"]["workloadSelector"] == {"labels": {"istio": "ingressgateway"}}
+    assert found["Gateway", "babelgate"]["spec"]["servers"][0]["hosts"] == ["ai.corp.example"]
+    assert found["VirtualService", "babelgate"]["spec"]["gateways"] == ["babelgate"]
+    assert {p["match"]["context"] for p in envoy_filter["spec"]["configPatches"]} == {"GATEWAY"}
+
+
+def test_sidecar_placement_patches_the_outbound_listener_of_the_namespaces_sidecars() -> None:
+    found = by_kind(render(CONFIG, "sidecar"))
+    envoy_filter = found["EnvoyFilter", "babelgate"]
+    assert envoy_filter["metadata"]["namespace"] == NAMESPACE and "workloadSelector" not in envoy_filter["spec"]
+    assert {p["match"]["context"] for p in envoy_filter["spec"]["configPatches"]} == {"SIDECAR_OUTBOUND"}
+    api = found["Service", "babelgate-api"]["spec"]
+    assert "selector" not in api and api["ports"][0]["port"] == 80
+    assert "gateways" not in found["VirtualService", "babelgate"]["spec"]  # the mesh's sidecars
+
+
+def test_ext_proc_server_runs_non_root_probed_over_grpc_behind_a_grpc_service() -> None:
+    objects = render(CONFIG, "sidecar")
+    found = by_kind(objects)
+    for kind in ("Deployment", "Service", "ConfigMap"):
+        for (found_kind, _), obj in found.items():
+            if found_kind == kind:
+                kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    deployment = found["Deployment", "babelgate"]["spec"]
+    pod = deployment["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/babelgate:1.2.3"
+    assert container["args"] == ["serve", "-c", "/etc/babelgate/babelgate.yaml", "--host", "0.0.0.0",
+                                 "--port", "50051"]
+    assert container["readinessProbe"]["grpc"] == container["livenessProbe"]["grpc"] == {"port": 50051}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "babelgate-provider-keys"}}]
+    assert {"name": "config", "mountPath": "/etc/babelgate", "readOnly": True} in container["volumeMounts"]
+    assert deployment["replicas"] == 3  # ext_proc.processes: one process per pod
+    service = found["Service", "babelgate"]["spec"]
+    assert "clusterIP" not in service  # not headless: Istio would make it an ORIGINAL_DST cluster
+    assert service["ports"] == [{"name": "grpc-ext-proc", "port": 50051, "targetPort": "grpc-ext-proc",
+                                 "protocol": "TCP", "appProtocol": "grpc"}]
+    assert service["selector"].items() <= deployment["template"]["metadata"]["labels"].items()
+    assert found["ConfigMap", "babelgate-config"]["data"] == {"babelgate.yaml": CONFIG}
+
+
+def test_a_changed_config_rolls_the_ext_proc_pods() -> None:
+    def checksum(text: str) -> str:
+        pod = by_kind(render(text, "sidecar"))["Deployment", "babelgate"]["spec"]["template"]
+        return pod["metadata"]["annotations"]["babelgate/config-sha256"]
+
+    assert checksum(CONFIG) == checksum(CONFIG)
+    assert checksum(CONFIG) != checksum(CONFIG.replace("timeout: 30s", "timeout: 31s"))
