@@ -118,6 +118,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is None and config.ext_proc.processes > 1:
         return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
     port = args.port if args.port is not None else config.ext_proc.port
+    if config.telemetry.enabled:
+        from .telemetry.hub import build_telemetry
+
+        # process n of the config (port = ext_proc.port + n) serves its metrics on prometheus_port + n
+        telemetry = build_telemetry(config.telemetry, max(0, port - config.ext_proc.port))
+        runtime = compile_runtime(config, telemetry=telemetry, previous=runtime)
     return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready, config_path=Path(args.config))
 
 

@@ -70,6 +70,8 @@ class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
+    scope = ""
+    """The kind of scope whose limit refused: key, team, user, route or backend."""
 
 
 class UpstreamError(GatewayError):

@@ -225,6 +225,7 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], N
     server, health = build_server(holder)
     port = await server.start(address)
     holder.current.health.cooldowns.start()
+    holder.current.telemetry.extra_counters = lambda: limiter_counters(holder.current)
     loop = asyncio.get_running_loop()
     watcher: asyncio.Task | None = None
     if config_path is not None:
@@ -244,6 +245,17 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], N
     await server.stop(grace=drain_seconds)
     if _closing:
         await asyncio.wait(list(_closing), timeout=drain_seconds)
+    # every stream has reported by now: the request log writes what is queued before the process exits
+    await asyncio.to_thread(holder.current.telemetry.close)
+
+
+def limiter_counters(runtime: Runtime) -> dict[str, int]:
+    limiter = runtime.limiter
+    if limiter is None:
+        return {}
+    stats = limiter.stats
+    return {"limiter_store_errors": stats.store_errors, "limiter_fail_open_admissions": stats.fail_open_admissions,
+            "limiter_fail_closed_refusals": stats.fail_closed_refusals, "limiter_settle_errors": stats.settle_errors}
 
 
 async def _reload(reloader: ConfigReloader) -> None:

@@ -305,6 +305,7 @@ class ModelRoute(_Strict):
                                                                      "number of backends if unset.")
     deadline: Seconds | None = Field(None, description="The whole request, every attempt included; the sum of "
                                                        "the backends' timeouts if unset.")
+    log_content: bool = Field(False, description="Prompts and completions of this route go into the request log.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelRoute:
@@ -424,6 +425,37 @@ class RoutingSettings(_Strict):
                                                                    "averages (EWMA).")
 
 
+class RequestLogSettings(_Strict):
+    destination: str = Field(description="A directory, or s3://bucket/prefix for S3-compatible storage.")
+    s3_endpoint: str | None = Field(None, description="e.g. http://minio:9000 for S3-compatible storage.")
+    s3_region: str | None = None
+    access_key: SecretRef | None = None
+    secret_key: SecretRef | None = None
+    batch_rows: int = Field(1000, ge=1, description="Rows per Parquet file at most.")
+    flush_seconds: Seconds = Field(5.0, description="A partial batch is written this long after its first row.")
+    queue_rows: int = Field(100_000, ge=1, description="Rows waiting at most; past it rows are dropped and counted.")
+
+
+class MetricsSettings(_Strict):
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="Server process n serves /metrics on this port + n.")
+    prometheus_host: str = "127.0.0.1"
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP metrics endpoint, e.g. "
+                                                        "http://collector:4318/v1/metrics.")
+
+
+class TelemetrySettings(_Strict):
+    service_name: str = "babelgate"
+    request_log: RequestLogSettings | None = None
+    metrics: MetricsSettings = MetricsSettings()
+
+    @property
+    def enabled(self) -> bool:
+        """Something consumes per-request reports (the route stage then also sees every final answer)."""
+        metrics = self.metrics
+        return self.request_log is not None or metrics.prometheus_port is not None or metrics.otlp_endpoint is not None
+
+
 class LimitSettings(_Strict):
     redis: RedisSettings | None = Field(None, description="Shared store; without it, an in-process store.")
     user_header: str = Field("x-user-id", description="Header naming the end user; else the body's `user`.")
@@ -450,6 +482,7 @@ class Config(_Strict):
     teams: list[Team] = []
     prices: list[Price] = []
     routing: RoutingSettings = RoutingSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @property
     def limits_configured(self) -> bool:

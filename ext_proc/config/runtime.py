@@ -14,12 +14,14 @@ from types import ModuleType
 from .. import providers
 from ..auth.credentials import Credential, StaticCredential, read_secret
 from ..auth.virtual_keys import KeyInfo
+from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
 from ..providers import presets
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
 from ..routing.rules import CompiledRule
+from ..telemetry.hub import Telemetry
 from .chains import route_chain_sets
 from .models import Backend, Config, ModelRoute, RoutingSettings
 
@@ -89,6 +91,7 @@ class RouteInfo:
     embeddings: bool
     """Every backend of the chain serves /v1/embeddings."""
     wildcard: bool
+    log_content: bool = False
 
     def backend_model(self, backend: str, requested: str) -> str:
         """The backend's model name; a wildcard route's `*` becomes what the client's name matched."""
@@ -122,6 +125,9 @@ class Runtime:
     wildcards: tuple[RouteInfo, ...]
     """`prefix/*` routes, longest prefix first."""
     health: BackendHealth
+    telemetry: Telemetry
+    prices: dict[tuple[str, str], Price]
+    """(backend, backend model) -> price, for the cost reported in telemetry."""
     backends: dict[str, BackendInfo]
     public_models: tuple[str, ...]
     max_body_bytes: int
@@ -131,7 +137,8 @@ class Runtime:
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
-                    health: BackendHealth | None = None, previous: Runtime | None = None) -> Runtime:
+                    health: BackendHealth | None = None, previous: Runtime | None = None,
+                    telemetry: Telemetry | None = None) -> Runtime:
     """`previous`: the runtime a reload replaces. Its backend health, limiter store and unchanged credentials (with
     their refresh threads) carry over; what it had and this one drops is listed by `retired_by`."""
     backends: dict[str, BackendInfo] = {}
@@ -153,6 +160,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
             settings=backend, secret_digest=digest)
     if previous is not None:
         health = previous.health
+        telemetry = telemetry or previous.telemetry
 
     routes: dict[str, RouteInfo] = {}
     wildcards: list[RouteInfo] = []
@@ -182,7 +190,9 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
     limiter = build_limiter(config, announce=announce, previous=earlier) if load_secrets else None
     return Runtime(config=config, limiter=limiter,
                    keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
-                   health=health,
+                   health=health, telemetry=telemetry or Telemetry(),
+                   prices={(p.backend, p.model): Price(p.input, p.output, p.input if p.cached_input is None
+                                                       else p.cached_input) for p in config.prices},
                    public_models=tuple(r.model for r in config.routes if not r.is_wildcard),
                    max_body_bytes=config.requests.max_body_bytes,
                    default_max_tokens=config.requests.default_max_tokens,
@@ -245,7 +255,7 @@ def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendIn
         rules=tuple(CompiledRule.of(rule, route.policy) for rule in route.rules),
         chains=choices, by_first=by_first, attempts=attempts, translations=tuple(kinds.values()),
         embeddings=all(providers.serves_embeddings(backends[b].provider) for b in ids),
-        wildcard=route.is_wildcard)
+        wildcard=route.is_wildcard, log_content=route.log_content)
 
 
 def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:

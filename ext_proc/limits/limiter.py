@@ -185,11 +185,13 @@ class Limiter:
                     else f" Retry after {wait}s.")
             metrics = [entry[1] for entry in entries]
             headers = _rate_headers(metrics, counters, admission.used, ends, now, refused=index)
-            raise RateLimited(
+            refusal = RateLimited(
                 f"Rate limit reached for {counter.label}: limit {_shown(entries[index][1], counter.limit)}, "
                 f"used {_shown(entries[index][1], used)}, "
                 f"this request needs {_shown(entries[index][1], amounts[index])}.{hint}",
                 headers=(("retry-after", str(wait)), *headers))
+            refusal.scope = counter.label.partition(" ")[0]
+            raise refusal
         metrics = [entry[1] for entry in entries]
         return Reservation(entries, primary_backend,
                            headers=_rate_headers(metrics, counters, admission.used, ends, now))

@@ -31,10 +31,12 @@ from .. import constants, providers
 from ..client_formats import anthropic_messages
 from ..config.runtime import BackendInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout, anthropic_error_from_openai
-from ..limits.estimate import Usage, estimate_prompt_tokens, usage_from_openai
+from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, usage_from_openai
 from ..limits.limiter import Reservation
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
+from ..telemetry import semconv
+from ..telemetry.outcome import Outcome, outcome_from_decision
 from . import messages
 from .endpoints import Endpoint
 
@@ -107,6 +109,8 @@ class AttemptStage:
         "_backend",
         "_base64_embeddings",
         "_client_stream",
+        "_completion",
+        "_counting",
         "_created",
         "_decoder",
         "_direct",
@@ -115,9 +119,12 @@ class AttemptStage:
         "_ended_at",
         "_endpoint",
         "_first_byte_at",
+        "_first_chunk_at",
         "_identity_answer",
         "_model",
+        "_outcome",
         "_prompt_estimate",
+        "_raw_usage",
         "_requested",
         "_reservation",
         "_response_headers",
@@ -164,6 +171,14 @@ class AttemptStage:
         self._sent_at = 0.0
         self._first_byte_at = 0.0
         self._ended_at = 0.0
+        self._first_chunk_at = 0.0
+        self._outcome: Outcome | None = None
+        """A chain attempt's report, when telemetry is on (a direct route's is the route stage's)."""
+        self._counting = False
+        """Streamed text is counted (to settle a reservation, or for telemetry when the provider reports none)."""
+        self._completion: list[str] | None = None
+        """The answer's text, kept only for routes whose content is logged."""
+        self._raw_usage: dict | None = None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -188,19 +203,25 @@ class AttemptStage:
         still charged, with what was streamed."""
         self._disarm()
         self._record_latency()
+        if self._outcome is not None and 200 <= self._status < 300:
+            self.fill(self._outcome)
+            self._runtime.telemetry.report(self._outcome)
+            self._outcome = None
         if 200 <= self._status < 300:
             await self._settle()
 
     # -- request ------------------------------------------------------------------------------------------------
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
-                     reservation: str | None) -> None:
+                     reservation: str | None, log_content: bool = False) -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
         self._backend = backend
         self._model = model
         self._requested = requested
+        if self._runtime.telemetry.enabled and log_content:
+            self._completion = []
         self._endpoint = endpoint
         self._reservation = reservation
         if endpoint is Endpoint.MESSAGES:
@@ -226,6 +247,10 @@ class AttemptStage:
             self.error_style = "anthropic"
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
+        if self._runtime.telemetry.enabled:
+            self._outcome = outcome_from_decision(decision, headers, route.name, self._requested)
+            if route.log_content:
+                self._completion = []
         return messages.request_headers_reply(remove=[name for name in headers if forwarded_never(name)])
 
     def on_request_body(self, message: HttpBody, parsed: dict | None = None) -> ProcessingResponse:
@@ -246,9 +271,11 @@ class AttemptStage:
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
                              code="unsupported_endpoint")
-        if self._reservation is not None:
+        self._counting = self._reservation is not None or self._runtime.telemetry.enabled
+        if self._counting:
             self._prompt_estimate = estimate_prompt_tokens(body, self._runtime.chars_per_token)
-        self._identity_answer = (self._direct and self._reservation is None and not self._streaming
+        self._identity_answer = (self._direct and self._reservation is None and not self._counting
+                                 and not self._streaming
                                  and not self._base64_embeddings and self._endpoint is not Endpoint.MESSAGES
                                  and getattr(provider, "IDENTITY_RESPONSES", False))
         if self._streaming:
@@ -364,7 +391,13 @@ class AttemptStage:
             error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
                                   f"{type(exc).__name__}.")
             return _json_reply(orjson.loads(error.body(self.error_style)), error.status)
-        self.usage = usage_from_openai(translated.get("usage"))
+        self._raw_usage = translated.get("usage")
+        self.usage = usage_from_openai(self._raw_usage)
+        if self._completion is not None:
+            for choice in translated.get("choices") or ():
+                content = (choice.get("message") or {}).get("content")
+                if isinstance(content, str):
+                    self._completion.append(content)
         if self._endpoint is Endpoint.MESSAGES:
             return _json_reply(anthropic_messages.from_openai(translated, self._model))
         return _json_reply(translated)
@@ -404,24 +437,59 @@ class AttemptStage:
         return b"".join(encode_event(name, payload) for name, payload in self._client_stream.finish())
 
     def _encode(self, chunk: dict) -> bytes:
+        if not self._first_chunk_at:
+            self._first_chunk_at = time.monotonic()
         self._count(chunk)
         if self._client_stream is None:
             return encode_data(chunk)
         return b"".join(encode_event(name, payload) for name, payload in self._client_stream.feed(chunk))
 
     def _count(self, chunk: dict) -> None:
-        if self._reservation is not None:
+        if self._counting:
             for choice in chunk.get("choices") or ():
                 delta = choice.get("delta") or {}
+                if self._completion is not None and delta.get("content"):
+                    self._completion.append(delta["content"])
                 self._streamed_chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
                 for call in delta.get("tool_calls") or ():
                     self._streamed_chars += len((call.get("function") or {}).get("arguments") or "")
+
+    # -- telemetry ----------------------------------------------------------------------------------------------
+
+    def fill(self, outcome: Outcome) -> None:
+        """What this attempt knows of the request's end: backend, model, status, usage, cost, timing, text."""
+        backend = self._backend
+        if backend is None:
+            return
+        outcome.backend = backend.id
+        outcome.provider = semconv.provider_name(backend.schema, backend.settings.preset)
+        outcome.served_model = self._model
+        outcome.stream = self._streaming
+        if self._status:
+            outcome.status = self._status
+        if not outcome.first_token and self._streaming and self._first_chunk_at:
+            outcome.first_token = self._first_chunk_at
+        outcome.ended = self._ended_at or time.monotonic()
+        if 200 <= self._status < 300:
+            usage = self._final_usage()
+            outcome.input_tokens, outcome.output_tokens = usage.input_tokens, usage.output_tokens
+            outcome.cached_tokens = usage.cached_input_tokens
+            details = (self._raw_usage or {}).get("completion_tokens_details") if isinstance(
+                self._raw_usage, dict) else None
+            if isinstance(details, dict):
+                outcome.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
+            price = self._runtime.prices.get((backend.id, self._model))
+            if price is not None:
+                outcome.cost_usd = cost_micro_usd(usage, price) / 1e6
+        if self._completion is not None:
+            outcome.completion = "".join(self._completion)
 
     # -- settlement ---------------------------------------------------------------------------------------------
 
     def _final_usage(self) -> Usage:
         """Real usage when the provider reported it; otherwise the prompt estimate and the streamed text."""
         if self._stream is not None:
+            self._raw_usage = self._stream.usage or self._raw_usage  # type: ignore[attr-defined]
             self.usage = usage_from_openai(self._stream.usage) or self.usage  # type: ignore[attr-defined]
         counted = math.ceil(self._streamed_chars / self._runtime.chars_per_token)
         usage = self.usage

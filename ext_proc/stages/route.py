@@ -24,18 +24,19 @@ from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
 from ..client_formats import anthropic_messages
 from ..config.runtime import RouteInfo, Runtime, find_route
-from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
+from ..telemetry.outcome import Outcome
 from . import messages
 from .attempt import AttemptStage, forwarded_never
 from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_endpoint", "_headers", "_key", "_reservation", "_runtime", "_user",
+    __slots__ = ("_attempt", "_endpoint", "_headers", "_key", "_outcome", "_reservation", "_runtime", "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -49,18 +50,27 @@ class RouteStage:
         self._headers: dict[str, str] = {}
         self._attempt: AttemptStage | None = None
         """Set for a direct route: the attempt stage's logic, run inside this stream."""
+        self._outcome: Outcome | None = Outcome() if runtime.telemetry.enabled else None
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
-        if kind == "request_headers":
-            return self.on_request_headers(request.request_headers)
-        if kind == "request_body":
-            return await self.on_request_body(request.request_body)
-        if kind == "response_headers":
-            return await self.on_response_headers(request)
-        if kind == "response_body" and self._attempt is not None:
-            return await self._attempt.handle(request)
-        return messages.continue_unchanged(kind)
+        try:
+            if kind == "request_headers":
+                return self.on_request_headers(request.request_headers)
+            if kind == "request_body":
+                return await self.on_request_body(request.request_body)
+            if kind == "response_headers":
+                return await self.on_response_headers(request)
+            if kind == "response_body" and self._attempt is not None:
+                return await self._attempt.handle(request)
+            return messages.continue_unchanged(kind)
+        except GatewayError as error:
+            if self._outcome is not None:  # answered by the gateway itself: this stage reports it
+                self._outcome.status = error.status
+                self._outcome.error_type = error.code or error.type
+                if isinstance(error, RateLimited):
+                    self._outcome.rate_limited_scope = error.scope or "unknown"
+            raise
 
     async def close(self) -> None:
         """A direct route's answer that never reached its end is still settled. Otherwise nothing to do: a
@@ -69,25 +79,45 @@ class RouteStage:
         never an over-admission)."""
         if self._attempt is not None:
             await self._attempt.close()
+        if self._outcome is not None:
+            self._report(self._outcome)
+
+    def _report(self, outcome: Outcome) -> None:
+        """This stage reports its own refusals, direct routes, and a chain's failed final answer; a chain's
+        successful answer is reported by the attempt stage that served it (it alone saw the body)."""
+        if self._attempt is not None:
+            self._attempt.fill(outcome)
+        elif outcome.route and (outcome.status == 0 or 200 <= outcome.status < 300):
+            return
+        if not outcome.ended:
+            outcome.ended = time.monotonic()
+        self._runtime.telemetry.report(outcome)
 
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
+        outcome = self._outcome
+        if outcome is not None:
+            outcome.request_id = headers.get("x-request-id", "")
         endpoint, argument = classify(headers.get(":method", ""), headers.get(":path", "/"))
         if endpoint is Endpoint.MESSAGES:
             self.error_style = "anthropic"
         key = authenticate(self._runtime.keys,
                            bearer_token(headers.get("authorization")) or headers.get("x-api-key"))
-        if endpoint is Endpoint.MODELS:
-            return messages.immediate(200, _model_list(self._runtime, key))
-        if endpoint is Endpoint.MODEL:
-            return messages.immediate(200, _model_entry(self._runtime, key, argument))
+        self._user = headers.get(self._runtime.user_header) or None
+        if outcome is not None:
+            outcome.endpoint, outcome.key_id, outcome.team, outcome.user = endpoint.value, key.id, key.team, self._user
+        if endpoint is Endpoint.MODELS or endpoint is Endpoint.MODEL:
+            listing = (_model_list(self._runtime, key) if endpoint is Endpoint.MODELS
+                       else _model_entry(self._runtime, key, argument))
+            if outcome is not None:
+                outcome.status = 200
+            return messages.immediate(200, listing)
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._runtime.max_body_bytes:
             raise _too_large(self._runtime.max_body_bytes)
         if message.end_of_stream:
             raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
         self._endpoint, self._key = endpoint, key
-        self._user = headers.get(self._runtime.user_header) or None
         self._headers = headers
         # Clients steer neither Babelgate (internal headers) nor Envoy (x-envoy-max-retries and friends).
         spoofed = [name for name in headers
@@ -130,6 +160,19 @@ class RouteStage:
             constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
             constants.METADATA_KEY_ID_KEY: self._key.id,
         }
+        outcome = self._outcome
+        if outcome is not None:
+            outcome.route, outcome.requested_model, outcome.stream = route.name, model, body.get("stream") is True
+            if outcome.user is None and isinstance(body.get("user"), str):
+                outcome.user = body["user"] or None
+            metadata[constants.METADATA_STARTED_KEY] = repr(outcome.started_wall)
+            if outcome.team:
+                metadata[constants.METADATA_TEAM_KEY] = outcome.team
+            if outcome.user:
+                metadata[constants.METADATA_USER_KEY] = outcome.user
+            if route.log_content:
+                outcome.prompt = orjson.dumps(body.get("messages", body.get("input"))).decode()
+                metadata[constants.METADATA_PROMPT_KEY] = outcome.prompt
         limiter = runtime.limiter
         if limiter is not None:
             self._reservation = await self._reserve(limiter, body, route, order[0], model)
@@ -178,7 +221,8 @@ class RouteStage:
         attempt = AttemptStage(self._runtime)
         attempt.push = self.push
         attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
-                             requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY))
+                             requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
+                             log_content=route.log_content)
         reply = attempt.on_request_body(message, body)
         self._attempt = attempt
         common = reply.request_body.response
@@ -192,6 +236,15 @@ class RouteStage:
         return reply
 
     async def on_response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        if self._outcome is not None:
+            headers = messages.header_dict(request.response_headers)
+            outcome = self._outcome
+            outcome.status = int(headers.get(":status", "0") or 0)
+            outcome.attempts = int(headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER)
+                                   or headers.get(constants.RESPONSE_HEADER_ATTEMPTS) or 1)
+            outcome.backend = headers.get(constants.RESPONSE_HEADER_BACKEND, outcome.backend)
+            if outcome.status >= 400 and not outcome.error_type:
+                outcome.error_type = str(outcome.status)
         reservation = self._reservation
         reply = (await self._attempt.handle(request) if self._attempt is not None
                  else messages.response_headers_reply())

@@ -1,0 +1,110 @@
+"""The process's telemetry: built once from `telemetry:` in the config, fed one `Outcome` per request.
+
+Everything here is off the request's critical path or cheap: a row appended to the log's queue, a few histogram
+records, no I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ..auth.credentials import read_secret
+from ..config.models import TelemetrySettings
+from .metrics import Metrics
+from .outcome import Outcome
+from .request_log import RequestLog, open_filesystem
+
+log = logging.getLogger(__name__)
+
+
+class Telemetry:
+    def __init__(self, metrics: Metrics | None = None, request_log: RequestLog | None = None) -> None:
+        self.metrics = metrics
+        self.request_log = request_log
+        self.extra_counters: Callable[[], dict[str, int]] | None = None
+        """More counters for the metrics (the limiter's, read from the current runtime)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.metrics is not None or self.request_log is not None
+
+    def report(self, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.record(outcome)
+        if self.request_log is not None:
+            self.request_log.record(row(outcome))
+
+    def counters(self) -> dict[str, int]:
+        found = dict(self.extra_counters()) if self.extra_counters is not None else {}
+        if self.request_log is not None:
+            stats = self.request_log.stats
+            found.update(request_log_dropped_rows=stats.dropped_rows, request_log_write_errors=stats.write_errors)
+        return found
+
+    def close(self) -> None:
+        if self.request_log is not None:
+            self.request_log.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def row(outcome: Outcome) -> dict:
+    """Prompt and completion are only ever filled in for routes with `log_content`."""
+    return {
+        "timestamp": datetime.fromtimestamp(outcome.started_wall, UTC),
+        "request_id": outcome.request_id,
+        "key_id": outcome.key_id,
+        "team": outcome.team,
+        "user": outcome.user,
+        "endpoint": outcome.endpoint,
+        "route": outcome.route,
+        "backend": outcome.backend or None,
+        "requested_model": outcome.requested_model,
+        "served_model": outcome.served_model or None,
+        "status": outcome.status,
+        "attempts": outcome.attempts,
+        "stream": outcome.stream,
+        "latency_ms": outcome.duration * 1000,
+        "ttft_ms": first * 1000 if (first := outcome.time_to_first_token) is not None else None,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "cached_tokens": outcome.cached_tokens,
+        "reasoning_tokens": outcome.reasoning_tokens,
+        "cost_usd": outcome.cost_usd,
+        "error_type": outcome.error_type,
+        "prompt": outcome.prompt,
+        "completion": outcome.completion,
+    }
+
+
+def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetry:
+    """`process_index`: the n-th server process of this config; its Prometheus port is `port + n`."""
+    request_log = None
+    if settings.request_log is not None:
+        sink = settings.request_log
+        filesystem, root = open_filesystem(
+            sink.destination, endpoint=sink.s3_endpoint, region=sink.s3_region,
+            access_key=read_secret(sink.access_key, "telemetry.request_log.access_key") if sink.access_key else None,
+            secret_key=read_secret(sink.secret_key, "telemetry.request_log.secret_key") if sink.secret_key else None)
+        request_log = RequestLog(filesystem, root, batch_rows=sink.batch_rows, flush_seconds=sink.flush_seconds,
+                                 queue_rows=sink.queue_rows)
+    readers = []
+    if settings.metrics.prometheus_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        port = settings.metrics.prometheus_port + process_index
+        start_http_server(port, addr=settings.metrics.prometheus_host)
+        readers.append(PrometheusMetricReader())
+        log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics.prometheus_host, port)
+    if settings.metrics.otlp_endpoint is not None:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.metrics.otlp_endpoint)))
+    telemetry = Telemetry(request_log=request_log)
+    if readers:
+        telemetry.metrics = Metrics(readers, settings.service_name, counters=telemetry.counters)
+    return telemetry

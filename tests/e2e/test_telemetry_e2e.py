@@ -1,0 +1,179 @@
+"""Telemetry through the real Envoy: the Parquet request log (one row per request, whichever stage saw its end)
+and a real scrape of the Prometheus endpoint, after traffic of every kind; provider secrets and virtual keys appear
+in none of it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+from ext_proc.auth.virtual_keys import generate_key, hash_key
+from ext_proc.config.loading import load_config
+from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.stack import start_stack
+
+from .support import fault
+
+HELLO = [{"role": "user", "content": "hello there"}]
+PROVIDER_SECRET = "sk-telemetry-provider-secret-0123456789"
+
+
+@dataclass
+class Observed:
+    rows: list[dict]
+    metrics: str
+    logs: str
+    key: str
+    limited_key: str
+
+
+def _config(ports: dict[str, int], key: str, limited_key: str, log_dir: Path, metrics_port: int) -> dict:
+    return {
+        "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
+        "backends": [
+            {"id": "oa", "schema": "openai", "base_url": f"http://127.0.0.1:{ports['openai']}/v1",
+             "api_key": {"env": "TELEMETRY_PROVIDER_KEY"}, "outlier_detection": None},
+            {"id": "an", "schema": "anthropic", "base_url": f"http://127.0.0.1:{ports['anthropic']}",
+             "api_key": {"env": "TELEMETRY_PROVIDER_KEY"}, "outlier_detection": None},
+        ],
+        "routes": [
+            {"model": "direct", "backends": [{"backend": "oa", "model": "gpt-direct"}]},
+            {"model": "chain", "log_content": True,
+             "backends": [{"backend": "oa", "model": "gpt-chain"}, {"backend": "an", "model": "claude-chain"}]},
+        ],
+        "prices": [{"backend": "an", "model": "claude-chain", "input": 3, "output": 15}],
+        "virtual_keys": [{"id": "main", "hash": hash_key(key), "team": "platform"},
+                         {"id": "limited", "hash": hash_key(limited_key),
+                          "limits": [{"window": "minute", "requests": 1}]}],
+        "routing": {"cooldown_max": "1ms"},
+        "telemetry": {"request_log": {"destination": str(log_dir), "flush_seconds": "200ms"},
+                      "metrics": {"prometheus_port": metrics_port}},
+    }
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    workdir = tmp_path_factory.mktemp("telemetry")
+    supervisor = Supervisor(log_dir=workdir)
+    try:
+        ports = {}
+        for kind in ("openai", "anthropic"):
+            _, ready = supervisor.start_reporting(kind, python_module(
+                "ext_proc.demo", "--kind", kind, "--name", kind, "--port", "0", "--api-key", PROVIDER_SECRET))
+            ports[kind] = ready["port"]
+        key, limited_key = generate_key(), generate_key()
+        metrics_port = free_port()
+        path = workdir / "config.yaml"
+        path.write_text(yaml.safe_dump(_config(ports, key, limited_key, workdir / "requests", metrics_port)))
+        stack = start_stack(load_config(path), path, workdir, supervisor,
+                            env={"TELEMETRY_PROVIDER_KEY": PROVIDER_SECRET})
+        client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=20)
+        client.chat.completions.create(model="direct", messages=HELLO, user="u-1")
+        list(client.chat.completions.create(model="chain", messages=HELLO, stream=True,
+                                            stream_options={"include_usage": True}))
+        client.chat.completions.create(model="chain", messages=HELLO, extra_headers=fault("openai:503"))
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="chain", messages=HELLO,
+                                           extra_headers=fault("openai:500,anthropic:500"))
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=stack.url + "/v1", api_key="bg-not-a-key", max_retries=0).models.list()
+        limited = openai.OpenAI(base_url=stack.url + "/v1", api_key=limited_key, max_retries=0, timeout=20)
+        limited.chat.completions.create(model="direct", messages=HELLO)
+        with pytest.raises(openai.RateLimitError):
+            limited.chat.completions.create(model="direct", messages=HELLO)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        for child in supervisor.children:  # a graceful stop flushes the log
+            if child.name.startswith("ext_proc"):
+                child.process.send_signal(signal.SIGTERM)
+                assert child.process.wait(30) == 0
+        rows = ds.dataset(workdir / "requests", format="parquet", partitioning="hive").to_table().to_pylist()
+        logs = "".join(p.read_text(errors="replace") for p in workdir.glob("*.log"))
+        yield Observed(rows, metrics, logs, key, limited_key)
+    finally:
+        supervisor.stop_all()
+
+
+def _one(rows: list[dict], **wanted: object) -> dict:
+    found = [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
+    assert len(found) == 1, (wanted, rows)
+    return found[0]
+
+
+def test_one_row_per_request(observed: Observed) -> None:
+    assert len(observed.rows) == 7
+    assert len({r["request_id"] for r in observed.rows}) == 7
+
+
+def test_direct_route_row(observed: Observed) -> None:
+    row = _one(observed.rows, route="direct", key_id="main")
+    assert (row["status"], row["backend"], row["served_model"], row["attempts"]) == (200, "oa", "gpt-direct", 1)
+    assert row["team"] == "platform" and row["user"] == "u-1"
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["latency_ms"] > 0
+    assert row["prompt"] is None and row["completion"] is None  # the route does not log content
+
+
+def test_streamed_chain_row_has_time_to_first_token_and_content(observed: Observed) -> None:
+    row = _one(observed.rows, route="chain", stream=True)
+    assert row["status"] == 200 and row["backend"] == "oa" and row["ttft_ms"] is not None
+    assert 0 < row["ttft_ms"] <= row["latency_ms"]
+    assert "hello there" in row["prompt"] and row["completion"]
+
+
+def test_failover_row_counts_both_attempts_and_the_cost(observed: Observed) -> None:
+    row = _one(observed.rows, route="chain", stream=False, status=200)
+    assert (row["backend"], row["served_model"], row["attempts"]) == ("an", "claude-chain", 2)
+    expected = (row["input_tokens"] * 3 + row["output_tokens"] * 15) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_failed_final_answer_row(observed: Observed) -> None:
+    row = _one(observed.rows, route="chain", status=500)
+    assert row["attempts"] == 2 and row["error_type"] and row["output_tokens"] == 0
+
+
+def test_refusals_are_rows_too(observed: Observed) -> None:
+    assert _one(observed.rows, status=401)["error_type"]
+    refused = _one(observed.rows, status=429)
+    assert refused["key_id"] == "limited" and refused["error_type"] == "rate_limit_exceeded"
+
+
+def test_prometheus_scrape_has_the_genai_metrics(observed: Observed) -> None:
+    text = observed.metrics
+    assert 'gen_ai_client_token_usage' in text and 'gen_ai_token_type="input"' in text
+    assert 'gen_ai_token_type="output"' in text
+    assert "gen_ai_client_operation_duration_seconds_bucket" in text
+    assert "gen_ai_server_time_to_first_token_seconds_count" in text
+    samples = _samples(text)
+    assert samples[("babelgate_requests_total", (("backend", "an"), ("route", "chain"), ("status", "200")))] == 1
+    assert samples[("babelgate_failovers_total", (("route", "chain"),))] == 2  # one per request that failed over
+    assert samples[("babelgate_rate_limit_refusals_total", (("scope", "key"),))] == 1
+    assert ("babelgate_internal_total", (("counter", "limiter_store_errors"),)) in samples
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text format -> {(name, labels without OpenTelemetry's scope labels): value}."""
+    found = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"(\w+)(?:\{(.*)\})? (\S+)", line)
+        if match is None or line.startswith("#"):
+            continue
+        labels = tuple(sorted((k, v) for k, v in re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")
+                              if not k.startswith("otel_scope")))
+        found[(match.group(1), labels)] = float(match.group(3))
+    return found
+
+
+def test_no_secret_anywhere(observed: Observed) -> None:
+    outputs = [observed.metrics, observed.logs, repr(observed.rows)]
+    for secret in (PROVIDER_SECRET, observed.key, observed.limited_key):
+        assert all(secret not in text for text in outputs)
