@@ -84,9 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", type=Path, required=True)
     check.set_defaults(handler=_check)
 
-    usage = commands.add_parser("usage", help="current usage and remaining quota per key, team, user, model, backend")
-    usage.add_argument("-c", "--config", type=Path, required=True)
+    usage = commands.add_parser("usage", help="current usage and remaining quota per key, team, user, model, "
+                                              "backend; or, with --from-log, a summary of the request log")
+    usage.add_argument("-c", "--config", type=Path)
     usage.add_argument("--json", action="store_true", help="machine-readable rows")
+    usage.add_argument("--from-log", metavar="DIR", help="summarise the Parquet request log in DIR (or s3://...)")
+    usage.add_argument("--s3-endpoint", help="--from-log on S3-compatible storage: its endpoint URL")
+    usage.add_argument("--chart", type=Path, metavar="PNG", help="--from-log: also draw traffic and latency")
     usage.set_defaults(handler=_usage)
 
     keys = commands.add_parser("keys", help="manage virtual keys").add_subparsers(dest="keys_command", required=True)
@@ -330,6 +334,11 @@ def _check(args: argparse.Namespace) -> int:
 # -- usage --------------------------------------------------------------------------------------------------------
 
 def _usage(args: argparse.Namespace) -> int:
+    if args.from_log:
+        return _usage_from_log(args)
+    if args.config is None:
+        print("babelgate usage: give -c CONFIG (live counters) or --from-log DIR (the request log)", file=sys.stderr)
+        return 2
     from .config.loading import load_config
     from .limits.limiter import compile_tables
     from .limits.report import format_rows, usage_rows
@@ -351,6 +360,26 @@ def _usage(args: argparse.Namespace) -> int:
         print(json.dumps([row._asdict() for row in rows]))
     else:
         print(format_rows(rows))
+    return 0
+
+
+def _usage_from_log(args: argparse.Namespace) -> int:
+    from .telemetry.log_report import format_table, read_log, summarize, write_chart
+    from .telemetry.request_log import open_filesystem
+
+    filesystem, root = open_filesystem(args.from_log, endpoint=args.s3_endpoint,
+                                       access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                       secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    try:
+        table = read_log(root, filesystem)
+    except (OSError, ValueError) as exc:
+        print(f"babelgate usage: can't read the request log at {args.from_log}: {exc}", file=sys.stderr)
+        return 1
+    rows = summarize(table)
+    print(json.dumps(rows) if args.json else format_table(rows))
+    if args.chart is not None and table.num_rows:
+        write_chart(table, args.chart)
+        print(f"chart written to {args.chart}", file=sys.stderr)
     return 0
 
 

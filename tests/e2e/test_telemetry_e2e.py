@@ -4,8 +4,11 @@ in none of it."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ class Observed:
     logs: str
     key: str
     limited_key: str
+    log_dir: Path
 
 
 def _config(ports: dict[str, int], key: str, limited_key: str, log_dir: Path, metrics_port: int) -> dict:
@@ -98,7 +102,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                 assert child.process.wait(30) == 0
         rows = ds.dataset(workdir / "requests", format="parquet", partitioning="hive").to_table().to_pylist()
         logs = "".join(p.read_text(errors="replace") for p in workdir.glob("*.log"))
-        yield Observed(rows, metrics, logs, key, limited_key)
+        yield Observed(rows, metrics, logs, key, limited_key, workdir / "requests")
     finally:
         supervisor.stop_all()
 
@@ -177,3 +181,28 @@ def test_no_secret_anywhere(observed: Observed) -> None:
     outputs = [observed.metrics, observed.logs, repr(observed.rows)]
     for secret in (PROVIDER_SECRET, observed.key, observed.limited_key):
         assert all(secret not in text for text in outputs)
+
+
+def _usage(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "ext_proc", "usage", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_usage_from_log_summarises_per_key_model_and_backend(observed: Observed, tmp_path: Path) -> None:
+    summary = json.loads(_usage("--from-log", str(observed.log_dir), "--json"))
+    chain_an = next(r for r in summary if (r["key"], r["model"], r["backend"]) == ("main", "chain", "an"))
+    assert chain_an["requests"] == 2 and chain_an["errors"] == 1 and chain_an["error rate"] == 0.5
+    assert chain_an["cost USD"] > 0 and chain_an["p95 ms"] >= chain_an["p50 ms"] > 0
+    assert sum(r["requests"] for r in summary) == 7
+    table = _usage("--from-log", str(observed.log_dir), "--chart", str(tmp_path / "traffic.png"))
+    assert "p95 ms" in table.splitlines()[0] and "chain" in table
+    assert (tmp_path / "traffic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_duckdb_reads_the_log(observed: Observed) -> None:
+    import duckdb
+
+    [(count, tokens)] = duckdb.connect().execute(
+        f"select count(*), sum(output_tokens) from read_parquet('{observed.log_dir}/**/*.parquet', "
+        "hive_partitioning = true)").fetchall()
+    assert count == 7 and tokens == sum(r["output_tokens"] for r in observed.rows)
