@@ -10,6 +10,9 @@ INTERNAL_HEADER_PREFIX = "x-babelgate-int-"
 HEADER_CHAIN = INTERNAL_HEADER_PREFIX + "chain"
 """Set by the route stage; Envoy's route table matches it to pick the chain's aggregate cluster."""
 
+HEADER_ACCESS_LOG = INTERNAL_HEADER_PREFIX + "access-log"
+"""Response header from a chain's attempt stage to the route stage: the answer's fields for Envoy's access log."""
+
 CLIENT_HEADER_PREFIX = "x-babelgate-"
 """Every header with this prefix is removed before a request leaves Envoy for a provider."""
 

@@ -448,6 +448,10 @@ class TelemetrySettings(_Strict):
     service_name: str = "babelgate"
     request_log: RequestLogSettings | None = None
     metrics: MetricsSettings = MetricsSettings()
+    access_log: str | None = Field(
+        None, description="Envoy writes a JSON access log line per request, and one per upstream attempt, to this "
+                          "path (e.g. /dev/stdout), with Babelgate's metadata: key, route, backend, model, tokens, "
+                          "cost.")
 
     @property
     def enabled(self) -> bool:

@@ -134,6 +134,8 @@ class Runtime:
     default_max_tokens: int
     user_header: str
     chars_per_token: float
+    access_logged: bool = False
+    """Envoy's access logs are rendered: the stages hand them backend, model, tokens and cost as metadata."""
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
@@ -191,6 +193,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
     return Runtime(config=config, limiter=limiter,
                    keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
                    health=health, telemetry=telemetry or Telemetry(),
+                   access_logged=config.telemetry.access_log is not None,
                    prices={(p.backend, p.model): Price(p.input, p.output, p.input if p.cached_input is None
                                                        else p.cached_input) for p in config.prices},
                    public_models=tuple(r.model for r in config.routes if not r.is_wildcard),

@@ -52,6 +52,7 @@ from .. import constants
 from ..config.chains import ChainRoute, all_chain_routes, deadline
 from ..config.models import Backend, Config, ListenerTls
 from ..errors import NotFound
+from .access_log import ATTEMPT_FIELDS, REQUEST_FIELDS, file_log
 from .clusters import all_clusters
 from .filters import local_reply_config, route_stage_filter
 
@@ -95,10 +96,12 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
         rds=routes_from,
         http_filters=[
             route_stage_filter(config),
-            HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(Router())),
+            HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(router(config))),
         ],
         local_reply_config=local_reply_config(),
     )
+    if config.telemetry.access_log is not None:
+        manager.access_log = [file_log(config.telemetry.access_log, REQUEST_FIELDS)]
     return Listener(
         name="babelgate",
         address=_address(config.listener.host, config.listener.port),
@@ -114,6 +117,12 @@ def _listener_tls(tls: ListenerTls) -> TransportSocket:
         tls_certificates=[TlsCertificate(certificate_chain=DataSource(filename=str(tls.cert_file)),
                                          private_key=DataSource(filename=str(tls.key_file)))]))
     return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
+
+
+def router(config: Config) -> Router:
+    if config.telemetry.access_log is None:
+        return Router()
+    return Router(upstream_log=[file_log(config.telemetry.access_log, ATTEMPT_FIELDS)])
 
 
 def route_configuration(config: Config) -> RouteConfiguration:

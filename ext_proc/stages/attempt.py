@@ -195,6 +195,8 @@ class AttemptStage:
             if request.response_body.end_of_stream and 200 <= self._status < 300:
                 self._ended_at = time.monotonic()
                 await self._settle()
+                if self._runtime.access_logged:
+                    self._hand_to_access_log(reply)
             return reply
         return messages.continue_unchanged(kind)
 
@@ -271,7 +273,8 @@ class AttemptStage:
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
                              code="unsupported_endpoint")
-        self._counting = self._reservation is not None or self._runtime.telemetry.enabled
+        self._counting = (self._reservation is not None or self._runtime.telemetry.enabled
+                          or self._runtime.access_logged)
         if self._counting:
             self._prompt_estimate = estimate_prompt_tokens(body, self._runtime.chars_per_token)
         self._identity_answer = (self._direct and self._reservation is None and not self._counting
@@ -453,6 +456,25 @@ class AttemptStage:
                 self._streamed_chars += len(delta.get("content") or "") + len(delta.get("reasoning_content") or "")
                 for call in delta.get("tool_calls") or ():
                     self._streamed_chars += len((call.get("function") or {}).get("arguments") or "")
+
+    def _hand_to_access_log(self, reply: ProcessingResponse) -> None:
+        """A direct route's stage is the request's own filter: its metadata reaches the request's log line. An
+        attempt's metadata stays on the attempt, so a whole (buffered) answer carries the fields to the route stage
+        in an internal response header, which that stage turns into metadata and removes."""
+        fields = self._access_log_fields()
+        if self._direct:
+            messages.with_metadata(reply, fields)
+        elif self._decoder is None:
+            reply.response_body.response.header_mutation.set_headers.extend(messages.mutation(
+                ((constants.HEADER_ACCESS_LOG, orjson.dumps(fields).decode()),)).set_headers)
+
+    def _access_log_fields(self) -> dict[str, object]:
+        assert self._backend is not None
+        usage = self._final_usage()
+        price = self._runtime.prices.get((self._backend.id, self._model))
+        return {constants.METADATA_BACKEND_KEY: self._backend.id, "model": self._model,
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "cost_usd": cost_micro_usd(usage, price) / 1e6 if price is not None else 0.0}
 
     # -- telemetry ----------------------------------------------------------------------------------------------
 

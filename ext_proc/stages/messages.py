@@ -89,6 +89,12 @@ def response_body_reply(body: bytes | None = None, set_headers: Headers = (),
     return ProcessingResponse(response_body=BodyResponse(response=_common(set_headers, remove, body, False)))
 
 
+def with_metadata(reply: ProcessingResponse, metadata: dict[str, object]) -> ProcessingResponse:
+    """Dynamic metadata for Envoy's access logs (the stage's filter stream info: downstream or upstream)."""
+    reply.dynamic_metadata.update({constants.METADATA_NAMESPACE: metadata})
+    return reply
+
+
 def streamed_body_reply(body: bytes, end_of_stream: bool) -> ProcessingResponse:
     """A body chunk in FULL_DUPLEX_STREAMED mode, where replies need not match Envoy's chunks one for one."""
     reply = ProcessingResponse()

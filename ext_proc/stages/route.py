@@ -9,6 +9,7 @@ final answer failed, and add the `x-ratelimit-*` headers.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -236,6 +237,9 @@ class RouteStage:
         return reply
 
     async def on_response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        logged = None
+        if self._runtime.access_logged and self._attempt is None:
+            logged = messages.header_dict(request.response_headers).get(constants.HEADER_ACCESS_LOG)
         if self._outcome is not None:
             headers = messages.header_dict(request.response_headers)
             outcome = self._outcome
@@ -247,7 +251,10 @@ class RouteStage:
                 outcome.error_type = str(outcome.status)
         reservation = self._reservation
         reply = (await self._attempt.handle(request) if self._attempt is not None
-                 else messages.response_headers_reply())
+                 else messages.response_headers_reply(remove=(constants.HEADER_ACCESS_LOG,) if logged else ()))
+        if logged:
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                messages.with_metadata(reply, orjson.loads(logged))  # type: ignore[arg-type]
         if reservation is None:
             return reply  # type: ignore[return-value]
         status = messages.header_dict(request.response_headers).get(":status", "")

@@ -38,9 +38,11 @@ class Observed:
     key: str
     limited_key: str
     log_dir: Path
+    access_lines: list[dict]
 
 
-def _config(ports: dict[str, int], key: str, limited_key: str, log_dir: Path, metrics_port: int) -> dict:
+def _config(ports: dict[str, int], key: str, limited_key: str, log_dir: Path, metrics_port: int,
+            access_log: Path) -> dict:
     return {
         "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
         "backends": [
@@ -60,7 +62,7 @@ def _config(ports: dict[str, int], key: str, limited_key: str, log_dir: Path, me
                           "limits": [{"window": "minute", "requests": 1}]}],
         "routing": {"cooldown_max": "1ms"},
         "telemetry": {"request_log": {"destination": str(log_dir), "flush_seconds": "200ms"},
-                      "metrics": {"prometheus_port": metrics_port}},
+                      "metrics": {"prometheus_port": metrics_port}, "access_log": str(access_log)},
     }
 
 
@@ -77,7 +79,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         key, limited_key = generate_key(), generate_key()
         metrics_port = free_port()
         path = workdir / "config.yaml"
-        path.write_text(yaml.safe_dump(_config(ports, key, limited_key, workdir / "requests", metrics_port)))
+        path.write_text(yaml.safe_dump(_config(ports, key, limited_key, workdir / "requests", metrics_port,
+                                               workdir / "access.log")))
         stack = start_stack(load_config(path), path, workdir, supervisor,
                             env={"TELEMETRY_PROVIDER_KEY": PROVIDER_SECRET})
         client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=20)
@@ -101,8 +104,10 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                 child.process.send_signal(signal.SIGTERM)
                 assert child.process.wait(30) == 0
         rows = ds.dataset(workdir / "requests", format="parquet", partitioning="hive").to_table().to_pylist()
+        supervisor.stop_all()  # Envoy writes its access log out as it stops
         logs = "".join(p.read_text(errors="replace") for p in workdir.glob("*.log"))
-        yield Observed(rows, metrics, logs, key, limited_key, workdir / "requests")
+        access = [json.loads(line) for line in (workdir / "access.log").read_text().splitlines()]
+        yield Observed(rows, metrics, logs, key, limited_key, workdir / "requests", access)
     finally:
         supervisor.stop_all()
 
@@ -178,7 +183,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_no_secret_anywhere(observed: Observed) -> None:
-    outputs = [observed.metrics, observed.logs, repr(observed.rows)]
+    outputs = [observed.metrics, observed.logs, repr(observed.rows), repr(observed.access_lines)]
     for secret in (PROVIDER_SECRET, observed.key, observed.limited_key):
         assert all(secret not in text for text in outputs)
 
@@ -206,3 +211,18 @@ def test_duckdb_reads_the_log(observed: Observed) -> None:
         f"select count(*), sum(output_tokens) from read_parquet('{observed.log_dir}/**/*.parquet', "
         "hive_partitioning = true)").fetchall()
     assert count == 7 and tokens == sum(r["output_tokens"] for r in observed.rows)
+
+
+def test_envoy_access_log_carries_babelgate_metadata(observed: Observed) -> None:
+    requests = [line for line in observed.access_lines if "method" in line]
+    attempts = [line for line in observed.access_lines if "upstream_cluster" in line]
+    assert len(requests) == 7
+    direct = next(line for line in requests if line["route"] == "direct" and line["key_id"] == "main")
+    assert direct["backend"] == "oa" and direct["model"] == "gpt-direct" and int(direct["output_tokens"]) > 0
+    failed_over = [line for line in requests if line["route"] == "chain" and line["status"] == 200]
+    assert {line["attempts"] for line in failed_over} == {1, 2}
+    served = next(line for line in failed_over if line["attempts"] == 2)
+    assert (served["backend"], served["model"]) == ("an", "claude-chain") and float(served["cost_usd"]) > 0
+    assert int(served["input_tokens"]) > 0
+    tried = [(line["backend"], line["status"]) for line in attempts if line["request_id"] == served["request_id"]]
+    assert tried == [("oa", 503), ("an", 200)]
