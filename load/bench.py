@@ -53,7 +53,8 @@ class Target:
 
 
 def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
-                    redis_url: str | None, processes: int = 1, envoy_workers: int = 2) -> tuple[Stack, list[int], int]:
+                    redis_url: str | None, processes: int = 1, envoy_workers: int = 2,
+                    telemetry: dict | None = None) -> tuple[Stack, list[int], int]:
     """The stack, its ext_proc pids and its Envoy pid."""
     base = f"http://127.0.0.1:{upstream_port}"
     config = {
@@ -72,6 +73,8 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
     if redis_url:
         config["limits"] = {"redis": {"url": redis_url},
                             "per_key": [{"window": "hour", "total_tokens": 10**12, "requests": 10**9}]}
+    if telemetry is not None:
+        config["telemetry"] = telemetry
     directory = workdir / name
     directory.mkdir()
     path = directory / "config.yaml"
@@ -132,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling", action="store_true",
                         help="instead of the scenarios: (c) at 2x the connections with 1-2 ext_proc processes and "
                              "1-2 Envoy workers")
+    parser.add_argument("--telemetry", action="store_true",
+                        help="instead of the scenarios: (c) with telemetry off and on (request log, metrics, "
+                             "access log)")
     parser.add_argument("--soak", type=float, metavar="SECONDS",
                         help="instead of the scenarios: the full flow (e) at the paced rate for SECONDS, sampling the "
                              "ext_proc RSS")
@@ -158,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(rows, args, "scaling")
         if args.soak:
             return soak(supervisor, workdir, upstream_port, key, args)
+        if args.telemetry:
+            return _report(telemetry_cost(supervisor, workdir, upstream_port, key, args), args, "telemetry")
         plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
         targets = [
             Target("(a) Envoy alone", f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
@@ -211,6 +219,28 @@ def scaling(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
                         stack.url + "/v1/chat/completions", {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
         rows.append(measure(target, key, workdir, connections=2 * args.connections, seconds=args.seconds, rate=None))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def telemetry_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
+                   args: argparse.Namespace) -> list[dict]:
+    """(c) with telemetry off, then with the request log, Prometheus metrics and Envoy's access log on: the cost
+    per request of observing it, side by side in one run."""
+    variants = {
+        "off": None,
+        "on": {"request_log": {"destination": str(workdir / "request-log")},
+               "metrics": {"prometheus_port": free_port()}, "access_log": str(workdir / "access.log")},
+    }
+    rows = []
+    for name, telemetry in variants.items():
+        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"telemetry-{name}", upstream_port, key, None,
+                                                 telemetry=telemetry)
+        target = Target(f"(c) Anthropic, telemetry {name}", stack.url + "/v1/chat/completions",
+                        {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
+        for mode in ({"connections": args.connections, "rate": None},
+                     {"connections": max(2, args.connections // 2), "rate": args.rate}):
+            rows.append(measure(target, key, workdir, seconds=args.seconds, **mode))
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
