@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ..auth.credentials import read_secret
 from ..config.models import TelemetrySettings
-from .metrics import Metrics
 from .outcome import Outcome
-from .request_log import RequestLog, open_filesystem
+
+if TYPE_CHECKING:  # pyarrow and the OpenTelemetry SDK load only when telemetry is configured (~40 MiB)
+    from .metrics import Metrics
+    from .request_log import RequestLog
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,9 @@ def row(outcome: Outcome) -> dict:
 
 def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetry:
     """`process_index`: the n-th server process of this config; its Prometheus port is `port + n`."""
+    from .metrics import Metrics
+    from .request_log import RequestLog, open_filesystem
+
     request_log = None
     if settings.request_log is not None:
         sink = settings.request_log
