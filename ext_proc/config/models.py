@@ -444,10 +444,17 @@ class MetricsSettings(_Strict):
                                                         "http://collector:4318/v1/metrics.")
 
 
+class TraceSettings(_Strict):
+    otlp_endpoint: str = Field(description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces.")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces kept; a client's sampled "
+                                                             "`traceparent` is always followed.")
+
+
 class TelemetrySettings(_Strict):
     service_name: str = "babelgate"
     request_log: RequestLogSettings | None = None
     metrics: MetricsSettings = MetricsSettings()
+    traces: TraceSettings | None = None
     access_log: str | None = Field(
         None, description="Envoy writes a JSON access log line per request, and one per upstream attempt, to this "
                           "path (e.g. /dev/stdout), with Babelgate's metadata: key, route, backend, model, tokens, "
@@ -457,7 +464,8 @@ class TelemetrySettings(_Strict):
     def enabled(self) -> bool:
         """Something consumes per-request reports (the route stage then also sees every final answer)."""
         metrics = self.metrics
-        return self.request_log is not None or metrics.prometheus_port is not None or metrics.otlp_endpoint is not None
+        return (self.request_log is not None or self.traces is not None or metrics.prometheus_port is not None
+                or metrics.otlp_endpoint is not None)
 
 
 class LimitSettings(_Strict):

@@ -131,6 +131,7 @@ class AttemptStage:
         "_runtime",
         "_sent_at",
         "_settled",
+        "_span",
         "_status",
         "_stream",
         "_streamed_chars",
@@ -179,6 +180,8 @@ class AttemptStage:
         self._completion: list[str] | None = None
         """The answer's text, kept only for routes whose content is logged."""
         self._raw_usage: dict | None = None
+        self._span: object | None = None
+        """This attempt's trace span (a CLIENT span, the request span's child), when tracing is on."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -205,9 +208,15 @@ class AttemptStage:
         still charged, with what was streamed."""
         self._disarm()
         self._record_latency()
-        if self._outcome is not None and 200 <= self._status < 300:
-            self.fill(self._outcome)
-            self._runtime.telemetry.report(self._outcome)
+        outcome = self._outcome
+        if self._span is not None:
+            traced = outcome or Outcome(requested_model=self._requested, endpoint=self._endpoint.value)
+            self.fill(traced)
+            self._runtime.telemetry.tracing.finish(self._span, traced)  # type: ignore[union-attr]
+            self._span = None
+        if outcome is not None and 200 <= self._status < 300:
+            self.fill(outcome)
+            self._runtime.telemetry.report(outcome)
             self._outcome = None
         if 200 <= self._status < 300:
             await self._settle()
@@ -249,11 +258,23 @@ class AttemptStage:
             self.error_style = "anthropic"
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
+        traced: tuple[tuple[str, str], ...] = ()
         if self._runtime.telemetry.enabled:
             self._outcome = outcome_from_decision(decision, headers, route.name, self._requested)
             if route.log_content:
                 self._completion = []
-        return messages.request_headers_reply(remove=[name for name in headers if forwarded_never(name)])
+            if self._runtime.telemetry.tracing is not None:
+                # from the metadata, not the header: a retry sees the headers the previous attempt sent
+                traced = (("traceparent", self.trace(decision.get(constants.METADATA_TRACEPARENT_KEY))),)
+        return messages.request_headers_reply(set_headers=traced,
+                                              remove=[name for name in headers if forwarded_never(name)])
+
+    def trace(self, parent: str | None) -> str:
+        """Start this attempt's span; the `traceparent` the provider gets (it names this span)."""
+        tracing = self._runtime.telemetry.tracing
+        assert tracing is not None
+        self._span = tracing.start_attempt(parent)
+        return tracing.traceparent(self._span) or parent or ""
 
     def on_request_body(self, message: HttpBody, parsed: dict | None = None) -> ProcessingResponse:
         backend = self._backend

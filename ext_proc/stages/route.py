@@ -37,7 +37,8 @@ from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_endpoint", "_headers", "_key", "_outcome", "_reservation", "_runtime", "_user",
+    __slots__ = ("_attempt", "_endpoint", "_headers", "_key", "_outcome", "_reservation", "_runtime", "_span",
+                 "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -52,6 +53,8 @@ class RouteStage:
         self._attempt: AttemptStage | None = None
         """Set for a direct route: the attempt stage's logic, run inside this stream."""
         self._outcome: Outcome | None = Outcome() if runtime.telemetry.enabled else None
+        self._span: object | None = None
+        """The request's trace span, when tracing is on."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -89,9 +92,16 @@ class RouteStage:
         if self._attempt is not None:
             self._attempt.fill(outcome)
         elif outcome.route and (outcome.status == 0 or 200 <= outcome.status < 300):
+            if self._span is not None:  # the attempt stage reports the answer; the request's span ends here
+                outcome.ended = time.monotonic()
+                self._runtime.telemetry.tracing.finish(self._span, outcome)  # type: ignore[union-attr]
+                self._span = None
             return
         if not outcome.ended:
             outcome.ended = time.monotonic()
+        if self._span is not None:
+            self._runtime.telemetry.tracing.finish(self._span, outcome)  # type: ignore[union-attr]
+            self._span = None
         self._runtime.telemetry.report(outcome)
 
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
@@ -99,6 +109,8 @@ class RouteStage:
         outcome = self._outcome
         if outcome is not None:
             outcome.request_id = headers.get("x-request-id", "")
+            if self._runtime.telemetry.tracing is not None:
+                self._span = self._runtime.telemetry.tracing.start_request(headers)
         endpoint, argument = classify(headers.get(":method", ""), headers.get(":path", "/"))
         if endpoint is Endpoint.MESSAGES:
             self.error_style = "anthropic"
@@ -182,8 +194,12 @@ class RouteStage:
         headers = [(constants.HEADER_CHAIN, chain.name)]
         if chain.first_byte_ms is not None and body.get("stream") is True:
             headers.append((constants.ENVOY_PER_TRY_TIMEOUT_HEADER, chain.first_byte_ms))
+        tracing = runtime.telemetry.tracing
+        parent = tracing.traceparent(self._span) if tracing is not None and self._span is not None else None
         if chain.direct:
-            return self._direct(route, order[0], model, headers, message, original, metadata)
+            return self._direct(route, order[0], model, headers, message, original, metadata, parent)
+        if parent is not None:  # every attempt's span, in whichever process, is this one's child
+            metadata[constants.METADATA_TRACEPARENT_KEY] = parent
         return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
 
     def _order(self, route: RouteInfo, body: dict) -> tuple[tuple[str, ...], list[str]]:
@@ -216,11 +232,13 @@ class RouteStage:
         return candidates, cooled_last(order, health.cooldowns)
 
     def _direct(self, route: RouteInfo, backend_id: str, requested: str, headers: list[tuple[str, str]],
-                message: HttpBody, body: dict, metadata: dict[str, str]) -> ProcessingResponse:
+                message: HttpBody, body: dict, metadata: dict[str, str], parent: str | None) -> ProcessingResponse:
         """Translate here and send straight to the backend: one gRPC stream for the whole request."""
         assert self._endpoint is not None
         attempt = AttemptStage(self._runtime)
         attempt.push = self.push
+        if parent is not None:
+            headers.append(("traceparent", attempt.trace(parent)))
         attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
                              log_content=route.log_content)

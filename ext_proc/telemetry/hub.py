@@ -18,20 +18,23 @@ from .outcome import Outcome
 if TYPE_CHECKING:  # pyarrow and the OpenTelemetry SDK load only when telemetry is configured (~40 MiB)
     from .metrics import Metrics
     from .request_log import RequestLog
+    from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
 
 class Telemetry:
-    def __init__(self, metrics: Metrics | None = None, request_log: RequestLog | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, request_log: RequestLog | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.metrics = metrics
         self.request_log = request_log
+        self.tracing = tracing
         self.extra_counters: Callable[[], dict[str, int]] | None = None
         """More counters for the metrics (the limiter's, read from the current runtime)."""
 
     @property
     def enabled(self) -> bool:
-        return self.metrics is not None or self.request_log is not None
+        return self.metrics is not None or self.request_log is not None or self.tracing is not None
 
     def report(self, outcome: Outcome) -> None:
         if self.metrics is not None:
@@ -47,6 +50,8 @@ class Telemetry:
         return found
 
     def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.close()
         if self.request_log is not None:
             self.request_log.close()
         if self.metrics is not None:
@@ -111,6 +116,13 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.metrics.otlp_endpoint)))
     telemetry = Telemetry(request_log=request_log)
+    if settings.traces is not None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        from .tracing import Tracing
+
+        telemetry.tracing = Tracing(OTLPSpanExporter(endpoint=settings.traces.otlp_endpoint), settings.service_name,
+                                    settings.traces.sample_ratio)
     if readers:
         telemetry.metrics = Metrics(readers, settings.service_name, counters=telemetry.counters)
     return telemetry

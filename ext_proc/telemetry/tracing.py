@@ -33,6 +33,18 @@ class Tracing:
         context = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
         return self.tracer.start_span(name, context=context, kind=kind)  # type: ignore[return-value]
 
+    def start_request(self, headers: dict[str, str]) -> Span:
+        return self.start("chat", SpanKind.SERVER, headers)
+
+    def start_attempt(self, parent: str | None) -> Span:
+        return self.start("chat", SpanKind.CLIENT, {"traceparent": parent} if parent else {})
+
+    def traceparent(self, span: Span) -> str | None:
+        return traceparent(span)
+
+    def finish(self, span: Span, outcome: Outcome) -> None:
+        finish(span, outcome)
+
     def close(self) -> None:
         self.provider.shutdown()
 
