@@ -440,12 +440,15 @@ class MetricsSettings(_Strict):
     prometheus_port: int | None = Field(
         None, ge=1, le=65535, description="Server process n serves /metrics on this port + n.")
     prometheus_host: str = "127.0.0.1"
-    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP metrics endpoint, e.g. "
-                                                        "http://collector:4318/v1/metrics.")
+    otlp_endpoint: str | None = Field(None, description="e.g. http://collector:4318/v1/metrics (http/protobuf) or "
+                                                        "http://collector:4317 (grpc).")
+    otlp_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
 
 
 class TraceSettings(_Strict):
-    otlp_endpoint: str = Field(description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces.")
+    otlp_endpoint: str = Field(description="e.g. http://collector:4318/v1/traces (http/protobuf) or "
+                                           "http://collector:4317 (grpc).")
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
     sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces kept; a client's sampled "
                                                              "`traceparent` is always followed.")
 

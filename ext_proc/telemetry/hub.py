@@ -111,18 +111,32 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
         readers.append(PrometheusMetricReader())
         log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics.prometheus_host, port)
     if settings.metrics.otlp_endpoint is not None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.metrics.otlp_endpoint)))
+        if settings.metrics.otlp_protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
+
+            exporter = GrpcMetrics(endpoint=settings.metrics.otlp_endpoint,
+                                   insecure=settings.metrics.otlp_endpoint.startswith("http://"))
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            exporter = OTLPMetricExporter(endpoint=settings.metrics.otlp_endpoint)
+        readers.append(PeriodicExportingMetricReader(exporter))
     telemetry = Telemetry(request_log=request_log)
     if settings.traces is not None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         from .tracing import Tracing
 
-        telemetry.tracing = Tracing(OTLPSpanExporter(endpoint=settings.traces.otlp_endpoint), settings.service_name,
-                                    settings.traces.sample_ratio)
+        traces = settings.traces
+        if traces.protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
+
+            span_exporter = GrpcSpans(endpoint=traces.otlp_endpoint, insecure=traces.otlp_endpoint.startswith("http://"))
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            span_exporter = OTLPSpanExporter(endpoint=traces.otlp_endpoint)
+        telemetry.tracing = Tracing(span_exporter, settings.service_name, traces.sample_ratio)
     if readers:
         telemetry.metrics = Metrics(readers, settings.service_name, counters=telemetry.counters)
     return telemetry

@@ -4,16 +4,23 @@ context handed on to the provider."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import grpc
 import httpx
 import openai
 import pytest
 import yaml
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
@@ -22,6 +29,7 @@ from ext_proc.launch.stack import Stack, start_stack
 
 from .support import fault
 
+PROVIDER_SECRET = "sk-trace-provider-secret-42"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 HELLO = [{"role": "user", "content": "hi"}]
@@ -63,35 +71,37 @@ class Collector:
             time.sleep(0.1)
 
 
+def _start(supervisor: Supervisor, traces: dict) -> tuple[Stack, str, dict[str, int]]:
+    ports = {}
+    for name in ("first", "second"):
+        _, ready = supervisor.start_reporting(name, python_module(
+            "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", PROVIDER_SECRET))
+        ports[name] = ready["port"]
+    key = generate_key()
+    config = {
+        "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
+        "backends": [{"id": n, "schema": "openai", "base_url": f"http://127.0.0.1:{p}/v1",
+                      "api_key": {"env": "TRACE_KEY"}, "outlier_detection": None} for n, p in ports.items()],
+        "routes": [{"model": "chain", "backends": [{"backend": "first", "model": "f"},
+                                                   {"backend": "second", "model": "s"}]},
+                   {"model": "direct", "backends": [{"backend": "second", "model": "d"}]}],
+        "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
+        "routing": {"cooldown_max": "1ms"},
+        "telemetry": {"traces": traces},
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="trace-"))
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    stack = start_stack(load_config(path), path, workdir, supervisor, env={"TRACE_KEY": PROVIDER_SECRET})
+    return stack, key, ports
+
+
 @pytest.fixture(scope="module")
 def traced() -> Iterator[tuple[Stack, str, Collector, dict[str, int]]]:
     collector = Collector()
     supervisor = Supervisor()
     try:
-        ports = {}
-        for name in ("first", "second"):
-            _, ready = supervisor.start_reporting(name, python_module(
-                "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", "sk-trace"))
-            ports[name] = ready["port"]
-        key = generate_key()
-        config = {
-            "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
-            "backends": [{"id": n, "schema": "openai", "base_url": f"http://127.0.0.1:{p}/v1",
-                          "api_key": {"env": "TRACE_KEY"}, "outlier_detection": None} for n, p in ports.items()],
-            "routes": [{"model": "chain", "backends": [{"backend": "first", "model": "f"},
-                                                       {"backend": "second", "model": "s"}]},
-                       {"model": "direct", "backends": [{"backend": "second", "model": "d"}]}],
-            "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
-            "routing": {"cooldown_max": "1ms"},
-            "telemetry": {"traces": {"otlp_endpoint": collector.url}},
-        }
-        import tempfile
-        from pathlib import Path
-
-        workdir = Path(tempfile.mkdtemp(prefix="trace-"))
-        path = workdir / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        stack = start_stack(load_config(path), path, workdir, supervisor, env={"TRACE_KEY": "sk-trace"})
+        stack, key, ports = _start(supervisor, {"otlp_endpoint": collector.url})
         yield stack, key, collector, ports
     finally:
         supervisor.stop_all()
@@ -137,3 +147,40 @@ def test_direct_route_and_a_new_trace(traced: tuple) -> None:
     request = next(s for s in new if s.kind == SERVER and s.name == "chat direct")
     attempt = next(s for s in new if s.kind == CLIENT and s.trace_id == request.trace_id)
     assert attempt.parent_span_id == request.span_id and not request.parent_span_id
+
+
+def test_spans_carry_no_secret(traced: tuple) -> None:
+    stack, key, collector, _ = traced
+    _client(stack, key).chat.completions.create(model="direct", messages=HELLO)
+    time.sleep(1)
+    dump = b"".join(span.SerializeToString() for span in collector.spans)
+    assert PROVIDER_SECRET.encode() not in dump and key.encode() not in dump
+
+
+def test_otlp_over_grpc() -> None:
+    received: list = []
+
+    def export(request: ExportTraceServiceRequest, context: object) -> ExportTraceServiceResponse:
+        received.extend(span for resource in request.resource_spans for scope in resource.scope_spans
+                        for span in scope.spans)
+        return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+        {"Export": grpc.unary_unary_rpc_method_handler(
+            export, request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    supervisor = Supervisor()
+    try:
+        stack, key, _ = _start(supervisor, {"otlp_endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
+        _client(stack, key).chat.completions.create(model="chain", messages=HELLO)
+        deadline = time.monotonic() + 10
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {span.kind for span in received} == {SERVER, CLIENT}
+    finally:
+        supervisor.stop_all()
+        server.stop(0)
