@@ -284,6 +284,29 @@ class RouteRule(_Strict):
     policy: Policy | None = Field(None, description="The route's policy if unset.")
 
 
+class GuardrailSettings(_Strict):
+    """One check on a route's requests and/or answers."""
+
+    name: str = Field(min_length=1, description="Named in the 400 a block returns, and in the audit log.")
+    pii: list[Literal["email", "phone", "card", "iban", "api_key"]] = Field(
+        [], description="Personal data and secrets to look for (cards by Luhn check, IBANs by mod-97).")
+    deny_words: list[str] = Field([], description="Words or phrases, matched case-insensitively.")
+    deny_patterns: list[str] = Field([], description="Regular expressions (Python syntax), case-insensitive.")
+    mode: Literal["block", "redact", "log"] = "block"
+    apply_to: list[Literal["request", "response"]] = Field(["request"], min_length=1)
+
+    @model_validator(mode="after")
+    def _something_to_find(self) -> GuardrailSettings:
+        if not (self.pii or self.deny_words or self.deny_patterns):
+            raise ValueError("give at least one of pii, deny_words, deny_patterns")
+        for pattern in self.deny_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"deny_patterns: {pattern!r} is not a regular expression: {exc}") from None
+        return self
+
+
 class ModelRoute(_Strict):
     model: str = Field(min_length=1, description="The public model name clients send; `prefix/*` matches any name "
                                                  "that starts with `prefix/`.")
@@ -306,6 +329,9 @@ class ModelRoute(_Strict):
     deadline: Seconds | None = Field(None, description="The whole request, every attempt included; the sum of "
                                                        "the backends' timeouts if unset.")
     log_content: bool = Field(False, description="Prompts and completions of this route go into the request log.")
+    guardrails: list[GuardrailSettings] = []
+    max_prompt_chars: int | None = Field(None, ge=1, description="Characters of prompt text at most (400 past it).")
+    max_messages: int | None = Field(None, ge=1, description="Messages per request at most (400 past it).")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelRoute:

@@ -14,6 +14,7 @@ from types import ModuleType
 from .. import providers
 from ..auth.credentials import Credential, StaticCredential, read_secret
 from ..auth.virtual_keys import KeyInfo
+from ..guardrails.engine import Guardrail
 from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
@@ -92,6 +93,9 @@ class RouteInfo:
     """Every backend of the chain serves /v1/embeddings."""
     wildcard: bool
     log_content: bool = False
+    guardrails: tuple[Guardrail, ...] = ()
+    max_prompt_chars: int | None = None
+    max_messages: int | None = None
 
     def backend_model(self, backend: str, requested: str) -> str:
         """The backend's model name; a wildcard route's `*` becomes what the client's name matched."""
@@ -258,7 +262,9 @@ def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendIn
         rules=tuple(CompiledRule.of(rule, route.policy) for rule in route.rules),
         chains=choices, by_first=by_first, attempts=attempts, translations=tuple(kinds.values()),
         embeddings=all(providers.serves_embeddings(backends[b].provider) for b in ids),
-        wildcard=route.is_wildcard, log_content=route.log_content)
+        wildcard=route.is_wildcard, log_content=route.log_content,
+        guardrails=tuple(Guardrail.of(g) for g in route.guardrails), max_prompt_chars=route.max_prompt_chars,
+        max_messages=route.max_messages)
 
 
 def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:

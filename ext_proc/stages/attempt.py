@@ -31,6 +31,8 @@ from .. import constants, providers
 from ..client_formats import anthropic_messages
 from ..config.runtime import BackendInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout, anthropic_error_from_openai
+from ..guardrails.engine import Guardrail, GuardrailBlocked
+from ..guardrails.engine import apply as apply_guardrails
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, usage_from_openai
 from ..limits.limiter import Reservation
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
@@ -69,6 +71,10 @@ _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anth
                                   "openai-organization", "openai-project", "accept-encoding", "cookie"}
                                  ) | providers.CREDENTIAL_HEADERS
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
+_GUARD_WINDOW = 512
+"""Characters of a streamed answer a blocking guardrail looks back over (a phrase split across chunks)."""
+_BLOCKED = "\x00blocked"
+"""`_guarded` once a guardrail blocked a streamed answer (no route is named so)."""
 _JSON = "application/json"
 
 _backend_by_metadata: dict[str, str] = {}
@@ -120,6 +126,8 @@ class AttemptStage:
         "_endpoint",
         "_first_byte_at",
         "_first_chunk_at",
+        "_guarded",
+        "_guardrails",
         "_identity_answer",
         "_model",
         "_outcome",
@@ -134,6 +142,7 @@ class AttemptStage:
         "_span",
         "_status",
         "_stream",
+        "_stream_tail",
         "_streamed_chars",
         "_streaming",
         "_timer",
@@ -182,6 +191,11 @@ class AttemptStage:
         self._raw_usage: dict | None = None
         self._span: object | None = None
         """This attempt's trace span (a CLIENT span, the request span's child), when tracing is on."""
+        self._guardrails: tuple[Guardrail, ...] = ()
+        """The route's guardrails that look at answers."""
+        self._guarded = ""
+        self._stream_tail = ""
+        """The route's name, for the audit log; set once a streamed answer was blocked, "blocked"."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -224,13 +238,16 @@ class AttemptStage:
     # -- request ------------------------------------------------------------------------------------------------
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
-                     reservation: str | None, log_content: bool = False) -> None:
+                     reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
+                     route: str = "") -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
         self._backend = backend
         self._model = model
         self._requested = requested
+        self._guardrails = tuple(g for g in guardrails if g.response)
+        self._guarded = route
         if self._runtime.telemetry.enabled and log_content:
             self._completion = []
         self._endpoint = endpoint
@@ -253,6 +270,8 @@ class AttemptStage:
         if backend.id not in route.backend_models:
             raise UpstreamError(f"Backend {backend.id!r} is not part of route {route.name!r}.", code="unknown_backend")
         self._model = route.backend_model(backend.id, self._requested)
+        self._guardrails = tuple(g for g in route.guardrails if g.response)
+        self._guarded = route.name
         self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
         if self._endpoint is Endpoint.MESSAGES:
             self.error_style = "anthropic"
@@ -299,6 +318,7 @@ class AttemptStage:
         if self._counting:
             self._prompt_estimate = estimate_prompt_tokens(body, self._runtime.chars_per_token)
         self._identity_answer = (self._direct and self._reservation is None and not self._counting
+                                 and not self._guardrails
                                  and not self._streaming
                                  and not self._base64_embeddings and self._endpoint is not Endpoint.MESSAGES
                                  and getattr(provider, "IDENTITY_RESPONSES", False))
@@ -415,6 +435,11 @@ class AttemptStage:
             error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
                                   f"{type(exc).__name__}.")
             return _json_reply(orjson.loads(error.body(self.error_style)), error.status)
+        if self._guardrails:
+            try:
+                apply_guardrails(self._guardrails, translated, phase="response", route=self._guarded)
+            except GuardrailBlocked as blocked:
+                return _json_reply(orjson.loads(blocked.body(self.error_style)), blocked.status)
         self._raw_usage = translated.get("usage")
         self.usage = usage_from_openai(self._raw_usage)
         if self._completion is not None:
@@ -455,6 +480,18 @@ class AttemptStage:
     def _encode_error(self, error: GatewayError) -> bytes:
         return self._encode(orjson.loads(error.body()))
 
+    def _guard_chunk(self, chunk: dict) -> None:
+        """Redaction works chunk by chunk (what was sent is sent); a `block` looks at the last stretch of the whole
+        answer, so a phrase the model streams over several chunks is still found."""
+        apply_guardrails(tuple(g for g in self._guardrails if g.mode != "block"), chunk, phase="response",
+                         route=self._guarded)
+        blocking = tuple(g for g in self._guardrails if g.mode == "block")
+        if blocking:
+            text = "".join((choice.get("delta") or {}).get("content") or "" for choice in chunk.get("choices") or ())
+            if text:
+                self._stream_tail = (self._stream_tail + text)[-_GUARD_WINDOW:]
+                apply_guardrails(blocking, {"content": self._stream_tail}, phase="response", route=self._guarded)
+
     def _end_of_stream(self) -> bytes:
         if self._client_stream is None:
             return DONE
@@ -463,6 +500,15 @@ class AttemptStage:
     def _encode(self, chunk: dict) -> bytes:
         if not self._first_chunk_at:
             self._first_chunk_at = time.monotonic()
+        if self._guardrails and "error" not in chunk:
+            if self._guarded == _BLOCKED:
+                return b""
+            try:
+                self._guard_chunk(chunk)
+            except GuardrailBlocked as blocked:
+                # part of the answer already went out: end it with the error, drop whatever the model says next
+                self._guarded = _BLOCKED
+                return self._encode(orjson.loads(blocked.body()))
         self._count(chunk)
         if self._client_stream is None:
             return encode_data(chunk)

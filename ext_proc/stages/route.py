@@ -26,6 +26,8 @@ from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
 from ..client_formats import anthropic_messages
 from ..config.runtime import RouteInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
+from ..guardrails.engine import apply as apply_guardrails
+from ..guardrails.engine import check_size
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
 from ..routing.policies import cooled_last, rank
@@ -147,17 +149,22 @@ class RouteStage:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
-        if self._endpoint is Endpoint.MESSAGES:
-            body = anthropic_messages.to_openai(body)
-        if self._endpoint is not Endpoint.EMBEDDINGS:
-            check_chat_shape(body)
-        elif "input" not in body:
-            raise BadRequest("`input` is required.", param="input", code="missing_input")
         route = find_route(self._runtime, model)
         if route is None:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
+        redacted = False
+        if route.guardrails or route.max_prompt_chars is not None or route.max_messages is not None:
+            check_size(original, max_prompt_chars=route.max_prompt_chars, max_messages=route.max_messages)
+            redacted = apply_guardrails(route.guardrails, original, phase="request", route=route.name,
+                                        key_id=self._key.id)
+        if self._endpoint is Endpoint.MESSAGES:
+            body = anthropic_messages.to_openai(original)
+        if self._endpoint is not Endpoint.EMBEDDINGS:
+            check_chat_shape(body)
+        elif "input" not in body:
+            raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
         if self._endpoint is not Endpoint.EMBEDDINGS:
             for backend in route.translations:
@@ -200,6 +207,11 @@ class RouteStage:
             return self._direct(route, order[0], model, headers, message, original, metadata, parent)
         if parent is not None:  # every attempt's span, in whichever process, is this one's child
             metadata[constants.METADATA_TRACEPARENT_KEY] = parent
+        if redacted:  # what Envoy sends on (and re-sends on a retry) is the redacted request
+            encoded = orjson.dumps(original)
+            headers.append(("content-length", str(len(encoded))))
+            return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata,
+                                               body=encoded)
         return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
 
     def _order(self, route: RouteInfo, body: dict) -> tuple[tuple[str, ...], list[str]]:
@@ -241,7 +253,7 @@ class RouteStage:
             headers.append(("traceparent", attempt.trace(parent)))
         attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
-                             log_content=route.log_content)
+                             log_content=route.log_content, guardrails=route.guardrails, route=route.name)
         reply = attempt.on_request_body(message, body)
         self._attempt = attempt
         common = reply.request_body.response
