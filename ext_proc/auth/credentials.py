@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,8 @@ def read_secret(ref: SecretRef, where: str) -> str:
         if not value:
             raise CredentialError(f"{where}.env: environment variable {ref.env} is not set")
         return value.strip()
+    if ref.command is not None:
+        return _from_command(ref.command, where)
     assert ref.file is not None
     try:
         value = ref.file.read_text().strip()
@@ -28,6 +31,24 @@ def read_secret(ref: SecretRef, where: str) -> str:
     if not value:
         raise CredentialError(f"{where}.file: {ref.file} is empty")
     return value
+
+
+def _from_command(argv: list[str], where: str) -> str:
+    """A secret manager's CLI (vault, aws secretsmanager, gcloud secrets, op): its stdout is the secret. Its stderr
+    is not repeated (it may echo what it was asked for); the exit status is."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CredentialError(f"{where}.command: {argv[0]} could not be run: {type(exc).__name__}") from None
+    if result.returncode != 0:
+        raise CredentialError(f"{where}.command: {argv[0]} exited with status {result.returncode}")
+    value = result.stdout.strip()
+    if not value:
+        raise CredentialError(f"{where}.command: {argv[0]} printed nothing")
+    return value
+
+
+COMMAND_TIMEOUT = 10.0
 
 
 class Credential(Protocol):

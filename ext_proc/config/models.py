@@ -39,11 +39,14 @@ class SecretRef(_Strict):
 
     env: str | None = None
     file: Path | None = None
+    command: list[str] | None = Field(
+        None, min_length=1, description="A secret manager hook: this program (no shell) prints the secret, e.g. "
+                                        "[vault, kv, get, -field=key, secret/openai]; run at load and each reload.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of `env` or `file`")
+        if sum(source is not None for source in (self.env, self.file, self.command)) != 1:
+            raise ValueError("give exactly one of `env`, `file` or `command`")
         return self
 
 
@@ -408,6 +411,11 @@ class ExtProcServer(_Strict):
 class RequestLimits(_Strict):
     max_body_bytes: int = Field(constants.DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     default_max_tokens: int = Field(constants.DEFAULT_ANTHROPIC_MAX_TOKENS, ge=1)
+    max_json_depth: int = Field(64, ge=8, le=512, description="Nesting of the request body's JSON (tool schemas "
+                                                              "included); deeper is a 400.")
+    max_messages: int = Field(10_000, ge=1, description="Messages per request, every route (routes may allow fewer).")
+    max_tools: int = Field(512, ge=1, description="Tools per request.")
+    max_header_kb: int = Field(64, ge=8, le=8192, description="Request headers in all, enforced by Envoy (431).")
 
 
 class Team(_Strict):

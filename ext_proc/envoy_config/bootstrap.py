@@ -99,6 +99,7 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
             HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(router(config))),
         ],
         local_reply_config=local_reply_config(),
+        max_request_headers_kb=config.requests.max_header_kb,
     )
     if config.telemetry.access_log is not None:
         manager.access_log = [file_log(config.telemetry.access_log, REQUEST_FIELDS)]

@@ -68,7 +68,10 @@ HEADERS_ONLY_MODE = ProcessingMode(
 # Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows this
 # stage the previous attempt's headers, so every credential header any provider module sets is listed here too.
 _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anthropic-version", "anthropic-beta",
-                                  "openai-organization", "openai-project", "accept-encoding", "cookie"}
+                                  "openai-organization", "openai-project", "accept-encoding", "cookie",
+                                  # hop-by-hop: they describe the client's connection, not the provider's
+                                  "connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
+                                  "proxy-connection", "te", "trailer", "upgrade"}
                                  ) | providers.CREDENTIAL_HEADERS
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _GUARD_WINDOW = 512

@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
 from ..client_formats import anthropic_messages
+from ..config.models import RequestLimits
 from ..config.runtime import RouteInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
 from ..guardrails.engine import apply as apply_guardrails
@@ -146,6 +147,7 @@ class RouteStage:
         if len(raw) > self._runtime.max_body_bytes:
             raise _too_large(self._runtime.max_body_bytes)
         body = original = parse_json_object(raw)
+        check_client_limits(body, self._runtime.config.requests)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
@@ -317,6 +319,27 @@ def parse_json_object(raw: bytes) -> dict:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+def check_client_limits(body: dict, limits: RequestLimits) -> None:
+    """What a client controls has a ceiling: nesting (walked without recursion), messages, tools."""
+    messages_ = body.get("messages")
+    if isinstance(messages_, list) and len(messages_) > limits.max_messages:
+        raise BadRequest(f"The request has {len(messages_)} messages; at most {limits.max_messages} are accepted.",
+                         param="messages", code="too_many_messages")
+    tools = body.get("tools")
+    if isinstance(tools, list) and len(tools) > limits.max_tools:
+        raise BadRequest(f"The request has {len(tools)} tools; at most {limits.max_tools} are accepted.",
+                         param="tools", code="too_many_tools")
+    stack: list[tuple[dict | list, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.max_json_depth:
+            raise BadRequest(f"The request body nests deeper than {limits.max_json_depth} levels.",
+                             code="json_too_deep")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
 
 
 def check_chat_shape(body: dict) -> None:

@@ -135,3 +135,26 @@ def test_ext_proc_service_down_is_a_fast_json_503(tmp_path: Path) -> None:
 
 def test_gateway_still_serves_after_all_of_this(client: openai.OpenAI) -> None:
     assert client.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices[0].message.content
+
+
+def test_oversized_headers_are_refused_by_envoy(gateway: Gateway) -> None:
+    """Past `requests.max_header_kb` Envoy refuses before any filter runs: a 431 (in the OpenAI shape) or, when
+    its HTTP/1 codec gives up mid-headers, a closed connection; never a 5xx, never Babelgate's work."""
+    padding = {f"x-padding-{i}": "x" * 8000 for i in range(9)}
+    try:
+        response = httpx.post(gateway.url + "/v1/chat/completions",
+                              headers={"authorization": f"Bearer {gateway.key}", **padding},
+                              json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    except httpx.RemoteProtocolError:
+        return
+    assert response.status_code == 431
+    assert response.json()["error"]["type"]
+
+
+def test_deep_json_and_too_many_messages_are_400(gateway: Gateway) -> None:
+    auth = {"authorization": f"Bearer {gateway.key}"}
+    deep = '{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + \
+        "[" * 100 + "]" * 100 + "}"
+    response = httpx.post(gateway.url + "/v1/chat/completions", headers={**auth, "content-type": "application/json"},
+                          content=deep)
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "json_too_deep")
