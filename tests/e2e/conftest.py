@@ -19,10 +19,11 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port
 from ext_proc.launch.stack import Stack, start_stack
 
 from .certs import make_ca_and_server_cert
+from .support import start_demo
 
 TLS_HOSTNAME = "api.demo.test"
 
@@ -61,9 +62,7 @@ class Gateway:
 
 
 def _start_provider(supervisor: Supervisor, kind: str, name: str, api_key: str, *tls: str) -> int:
-    _, ready = supervisor.start_reporting(name, python_module(
-        "ext_proc.demo", "--kind", kind, "--name", name, "--port", "0", "--api-key", api_key, *tls))
-    return int(ready["port"])
+    return start_demo(supervisor, name, kind, api_key, *tls)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
 from ext_proc.launch.stack import envoy_argv, envoy_binary
 
-from .support import fault
+from .support import fault, start_demo
 
 USER_ENVOY = """
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: ADMIN}}}
@@ -68,9 +68,8 @@ def existing_envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     try:
         ports = {}
         for name in ("first", "second"):
-            _, ready = supervisor.start_reporting(name, python_module(
-                "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", "sk-existing"))
-            ports[name] = ready["port"]
+            port = start_demo(supervisor, name, "openai", "sk-existing")
+            ports[name] = port
         key = generate_key()
         ext_proc_port = free_port()
         config = {

@@ -12,10 +12,10 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port
 from ext_proc.launch.stack import start_stack
 
-from .support import fault
+from .support import fault, start_demo
 
 CARD = "4111 1111 1111 1111"
 
@@ -27,9 +27,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.O
     try:
         ports = {}
         for name, kind in (("g-openai", "openai"), ("g-anthropic", "anthropic")):
-            _, ready = supervisor.start_reporting(name, python_module(
-                "ext_proc.demo", "--kind", kind, "--name", name, "--port", "0", "--api-key", "sk-guard"))
-            ports[name] = ready["port"]
+            port = start_demo(supervisor, name, kind, "sk-guard")
+            ports[name] = port
         key = generate_key()
         pii = {"name": "pii", "pii": ["email", "card"], "mode": "redact"}
         config = {

@@ -13,10 +13,11 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port
 from ext_proc.launch.stack import Stack, start_stack
 
 from .certs import make_ca_and_server_cert
+from .support import start_demo
 
 HOSTNAME = "localhost"
 
@@ -27,14 +28,13 @@ def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stac
     ca, cert, key_file = make_ca_and_server_cert(workdir, HOSTNAME)
     supervisor = Supervisor(log_dir=workdir)
     try:
-        _, ready = supervisor.start_reporting("provider", python_module(
-            "ext_proc.demo", "--kind", "openai", "--name", "p", "--port", "0", "--api-key", "sk-tls"))
+        port = start_demo(supervisor, "p", "openai", "sk-tls")
         key = generate_key()
         config = {
             "listener": {"port": free_port(), "admin_port": free_port(),
                          "tls": {"cert_file": cert.name, "key_file": key_file.name}},  # relative to the config
             "ext_proc": {"port": free_port()},
-            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{ready['port']}/v1",
+            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                           "api_key": {"env": "TLS_PROVIDER_KEY"}}],
             "routes": [{"model": "m", "backends": [{"backend": "p", "model": "served"}]}],
             "virtual_keys": [{"id": "k", "hash": hash_key(key)}],

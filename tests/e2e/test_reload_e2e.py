@@ -18,6 +18,8 @@ from ext_proc.config.loading import load_config
 from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
 from ext_proc.launch.stack import Stack, start_stack
 
+from .support import start_demo
+
 HELLO = [{"role": "user", "content": "hi"}]
 
 
@@ -56,13 +58,12 @@ def reloadable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloadable]
     workdir = tmp_path_factory.mktemp("reload")
     supervisor = Supervisor(log_dir=workdir)
     try:
-        _, ready = supervisor.start_reporting("provider", python_module(
-            "ext_proc.demo", "--kind", "openai", "--name", "p", "--port", "0", "--api-key", "sk-reload"))
+        port = start_demo(supervisor, "p", "openai", "sk-reload")
         (workdir / "provider.key").write_text("sk-reload\n")
         base = {
             "listener": {"port": free_port(), "admin_port": free_port()},
             "ext_proc": {"port": free_port_run(2), "processes": 2},
-            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{ready['port']}/v1",
+            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                           "api_key": {"file": "provider.key"}}],
             "keys_file": "keys.yaml",
         }
@@ -193,9 +194,8 @@ def test_up_gives_envoy_new_routes_and_clusters_without_dropping_traffic(tmp_pat
     try:
         ports = {}
         for name in ("first", "second"):
-            _, ready = supervisor.start_reporting(name, python_module(
-                "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", "sk-up"))
-            ports[name] = ready["port"]
+            port = start_demo(supervisor, name, "openai", "sk-up")
+            ports[name] = port
         key = generate_key()
         listen = free_port()
         config = {

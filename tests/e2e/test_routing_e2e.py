@@ -21,11 +21,11 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
+from ext_proc.launch.processes import Supervisor, free_port, free_port_run
 from ext_proc.launch.stack import start_stack
 
 from ..redis_server import RedisServer
-from .support import fault
+from .support import fault, start_demo
 
 HELLO = [{"role": "user", "content": "hello"}]
 PROVIDERS = ("p1", "p2", "p3")
@@ -134,10 +134,8 @@ def routing_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routin
     try:
         ports = {}
         for name in (*PROVIDERS, "pa"):
-            _, ready = supervisor.start_reporting(name, python_module(
-                "ext_proc.demo", "--kind", "anthropic" if name == "pa" else "openai", "--name", name,
-                "--port", "0", "--api-key", "sk-routing"))
-            ports[name] = int(ready["port"])
+            port = start_demo(supervisor, name, "anthropic" if name == "pa" else "openai", "sk-routing")
+            ports[name] = port
         client_key, team_key = generate_key(), generate_key()
         path = Path(workdir) / "config.yaml"
         path.write_text(yaml.safe_dump(_config(ports, redis.url, client_key, team_key), sort_keys=False))

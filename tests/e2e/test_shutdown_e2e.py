@@ -16,10 +16,10 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port
 from ext_proc.launch.stack import start_stack
 
-from .support import fault
+from .support import fault, start_demo
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -46,11 +46,10 @@ def _slow_stream(client: openai.OpenAI, received: queue.Queue) -> None:
 def test_ext_proc_server_finishes_streams_in_flight_on_sigterm(tmp_path: Path) -> None:
     supervisor = Supervisor(log_dir=tmp_path)
     try:
-        _, ready = supervisor.start_reporting("provider", python_module(
-            "ext_proc.demo", "--kind", "openai", "--name", "p", "--port", "0", "--api-key", "sk-shutdown"))
+        port = start_demo(supervisor, "p", "openai", "sk-shutdown")
         key = generate_key()
         path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(_config(ready["port"], key)))
+        path.write_text(yaml.safe_dump(_config(port, key)))
         stack = start_stack(load_config(path), path, tmp_path, supervisor, env={"SHUTDOWN_KEY": "sk-shutdown"})
         client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=30)
         received: queue.Queue = queue.Queue()
@@ -74,10 +73,9 @@ def test_ext_proc_server_finishes_streams_in_flight_on_sigterm(tmp_path: Path) -
 def test_up_drains_envoy_before_stopping(tmp_path: Path) -> None:
     supervisor = Supervisor(log_dir=tmp_path)
     try:
-        _, ready = supervisor.start_reporting("provider", python_module(
-            "ext_proc.demo", "--kind", "openai", "--name", "p", "--port", "0", "--api-key", "sk-shutdown"))
+        port = start_demo(supervisor, "p", "openai", "sk-shutdown")
         key = generate_key()
-        config = _config(ready["port"], key)
+        config = _config(port, key)
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         up = subprocess.Popen([sys.executable, "-m", "ext_proc", "up", "-c", str(path)], start_new_session=True,

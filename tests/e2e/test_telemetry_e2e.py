@@ -21,10 +21,10 @@ import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port
 from ext_proc.launch.stack import start_stack
 
-from .support import fault
+from .support import fault, start_demo
 
 HELLO = [{"role": "user", "content": "hello there"}]
 PROVIDER_SECRET = "sk-telemetry-provider-secret-0123456789"
@@ -73,9 +73,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     try:
         ports = {}
         for kind in ("openai", "anthropic"):
-            _, ready = supervisor.start_reporting(kind, python_module(
-                "ext_proc.demo", "--kind", kind, "--name", kind, "--port", "0", "--api-key", PROVIDER_SECRET))
-            ports[kind] = ready["port"]
+            port = start_demo(supervisor, kind, kind, PROVIDER_SECRET)
+            ports[kind] = port
         key, limited_key = generate_key(), generate_key()
         metrics_port = free_port()
         path = workdir / "config.yaml"

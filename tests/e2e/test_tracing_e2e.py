@@ -24,10 +24,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.processes import Supervisor, free_port
 from ext_proc.launch.stack import Stack, start_stack
 
-from .support import fault
+from .support import fault, start_demo
 
 PROVIDER_SECRET = "sk-trace-provider-secret-42"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -74,9 +74,8 @@ class Collector:
 def _start(supervisor: Supervisor, traces: dict) -> tuple[Stack, str, dict[str, int]]:
     ports = {}
     for name in ("first", "second"):
-        _, ready = supervisor.start_reporting(name, python_module(
-            "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", PROVIDER_SECRET))
-        ports[name] = ready["port"]
+        port = start_demo(supervisor, name, "openai", PROVIDER_SECRET)
+        ports[name] = port
     key = generate_key()
     config = {
         "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
