@@ -21,6 +21,7 @@ import yaml
 from . import constants
 
 log = logging.getLogger("babelgate")
+audit = logging.getLogger("babelgate.audit")
 
 DRAIN_SECONDS = 10.0
 """On SIGTERM, `babelgate up` lets requests in flight (streams included) finish for this long before stopping."""
@@ -102,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("-c", "--config", type=Path, help="store the hash in this config's keys_file")
     create.add_argument("--keys-file", type=Path, help="store the hash in this YAML file")
     create.set_defaults(handler=_keys_create)
+    revoke = keys.add_parser("revoke", help="remove a key from the keys file; running servers refuse it within a "
+                                            "second (they reload the file)")
+    revoke.add_argument("--id", required=True)
+    revoke.add_argument("-c", "--config", type=Path, help="the config whose keys_file holds the key")
+    revoke.add_argument("--keys-file", type=Path, help="the YAML file that holds the key")
+    revoke.set_defaults(handler=_keys_revoke)
     return parser
 
 
@@ -443,12 +450,50 @@ def _keys_create(args: argparse.Namespace) -> int:
             print(f"babelgate: a key with id {entry.id!r} already exists in {target}", file=sys.stderr)
             return 2
         records = [k.model_dump(mode="json", exclude_none=True) for k in existing] + [record]
-        temporary = target.with_suffix(target.suffix + ".tmp")
-        temporary.write_text(yaml.safe_dump(records, sort_keys=False))
-        temporary.replace(target)
+        _write_keys(target, records)
         print(f"stored the hash of key {entry.id!r} in {target}", file=sys.stderr)
+    audit.info("virtual key %r created by %s (team %s, models %s, expires %s)", entry.id, _operator(),
+               entry.team or "-", ",".join(models), entry.expires_at.isoformat() if entry.expires_at else "never")
     print(key)
     return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    from .config.loading import load_config, load_keys_file
+
+    target = args.keys_file
+    if target is None and args.config is not None:
+        target = load_config(args.config).keys_file
+    if target is None or not target.exists():
+        print("babelgate: give --keys-file, or -c with a config that has a keys_file (keys written in the config "
+              "itself are removed by editing it)", file=sys.stderr)
+        return 2
+    existing = load_keys_file(target)
+    kept = [k for k in existing if k.id != args.id]
+    if len(kept) == len(existing):
+        print(f"babelgate: no key with id {args.id!r} in {target}", file=sys.stderr)
+        return 2
+    _write_keys(target, [k.model_dump(mode="json", exclude_none=True) for k in kept])
+    audit.info("virtual key %r revoked by %s", args.id, _operator())
+    print(f"revoked key {args.id!r}: removed from {target}", file=sys.stderr)
+    return 0
+
+
+def _write_keys(target: Path, records: list[dict]) -> None:
+    """Whole file, renamed into place: a server reading it mid-write sees the old list or the new one."""
+    temporary = target.with_suffix(target.suffix + ".tmp")
+    temporary.write_text(yaml.safe_dump(records, sort_keys=False))
+    temporary.replace(target)
+
+
+def _operator() -> str:
+    """Who ran the command, for the audit log."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _parse_expiry(text: str) -> datetime:

@@ -145,7 +145,7 @@ def test_oversized_headers_are_refused_by_envoy(gateway: Gateway) -> None:
         response = httpx.post(gateway.url + "/v1/chat/completions",
                               headers={"authorization": f"Bearer {gateway.key}", **padding},
                               json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-    except httpx.RemoteProtocolError:
+    except httpx.TransportError:  # the codec's 431 races the client still sending: a reset or a bare close
         return
     assert response.status_code == 431
     assert response.json()["error"]["type"]

@@ -1,0 +1,38 @@
+"""`babelgate keys create` / `revoke` on a keys file, with an audit line naming who did it and never the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ext_proc.auth.virtual_keys import hash_key
+
+
+def _keys(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ext_proc", "keys", *args], capture_output=True, text=True)
+
+
+def test_create_then_revoke(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    created = _keys("create", "--id", "alice", "--team", "research", "--keys-file", str(keys_file))
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    stored = yaml.safe_load(keys_file.read_text())
+    assert stored == [{"id": "alice", "hash": hash_key(key), "models": ["*"], "team": "research"}]
+    assert "virtual key 'alice' created by" in created.stderr and key not in created.stderr
+    _keys("create", "--id", "bob", "--keys-file", str(keys_file))
+    revoked = _keys("revoke", "--id", "alice", "--keys-file", str(keys_file))
+    assert revoked.returncode == 0, revoked.stderr
+    assert [k["id"] for k in yaml.safe_load(keys_file.read_text())] == ["bob"]
+    assert "virtual key 'alice' revoked by" in revoked.stderr
+
+
+def test_revoking_an_unknown_key_says_so(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    _keys("create", "--id", "bob", "--keys-file", str(keys_file))
+    result = _keys("revoke", "--id", "nobody", "--keys-file", str(keys_file))
+    assert result.returncode == 2 and "no key with id 'nobody'" in result.stderr
+    assert [k["id"] for k in yaml.safe_load(keys_file.read_text())] == ["bob"]
