@@ -422,6 +422,7 @@ class AttemptStage:
         assert backend is not None
         if not 200 <= self._status < 300:
             status, error = backend.provider.error_response(self._status, message.body, self._response_headers)
+            error = without_secrets(error, backend)
             if self._endpoint is Endpoint.MESSAGES:
                 error = anthropic_error_from_openai(status, error)
             return _json_reply(error, status if status != self._status else None)
@@ -599,6 +600,25 @@ class AttemptStage:
         self._settled = True
         await self._runtime.limiter.settle(Reservation.decode(self._reservation), self._final_usage(),
                                            self._backend.id, self._model)
+
+
+def without_secrets(error: dict, backend: BackendInfo) -> dict:
+    """A provider's error may quote the credential it was sent (some echo the key they refused): never pass it on."""
+    secrets = backend_secrets(backend)
+    if not secrets:
+        return error
+    text = orjson.dumps(error).decode()
+    scrubbed = text
+    for secret in secrets:
+        scrubbed = scrubbed.replace(secret, "[REDACTED:CREDENTIAL]")
+    return error if scrubbed == text else orjson.loads(scrubbed)
+
+
+def backend_secrets(backend: BackendInfo) -> tuple[str, ...]:
+    """The API key values a static credential sends (the part after `Bearer`); signed or token credentials send
+    nothing long-lived."""
+    values = getattr(backend.credential, "values", ())
+    return tuple(secret for _, value in values if len(secret := value.rpartition(" ")[2]) >= 8)
 
 
 def encode_embeddings_base64(listing: dict) -> None:

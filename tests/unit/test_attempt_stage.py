@@ -109,6 +109,19 @@ def test_provider_error_is_mapped_and_its_status_rewritten(monkeypatch: pytest.M
     assert error["message"] == "Overloaded" and set(error) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize(("backend", "secret"), [("an", "sk-unit-anthropic"), ("oa", "sk-unit-openai")])
+def test_a_provider_error_quoting_its_key_never_passes_it_on(monkeypatch: pytest.MonkeyPatch, backend: str,
+                                                             secret: str) -> None:
+    attempt = Attempt(monkeypatch, backend)
+    attempt.send(request_body=body(HELLO))
+    attempt.send(response_headers=headers({":status": "401", "content-type": "application/json"}))
+    refused = orjson.dumps({"type": "error", "error": {"type": "authentication_error",
+                                                       "message": f"Incorrect API key provided: {secret}."}})
+    reply = attempt.send(response_body=HttpBody(body=refused, end_of_stream=True)).response_body.response
+    assert secret.encode() not in reply.body_mutation.body
+    assert "[REDACTED:CREDENTIAL]" in orjson.loads(reply.body_mutation.body)["error"]["message"]
+
+
 def test_sse_answer_switches_to_streamed_mode_and_is_translated_chunk_by_chunk(
         monkeypatch: pytest.MonkeyPatch) -> None:
     attempt = Attempt(monkeypatch, "an")
