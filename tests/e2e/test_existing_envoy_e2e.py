@@ -66,10 +66,7 @@ def existing_envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     workdir = tmp_path_factory.mktemp("existing-envoy")
     supervisor = Supervisor(log_dir=workdir)
     try:
-        ports = {}
-        for name in ("first", "second"):
-            port = start_demo(supervisor, name, "openai", "sk-existing")
-            ports[name] = port
+        ports = {name: start_demo(supervisor, name, "openai", "sk-existing") for name in ("first", "second")}
         key = generate_key()
         ext_proc_port = free_port()
         config = {

@@ -25,10 +25,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.O
     workdir = tmp_path_factory.mktemp("guardrails")
     supervisor = Supervisor(log_dir=workdir)
     try:
-        ports = {}
-        for name, kind in (("g-openai", "openai"), ("g-anthropic", "anthropic")):
-            port = start_demo(supervisor, name, kind, "sk-guard")
-            ports[name] = port
+        ports = {name: start_demo(supervisor, name, kind, "sk-guard")
+                 for name, kind in (("g-openai", "openai"), ("g-anthropic", "anthropic"))}
         key = generate_key()
         pii = {"name": "pii", "pii": ["email", "card"], "mode": "redact"}
         config = {

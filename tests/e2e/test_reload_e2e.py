@@ -192,10 +192,7 @@ def test_up_gives_envoy_new_routes_and_clusters_without_dropping_traffic(tmp_pat
     """`babelgate up -c`: a new backend and a two-backend route appear while a client keeps its connections busy."""
     supervisor = Supervisor(log_dir=tmp_path)
     try:
-        ports = {}
-        for name in ("first", "second"):
-            port = start_demo(supervisor, name, "openai", "sk-up")
-            ports[name] = port
+        ports = {name: start_demo(supervisor, name, "openai", "sk-up") for name in ("first", "second")}
         key = generate_key()
         listen = free_port()
         config = {

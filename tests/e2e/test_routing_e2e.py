@@ -132,10 +132,8 @@ def routing_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routin
     redis.start()
     supervisor = Supervisor(log_dir=workdir)
     try:
-        ports = {}
-        for name in (*PROVIDERS, "pa"):
-            port = start_demo(supervisor, name, "anthropic" if name == "pa" else "openai", "sk-routing")
-            ports[name] = port
+        ports = {name: start_demo(supervisor, name, "anthropic" if name == "pa" else "openai", "sk-routing")
+                 for name in (*PROVIDERS, "pa")}
         client_key, team_key = generate_key(), generate_key()
         path = Path(workdir) / "config.yaml"
         path.write_text(yaml.safe_dump(_config(ports, redis.url, client_key, team_key), sort_keys=False))

@@ -71,10 +71,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     workdir = tmp_path_factory.mktemp("telemetry")
     supervisor = Supervisor(log_dir=workdir)
     try:
-        ports = {}
-        for kind in ("openai", "anthropic"):
-            port = start_demo(supervisor, kind, kind, PROVIDER_SECRET)
-            ports[kind] = port
+        ports = {kind: start_demo(supervisor, kind, kind, PROVIDER_SECRET) for kind in ("openai", "anthropic")}
         key, limited_key = generate_key(), generate_key()
         metrics_port = free_port()
         path = workdir / "config.yaml"

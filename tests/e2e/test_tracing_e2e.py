@@ -72,10 +72,7 @@ class Collector:
 
 
 def _start(supervisor: Supervisor, traces: dict) -> tuple[Stack, str, dict[str, int]]:
-    ports = {}
-    for name in ("first", "second"):
-        port = start_demo(supervisor, name, "openai", PROVIDER_SECRET)
-        ports[name] = port
+    ports = {name: start_demo(supervisor, name, "openai", PROVIDER_SECRET) for name in ("first", "second")}
     key = generate_key()
     config = {
         "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
