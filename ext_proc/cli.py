@@ -115,10 +115,15 @@ def _parser() -> argparse.ArgumentParser:
 # -- serve --------------------------------------------------------------------------------------------------------
 
 def _serve(args: argparse.Namespace) -> int:
+    from .admin.key_store import KeyStoreError, with_stored_keys
     from .config.loading import load_config
     from .config.runtime import compile_runtime
 
     config = load_config(args.config)
+    try:
+        config = with_stored_keys(config)
+    except KeyStoreError as exc:  # the keys stored in Redis join once it answers (the reloader polls it)
+        log.error("%s; serving the configured keys only until it can be read", exc)
     runtime = compile_runtime(config, announce=True)
     for backend in runtime.backends.values():
         # Credentials that need the network (STS, token endpoints) fetch before the first request, not during it.
@@ -129,16 +134,21 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is None and config.ext_proc.processes > 1:
         return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
     port = args.port if args.port is not None else config.ext_proc.port
+    index = max(0, port - config.ext_proc.port)
     if config.telemetry.enabled:
         from .telemetry.hub import build_telemetry
 
         # process n of the config (port = ext_proc.port + n) serves its metrics on prometheus_port + n
-        telemetry = build_telemetry(config.telemetry, max(0, port - config.ext_proc.port))
+        telemetry = build_telemetry(config.telemetry, index)
         runtime = compile_runtime(config, telemetry=telemetry, previous=runtime)
-    return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready, config_path=Path(args.config))
+    # the first process serves the admin API: its state (keys, usage) lives in Redis or the keys file, not here
+    admin_port = config.admin.port if config.admin is not None and index == 0 else None
+    return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready, config_path=Path(args.config),
+                      admin_port=admin_port)
 
 
-def _serve_one(runtime: object, address: str, report_ready: bool, config_path: Path) -> int:
+def _serve_one(runtime: object, address: str, report_ready: bool, config_path: Path,
+               admin_port: int | None = None) -> int:
     from .server import RuntimeHolder, serve
 
     try:
@@ -147,12 +157,13 @@ def _serve_one(runtime: object, address: str, report_ready: bool, config_path: P
     except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
         pass
 
-    def ready(port: int) -> None:
-        log.info("ext_proc server listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    def ready(ports: dict[str, int]) -> None:
+        log.info("ext_proc server listening on %s", address.rsplit(":", 1)[0] + f":{ports['port']}")
         if report_ready:
-            print(json.dumps({"port": port}), flush=True)
+            print(json.dumps(ports), flush=True)
 
-    asyncio.run(serve(RuntimeHolder(runtime), address, on_ready=ready, config_path=config_path))  # type: ignore[arg-type]
+    asyncio.run(serve(RuntimeHolder(runtime), address, on_ready=ready, config_path=config_path,  # type: ignore[arg-type]
+                      admin_port=admin_port))
     return 0
 
 

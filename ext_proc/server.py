@@ -20,7 +20,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from google.protobuf.message import DecodeError
 
 from . import constants
+from .admin.key_store import stored_keys_version, with_stored_keys
+from .admin.service import AdminService
 from .config.loading import load_config
+from .config.models import Config
 from .config.reload import ConfigReloader
 from .config.runtime import Runtime
 from .errors import GatewayError, UpstreamError
@@ -216,25 +219,35 @@ def _usage_method(holder: RuntimeHolder) -> MethodFactory:
 DRAIN_SECONDS = 10.0
 
 
-async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], None] | None = None,
-                config_path: Path | None = None, drain_seconds: float = DRAIN_SECONDS) -> None:
+async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[dict[str, int]], None] | None = None,
+                config_path: Path | None = None, drain_seconds: float = DRAIN_SECONDS,
+                admin_port: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: health turns NOT_SERVING, streams in flight get up to
     `drain_seconds` to finish, and settlements still running get the same again.
 
-    With `config_path`, the configuration reloads on SIGHUP and whenever a watched file changes."""
+    With `config_path`, the configuration reloads on SIGHUP, whenever a watched file changes and whenever the keys
+    stored in Redis change. With `admin_port`, this process also serves the admin API there (same host).
+    `on_ready` gets the ports listened on: `port`, and `admin_port` when serving it."""
     server, health = build_server(holder)
     port = await server.start(address)
+    ports = {"port": port}
     holder.current.health.cooldowns.start()
     holder.current.telemetry.extra_counters = lambda: limiter_counters(holder.current)
     loop = asyncio.get_running_loop()
     watcher: asyncio.Task | None = None
+    reloader: ConfigReloader | None = None
     if config_path is not None:
-        reloader = ConfigReloader(holder, config_path, load_config)
+        reloader = ConfigReloader(holder, config_path, load_serving_config,
+                                  changes=stored_keys_version(holder.current.config))
         watcher = loop.create_task(reloader.watch())
         loop.add_signal_handler(signal.SIGHUP, lambda: _keep_running(_reload(reloader)))
+    admin: tuple[GrpcServer, AdminService] | None = None
+    if admin_port is not None and holder.current.config.admin is not None:
+        admin = await _start_admin(holder, address, admin_port, reloader)
+        ports["admin_port"] = admin[0].port
     _set_serving(health, SERVING)
     if on_ready is not None:
-        on_ready(port)
+        on_ready(ports)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -242,11 +255,34 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[int], N
     if watcher is not None:
         watcher.cancel()
     _set_serving(health, NOT_SERVING)
+    if admin is not None:
+        await admin[0].stop(grace=1.0)
+        await admin[1].close()
     await server.stop(grace=drain_seconds)
     if _closing:
         await asyncio.wait(list(_closing), timeout=drain_seconds)
     # every stream has reported by now: the request log writes what is queued before the process exits
     await asyncio.to_thread(holder.current.telemetry.close)
+
+
+def load_serving_config(path: Path) -> Config:
+    """The config file, its keys file, and the keys the admin API stored in Redis."""
+    return with_stored_keys(load_config(path))
+
+
+async def _start_admin(holder: RuntimeHolder, address: str, admin_port: int,
+                       reloader: ConfigReloader | None) -> tuple[GrpcServer, AdminService]:
+    async def changed(what: str) -> None:
+        # this process answers with the change in force; the others see it within a poll
+        if reloader is not None:
+            await reloader.reload(what)
+
+    service = AdminService(holder, on_change=changed)
+    server = GrpcServer(service.methods())
+    host = address.rpartition(":")[0] if not address.startswith("unix:") else "127.0.0.1"
+    await server.start(f"{host}:{admin_port}")
+    log.info("admin API listening on %s:%d", host, server.port)
+    return server, service
 
 
 def limiter_counters(runtime: Runtime) -> dict[str, int]:

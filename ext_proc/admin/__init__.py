@@ -1,2 +1,2 @@
-"""Babelgate's admin API: the protos in `protos/` compiled at build time into this package (`admin_pb2`,
-`admin.pb` for Envoy's gRPC-JSON transcoder)."""
+"""Babelgate's admin API: keys, routes and usage. `admin_pb2` and `admin.pb` (the descriptor set Envoy's gRPC-JSON
+transcoder reads) are compiled from `protos/` when the package is built; the rest is the service behind them."""

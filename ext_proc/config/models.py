@@ -377,6 +377,7 @@ class VirtualKey(_Strict):
     expires_at: datetime | None = None
     team: str | None = None
     limits: list[LimitRule] | None = Field(None, description="Replaces `limits.per_key` for this key.")
+    created_at: datetime | None = None
 
     @field_validator("hash")
     @classmethod
@@ -406,6 +407,22 @@ class ExtProcServer(_Strict):
     port: int = Field(constants.DEFAULT_EXT_PROC_PORT, ge=0, le=65535)
     processes: int = Field(1, ge=1, le=64, description="One port each: port, port+1, ...")
     message_timeout: Seconds = 5.0
+
+
+class AdminCredential(_Strict):
+    name: str = Field(description="Who holds it: named in the audit log for every call made with it.")
+    secret: SecretRef
+
+
+class AdminApi(_Strict):
+    """The admin API (keys, routes, usage): gRPC on its own port of the first ext_proc process, and JSON over HTTP
+    at `/admin/v1/...` on the listener through Envoy's gRPC-JSON transcoder."""
+
+    port: int = Field(constants.DEFAULT_ADMIN_API_PORT, ge=0, le=65535,
+                      description="On the ext_proc server's host; 0 picks a free port (reported with --report-ready).")
+    credentials: list[AdminCredential] = Field(min_length=1, description="Each caller sends one as "
+                                                                        "`Authorization: Bearer <secret>`.")
+    via_envoy: bool = Field(True, description="Also serve the admin API (JSON and gRPC) on Envoy's listener.")
 
 
 class RequestLimits(_Strict):
@@ -527,6 +544,7 @@ class Config(_Strict):
     routes: list[ModelRoute] = Field(min_length=1)
     virtual_keys: list[VirtualKey] = []
     keys_file: Path | None = Field(None, description="YAML list of extra virtual keys (written by `babelgate keys`).")
+    admin: AdminApi | None = None
     limits: LimitSettings = LimitSettings()
     teams: list[Team] = []
     prices: list[Price] = []
@@ -560,6 +578,11 @@ class Config(_Strict):
             if price.backend not in known:
                 raise ValueError(f"price for unknown backend {price.backend!r}")
         _unique([f"{p.backend}/{p.model}" for p in self.prices], "price entry")
+        if self.admin is not None:
+            if self.keys_file is None and self.limits.redis is None:
+                raise ValueError("the admin API stores keys in Redis (`limits.redis`) or else in `keys_file`: "
+                                 "configure one of them")
+            _unique([c.name for c in self.admin.credentials], "admin credential name")
         public = {r.model for r in self.routes}
         for key in self.virtual_keys:
             for model in key.models:

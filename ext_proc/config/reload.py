@@ -1,6 +1,8 @@
 """Hot reload of a running server's configuration: on SIGHUP, or when the config file, the keys file or a secret file
 changes on disk.
 
+Keys the admin API stored in Redis are part of the configuration too: `changes` polls their version.
+
 A new configuration is loaded and compiled off the event loop, then swapped in as a whole (`RuntimeHolder.current`);
 streams already open keep the snapshot they started with. A configuration that does not load (bad YAML, a missing
 secret, a reference to an unknown backend) is rejected with one log line and the running one stays. What the old
@@ -15,7 +17,7 @@ import contextlib
 import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -62,8 +64,11 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
 
 class ConfigReloader:
     def __init__(self, holder: Holder, config_path: Path, load: Callable[[Path], Config],
-                 on_swap: Callable[[Runtime, Runtime], None] | None = None) -> None:
+                 on_swap: Callable[[Runtime, Runtime], None] | None = None,
+                 changes: Callable[[], Awaitable[object]] | None = None) -> None:
         self._holder = holder
+        self._changes = changes
+        self._changes_seen: object = None
         self._path = config_path
         self._load = load
         self._on_swap = on_swap
@@ -78,11 +83,18 @@ class ConfigReloader:
 
     async def watch(self) -> None:
         """Poll the watched files; a change triggers a reload (an editor's save is several writes: wait for quiet)."""
+        if self._changes is not None:
+            self._changes_seen = await self._changes()
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self._snapshot() != self._seen:
                 await asyncio.sleep(POLL_INTERVAL / 2)
                 await self.reload("a watched file changed")
+            if self._changes is not None:
+                version = await self._changes()
+                if version is not None and version != self._changes_seen:
+                    self._changes_seen = version
+                    await self.reload("the stored keys changed")
 
     async def reload(self, reason: str) -> bool:
         async with self._lock:

@@ -52,6 +52,7 @@ from .. import constants
 from ..config.chains import ChainRoute, all_chain_routes, deadline
 from ..config.models import Backend, Config, ListenerTls
 from ..errors import NotFound
+from . import admin_api
 from .access_log import ATTEMPT_FIELDS, REQUEST_FIELDS, file_log
 from .clusters import all_clusters
 from .filters import local_reply_config, route_stage_filter
@@ -95,7 +96,7 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
         route_config=None if routes_from is not None else route_configuration(config),
         rds=routes_from,
         http_filters=[
-            route_stage_filter(config),
+            *http_filters(config),
             HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(router(config))),
         ],
         local_reply_config=local_reply_config(),
@@ -110,6 +111,14 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
             filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=Any.pack(manager))],
             transport_socket=_listener_tls(config.listener.tls) if config.listener.tls is not None else None)],
     )
+
+
+def http_filters(config: Config) -> list[HttpFilter]:
+    """Babelgate's filters, in order, before the router."""
+    if admin_api.exposed(config):
+        # first: it turns admin JSON into gRPC before the route stage would take it for an OpenAI request
+        return [admin_api.transcoder_filter(), route_stage_filter(config)]
+    return [route_stage_filter(config)]
 
 
 def _listener_tls(tls: ListenerTls) -> TransportSocket:
@@ -130,7 +139,8 @@ def route_configuration(config: Config) -> RouteConfiguration:
     """One route per chain (backend order + retry settings), selected by the header the route stage sets; everything
     else gets a 404. The catch-all is only reached if the route stage let a request through without choosing."""
     backends = {b.id: b for b in config.backends}
-    routes = [chain_route(chain, backends) for chain in all_chain_routes(config)]
+    routes = [admin_api.admin_route()] if admin_api.exposed(config) else []
+    routes.extend(chain_route(chain, backends) for chain in all_chain_routes(config))
     routes.append(Route(
         name="unrouted",
         match=RouteMatch(prefix="/"),

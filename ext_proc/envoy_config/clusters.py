@@ -50,6 +50,7 @@ from ..config.models import Backend, Config
 from ..config.models import OutlierDetection as OutlierSettings
 from .filters import attempt_stage_filter
 
+ADMIN_API_CLUSTER = "bg_admin_api"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -60,6 +61,8 @@ def backend_cluster_name(backend_id: str) -> str:
 
 def all_clusters(config: Config) -> list[Cluster]:
     clusters = [ext_proc_cluster(config)]
+    if config.admin is not None and config.admin.via_envoy:
+        clusters.append(admin_api_cluster(config))
     clusters.extend(backend_cluster(b) for b in config.backends)
     clusters.extend(chain_cluster(config, order) for order in aggregate_orders(config))
     return clusters
@@ -75,6 +78,21 @@ def ext_proc_cluster(config: Config) -> Cluster:
         connect_timeout=timedelta(seconds=1),
         lb_policy=ClusterLbPolicy.LEAST_REQUEST,
         load_assignment=_assignment(constants.EXT_PROC_CLUSTER, [(server.host, port) for port in ports]),
+        typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http2_protocol_options=Http2ProtocolOptions())))},
+    )
+
+
+def admin_api_cluster(config: Config) -> Cluster:
+    """The first ext_proc process's admin port (the other processes don't serve it)."""
+    host = config.ext_proc.host
+    assert config.admin is not None
+    return Cluster(
+        name=ADMIN_API_CLUSTER,
+        type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.STRICT_DNS,
+        connect_timeout=timedelta(seconds=1),
+        load_assignment=_assignment(ADMIN_API_CLUSTER, [(host, config.admin.port)]),
         typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
             explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
                 http2_protocol_options=Http2ProtocolOptions())))},

@@ -14,19 +14,20 @@ import yaml
 
 from .. import constants
 from ..config.models import Config
-from .bootstrap import proto_field_names, route_configuration
+from .bootstrap import http_filters, proto_field_names, route_configuration
 from .clusters import all_clusters
-from .filters import local_reply_config, route_stage_filter
+from .filters import local_reply_config
 
 _PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 
 _GUIDE = """\
 # Babelgate for an existing Envoy (rendered by `babelgate render --filters-only`; edit the Babelgate config instead).
 #
-# 1. http_filters: put `babelgate.route_stage` in your HttpConnectionManager's http_filters, before
-#    envoy.filters.http.router.
+# 1. http_filters: put these in your HttpConnectionManager's http_filters, in this order, before
+#    envoy.filters.http.router (with the admin API configured, its gRPC-JSON transcoder comes first).
 # 2. routes: put these at the front of the virtual host that receives OpenAI-format requests; they only match
-#    requests the route stage has chosen a chain for (header x-babelgate-int-chain). The last one (`unrouted`) is a
+#    requests the route stage has chosen a chain for (header x-babelgate-int-chain), and `admin_api` the admin
+#    API's gRPC path. The last one (`unrouted`) is a
 #    catch-all 404: leave it out if your own routes follow.
 # 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc).
 # 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional).
@@ -41,7 +42,7 @@ def filters_only(config: Config) -> dict:
     host = route_configuration(config).virtual_hosts[0]
     routes = host.routes
     return {
-        "http_filters": [_plain(route_stage_filter(config))],
+        "http_filters": [_plain(f) for f in http_filters(config)],
         "routes": [_plain(route) for route in routes],
         "clusters": [_plain(cluster) for cluster in all_clusters(config)],
         "local_reply_config": _plain(local_reply_config()),

@@ -29,10 +29,14 @@ class Status(enum.IntEnum):
     UNKNOWN = 2
     INVALID_ARGUMENT = 3
     NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 class RpcError(Exception):
@@ -176,14 +180,28 @@ class Call:
             self._buffer = None
 
 
+PEER_METADATA_KEY = ":peer"
+"""Set by the server to the client's address; a pseudo-header name, so no client header can stand in for it."""
+
+
 def unary(method: Callable[[bytes], Awaitable[bytes]]) -> MethodFactory:
     """A unary method: one request message in, one reply (or an `RpcError`) out."""
 
+    async def ignoring_metadata(request: bytes, metadata: dict[str, str]) -> bytes:
+        return await method(request)
+
+    return unary_with_metadata(ignoring_metadata)
+
+
+def unary_with_metadata(method: Callable[[bytes, dict[str, str]], Awaitable[bytes]]) -> MethodFactory:
+    """A unary method that also reads the call's metadata (credentials, the peer's address)."""
+
     class _Unary:
-        __slots__ = ("_call", "_request", "_task")
+        __slots__ = ("_call", "_metadata", "_request", "_task")
 
         def __init__(self, call: Call, metadata: dict[str, str]) -> None:
             self._call = call
+            self._metadata = metadata
             self._request = b""
             self._task: asyncio.Task | None = None
 
@@ -199,7 +217,7 @@ def unary(method: Callable[[bytes], Awaitable[bytes]]) -> MethodFactory:
 
         async def _run(self) -> None:
             try:
-                reply = await method(self._request)
+                reply = await method(self._request, self._metadata)
             except RpcError as error:
                 self._call.finish(error.status, error.message)
                 return
@@ -233,6 +251,7 @@ class GrpcServer:
         self._methods = methods
         self._server: asyncio.Server | None = None
         self._connections: set[Http2Connection] = set()
+        self.port = 0
 
     async def start(self, address: str) -> int:
         loop = asyncio.get_running_loop()
@@ -242,7 +261,8 @@ class GrpcServer:
         host, _, port = address.rpartition(":")
         self._server = await loop.create_server(self._protocol, host.strip("[]") or None, int(port),
                                                 reuse_address=True, backlog=1024)
-        return self._server.sockets[0].getsockname()[1]
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let open calls finish for up to `grace` seconds, then close every connection."""
@@ -266,6 +286,7 @@ class GrpcServer:
     def _open_stream(self, connection: Http2Connection, stream_id: int, headers: list[tuple[str, str]]) -> Call:
         call = Call(connection, stream_id)
         metadata = dict(headers)
+        metadata[PEER_METADATA_KEY] = connection.peer
         factory = self._methods.get(metadata.get(":path", ""))
         if factory is None or metadata.get(":method") != "POST":
             call.handler = _Unimplemented()

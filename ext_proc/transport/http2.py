@@ -98,6 +98,7 @@ class Http2Connection(asyncio.Protocol):
         self._received = 0
         self._going_away = False
         self.closed = asyncio.Event()
+        self.peer = ""
 
     # -- asyncio.Protocol -----------------------------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class Http2Connection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.peer = str(transport.get_extra_info("peername")[0])
         settings = (struct.pack(">HL", SETTINGS_INITIAL_WINDOW_SIZE, MAX_WINDOW)
                     + struct.pack(">HL", SETTINGS_MAX_FRAME_SIZE, RECEIVE_FRAME_LIMIT))
         self._out.append(frame(SETTINGS, 0, 0, settings))

@@ -1,0 +1,268 @@
+"""The admin API's methods: virtual keys (create, list, revoke, rotate), routes with backend health, usage.
+
+Every call carries one of `admin.credentials` as a bearer token; it is compared in constant time against each
+configured credential's digest. Every call, refused ones included, leaves an audit line naming who (the credential's
+name, and the operator the CLI reports), from where, and what changed, never a key or credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+from google.protobuf.message import DecodeError, Message
+from pydantic import ValidationError
+
+from ..auth.credentials import read_secret
+from ..auth.virtual_keys import bearer_token, generate_key, hash_key
+from ..config.models import AdminApi, LimitRule, VirtualKey
+from ..config.runtime import Runtime
+from ..limits.estimate import MICRO
+from ..limits.report import usage_rows
+from ..limits.store import StoreUnavailable
+from ..transport.grpc import PEER_METADATA_KEY, MethodFactory, RpcError, Status, unary_with_metadata
+from . import admin_pb2 as pb
+from .key_store import KeyStore, KeyStoreError, key_store_for
+
+audit = logging.getLogger("babelgate.audit")
+
+SERVICE_NAME = "babelgate.admin.v1.Admin"
+OPERATOR_METADATA_KEY = "x-babelgate-operator"
+"""Who is at the keyboard, as the CLI reports it (the OS user): recorded next to the credential's name."""
+
+_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+_LIMIT_METRICS = ("requests", "input_tokens", "output_tokens", "total_tokens", "usd")
+
+
+class Holder(Protocol):
+    current: Runtime
+
+
+def valid_key_id(key_id: str) -> bool:
+    return _KEY_ID.fullmatch(key_id) is not None
+
+
+class AdminCredentials:
+    """The configured credentials' digests, read once per configuration (a reload may rotate them)."""
+
+    def __init__(self, settings: AdminApi) -> None:
+        self.settings = settings
+        self._digests = [(c.name, hashlib.sha256(read_secret(c.secret, f"admin.credentials[{i}].secret").encode())
+                          .digest()) for i, c in enumerate(settings.credentials)]
+
+    def holder_of(self, presented: str | None) -> str | None:
+        """The name of the credential presented, or None. Every digest is compared, whichever matches."""
+        if not presented:
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for name, expected in self._digests:
+            if hmac.compare_digest(digest, expected) and found is None:
+                found = name
+        return found
+
+
+class AdminService:
+    def __init__(self, holder: Holder, on_change: Callable[[str], Awaitable[object]] | None = None) -> None:
+        self._holder = holder
+        self._on_change = on_change
+        self._credentials: AdminCredentials | None = None
+        self._store: KeyStore | None = None
+        self._store_origin: object = None
+
+    def methods(self) -> dict[str, MethodFactory]:
+        table: dict[str, tuple[type[Message], Callable]] = {
+            "CreateKey": (pb.CreateKeyRequest, self.create_key),
+            "ListKeys": (pb.ListKeysRequest, self.list_keys),
+            "RevokeKey": (pb.RevokeKeyRequest, self.revoke_key),
+            "RotateKey": (pb.RotateKeyRequest, self.rotate_key),
+            "ListRoutes": (pb.ListRoutesRequest, self.list_routes),
+            "GetUsage": (pb.GetUsageRequest, self.get_usage),
+        }
+        return {f"/{SERVICE_NAME}/{name}": unary_with_metadata(self._method(name, request_type, handler))
+                for name, (request_type, handler) in table.items()}
+
+    async def close(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    def _method(self, name: str, request_type: type[Message], handler: Callable) -> Callable:
+        async def call(data: bytes, metadata: dict[str, str]) -> bytes:
+            caller = self._authenticate(name, metadata)
+            try:
+                request = request_type.FromString(data)
+            except DecodeError:
+                raise RpcError(Status.INVALID_ARGUMENT, f"not a {request_type.DESCRIPTOR.name}") from None
+            try:
+                reply = await handler(request, caller)
+            except KeyStoreError as exc:
+                raise RpcError(Status.UNAVAILABLE, str(exc)) from None
+            except StoreUnavailable:
+                raise RpcError(Status.UNAVAILABLE, "the limiter store is unavailable") from None
+            return reply.SerializeToString()
+
+        return call
+
+    def _authenticate(self, method: str, metadata: dict[str, str]) -> str:
+        config = self._holder.current.config
+        where = _origin(metadata)
+        if config.admin is None:
+            raise RpcError(Status.UNAVAILABLE, "the admin API is not configured")
+        if self._credentials is None or self._credentials.settings is not config.admin:
+            self._credentials = AdminCredentials(config.admin)
+        presented = bearer_token(metadata.get("authorization"))
+        name = self._credentials.holder_of(presented)
+        if name is None:
+            audit.warning("admin %s refused from %s: %s admin credential", method, where,
+                          "no" if not presented else "an invalid")
+            raise RpcError(Status.UNAUTHENTICATED, "send a valid admin credential as `Authorization: Bearer <secret>`")
+        operator = metadata.get(OPERATOR_METADATA_KEY, "")[:64]
+        who = f"{name} ({_printable(operator)})" if operator else name
+        return f"{who} from {where}"
+
+    def _key_store(self) -> KeyStore:
+        config = self._holder.current.config
+        origin = (config.limits.redis, config.keys_file)
+        if self._store is None or origin != self._store_origin:
+            store = key_store_for(config)
+            if store is None:
+                raise RpcError(Status.FAILED_PRECONDITION, "no key store: configure limits.redis or keys_file")
+            self._store, self._store_origin = store, origin
+        return self._store
+
+    async def _changed(self, what: str) -> None:
+        if self._on_change is not None:
+            await self._on_change(what)
+
+    # -- keys -------------------------------------------------------------------------------------------------------
+
+    async def create_key(self, request: pb.CreateKeyRequest, caller: str) -> pb.CreateKeyResponse:
+        wanted = request.key
+        if not valid_key_id(wanted.id):
+            raise RpcError(Status.INVALID_ARGUMENT, "key.id: 1-128 characters of letters, digits and . _ @ -, "
+                                                    "starting with a letter or digit")
+        runtime = self._holder.current
+        if any(k.id == wanted.id for k in runtime.config.virtual_keys):
+            raise RpcError(Status.ALREADY_EXISTS, f"a key with id {wanted.id!r} exists")
+        secret = generate_key()
+        key = _virtual_key(wanted, hash_key(secret), runtime)
+        if not await self._key_store().create(key):
+            raise RpcError(Status.ALREADY_EXISTS, f"a key with id {wanted.id!r} exists")
+        audit.info("admin CreateKey by %s: key %r (team %s, models %s, %d limits, expires %s)", caller, key.id,
+                   key.team or "-", ",".join(key.models), len(key.limits or ()),
+                   key.expires_at.isoformat() if key.expires_at else "never")
+        await self._changed(f"key {key.id!r} created")
+        return pb.CreateKeyResponse(key=key_message(key), secret=secret)
+
+    async def list_keys(self, request: pb.ListKeysRequest, caller: str) -> pb.ListKeysResponse:
+        keys = {k.id: k for k in self._holder.current.config.virtual_keys}
+        keys.update((k.id, k) for k in await self._key_store().list())
+        audit.info("admin ListKeys by %s: %d keys", caller, len(keys))
+        return pb.ListKeysResponse(keys=[key_message(keys[i]) for i in sorted(keys)])
+
+    async def revoke_key(self, request: pb.RevokeKeyRequest, caller: str) -> pb.RevokeKeyResponse:
+        if not await self._key_store().revoke(request.id):
+            self._not_stored(request.id)
+        audit.info("admin RevokeKey by %s: key %r revoked", caller, request.id)
+        await self._changed(f"key {request.id!r} revoked")
+        return pb.RevokeKeyResponse()
+
+    async def rotate_key(self, request: pb.RotateKeyRequest, caller: str) -> pb.CreateKeyResponse:
+        store = self._key_store()
+        current = next((k for k in await store.list() if k.id == request.id), None)
+        if current is None:
+            self._not_stored(request.id)
+        secret = generate_key()
+        rotated = current.model_copy(update={"hash": hash_key(secret)})  # type: ignore[union-attr]
+        if not await store.replace(rotated):
+            self._not_stored(request.id)
+        audit.info("admin RotateKey by %s: key %r has a new secret; the old one is refused", caller, request.id)
+        await self._changed(f"key {request.id!r} rotated")
+        return pb.CreateKeyResponse(key=key_message(rotated), secret=secret)
+
+    def _not_stored(self, key_id: str) -> None:
+        if any(k.id == key_id for k in self._holder.current.config.virtual_keys):
+            raise RpcError(Status.FAILED_PRECONDITION,
+                           f"key {key_id!r} is written in the config file: change it there")
+        raise RpcError(Status.NOT_FOUND, f"no key with id {key_id!r}")
+
+    # -- routes and usage -------------------------------------------------------------------------------------------
+
+    async def list_routes(self, request: pb.ListRoutesRequest, caller: str) -> pb.ListRoutesResponse:
+        runtime = self._holder.current
+        health = runtime.health
+        routes = [pb.Route(model=r.model, aliases=r.aliases, policy=r.policy,
+                           backends=[entry.backend for entry in r.backends]) for r in runtime.config.routes]
+        backends = [pb.Backend(id=b.id, schema=b.schema_, cooling=health.cooldowns.cooling(b.id),
+                               first_byte_seconds=health.latency.first_byte.get(b.id, 0.0),
+                               total_seconds=health.latency.total.get(b.id, 0.0)) for b in runtime.config.backends]
+        audit.info("admin ListRoutes by %s", caller)
+        return pb.ListRoutesResponse(routes=routes, backends=backends)
+
+    async def get_usage(self, request: pb.GetUsageRequest, caller: str) -> pb.GetUsageResponse:
+        limiter = self._holder.current.limiter
+        rows = []
+        if limiter is not None:
+            values = await limiter.store.scan(limiter.prefix)
+            for row in usage_rows(values, limiter.tables, limiter.prefix):
+                if request.scope and row.scope != request.scope:
+                    continue
+                scale = MICRO if row.metric == "usd" else 1
+                rows.append(pb.UsageRow(scope=row.scope, id=row.scope_id, window=row.window, metric=row.metric,
+                                        used=row.used / scale,
+                                        limit=row.limit / scale if row.limit is not None else 0.0))
+        audit.info("admin GetUsage by %s: %d rows", caller, len(rows))
+        return pb.GetUsageResponse(rows=rows)
+
+
+# -- conversions --------------------------------------------------------------------------------------------------
+
+def _virtual_key(wanted: pb.Key, key_hash: str, runtime: Runtime) -> VirtualKey:
+    models = list(wanted.models) or ["*"]
+    public = {r.model for r in runtime.config.routes}
+    unknown = [m for m in models if m != "*" and m not in public]
+    if unknown:
+        raise RpcError(Status.INVALID_ARGUMENT, f"key.models: unknown model {unknown[0]!r} (use a route's model, "
+                                                "or '*' for every model)")
+    now = datetime.now(UTC)
+    expires = wanted.expires_at.ToDatetime(tzinfo=UTC) if wanted.HasField("expires_at") else None
+    if expires is not None and expires <= now:
+        raise RpcError(Status.INVALID_ARGUMENT, "key.expires_at: must be in the future")
+    try:
+        limits = [LimitRule.model_validate({"window": limit.window, **{
+            metric: getattr(limit, metric) for metric in _LIMIT_METRICS if limit.HasField(metric)}})
+            for limit in wanted.limits]
+        return VirtualKey(id=wanted.id, hash=key_hash, models=models, team=wanted.team or None,
+                          limits=limits or None, expires_at=expires, created_at=now.replace(microsecond=0))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RpcError(Status.INVALID_ARGUMENT, f"key.limits: {where}: {first['msg']}") from None
+
+
+def key_message(key: VirtualKey) -> pb.Key:
+    message = pb.Key(id=key.id, team=key.team or "", models=[] if "*" in key.models else key.models)
+    for rule in key.limits or ():
+        message.limits.append(pb.Limit(window=rule.window, **{
+            metric: getattr(rule, metric) for metric in _LIMIT_METRICS if getattr(rule, metric) is not None}))
+    if key.expires_at is not None:
+        message.expires_at.FromDatetime(key.expires_at)
+    if key.created_at is not None:
+        message.created_at.FromDatetime(key.created_at)
+    return message
+
+
+def _origin(metadata: dict[str, str]) -> str:
+    peer = metadata.get(PEER_METADATA_KEY) or "a local socket"
+    forwarded = metadata.get("x-forwarded-for")
+    return f"{peer} (forwarded for {_printable(forwarded[:128])})" if forwarded else peer
+
+
+def _printable(text: str) -> str:
+    """What a caller wrote goes into the audit log without control characters (no forged log lines)."""
+    return "".join(c if c.isprintable() else "?" for c in text)

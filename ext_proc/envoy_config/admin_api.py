@@ -1,0 +1,57 @@
+"""The admin API on Envoy's listener: the gRPC-JSON transcoder turns `GET /admin/v1/keys` and the other HTTP rules of
+`protos/babelgate/admin/v1/admin.proto` into gRPC calls, and one route sends those (and native gRPC calls) to the
+admin port of the first ext_proc process, with the route stage switched off (the admin API checks its own
+credential)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from importlib import resources
+
+from envoy_data_plane.envoy.config.route.v3 import Route, RouteAction, RouteMatch
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExtProcPerRoute
+from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
+    GrpcJsonTranscoder,
+    GrpcJsonTranscoderPrintOptions,
+)
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpFilter
+from envoy_data_plane.google.protobuf import Any
+
+from .. import constants
+from ..config.models import Config
+from .clusters import ADMIN_API_CLUSTER as CLUSTER
+
+SERVICE = "babelgate.admin.v1.Admin"
+TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
+
+
+def exposed(config: Config) -> bool:
+    return config.admin is not None and config.admin.via_envoy
+
+
+def descriptor_set() -> bytes:
+    """Built with the package from protos/ (setup.py), imports included, as the transcoder needs."""
+    return resources.files("ext_proc.admin").joinpath("admin.pb").read_bytes()
+
+
+def transcoder_filter() -> HttpFilter:
+    transcoder = GrpcJsonTranscoder(
+        proto_descriptor_bin=descriptor_set(),
+        services=[SERVICE],
+        # a gRPC error becomes its HTTP status (401, 404, 409...) with a JSON body naming the problem
+        convert_grpc_status=True,
+        print_options=GrpcJsonTranscoderPrintOptions(always_print_primitive_fields=True,
+                                                     preserve_proto_field_names=True),
+        max_request_body_size=1 << 20,
+        max_response_body_size=16 << 20,
+    )
+    return HttpFilter(name=TRANSCODER_FILTER, typed_config=Any.pack(transcoder))
+
+
+def admin_route() -> Route:
+    return Route(
+        name="admin_api",
+        match=RouteMatch(prefix=f"/{SERVICE}/"),
+        route=RouteAction(cluster=CLUSTER, timeout=timedelta(seconds=30)),
+        typed_per_filter_config={constants.ROUTE_STAGE_FILTER: Any.pack(ExtProcPerRoute(disabled=True))},
+    )

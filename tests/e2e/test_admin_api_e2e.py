@@ -1,0 +1,253 @@
+"""The admin API through the real stack: gRPC on its own port and through Envoy, JSON through Envoy's gRPC-JSON
+transcoder; keys stored hashed in a real Redis and honoured (or refused) by both ext_proc processes within a
+second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import httpx
+import openai
+import pytest
+import redis
+import yaml
+
+from ext_proc.admin import admin_pb2 as pb
+from ext_proc.config.loading import load_config
+from ext_proc.launch.processes import Supervisor, free_port, free_port_run
+from ext_proc.launch.stack import Stack, start_stack
+from tests.redis_server import RedisServer
+
+from .support import start_demo
+
+HELLO = [{"role": "user", "content": "hi"}]
+ADMIN_SECRET = "bg-admin-e2e-credential-0123456789"
+PROVIDER_SECRET = "sk-provider-admin-e2e-secret"
+METHOD = "/babelgate.admin.v1.Admin/"
+
+
+@dataclass
+class AdminStack:
+    stack: Stack
+    admin_port: int
+    redis_url: str
+    workdir: Path
+
+    def grpc(self, port: int | None = None) -> grpc.Channel:
+        return grpc.insecure_channel(f"127.0.0.1:{port or self.admin_port}")
+
+    def json(self, method: str, path: str, body: dict | None = None,
+             secret: str | None = ADMIN_SECRET) -> httpx.Response:
+        headers = {"authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.request(method, self.stack.url + path, json=body, headers=headers, timeout=10)
+
+    def openai(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.stack.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+    def ext_proc_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.workdir.glob("ext_proc-*.log"))
+
+
+def call(channel: grpc.Channel, name: str, request: object, reply: type, secret: str | None = ADMIN_SECRET) -> object:
+    metadata = [("authorization", f"Bearer {secret}"), ("x-babelgate-operator", "e2e")] if secret else []
+    method = channel.unary_unary(METHOD + name, request_serializer=type(request).SerializeToString,
+                                 response_deserializer=reply.FromString)
+    return method(request, metadata=metadata, timeout=10)
+
+
+def create(channel: grpc.Channel, key_id: str, **fields: object) -> pb.CreateKeyResponse:
+    return call(channel, "CreateKey", pb.CreateKeyRequest(key=pb.Key(id=key_id, **fields)), pb.CreateKeyResponse)
+
+
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminStack]:
+    workdir = tmp_path_factory.mktemp("admin")
+    supervisor = Supervisor(log_dir=workdir)
+    store = RedisServer(workdir / "redis")
+    store.start()
+    try:
+        port = start_demo(supervisor, "p", "openai", PROVIDER_SECRET)
+        admin_port = free_port()
+        data = {
+            "listener": {"port": free_port(), "admin_port": free_port()},
+            "ext_proc": {"port": free_port_run(2), "processes": 2},
+            "admin": {"port": admin_port, "credentials": [{"name": "ops", "secret": {"env": "BG_E2E_ADMIN"}}]},
+            "limits": {"redis": {"url": store.url, "key_prefix": "bgadm:"}},
+            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                          "api_key": {"env": "BG_E2E_PROVIDER"}}],
+            "routes": [{"model": "m", "aliases": ["m-alias"], "backends": [{"backend": "p", "model": "m"}]},
+                       {"model": "other", "backends": [{"backend": "p", "model": "other"}]}],
+        }
+        config_path = workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        env = {"BG_E2E_ADMIN": ADMIN_SECRET, "BG_E2E_PROVIDER": PROVIDER_SECRET}
+        stack = start_stack(load_config(config_path), config_path, workdir, supervisor, env=env)
+        yield AdminStack(stack, admin_port, store.url, workdir)
+    finally:
+        supervisor.stop_all()
+        store.stop()
+
+
+def usable(admin: AdminStack, secret: str, within: float = 1.0) -> openai.OpenAI:
+    """A client with a new key, once every process knows the key (they poll the store: well within a second)."""
+    client = admin.openai(secret)
+    started = time.monotonic()
+    while True:
+        try:
+            for _ in range(4):
+                client.models.list()
+            return client
+        except openai.AuthenticationError:
+            assert time.monotonic() - started < within, "the new key is still unknown"
+            time.sleep(0.02)
+
+
+def _refused_within(client: openai.OpenAI, seconds: float = 1.0) -> float:
+    """Seconds until every process refuses the key (several 401s in a row, so both processes answered)."""
+    started = time.monotonic()
+    while True:
+        refusals = 0
+        for _ in range(6):
+            try:
+                client.chat.completions.create(model="m", messages=HELLO)
+            except openai.AuthenticationError:
+                refusals += 1
+        elapsed = time.monotonic() - started
+        if refusals == 6:
+            return elapsed
+        assert elapsed < seconds, f"the key still works {elapsed:.2f} s later"
+
+
+def test_a_key_created_over_grpc_works_through_envoy_and_is_stored_hashed(admin: AdminStack) -> None:
+    created = create(admin.grpc(), "grpc-created", team="blue", models=["m"])
+    assert created.secret.startswith("bg-") and created.key.created_at.seconds > 0
+    answer = usable(admin, created.secret).chat.completions.create(model="m-alias", messages=HELLO)
+    assert answer.choices
+    stored = redis.Redis.from_url(admin.redis_url).hgetall("bgadm:keys")
+    record = stored[b"grpc-created"].decode()
+    assert created.secret not in record and '"hash":"sha256:' in record
+    listed = call(admin.grpc(), "ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse)
+    assert created.secret not in str(listed) and "sha256" not in str(listed)
+    assert [k.team for k in listed.keys if k.id == "grpc-created"] == ["blue"]
+
+
+def test_a_model_limited_key_from_the_api_cannot_reach_another_model(admin: AdminStack) -> None:
+    created = create(admin.grpc(), "only-m", models=["m"])
+    client = usable(admin, created.secret)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="other", messages=HELLO)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="other", messages=HELLO,
+                                       extra_headers={"x-babelgate-requested-model": "m"})
+
+
+def test_revoking_over_grpc_refuses_the_key_everywhere_within_a_second(admin: AdminStack) -> None:
+    created = create(admin.grpc(), "to-revoke")
+    client = usable(admin, created.secret)
+    assert client.chat.completions.create(model="m", messages=HELLO).choices
+    call(admin.grpc(), "RevokeKey", pb.RevokeKeyRequest(id="to-revoke"), pb.RevokeKeyResponse)
+    assert _refused_within(client) < 1.0
+
+
+def test_rotating_refuses_the_old_secret_and_accepts_the_new(admin: AdminStack) -> None:
+    created = create(admin.grpc(), "to-rotate", models=["m"])
+    rotated = call(admin.grpc(), "RotateKey", pb.RotateKeyRequest(id="to-rotate"), pb.CreateKeyResponse)
+    assert rotated.secret != created.secret and list(rotated.key.models) == ["m"]
+    assert _refused_within(admin.openai(created.secret)) < 1.0
+    assert usable(admin, rotated.secret).chat.completions.create(model="m", messages=HELLO).choices
+
+
+def test_an_expiring_key_is_refused_once_it_expires(admin: AdminStack) -> None:
+    expires = pb.Key(id="short-lived")
+    expires.expires_at.FromDatetime(datetime.now(UTC) + timedelta(seconds=2))
+    created = call(admin.grpc(), "CreateKey", pb.CreateKeyRequest(key=expires), pb.CreateKeyResponse)
+    client = usable(admin, created.secret)
+    client.chat.completions.create(model="m", messages=HELLO)
+    time.sleep(max(0.0, created.key.expires_at.ToDatetime(tzinfo=UTC).timestamp() - time.time()))
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        client.chat.completions.create(model="m", messages=HELLO)
+
+
+def test_a_key_with_limits_from_the_api_is_limited(admin: AdminStack) -> None:
+    created = create(admin.grpc(), "two-a-minute", limits=[pb.Limit(window="minute", requests=2)])
+    client = usable(admin, created.secret)
+    for _ in range(2):
+        client.chat.completions.create(model="m", messages=HELLO)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="m", messages=HELLO)
+    usage = admin.json("GET", "/admin/v1/usage?scope=key").json()
+    assert {"scope": "key", "id": "two-a-minute", "window": "minute", "metric": "requests", "used": 2.0,
+            "limit": 2.0} in usage["rows"]
+
+
+def test_json_through_envoy_creates_lists_rotates_and_revokes(admin: AdminStack) -> None:
+    created = admin.json("POST", "/admin/v1/keys", {"key": {"id": "json-key", "team": "green", "models": ["m"]}})
+    assert created.status_code == 200, created.text
+    secret = created.json()["secret"]
+    assert created.json()["key"]["id"] == "json-key"
+    assert usable(admin, secret).chat.completions.create(model="m", messages=HELLO).choices
+
+    listed = admin.json("GET", "/admin/v1/keys")
+    assert listed.status_code == 200 and secret not in listed.text
+    assert "json-key" in [k["id"] for k in listed.json()["keys"]]
+
+    rotated = admin.json("POST", "/admin/v1/keys/json-key:rotate", {})
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["secret"] != secret
+
+    revoked = admin.json("DELETE", "/admin/v1/keys/json-key")
+    assert revoked.status_code == 200, revoked.text
+    assert _refused_within(admin.openai(rotated.json()["secret"])) < 1.0
+    again = admin.json("DELETE", "/admin/v1/keys/json-key")
+    assert again.status_code == 404 and "json-key" in again.text
+
+
+def test_json_errors_carry_the_right_status(admin: AdminStack) -> None:
+    assert admin.json("GET", "/admin/v1/keys", secret=None).status_code == 401
+    assert admin.json("GET", "/admin/v1/keys", secret="wrong").status_code == 401
+    unknown_model = admin.json("POST", "/admin/v1/keys", {"key": {"id": "bad", "models": ["nope"]}})
+    assert unknown_model.status_code == 400 and "nope" in unknown_model.text
+    bad_id = admin.json("POST", "/admin/v1/keys", {"key": {"id": "has space"}})
+    assert bad_id.status_code == 400
+    admin.json("POST", "/admin/v1/keys", {"key": {"id": "twice"}})
+    assert admin.json("POST", "/admin/v1/keys", {"key": {"id": "twice"}}).status_code == 409
+
+
+def test_routes_and_backend_health_as_json(admin: AdminStack) -> None:
+    routes = admin.json("GET", "/admin/v1/routes").json()
+    assert [r["model"] for r in routes["routes"]] == ["m", "other"]
+    assert routes["routes"][0]["aliases"] == ["m-alias"]
+    assert routes["backends"][0]["id"] == "p" and routes["backends"][0]["cooling"] is False
+
+
+def test_grpc_through_envoys_listener(admin: AdminStack) -> None:
+    listed = call(admin.grpc(admin.stack.config.listener.port), "ListRoutes", pb.ListRoutesRequest(),
+                  pb.ListRoutesResponse)
+    assert [r.model for r in listed.routes] == ["m", "other"]
+
+
+def test_no_admin_call_without_the_admin_credential(admin: AdminStack) -> None:
+    virtual_key = create(admin.grpc(), "not-admin").secret
+    for secret in (None, "wrong", virtual_key, ADMIN_SECRET + "x"):
+        with pytest.raises(grpc.RpcError) as refused:
+            call(admin.grpc(), "ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse, secret=secret)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_admin_calls_are_audited_without_secrets(admin: AdminStack) -> None:
+    created = create(admin.grpc(), "audited")
+    call(admin.grpc(), "RevokeKey", pb.RevokeKeyRequest(id="audited"), pb.RevokeKeyResponse)
+    with pytest.raises(grpc.RpcError):
+        call(admin.grpc(), "ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse, secret="wrong")
+    time.sleep(0.2)
+    logs = admin.ext_proc_logs()
+    assert "admin CreateKey by ops (e2e) from 127.0.0.1: key 'audited'" in logs
+    assert "admin RevokeKey by ops (e2e) from 127.0.0.1: key 'audited' revoked" in logs
+    assert "admin ListKeys refused from 127.0.0.1: an invalid admin credential" in logs
+    for secret in (created.secret, ADMIN_SECRET, PROVIDER_SECRET):
+        assert secret not in logs
