@@ -1,4 +1,4 @@
-"""The `babelgate` command: up | serve | render | check | keys."""
+"""The `babelgate` command: up | serve | render | check | usage | keys."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -21,7 +19,6 @@ import yaml
 from . import constants
 
 log = logging.getLogger("babelgate")
-audit = logging.getLogger("babelgate.audit")
 
 DRAIN_SECONDS = 10.0
 """On SIGTERM, `babelgate up` lets requests in flight (streams included) finish for this long before stopping."""
@@ -94,21 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--chart", type=Path, metavar="PNG", help="--from-log: also draw traffic and latency")
     usage.set_defaults(handler=_usage)
 
-    keys = commands.add_parser("keys", help="manage virtual keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", help="create a key; it is printed once and stored only as a hash")
-    create.add_argument("--id", required=True)
-    create.add_argument("--models", default="*", help="comma-separated public model names, or *")
-    create.add_argument("--team")
-    create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h")
-    create.add_argument("-c", "--config", type=Path, help="store the hash in this config's keys_file")
-    create.add_argument("--keys-file", type=Path, help="store the hash in this YAML file")
-    create.set_defaults(handler=_keys_create)
-    revoke = keys.add_parser("revoke", help="remove a key from the keys file; running servers refuse it within a "
-                                            "second (they reload the file)")
-    revoke.add_argument("--id", required=True)
-    revoke.add_argument("-c", "--config", type=Path, help="the config whose keys_file holds the key")
-    revoke.add_argument("--keys-file", type=Path, help="the YAML file that holds the key")
-    revoke.set_defaults(handler=_keys_revoke)
+    from .admin.keys_command import add_parser as add_keys_parser
+
+    add_keys_parser(commands)
     return parser
 
 
@@ -429,91 +414,6 @@ def _usage_from_servers(config: object) -> tuple[str, dict[str, int]]:
         for key, value in data["values"].items():
             totals[key] = totals.get(key, 0) + value
     return prefix, totals
-
-
-# -- keys ---------------------------------------------------------------------------------------------------------
-
-def _keys_create(args: argparse.Namespace) -> int:
-    from .auth.virtual_keys import generate_key, hash_key
-    from .config.loading import load_config, load_keys_file
-    from .config.models import VirtualKey
-
-    key = generate_key()
-    models = [m.strip() for m in args.models.split(",") if m.strip()] or ["*"]
-    entry = VirtualKey(id=args.id, hash=hash_key(key), models=models, team=args.team,
-                       expires_at=_parse_expiry(args.expires) if args.expires else None)
-    target = args.keys_file
-    if target is None and args.config is not None:
-        config = load_config(args.config)
-        target = config.keys_file
-        known = {m for r in config.routes for m in (r.model,)}
-        unknown = [m for m in models if m != "*" and m not in known]
-        if unknown:
-            print(f"babelgate: unknown model(s) for this config: {', '.join(unknown)}", file=sys.stderr)
-            return 2
-    record = entry.model_dump(mode="json", exclude_none=True)
-    if target is None:
-        print("# Add this under `virtual_keys:` in your config:", file=sys.stderr)
-        print(yaml.safe_dump([record], sort_keys=False), file=sys.stderr)
-    else:
-        existing = load_keys_file(target) if target.exists() else []
-        if any(k.id == entry.id for k in existing):
-            print(f"babelgate: a key with id {entry.id!r} already exists in {target}", file=sys.stderr)
-            return 2
-        records = [k.model_dump(mode="json", exclude_none=True) for k in existing] + [record]
-        _write_keys(target, records)
-        print(f"stored the hash of key {entry.id!r} in {target}", file=sys.stderr)
-    audit.info("virtual key %r created by %s (team %s, models %s, expires %s)", entry.id, _operator(),
-               entry.team or "-", ",".join(models), entry.expires_at.isoformat() if entry.expires_at else "never")
-    print(key)
-    return 0
-
-
-def _keys_revoke(args: argparse.Namespace) -> int:
-    from .config.loading import load_config, load_keys_file
-
-    target = args.keys_file
-    if target is None and args.config is not None:
-        target = load_config(args.config).keys_file
-    if target is None or not target.exists():
-        print("babelgate: give --keys-file, or -c with a config that has a keys_file (keys written in the config "
-              "itself are removed by editing it)", file=sys.stderr)
-        return 2
-    existing = load_keys_file(target)
-    kept = [k for k in existing if k.id != args.id]
-    if len(kept) == len(existing):
-        print(f"babelgate: no key with id {args.id!r} in {target}", file=sys.stderr)
-        return 2
-    _write_keys(target, [k.model_dump(mode="json", exclude_none=True) for k in kept])
-    audit.info("virtual key %r revoked by %s", args.id, _operator())
-    print(f"revoked key {args.id!r}: removed from {target}", file=sys.stderr)
-    return 0
-
-
-def _write_keys(target: Path, records: list[dict]) -> None:
-    """Whole file, renamed into place: a server reading it mid-write sees the old list or the new one."""
-    temporary = target.with_suffix(target.suffix + ".tmp")
-    temporary.write_text(yaml.safe_dump(records, sort_keys=False))
-    temporary.replace(target)
-
-
-def _operator() -> str:
-    """Who ran the command, for the audit log."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid {os.getuid()}"
-
-
-def _parse_expiry(text: str) -> datetime:
-    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
-    if match:
-        unit = {"d": "days", "h": "hours", "m": "minutes"}[match.group(2)]
-        return datetime.now(UTC) + timedelta(**{unit: int(match.group(1))})
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 if __name__ == "__main__":

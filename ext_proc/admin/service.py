@@ -143,14 +143,11 @@ class AdminService:
 
     async def create_key(self, request: pb.CreateKeyRequest, caller: str) -> pb.CreateKeyResponse:
         wanted = request.key
-        if not valid_key_id(wanted.id):
-            raise RpcError(Status.INVALID_ARGUMENT, "key.id: 1-128 characters of letters, digits and . _ @ -, "
-                                                    "starting with a letter or digit")
         runtime = self._holder.current
         if any(k.id == wanted.id for k in runtime.config.virtual_keys):
             raise RpcError(Status.ALREADY_EXISTS, f"a key with id {wanted.id!r} exists")
         secret = generate_key()
-        key = _virtual_key(wanted, hash_key(secret), runtime)
+        key = new_virtual_key(wanted, hash_key(secret), {r.model for r in runtime.config.routes})
         if not await self._key_store().create(key):
             raise RpcError(Status.ALREADY_EXISTS, f"a key with id {wanted.id!r} exists")
         audit.info("admin CreateKey by %s: key %r (team %s, models %s, %d limits, expires %s)", caller, key.id,
@@ -222,10 +219,14 @@ class AdminService:
 
 # -- conversions --------------------------------------------------------------------------------------------------
 
-def _virtual_key(wanted: pb.Key, key_hash: str, runtime: Runtime) -> VirtualKey:
+def new_virtual_key(wanted: pb.Key, key_hash: str, public_models: set[str] | None) -> VirtualKey:
+    """The key to store for a request, validated (`public_models`: the routes' model names; None skips that check,
+    for a keys file edited without its config)."""
+    if not valid_key_id(wanted.id):
+        raise RpcError(Status.INVALID_ARGUMENT, "key.id: 1-128 characters of letters, digits and . _ @ -, "
+                                                "starting with a letter or digit")
     models = list(wanted.models) or ["*"]
-    public = {r.model for r in runtime.config.routes}
-    unknown = [m for m in models if m != "*" and m not in public]
+    unknown = [m for m in models if m != "*" and public_models is not None and m not in public_models]
     if unknown:
         raise RpcError(Status.INVALID_ARGUMENT, f"key.models: unknown model {unknown[0]!r} (use a route's model, "
                                                 "or '*' for every model)")

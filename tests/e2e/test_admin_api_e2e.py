@@ -4,6 +4,9 @@ second."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -251,3 +254,44 @@ def test_admin_calls_are_audited_without_secrets(admin: AdminStack) -> None:
     assert "admin ListKeys refused from 127.0.0.1: an invalid admin credential" in logs
     for secret in (created.secret, ADMIN_SECRET, PROVIDER_SECRET):
         assert secret not in logs
+
+
+def _babelgate(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ext_proc", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+
+
+def test_the_keys_command_goes_through_the_admin_api(admin: AdminStack) -> None:
+    by_address = ("--admin", f"127.0.0.1:{admin.admin_port}")
+    credential = {"BABELGATE_ADMIN_KEY": ADMIN_SECRET}
+    created = _babelgate("keys", "create", "--id", "cli-key", "--models", "m", "--team", "cli",
+                         "--limit", "day:requests=1000,usd=2.5", *by_address, env=credential)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert usable(admin, secret).chat.completions.create(model="m", messages=HELLO).choices
+
+    # with the config, the address and the credential come from it (the credential's env var is set)
+    by_config = ("-c", str(admin.workdir / "config.yaml"))
+    listed = _babelgate("keys", "list", *by_config, env={"BG_E2E_ADMIN": ADMIN_SECRET})
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith("cli-key"))
+    assert "cli" in line and "day:requests=1000,usd=2.5" in line and secret not in listed.stdout
+
+    rotated = _babelgate("keys", "rotate", "--id", "cli-key", *by_address, env=credential)
+    assert rotated.returncode == 0, rotated.stderr
+    assert _refused_within(admin.openai(secret)) < 1.0
+    revoked = _babelgate("keys", "revoke", "--id", "cli-key", *by_address, env=credential)
+    assert revoked.returncode == 0, revoked.stderr
+    assert _refused_within(admin.openai(rotated.stdout.strip())) < 1.0
+    assert "admin RevokeKey by ops (" in admin.ext_proc_logs()
+
+
+def test_the_keys_command_says_why_the_admin_api_refused(admin: AdminStack) -> None:
+    by_address = ("--admin", f"127.0.0.1:{admin.admin_port}")
+    wrong = _babelgate("keys", "list", *by_address, env={"BABELGATE_ADMIN_KEY": "wrong"})
+    assert wrong.returncode == 2 and "unauthenticated" in wrong.stderr
+    missing = _babelgate("keys", "revoke", "--id", "nobody", *by_address, env={"BABELGATE_ADMIN_KEY": ADMIN_SECRET})
+    assert missing.returncode == 2 and "no key with id 'nobody'" in missing.stderr
+    closed = _babelgate("keys", "list", "--admin", f"127.0.0.1:{free_port()}",
+                        env={"BABELGATE_ADMIN_KEY": ADMIN_SECRET})
+    assert closed.returncode == 2 and "can't reach the admin API" in closed.stderr

@@ -21,7 +21,8 @@ def test_create_then_revoke(tmp_path: Path) -> None:
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     stored = yaml.safe_load(keys_file.read_text())
-    assert stored == [{"id": "alice", "hash": hash_key(key), "models": ["*"], "team": "research"}]
+    created_at = stored[0].pop("created_at")
+    assert stored == [{"id": "alice", "hash": hash_key(key), "models": ["*"], "team": "research"}] and created_at
     assert "virtual key 'alice' created by" in created.stderr and key not in created.stderr
     _keys("create", "--id", "bob", "--keys-file", str(keys_file))
     revoked = _keys("revoke", "--id", "alice", "--keys-file", str(keys_file))
