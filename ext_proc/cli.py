@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -53,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--admin-port", type=int, help="Envoy admin port")
     up.add_argument("--ext-proc-port", type=int, help="first ext_proc server port")
     up.add_argument("--processes", type=int, help="ext_proc server processes")
+    up.add_argument("--admin-api-port", type=int, help="--demo: the admin API's gRPC port (default 50050, or a free "
+                                                       "one when taken)")
     up.set_defaults(handler=_up)
 
     serve = commands.add_parser("serve", help="run the ext_proc gRPC server(s) only")
@@ -180,10 +183,14 @@ def _up(args: argparse.Namespace) -> int:
     supervisor = Supervisor()
     workdir = Path(tempfile.mkdtemp(prefix="babelgate-"))
     env: dict[str, str] = {}
+    # a credential the user chose is not printed; a generated one (the demo's) is the only way to learn it
+    shown_admin = "$BABELGATE_ADMIN_KEY" if os.environ.get("BABELGATE_ADMIN_KEY") else "<your admin credential>"
     try:
         if args.demo:
             config_path, key, env = _prepare_demo(args, supervisor, workdir)
             config = load_config(config_path)
+            if not os.environ.get("BABELGATE_ADMIN_KEY"):
+                shown_admin = env["BABELGATE_ADMIN_KEY"]
         else:
             # Servers read the user's file (ports come on their command line); Envoy gets the overrides rendered in.
             key = None
@@ -192,7 +199,7 @@ def _up(args: argparse.Namespace) -> int:
         os.environ.update(env)
         compile_runtime(config)  # fail here, with a clear message, if a secret is missing
         stack = start_stack(config, config_path, workdir, supervisor, env=env)
-        _print_banner(stack.url, key, config)
+        _print_banner(stack.url, key, config, shown_admin)
         watcher = StackReloader(stack, Path(config_path), lambda path: _with_overrides(load_config(path), args))
         _wait_for_signal(supervisor, on_tick=watcher.tick, on_hangup=watcher.hangup)
         left = stack.drain(timeout=DRAIN_SECONDS)
@@ -222,21 +229,40 @@ def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -
             "ext_proc.demo", "--kind", provider.kind, "--name", provider.name, "--port", "0",
             "--api-key", keys[provider.name]))
         ports[provider.name] = ready["port"]
+    env[demo.ADMIN_ENV] = demo.admin_credential(dict(os.environ))
     data, client_key = demo.demo_config(
         ports, workdir,
         listen_port=args.port or constants.DEFAULT_LISTEN_PORT,
         admin_port=args.admin_port or constants.DEFAULT_ADMIN_PORT,
         ext_proc_port=args.ext_proc_port or constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
-        client_key=os.environ.get("BABELGATE_DEMO_KEY"))
+        client_key=os.environ.get("BABELGATE_DEMO_KEY"),
+        admin_api_port=args.admin_api_port or _free_or(constants.DEFAULT_ADMIN_API_PORT))
     config_path = workdir / "demo-config.yaml"
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
     return config_path, client_key, env
 
 
-def _print_banner(url: str, key: str | None, config: object) -> None:
+def _free_or(port: int) -> int:
+    from .launch.processes import free_port
+
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+        return port
+    except OSError:
+        return free_port()
+
+
+def _print_banner(url: str, key: str | None, config: object, admin_credential: str | None = None) -> None:
     shown_key = key or "<your virtual key>"
     model = config.routes[0].model  # type: ignore[attr-defined]
     models = ", ".join(route.model for route in config.routes)  # type: ignore[attr-defined]
+    admin = config.admin  # type: ignore[attr-defined]
+    admin_lines = "" if admin is None or not admin.via_envoy or admin_credential is None else f"""
+Admin API (keys, routes, usage; JSON here, gRPC on 127.0.0.1:{admin.port}), credential {admin_credential}
+  curl {url}/admin/v1/routes -H 'Authorization: Bearer {admin_credential}'
+  BABELGATE_ADMIN_KEY={admin_credential} babelgate keys create --id alice --admin 127.0.0.1:{admin.port}
+"""
     print(f"""
 Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
 
@@ -250,7 +276,7 @@ Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
         messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
 
 Models: {models}
-""", flush=True)
+{admin_lines}""", flush=True)
 
 
 def _wait_for_signal(supervisor: object, on_tick: Callable[[], None] | None = None,

@@ -30,6 +30,8 @@ PROVIDERS = (
 )
 DEMO_OPENAI, DEMO_ANTHROPIC = PROVIDERS[0].name, PROVIDERS[1].name
 KEY_ENV = "BABELGATE_DEMO_PROVIDER_KEY"
+ADMIN_ENV = "BABELGATE_ADMIN_KEY"
+"""The demo's admin API credential: this variable when set, else a fresh one."""
 
 
 def provider_secrets() -> tuple[dict[str, str], dict[str, str]]:
@@ -56,9 +58,14 @@ def write_service_account(path: Path, token_uri: str) -> Path:
     return path
 
 
+def admin_credential(environ: dict[str, str]) -> str:
+    return environ.get(ADMIN_ENV) or "bg-admin-" + secrets.token_urlsafe(24)
+
+
 def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin_port: int, ext_proc_port: int,
-                processes: int, client_key: str | None = None) -> tuple[dict, str]:
-    """The config as data plus the virtual key it admits (generated unless given)."""
+                processes: int, client_key: str | None = None, admin_api_port: int | None = None) -> tuple[dict, str]:
+    """The config as data plus the virtual key it admits (generated unless given). With `admin_api_port`, the admin
+    API serves there (credential from $BABELGATE_ADMIN_KEY) and keeps the keys it makes in the work directory."""
     key = client_key or generate_key()
 
     def url(name: str, path: str = "") -> str:
@@ -107,4 +114,8 @@ def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin
         "routes": routes,
         "virtual_keys": [{"id": "demo", "hash": hash_key(key), "models": ["*"]}],
     }
+    if admin_api_port is not None:
+        config["keys_file"] = str(workdir / "demo-keys.yaml")
+        config["admin"] = {"port": admin_api_port,
+                           "credentials": [{"name": "demo-admin", "secret": {"env": ADMIN_ENV}}]}
     return config, key

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -42,17 +43,17 @@ def _closed(port: int) -> bool:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
-    port, admin, ext_proc = free_port(), free_port(), free_port()
+    port, admin, ext_proc, admin_api = free_port(), free_port(), free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "ext_proc", "up", "--demo", "--port", str(port), "--admin-port", str(admin),
-         "--ext-proc-port", str(ext_proc)],
+         "--ext-proc-port", str(ext_proc), "--admin-api-port", str(admin_api)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
     output = ""
     try:
         deadline = time.monotonic() + 60
-        while "Models:" not in output and time.monotonic() < deadline:
+        while "babelgate keys create" not in output and time.monotonic() < deadline:
             try:
                 output += lines.get(timeout=1)
             except queue.Empty:
@@ -73,10 +74,18 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
             model="demo", messages=[{"role": "user", "content": "hi"}],
             extra_headers={"x-demo-fault": "demo-openai:503"})
         assert failover.headers["x-babelgate-backend"] == "demo-anthropic"
+        # the admin API, with the credential the banner shows: a new key works at once
+        admin_key = re.search(r"credential (bg-admin-\S+)", output).group(1)
+        assert f"--admin 127.0.0.1:{admin_api}" in output
+        created = httpx.post(f"http://127.0.0.1:{port}/admin/v1/keys", json={"key": {"id": "alice"}},
+                             headers={"authorization": f"Bearer {admin_key}"}, timeout=10)
+        assert created.status_code == 200, created.text
+        alice = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=created.json()["secret"], max_retries=0)
+        assert alice.chat.completions.create(model="demo", messages=[{"role": "user", "content": "hi"}]).choices
     finally:
         os.killpg(process.pid, stop_signal) if process.poll() is None else None
         assert process.wait(20) == 0
-    for closed_port in (port, admin, ext_proc):
+    for closed_port in (port, admin, ext_proc, admin_api):
         assert _closed(closed_port), f"port {closed_port} still open after stop"
 
 
