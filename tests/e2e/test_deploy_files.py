@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import kubernetes_validate
 import openai
 import pytest
@@ -171,9 +172,16 @@ def test_compose_services_run_as_plain_processes_and_serve_openai_clients(docker
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=str(client.base_url), api_key="bg-not-the-demo-key", max_retries=0,
                           timeout=20).chat.completions.create(model="gpt-4o-mini", messages=hello)
-        # the limits of the compose config live in the compose Redis
+        # the admin API answers JSON on Envoy's port, with compose's (demo-only) default credential
+        admin_key = _environment(services["babelgate"])["BABELGATE_ADMIN_KEY"]
+        created = httpx.post(f"{str(client.base_url).removesuffix('/v1/')}/admin/v1/keys", json={"key": {"id": "me"}},
+                             headers={"authorization": f"Bearer {admin_key}"}, timeout=10)
+        assert created.status_code == 200, created.text
+        mine = openai.OpenAI(base_url=str(client.base_url), api_key=created.json()["secret"], max_retries=0)
+        assert mine.chat.completions.create(model="gpt-4o-mini", messages=hello).choices
+        # the limits of the compose config, and the keys the admin API made, live in the compose Redis
         with redis.Redis(host=LOOPBACK, port=store.port) as counters:
-            assert counters.keys("bg:*")
+            assert counters.keys("bg:{*") and counters.hexists("bg:keys", "me")
         supervisor.check()
     finally:
         supervisor.stop_all()
@@ -183,7 +191,7 @@ def test_compose_services_run_as_plain_processes_and_serve_openai_clients(docker
 def _loopback_ports(config: dict, services: dict) -> dict[tuple[str, int], int]:
     """A free loopback port for every (service, container port) the stack uses."""
     wanted = [("envoy", config["listener"]["port"]), ("envoy", config["listener"]["admin_port"]),
-              ("babelgate", config["ext_proc"]["port"]), ("redis", 6379)]
+              ("babelgate", config["ext_proc"]["port"]), ("babelgate", config["admin"]["port"]), ("redis", 6379)]
     for name in sorted(DEMO_SERVICES):
         argv = services[name]["command"]
         wanted.append((name, int(argv[argv.index("--port") + 1])))
@@ -196,6 +204,7 @@ def _on_loopback(config: dict, ports: dict[tuple[str, int], int]) -> dict:
     config["listener"] = {**listener, "host": LOOPBACK, "port": ports["envoy", listener["port"]],
                           "admin_port": ports["envoy", listener["admin_port"]]}
     config["ext_proc"] = {**server, "host": LOOPBACK, "port": ports[server["host"], server["port"]]}
+    config["admin"]["port"] = ports[server["host"], config["admin"]["port"]]
     for backend in config["backends"]:
         backend["base_url"] = _url_on_loopback(backend["base_url"], ports)
     config["limits"]["redis"]["url"] = _url_on_loopback(config["limits"]["redis"]["url"], ports)
