@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="serve one process on this port (default: the config's)")
     serve.add_argument("--host")
     serve.add_argument("--report-ready", action="store_true", help=argparse.SUPPRESS)
+    # which of the config's processes this is (metrics port offset; the first serves the admin API)
+    serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
 
     render = commands.add_parser("render", help="print the Envoy config for a Babelgate config")
@@ -122,11 +124,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is None and config.ext_proc.processes > 1:
         return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
     port = args.port if args.port is not None else config.ext_proc.port
-    index = max(0, port - config.ext_proc.port)
+    index = args.process_index
     if config.telemetry.enabled:
         from .telemetry.hub import build_telemetry
 
-        # process n of the config (port = ext_proc.port + n) serves its metrics on prometheus_port + n
+        # process n of the config serves its metrics on prometheus_port + n
         telemetry = build_telemetry(config.telemetry, index)
         runtime = compile_runtime(config, telemetry=telemetry, previous=runtime)
     # the first process serves the admin API: its state (keys, usage) lives in Redis or the keys file, not here
@@ -163,7 +165,7 @@ def _serve_many(config_path: Path, host: str, first_port: int, processes: int) -
         for index in range(processes):
             supervisor.start_reporting(f"ext_proc-{index}", python_module(
                 "ext_proc", "serve", "-c", str(config_path), "--host", host, "--port", str(first_port + index),
-                "--report-ready"))
+                "--process-index", str(index), "--report-ready"))
         log.info("%d ext_proc processes on ports %d-%d", processes, first_port, first_port + processes - 1)
         _wait_for_signal(supervisor)
     finally:

@@ -43,6 +43,7 @@ Placement = Literal["gateway", "sidecar"]
 EXT_PROC_SERVICE = "babelgate"
 EXT_PROC_PORT = 50051
 EXT_PROC_PORT_NAME = "grpc-ext-proc"
+ADMIN_PORT_NAME = "grpc-admin"
 API_SERVICE = "babelgate-api"
 """Sidecar placement: the selector-less Service applications call; their own sidecar answers it."""
 HTTP_PORT = 80
@@ -122,7 +123,7 @@ def render_istio(config: Config, *, placement: Placement, namespace: str, image:
         *egress_objects(config, namespace),
         _config_map(namespace, config_text),
         _deployment(config, namespace, image, config_text),
-        _ext_proc_service(namespace),
+        _ext_proc_service(namespace, config),
     ]
 
 
@@ -413,6 +414,9 @@ def _deployment(config: Config, namespace: str, image: str, config_text: str) ->
         "args": ["serve", "-c", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "0.0.0.0", "--port", str(EXT_PROC_PORT)],
         "ports": [{"name": EXT_PROC_PORT_NAME, "containerPort": EXT_PROC_PORT, "protocol": "TCP"}],
     }
+    if config.admin is not None:
+        # every pod serves the admin API (gRPC); reach it in the mesh with `babelgate keys --admin <service>:<port>`
+        container["ports"].append({"name": ADMIN_PORT_NAME, "containerPort": config.admin.port, "protocol": "TCP"})
     if _env_secrets(config):
         container["envFrom"] = [{"secretRef": {"name": PROVIDER_KEYS_SECRET}}]
     probe = {"grpc": {"port": EXT_PROC_PORT}}
@@ -466,15 +470,20 @@ def _env_secrets(config: Config) -> list[str]:
     refs += [b.azure.entra.client_secret for b in config.backends if b.azure and b.azure.entra]
     if config.limits.redis is not None:
         refs.append(config.limits.redis.password)
+    if config.admin is not None:
+        refs += [credential.secret for credential in config.admin.credentials]
     return [ref.env for ref in refs if ref is not None and ref.env]
 
 
-def _ext_proc_service(namespace: str) -> dict:
+def _ext_proc_service(namespace: str, config: Config) -> dict:
     """A ClusterIP Service, not headless: Istio makes a headless Service's cluster ORIGINAL_DST, which a gRPC client
     (the ext_proc filter) cannot use. Istio's EDS lists every ready pod, and Envoy spreads the streams over them."""
     selector = {k: v for k, v in _SERVER_LABELS.items() if k != "app.kubernetes.io/part-of"}
+    admin_ports = [] if config.admin is None else [{"name": ADMIN_PORT_NAME, "port": config.admin.port,
+                                                    "targetPort": ADMIN_PORT_NAME, "protocol": "TCP",
+                                                    "appProtocol": "grpc"}]
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": EXT_PROC_SERVICE, "namespace": namespace, "labels": dict(_SERVER_LABELS)},
             "spec": {"selector": selector,
                      "ports": [{"name": EXT_PROC_PORT_NAME, "port": EXT_PROC_PORT, "targetPort": EXT_PROC_PORT_NAME,
-                                "protocol": "TCP", "appProtocol": "grpc"}]}}
+                                "protocol": "TCP", "appProtocol": "grpc"}, *admin_ports]}}

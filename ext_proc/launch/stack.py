@@ -99,7 +99,8 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
         port = server.port + index
         supervisor.start_reporting(
             f"ext_proc-{index}",
-            python_module("ext_proc", "serve", "-c", str(config_path), "--port", str(port), "--report-ready"),
+            python_module("ext_proc", "serve", "-c", str(config_path), "--port", str(port),
+                          "--process-index", str(index), "--report-ready"),
             env=env)
     envoy_config_path = workdir / "envoy.yaml"
     xds_directory = workdir / "xds"

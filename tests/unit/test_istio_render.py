@@ -622,3 +622,15 @@ def test_a_changed_config_rolls_the_ext_proc_pods() -> None:
 
     assert checksum(CONFIG) == checksum(CONFIG)
     assert checksum(CONFIG) != checksum(CONFIG.replace("timeout: 30s", "timeout: 31s"))
+
+
+def test_with_an_admin_api_every_pod_serves_it_on_a_named_service_port() -> None:
+    text = CONFIG + "admin: {port: 50070, credentials: [{name: ops, secret: {env: BG_ADMIN_KEY}}]}\n"
+    objects = by_kind(render(text, "gateway"))
+    container = objects["Deployment", "babelgate"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "grpc-admin", "containerPort": 50070, "protocol": "TCP"} in container["ports"]
+    service_ports = objects["Service", "babelgate"]["spec"]["ports"]
+    assert {"name": "grpc-admin", "port": 50070, "targetPort": "grpc-admin", "protocol": "TCP",
+            "appProtocol": "grpc"} in service_ports
+    without = by_kind(render(CONFIG, "gateway"))
+    assert [p["name"] for p in without["Service", "babelgate"]["spec"]["ports"]] == ["grpc-ext-proc"]
