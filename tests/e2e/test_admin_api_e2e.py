@@ -295,3 +295,11 @@ def test_the_keys_command_says_why_the_admin_api_refused(admin: AdminStack) -> N
     closed = _babelgate("keys", "list", "--admin", f"127.0.0.1:{free_port()}",
                         env={"BABELGATE_ADMIN_KEY": ADMIN_SECRET})
     assert closed.returncode == 2 and "can't reach the admin API" in closed.stderr
+
+
+def test_malformed_admin_json_is_a_clear_4xx(admin: AdminStack) -> None:
+    headers = {"authorization": f"Bearer {ADMIN_SECRET}", "content-type": "application/json"}
+    for body in (b"{not json", b'{"key": {"id": 5, "limits": "x"}}', b'{"key": {"unknown_field": 1}}', b"[]"):
+        answer = httpx.post(admin.stack.url + "/admin/v1/keys", content=body, headers=headers, timeout=10)
+        assert 400 <= answer.status_code < 500, (body, answer.status_code, answer.text)
+        assert answer.json()["error"]["message"]  # Envoy's own refusals get the OpenAI error shape too
