@@ -21,7 +21,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from ..auth.credentials import read_secret
-from ..config.loading import load_keys_file
+from ..config.loading import ConfigError, load_keys_file
 from ..config.models import Config, RedisSettings, VirtualKey
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,13 @@ def record(key: VirtualKey) -> dict:
 # -- keys file ----------------------------------------------------------------------------------------------------
 
 def read_keys_file(path: Path) -> list[VirtualKey]:
-    return load_keys_file(path) if path.exists() else []
+    """The file's keys ([] before the first is written); a file that can't be read or parsed is a KeyStoreError."""
+    try:
+        return load_keys_file(path) if path.exists() else []
+    except OSError as exc:
+        raise KeyStoreError(f"can't read {path}: {exc.strerror}") from None
+    except (ConfigError, yaml.YAMLError) as exc:
+        raise KeyStoreError(f"the keys file is not valid: {str(exc).splitlines()[0]}") from None
 
 
 def write_keys_file(path: Path, keys: list[VirtualKey]) -> None:
@@ -92,7 +98,7 @@ class FileKeyStore:
                 if changed is None:
                     return False
                 write_keys_file(self.path, changed)
-            except OSError as exc:
+            except OSError as exc:  # the write
                 raise KeyStoreError(f"can't update {self.path}: {exc.strerror}") from None
             return True
 

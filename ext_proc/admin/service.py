@@ -157,8 +157,10 @@ class AdminService:
         return pb.CreateKeyResponse(key=key_message(key), secret=secret)
 
     async def list_keys(self, request: pb.ListKeysRequest, caller: str) -> pb.ListKeysResponse:
-        keys = {k.id: k for k in self._holder.current.config.virtual_keys}
-        keys.update((k.id, k) for k in await self._key_store().list())
+        # the keys in force here win over the store's (a config-file id shadows a stored one); a stored key this
+        # process has not loaded yet is listed too
+        keys = {k.id: k for k in await self._key_store().list()}
+        keys.update((k.id, k) for k in self._holder.current.config.virtual_keys)
         audit.info("admin ListKeys by %s: %d keys", caller, len(keys))
         return pb.ListKeysResponse(keys=[key_message(keys[i]) for i in sorted(keys)])
 
@@ -224,6 +226,9 @@ def new_virtual_key(wanted: pb.Key, key_hash: str, public_models: set[str] | Non
     for a keys file edited without its config)."""
     if not valid_key_id(wanted.id):
         raise RpcError(Status.INVALID_ARGUMENT, "key.id: 1-128 characters of letters, digits and . _ @ -, "
+                                                "starting with a letter or digit")
+    if wanted.team and not valid_key_id(wanted.team):
+        raise RpcError(Status.INVALID_ARGUMENT, "key.team: 1-128 characters of letters, digits and . _ @ -, "
                                                 "starting with a letter or digit")
     models = list(wanted.models) or ["*"]
     unknown = [m for m in models if m != "*" and public_models is not None and m not in public_models]

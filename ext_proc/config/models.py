@@ -583,6 +583,9 @@ class Config(_Strict):
                 raise ValueError("the admin API stores keys in Redis (`limits.redis`) or else in `keys_file`: "
                                  "configure one of them")
             _unique([c.name for c in self.admin.credentials], "admin credential name")
+            if self.admin.port == 0 and self.admin.via_envoy:
+                raise ValueError("admin.port 0 (a free port) can't be named in Envoy's config: give a port, or set "
+                                 "admin.via_envoy: false")
         public = {r.model for r in self.routes}
         for key in self.virtual_keys:
             for model in key.models:
