@@ -7,7 +7,6 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
@@ -139,16 +138,6 @@ def test_a_keys_file_that_cannot_be_read_is_a_key_store_error_for_reads_too(tmp_
 
 
 # -- Redis --------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 @pytest.fixture
 def settings(redis_server: RedisServer) -> RedisSettings:

@@ -4,7 +4,6 @@ admin port with the route stage off, the admin cluster over HTTP/2; and the `adm
 from __future__ import annotations
 
 import base64
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ from ext_proc.config.loading import ConfigError, parse_config
 from ext_proc.envoy_config.admin_api import SERVICE, TRANSCODER_FILTER
 from ext_proc.envoy_config.bootstrap import render_yaml
 from ext_proc.envoy_config.clusters import ADMIN_API_CLUSTER
-from ext_proc.launch.stack import envoy_binary
+
+from .test_envoy_render import envoy_validate
 
 BASE = """
 ext_proc: {host: 127.0.0.9, port: 50100, processes: 3}
@@ -58,13 +58,6 @@ def routes(rendered: dict) -> list[dict]:
 
 def clusters(rendered: dict) -> dict[str, dict]:
     return {c["name"]: c for c in rendered["static_resources"]["clusters"]}
-
-
-def envoy_validate(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    path = tmp_path / "envoy.yaml"
-    path.write_text(text)
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart",
-                           "--log-level", "error"], capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
