@@ -30,16 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("BABELGATE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    quiet_secret_logging_libraries()
     from .auth.credentials import CredentialError
     from .config.loading import ConfigError
     from .launch.processes import LaunchError
+    from .telemetry.hub import TelemetryUnavailable
     try:
         return args.handler(args)
-    except (ConfigError, CredentialError, LaunchError) as exc:
+    except (ConfigError, CredentialError, LaunchError, TelemetryUnavailable) as exc:
         print(f"babelgate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+SECRET_LOGGING_LIBRARIES = ("hpack", "botocore", "urllib3", "google.auth", "httpcore", "httpx", "grpc")
+"""Libraries whose debug lines carry what they encode or send: hpack every header it decodes (Authorization among
+them), botocore and the HTTP clients the requests they sign or send."""
+
+
+def quiet_secret_logging_libraries() -> None:
+    """BABELGATE_LOG_LEVEL=DEBUG is for Babelgate's own lines: these libraries stay at INFO and above."""
+    for name in SECRET_LOGGING_LIBRARIES:
+        library = logging.getLogger(name)
+        library.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ Actions:
 - `midstream=N`: for a streamed answer, send N events, then drop the connection
 - `slow=MS`: for a streamed answer, pause MS milliseconds between events
 - `retry_after=S`: an error status answer carries `retry-after: S` (replacing the provider's own)
+- `echo-key`: refuse the request with a 401 whose error message quotes the API key it was sent, as some
+  OpenAI-compatible providers do ("Incorrect API key provided: sk-..."); OpenAI kind, per request (`x-demo-fault`)
 
 Later items override earlier ones, so a request's `x-demo-fault` header refines the server-wide spec.
 """
@@ -36,6 +38,7 @@ class Faults:
     midstream: int | None = None
     slow_ms: int = 0
     retry_after: int | None = None
+    echo_key: bool = False
 
 
 NO_FAULTS = Faults()
@@ -65,12 +68,14 @@ def _action(action: str, item: str) -> dict[str, object]:
         return {"status": status}
     if action == "reset":
         return {"reset": True}
+    if action == "echo-key":
+        return {"echo_key": True}
     key, equals, value = action.partition("=")
     field = {"stall": "stall_ms", "midstream": "midstream", "slow": "slow_ms", "retry_after": "retry_after"}.get(key)
     if field is None or not equals:
         raise FaultSpecError(
             f"fault item {item!r}: unknown action {action!r}; expected a 4xx/5xx status, reset, stall=MS, "
-            "midstream=N, slow=MS or retry_after=S"
+            "midstream=N, slow=MS, retry_after=S or echo-key"
         )
     if not (value.isascii() and value.isdigit()) or int(value) > _MAX_VALUE:
         raise FaultSpecError(f"fault item {item!r}: {key} needs a whole number up to {_MAX_VALUE}")

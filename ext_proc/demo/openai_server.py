@@ -31,6 +31,7 @@ from ext_proc.demo.answers import (
     tool_reply,
     words,
 )
+from ext_proc.demo.faults import FAULT_HEADER, FaultSpecError, parse_faults
 from ext_proc.errors import error_body
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
@@ -55,6 +56,10 @@ def answer(call: Call) -> Reply:
         return error(405, f"Method {call.method} not allowed on {call.path}; use {method}")
     if call.api_key is not None and call.headers.get("authorization") != f"Bearer {call.api_key}":
         return error(401, "Incorrect API key provided.", code="invalid_api_key")
+    if _echo_key(call):
+        presented = call.headers.get("authorization", "").removeprefix("Bearer ")
+        return error(401, f"Incorrect API key provided: {presented}. You can find your API key at "
+                          "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
     try:
         return handle(call)
     except Rejected as exc:
@@ -68,6 +73,14 @@ def error(status: int, message: str, *, param: str | None = None, code: str | No
                      (("retry-after", "1"),))
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return Reply(status, error_body(message, kind, code, param))
+
+
+def _echo_key(call: Call) -> bool:
+    """The request's `echo-key` fault: a careless provider quoting the key it refused (see `faults.py`)."""
+    try:
+        return parse_faults(call.headers.get(FAULT_HEADER), call.name).echo_key
+    except FaultSpecError:
+        return False
 
 
 def _chat_completions(call: Call) -> Reply:

@@ -87,6 +87,21 @@ def row(outcome: Outcome) -> dict:
     }
 
 
+class TelemetryUnavailable(Exception):
+    """The installation can't export what the configuration asks for; the message says how to fix it."""
+
+
+def require_otlp_protos() -> None:
+    """xds-protos ships an older copy of opentelemetry-proto's modules; installed after it, that copy breaks the
+    OTLP exporters with an ImportError that names neither package."""
+    try:
+        from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope  # noqa: F401
+    except ImportError:
+        raise TelemetryUnavailable(
+            "opentelemetry-proto's modules were overwritten by xds-protos' older copy; OTLP export needs them back: "
+            "run scripts/repair-otel-protos, or pip install --force-reinstall --no-deps opentelemetry-proto") from None
+
+
 def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetry:
     """`process_index`: the n-th server process of this config; its Prometheus port is `port + n`."""
     from .metrics import Metrics
@@ -113,6 +128,7 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
     if settings.metrics.otlp_endpoint is not None:
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+        require_otlp_protos()
         if settings.metrics.otlp_protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
 
@@ -128,6 +144,7 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
         from .tracing import Tracing
 
         traces = settings.traces
+        require_otlp_protos()
         if traces.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 
