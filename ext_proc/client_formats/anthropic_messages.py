@@ -377,10 +377,10 @@ def _assistant_messages(content: str | list, where: str) -> list[dict]:
     return [message]
 
 
-def _block_type(block: object, where: str) -> object:
-    if not isinstance(block, dict):
-        raise BadRequest(f"{where} must be an object", param=where)
-    return block.get("type")
+def _block_type(block: object, where: str) -> str:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise BadRequest(f"{where} must be an object with a string 'type'", param=where)
+    return block["type"]
 
 
 def _text_part(block: dict, where: str) -> dict:
@@ -406,7 +406,8 @@ def _image_part(block: dict, where: str) -> dict:
     kind = source.get("type")
     if kind == "base64":
         media_type, data = source.get("media_type"), source.get("data")
-        if media_type not in _IMAGE_MEDIA_TYPES or not isinstance(data, str) or not data:
+        if not isinstance(media_type, str) or media_type not in _IMAGE_MEDIA_TYPES or not isinstance(data, str) \
+                or not data:
             raise BadRequest(f"{where}.source must hold base64 data of type {', '.join(sorted(_IMAGE_MEDIA_TYPES))}",
                              param=f"{where}.source")
         url = f"data:{media_type};base64,{data}"
@@ -564,7 +565,7 @@ def _tool_choice(choice: object, tools: list[dict]) -> tuple[str | dict | None, 
     mapped: str | dict
     if kind == "tool":
         name = config.get("name")
-        if name not in names:
+        if not isinstance(name, str) or name not in names:
             raise BadRequest(f"tool_choice names {name!r}, which is not in 'tools'", param="tool_choice")
         mapped = {"type": "function", "function": {"name": name}}
     elif kind == "any":

@@ -24,6 +24,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
 from ..client_formats import anthropic_messages
+from ..client_formats.openai_chat import check_chat_shape
 from ..config.models import RequestLimits
 from ..config.runtime import RouteInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
@@ -340,20 +341,6 @@ def check_client_limits(body: dict, limits: RequestLimits) -> None:
         for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
-
-
-def check_chat_shape(body: dict) -> None:
-    """The checks every backend schema needs; provider-specific checks happen at translation."""
-    messages_ = body.get("messages")
-    if not isinstance(messages_, list) or not messages_:
-        raise BadRequest("`messages` must be a non-empty array.", param="messages")
-    for index, entry in enumerate(messages_):
-        if not isinstance(entry, dict) or not isinstance(entry.get("role"), str):
-            raise BadRequest(f"`messages[{index}]` must be an object with a string `role`.",
-                             param=f"messages[{index}]")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadRequest("`stream` must be a boolean.", param="stream")
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
