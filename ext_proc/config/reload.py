@@ -83,18 +83,27 @@ class ConfigReloader:
 
     async def watch(self) -> None:
         """Poll the watched files; a change triggers a reload (an editor's save is several writes: wait for quiet)."""
-        if self._changes is not None:
-            self._changes_seen = await self._changes()
+        self._changes_seen = await self._poll_changes()
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             if self._snapshot() != self._seen:
                 await asyncio.sleep(POLL_INTERVAL / 2)
                 await self.reload("a watched file changed")
             if self._changes is not None:
-                version = await self._changes()
+                version = await self._poll_changes()
                 if version is not None and version != self._changes_seen:
                     self._changes_seen = version
                     await self.reload("the stored keys changed")
+
+    async def _poll_changes(self) -> object:
+        """The stored keys' version; None when it can't be read now (the watch must outlive any failure)."""
+        if self._changes is None:
+            return None
+        try:
+            return await self._changes()
+        except Exception as exc:
+            log.warning("can't read the stored keys' version: %s", type(exc).__name__)
+            return None
 
     async def reload(self, reason: str) -> bool:
         async with self._lock:
