@@ -26,6 +26,8 @@ from ext_proc.stages.route import RouteStage
 from .stage_support import CLIENT_KEY, CONFIG, body, headers
 
 HOSTILE_EXAMPLES = int(os.environ.get("BG_HOSTILE_EXAMPLES", "500"))
+LONG_ENOUGH = pytest.mark.timeout(120 + HOSTILE_EXAMPLES // 5)
+"""Per generated test: the suite's 120 s, more for a bigger corpus (a busy machine runs ~10 inputs per second)."""
 _LOOP = asyncio.new_event_loop()
 _RUNTIME: list[Runtime] = []
 
@@ -101,6 +103,7 @@ def _check(status: int, caplog: pytest.LogCaptureFixture) -> None:
     assert not unexpected, unexpected[0].getMessage()
 
 
+@LONG_ENOUGH
 @FAST
 @given(raw=st.one_of(st.binary(max_size=300), json_values.map(lambda value: json.dumps(value).encode())))
 def test_arbitrary_bytes_and_json(caplog: pytest.LogCaptureFixture, raw: bytes) -> None:
@@ -108,6 +111,7 @@ def test_arbitrary_bytes_and_json(caplog: pytest.LogCaptureFixture, raw: bytes) 
     _check(_outcome(CHAT, raw), caplog)
 
 
+@LONG_ENOUGH
 @FAST
 @given(payload=chat_bodies)
 def test_chat_shaped_bodies(caplog: pytest.LogCaptureFixture, payload: dict) -> None:
@@ -115,6 +119,7 @@ def test_chat_shaped_bodies(caplog: pytest.LogCaptureFixture, payload: dict) -> 
     _check(_outcome(CHAT, json.dumps(payload).encode()), caplog)
 
 
+@LONG_ENOUGH
 @FAST
 @given(payload=anthropic_bodies)
 def test_anthropic_shaped_bodies(caplog: pytest.LogCaptureFixture, payload: dict) -> None:
@@ -122,6 +127,7 @@ def test_anthropic_shaped_bodies(caplog: pytest.LogCaptureFixture, payload: dict
     _check(_outcome(ANTHROPIC, json.dumps(payload).encode()), caplog)
 
 
+@LONG_ENOUGH
 @FAST
 @given(payload=st.fixed_dictionaries({"model": st.sampled_from(["embed", "gpt-4o"]), "input": json_values},
                                      optional={"encoding_format": json_values, "dimensions": json_values}))
