@@ -154,7 +154,9 @@ def test_revoking_over_grpc_refuses_the_key_everywhere_within_a_second(admin: Ad
     client = usable(admin, created.secret)
     assert client.chat.completions.create(model="m", messages=HELLO).choices
     call(admin.grpc(), "RevokeKey", pb.RevokeKeyRequest(id="to-revoke"), pb.RevokeKeyResponse)
-    assert _refused_within(client) < 1.0
+    elapsed = _refused_within(client)
+    print(f"\nrevoked key refused by every process {elapsed:.3f} s after RevokeKey returned")
+    assert elapsed < 1.0
 
 
 def test_rotating_refuses_the_old_secret_and_accepts_the_new(admin: AdminStack) -> None:
