@@ -29,7 +29,7 @@ from ..config.models import METRICS, Config
 from ..transport.grpc import RpcError
 from . import admin_pb2 as pb
 from .client import AdminClient, AdminError, operator
-from .key_store import FileKeyStore, record
+from .key_store import FileKeyStore, KeyStoreError, record
 from .service import key_message, new_virtual_key
 
 audit = logging.getLogger("babelgate.audit")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         target = _target(args)
         handler = {"create": _create, "list": _list, "revoke": _revoke, "rotate": _rotate}[args.keys_command]
         return handler(args, target)
-    except (UsageError, AdminError) as exc:
+    except (UsageError, AdminError, KeyStoreError) as exc:
         print(f"babelgate: {exc}", file=sys.stderr)
         return 2
     except RpcError as exc:
