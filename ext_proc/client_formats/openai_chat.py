@@ -16,114 +16,119 @@ _NUMBER = (int, float)
 _TOOL_CHOICES = ("none", "auto", "required")
 
 
-def _name(kinds: tuple[type, ...] | type) -> str:
+def _name(kinds: tuple[type, ...]) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object",
              list: "an array"}
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    if kinds == _NUMBER:
-        return "a number"
-    return " or ".join(names[k] for k in kinds)
+    return "a number" if kinds == _NUMBER else " or ".join(names[k] for k in kinds)
 
 
-def _expect(value: object, kinds: tuple[type, ...] | type, param: str, *, optional: bool = True) -> None:
+def _expect(value: object, kinds: tuple[type, ...], param: str, *, optional: bool = True) -> None:
+    # Exact types: a parsed JSON value is exactly one of str, int, float, bool, dict, list or None, and a JSON
+    # boolean must not pass for a number (bool is an int subclass).
     if value is None and optional:
         return
-    kinds_tuple = kinds if isinstance(kinds, tuple) else (kinds,)
-    # JSON true/false are Python bools, which are ints too: a boolean is never a number here
-    if isinstance(value, bool) and bool not in kinds_tuple:
-        raise BadRequest(f"`{param}` must be {_name(kinds)}.", param=param)
-    if not isinstance(value, kinds_tuple):
+    if type(value) not in kinds:
         raise BadRequest(f"`{param}` must be {_name(kinds)}.", param=param)
 
 
 def _strings(value: object, param: str) -> None:
-    _expect(value, list, param)
+    _expect(value, (list,), param)
     for index, item in enumerate(value or ()):  # type: ignore[arg-type]
-        _expect(item, str, f"{param}[{index}]", optional=False)
+        _expect(item, (str,), f"{param}[{index}]", optional=False)
 
 
-_SCALARS: dict[str, tuple[type, ...] | type] = {
-    "model": str, "stream": bool, "temperature": _NUMBER, "top_p": _NUMBER, "presence_penalty": _NUMBER,
-    "frequency_penalty": _NUMBER, "max_tokens": int, "max_completion_tokens": int, "n": int, "seed": int,
-    "user": str, "reasoning_effort": str, "service_tier": str, "parallel_tool_calls": bool, "logprobs": bool,
-    "top_logprobs": int, "store": bool, "verbosity": str, "safety_identifier": str, "prompt_cache_key": str,
-    "stream_options": dict, "response_format": dict, "metadata": dict, "logit_bias": dict, "prediction": dict,
-    "audio": dict, "web_search_options": dict, "tool_choice": (str, dict), "stop": (str, list), "tools": list,
-    "modalities": list, "messages": list,
+def _fields_of(body: dict, types: dict[str, tuple[type, ...]], where: str) -> None:
+    """The JSON type of each field present; walks what the client sent, not the whole table (the hot path)."""
+    for field, value in body.items():
+        kinds = types.get(field)
+        if kinds is not None and value is not None and type(value) not in kinds:
+            raise BadRequest(f"`{where}{field}` must be {_name(kinds)}.", param=where + field)
+
+
+_S, _B, _I, _O, _A = (str,), (bool,), (int,), (dict,), (list,)
+_TOP_LEVEL: dict[str, tuple[type, ...]] = {
+    "model": _S, "stream": _B, "temperature": _NUMBER, "top_p": _NUMBER, "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER, "max_tokens": _I, "max_completion_tokens": _I, "n": _I, "seed": _I, "user": _S,
+    "reasoning_effort": _S, "service_tier": _S, "parallel_tool_calls": _B, "logprobs": _B, "top_logprobs": _I,
+    "store": _B, "verbosity": _S, "safety_identifier": _S, "prompt_cache_key": _S, "stream_options": _O,
+    "response_format": _O, "metadata": _O, "logit_bias": _O, "prediction": _O, "audio": _O, "web_search_options": _O,
+    "tool_choice": (str, dict), "stop": (str, list), "tools": _A, "modalities": _A,
+}
+_MESSAGE: dict[str, tuple[type, ...]] = {
+    "name": _S, "tool_call_id": _S, "refusal": _S, "content": (str, list), "tool_calls": _A, "function_call": _O,
+    "audio": _O,
 }
 
 
 def check_chat_shape(body: dict) -> None:
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
+    if type(messages) is not list or not messages:
         raise BadRequest("`messages` must be a non-empty array.", param="messages")
-    for field, kinds in _SCALARS.items():
-        _expect(body.get(field), kinds, field)
+    _fields_of(body, _TOP_LEVEL, "")
     for index, message in enumerate(messages):
-        _message(message, f"messages[{index}]")
+        _message(message, index)
     stop = body.get("stop")
-    if isinstance(stop, list):
+    if type(stop) is list:
         _strings(stop, "stop")
-    _strings(body.get("modalities"), "modalities")
+    if body.get("modalities") is not None:
+        _strings(body["modalities"], "modalities")
     options = body.get("stream_options")
     if options is not None:
-        _expect(options.get("include_usage"), bool, "stream_options.include_usage")
+        _expect(options.get("include_usage"), _B, "stream_options.include_usage")
     response_format = body.get("response_format")
     if response_format is not None:
-        _expect(response_format.get("type"), str, "response_format.type", optional=False)
-        _expect(response_format.get("json_schema"), dict, "response_format.json_schema")
+        _expect(response_format.get("type"), _S, "response_format.type", optional=False)
+        _expect(response_format.get("json_schema"), _O, "response_format.json_schema")
     for index, tool in enumerate(body.get("tools") or ()):
         _tool(tool, f"tools[{index}]")
     choice = body.get("tool_choice")
-    if isinstance(choice, str) and choice not in _TOOL_CHOICES:
+    if type(choice) is str and choice not in _TOOL_CHOICES:
         raise BadRequest(f"`tool_choice` must be one of {', '.join(_TOOL_CHOICES)}, or an object naming a function.",
                          param="tool_choice")
-    if isinstance(choice, dict):
-        _expect(choice.get("type"), str, "tool_choice.type")
+    if type(choice) is dict:
+        _expect(choice.get("type"), _S, "tool_choice.type")
         function = choice.get("function")
-        _expect(function, dict, "tool_choice.function")
+        _expect(function, _O, "tool_choice.function")
         if function is not None:
-            _expect(function.get("name"), str, "tool_choice.function.name", optional=False)
+            _expect(function.get("name"), _S, "tool_choice.function.name", optional=False)
 
 
-def _message(message: object, param: str) -> None:
-    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+def _message(message: object, index: int) -> None:
+    if type(message) is not dict or type(message.get("role")) is not str:
+        param = f"messages[{index}]"
         raise BadRequest(f"`{param}` must be an object with a string `role`.", param=param)
-    for field in ("name", "tool_call_id", "refusal"):
-        _expect(message.get(field), str, f"{param}.{field}")
+    if len(message) == 2 and type(message.get("content")) is str:
+        return  # the usual message: a role and a text
+    _fields_of(message, _MESSAGE, f"messages[{index}].")
+    param = f"messages[{index}]"
     content = message.get("content")
-    _expect(content, (str, list), f"{param}.content")
-    if isinstance(content, list):
-        for index, part in enumerate(content):
-            _part(part, f"{param}.content[{index}]")
-    calls = message.get("tool_calls")
-    _expect(calls, list, f"{param}.tool_calls")
-    for index, call in enumerate(calls or ()):
-        where = f"{param}.tool_calls[{index}]"
-        _expect(call, dict, where, optional=False)
-        _expect(call.get("id"), str, f"{where}.id")
-        _expect(call.get("type"), str, f"{where}.type")
+    if type(content) is list:
+        for number, part in enumerate(content):
+            _part(part, f"{param}.content[{number}]")
+    for number, call in enumerate(message.get("tool_calls") or ()):
+        where = f"{param}.tool_calls[{number}]"
+        _expect(call, _O, where, optional=False)
+        _expect(call.get("id"), _S, f"{where}.id")
+        _expect(call.get("type"), _S, f"{where}.type")
         function = call.get("function")
-        _expect(function, dict, f"{where}.function", optional=False)
-        _expect(function.get("name"), str, f"{where}.function.name", optional=False)
-        _expect(function.get("arguments"), str, f"{where}.function.arguments")
-    _expect(message.get("function_call"), dict, f"{param}.function_call")
-    _expect(message.get("audio"), dict, f"{param}.audio")
+        _expect(function, _O, f"{where}.function", optional=False)
+        _expect(function.get("name"), _S, f"{where}.function.name", optional=False)
+        _expect(function.get("arguments"), _S, f"{where}.function.arguments")
 
 
 def _image_url(value: object, param: str) -> None:
     _expect(value, (str, dict), param, optional=False)
-    if isinstance(value, dict):
-        _expect(value.get("url"), str, f"{param}.url", optional=False)
-        _expect(value.get("detail"), str, f"{param}.detail")
+    if type(value) is dict:
+        _expect(value.get("url"), _S, f"{param}.url", optional=False)
+        _expect(value.get("detail"), _S, f"{param}.detail")
 
 
 def _fields(*names: str) -> Callable[[object, str], None]:
     """An object whose named fields, where present, are strings."""
     def check(value: object, param: str) -> None:
-        _expect(value, dict, param, optional=False)
+        _expect(value, _O, param, optional=False)
         for name in names:
-            _expect(value.get(name), str, f"{param}.{name}")  # type: ignore[union-attr]
+            _expect(value.get(name), _S, f"{param}.{name}")  # type: ignore[union-attr]
     return check
 
 
@@ -135,9 +140,9 @@ _PARTS: dict[str, tuple[str, Callable[[object, str], None]]] = {
 
 
 def _part(part: object, param: str) -> None:
-    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+    if type(part) is not dict or type(part.get("type")) is not str:
         raise BadRequest(f"`{param}` must be an object with a string `type`.", param=param)
-    _expect(part.get("text"), str, f"{param}.text")
+    _expect(part.get("text"), _S, f"{param}.text")
     known = _PARTS.get(part["type"])
     if known is not None:
         field, check = known
@@ -145,12 +150,12 @@ def _part(part: object, param: str) -> None:
 
 
 def _tool(tool: object, param: str) -> None:
-    _expect(tool, dict, param, optional=False)
-    _expect(tool.get("type"), str, f"{param}.type")  # type: ignore[union-attr]
+    _expect(tool, _O, param, optional=False)
+    _expect(tool.get("type"), _S, f"{param}.type")  # type: ignore[union-attr]
     function = tool.get("function")  # type: ignore[union-attr]
-    _expect(function, dict, f"{param}.function")
+    _expect(function, _O, f"{param}.function")
     if function is not None:
-        _expect(function.get("name"), str, f"{param}.function.name", optional=False)
-        _expect(function.get("description"), str, f"{param}.function.description")
-        _expect(function.get("parameters"), dict, f"{param}.function.parameters")
-        _expect(function.get("strict"), bool, f"{param}.function.strict")
+        _expect(function.get("name"), _S, f"{param}.function.name", optional=False)
+        _expect(function.get("description"), _S, f"{param}.function.description")
+        _expect(function.get("parameters"), _O, f"{param}.function.parameters")
+        _expect(function.get("strict"), _B, f"{param}.function.strict")
