@@ -1,11 +1,12 @@
-"""A client of the admin API for the command line (grpcio: not the hot path, and it does TLS should one need it)."""
+"""A client of the admin API for the command line (grpcio: not the hot path, and it does TLS should one need it).
+grpcio is imported when a client is made: every `babelgate` command builds the parser that names this module, and the
+servers must not carry grpcio's native library for it."""
 
 from __future__ import annotations
 
 import getpass
 import os
 
-import grpc
 from google.protobuf.message import Message
 
 from .service import OPERATOR_METADATA_KEY, SERVICE_NAME
@@ -27,11 +28,15 @@ def operator() -> str:
 
 class AdminClient:
     def __init__(self, address: str, credential: str) -> None:
+        import grpc
+
         self.address = address
         self._channel = grpc.insecure_channel(address)
         self._metadata = (("authorization", f"Bearer {credential}"), (OPERATOR_METADATA_KEY, operator()))
 
     def call(self, method: str, request: Message, reply: type[Message]) -> Message:
+        import grpc
+
         stub = self._channel.unary_unary(f"/{SERVICE_NAME}/{method}",
                                          request_serializer=type(request).SerializeToString,
                                          response_deserializer=reply.FromString)

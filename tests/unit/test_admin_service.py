@@ -548,3 +548,14 @@ def test_get_usage_without_any_limit_is_empty(keys_file: Path) -> None:
     bench = Bench(parse_config(yaml.safe_dump(data)))
     assert bench.holder.current.limiter is None
     assert list(run(bench.ok("GetUsage", pb.GetUsageRequest())).rows) == []  # type: ignore[attr-defined]
+
+
+def test_the_server_does_not_load_grpcio_for_the_admin_client() -> None:
+    """grpcio's native library costs each server process ~9 MiB of RSS; only `babelgate keys` needs it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from ext_proc.cli import _parser; _parser(); import ext_proc.server; "
+             "import ext_proc.admin.keys_command; print('grpc' in sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "False"
