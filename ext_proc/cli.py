@@ -174,6 +174,7 @@ def _serve_one(runtime: object, address: str, report_ready: bool, config_path: P
 def _serve_many(config_path: Path, host: str, first_port: int, processes: int) -> int:
     from .launch.processes import Supervisor, python_module
 
+    signals = StopSignals()
     supervisor = Supervisor()
     try:
         for index in range(processes):
@@ -181,7 +182,7 @@ def _serve_many(config_path: Path, host: str, first_port: int, processes: int) -
                 "ext_proc", "serve", "-c", str(config_path), "--host", host, "--port", str(first_port + index),
                 "--process-index", str(index), "--report-ready"))
         log.info("%d ext_proc processes on ports %d-%d", processes, first_port, first_port + processes - 1)
-        _wait_for_signal(supervisor)
+        _wait_for_signal(supervisor, signals)
     finally:
         supervisor.stop_all()
     return 0
@@ -196,6 +197,7 @@ def _up(args: argparse.Namespace) -> int:
     from .launch.reload import StackReloader
     from .launch.stack import start_stack
 
+    signals = StopSignals()
     supervisor = Supervisor()
     workdir = Path(tempfile.mkdtemp(prefix="babelgate-"))
     env: dict[str, str] = {}
@@ -217,7 +219,7 @@ def _up(args: argparse.Namespace) -> int:
         stack = start_stack(config, config_path, workdir, supervisor, env=env)
         _print_banner(stack.url, key, config, shown_admin)
         watcher = StackReloader(stack, Path(config_path), lambda path: _with_overrides(load_config(path), args))
-        _wait_for_signal(supervisor, on_tick=watcher.tick, on_hangup=watcher.hangup)
+        _wait_for_signal(supervisor, signals, on_tick=watcher.tick, on_hangup=watcher.hangup)
         left = stack.drain(timeout=DRAIN_SECONDS)
         if left:
             log.warning("%d requests were still in flight after %.0fs of draining", left, DRAIN_SECONDS)
@@ -295,29 +297,33 @@ Models: {models}
 {admin_lines}""", flush=True)
 
 
-def _wait_for_signal(supervisor: object, on_tick: Callable[[], None] | None = None,
+class StopSignals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; installed before anything starts, so a signal that arrives while
+    the stack is still starting is acted on once it is up, not lost to Python's default (die at once)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.hangups = 0
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGHUP, self._hangup)
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self.hangups += 1
+
+
+def _wait_for_signal(supervisor: object, signals: StopSignals, on_tick: Callable[[], None] | None = None,
                      on_hangup: Callable[[], None] | None = None) -> None:
     """Until SIGTERM/SIGINT. SIGHUP is passed on to every child (the servers reload their config) and to
     `on_hangup`."""
-    stop = False
-    hangups = 0
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    def hangup(signum: int, frame: object) -> None:
-        nonlocal hangups
-        hangups += 1
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, hangup)
     handled = 0
-    while not stop:
+    while not signals.stop:
         supervisor.check()  # type: ignore[attr-defined]
-        if hangups != handled:
-            handled = hangups
+        if signals.hangups != handled:
+            handled = signals.hangups
             supervisor.signal_all(signal.SIGHUP, skip=("envoy",))  # type: ignore[attr-defined]
             if on_hangup is not None:
                 on_hangup()
