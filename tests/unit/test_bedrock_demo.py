@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 import threading
 import typing
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 
 import anthropic.types as anthropic_types
 import boto3
@@ -32,6 +34,7 @@ from ext_proc.demo.answers import tool_input
 from ext_proc.demo.server import DemoProvider, start_demo_provider
 from ext_proc.providers import bedrock_anthropic, bedrock_converse
 from ext_proc.streaming.eventstream import EventStreamDecoder
+from tests.e2e.certs import make_ca_and_server_cert
 
 T = typing.TypeVar("T")
 ACCESS_KEY = "AKIADEMOEXAMPLE"
@@ -97,14 +100,15 @@ def demo(shared_demo: DemoProvider) -> DemoProvider:
     return shared_demo
 
 
-def _client(provider: DemoProvider, headers: dict[str, str] | None = None) -> typing.Any:
+def _client(provider: DemoProvider, headers: dict[str, str] | None = None, url: str | None = None,
+            verify: str | None = None) -> typing.Any:
     # A new session each time (boto3's default session keeps the first credentials it found), sharing one loader
     # of the service model files.
     core = botocore.session.get_session()
     core.register_component("data_loader", _LOADER)
     config = Config(retries={"total_max_attempts": 1, "mode": "standard"}, read_timeout=10)
     client = boto3.session.Session(botocore_session=core).client(
-        "bedrock-runtime", region_name=REGION, endpoint_url=provider.url, config=config)
+        "bedrock-runtime", region_name=REGION, endpoint_url=url or provider.url, config=config, verify=verify)
     if headers:
         def add(request: typing.Any, **kwargs: object) -> None:
             for name, value in headers.items():
@@ -298,14 +302,19 @@ def test_wrong_access_key_is_refused(demo: DemoProvider, monkeypatch: pytest.Mon
 
 
 def test_bedrock_api_key_is_accepted_as_a_bearer_token(start: Callable[..., DemoProvider],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    provider = start(api_key="ABSK-demo-key")
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # botocore sends a bearer token over HTTPS only (1.44 refuses plain HTTP), as the real service requires
+    ca, cert, key = make_ca_and_server_cert(tmp_path, "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    provider = start(api_key="ABSK-demo-key", ssl_context=context)
+    url = f"https://localhost:{provider.port}"
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "ABSK-demo-key")
-    answer = _client(provider).converse(modelId=NOVA, messages=USER_HI)
+    answer = _client(provider, url=url, verify=str(ca)).converse(modelId=NOVA, messages=USER_HI)
     assert answer["stopReason"] == "end_turn"
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "ABSK-other")
     with pytest.raises(botocore.exceptions.ClientError, match="UnrecognizedClientException"):
-        _client(provider).converse(modelId=NOVA, messages=USER_HI)
+        _client(provider, url=url, verify=str(ca)).converse(modelId=NOVA, messages=USER_HI)
 
 
 GOOD_AUTHORIZATION = (f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/20250101/us-east-1/bedrock/aws4_request, "
