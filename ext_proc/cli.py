@@ -14,10 +14,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from . import constants
+
+if TYPE_CHECKING:
+    from .launch.channel import Channel
 
 log = logging.getLogger("babelgate")
 
@@ -33,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_secret_logging_libraries()
     from .auth.credentials import CredentialError
     from .config.loading import ConfigError
+    from .launch.channel import ChannelError
     from .launch.processes import LaunchError
     from .telemetry.hub import TelemetryUnavailable
     try:
         return args.handler(args)
-    except (ConfigError, CredentialError, LaunchError, TelemetryUnavailable) as exc:
+    except (ConfigError, CredentialError, LaunchError, TelemetryUnavailable, ChannelError) as exc:
         print(f"babelgate: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -76,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", type=Path, required=True)
     serve.add_argument("--port", type=int, help="serve one process on this port (default: the config's)")
     serve.add_argument("--host")
+    serve.add_argument("--socket", type=Path, help="serve one process on this Unix socket")
+    serve.add_argument("--health-port", type=int, help="also serve the health service alone, in plaintext, here "
+                                                      "(default: the config's ext_proc.health_port + process index)")
+    serve.add_argument("--peers", choices=("envoy", "mesh"),
+                       help="mesh: plaintext on any address, a service mesh authenticates peers (Istio)")
     serve.add_argument("--report-ready", action="store_true", help=argparse.SUPPRESS)
     # which of the config's processes this is (metrics port offset; the first serves the admin API)
     serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
@@ -95,7 +105,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="--istio gateway: the host name clients call")
     render.add_argument("--gateway-namespace", default="istio-system",
                         help="--istio gateway: the namespace the ingress gateway runs in")
+    render.add_argument("--gateway-service-account", default="istio-ingressgateway-service-account",
+                        help="--istio gateway: the ingress gateway's service account (the only identity the ext_proc "
+                             "pods admit)")
     render.set_defaults(handler=_render)
+
+    certs = commands.add_parser("certs", help="make a CA and the certificates for mutual TLS between Envoy and "
+                                              "the ext_proc servers (ext_proc.tls)")
+    certs.add_argument("-o", "--output", type=Path, required=True, help="directory for the PEM files")
+    certs.add_argument("--server-name", default=constants.DEFAULT_EXT_PROC_SERVER_NAME,
+                       help="the name in the server certificate, which Envoy checks (ext_proc.tls.server_name)")
+    certs.add_argument("--extra-name", action="append", default=[],
+                       help="another DNS name or IP the server certificate also carries (repeatable)")
+    certs.add_argument("--days", type=int, default=825, help="validity")
+    certs.add_argument("--key-mode", type=lambda text: int(text, 8), default=0o600,
+                       help="octal mode of the private keys (default 600; e.g. 640 for a group-shared volume)")
+    certs.set_defaults(handler=_certs)
 
     check = commands.add_parser("check", help="validate a config, its secrets, and the rendered Envoy config")
     check.add_argument("-c", "--config", type=Path, required=True)
@@ -116,12 +141,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# -- certs --------------------------------------------------------------------------------------------------------
+
+def _certs(args: argparse.Namespace) -> int:
+    from .auth.certificates import make_certificates
+
+    files = make_certificates(args.output, args.server_name, tuple(args.extra_name), days=args.days,
+                              key_mode=args.key_mode)
+    print(yaml.safe_dump({"ext_proc": {"tls": files.config(args.server_name)}}, sort_keys=False), end="")
+    print(f"# {files.ca_file.parent}: the server needs ca.pem, server.pem, server-key.pem; Envoy needs ca.pem, "
+          "envoy-client.pem, envoy-client-key.pem (`babelgate render` names them in the ext_proc cluster)",
+          file=sys.stderr)
+    return 0
+
+
 # -- serve --------------------------------------------------------------------------------------------------------
 
 def _serve(args: argparse.Namespace) -> int:
     from .admin.key_store import KeyStoreError, with_stored_keys
     from .config.loading import load_config
     from .config.runtime import compile_runtime
+    from .launch.channel import server_channel
 
     config = load_config(args.config)
     try:
@@ -135,10 +175,12 @@ def _serve(args: argparse.Namespace) -> int:
         if prefetch is not None:
             prefetch()
     host = args.host or config.ext_proc.host
-    if args.port is None and config.ext_proc.processes > 1:
-        return _serve_many(args.config, host, config.ext_proc.port, config.ext_proc.processes)
+    if args.port is None and args.socket is None and config.ext_proc.processes > 1:
+        return _serve_many(args, host, config.ext_proc.port, config.ext_proc.processes)
     port = args.port if args.port is not None else config.ext_proc.port
     index = args.process_index
+    channel = server_channel(config.ext_proc, host=host, port=port, index=index, socket=args.socket,
+                             peers=args.peers)
     if config.telemetry.enabled:
         from .telemetry.hub import build_telemetry
 
@@ -147,12 +189,15 @@ def _serve(args: argparse.Namespace) -> int:
         runtime = compile_runtime(config, telemetry=telemetry, previous=runtime)
     # the first process serves the admin API: its state (keys, usage) lives in Redis or the keys file, not here
     admin_port = config.admin.port if config.admin is not None and index == 0 else None
-    return _serve_one(runtime, f"{host}:{port}", report_ready=args.report_ready, config_path=Path(args.config),
-                      admin_port=admin_port)
+    health_port = args.health_port if args.health_port is not None else (
+        config.ext_proc.health_port + index if config.ext_proc.health_port is not None else None)
+    return _serve_one(runtime, channel, report_ready=args.report_ready, config_path=Path(args.config),
+                      admin_port=admin_port, admin_host=host,
+                      health_address=f"{host}:{health_port}" if health_port is not None else None)
 
 
-def _serve_one(runtime: object, address: str, report_ready: bool, config_path: Path,
-               admin_port: int | None = None) -> int:
+def _serve_one(runtime: object, channel: Channel, report_ready: bool, config_path: Path,
+               admin_port: int | None = None, admin_host: str = "127.0.0.1", health_address: str | None = None) -> int:
     from .server import RuntimeHolder, serve
 
     try:
@@ -162,25 +207,34 @@ def _serve_one(runtime: object, address: str, report_ready: bool, config_path: P
         pass
 
     def ready(ports: dict[str, int]) -> None:
-        log.info("ext_proc server listening on %s", address.rsplit(":", 1)[0] + f":{ports['port']}")
+        where = channel.described if channel.address.startswith("unix:") else \
+            channel.address.rsplit(":", 1)[0] + f":{ports['port']}"
+        log.info("ext_proc server listening on %s", where)
         if report_ready:
             print(json.dumps(ports), flush=True)
 
-    asyncio.run(serve(RuntimeHolder(runtime), address, on_ready=ready, config_path=config_path,  # type: ignore[arg-type]
-                      admin_port=admin_port))
+    asyncio.run(serve(RuntimeHolder(runtime), channel.address, on_ready=ready,  # type: ignore[arg-type]
+                      config_path=config_path, admin_port=admin_port, admin_host=admin_host,
+                      ssl_context=channel.ssl_context, health_address=health_address))
     return 0
 
 
-def _serve_many(config_path: Path, host: str, first_port: int, processes: int) -> int:
+def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes: int) -> int:
+    from .auth.sealing import KEY_ENV, new_shared_key
     from .launch.processes import Supervisor, python_module
 
     signals = StopSignals()
     supervisor = Supervisor()
+    # every process seals and opens the reservations the others made
+    env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key()}
+    extra = ["--peers", args.peers] if args.peers else []
     try:
         for index in range(processes):
             supervisor.start_reporting(f"ext_proc-{index}", python_module(
-                "ext_proc", "serve", "-c", str(config_path), "--host", host, "--port", str(first_port + index),
-                "--process-index", str(index), "--report-ready"))
+                "ext_proc", "serve", "-c", str(args.config), "--host", host, "--port", str(first_port + index),
+                "--process-index", str(index), "--report-ready", *extra,
+                *(["--health-port", str(args.health_port + index)] if args.health_port is not None else [])),
+                env=env)
         log.info("%d ext_proc processes on ports %d-%d", processes, first_port, first_port + processes - 1)
         _wait_for_signal(supervisor, signals)
     finally:
@@ -217,7 +271,7 @@ def _up(args: argparse.Namespace) -> int:
         os.environ.update(env)
         compile_runtime(config)  # fail here, with a clear message, if a secret is missing
         stack = start_stack(config, config_path, workdir, supervisor, env=env)
-        _print_banner(stack.url, key, config, shown_admin)
+        _print_banner(stack.url, key, stack.config, shown_admin)
         watcher = StackReloader(stack, Path(config_path), lambda path: _with_overrides(load_config(path), args))
         _wait_for_signal(supervisor, signals, on_tick=watcher.tick, on_hangup=watcher.hangup)
         left = stack.drain(timeout=DRAIN_SECONDS)
@@ -281,6 +335,9 @@ Admin API (keys, routes, usage; JSON here, gRPC on 127.0.0.1:{admin.port}), cred
   curl {url}/admin/v1/routes -H 'Authorization: Bearer {admin_credential}'
   BABELGATE_ADMIN_KEY={admin_credential} babelgate keys create --id alice --admin 127.0.0.1:{admin.port}
 """
+    sockets = config.ext_proc.socket_dir  # type: ignore[attr-defined]
+    channel_line = ("" if sockets is None
+                    else f"ext_proc servers: Unix sockets in {sockets} (only this user opens them)\n")
     print(f"""
 Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
 
@@ -294,7 +351,7 @@ Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
         messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
 
 Models: {models}
-{admin_lines}""", flush=True)
+{channel_line}{admin_lines}""", flush=True)
 
 
 class StopSignals:
@@ -349,7 +406,8 @@ def _render(args: argparse.Namespace) -> int:
 
         text = render_istio_yaml(config, placement=args.istio, namespace=args.namespace, image=args.image,
                                  config_text=args.config.read_text(), gateway_host=args.gateway_host,
-                                 gateway_namespace=args.gateway_namespace)
+                                 gateway_namespace=args.gateway_namespace,
+                                 gateway_service_account=args.gateway_service_account)
     else:
         text = render_yaml(config)
     if args.output:
@@ -442,26 +500,51 @@ async def _scan(limiter: object) -> dict[str, int]:
 
 
 def _usage_from_servers(config: object) -> tuple[str, dict[str, int]]:
-    """The in-memory store lives in each server process: ask each one and add their counters up."""
+    """The in-memory store lives in each server process: ask each one, over the channel Envoy uses (Unix socket,
+    mutual TLS or TCP) with an admin credential, and add their counters up."""
     import grpc
 
+    from .admin.keys_command import UsageError, _credential
     from .launch.processes import LaunchError
     from .server import USAGE_METHOD
 
     server = config.ext_proc  # type: ignore[attr-defined]
+    try:
+        metadata = (("authorization", f"Bearer {_credential(config)}"),)  # type: ignore[arg-type]
+    except UsageError as exc:
+        raise LaunchError(f"reading usage from the running servers takes an admin credential: {exc}") from None
     prefix, totals = "", {}
-    for port in range(server.port, server.port + server.processes):
-        with grpc.insecure_channel(f"{server.host}:{port}") as channel:
+    for index in range(server.processes):
+        target, open_channel = _server_channel(server, index)
+        with open_channel() as channel:
             try:
-                reply = channel.unary_unary(USAGE_METHOD)(b"", timeout=5)
+                reply = channel.unary_unary(USAGE_METHOD)(b"", timeout=5, metadata=metadata)
             except grpc.RpcError as exc:
-                raise LaunchError(f"no ext_proc server answered on port {port} ({exc.code().name}); the in-memory "
-                                  "limiter's usage lives in the running servers") from None
+                raise LaunchError(f"the ext_proc server at {target} did not answer ({exc.code().name}: "
+                                  f"{exc.details()}); the in-memory limiter's usage lives in the running "
+                                  "servers") from None
         data = json.loads(reply)
         prefix = data["prefix"] or prefix
         for key, value in data["values"].items():
             totals[key] = totals.get(key, 0) + value
     return prefix, totals
+
+
+def _server_channel(server: object, index: int) -> tuple[str, Callable[[], object]]:
+    import grpc
+
+    if server.socket_dir is not None:  # type: ignore[attr-defined]
+        target = f"unix:{server.socket_path(index)}"  # type: ignore[attr-defined]
+        return target, lambda: grpc.insecure_channel(target)
+    host = server.host if server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"  # type: ignore[attr-defined]
+    target = f"{host}:{server.port + index}"  # type: ignore[attr-defined]
+    tls = server.tls  # type: ignore[attr-defined]
+    if tls is None:
+        return target, lambda: grpc.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(tls.ca_file.read_bytes(), tls.client_key_file.read_bytes(),
+                                               tls.client_cert_file.read_bytes())
+    return target, lambda: grpc.secure_channel(target, credentials,
+                                               options=(("grpc.ssl_target_name_override", tls.server_name),))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ EXT_PROC_CLUSTER = "bg_ext_proc"
 DEFAULT_LISTEN_PORT = 10000
 DEFAULT_ADMIN_PORT = 9901
 DEFAULT_EXT_PROC_PORT = 50051
+DEFAULT_EXT_PROC_SERVER_NAME = "babelgate-ext-proc"
+"""The name the ext_proc server's certificate carries and Envoy checks (mutual TLS, `babelgate certs`)."""
+ADMIN_CLIENT_ADDRESS_HEADER = "x-babelgate-client-address"
+"""Set by Envoy's admin route (overwriting whatever a client sent) to the downstream address Envoy resolved."""
+ADMIN_MAX_MESSAGE_BYTES = 1 << 20
+"""An admin request is a few hundred bytes; the admin server reads nothing bigger, and Envoy's admin route passes
+nothing bigger."""
 DEFAULT_ADMIN_API_PORT = 50050
 """Below the ext_proc ports, which count up from 50051 (one per process)."""
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024

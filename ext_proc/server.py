@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from pathlib import Path
@@ -21,7 +22,9 @@ from google.protobuf.message import DecodeError
 
 from . import constants
 from .admin.key_store import stored_keys_version, with_stored_keys
-from .admin.service import AdminService
+from .admin.service import MAX_MESSAGE_BYTES as ADMIN_MAX_MESSAGE_BYTES
+from .admin.service import AdminCredentials, AdminService
+from .auth.virtual_keys import bearer_token
 from .config.loading import load_config
 from .config.models import Config
 from .config.reload import ConfigReloader
@@ -31,7 +34,7 @@ from .limits.store import StoreUnavailable
 from .stages import messages
 from .stages.attempt import AttemptStage
 from .stages.route import RouteStage
-from .transport.grpc import Call, GrpcServer, MethodFactory, RpcError, Status, unary
+from .transport.grpc import Call, GrpcServer, MethodFactory, RpcError, RpcHandler, Status, unary
 from .transport.health import NOT_SERVING, SERVING, HealthService
 
 log = logging.getLogger(__name__)
@@ -201,7 +204,9 @@ USAGE_METHOD = f"/{USAGE_SERVICE}/Usage"
 
 
 def _usage_method(holder: RuntimeHolder) -> MethodFactory:
-    """The in-memory limiter lives inside this process: `babelgate usage` reads it here (JSON over gRPC)."""
+    """The in-memory limiter lives inside this process: `babelgate usage` reads it here (JSON over gRPC). Every
+    key, team and user is in the answer, so it takes an admin credential, checked on the call's headers."""
+    checked: list[AdminCredentials] = []
 
     async def usage(request: bytes) -> bytes:
         limiter = holder.current.limiter
@@ -213,7 +218,19 @@ def _usage_method(holder: RuntimeHolder) -> MethodFactory:
             raise RpcError(Status.UNAVAILABLE, "the limiter store is unavailable") from None
         return orjson.dumps({"prefix": limiter.prefix, "values": values})
 
-    return unary(usage)
+    answer = unary(usage)
+
+    def open_call(call: Call, metadata: dict[str, str]) -> RpcHandler:
+        admin = holder.current.config.admin
+        if admin is None:
+            raise RpcError(Status.UNAUTHENTICATED, "usage is read with an admin credential: configure `admin`")
+        if not checked or checked[0].settings is not admin:
+            checked[:] = [AdminCredentials(admin)]
+        if checked[0].holder_of(bearer_token(metadata.get("authorization"))) is None:
+            raise RpcError(Status.UNAUTHENTICATED, "send a valid admin credential as `Authorization: Bearer <secret>`")
+        return answer(call, metadata)
+
+    return open_call
 
 
 DRAIN_SECONDS = 10.0
@@ -221,16 +238,23 @@ DRAIN_SECONDS = 10.0
 
 async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[dict[str, int]], None] | None = None,
                 config_path: Path | None = None, drain_seconds: float = DRAIN_SECONDS,
-                admin_port: int | None = None) -> None:
+                admin_port: int | None = None, admin_host: str = "127.0.0.1",
+                ssl_context: ssl.SSLContext | None = None, health_address: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: health turns NOT_SERVING, streams in flight get up to
     `drain_seconds` to finish, and settlements still running get the same again.
 
     With `config_path`, the configuration reloads on SIGHUP, whenever a watched file changes and whenever the keys
-    stored in Redis change. With `admin_port`, this process also serves the admin API there (same host).
-    `on_ready` gets the ports listened on: `port`, and `admin_port` when serving it."""
+    stored in Redis change. With `admin_port`, this process also serves the admin API there, on `admin_host`.
+    `ssl_context` (mutual TLS) applies to `host:port` addresses. With `health_address`, the health service alone
+    is also served there, in plaintext (for probes). `on_ready` gets the ports listened on: `port`, and
+    `admin_port` when serving it."""
     server, health = build_server(holder)
-    port = await server.start(address)
+    port = await server.start(address, ssl_context=ssl_context)
     ports = {"port": port}
+    probes: GrpcServer | None = None
+    if health_address is not None:
+        probes = GrpcServer(health.methods(), max_message_bytes=1024)
+        ports["health_port"] = await probes.start(health_address)
     holder.current.health.cooldowns.start()
     holder.current.telemetry.extra_counters = lambda: limiter_counters(holder.current)
     loop = asyncio.get_running_loop()
@@ -243,7 +267,7 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[dict[st
         loop.add_signal_handler(signal.SIGHUP, lambda: _keep_running(_reload(reloader)))
     admin: tuple[GrpcServer, AdminService] | None = None
     if admin_port is not None and holder.current.config.admin is not None:
-        admin = await _start_admin(holder, address, admin_port, reloader)
+        admin = await _start_admin(holder, admin_host, admin_port, reloader)
         ports["admin_port"] = admin[0].port
     _set_serving(health, SERVING)
     if on_ready is not None:
@@ -258,6 +282,8 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[dict[st
     if admin is not None:
         await admin[0].stop(grace=1.0)
         await admin[1].close()
+    if probes is not None:
+        await probes.stop(grace=0.5)
     await server.stop(grace=drain_seconds)
     if _closing:
         await asyncio.wait(list(_closing), timeout=drain_seconds)
@@ -270,7 +296,7 @@ def load_serving_config(path: Path) -> Config:
     return with_stored_keys(load_config(path))
 
 
-async def _start_admin(holder: RuntimeHolder, address: str, admin_port: int,
+async def _start_admin(holder: RuntimeHolder, host: str, admin_port: int,
                        reloader: ConfigReloader | None) -> tuple[GrpcServer, AdminService]:
     async def changed(what: str) -> None:
         # this process answers with the change in force; the others see it within a poll
@@ -278,8 +304,7 @@ async def _start_admin(holder: RuntimeHolder, address: str, admin_port: int,
             await reloader.reload(what)
 
     service = AdminService(holder, on_change=changed)
-    server = GrpcServer(service.methods())
-    host = address.rpartition(":")[0] if not address.startswith("unix:") else "127.0.0.1"
+    server = GrpcServer(service.methods(), max_message_bytes=ADMIN_MAX_MESSAGE_BYTES)
     await server.start(f"{host}:{admin_port}")
     log.info("admin API listening on %s:%d", host, server.port)
     return server, service
@@ -291,7 +316,8 @@ def limiter_counters(runtime: Runtime) -> dict[str, int]:
         return {}
     stats = limiter.stats
     return {"limiter_store_errors": stats.store_errors, "limiter_fail_open_admissions": stats.fail_open_admissions,
-            "limiter_fail_closed_refusals": stats.fail_closed_refusals, "limiter_settle_errors": stats.settle_errors}
+            "limiter_fail_closed_refusals": stats.fail_closed_refusals, "limiter_settle_errors": stats.settle_errors,
+            "limiter_unsealed_refusals": stats.unsealed_refusals}
 
 
 async def _reload(reloader: ConfigReloader) -> None:

@@ -32,6 +32,7 @@ import procstats
 import upstreams
 import wrk
 
+from ext_proc.auth.certificates import make_certificates
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.launch.processes import Supervisor, free_port, free_port_run, wait_for_envoy, wait_for_port
@@ -54,12 +55,19 @@ class Target:
 
 def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
                     redis_url: str | None, processes: int = 1, envoy_workers: int = 2,
-                    telemetry: dict | None = None) -> tuple[Stack, list[int], int]:
-    """The stack, its ext_proc pids and its Envoy pid."""
+                    telemetry: dict | None = None, channel: str = "unix") -> tuple[Stack, list[int], int]:
+    """The stack, its ext_proc pids and its Envoy pid. `channel`: how Envoy reaches the ext_proc servers, `unix`
+    (what `babelgate up` does), `tls` (mutual TLS on loopback TCP) or `tcp` (plaintext loopback TCP)."""
     base = f"http://127.0.0.1:{upstream_port}"
+    ext_proc: dict = {"port": free_port_run(processes), "processes": processes}
+    if channel == "tls":
+        files = make_certificates(workdir / f"{name}-certs", "bench-ext-proc")
+        ext_proc["tls"] = files.config("bench-ext-proc")
+    elif channel == "tcp":
+        ext_proc["peers"] = "mesh"  # plaintext on purpose: the comparison's baseline
     config = {
         "listener": {"port": free_port(), "admin_port": free_port()},
-        "ext_proc": {"port": free_port_run(processes), "processes": processes},
+        "ext_proc": ext_proc,
         "backends": [
             {"id": "openai", "schema": "openai", "base_url": base + "/v1", "api_key": {"env": "BENCH_KEY"}},
             {"id": "anthropic", "schema": "anthropic", "base_url": base, "api_key": {"env": "BENCH_KEY"}},
@@ -138,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--telemetry", action="store_true",
                         help="instead of the scenarios: (c) with telemetry off and on (request log, metrics, "
                              "access log)")
+    parser.add_argument("--channels", action="store_true",
+                        help="instead of the scenarios: (c) with Envoy reaching ext_proc over plaintext TCP, a Unix "
+                             "socket and mutual TLS")
     parser.add_argument("--soak", type=float, metavar="SECONDS",
                         help="instead of the scenarios: the full flow (e) at the paced rate for SECONDS, sampling the "
                              "ext_proc RSS")
@@ -166,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             return soak(supervisor, workdir, upstream_port, key, args)
         if args.telemetry:
             return _report(telemetry_cost(supervisor, workdir, upstream_port, key, args), args, "telemetry")
+        if args.channels:
+            return _report(channel_cost(supervisor, workdir, upstream_port, key, args), args, "channels")
         plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
         targets = [
             Target("(a) Envoy alone", f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
@@ -236,6 +249,23 @@ def telemetry_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, ke
         stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"telemetry-{name}", upstream_port, key, None,
                                                  telemetry=telemetry)
         target = Target(f"(c) Anthropic, telemetry {name}", stack.url + "/v1/chat/completions",
+                        {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
+        for mode in ({"connections": args.connections, "rate": None},
+                     {"connections": max(2, args.connections // 2), "rate": args.rate}):
+            rows.append(measure(target, key, workdir, seconds=args.seconds, **mode))
+            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def channel_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
+                 args: argparse.Namespace) -> list[dict]:
+    """(c) over each way Envoy can reach the ext_proc servers, side by side in one run: what authenticating the
+    channel costs per request."""
+    rows = []
+    for channel in ("tcp", "unix", "tls"):
+        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"channel-{channel}", upstream_port, key, None,
+                                                 channel=channel)
+        target = Target(f"(c) Anthropic, ext_proc over {channel}", stack.url + "/v1/chat/completions",
                         {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
         for mode in ({"connections": args.connections, "rate": None},
                      {"connections": max(2, args.connections // 2), "rate": args.rate}):

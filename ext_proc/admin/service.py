@@ -18,6 +18,7 @@ from typing import Protocol
 from google.protobuf.message import DecodeError, Message
 from pydantic import ValidationError
 
+from .. import constants
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import bearer_token, generate_key, hash_key
 from ..config.models import AdminApi, LimitRule, VirtualKey
@@ -25,7 +26,15 @@ from ..config.runtime import Runtime
 from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
 from ..limits.store import StoreUnavailable
-from ..transport.grpc import PEER_METADATA_KEY, MethodFactory, RpcError, Status, unary_with_metadata
+from ..transport.grpc import (
+    PEER_METADATA_KEY,
+    Call,
+    MethodFactory,
+    RpcError,
+    RpcHandler,
+    Status,
+    unary_with_metadata,
+)
 from . import admin_pb2 as pb
 from .key_store import KeyStore, KeyStoreError, key_store_for
 
@@ -34,6 +43,11 @@ audit = logging.getLogger("babelgate.audit")
 SERVICE_NAME = "babelgate.admin.v1.Admin"
 OPERATOR_METADATA_KEY = "x-babelgate-operator"
 """Who is at the keyboard, as the CLI reports it (the OS user): recorded next to the credential's name."""
+
+CALLER_METADATA_KEY = ":babelgate-caller"
+"""Who the credential says the caller is, set once it was checked (a pseudo-header name: no client sends it)."""
+CLIENT_ADDRESS_HEADER = constants.ADMIN_CLIENT_ADDRESS_HEADER
+MAX_MESSAGE_BYTES = constants.ADMIN_MAX_MESSAGE_BYTES
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _LIMIT_METRICS = ("requests", "input_tokens", "output_tokens", "total_tokens", "usd")
@@ -84,16 +98,26 @@ class AdminService:
             "ListRoutes": (pb.ListRoutesRequest, self.list_routes),
             "GetUsage": (pb.GetUsageRequest, self.get_usage),
         }
-        return {f"/{SERVICE_NAME}/{name}": unary_with_metadata(self._method(name, request_type, handler))
-                for name, (request_type, handler) in table.items()}
+        return {f"/{SERVICE_NAME}/{name}": self._authenticated(name, unary_with_metadata(
+                    self._method(request_type, handler))) for name, (request_type, handler) in table.items()}
+
+    def _authenticated(self, name: str, factory: MethodFactory) -> MethodFactory:
+        """The credential is checked on the call's headers: a caller without one is answered before a byte of its
+        message is read."""
+
+        def open_call(call: Call, metadata: dict[str, str]) -> RpcHandler:
+            metadata[CALLER_METADATA_KEY] = self._authenticate(name, metadata)
+            return factory(call, metadata)
+
+        return open_call
 
     async def close(self) -> None:
         if self._store is not None:
             await self._store.close()
 
-    def _method(self, name: str, request_type: type[Message], handler: Callable) -> Callable:
+    def _method(self, request_type: type[Message], handler: Callable) -> Callable:
         async def call(data: bytes, metadata: dict[str, str]) -> bytes:
-            caller = self._authenticate(name, metadata)
+            caller = metadata[CALLER_METADATA_KEY]
             try:
                 request = request_type.FromString(data)
             except DecodeError:
@@ -264,9 +288,12 @@ def key_message(key: VirtualKey) -> pb.Key:
 
 
 def _origin(metadata: dict[str, str]) -> str:
+    """The socket's peer, and, through Envoy, the client address Envoy resolved (`use_remote_address`: its own
+    view of the connection, or what the configured number of trusted proxies said), never a client's own
+    `X-Forwarded-For`."""
     peer = metadata.get(PEER_METADATA_KEY) or "a local socket"
-    forwarded = metadata.get("x-forwarded-for")
-    return f"{peer} (forwarded for {_printable(forwarded[:128])})" if forwarded else peer
+    client = metadata.get(CLIENT_ADDRESS_HEADER)
+    return f"{peer} (client {_printable(client[:64])} per Envoy)" if client else peer
 
 
 def _printable(text: str) -> str:

@@ -108,6 +108,12 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
     if isinstance(listener, dict) and isinstance(listener.get("tls"), dict):
         fix(listener["tls"], "cert_file")
         fix(listener["tls"], "key_file")
+    ext_proc = data.get("ext_proc")
+    if isinstance(ext_proc, dict):
+        fix(ext_proc, "socket_dir")
+        if isinstance(ext_proc.get("tls"), dict):
+            for key in ("ca_file", "cert_file", "key_file", "client_cert_file", "client_key_file"):
+                fix(ext_proc["tls"], key)
     redis = (data.get("limits") or {}).get("redis") if isinstance(data.get("limits"), dict) else None
     if isinstance(redis, dict):
         fix(redis, "ca_file")

@@ -400,13 +400,57 @@ class Listener(_Strict):
     port: int = Field(constants.DEFAULT_LISTEN_PORT, ge=0, le=65535)
     admin_port: int = Field(constants.DEFAULT_ADMIN_PORT, ge=0, le=65535)
     max_connections: int = Field(50_000, ge=1, description="Envoy refuses client connections past this many.")
+    trusted_proxy_hops: int = Field(0, ge=0, le=16, description=(
+        "Proxies in front of Envoy whose X-Forwarded-For entries are believed: 0 means the client is the "
+        "connection's peer; 1 the address a single load balancer in front put there."))
+
+
+class ExtProcTls(_Strict):
+    """Mutual TLS between Envoy and the ext_proc servers, for when they don't share a host (`babelgate certs` makes
+    every file). The server serves only clients whose certificate `ca_file` signed; Envoy checks the server's
+    certificate names `server_name`."""
+
+    ca_file: Path = Field(description="PEM CA that signs both sides' certificates.")
+    cert_file: Path = Field(description="The ext_proc server's certificate (its SAN is `server_name`).")
+    key_file: Path
+    client_cert_file: Path = Field(description="Envoy's client certificate (the rendered cluster presents it).")
+    client_key_file: Path
+    server_name: str = Field(constants.DEFAULT_EXT_PROC_SERVER_NAME, min_length=1, max_length=253,
+                             pattern=r"^[A-Za-z0-9.-]+$")
 
 
 class ExtProcServer(_Strict):
+    """Where the ext_proc servers listen, and how they know the caller is Envoy: anything that can open an ext_proc
+    stream can ask for provider credentials, so exactly one of these holds:
+    - `socket_dir`: Unix sockets (mode 0600) in this directory, served to the server's own user (and root) only;
+      Envoy on the same host connects to them (`babelgate up` does this);
+    - `tls`: mutual TLS; only a client with a certificate from `tls.ca_file` is served;
+    - `peers: mesh`: plaintext, because a service mesh authenticates and authorizes peers in front of the server
+      (Istio: PeerAuthentication STRICT + AuthorizationPolicy, as `render --istio` emits them);
+    - plaintext on a loopback address: any local process can reach it, so the server warns at start. A plaintext
+      non-loopback address without `peers: mesh` is refused.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(constants.DEFAULT_EXT_PROC_PORT, ge=0, le=65535)
     processes: int = Field(1, ge=1, le=64, description="One port each: port, port+1, ...")
     message_timeout: Seconds = 5.0
+    socket_dir: Path | None = Field(None, description="Serve on Unix sockets here: ext_proc-0.sock, ext_proc-1.sock")
+    tls: ExtProcTls | None = None
+    peers: Literal["envoy", "mesh"] = Field("envoy", description="`mesh`: a service mesh authenticates peers.")
+    health_port: int | None = Field(None, ge=1, le=65535, description=(
+        "Also serve the gRPC health service alone, in plaintext, on this port (+ the process index) of `host`: "
+        "for probes that can't present Envoy's certificate (Kubernetes' grpc probe, Docker's HEALTHCHECK)."))
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> ExtProcServer:
+        if self.socket_dir is not None and self.tls is not None:
+            raise ValueError("give `socket_dir` (Envoy on the same host) or `tls` (across hosts), not both")
+        return self
+
+    def socket_path(self, index: int) -> Path:
+        assert self.socket_dir is not None
+        return self.socket_dir / f"ext_proc-{index}.sock"
 
 
 class AdminCredential(_Strict):
@@ -422,7 +466,8 @@ class AdminApi(_Strict):
                       description="On the ext_proc server's host; 0 picks a free port (reported with --report-ready).")
     credentials: list[AdminCredential] = Field(min_length=1, description="Each caller sends one as "
                                                                         "`Authorization: Bearer <secret>`.")
-    via_envoy: bool = Field(True, description="Also serve the admin API (JSON and gRPC) on Envoy's listener.")
+    via_envoy: bool = Field(False, description="Also serve the admin API (JSON and gRPC) on Envoy's client-facing "
+                                               "listener: opt-in, since every client can then reach it.")
 
 
 class RequestLimits(_Strict):

@@ -28,6 +28,18 @@ from ext_proc.demo.answers import NOT_JSON, Call, Reply
 from ext_proc.demo.faults import FAULT_HEADER, NO_FAULTS, Faults, FaultSpecError, parse_faults
 from ext_proc.demo.http import HttpServer, Request, Response, start_http_server
 
+ACCOUNT_HEADERS = {
+    "openai": (("x-request-id", "req_demo0001"), ("openai-organization", "demo-org-acme"),
+               ("openai-processing-ms", "12"), ("openai-version", "2020-10-01"),
+               ("x-ratelimit-limit-requests", "10000"), ("x-ratelimit-remaining-requests", "9999"),
+               ("x-ratelimit-reset-requests", "6ms"), ("set-cookie", "__cf_bm=demo-cookie; path=/; HttpOnly"),
+               ("cf-ray", "8f0000demo-IAD"), ("server", "cloudflare")),
+    "anthropic": (("request-id", "req_demo0002"), ("anthropic-organization-id", "demo-org-acme"),
+                  ("anthropic-ratelimit-requests-limit", "4000"), ("anthropic-ratelimit-requests-remaining", "3999"),
+                  ("set-cookie", "_cfuvid=demo-cookie; path=/; HttpOnly"), ("cf-ray", "8f0001demo-SJC")),
+}
+"""What the real services send about the account and their infrastructure with every answer (a gateway must not
+pass it on to its own clients)."""
 PROVIDER_HEADER = "x-demo-provider"
 SNI_HEADER = "x-demo-sni"
 REQUESTS_PATH = "/_demo/requests"
@@ -106,6 +118,8 @@ class DemoProvider:
             call = Call(self.name, request.method, request.path, request.headers, body, self._api_key,
                         request.target.partition("?")[2])
             reply = self._api.answer(call)
+            if 200 <= reply.status < 300:
+                headers.extend(ACCOUNT_HEADERS.get(self.kind, ()))
         await _send(response, reply, headers, faults)
 
     async def _control(self, request: Request, response: Response) -> None:
@@ -171,4 +185,5 @@ def _parse_json(body: bytes) -> object:
 
 def _record(request: Request, body: object) -> dict[str, object]:
     recorded = body if body is not NOT_JSON else request.body.decode("utf-8", "replace") or None
-    return {"method": request.method, "path": request.target, "headers": request.headers, "body": recorded}
+    return {"method": request.method, "path": request.target, "headers": request.headers, "body": recorded,
+            "sni": request.sni}

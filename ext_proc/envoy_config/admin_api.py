@@ -8,7 +8,9 @@ from __future__ import annotations
 from datetime import timedelta
 from importlib import resources
 
+from envoy_data_plane.envoy.config.core.v3 import HeaderValue, HeaderValueOption, HeaderValueOptionHeaderAppendAction
 from envoy_data_plane.envoy.config.route.v3 import Route, RouteAction, RouteMatch
+from envoy_data_plane.envoy.extensions.filters.http.buffer.v3 import Buffer, BufferPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import ExtProcPerRoute
 from envoy_data_plane.envoy.extensions.filters.http.grpc_json_transcoder.v3 import (
     GrpcJsonTranscoder,
@@ -23,6 +25,9 @@ from .clusters import ADMIN_API_CLUSTER as CLUSTER
 
 SERVICE = "babelgate.admin.v1.Admin"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
+SIZE_LIMIT_FILTER = "babelgate.admin_size_limit"
+MAX_REQUEST_BYTES = constants.ADMIN_MAX_MESSAGE_BYTES + 5
+"""One gRPC message of the largest size the admin server reads, with its 5-byte prefix."""
 
 
 def exposed(config: Config) -> bool:
@@ -42,10 +47,17 @@ def transcoder_filter() -> HttpFilter:
         convert_grpc_status=True,
         print_options=GrpcJsonTranscoderPrintOptions(always_print_primitive_fields=True,
                                                      preserve_proto_field_names=True),
-        max_request_body_size=1 << 20,
+        max_request_body_size=constants.ADMIN_MAX_MESSAGE_BYTES,
         max_response_body_size=16 << 20,
     )
     return HttpFilter(name=TRANSCODER_FILTER, typed_config=Any.pack(transcoder))
+
+
+def size_limit_filter() -> HttpFilter:
+    """A buffer filter, off unless a route turns it on: the admin route does, so Envoy refuses (413) an admin call
+    bigger than the admin server would read, for native gRPC callers as for JSON ones."""
+    return HttpFilter(name=SIZE_LIMIT_FILTER, typed_config=Any.pack(Buffer(max_request_bytes=MAX_REQUEST_BYTES)),
+                      disabled=True)
 
 
 def admin_route() -> Route:
@@ -53,5 +65,13 @@ def admin_route() -> Route:
         name="admin_api",
         match=RouteMatch(prefix=f"/{SERVICE}/"),
         route=RouteAction(cluster=CLUSTER, timeout=timedelta(seconds=30)),
-        typed_per_filter_config={constants.ROUTE_STAGE_FILTER: Any.pack(ExtProcPerRoute(disabled=True))},
+        typed_per_filter_config={
+            constants.ROUTE_STAGE_FILTER: Any.pack(ExtProcPerRoute(disabled=True)),
+            SIZE_LIMIT_FILTER: Any.pack(BufferPerRoute(buffer=Buffer(max_request_bytes=MAX_REQUEST_BYTES))),
+        },
+        # the audit log's client address: Envoy's own resolution of it, whatever the client wrote in this header
+        request_headers_to_add=[HeaderValueOption(
+            header=HeaderValue(key=constants.ADMIN_CLIENT_ADDRESS_HEADER,
+                               value="%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            append_action=HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)],
     )

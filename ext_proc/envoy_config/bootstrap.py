@@ -45,7 +45,12 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     DownstreamTlsContext,
     TlsCertificate,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.type.matcher.v3 import (
+    MetadataMatcher,
+    MetadataMatcherPathSegment,
+    StringMatcher,
+    ValueMatcher,
+)
 from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
@@ -101,6 +106,11 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
         ],
         local_reply_config=local_reply_config(),
         max_request_headers_kb=config.requests.max_header_kb,
+        # Envoy decides who the client is: the connection's peer, or what the configured number of trusted
+        # proxies in front said (never a client's own X-Forwarded-For). Nothing is appended for the providers.
+        use_remote_address=True,
+        xff_num_trusted_hops=config.listener.trusted_proxy_hops,
+        skip_xff_append=True,
     )
     if config.telemetry.access_log is not None:
         manager.access_log = [file_log(config.telemetry.access_log, REQUEST_FIELDS)]
@@ -116,8 +126,9 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
 def http_filters(config: Config) -> list[HttpFilter]:
     """Babelgate's filters, in order, before the router."""
     if admin_api.exposed(config):
-        # first: it turns admin JSON into gRPC before the route stage would take it for an OpenAI request
-        return [admin_api.transcoder_filter(), route_stage_filter(config)]
+        # first: it turns admin JSON into gRPC before the route stage would take it for an OpenAI request; then
+        # the admin route's size limit
+        return [admin_api.transcoder_filter(), admin_api.size_limit_filter(), route_stage_filter(config)]
     return [route_stage_filter(config)]
 
 
@@ -130,9 +141,11 @@ def _listener_tls(tls: ListenerTls) -> TransportSocket:
 
 
 def router(config: Config) -> Router:
+    """`suppress_envoy_headers`: no `x-envoy-expected-rq-timeout-ms` and friends for the providers (or clients)."""
     if config.telemetry.access_log is None:
-        return Router()
-    return Router(upstream_log=[file_log(config.telemetry.access_log, ATTEMPT_FIELDS)])
+        return Router(suppress_envoy_headers=True)
+    return Router(suppress_envoy_headers=True,
+                  upstream_log=[file_log(config.telemetry.access_log, ATTEMPT_FIELDS)])
 
 
 def route_configuration(config: Config) -> RouteConfiguration:
@@ -167,12 +180,25 @@ def chain_route(chain: ChainRoute, backends: dict[str, Backend]) -> Route:
         action.retry_policy = retry_policy(chain)
     return Route(
         name=chain.name,
+        # The header names the chain; the dynamic metadata proves the route stage chose it (a client's own header
+        # is removed by the route stage, but a request whose body phase never ran would still carry it).
         match=RouteMatch(prefix="/", headers=[HeaderMatcher(
-            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=chain.name))]),
+            name=constants.HEADER_CHAIN, string_match=StringMatcher(exact=chain.name))],
+            dynamic_metadata=[DECIDED]),
         route=action,
-        # a direct route has no attempt stage to strip the routing header before the request leaves
-        request_headers_to_remove=[constants.HEADER_CHAIN] if chain.direct else [],
+        # a direct route has no attempt stage to strip the routing header (and the client's addresses, which the
+        # route stage can't remove before Envoy matched this route) before the request leaves
+        request_headers_to_remove=[constants.HEADER_CHAIN, constants.ENVOY_ATTEMPT_COUNT_HEADER, *FORWARDED_HEADERS]
+        if chain.direct else [],
     )
+
+
+FORWARDED_HEADERS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port")
+
+DECIDED = MetadataMatcher(filter=constants.METADATA_NAMESPACE,
+                          path=[MetadataMatcherPathSegment(key=constants.METADATA_ROUTE_KEY)],
+                          value=ValueMatcher(present_match=True))
+"""Present only once the route stage decided this request's route (its body phase sets it)."""
 
 
 def retry_policy(chain: ChainRoute) -> RetryPolicy:

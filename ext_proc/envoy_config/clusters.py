@@ -20,6 +20,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     Http1ProtocolOptions,
     Http2ProtocolOptions,
     Metadata,
+    Pipe,
     SocketAddress,
     TransportSocket,
 )
@@ -35,6 +36,7 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CommonTlsContext,
     SubjectAltNameMatcher,
     SubjectAltNameMatcherSanType,
+    TlsCertificate,
     UpstreamTlsContext,
 )
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
@@ -46,11 +48,13 @@ from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
 from ..config.chains import aggregate_orders
-from ..config.models import Backend, Config
+from ..config.models import Backend, Config, ExtProcTls
 from ..config.models import OutlierDetection as OutlierSettings
+from ..transport.http2 import DEFAULT_LIMITS
 from .filters import attempt_stage_filter
 
 ADMIN_API_CLUSTER = "bg_admin_api"
+EXT_PROC_MAX_STREAMS = DEFAULT_LIMITS.max_concurrent_streams
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -69,19 +73,50 @@ def all_clusters(config: Config) -> list[Cluster]:
 
 
 def ext_proc_cluster(config: Config) -> Cluster:
+    """Envoy's side of the ext_proc channel: the servers' Unix sockets, or TCP with Envoy's client certificate when
+    the servers ask for mutual TLS (see `ExtProcServer` for why the channel is authenticated at all)."""
     server = config.ext_proc
-    ports = [server.port + i for i in range(server.processes)]
-    # A host name (a compose service, a Kubernetes Service) resolves to every replica: STRICT_DNS keeps them all.
-    return Cluster(
+    if server.socket_dir is not None:
+        endpoints = [LbEndpoint(endpoint=Endpoint(address=Address(pipe=Pipe(path=str(server.socket_path(i))))))
+                     for i in range(server.processes)]
+        load_assignment = ClusterLoadAssignment(cluster_name=constants.EXT_PROC_CLUSTER,
+                                                endpoints=[LocalityLbEndpoints(lb_endpoints=endpoints)])
+        discovery = ClusterDiscoveryType.STATIC
+    else:
+        ports = [server.port + i for i in range(server.processes)]
+        load_assignment = _assignment(constants.EXT_PROC_CLUSTER, [(server.host, port) for port in ports])
+        # A host name (a compose service, a Kubernetes Service) resolves to every replica: STRICT_DNS keeps them all.
+        discovery = ClusterDiscoveryType.STATIC if _is_ip(server.host) else ClusterDiscoveryType.STRICT_DNS
+    cluster = Cluster(
         name=constants.EXT_PROC_CLUSTER,
-        type=ClusterDiscoveryType.STATIC if _is_ip(server.host) else ClusterDiscoveryType.STRICT_DNS,
+        type=discovery,
         connect_timeout=timedelta(seconds=1),
         lb_policy=ClusterLbPolicy.LEAST_REQUEST,
-        load_assignment=_assignment(constants.EXT_PROC_CLUSTER, [(server.host, port) for port in ports]),
+        load_assignment=load_assignment,
         typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
+            # the servers' own SETTINGS_MAX_CONCURRENT_STREAMS: Envoy opens another connection rather than burst
+            # past it on a new one before the SETTINGS arrive
             explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-                http2_protocol_options=Http2ProtocolOptions())))},
+                http2_protocol_options=Http2ProtocolOptions(max_concurrent_streams=EXT_PROC_MAX_STREAMS))))},
     )
+    if server.tls is not None:
+        cluster.transport_socket = ext_proc_client_tls(server.tls)
+    return cluster
+
+
+def ext_proc_client_tls(tls: ExtProcTls) -> TransportSocket:
+    """Envoy presents its client certificate and accepts only a server certificate for `server_name` from the CA."""
+    context = UpstreamTlsContext(
+        sni=tls.server_name,
+        common_tls_context=CommonTlsContext(
+            alpn_protocols=["h2"],
+            tls_certificates=[TlsCertificate(certificate_chain=DataSource(filename=str(tls.client_cert_file)),
+                                             private_key=DataSource(filename=str(tls.client_key_file)))],
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=str(tls.ca_file)),
+                match_typed_subject_alt_names=[SubjectAltNameMatcher(
+                    san_type=SubjectAltNameMatcherSanType.DNS, matcher=StringMatcher(exact=tls.server_name))])))
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
 
 
 def admin_api_cluster(config: Config) -> Cluster:

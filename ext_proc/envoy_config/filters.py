@@ -47,15 +47,17 @@ _SKIP = ProcessingModeHeaderSendMode.SKIP
 _BUFFERED = ProcessingModeBodySendMode.BUFFERED
 _NONE = ProcessingModeBodySendMode.NONE
 
+# Request trailers are sent: a request of headers and trailers with no DATA (HTTP/2) skips the body phase, and the
+# trailers are where the route stage learns it (and refuses it).
 ROUTE_STAGE_MODE = ProcessingMode(
     request_header_mode=_SEND, request_body_mode=_BUFFERED,
     response_header_mode=_SKIP, response_body_mode=_NONE,
-    request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
+    request_trailer_mode=_SEND, response_trailer_mode=_SKIP)
 
 ROUTE_STAGE_WITH_RESPONSE_MODE = ProcessingMode(
     request_header_mode=_SEND, request_body_mode=_BUFFERED,
     response_header_mode=_SEND, response_body_mode=_NONE,
-    request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
+    request_trailer_mode=_SEND, response_trailer_mode=_SKIP)
 
 ATTEMPT_STAGE_MODE = ProcessingMode(
     request_header_mode=_SEND, request_body_mode=_BUFFERED,

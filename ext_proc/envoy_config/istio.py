@@ -1,13 +1,21 @@
 """`babelgate render --istio`: Babelgate inside an Istio mesh, as Kubernetes objects.
 
-Envoy is Istio's here: the ingress gateway (`placement="gateway"`), or the sidecar of the application that calls
-the LLM providers (`placement="sidecar"`, on its outbound listener). An EnvoyFilter patches into that Envoy what
-`babelgate render` puts in a standalone bootstrap — the route stage, the chain routes, the chain and backend clusters
-with the attempt stage, the local-reply mapping — built by the same functions, so the two renderings cannot drift.
-The ext_proc server runs as a Deployment behind a Service; Istio makes the Service's cluster, and both stages point
-at it by Istio's name for it.
+Envoy is an Istio gateway here: the mesh's ingress gateway (`placement="gateway"`), or a gateway of Babelgate's
+own inside the mesh that applications call (`placement="sidecar"`, kept as the CLI name; see below). An
+EnvoyFilter patches into that Envoy what `babelgate render` puts in a standalone bootstrap — the route stage, the
+chain routes, the chain and backend clusters with the attempt stage, the local-reply mapping — built by the same
+functions, so the two renderings cannot drift. The ext_proc server runs as a Deployment behind a Service; Istio
+makes the Service's cluster, and both stages point at it by Istio's name for it.
 
-Babelgate shares that Envoy with other traffic, so the route stage is inserted disabled and enabled only on
+Only that gateway may open ext_proc streams (anything that can may ask for provider credentials): a
+PeerAuthentication makes the ext_proc pods take mutual TLS only, and an AuthorizationPolicy admits the gateway's
+service account alone to the ext_proc port. This is why the "sidecar" placement is no longer the applications' own
+sidecars: an application shares its pod's network namespace and identity with its sidecar, so whatever the sidecar
+may reach (the ext_proc port, with the credentials it hands out) and hold (the provider keys in its Envoy config,
+readable on localhost:15000), the application may too. Credentials are therefore only added in a gateway's Envoy,
+in pods that run no application code.
+
+Babelgate may share that Envoy with other traffic, so the route stage is inserted disabled and enabled only on
 Babelgate's virtual host, and the local-reply mapping only rewrites replies of that virtual host. See
 `envoy/istio/README.md` for the placements and the design choices.
 """
@@ -26,7 +34,6 @@ from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, AndFilte
 from envoy_data_plane.envoy.config.route.v3 import FilterConfig, VirtualHost
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpConnectionManager
-from envoy_data_plane.envoy.type.matcher.v3 import MetadataMatcher, MetadataMatcherPathSegment, ValueMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
@@ -43,18 +50,35 @@ Placement = Literal["gateway", "sidecar"]
 EXT_PROC_SERVICE = "babelgate"
 EXT_PROC_PORT = 50051
 EXT_PROC_PORT_NAME = "grpc-ext-proc"
+HEALTH_PORT = 50061
+"""The gRPC health service alone, in plaintext (`serve --health-port`): what the kubelet's probes ask."""
+HEALTH_PORT_NAME = "grpc-health"
 ADMIN_PORT_NAME = "grpc-admin"
+ADMIN_SERVICE_ACCOUNT = "babelgate-admin"
+"""With an admin API: the one identity in the mesh the AuthorizationPolicy admits to the admin port."""
 API_SERVICE = "babelgate-api"
-"""Sidecar placement: the selector-less Service applications call; their own sidecar answers it."""
+"""Sidecar placement: the Service applications call; it selects Babelgate's gateway in the mesh."""
+MESH_GATEWAY = "babelgate-gateway"
+"""Sidecar placement: the name of Babelgate's gateway (Deployment, ServiceAccount) and its `istio` label."""
+MESH_GATEWAY_TARGET_PORT = 8080
+"""The port the mesh gateway's proxy listens on (unprivileged: it runs as 1337); its Service maps 80 to it."""
+MESH_GATEWAY_PORT_NAME = "https-babelgate"
 HTTP_PORT = 80
 CONFIG_MAP = "babelgate-config"
 CONFIG_DIR = "/etc/babelgate"
 CONFIG_FILE = "babelgate.yaml"
 PROVIDER_KEYS_SECRET = "babelgate-provider-keys"
+METADATA_KEY_ENV = "BABELGATE_METADATA_KEY"
+"""Every ext_proc replica seals and opens reservation metadata with it (`ext_proc/auth/sealing.py`)."""
 KEYS_SECRET = "babelgate-keys"
 DEFAULT_GATEWAY_HOST = "llm.example.com"
 DEFAULT_GATEWAY_NAMESPACE = "istio-system"
+DEFAULT_GATEWAY_SERVICE_ACCOUNT = "istio-ingressgateway-service-account"
+"""The service account of the ingress gateway Istio's default profile installs."""
+TRUST_DOMAIN = "cluster.local"
+"""Istio's default trust domain; principals are `<trust domain>/ns/<namespace>/sa/<service account>`."""
 CLUSTER_DOMAIN = "svc.cluster.local"
+POLICY_NAME = "babelgate-ext-proc"
 
 _HCM = "envoy.filters.network.http_connection_manager"
 _ROUTER = "envoy.filters.http.router"
@@ -62,32 +86,36 @@ _EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.
 _CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 _LABELS = {"app.kubernetes.io/name": "babelgate", "app.kubernetes.io/part-of": "babelgate"}
 _SERVER_LABELS = {**_LABELS, "app.kubernetes.io/component": "ext-proc"}
-
-_DECIDED = MetadataMatcher(filter=constants.METADATA_NAMESPACE,
-                           path=[MetadataMatcherPathSegment(key=constants.METADATA_ROUTE_KEY)],
-                           value=ValueMatcher(present_match=True))
-"""A direct route also matches only once the route stage chose it: outside Babelgate's virtual host (where the
-route stage does not run to strip a client's own chain header) the header alone proves nothing."""
+_SERVER_SELECTOR = {k: v for k, v in _SERVER_LABELS.items() if k != "app.kubernetes.io/part-of"}
+_INGRESS_SELECTOR = {"istio": "ingressgateway"}
+_MESH_GATEWAY_SELECTOR = {"istio": MESH_GATEWAY}
 
 
 @dataclass(frozen=True)
 class _Site:
-    """Where in the mesh Babelgate's Envoy config goes, and the names Istio gives the pieces it patches."""
+    """Which Istio gateway runs Babelgate's filters, and the names Istio gives the pieces the patches touch."""
 
     placement: Placement
     namespace: str
+    """Where the ext_proc server runs."""
     host: str
+    """The host of the Gateway server and VirtualService (`*` on Babelgate's own gateway: any name of its
+    Service, short or qualified, reaches it)."""
     filter_namespace: str
-
-    @property
-    def context(self) -> str:
-        # The sidecar placement runs in the calling application's sidecar: its LLM calls are *outbound* requests.
-        return "GATEWAY" if self.placement == "gateway" else "SIDECAR_OUTBOUND"
+    """The gateway's namespace: an EnvoyFilter's workload selector only reaches its own namespace."""
+    selector: dict[str, str]
+    """The gateway pods' labels."""
+    service_account: str
 
     @property
     def virtual_host(self) -> str:
-        """Istio names the virtual host of a host on an HTTP port `host:port` (gateway servers and services)."""
+        """Istio names the virtual host of a gateway server's host `host:port`."""
         return f"{self.host}:{HTTP_PORT}"
+
+    @property
+    def principal(self) -> str:
+        """The gateway's mesh identity, the one the AuthorizationPolicy admits to the ext_proc port."""
+        return _principal(self.filter_namespace, self.service_account)
 
     @property
     def ext_proc_host(self) -> str:
@@ -100,21 +128,23 @@ class _Site:
 
 
 def render_istio(config: Config, *, placement: Placement, namespace: str, image: str, config_text: str,
-                 gateway_host: str = DEFAULT_GATEWAY_HOST,
-                 gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE) -> list[dict]:
+                 gateway_host: str = DEFAULT_GATEWAY_HOST, gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE,
+                 gateway_service_account: str = DEFAULT_GATEWAY_SERVICE_ACCOUNT) -> list[dict]:
     """Every object to `kubectl apply` for Babelgate in an Istio mesh, as plain dicts.
 
-    `config_text` is the Babelgate config file as written (it goes into the ConfigMap the server reads);
-    `gateway_host` is the host clients call on the ingress gateway, and `gateway_namespace` the namespace the
-    ingress gateway runs in (an EnvoyFilter's workload selector only reaches its own namespace). Both are ignored
-    for the sidecar placement, where applications call `babelgate-api.<namespace>`.
+    `config_text` is the Babelgate config file as written (it goes into the ConfigMap the server reads). For the
+    gateway placement, `gateway_host` is the host clients call on the ingress gateway, `gateway_namespace` the
+    namespace that gateway runs in, and `gateway_service_account` its service account (the identity admitted to
+    the ext_proc port). The sidecar placement ignores the three: it renders its own gateway in `namespace`, and
+    applications call `babelgate-api.<namespace>`.
     """
     if placement == "gateway":
-        site = _Site(placement, namespace, gateway_host, gateway_namespace)
+        site = _Site(placement, namespace, gateway_host, gateway_namespace, _INGRESS_SELECTOR,
+                     gateway_service_account)
         front = [_gateway(site), _virtual_service(site)]
     elif placement == "sidecar":
-        site = _Site(placement, namespace, f"{API_SERVICE}.{namespace}.{CLUSTER_DOMAIN}", namespace)
-        front = [_api_service(site), _virtual_service(site)]
+        site = _Site(placement, namespace, "*", namespace, _MESH_GATEWAY_SELECTOR, MESH_GATEWAY)
+        front = [*_mesh_gateway(site), _gateway(site), _virtual_service(site), _api_destination_rule(site)]
     else:
         raise ValueError(f"placement must be 'gateway' or 'sidecar', not {placement!r}")
     return [
@@ -124,19 +154,26 @@ def render_istio(config: Config, *, placement: Placement, namespace: str, image:
         _config_map(namespace, config_text),
         _deployment(config, namespace, image, config_text),
         _ext_proc_service(namespace, config),
+        *trust_objects(config, site),
     ]
 
 
 def render_istio_yaml(config: Config, *, placement: Placement, namespace: str, image: str, config_text: str,
-                      gateway_host: str = DEFAULT_GATEWAY_HOST,
-                      gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE) -> str:
+                      gateway_host: str = DEFAULT_GATEWAY_HOST, gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE,
+                      gateway_service_account: str = DEFAULT_GATEWAY_SERVICE_ACCOUNT) -> str:
     objects = render_istio(config, placement=placement, namespace=namespace, image=image, config_text=config_text,
-                           gateway_host=gateway_host, gateway_namespace=gateway_namespace)
+                           gateway_host=gateway_host, gateway_namespace=gateway_namespace,
+                           gateway_service_account=gateway_service_account)
     who = (f"clients call http://{gateway_host}/v1 through the Istio ingress gateway" if placement == "gateway"
-           else f"applications in namespace {namespace} call http://{API_SERVICE}.{namespace}/v1")
+           else f"applications in the mesh call http://{API_SERVICE}.{namespace}/v1, served by Babelgate's own "
+                f"gateway ({MESH_GATEWAY})")
     header = ("# Rendered by `babelgate render --istio`; edit the Babelgate config instead (envoy/istio/README.md).\n"
               f"# Placement: {placement}; {who}.\n")
     return header + yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, width=120)
+
+
+def _principal(namespace: str, service_account: str) -> str:
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -157,36 +194,28 @@ _Dumper.add_representer(str, _represent_str)
 # -- the EnvoyFilter -------------------------------------------------------------------------------------------------
 
 def _envoy_filter(config: Config, site: _Site) -> dict:
-    """The standalone rendering's pieces as patches on Istio's Envoy config."""
+    """The standalone rendering's pieces as patches on Istio's Envoy config, for the gateway's pods alone."""
     clusters = [backend_cluster(b) for b in config.backends]
     clusters += [chain_cluster(config, order) for order in aggregate_orders(config)]
     patches = [
-        _patch(site, "HTTP_FILTER", {"listener": _listener(site, _ROUTER)}, "INSERT_BEFORE",
-               _route_stage(config, site)),
-        _patch(site, "NETWORK_FILTER", {"listener": _listener(site)}, "MERGE", _local_replies(site)),
-        _patch(site, "VIRTUAL_HOST", {"routeConfiguration": _virtual_host_match(site)}, "MERGE",
+        _patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE", _route_stage(config, site)),
+        _patch("NETWORK_FILTER", {"listener": _listener()}, "MERGE", _local_replies(site)),
+        _patch("VIRTUAL_HOST", {"routeConfiguration": _virtual_host_match(site)}, "MERGE",
                _virtual_host(config, site)),
         *_route_patches(config, site),
-        *[_patch(site, "CLUSTER", {}, "ADD", _as_dict(cluster, site)) for cluster in clusters],
+        *[_patch("CLUSTER", {}, "ADD", _as_dict(cluster, site)) for cluster in clusters],
     ]
-    spec: dict = {}
-    if site.placement == "gateway":
-        spec["workloadSelector"] = {"labels": {"istio": "ingressgateway"}}
-    spec["configPatches"] = patches
     return {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
             "metadata": {"name": "babelgate", "namespace": site.filter_namespace, "labels": dict(_LABELS)},
-            "spec": spec}
+            "spec": {"workloadSelector": {"labels": dict(site.selector)}, "configPatches": patches}}
 
 
-def _listener(site: _Site, sub_filter: str | None = None) -> dict:
-    """The HTTP connection managers of the gateway's listeners, or of the sidecar's outbound listener for port 80
-    (the one that serves `babelgate-api`)."""
+def _listener(sub_filter: str | None = None) -> dict:
+    """The HTTP connection managers of the gateway's listeners."""
     manager: dict = {"name": _HCM}
     if sub_filter is not None:
         manager["subFilter"] = {"name": sub_filter}
-    match: dict = {"portNumber": HTTP_PORT} if site.placement == "sidecar" else {}
-    match["filterChain"] = {"filter": manager}
-    return match
+    return {"filterChain": {"filter": manager}}
 
 
 def _virtual_host_match(site: _Site) -> dict:
@@ -195,25 +224,16 @@ def _virtual_host_match(site: _Site) -> dict:
 
 def _route_patches(config: Config, site: _Site) -> list[dict]:
     """The standalone chain routes, in front of the virtual host's own. Istio puts each INSERT_FIRST route in front
-    of those inserted before it, so they go in reversed to end in the standalone order."""
+    of those inserted before it, so they go in reversed to end in the standalone order. A direct route sits there
+    too: the backend's host it sets selects Babelgate's virtual host again (see `_direct_hosts`)."""
     backends = {b.id: b for b in config.backends}
-    patches = []
-    for chain in reversed(all_chain_routes(config)):
-        route = chain_route(chain, backends)
-        where = _virtual_host_match(site)
-        if chain.direct:
-            route.match.dynamic_metadata = [_DECIDED]
-            if site.placement == "sidecar":
-                # The backend's host selects some virtual host of a sidecar's route configuration (Istio ends it
-                # with a catch-all): the route goes into every one. For the gateway see `_direct_hosts`.
-                where = {"portNumber": HTTP_PORT}
-        patches.append(_patch(site, "HTTP_ROUTE", {"routeConfiguration": where}, "INSERT_FIRST",
-                              _as_dict(route, site)))
-    return patches
+    return [_patch("HTTP_ROUTE", {"routeConfiguration": _virtual_host_match(site)}, "INSERT_FIRST",
+                   _as_dict(chain_route(chain, backends), site))
+            for chain in reversed(all_chain_routes(config))]
 
 
-def _patch(site: _Site, apply_to: str, match: dict, operation: str, value: dict) -> dict:
-    return {"applyTo": apply_to, "match": {"context": site.context, **match},
+def _patch(apply_to: str, match: dict, operation: str, value: dict) -> dict:
+    return {"applyTo": apply_to, "match": {"context": "GATEWAY", **match},
             "patch": {"operation": operation, "value": value}}
 
 
@@ -229,7 +249,7 @@ def _virtual_host(config: Config, site: _Site) -> dict:
     and the route stage enabled (an empty `FilterConfig.config` turns a disabled filter on)."""
     own = route_configuration(config).virtual_hosts[0]
     return _as_dict(VirtualHost(
-        domains=_direct_hosts(config) if site.placement == "gateway" else [],
+        domains=_direct_hosts(config) if site.host != "*" else [],
         include_request_attempt_count=own.include_request_attempt_count,
         include_attempt_count_in_response=own.include_attempt_count_in_response,
         request_body_buffer_limit=own.request_body_buffer_limit,
@@ -239,12 +259,11 @@ def _virtual_host(config: Config, site: _Site) -> dict:
 
 def _direct_hosts(config: Config) -> list[str]:
     """On a direct route the route stage sets the backend's `:authority` before Envoy matches routes again, and
-    Envoy picks the virtual host anew by it. A gateway has no virtual host for a provider's host: Babelgate's gets
-    those names (a standalone Envoy's virtual host takes `*`)."""
+    Envoy picks the virtual host anew by it. The ingress gateway has no virtual host for a provider's host:
+    Babelgate's gets those names (Babelgate's own gateway, like a standalone Envoy, takes `*` already)."""
     backends = {b.id: b for b in config.backends}
     direct = [backends[chain.order[0]] for chain in all_chain_routes(config) if chain.direct]
     return list(dict.fromkeys(name for b in direct for name in (b.host, b.authority)))
-
 
 
 def _local_replies(site: _Site) -> dict:
@@ -284,34 +303,85 @@ def _for_istio(value: object, site: _Site) -> object:
 # -- how clients reach it --------------------------------------------------------------------------------------------
 
 def _gateway(site: _Site) -> dict:
+    """The ingress gateway serves the host clients call on port 80. Babelgate's own gateway serves any host its
+    Service is called by, and only over Istio's mutual TLS: only workloads of the mesh (through their sidecars)
+    reach it, never a pod without one."""
+    server: dict = {"port": {"number": HTTP_PORT, "name": "http-babelgate", "protocol": "HTTP"}, "hosts": [site.host]}
+    if site.placement == "sidecar":
+        server = {"port": {"number": HTTP_PORT, "name": MESH_GATEWAY_PORT_NAME, "protocol": "HTTPS"},
+                  "hosts": [site.host], "tls": {"mode": "ISTIO_MUTUAL"}}
     return {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
             "metadata": {"name": "babelgate", "namespace": site.namespace, "labels": dict(_LABELS)},
-            "spec": {"selector": {"istio": "ingressgateway"},
-                     "servers": [{"port": {"number": HTTP_PORT, "name": "http-babelgate", "protocol": "HTTP"},
-                                  "hosts": [site.host]}]}}
-
-
-def _api_service(site: _Site) -> dict:
-    """No selector, no endpoints: the host and port exist so Istio gives every sidecar a virtual host for them,
-    which the EnvoyFilter turns into Babelgate. A caller whose sidecar lacks the EnvoyFilter gets a 503."""
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": API_SERVICE, "namespace": site.namespace, "labels": dict(_LABELS)},
-            "spec": {"ports": [{"name": "http-openai", "port": HTTP_PORT, "protocol": "TCP", "appProtocol": "http"}]}}
+            "spec": {"selector": dict(site.selector), "servers": [server]}}
 
 
 def _virtual_service(site: _Site) -> dict:
     """The route Istio keeps behind Babelgate's chain routes: reached only if the route stage let a request through
-    without choosing a chain, like the standalone `unrouted` route."""
-    spec: dict = {"hosts": [site.host]}
-    if site.placement == "gateway":
-        spec["gateways"] = ["babelgate"]
-    spec["http"] = [{
-        "name": "babelgate-unrouted",
-        "directResponse": {"status": 404, "body": {"string": NotFound("No route for this request.").body().decode()}},
-        "headers": {"response": {"set": {"content-type": "application/json"}}},
-    }]
+    without choosing a chain, like the standalone `unrouted` route. Bound to the Gateway alone: the applications'
+    sidecars route `babelgate-api` to the gateway's pods as any other Service."""
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": "babelgate", "namespace": site.namespace, "labels": dict(_LABELS)}, "spec": spec}
+            "metadata": {"name": "babelgate", "namespace": site.namespace, "labels": dict(_LABELS)},
+            "spec": {"hosts": [site.host], "gateways": ["babelgate"], "http": [{
+                "name": "babelgate-unrouted",
+                "directResponse": {"status": 404,
+                                   "body": {"string": NotFound("No route for this request.").body().decode()}},
+                "headers": {"response": {"set": {"content-type": "application/json"}}},
+            }]}}
+
+
+# -- sidecar placement: Babelgate's own gateway inside the mesh -----------------------------------------------------
+
+def _mesh_gateway(site: _Site) -> list[dict]:
+    """An Istio gateway of Babelgate's own (a Deployment of Istio's proxy alone, injected with Istio's `gateway`
+    template), its service account (the identity the ext_proc pods admit), and the Service applications call."""
+    labels = {**_LABELS, "app.kubernetes.io/component": "gateway"}
+    account = {"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": MESH_GATEWAY, "namespace": site.namespace, "labels": dict(labels)}}
+    proxy = {
+        "name": "istio-proxy",
+        "image": "auto",  # Istio's injector puts the mesh's proxy image here
+        "ports": [{"name": MESH_GATEWAY_PORT_NAME, "containerPort": MESH_GATEWAY_TARGET_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1337, "runAsGroup": 1337,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": MESH_GATEWAY, "namespace": site.namespace, "labels": dict(labels)},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": dict(site.selector)},
+            "template": {
+                "metadata": {
+                    # its own name in the mesh's telemetry (Istio would take `app.kubernetes.io/name`, the server's)
+                    "labels": {**labels, **site.selector, "sidecar.istio.io/inject": "true",
+                               "service.istio.io/canonical-name": MESH_GATEWAY},
+                    "annotations": {"inject.istio.io/templates": "gateway"},
+                },
+                "spec": {
+                    "serviceAccountName": MESH_GATEWAY,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [proxy],
+                },
+            },
+        },
+    }
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": API_SERVICE, "namespace": site.namespace, "labels": dict(labels)},
+               "spec": {"selector": dict(site.selector),
+                        "ports": [{"name": "http-openai", "port": HTTP_PORT, "targetPort": MESH_GATEWAY_TARGET_PORT,
+                                   "protocol": "TCP", "appProtocol": "http"}]}}
+    return [account, deployment, service]
+
+
+def _api_destination_rule(site: _Site) -> dict:
+    """The callers' sidecars originate Istio's mutual TLS to the gateway (its pods carry no sidecar label, so
+    automatic mutual TLS would send plaintext, which its ISTIO_MUTUAL server refuses)."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": API_SERVICE, "namespace": site.namespace, "labels": dict(_LABELS)},
+            "spec": {"host": f"{API_SERVICE}.{site.namespace}.{CLUSTER_DOMAIN}",
+                     "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}
 
 
 # -- the providers, as the mesh sees them ----------------------------------------------------------------------------
@@ -407,29 +477,6 @@ def _config_map(namespace: str, config_text: str) -> dict:
 def _deployment(config: Config, namespace: str, image: str, config_text: str) -> dict:
     """One server process per pod (`--port` keeps `serve` from starting `ext_proc.processes` of them, which the
     single Service port could not reach): the config's process count becomes the replica count, two at least."""
-    container: dict = {
-        "name": "babelgate",
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": ["serve", "-c", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "0.0.0.0", "--port", str(EXT_PROC_PORT)],
-        "ports": [{"name": EXT_PROC_PORT_NAME, "containerPort": EXT_PROC_PORT, "protocol": "TCP"}],
-    }
-    if config.admin is not None:
-        # every pod serves the admin API (gRPC); reach it in the mesh with `babelgate keys --admin <service>:<port>`
-        container["ports"].append({"name": ADMIN_PORT_NAME, "containerPort": config.admin.port, "protocol": "TCP"})
-    if _env_secrets(config):
-        container["envFrom"] = [{"secretRef": {"name": PROVIDER_KEYS_SECRET}}]
-    probe = {"grpc": {"port": EXT_PROC_PORT}}
-    container.update({
-        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3},
-        "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
-                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}],
-    })
     sources: list[dict] = [{"configMap": {"name": CONFIG_MAP}}]
     if config.keys_file is not None:
         # `babelgate keys create` output, next to the config as the config names it; optional like the file itself
@@ -441,7 +488,7 @@ def _deployment(config: Config, namespace: str, image: str, config_text: str) ->
         "metadata": {"name": EXT_PROC_SERVICE, "namespace": namespace, "labels": dict(_SERVER_LABELS)},
         "spec": {
             "replicas": max(2, config.ext_proc.processes),
-            "selector": {"matchLabels": {k: v for k, v in _SERVER_LABELS.items() if k != "app.kubernetes.io/part-of"}},
+            "selector": {"matchLabels": dict(_SERVER_SELECTOR)},
             "template": {
                 "metadata": {
                     "labels": {**_SERVER_LABELS, "sidecar.istio.io/inject": "true"},
@@ -450,19 +497,57 @@ def _deployment(config: Config, namespace: str, image: str, config_text: str) ->
                         "babelgate/config-sha256": checksum,
                         # credentials are fetched at start-up, through the sidecar
                         "proxy.istio.io/config": '{"holdApplicationUntilProxyStarts": true}',
+                        # the kubelet's probes go through the sidecar's agent, whatever the mesh's default: the
+                        # PeerAuthentication refuses the kubelet's own plaintext connections
+                        "sidecar.istio.io/rewriteAppHTTPProbers": "true",
                     },
                 },
                 "spec": {
                     "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                     # streams in flight get up to 10 s after SIGTERM, then settlements as long again
                     "terminationGracePeriodSeconds": 30,
-                    "containers": [container],
+                    "containers": [_server_container(config, image)],
                     "volumes": [{"name": "config", "projected": {"sources": sources}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
             },
         },
     }
+
+
+def _server_container(config: Config, image: str) -> dict:
+    """Plaintext TCP behind the pod's sidecar, and the health service alone on its own port for the probes.
+    `--peers mesh` on the command line wins over the config's `socket_dir` or `tls` (which Envoy on one host, or
+    Envoy across hosts, would use): here Istio's mutual TLS and the AuthorizationPolicy authenticate the peers."""
+    container: dict = {
+        "name": "babelgate",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["serve", "-c", f"{CONFIG_DIR}/{CONFIG_FILE}", "--host", "0.0.0.0", "--port", str(EXT_PROC_PORT),
+                 "--peers", "mesh", "--health-port", str(HEALTH_PORT)],
+        "ports": [{"name": EXT_PROC_PORT_NAME, "containerPort": EXT_PROC_PORT, "protocol": "TCP"},
+                  {"name": HEALTH_PORT_NAME, "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+    }
+    if config.admin is not None:
+        # every pod serves the admin API (gRPC), to the admin service account only (see `_authorization_policy`)
+        container["ports"].append({"name": ADMIN_PORT_NAME, "containerPort": config.admin.port, "protocol": "TCP"})
+    if _env_secrets(config):
+        container["envFrom"] = [{"secretRef": {"name": PROVIDER_KEYS_SECRET}}]
+    probe = {"grpc": {"port": HEALTH_PORT}}
+    container.update({
+        # required: a replica without the shared key could not settle what another replica reserved
+        "env": [{"name": METADATA_KEY_ENV,
+                 "valueFrom": {"secretKeyRef": {"name": PROVIDER_KEYS_SECRET, "key": METADATA_KEY_ENV}}}],
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**probe, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    })
+    return container
 
 
 def _env_secrets(config: Config) -> list[str]:
@@ -478,12 +563,45 @@ def _env_secrets(config: Config) -> list[str]:
 def _ext_proc_service(namespace: str, config: Config) -> dict:
     """A ClusterIP Service, not headless: Istio makes a headless Service's cluster ORIGINAL_DST, which a gRPC client
     (the ext_proc filter) cannot use. Istio's EDS lists every ready pod, and Envoy spreads the streams over them."""
-    selector = {k: v for k, v in _SERVER_LABELS.items() if k != "app.kubernetes.io/part-of"}
     admin_ports = [] if config.admin is None else [{"name": ADMIN_PORT_NAME, "port": config.admin.port,
                                                     "targetPort": ADMIN_PORT_NAME, "protocol": "TCP",
                                                     "appProtocol": "grpc"}]
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": EXT_PROC_SERVICE, "namespace": namespace, "labels": dict(_SERVER_LABELS)},
-            "spec": {"selector": selector,
+            "spec": {"selector": dict(_SERVER_SELECTOR),
                      "ports": [{"name": EXT_PROC_PORT_NAME, "port": EXT_PROC_PORT, "targetPort": EXT_PROC_PORT_NAME,
                                 "protocol": "TCP", "appProtocol": "grpc"}, *admin_ports]}}
+
+
+# -- who may reach the ext_proc server -------------------------------------------------------------------------------
+
+def trust_objects(config: Config, site: _Site) -> list[dict]:
+    """Mutual TLS only into the ext_proc pods, and of the mesh's identities only the gateway running Babelgate's
+    filters on the ext_proc port (plus, with an admin API, the admin service account on the admin port)."""
+    objects = [_peer_authentication(site.namespace), _authorization_policy(config, site)]
+    if config.admin is not None:
+        objects.insert(0, {"apiVersion": "v1", "kind": "ServiceAccount",
+                           "metadata": {"name": ADMIN_SERVICE_ACCOUNT, "namespace": site.namespace,
+                                        "labels": dict(_LABELS)}})
+    return objects
+
+
+def _peer_authentication(namespace: str) -> dict:
+    """Plaintext is refused at the pods' sidecars: a pod outside the mesh cannot reach the server at all, and every
+    caller that can has a verified identity for the AuthorizationPolicy."""
+    return {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": POLICY_NAME, "namespace": namespace, "labels": dict(_SERVER_LABELS)},
+            "spec": {"selector": {"matchLabels": dict(_SERVER_SELECTOR)}, "mtls": {"mode": "STRICT"}}}
+
+
+def _authorization_policy(config: Config, site: _Site) -> dict:
+    """ALLOW, so everything no rule names is denied: the other workloads of the mesh, and every other port. The
+    kubelet's probes reach the health port through the pod's own sidecar agent, which no policy applies to."""
+    rules = [{"from": [{"source": {"principals": [site.principal]}}],
+              "to": [{"operation": {"ports": [str(EXT_PROC_PORT)]}}]}]
+    if config.admin is not None:
+        rules.append({"from": [{"source": {"principals": [_principal(site.namespace, ADMIN_SERVICE_ACCOUNT)]}}],
+                      "to": [{"operation": {"ports": [str(config.admin.port)]}}]})
+    return {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": POLICY_NAME, "namespace": site.namespace, "labels": dict(_SERVER_LABELS)},
+            "spec": {"selector": {"matchLabels": dict(_SERVER_SELECTOR)}, "action": "ALLOW", "rules": rules}}

@@ -116,6 +116,6 @@ def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin
     }
     if admin_api_port is not None:
         config["keys_file"] = str(workdir / "demo-keys.yaml")
-        config["admin"] = {"port": admin_api_port,
+        config["admin"] = {"port": admin_api_port, "via_envoy": True,  # the demo shows JSON through Envoy
                            "credentials": [{"name": "demo-admin", "secret": {"env": ADMIN_ENV}}]}
     return config, key

@@ -6,6 +6,7 @@ wiring users run.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import urllib.request
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import envoy as envoy_wheel
 
+from ..auth.sealing import KEY_ENV, new_shared_key
 from ..config.models import Config
 from ..envoy_config.xds_files import bootstrap_yaml, write_resources
 from .processes import LaunchError, Supervisor, python_module, wait_for_envoy
@@ -93,13 +95,23 @@ def envoy_argv(config_path: Path, log_level: str = "warning", workers: int = 2) 
 
 def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Supervisor,
                 env: dict[str, str] | None = None, envoy_log_level: str = "warning", envoy_workers: int = 2) -> Stack:
-    """Start the ext_proc servers named by `config.ext_proc`, then Envoy; return once Envoy is ready."""
+    """Start the ext_proc servers named by `config.ext_proc`, then Envoy; return once Envoy is ready.
+
+    Envoy and the servers share this host, so unless the config chose a channel (`tls`, `socket_dir`, `peers:
+    mesh`) they talk over Unix sockets in `workdir` that only this user can open: no other local process can ask a
+    server for provider credentials."""
     server = config.ext_proc
+    if server.socket_dir is None and server.tls is None and server.peers != "mesh":
+        server = server.model_copy(update={"socket_dir": workdir / "ext_proc"})
+        config = config.model_copy(update={"ext_proc": server})
+    # every process seals and opens the reservations the others made
+    env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key(), **(env or {})}
     for index in range(server.processes):
-        port = server.port + index
+        where = (["--socket", str(server.socket_path(index))] if server.socket_dir is not None
+                 else ["--port", str(server.port + index)])
         supervisor.start_reporting(
             f"ext_proc-{index}",
-            python_module("ext_proc", "serve", "-c", str(config_path), "--port", str(port),
+            python_module("ext_proc", "serve", "-c", str(config_path), *where,
                           "--process-index", str(index), "--report-ready"),
             env=env)
     envoy_config_path = workdir / "envoy.yaml"

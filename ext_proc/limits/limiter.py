@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ..auth.sealing import Sealer
 from ..config.models import METRICS, Config, LimitRule
 from ..errors import RateLimited, Unavailable
 from .estimate import FREE, MICRO, Price, Usage, cost_micro_usd
@@ -76,6 +77,7 @@ class LimiterStats:
     fail_closed_refusals: int = 0
     refusals: int = 0
     settle_errors: int = 0
+    unsealed_refusals: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +128,25 @@ class Limiter:
     tables: LimitTables
     prefix: str = "bg:"
     stats: LimiterStats = field(default_factory=LimiterStats)
+    sealer: Sealer = field(default_factory=Sealer.from_environment)
     _in_outage: bool = False
+
+    def seal(self, reservation: Reservation) -> str:
+        """The reservation as the route stage hands it on: sealed, so only this deployment's processes can make
+        the attempt stage adjust counters."""
+        return self.sealer.seal(reservation.encode())
+
+    def unseal(self, sealed: str) -> Reservation | None:
+        text = self.sealer.open(sealed)
+        if text is None:
+            self.stats.unsealed_refusals += 1
+            log.warning("a reservation with a seal this process can't verify was not settled (another deployment's "
+                        "key, or forged; see BABELGATE_METADATA_KEY)")
+            return None
+        try:
+            return Reservation.decode(text)
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def price(self, backend: str, model: str) -> Price:
         return self.tables.prices.get((backend, model), FREE)

@@ -11,7 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from .store import Admission, Counter
+from .store import Admission, Counter, StoreUnavailable
+
+MAX_ENTRIES = 500_000
+"""Counters one process holds at most (keys x users x windows x metrics): the user a counter is for comes from the
+client (a header or the body's `user`), so without a ceiling a client could fill memory with made-up users."""
 
 
 class _Entry:
@@ -23,11 +27,13 @@ class _Entry:
 
 
 class MemoryStore:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, *, purge_interval: float = 10.0) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, purge_interval: float = 10.0,
+                 max_entries: int = MAX_ENTRIES) -> None:
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
         self._purge_interval = purge_interval
         self._next_purge = clock() + purge_interval
+        self._max_entries = max_entries
 
     def __len__(self) -> int:
         """Entries held, including expired ones not yet swept."""
@@ -44,6 +50,12 @@ class MemoryStore:
             if value > counter.limit:
                 return Admission(False, index, tuple(self._value(c.key, now) for c in counters))
             planned[counter.key] = value
+        fresh = sum(1 for counter in counters if counter.key not in self._entries)
+        if fresh and len(self._entries) + fresh > self._max_entries:
+            self._purge(now)
+            if len(self._entries) + fresh > self._max_entries:
+                raise StoreUnavailable(f"the in-memory limiter holds {self._max_entries} counters, its maximum "
+                                       "(many distinct users or keys in one window: configure `limits.redis`)")
         for counter in counters:
             entry = self._live(counter.key, now)
             if entry is None:
@@ -74,9 +86,12 @@ class MemoryStore:
     def _now(self) -> float:
         now = self._clock()
         if now >= self._next_purge:
-            self._entries = {key: entry for key, entry in self._entries.items() if now < entry.expires}
-            self._next_purge = now + self._purge_interval
+            self._purge(now)
         return now
+
+    def _purge(self, now: float) -> None:
+        self._entries = {key: entry for key, entry in self._entries.items() if now < entry.expires}
+        self._next_purge = now + self._purge_interval
 
     def _live(self, key: str, now: float) -> _Entry | None:
         entry = self._entries.get(key)

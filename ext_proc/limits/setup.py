@@ -24,7 +24,8 @@ def build_limiter(config: Config, *, announce: bool = False, previous: tuple[Con
         return None
     settings = config.limits.redis
     if previous is not None and previous[0].limits.redis == settings:
-        return Limiter(previous[1].store, tables, prefix=settings.key_prefix if settings else "bg:")
+        return Limiter(previous[1].store, tables, prefix=settings.key_prefix if settings else "bg:",
+                       sealer=previous[1].sealer)
     if settings is None:
         if announce:
             log.warning("limits use the embedded in-memory store: exact within this process only%s; configure "

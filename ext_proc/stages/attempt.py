@@ -34,12 +34,11 @@ from ..errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout, a
 from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, usage_from_openai
-from ..limits.limiter import Reservation
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
 from ..telemetry import semconv
 from ..telemetry.outcome import Outcome, outcome_from_decision
-from . import messages
+from . import messages, provider_headers
 from .endpoints import Endpoint
 
 log = logging.getLogger(__name__)
@@ -71,24 +70,33 @@ _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anth
                                   "openai-organization", "openai-project", "accept-encoding", "cookie",
                                   # hop-by-hop: they describe the client's connection, not the provider's
                                   "connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
-                                  "proxy-connection", "te", "trailer", "upgrade"}
+                                  "proxy-connection", "te", "trailer", "upgrade",
+                                  # who the client is stays with the gateway (X-Forwarded-* go by their prefix)
+                                  "forwarded", "x-real-ip"}
                                  ) | providers.CREDENTIAL_HEADERS
+_NEVER_FORWARDED_PREFIXES = (constants.CLIENT_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX, "x-forwarded-")
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _GUARD_WINDOW = 512
 """Characters of a streamed answer a blocking guardrail looks back over (a phrase split across chunks)."""
 _BLOCKED = "\x00blocked"
 """`_guarded` once a guardrail blocked a streamed answer (no route is named so)."""
 _JSON = "application/json"
+_TAGGED = frozenset({constants.RESPONSE_HEADER_BACKEND, constants.RESPONSE_HEADER_ATTEMPTS,
+                     constants.RESPONSE_HEADER_MODEL, provider_headers.UPSTREAM_REQUEST_ID})
+"""Set on every answer by `on_response_headers` itself (so never also in its remove list)."""
 
 _backend_by_metadata: dict[str, str] = {}
+_MEMO_LIMIT = 4096
+"""Envoy sends one text per endpoint; more distinct texts than this are not remembered (a bound on what a stream's
+sender can make this process hold)."""
 _BACKEND_IN_METADATA = re.compile(
     r'key:\s*"' + constants.METADATA_BACKEND_KEY + r'"\s*value\s*\{\s*string_value:\s*"((?:[^"\\]|\\.)*)"')
 
 
 def forwarded_never(header: str) -> bool:
-    """Client credentials, Babelgate's and Envoy's own headers, and any credential a provider sets: never sent on."""
-    return header in _CLIENT_ONLY_HEADERS or header.startswith((constants.CLIENT_HEADER_PREFIX,
-                                                                constants.ENVOY_HEADER_PREFIX))
+    """Client credentials and addresses, Babelgate's and Envoy's own headers, and any credential a provider sets:
+    never sent on."""
+    return header in _CLIENT_ONLY_HEADERS or header.startswith(_NEVER_FORWARDED_PREFIXES)
 
 
 def backend_from_attributes(attributes: object) -> str | None:
@@ -107,7 +115,9 @@ def backend_from_attributes(attributes: object) -> str | None:
             match = _BACKEND_IN_METADATA.search(text)
             if match is None:
                 return None
-            backend = _backend_by_metadata[text] = match.group(1)
+            backend = match.group(1)
+            if len(_backend_by_metadata) < _MEMO_LIMIT:
+                _backend_by_metadata[text] = backend
         return backend
     return None
 
@@ -397,9 +407,10 @@ class AttemptStage:
         if not 200 <= self._status < 300:
             self._response_headers = headers
             health.cooldowns.on_response(backend.id, self._status, headers)
+        request_id, removed = provider_headers.screen(headers, _TAGGED)
         tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id),
                 (constants.RESPONSE_HEADER_ATTEMPTS, headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, self._attempt)),
-                (constants.RESPONSE_HEADER_MODEL, self._requested))
+                (constants.RESPONSE_HEADER_MODEL, self._requested), *request_id)
         content_type = headers.get("content-type", "")
         if 200 <= self._status < 300 and self._streaming and content_type.startswith(("text/event-stream",
                                                                                         _EVENTSTREAM)):
@@ -409,10 +420,12 @@ class AttemptStage:
                 self._duplex = True
                 mode = DUPLEX_RESPONSE_MODE
                 self._arm_idle_timer()
-            return messages.response_headers_reply(set_headers=tags, remove=("content-length",), mode=mode)
+            if "content-length" in headers:
+                removed.append("content-length")
+            return messages.response_headers_reply(set_headers=tags, remove=removed, mode=mode)
         if self._identity_answer and 200 <= self._status < 300:
-            return messages.response_headers_reply(set_headers=tags, mode=HEADERS_ONLY_MODE)
-        return messages.response_headers_reply(set_headers=tags,
+            return messages.response_headers_reply(set_headers=tags, remove=removed, mode=HEADERS_ONLY_MODE)
+        return messages.response_headers_reply(set_headers=tags, remove=removed,
                                                mode=BUFFERED_RESPONSE_MODE if self._direct else None)
 
     def on_response_body(self, message: HttpBody) -> ProcessingResponse:
@@ -598,8 +611,9 @@ class AttemptStage:
         if self._settled or self._reservation is None or self._runtime.limiter is None or self._backend is None:
             return
         self._settled = True
-        await self._runtime.limiter.settle(Reservation.decode(self._reservation), self._final_usage(),
-                                           self._backend.id, self._model)
+        reservation = self._runtime.limiter.unseal(self._reservation)
+        if reservation is not None:
+            await self._runtime.limiter.settle(reservation, self._final_usage(), self._backend.id, self._model)
 
 
 def without_secrets(error: dict, backend: BackendInfo) -> dict:

@@ -41,8 +41,8 @@ from .endpoints import Endpoint, classify
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_endpoint", "_headers", "_key", "_outcome", "_reservation", "_runtime", "_span",
-                 "_user",
+    __slots__ = ("_attempt", "_decided", "_endpoint", "_headers", "_key", "_outcome", "_reservation", "_runtime",
+                 "_span", "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -50,6 +50,8 @@ class RouteStage:
         self.error_style = "openai"
         self.push: Callable[[ProcessingResponse], None] | None = None
         self._endpoint: Endpoint | None = None
+        self._decided = False
+        """The body phase ran (a request that skipped it never reaches a backend: routes require its metadata)."""
         self._key: KeyInfo | None = None
         self._user: str | None = None
         self._reservation: Reservation | None = None
@@ -71,6 +73,10 @@ class RouteStage:
                 return await self.on_response_headers(request)
             if kind == "response_body" and self._attempt is not None:
                 return await self._attempt.handle(request)
+            if kind == "request_trailers" and self._endpoint is not None and not self._decided:
+                # HTTP/2 lets a request end with trailers and no DATA: Envoy then skips the body phase, so nothing
+                # was checked, authorized or limited (and no route matches; this answer says why)
+                raise BadRequest("The request has no body; send a JSON object.", code="missing_body")
             return messages.continue_unchanged(kind)
         except GatewayError as error:
             if self._outcome is not None:  # answered by the gateway itself: this stage reports it
@@ -120,7 +126,7 @@ class RouteStage:
             self.error_style = "anthropic"
         key = authenticate(self._runtime.keys,
                            bearer_token(headers.get("authorization")) or headers.get("x-api-key"))
-        self._user = headers.get(self._runtime.user_header) or None
+        self._user = _bounded_user(headers.get(self._runtime.user_header) or None, self._runtime.user_header)
         if outcome is not None:
             outcome.endpoint, outcome.key_id, outcome.team, outcome.user = endpoint.value, key.id, key.team, self._user
         if endpoint is Endpoint.MODELS or endpoint is Endpoint.MODEL:
@@ -144,6 +150,7 @@ class RouteStage:
     async def on_request_body(self, message: HttpBody) -> ProcessingResponse:
         if self._endpoint is None or self._key is None:
             raise BadRequest("Request body arrived before its headers.")
+        self._decided = True
         raw = message.body
         if len(raw) > self._runtime.max_body_bytes:
             raise _too_large(self._runtime.max_body_bytes)
@@ -200,7 +207,7 @@ class RouteStage:
         if limiter is not None:
             self._reservation = await self._reserve(limiter, body, route, order[0], model)
             if self._reservation is not None:
-                metadata[constants.METADATA_RESERVATION_KEY] = self._reservation.encode()
+                metadata[constants.METADATA_RESERVATION_KEY] = limiter.seal(self._reservation)
         headers = [(constants.HEADER_CHAIN, chain.name)]
         if chain.first_byte_ms is not None and body.get("stream") is True:
             headers.append((constants.ENVOY_PER_TRY_TIMEOUT_HEADER, chain.first_byte_ms))
@@ -264,8 +271,10 @@ class RouteStage:
         common.header_mutation.set_headers.extend(messages.mutation(headers).set_headers)
         # Headers this reply sets (the provider's own credential among them) are overwritten, not removed.
         replaced = {option.header.key for option in common.header_mutation.set_headers}
+        # X-Forwarded-* go with the direct route's own `request_headers_to_remove`: Envoy matches routes on them
         common.header_mutation.remove_headers.extend(
-            name for name in self._headers if forwarded_never(name) and name not in replaced)
+            name for name in self._headers
+            if forwarded_never(name) and name not in replaced and not name.startswith("x-forwarded-"))
         reply.dynamic_metadata.update({constants.METADATA_NAMESPACE: metadata})
         return reply
 
@@ -293,14 +302,19 @@ class RouteStage:
         status = messages.header_dict(request.response_headers).get(":status", "")
         if not status.startswith("2"):
             await self._runtime.limiter.release(reservation)  # type: ignore[union-attr]
-        reply.response_headers.response.header_mutation.set_headers.extend(  # type: ignore[union-attr]
-            messages.mutation(reservation.headers).set_headers)
+        header_mutation = reply.response_headers.response.header_mutation  # type: ignore[union-attr]
+        header_mutation.set_headers.extend(messages.mutation(reservation.headers).set_headers)
+        ours = {name for name, _ in reservation.headers}
+        if ours.intersection(header_mutation.remove_headers):  # the provider's own x-ratelimit-*: replaced by ours
+            kept = [name for name in header_mutation.remove_headers if name not in ours]
+            del header_mutation.remove_headers[:]
+            header_mutation.remove_headers.extend(kept)
         return reply  # type: ignore[return-value]
 
     async def _reserve(self, limiter: Limiter, body: dict, route: RouteInfo, primary: str,
                        requested: str) -> Reservation | None:
         assert self._key is not None
-        user = self._user or (body.get("user") if isinstance(body.get("user"), str) and body.get("user") else None)
+        user = self._user or _bounded_user(body.get("user") if isinstance(body.get("user"), str) else None, "user")
         runtime = self._runtime
         scopes = limiter.scopes(self._key.id, self._key.team, user, route.name, primary)
         if not scopes:
@@ -341,6 +355,17 @@ def check_client_limits(body: dict, limits: RequestLimits) -> None:
         for child in node.values() if isinstance(node, dict) else node:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
+
+
+MAX_USER_CHARS = 256
+"""End-user ids (a header, or the body's `user`) name limiter counters and request-log rows: bounded."""
+
+
+def _bounded_user(user: str | None, source: str) -> str | None:
+    if user is not None and len(user) > MAX_USER_CHARS:
+        raise BadRequest(f"The end-user id ({source}) is longer than {MAX_USER_CHARS} characters.", param="user",
+                         code="user_too_long")
+    return user or None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

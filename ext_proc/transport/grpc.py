@@ -4,6 +4,16 @@ An application registers, per method path, a factory that receives the `Call` an
 an `RpcHandler`; the handler gets each request message as bytes and answers through `Call.send_message` and
 `Call.finish`. Only the identity (uncompressed) message encoding is supported, which is what Envoy and grpcio send
 unless told otherwise.
+
+Limits, for a client that is not trusted (the HTTP/2 ones are in `http2`):
+- A factory runs on the stream's HEADERS, before any message is read, and may refuse the call by raising `RpcError`
+  (authentication): the call is answered at once, trailers-only, and whatever the client sends on it afterwards is
+  dropped unread. Any other exception from a factory is INTERNAL, and logged.
+- A message whose 5-byte prefix announces more than `max_message_bytes` is answered RESOURCE_EXHAUSTED as soon as
+  the prefix is read: the rest of the frame that carried it is dropped, and nothing after it is read.
+- The partial messages of all streams of a connection are bounded by `TransportLimits.max_buffered_bytes`: the
+  stream whose bytes would pass it is answered RESOURCE_EXHAUSTED (and reset), the others go on.
+- A header list over `TransportLimits.max_header_list_size` is answered RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -11,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
+import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
-from .http2 import Http2Connection
+from .http2 import DEFAULT_LIMITS, Http2Connection, TransportLimits
+from .listen import bind_unix_socket, default_allowed_uids
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +115,16 @@ def _percent_encode(message: str) -> str:
 class Call:
     """One RPC on one HTTP/2 stream; also the stream's handler for the connection."""
 
-    __slots__ = ("_buffer", "_connection", "_headers_sent", "_stream_id", "done", "handler")
+    __slots__ = ("_buffer", "_connection", "_headers_sent", "_held", "_max_message", "_stream_id", "done", "handler")
 
-    def __init__(self, connection: Http2Connection, stream_id: int) -> None:
+    def __init__(self, connection: Http2Connection, stream_id: int, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._connection = connection
         self._stream_id = stream_id
+        self._max_message = max_message_bytes
         self._headers_sent = False
         self._buffer: bytearray | None = None
+        self._held = 0
+        """Bytes of `_buffer` counted in the connection's `partial_bytes`."""
         self.done = False
         self.handler: RpcHandler | None = None
 
@@ -124,6 +140,8 @@ class Call:
         if self.done:
             return
         self.done = True
+        if self._buffer is not None:
+            self._release()
         block = _status_block(status, message)
         if not self._headers_sent:
             block = RESPONSE_HEADERS + block  # a trailers-only response
@@ -151,6 +169,7 @@ class Call:
         if self.done:
             return
         self.done = True
+        self._release()
         if self.handler is not None:
             self.handler.on_cancel()
 
@@ -158,26 +177,46 @@ class Call:
         buffer = self._buffer
         if buffer is None:
             # The usual case: a chunk that is exactly one whole message, handed on without copying into a buffer.
-            if len(chunk) >= 5 and chunk[0] == 0 and _PREFIX.unpack_from(chunk)[1] == len(chunk) - 5:
+            size = len(chunk)
+            if 5 <= size <= self._max_message + 5 and chunk[0] == 0 and _PREFIX.unpack_from(chunk)[1] == size - 5:
                 handler.on_message(chunk[5:])
                 return
             buffer = self._buffer = bytearray()
         buffer += chunk
-        while len(buffer) >= 5 and not self.done:
+        while len(buffer) >= 5:
             compressed, length = _PREFIX.unpack_from(buffer)
             if compressed:
                 self.finish(Status.UNIMPLEMENTED, "compressed messages are not supported")
                 return
-            if length > MAX_MESSAGE_BYTES:
-                self.finish(Status.RESOURCE_EXHAUSTED, f"message larger than {MAX_MESSAGE_BYTES} bytes")
+            if length > self._max_message:
+                self.finish(Status.RESOURCE_EXHAUSTED, f"message larger than {self._max_message} bytes")
                 return
             if len(buffer) - 5 < length:
-                return
+                break
             message = bytes(buffer[5:5 + length])
             del buffer[:5 + length]
             handler.on_message(message)
-        if not buffer:
+            if self.done:
+                return
+        self._hold(len(buffer))
+
+    def _hold(self, size: int) -> None:
+        """Count this call's partial message in its connection's; past the connection's bound, refuse the call."""
+        connection = self._connection
+        connection.partial_bytes += size - self._held
+        self._held = size
+        if not size:
             self._buffer = None
+        elif connection.partial_bytes > connection.limits.max_buffered_bytes:
+            log.info("refusing a call from %s: partial messages on its connection over %d bytes",
+                     connection.peer, connection.limits.max_buffered_bytes)
+            self.finish(Status.RESOURCE_EXHAUSTED, "too many partially received messages on this connection")
+
+    def _release(self) -> None:
+        if self._held:
+            self._connection.partial_bytes -= self._held
+            self._held = 0
+        self._buffer = None
 
 
 PEER_METADATA_KEY = ":peer"
@@ -231,7 +270,9 @@ def unary_with_metadata(method: Callable[[bytes, dict[str, str]], Awaitable[byte
     return _Unary
 
 
-class _Unimplemented:
+class _Refused:
+    """The handler of a call answered before any message: what the client still sends is dropped."""
+
     __slots__ = ()
 
     def on_message(self, message: bytes) -> None:
@@ -244,23 +285,45 @@ class _Unimplemented:
         pass
 
 
-class GrpcServer:
-    """Listens on `host:port` (port 0 picks one) or `unix:/path`; serves the registered methods."""
+_REFUSED = _Refused()
 
-    def __init__(self, methods: dict[str, MethodFactory]) -> None:
+
+class GrpcServer:
+    """Listens on `host:port` (port 0 picks one) or `unix:/path`; serves the registered methods.
+
+    `limits` bound what each connection may ask (`http2.TransportLimits`), `max_message_bytes` each request message.
+    A Unix socket is created with mode 0600 and serves only peers whose uid is in `allowed_uids` (default: this
+    process's uid, and root).
+    """
+
+    def __init__(self, methods: dict[str, MethodFactory], *, limits: TransportLimits = DEFAULT_LIMITS,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES, allowed_uids: Collection[int] | None = None) -> None:
         self._methods = methods
+        self._limits = limits
+        self._max_message_bytes = max_message_bytes
+        self._allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else default_allowed_uids()
         self._server: asyncio.Server | None = None
         self._connections: set[Http2Connection] = set()
+        self._unix_socket: tuple[str, int] | None = None
+        """(path, inode) of the Unix socket file we created, removed on stop if it is still ours."""
         self.port = 0
 
-    async def start(self, address: str) -> int:
+    async def start(self, address: str, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Listen; with `ssl_context`, every connection is TLS (a failed handshake never reaches HTTP/2). The port
+        (0 for a Unix socket)."""
         loop = asyncio.get_running_loop()
+        handshake_timeout = self._limits.preface_timeout if ssl_context is not None else None
         if address.startswith("unix:"):
-            self._server = await loop.create_unix_server(self._protocol, address[len("unix:"):])
+            path = address[len("unix:"):]
+            sock = bind_unix_socket(path)
+            self._unix_socket = (path, os.stat(path).st_ino)
+            self._server = await loop.create_unix_server(self._protocol, sock=sock, backlog=1024, ssl=ssl_context,
+                                                         ssl_handshake_timeout=handshake_timeout)
             return 0
         host, _, port = address.rpartition(":")
         self._server = await loop.create_server(self._protocol, host.strip("[]") or None, int(port),
-                                                reuse_address=True, backlog=1024)
+                                                reuse_address=True, backlog=1024, ssl=ssl_context,
+                                                ssl_handshake_timeout=handshake_timeout)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -268,6 +331,7 @@ class GrpcServer:
         """Stop accepting, let open calls finish for up to `grace` seconds, then close every connection."""
         if self._server is not None:
             self._server.close()
+            self._remove_unix_socket()
         for connection in list(self._connections):
             connection.go_away()
         waits = [asyncio.ensure_future(c.closed.wait()) for c in self._connections]
@@ -278,19 +342,46 @@ class GrpcServer:
         for connection in list(self._connections):
             connection.close()
 
-    def _protocol(self) -> Http2Connection:
-        connection = Http2Connection(self._open_stream, on_close=self._connections.discard)
-        self._connections.add(connection)
-        return connection
+    @property
+    def open_connections(self) -> int:
+        """Connections past TLS and the peer check, not yet closed."""
+        return len(self._connections)
 
-    def _open_stream(self, connection: Http2Connection, stream_id: int, headers: list[tuple[str, str]]) -> Call:
-        call = Call(connection, stream_id)
+    def _remove_unix_socket(self) -> None:
+        if self._unix_socket is None:
+            return
+        path, inode = self._unix_socket
+        self._unix_socket = None
+        try:
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _protocol(self) -> Http2Connection:
+        return Http2Connection(self._open_stream, on_close=self._connections.discard, limits=self._limits,
+                               allowed_uids=self._allowed_uids, on_open=self._connections.add)
+
+    def _open_stream(self, connection: Http2Connection, stream_id: int,
+                     headers: list[tuple[str, str]] | None) -> Call:
+        call = Call(connection, stream_id, self._max_message_bytes)
+        call.handler = _REFUSED
+        if headers is None:
+            call.finish(Status.RESOURCE_EXHAUSTED,
+                        f"request metadata larger than {self._limits.max_header_list_size} bytes")
+            return call
         metadata = dict(headers)
         metadata[PEER_METADATA_KEY] = connection.peer
-        factory = self._methods.get(metadata.get(":path", ""))
+        path = metadata.get(":path", "")
+        factory = self._methods.get(path)
         if factory is None or metadata.get(":method") != "POST":
-            call.handler = _Unimplemented()
-            call.finish(Status.UNIMPLEMENTED, f"unknown method {metadata.get(':path', '')}")
+            call.finish(Status.UNIMPLEMENTED, f"unknown method {path}")
             return call
-        call.handler = factory(call, metadata)
+        try:
+            call.handler = factory(call, metadata)
+        except RpcError as error:
+            call.finish(error.status, error.message)
+        except Exception:
+            log.exception("opening a call to %s failed", path)
+            call.finish(Status.INTERNAL, "the server failed to process this call")
         return call

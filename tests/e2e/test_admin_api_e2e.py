@@ -20,12 +20,14 @@ import pytest
 import redis
 import yaml
 
+from ext_proc import constants
 from ext_proc.admin import admin_pb2 as pb
 from ext_proc.config.loading import load_config
 from ext_proc.launch.processes import Supervisor, free_port, free_port_run
 from ext_proc.launch.stack import Stack, start_stack
 from tests.redis_server import RedisServer
 
+from ..eventually import eventually, rss_mib
 from .support import start_demo
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -79,7 +81,8 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminStack]:
         data = {
             "listener": {"port": free_port(), "admin_port": free_port()},
             "ext_proc": {"port": free_port_run(2), "processes": 2},
-            "admin": {"port": admin_port, "credentials": [{"name": "ops", "secret": {"env": "BG_E2E_ADMIN"}}]},
+            "admin": {"port": admin_port, "via_envoy": True,
+                      "credentials": [{"name": "ops", "secret": {"env": "BG_E2E_ADMIN"}}]},
             "limits": {"redis": {"url": store.url, "key_prefix": "bgadm:"}},
             "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                           "api_key": {"env": "BG_E2E_PROVIDER"}}],
@@ -249,7 +252,7 @@ def test_admin_calls_are_audited_without_secrets(admin: AdminStack) -> None:
     call(admin.grpc(), "RevokeKey", pb.RevokeKeyRequest(id="audited"), pb.RevokeKeyResponse)
     with pytest.raises(grpc.RpcError):
         call(admin.grpc(), "ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse, secret="wrong")
-    time.sleep(0.2)
+    eventually(lambda: "admin ListKeys refused" in admin.ext_proc_logs(), what="the refused call's audit line")
     logs = admin.ext_proc_logs()
     assert "admin CreateKey by ops (e2e) from 127.0.0.1: key 'audited'" in logs
     assert "admin RevokeKey by ops (e2e) from 127.0.0.1: key 'audited' revoked" in logs
@@ -308,3 +311,53 @@ def test_malformed_admin_json_is_a_clear_4xx(admin: AdminStack) -> None:
         # read goes to the service, whose gRPC status comes back as the standard google.rpc.Status JSON
         error = answer.json()
         assert (error.get("error") or error)["message"], answer.text
+
+
+def test_the_audited_client_is_the_one_envoy_saw_not_what_the_client_wrote(admin: AdminStack) -> None:
+    spoofed = {"authorization": f"Bearer {ADMIN_SECRET}", "x-forwarded-for": "6.6.6.6",
+               constants.ADMIN_CLIENT_ADDRESS_HEADER: "7.7.7.7", "x-babelgate-operator": "xff-test"}
+    assert httpx.get(admin.stack.url + "/admin/v1/routes", headers=spoofed, timeout=10).status_code == 200
+    line = eventually(lambda: next((line for line in admin.ext_proc_logs().splitlines()
+                                    if "admin ListRoutes by ops (xff-test)" in line), ""), what="the audit line")
+    assert line.endswith("from 127.0.0.1 (client 127.0.0.1 per Envoy)"), line
+    assert "6.6.6.6" not in line and "7.7.7.7" not in line
+
+
+def _admin_server_pid(admin: AdminStack) -> int:
+    return next(child.process.pid for child in admin.stack.supervisor.children if child.name == "ext_proc-0")
+
+
+def test_an_oversized_admin_call_is_refused_before_its_body_is_read(admin: AdminStack) -> None:
+    """Three 64 MiB calls without a credential (refused on their headers) and one with (refused on its length
+    prefix): the process serving the admin API, which also serves client traffic, does not grow by their size."""
+    huge = b"\x00" * (64 << 20)
+    method = admin.grpc().unary_unary(METHOD + "CreateKey")
+    before = rss_mib(_admin_server_pid(admin))
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as refused:
+            method(huge, timeout=60)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as refused:
+        method(huge, metadata=[("authorization", f"Bearer {ADMIN_SECRET}")], timeout=60)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    grown = rss_mib(_admin_server_pid(admin)) - before
+    print(f"\nadmin server RSS after 4 x 64 MiB refused calls: {grown:+.1f} MiB")
+    assert grown < 32
+    # through Envoy, the admin route's own limit answers first
+    through_envoy = httpx.post(admin.stack.url + "/admin/v1/keys", content=b'{"key": {"id": "' + b"x" * (2 << 20)
+                               + b'"}}', headers={"authorization": f"Bearer {ADMIN_SECRET}",
+                                                  "content-type": "application/json"}, timeout=30)
+    assert through_envoy.status_code == 413
+
+
+def test_usage_over_the_ext_proc_channel_needs_the_admin_credential(admin: AdminStack) -> None:
+    from ext_proc.server import USAGE_METHOD
+
+    socket = admin.stack.config.ext_proc.socket_path(0)
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(USAGE_METHOD)(b"", timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        answer = channel.unary_unary(USAGE_METHOD)(b"", timeout=10,
+                                                   metadata=[("authorization", f"Bearer {ADMIN_SECRET}")])
+    assert "values" in answer.decode()

@@ -184,7 +184,7 @@ def test_https_backend_with_test_ca_and_sni(gateway: Gateway, client: openai.Ope
     raw = client.chat.completions.with_raw_response.create(
         model="secure-model", messages=[{"role": "user", "content": "over tls"}])
     assert "openai-tls" in raw.parse().choices[0].message.content
-    assert raw.headers["x-demo-sni"] == "api.demo.test"
+    assert last_request(gateway, "tls")["sni"] == "api.demo.test"
     assert last_request(gateway, "tls")["headers"]["host"].startswith("api.demo.test:")
 
 

@@ -2,7 +2,9 @@
 
 There is no Docker engine here, so compose files are checked by `docker-compose config`, and the compose services'
 commands (as compose resolves them, the image's ENTRYPOINT/CMD included) run as plain processes on 127.0.0.1, with
-service host names and container ports swapped for loopback ones and mounted files for rendered variants.
+service host names and container ports swapped for loopback ones and mounted files for rendered variants. The
+`certs` service's command makes the mutual-TLS files for real, the server serves them, and Envoy connects with its
+client certificate; a client without it is refused.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import grpc
 import httpx
 import kubernetes_validate
 import openai
 import pytest
 import redis
 import yaml
+from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from ext_proc import healthcheck
+from ext_proc.auth.certificates import make_certificates
 from ext_proc.config.loading import load_config, parse_config
 from ext_proc.envoy_config.bootstrap import render_yaml
 from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy
@@ -40,9 +47,17 @@ COMPOSE_CONFIG = ROOT / "envoy" / "compose" / "babelgate.yaml"
 COMPOSE_ENVOY = ROOT / "envoy" / "compose" / "envoy.yaml"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 DEMO_KEY = "bg-compose-demo-key-not-a-secret"  # documented in docker-compose.yaml as the demo-only key
-CORE_SERVICES = {"envoy", "babelgate", "redis"}
+CORE_SERVICES = {"certs", "envoy", "babelgate", "redis"}
 DEMO_SERVICES = {"demo-openai", "demo-anthropic"}
 LOOPBACK = "127.0.0.1"
+TLS_VOLUME = "ext-proc-tls"
+TLS_FILES = ("ca_file", "cert_file", "key_file", "client_cert_file", "client_key_file")
+SERVER_FILES = ("ca_file", "cert_file", "key_file")
+ENVOY_FILES = ("ca_file", "client_cert_file", "client_key_file")
+PROCESS_METHOD = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+IMAGE_USERS = {"babelgate": 10001, "envoy": 101}
+"""The users the two images run as: the babelgate image's USER, and `envoy` in envoyproxy/envoy (its entrypoint
+switches to it)."""
 
 
 # -- docker-compose ---------------------------------------------------------------------------------------------
@@ -65,7 +80,8 @@ def docker_compose() -> str:
 
 def compose(binary: str, *args: str, file: Path = COMPOSE_FILE, profiles: tuple[str, ...] = (),
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and k != "DEMO_PROVIDER_KEY"}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("COMPOSE_") and k not in ("DEMO_PROVIDER_KEY", "BABELGATE_METADATA_KEY")}
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run([binary, "-f", str(file), *flags, *args], cwd=file.parent, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=60)
@@ -81,23 +97,37 @@ def test_compose_file_validates_with_and_without_the_demo_profile(docker_compose
     assert all("profiles" not in services[name] for name in CORE_SERVICES)
     # The validator bites: a misspelt service key is refused.
     broken = tmp_path / "docker-compose.yaml"
-    broken.write_text(COMPOSE_FILE.read_text().replace("    depends_on: [redis]", "    depends_onn: [redis]"))
+    broken.write_text(COMPOSE_FILE.read_text().replace("    restart: \"no\"", "    restartt: \"no\""))
     assert broken.read_text() != COMPOSE_FILE.read_text()
     refused = compose(docker_compose, "config", "-q", file=broken)
-    assert refused.returncode != 0 and "depends_onn" in refused.stderr
+    assert refused.returncode != 0 and "restartt" in refused.stderr
 
 
-def test_compose_envoy_config_is_rendered_from_its_babelgate_config() -> None:
-    expected = render_yaml(load_config(COMPOSE_CONFIG))  # {env: ...} secrets are not resolved to render
+def test_compose_envoy_config_is_rendered_from_its_babelgate_config(tmp_path: Path) -> None:
+    config = load_config(COMPOSE_CONFIG)
+    expected = render_yaml(config)  # {env: ...} secrets are not resolved to render
     assert COMPOSE_ENVOY.read_text() == expected, (
         "envoy/compose/envoy.yaml is stale: "
         "babelgate render -c envoy/compose/babelgate.yaml -o envoy/compose/envoy.yaml")
-    validated = envoy_validate(COMPOSE_ENVOY)
-    assert validated.returncode == 0, validated.stdout + validated.stderr
     clusters = {c["name"]: c for c in yaml.safe_load(expected)["static_resources"]["clusters"]}
     ext_proc = clusters["bg_ext_proc"]
     assert ext_proc["type"] == "STRICT_DNS"
     assert _endpoint(ext_proc) == ("babelgate", 50051)
+    # Envoy presents its client certificate and accepts only the server's name from the CA
+    context = ext_proc["transport_socket"]["typed_config"]["common_tls_context"]
+    tls = config.ext_proc.tls
+    assert context["tls_certificates"] == [{"certificate_chain": {"filename": str(tls.client_cert_file)},
+                                            "private_key": {"filename": str(tls.client_key_file)}}]
+    assert context["validation_context"]["trusted_ca"] == {"filename": str(tls.ca_file)}
+    assert context["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == {"exact": tls.server_name}
+    # Envoy reads the files to validate: the same config with the volume's files made here
+    files = make_certificates(tmp_path / "tls", tls.server_name)
+    local = expected
+    for field in TLS_FILES:
+        local = local.replace(str(getattr(tls, field)), str(getattr(files, field)))
+    (tmp_path / "envoy.yaml").write_text(local)
+    validated = envoy_validate(tmp_path / "envoy.yaml")
+    assert validated.returncode == 0, validated.stdout + validated.stderr
 
 
 def test_envoy_images_are_the_release_the_configs_are_validated_with() -> None:
@@ -111,7 +141,8 @@ def test_envoy_images_are_the_release_the_configs_are_validated_with() -> None:
 def test_compose_config_names_the_services_compose_runs() -> None:
     """Every host the Babelgate config dials is a compose service listening on that port, and the files each
     service mounts are the ones its command reads."""
-    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    compose_file = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose_file["services"]
     config = load_config(COMPOSE_CONFIG)
     for backend in config.backends:
         argv = services[backend.host]["command"]
@@ -120,14 +151,54 @@ def test_compose_config_names_the_services_compose_runs() -> None:
     assert config.ext_proc.host == "babelgate" and config.listener.host == "0.0.0.0"
     assert urlsplit(config.limits.redis.url).hostname == "redis"
     assert services["envoy"]["ports"] == [f"127.0.0.1:{config.listener.port}:{config.listener.port}"]
-    assert services["babelgate"]["volumes"] == ["./envoy/compose/babelgate.yaml:/etc/babelgate/babelgate.yaml:ro"]
-    assert services["envoy"]["volumes"] == ["./envoy/compose/envoy.yaml:/etc/envoy/envoy.yaml:ro"]
+    assert services["babelgate"]["volumes"][0] == "./envoy/compose/babelgate.yaml:/etc/babelgate/babelgate.yaml:ro"
+    assert services["envoy"]["volumes"][0] == "./envoy/compose/envoy.yaml:/etc/envoy/envoy.yaml:ro"
     assert services["envoy"]["command"][:3] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
     assert DEMO_KEY in COMPOSE_FILE.read_text() and DEMO_KEY in COMPOSE_CONFIG.read_text()
+    # the mutual-TLS files: made by `certs` into a named volume, which the two others mount read-only where the
+    # config names them; both wait until `certs` has made them
+    tls = config.ext_proc.tls
+    directory = tls.ca_file.parent
+    assert {getattr(tls, field).parent for field in TLS_FILES} == {directory}
+    assert TLS_VOLUME in compose_file["volumes"]
+    assert services["certs"]["volumes"] == [f"{TLS_VOLUME}:{directory}"]
+    assert services["certs"]["command"][0] == str(directory)
+    assert services["certs"]["entrypoint"][2].count("--server-name babelgate-ext-proc") == 1
+    assert tls.server_name == "babelgate-ext-proc"
+    for name in ("babelgate", "envoy"):
+        assert f"{TLS_VOLUME}:{directory}:ro" in services[name]["volumes"], name
+        assert services[name]["depends_on"]["certs"] == {"condition": "service_completed_successfully"}, name
+    # each key goes to the user of the image that reads it, and the health check asks the port the server serves
+    assert services["certs"]["command"][1:] == [f"{IMAGE_USERS['babelgate']}:{IMAGE_USERS['babelgate']}",
+                                                f"{IMAGE_USERS['envoy']}:{IMAGE_USERS['envoy']}"]
+    assert dockerfile()["USER"][-1] == f"{IMAGE_USERS['babelgate']}:{IMAGE_USERS['babelgate']}"
+    assert healthcheck_argv(dockerfile())[3] == f"127.0.0.1:{config.ext_proc.health_port}"
 
 
-def test_compose_services_run_as_plain_processes_and_serve_openai_clients(docker_compose: str,
-                                                                          tmp_path: Path) -> None:
+@dataclass
+class ComposeStack:
+    """The compose services running as local processes."""
+
+    services: dict
+    ports: dict[tuple[str, int], int]
+    tls_dir: Path
+    """What the `ext-proc-tls` volume holds."""
+    certs_argv: list[str]
+    supervisor: Supervisor
+    store: RedisServer
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports['envoy', 10000]}/v1"
+
+    @property
+    def ext_proc(self) -> str:
+        return f"{LOOPBACK}:{self.ports['babelgate', 50051]}"
+
+
+@pytest.fixture(scope="module")
+def compose_stack(docker_compose: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeStack]:
+    tmp_path = tmp_path_factory.mktemp("compose")
     provider_key = "sk-compose-test-" + secrets.token_hex(6)
     result = compose(docker_compose, "config", profiles=("demo",), env={"DEMO_PROVIDER_KEY": provider_key})
     assert result.returncode == 0, result.stderr
@@ -137,73 +208,174 @@ def test_compose_services_run_as_plain_processes_and_serve_openai_clients(docker
 
     config = yaml.safe_load(COMPOSE_CONFIG.read_text())
     ports = _loopback_ports(config, services)
+    tls_dir = tmp_path / TLS_VOLUME
+    tls_dir.mkdir()
     variant = tmp_path / "babelgate.yaml"
-    variant.write_text(yaml.safe_dump(_on_loopback(config, ports), sort_keys=False))
+    variant.write_text(yaml.safe_dump(_on_loopback(config, ports, tls_dir), sort_keys=False))
     rendered = tmp_path / "envoy.yaml"
     rendered.write_text(render_yaml(load_config(variant)))
-    mounts = {str(COMPOSE_CONFIG): variant, str(COMPOSE_ENVOY): rendered}
+    mounts = {str(COMPOSE_CONFIG): variant, str(COMPOSE_ENVOY): rendered, TLS_VOLUME: tls_dir}
 
     supervisor = Supervisor(log_dir=tmp_path)
     redis_argv = _argv(services["redis"], image)
     assert redis_argv[0] == "redis-server"
     store = RedisServer(tmp_path / "redis", port=ports["redis", 6379], extra_args=tuple(redis_argv[1:]))
     try:
+        # depends_on: certs completes first
+        certs_argv = _local(_argv(services["certs"], image), services["certs"], mounts, ports, "certs")
+        _run_certs(certs_argv, tmp_path)
         store.start()
         for name in sorted(DEMO_SERVICES):
             argv = _local(_argv(services[name], image), services[name], mounts, ports, name)
             supervisor.start_reporting(name, argv, env=_environment(services[name]))
         server_argv = _local(_argv(services["babelgate"], image), services["babelgate"], mounts, ports, "babelgate")
-        assert server_argv[3:] == ["serve", "-c", str(variant), "--host", LOOPBACK]
+        assert server_argv[3:] == ["serve", "-c", str(variant), "--host", LOOPBACK,
+                                   "--health-port", str(ports["babelgate", 50061])]
         supervisor.start("babelgate", server_argv, env=_environment(services["babelgate"]))
-        _wait_serving(f"{LOOPBACK}:{ports['babelgate', 50051]}", supervisor)
+        _wait_serving(f"{LOOPBACK}:{ports['babelgate', 50061]}", supervisor)
         supervisor.start("envoy", _local(_argv(services["envoy"], image), services["envoy"], mounts, ports, "envoy"))
         wait_for_envoy(ports["envoy", 9901], timeout=30, supervisor=supervisor)
-
-        client = openai.OpenAI(base_url=f"http://{LOOPBACK}:{ports['envoy', 10000]}/v1", api_key=DEMO_KEY,
-                               max_retries=0, timeout=20)
-        hello = [{"role": "user", "content": "Hello!"}]
-        answer = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=hello)
-        assert answer.headers["x-babelgate-backend"] == "demo-openai"
-        assert "demo-openai" in answer.parse().choices[0].message.content
-        failover = client.chat.completions.with_raw_response.create(
-            model="claude-sonnet-4-5", messages=hello, extra_headers=fault("demo-anthropic:503"))
-        assert failover.headers["x-babelgate-backend"] == "demo-openai"
-        assert failover.parse().model == "gpt-4o"
-        with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=str(client.base_url), api_key="bg-not-the-demo-key", max_retries=0,
-                          timeout=20).chat.completions.create(model="gpt-4o-mini", messages=hello)
-        # the admin API answers JSON on Envoy's port, with compose's (demo-only) default credential
-        admin_key = _environment(services["babelgate"])["BABELGATE_ADMIN_KEY"]
-        created = httpx.post(f"{str(client.base_url).removesuffix('/v1/')}/admin/v1/keys", json={"key": {"id": "me"}},
-                             headers={"authorization": f"Bearer {admin_key}"}, timeout=10)
-        assert created.status_code == 200, created.text
-        mine = openai.OpenAI(base_url=str(client.base_url), api_key=created.json()["secret"], max_retries=0)
-        assert mine.chat.completions.create(model="gpt-4o-mini", messages=hello).choices
-        # the limits of the compose config, and the keys the admin API made, live in the compose Redis
-        with redis.Redis(host=LOOPBACK, port=store.port) as counters:
-            assert counters.keys("bg:{*") and counters.hexists("bg:keys", "me")
-        supervisor.check()
+        yield ComposeStack(services, ports, tls_dir, certs_argv, supervisor, store)
     finally:
         supervisor.stop_all()
         store.stop()
 
 
+def _run_certs(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """The `certs` service's shell script, with `babelgate` meaning this checkout (as the image's console script)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "babelgate"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m ext_proc \"$@\"\n")
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_compose_services_run_as_plain_processes_and_serve_openai_clients(compose_stack: ComposeStack) -> None:
+    client = openai.OpenAI(base_url=compose_stack.url, api_key=DEMO_KEY, max_retries=0, timeout=20)
+    hello = [{"role": "user", "content": "Hello!"}]
+    answer = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=hello)
+    assert answer.headers["x-babelgate-backend"] == "demo-openai"
+    assert "demo-openai" in answer.parse().choices[0].message.content
+    failover = client.chat.completions.with_raw_response.create(
+        model="claude-sonnet-4-5", messages=hello, extra_headers=fault("demo-anthropic:503"))
+    assert failover.headers["x-babelgate-backend"] == "demo-openai"
+    assert failover.parse().model == "gpt-4o"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=str(client.base_url), api_key="bg-not-the-demo-key", max_retries=0,
+                      timeout=20).chat.completions.create(model="gpt-4o-mini", messages=hello)
+    # the admin API answers JSON on Envoy's port, with compose's (demo-only) default credential
+    admin_key = _environment(compose_stack.services["babelgate"])["BABELGATE_ADMIN_KEY"]
+    created = httpx.post(f"{str(client.base_url).removesuffix('/v1/')}/admin/v1/keys", json={"key": {"id": "me"}},
+                         headers={"authorization": f"Bearer {admin_key}"}, timeout=10)
+    assert created.status_code == 200, created.text
+    mine = openai.OpenAI(base_url=str(client.base_url), api_key=created.json()["secret"], max_retries=0)
+    assert mine.chat.completions.create(model="gpt-4o-mini", messages=hello).choices
+    # the limits of the compose config, and the keys the admin API made, live in the compose Redis
+    with redis.Redis(host=LOOPBACK, port=compose_stack.store.port) as counters:
+        assert counters.keys("bg:{*") and counters.hexists("bg:keys", "me")
+    compose_stack.supervisor.check()
+
+
+def test_compose_certs_hands_each_key_to_its_reader_and_keeps_the_files(compose_stack: ComposeStack,
+                                                                        tmp_path: Path) -> None:
+    """Each private key is readable by one user only, the image user that needs it; a second run (every `up`)
+    keeps the files the running containers use."""
+    tls = compose_stack.tls_dir
+    owners = {"server-key.pem": IMAGE_USERS["babelgate"], "envoy-client-key.pem": IMAGE_USERS["envoy"]}
+    for name, user in owners.items():
+        status = (tls / name).stat()
+        assert status.st_mode & 0o777 == 0o600, name
+        if os.geteuid() == 0:  # as another user, the test ran the script with its own ids
+            assert (status.st_uid, status.st_gid) == (user, user), name
+    before = {path.name: path.read_bytes() for path in tls.iterdir()}
+    assert set(before) == {"ca.pem", "server.pem", "server-key.pem", "envoy-client.pem", "envoy-client-key.pem"}
+    _run_certs(compose_stack.certs_argv, tmp_path)
+    assert {path.name: path.read_bytes() for path in tls.iterdir()} == before
+
+
+def test_compose_ext_proc_port_serves_only_envoys_certificate(compose_stack: ComposeStack, tmp_path: Path) -> None:
+    """The attack: a container on the compose network opens an ext_proc stream as if it were Envoy's attempt stage
+    (which the server would answer with provider credentials). Without Envoy's client certificate the TLS
+    handshake fails, whatever else the client holds."""
+    tls = compose_stack.tls_dir
+    ca = (tls / "ca.pem").read_bytes()
+    other = make_certificates(tmp_path / "other-ca", "babelgate-ext-proc")
+    attackers = {
+        "plaintext": None,
+        "TLS, no client certificate": grpc.ssl_channel_credentials(ca),
+        "a client certificate from another CA": grpc.ssl_channel_credentials(
+            ca, other.client_key_file.read_bytes(), other.client_cert_file.read_bytes()),
+        "the server's own certificate as a client's": grpc.ssl_channel_credentials(
+            ca, (tls / "server-key.pem").read_bytes(), (tls / "server.pem").read_bytes()),
+    }
+    for attacker, credentials in attackers.items():
+        code = _attempt_stage_stream(compose_stack.ext_proc, credentials)
+        assert code == grpc.StatusCode.UNAVAILABLE, f"{attacker}: {code}"
+    # the control: Envoy's own certificate is served (so the refusals above were the certificate's doing)
+    envoy = grpc.ssl_channel_credentials(ca, (tls / "envoy-client-key.pem").read_bytes(),
+                                         (tls / "envoy-client.pem").read_bytes())
+    assert _health(compose_stack.ext_proc, envoy) == HealthCheckResponse.SERVING
+    # the plaintext health port serves the health service alone: no ext_proc stream there either
+    health_port = f"{LOOPBACK}:{compose_stack.ports['babelgate', 50061]}"
+    assert _health(health_port, None) == HealthCheckResponse.SERVING
+    assert _attempt_stage_stream(health_port, None) == grpc.StatusCode.UNIMPLEMENTED
+    # and Envoy's requests still work
+    client = openai.OpenAI(base_url=compose_stack.url, api_key=DEMO_KEY, max_retries=0, timeout=20)
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]).choices
+    compose_stack.supervisor.check()
+
+
+def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, credentials, options=(("grpc.ssl_target_name_override", "babelgate-ext-proc"),))
+
+
+def _attempt_stage_stream(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode:
+    """Open an ext_proc stream claiming to be the attempt stage; the status it ends with."""
+    with _channel(target, credentials) as channel:
+        stream = channel.stream_stream(PROCESS_METHOD)
+        try:
+            for _ in stream(iter([b""]), timeout=10, metadata=(("x-babelgate-stage", "attempt"),)):
+                pass
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def _health(target: str, credentials: grpc.ChannelCredentials | None) -> int:
+    with _channel(target, credentials) as channel:
+        check = channel.unary_unary(healthcheck.CHECK_METHOD, request_serializer=HealthCheckRequest.SerializeToString,
+                                    response_deserializer=HealthCheckResponse.FromString)
+        return check(HealthCheckRequest(), timeout=10).status
+
+
 def _loopback_ports(config: dict, services: dict) -> dict[tuple[str, int], int]:
     """A free loopback port for every (service, container port) the stack uses."""
+    server = config["ext_proc"]
     wanted = [("envoy", config["listener"]["port"]), ("envoy", config["listener"]["admin_port"]),
-              ("babelgate", config["ext_proc"]["port"]), ("babelgate", config["admin"]["port"]), ("redis", 6379)]
+              ("babelgate", server["port"]), ("babelgate", server["health_port"]),
+              ("babelgate", config["admin"]["port"]), ("redis", 6379)]
     for name in sorted(DEMO_SERVICES):
         argv = services[name]["command"]
         wanted.append((name, int(argv[argv.index("--port") + 1])))
     return dict(zip(wanted, free_ports(len(wanted)), strict=True))
 
 
-def _on_loopback(config: dict, ports: dict[tuple[str, int], int]) -> dict:
-    """The compose config with every service address replaced by its loopback port."""
+def _on_loopback(config: dict, ports: dict[tuple[str, int], int], tls_dir: Path) -> dict:
+    """The compose config with every service address replaced by its loopback port, and the TLS files by the
+    directory standing in for the volume."""
     listener, server = config["listener"], config["ext_proc"]
     config["listener"] = {**listener, "host": LOOPBACK, "port": ports["envoy", listener["port"]],
                           "admin_port": ports["envoy", listener["admin_port"]]}
-    config["ext_proc"] = {**server, "host": LOOPBACK, "port": ports[server["host"], server["port"]]}
+    tls = {key: str(tls_dir / Path(value).name) if key in TLS_FILES else value
+           for key, value in server["tls"].items()}
+    config["ext_proc"] = {**server, "host": LOOPBACK, "port": ports[server["host"], server["port"]],
+                          "health_port": ports[server["host"], server["health_port"]], "tls": tls}
     config["admin"]["port"] = ports[server["host"], config["admin"]["port"]]
     for backend in config["backends"]:
         backend["base_url"] = _url_on_loopback(backend["base_url"], ports)
@@ -219,29 +391,35 @@ def _url_on_loopback(url: str, ports: dict[tuple[str, int], int]) -> str:
 
 def _argv(service: dict, image: dict[str, list[str]]) -> list[str]:
     """What the container runs: compose's entrypoint/command, else the image's (compose drops the image's CMD when
-    a service sets its own entrypoint)."""
+    a service sets its own entrypoint). `$$` is compose's escape for a `$` the container sees."""
     entrypoint = service.get("entrypoint")
     command = service.get("command")
     if "build" not in service:
-        return [*(entrypoint or []), *(command or [])]
-    if entrypoint is None:
-        return [*image["ENTRYPOINT"], *(command if command is not None else image["CMD"])]
-    return [*entrypoint, *(command or [])]
+        argv = [*(entrypoint or []), *(command or [])]
+    elif entrypoint is None:
+        argv = [*image["ENTRYPOINT"], *(command if command is not None else image["CMD"])]
+    else:
+        argv = [*entrypoint, *(command or [])]
+    return [arg.replace("$$", "$") for arg in argv]
 
 
 def _local(argv: list[str], service: dict, mounts: dict[str, Path], ports: dict[tuple[str, int], int],
            name: str) -> list[str]:
-    """The container's argv as a local process: local executables, mounted files, loopback addresses and ports."""
+    """The container's argv as a local process: local executables, mounted files, loopback addresses and ports,
+    and (as a user who can't hand files to others) this user's ids for the image users."""
     volumes = {}
     for volume in service.get("volumes", []):
         source, target = (volume["source"], volume["target"]) if isinstance(volume, dict) else volume.split(":")[:2]
         volumes[target] = str(mounts[source])
     executables = {"babelgate": [sys.executable, "-m", "ext_proc"], "python": [sys.executable],
-                   "envoy": [envoy_binary()]}
+                   "envoy": [envoy_binary()], "sh": ["sh"]}
+    users = {f"{uid}:{uid}" for uid in IMAGE_USERS.values()}
     local = [*executables[argv[0]]]
     for index, arg in enumerate(argv[1:], start=1):
-        if argv[index - 1] == "--port":
+        if argv[index - 1] in ("--port", "--health-port"):
             arg = str(ports[name, int(arg)])
+        elif arg in users and os.geteuid() != 0:
+            arg = f"{os.getuid()}:{os.getgid()}"
         local.append(volumes.get(arg, LOOPBACK if arg == "0.0.0.0" else arg))
     return local
 
@@ -253,10 +431,10 @@ def _environment(service: dict) -> dict[str, str]:
     return {key: str(value) for key, value in environment.items()}
 
 
-def _wait_serving(target: str, supervisor: Supervisor, timeout: float = 20) -> None:
+def _wait_serving(target: str, supervisor: Supervisor, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not healthcheck.check(target, timeout=1)[0]:
-        supervisor.check()
+        supervisor.check()  # a server that died fails now, not at the deadline
         assert time.monotonic() < deadline, f"{target} did not become SERVING"
         time.sleep(0.1)
 
@@ -297,11 +475,13 @@ def test_dockerfile_runs_the_server_as_a_non_root_user_with_a_grpc_health_check(
     assert any("pip install ." in run and "[test]" not in run for run in image["RUN"])
     user = image["USER"][-1].split(":")[0]
     assert user not in ("root", "0")
-    assert image["EXPOSE"] == ["50051"]
+    assert image["EXPOSE"] == ["50051 50061"]
     assert image["ENTRYPOINT"] == ["babelgate"]
-    assert image["CMD"] == ["serve", "-c", "/etc/babelgate/babelgate.yaml", "--host", "0.0.0.0"]
+    assert image["CMD"] == ["serve", "-c", "/etc/babelgate/babelgate.yaml", "--host", "0.0.0.0",
+                            "--health-port", "50061"]
+    # the check asks the plaintext health port the CMD serves (it has no client certificate for the ext_proc port)
     check = healthcheck_argv(image)
-    assert check[:3] == ["python", "-m", "ext_proc.healthcheck"] and check[3].endswith(":50051")
+    assert check[:3] == ["python", "-m", "ext_proc.healthcheck"] and check[3] == "127.0.0.1:50061"
     # .dockerignore lets in exactly what the Dockerfile copies
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
@@ -342,11 +522,13 @@ def test_healthcheck_exits_zero_only_for_a_serving_server(tmp_path: Path) -> Non
     config.write_text(yaml.safe_dump({
         "backends": [{"id": "oa", "schema": "openai", "base_url": "http://127.0.0.1:9/v1"}],
         "routes": [{"model": "m", "backends": [{"backend": "oa", "model": "m"}]}]}))
-    port = free_port()
+    port, health_port = free_port(), free_port()
     supervisor = Supervisor(log_dir=tmp_path)
     try:
         supervisor.start_reporting("babelgate", [sys.executable, "-m", "ext_proc", "serve", "-c", str(config),
-                                                 "--host", LOOPBACK, "--port", str(port), "--report-ready"])
+                                                 "--host", LOOPBACK, "--port", str(port), "--health-port",
+                                                 str(health_port), "--report-ready"])
+        port = health_port  # what the HEALTHCHECK asks
         serving = run_healthcheck(check, f"{LOOPBACK}:{port}")
         assert serving.returncode == 0, serving.stderr
         assert "SERVING" in serving.stdout
@@ -370,6 +552,8 @@ def run_healthcheck(argv: list[str], target: str) -> subprocess.CompletedProcess
 # -- Kubernetes -------------------------------------------------------------------------------------------------
 
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+EXAMPLE_SECRETS = {"provider-keys.secret.example.yaml", "ext-proc-tls.secret.example.yaml"}
+TLS_SECRET = "babelgate-ext-proc-tls"
 
 
 def manifests() -> dict[str, list[dict]]:
@@ -381,10 +565,14 @@ def objects() -> dict[tuple[str, str], dict]:
     return {(doc["kind"], doc["metadata"]["name"]): doc for docs in manifests().values() for doc in docs}
 
 
+def kubernetes_config() -> object:
+    return parse_config(objects()["ConfigMap", "babelgate-config"]["data"]["babelgate.yaml"], source="configmap")
+
+
 def test_kubernetes_manifests_match_the_schemas() -> None:
     found = manifests()
     assert set(found) >= {"namespace.yaml", "babelgate-config.yaml", "babelgate.yaml", "envoy.yaml",
-                          "provider-keys.secret.example.yaml"}
+                          "network-policy.yaml", *EXAMPLE_SECRETS}
     for docs in found.values():
         for doc in docs:
             for version in KUBERNETES_VERSIONS:
@@ -396,11 +584,12 @@ def test_kubernetes_manifests_match_the_schemas() -> None:
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_kustomization_applies_everything_but_the_example_secret() -> None:
+def test_kustomization_applies_everything_but_the_example_secrets() -> None:
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
-    assert set(kustomization["resources"]) == set(manifests()) - {"provider-keys.secret.example.yaml"}
-    secret = objects()["Secret", "babelgate-provider-keys"]
-    assert all(value.startswith("REPLACE-ME") for value in secret["stringData"].values())
+    assert set(kustomization["resources"]) == set(manifests()) - EXAMPLE_SECRETS
+    for name in ("babelgate-provider-keys", TLS_SECRET):
+        secret = objects()["Secret", name]
+        assert all(value.startswith("REPLACE-ME") for value in secret["stringData"].values()), name
 
 
 def test_kubernetes_ext_proc_deployment_is_non_root_probed_over_grpc_and_sized() -> None:
@@ -409,12 +598,19 @@ def test_kubernetes_ext_proc_deployment_is_non_root_probed_over_grpc_and_sized()
     (container,) = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["readinessProbe"]["grpc"] == {"port": 50051}
-    assert container["livenessProbe"]["grpc"] == {"port": 50051}
+    # probes ask the plaintext health port (the kubelet has no client certificate for 50051)
+    assert container["readinessProbe"]["grpc"] == {"port": 50061}
+    assert container["livenessProbe"]["grpc"] == {"port": 50061}
+    assert kubernetes_config().ext_proc.health_port == 50061
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "128Mi"}
     assert container["resources"]["limits"] == {"memory": "256Mi"}
     assert container["args"] == dockerfile()["CMD"]
     assert {ref["secretRef"]["name"] for ref in container["envFrom"]} == {"babelgate-provider-keys"}
+    # every replica seals and opens reservations with one key; a pod without it does not start
+    metadata_key = next(env for env in container["env"] if env["name"] == "BABELGATE_METADATA_KEY")
+    assert metadata_key["valueFrom"]["secretKeyRef"] == {"name": "babelgate-provider-keys",
+                                                         "key": "BABELGATE_METADATA_KEY"}
+    assert "optional" not in metadata_key["valueFrom"]["secretKeyRef"]
     service = found["Service", "babelgate"]["spec"]
     assert service["ports"] == [{"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP",
                                  "appProtocol": "grpc"}]
@@ -424,17 +620,45 @@ def test_kubernetes_ext_proc_deployment_is_non_root_probed_over_grpc_and_sized()
     assert mounted["config"]["configMap"]["name"] == "babelgate-config"
 
 
+@pytest.mark.parametrize(("deployment", "container", "fields"), [
+    ("babelgate", "babelgate", SERVER_FILES), ("babelgate-envoy", "envoy", ENVOY_FILES)])
+def test_each_deployment_mounts_its_side_of_the_mutual_tls_secret_where_the_config_names_it(
+        deployment: str, container: str, fields: tuple[str, ...]) -> None:
+    tls = kubernetes_config().ext_proc.tls
+    pod = objects()["Deployment", deployment]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == TLS_SECRET)
+    mount = next(m for c in pod["containers"] if c["name"] == container for m in c["volumeMounts"]
+                 if m["name"] == volume["name"])
+    assert mount["readOnly"] is True
+    mounted = {str(Path(mount["mountPath"]) / item["path"]): item["key"] for item in volume["secret"]["items"]}
+    # exactly this side's files (the other side's key never enters the pod), at the config's paths
+    assert mounted == {str(getattr(tls, field)): getattr(tls, field).name for field in fields}
+    # readable by the pod's user through its group only
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    secret = objects()["Secret", TLS_SECRET]["stringData"]
+    assert set(secret) == {getattr(tls, field).name for field in TLS_FILES}
+
+
 def test_kubernetes_config_map_holds_a_config_whose_envoy_rendering_validates(tmp_path: Path) -> None:
     found = objects()
-    config = parse_config(found["ConfigMap", "babelgate-config"]["data"]["babelgate.yaml"], source="configmap")
+    config = kubernetes_config()
     assert config.ext_proc.host == "babelgate" and config.ext_proc.processes == 1
     assert ("Service", config.ext_proc.host) in found
     secret_keys = set(found["Secret", "babelgate-provider-keys"]["stringData"])
-    assert {backend.api_key.env for backend in config.backends} == secret_keys
+    assert {backend.api_key.env for backend in config.backends} | {"BABELGATE_METADATA_KEY"} == secret_keys
+    # Envoy reads the certificate files to validate: the same config with files made here at those names
+    tls = config.ext_proc.tls
+    files = make_certificates(tmp_path / "tls", tls.server_name)
+    text = render_yaml(config)
+    for field in TLS_FILES:
+        text = text.replace(str(getattr(tls, field)), str(getattr(files, field)))
     rendered = tmp_path / "envoy.yaml"
-    rendered.write_text(render_yaml(config))
+    rendered.write_text(text)
     result = envoy_validate(rendered)
     assert result.returncode == 0, result.stdout + result.stderr
+    ext_proc = next(c for c in yaml.safe_load(text)["static_resources"]["clusters"] if c["name"] == "bg_ext_proc")
+    assert ext_proc["transport_socket"]["typed_config"]["sni"] == tls.server_name
     gateway = found["Deployment", "babelgate-envoy"]["spec"]["template"]["spec"]
     assert gateway["initContainers"][0]["args"][:1] == ["render"]
     assert gateway["containers"][0]["ports"][0]["containerPort"] == config.listener.port

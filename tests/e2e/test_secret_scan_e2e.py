@@ -171,7 +171,8 @@ def _gateway_config(ports: dict[str, int], found: dict[str, str], workdir: Path,
     chain["guardrails"] = [{"name": "pii", "pii": ["email", "api_key"], "mode": "redact"}]
     data["routes"].append({"model": "command", "backends": [{"backend": "ob", "model": "gpt-command"}]})
     data["telemetry"]["traces"] = {"otlp_endpoint": otlp}
-    data["admin"] = {"port": admin_port, "credentials": [{"name": "ops", "secret": {"file": str(vault / "admin.key")}}]}
+    data["admin"] = {"port": admin_port, "via_envoy": True,
+                     "credentials": [{"name": "ops", "secret": {"file": str(vault / "admin.key")}}]}
     data["limits"] = {"redis": {"url": redis_url, "password": {"env": "BG_SCAN_REDIS_PASSWORD"},
                                 "key_prefix": "bgscan:"}}
     return data

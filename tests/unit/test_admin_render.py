@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pb2
 from ext_proc import constants
 from ext_proc.cli import main
 from ext_proc.config.loading import ConfigError, parse_config
-from ext_proc.envoy_config.admin_api import SERVICE, TRANSCODER_FILTER
+from ext_proc.envoy_config.admin_api import SERVICE, SIZE_LIMIT_FILTER, TRANSCODER_FILTER
 from ext_proc.envoy_config.bootstrap import render_yaml
 from ext_proc.envoy_config.clusters import ADMIN_API_CLUSTER
 
@@ -35,6 +35,7 @@ keys_file: /var/lib/babelgate/keys.yaml
 admin:
   port: 50999
   credentials: [{name: ops, secret: {env: BG_ADMIN_OPS}}, {name: ci, secret: {file: /run/secrets/ci}}]
+  via_envoy: true
 """
 PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 TRANSCODER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
@@ -67,8 +68,9 @@ def with_admin() -> dict:
 
 def test_the_transcoder_is_the_first_filter_before_the_route_stage(with_admin: dict) -> None:
     filters = manager(with_admin)["http_filters"]
-    assert [f["name"] for f in filters] == [TRANSCODER_FILTER, constants.ROUTE_STAGE_FILTER,
+    assert [f["name"] for f in filters] == [TRANSCODER_FILTER, SIZE_LIMIT_FILTER, constants.ROUTE_STAGE_FILTER,
                                             "envoy.filters.http.router"]
+    assert filters[1]["disabled"] is True  # the admin route alone turns the size limit on
     transcoder = filters[0]["typed_config"]
     assert transcoder["@type"] == TRANSCODER_TYPE
     assert transcoder["services"] == [SERVICE]
@@ -91,6 +93,12 @@ def test_the_admin_route_comes_first_with_the_route_stage_off(with_admin: dict) 
     assert first["route"]["cluster"] == ADMIN_API_CLUSTER
     per_route = first["typed_per_filter_config"][constants.ROUTE_STAGE_FILTER]
     assert per_route == {"@type": PER_ROUTE_TYPE, "disabled": True}
+    limit = first["typed_per_filter_config"][SIZE_LIMIT_FILTER]["buffer"]["max_request_bytes"]
+    assert limit == constants.ADMIN_MAX_MESSAGE_BYTES + 5
+    (client_address,) = first["request_headers_to_add"]
+    assert client_address["header"] == {"key": constants.ADMIN_CLIENT_ADDRESS_HEADER,
+                                        "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+    assert client_address["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
     assert "admin_api" not in [r["name"] for r in rest]
     assert rest[-1]["name"] == "unrouted"
     assert all("typed_per_filter_config" not in r for r in rest)  # the chain routes keep the route stage
@@ -114,7 +122,9 @@ def test_an_ext_proc_host_name_is_resolved_for_the_admin_cluster() -> None:
     assert address["socket_address"] == {"address": "babelgate-ext-proc", "port_value": 50999}
 
 
-@pytest.mark.parametrize("text", [BASE, BASE + ADMIN + "  via_envoy: false\n"], ids=["no admin", "not via envoy"])
+@pytest.mark.parametrize("text", [BASE, BASE + ADMIN.replace("  via_envoy: true\n", ""),
+                                  BASE + ADMIN.replace("via_envoy: true", "via_envoy: false")],
+                         ids=["no admin", "via_envoy not set (off by default)", "not via envoy"])
 def test_without_the_admin_api_on_envoy_nothing_of_it_is_rendered(text: str) -> None:
     rendered_text = render_yaml(parse_config(text))
     rendered = yaml.safe_load(rendered_text)
@@ -142,7 +152,8 @@ def test_render_filters_only_includes_the_transcoder_and_the_admin_route(tmp_pat
     output = tmp_path / "filters.yaml"
     assert main(["render", "-c", str(config_path), "--filters-only", "-o", str(output)]) == 0
     pieces = yaml.safe_load(output.read_text())
-    assert [f["name"] for f in pieces["http_filters"]] == [TRANSCODER_FILTER, constants.ROUTE_STAGE_FILTER]
+    assert [f["name"] for f in pieces["http_filters"]] == [TRANSCODER_FILTER, SIZE_LIMIT_FILTER,
+                                                            constants.ROUTE_STAGE_FILTER]
     assert pieces["http_filters"][0]["typed_config"]["services"] == [SERVICE]
     admin_route = pieces["routes"][0]
     assert admin_route["name"] == "admin_api" and admin_route["route"]["cluster"] == ADMIN_API_CLUSTER
@@ -191,5 +202,6 @@ def test_admin_needs_at_least_one_credential() -> None:
 def test_a_free_admin_port_cannot_be_rendered_into_envoys_config() -> None:
     with pytest.raises(ConfigError, match=r"admin\.port 0"):
         parse_config(BASE + ADMIN.replace("port: 50999", "port: 0"))
-    served_alone = parse_config(BASE + ADMIN.replace("port: 50999", "port: 0\n  via_envoy: false"))
+    served_alone = parse_config(BASE + ADMIN.replace("port: 50999", "port: 0").replace("via_envoy: true",
+                                                                                        "via_envoy: false"))
     assert served_alone.admin is not None and served_alone.admin.port == 0

@@ -15,13 +15,19 @@ from google.protobuf.message import Message
 
 from ext_proc.admin import admin_pb2 as pb
 from ext_proc.admin.key_store import RedisKeyStore, read_keys_file, with_stored_keys
-from ext_proc.admin.service import OPERATOR_METADATA_KEY, SERVICE_NAME, AdminService, key_message
+from ext_proc.admin.service import (
+    CLIENT_ADDRESS_HEADER,
+    OPERATOR_METADATA_KEY,
+    SERVICE_NAME,
+    AdminService,
+    key_message,
+)
 from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.config.models import Config, LimitRule, RedisSettings, VirtualKey
 from ext_proc.config.runtime import Runtime, compile_runtime
 from ext_proc.limits.limiter import Demand
-from ext_proc.transport.grpc import PEER_METADATA_KEY, Status
+from ext_proc.transport.grpc import PEER_METADATA_KEY, RpcError, Status
 
 from ..redis_server import RedisServer, free_ports
 
@@ -98,7 +104,10 @@ class Bench:
 
     async def raw(self, name: str, data: bytes, metadata: dict[str, str]) -> Answer:
         call = FakeCall()
-        handler = self.methods[f"/{SERVICE_NAME}/{name}"](call, metadata)  # type: ignore[arg-type]
+        try:
+            handler = self.methods[f"/{SERVICE_NAME}/{name}"](call, metadata)  # type: ignore[arg-type]
+        except RpcError as refused:  # on the headers: the transport answers before reading the message
+            return Answer(refused.status, refused.message, None)
         handler.on_message(data)
         handler.on_end()
         await asyncio.wait_for(call.finished.wait(), 10)
@@ -198,18 +207,35 @@ def test_a_caller_without_a_peer_address_is_audited_as_a_local_socket(
     assert audit_lines(audit_log) == ["admin ListRoutes by ci from a local socket"]
 
 
-def test_operator_and_forwarded_for_cannot_forge_audit_lines(bench: Bench, audit_log: pytest.LogCaptureFixture) -> None:
+def test_operator_and_client_address_cannot_forge_audit_lines(bench: Bench,
+                                                             audit_log: pytest.LogCaptureFixture) -> None:
     forged = "eve\nINFO babelgate.audit: admin RevokeKey by ops\r\x1b[2J"
     run(bench.ok("ListRoutes", pb.ListRoutesRequest(), operator=forged + "x" * 100,
-                 **{"x-forwarded-for": "1.2.3.4\nforged line"}))
-    run(bench.call("ListRoutes", pb.ListRoutesRequest(), secret="wrong", **{"x-forwarded-for": "5.6.7.8\rfake"}))
+                 **{CLIENT_ADDRESS_HEADER: "1.2.3.4\nforged line"}))
+    run(bench.call("ListRoutes", pb.ListRoutesRequest(), secret="wrong", **{CLIENT_ADDRESS_HEADER: "5.6.7.8\rfake"}))
     lines = audit_lines(audit_log)
     assert len(lines) == 2
     assert all(line.isprintable() for line in lines), lines
     shown = "eve?INFO babelgate.audit: admin RevokeKey by ops??[2J"
     assert f"by ops ({shown}{'x' * (64 - len(shown))}) from" in lines[0]  # cut at 64 characters
-    assert f"from {PEER} (forwarded for 1.2.3.4?forged line)" in lines[0]
-    assert "(forwarded for 5.6.7.8?fake)" in lines[1]
+    assert f"from {PEER} (client 1.2.3.4?forged line per Envoy)" in lines[0]
+    assert "(client 5.6.7.8?fake per Envoy)" in lines[1]
+
+
+def test_a_clients_own_x_forwarded_for_is_not_the_audited_address(bench: Bench,
+                                                                 audit_log: pytest.LogCaptureFixture) -> None:
+    run(bench.ok("ListRoutes", pb.ListRoutesRequest(), **{"x-forwarded-for": "6.6.6.6"}))
+    (line,) = audit_lines(audit_log)
+    assert "6.6.6.6" not in line
+    assert line.endswith(f"from {PEER}")
+
+
+def test_a_caller_without_the_credential_is_refused_on_its_headers(bench: Bench) -> None:
+    call = FakeCall()
+    with pytest.raises(RpcError) as refused:
+        bench.methods[f"/{SERVICE_NAME}/CreateKey"](call, {"authorization": "Bearer wrong"})  # type: ignore[arg-type]
+    assert refused.value.status == Status.UNAUTHENTICATED
+    assert call.messages == []
 
 
 def test_a_team_name_cannot_forge_audit_lines(bench: Bench, audit_log: pytest.LogCaptureFixture) -> None:

@@ -176,8 +176,9 @@ def test_embeddings_go_to_the_openai_embeddings_path(monkeypatch: pytest.MonkeyP
     assert orjson.loads(reply.request_body.response.body_mutation.body)["model"] == "text-embedding-3-small"
 
 
-def _limited_stage(monkeypatch: pytest.MonkeyPatch) -> tuple[AttemptStage, object]:
-    """An attempt stage whose request holds a real reservation in the in-process store."""
+def _limited_stage(monkeypatch: pytest.MonkeyPatch, forge: object = None) -> tuple[AttemptStage, object]:
+    """An attempt stage whose request holds a real reservation in the in-process store (sealed by the limiter as
+    the route stage does; `forge(text)` replaces what travels in the metadata)."""
     from ext_proc.config.loading import parse_config
     from ext_proc.config.runtime import compile_runtime
     from ext_proc.limits.limiter import Demand
@@ -191,7 +192,8 @@ def _limited_stage(monkeypatch: pytest.MonkeyPatch) -> tuple[AttemptStage, objec
                                               Demand(10, 500, 0), "oa"))
     metadata = _decision()
     metadata.filter_metadata[constants.METADATA_NAMESPACE].update(
-        {constants.METADATA_RESERVATION_KEY: reservation.encode()})
+        {constants.METADATA_RESERVATION_KEY: limiter.seal(reservation) if forge is None
+         else forge(reservation.encode())})  # type: ignore[operator]
     stage = AttemptStage(limited)
     request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS), metadata_context=metadata)
     request.attributes["envoy.filters.http.ext_proc"].CopyFrom(_attributes("oa")["envoy.filters.http.ext_proc"])
@@ -227,3 +229,23 @@ def test_a_failed_attempt_settles_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     drive(stage, ProcessingRequest(response_body=HttpBody(body=b'{"error": {"message": "x"}}', end_of_stream=True)))
     asyncio.run(stage.close())
     assert _charged(limiter) == 510  # still the reservation: Envoy retries, or the route stage releases
+
+
+@pytest.mark.parametrize("forgery", [
+    pytest.param(lambda text: text, id="unsealed"),
+    pytest.param(lambda text: text + "~" + "A" * 43, id="wrong seal"),
+    pytest.param(lambda text: text.replace("500", "-99999999") + "~" + "A" * 43, id="negative amount"),
+])
+def test_a_reservation_without_this_deployments_seal_moves_no_counter(monkeypatch: pytest.MonkeyPatch,
+                                                                      forgery: object) -> None:
+    """A caller that could open an attempt-stage stream and hand it reservation metadata would otherwise make the
+    settlement subtract from any counter it names (a quota reset)."""
+    stage, limiter = _limited_stage(monkeypatch, forge=forgery)
+    before = _charged(limiter)
+    drive(stage, ProcessingRequest(request_body=body(HELLO)))
+    drive(stage, ProcessingRequest(response_headers=headers({":status": "200", "content-type": "application/json"})))
+    answer = (Path(__file__).parent.parent / "fixtures" / "openai" / "response_text.openai.json")
+    drive(stage, ProcessingRequest(response_body=HttpBody(body=answer.read_bytes(), end_of_stream=True)))
+    asyncio.run(stage.close())
+    assert _charged(limiter) == before
+    assert limiter.stats.unsealed_refusals == 1  # type: ignore[attr-defined]

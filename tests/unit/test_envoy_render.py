@@ -147,7 +147,10 @@ def test_single_backend_routes_go_straight_to_the_backend_cluster() -> None:
     routes = {r["name"]: r for r in manager["route_config"]["virtual_hosts"][0]["routes"]}
     direct = routes["bg_direct_an"]
     assert direct["route"]["cluster"] == "bg_backend_an" and "retry_policy" not in direct["route"]
-    assert direct["request_headers_to_remove"] == [constants.HEADER_CHAIN]
+    assert direct["request_headers_to_remove"] == [constants.HEADER_CHAIN, "x-envoy-attempt-count", "x-forwarded-for",
+                                                   "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port"]
+    assert direct["match"]["dynamic_metadata"] == [{"filter": "babelgate", "path": [{"key": "route"}],
+                                                    "value": {"present_match": True}}]
     assert "bg_chain_an" not in _clusters(rendered)  # no aggregate cluster for a chain of one
     route_stage = manager["http_filters"][0]["typed_config"]
     assert route_stage["processing_mode"]["response_header_mode"] == "SEND"

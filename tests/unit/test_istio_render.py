@@ -1,10 +1,12 @@
 """`babelgate render --istio`: the EnvoyFilter's patches are Envoy config that the real Envoy accepts and runs once
 applied the way Istio applies them, and the Kubernetes objects around them do what envoy/istio/README.md says.
 
-Istio itself is not here: `mesh_envoy` builds what Istio would generate for the rendered Gateway/VirtualService or
-Service (only the parts the patches touch, plus another application's host on the same listener), then applies the
-EnvoyFilter's patches with Istio's semantics (INSERT_BEFORE the router, proto merges, INSERT_FIRST routes, ADD
-clusters). A patch that would match nothing in Istio fails the test.
+Istio itself is not here: `mesh_envoy` builds what Istio would generate for the gateway that runs Babelgate's
+filters — the ingress gateway (placement `gateway`) or Babelgate's own gateway in the mesh (placement `sidecar`) —
+from the rendered Gateway/VirtualService (only the parts the patches touch, plus another host on the same
+listener), then applies the EnvoyFilter's patches with Istio's semantics (INSERT_BEFORE the router, proto merges,
+INSERT_FIRST routes, ADD clusters). A patch that would match nothing in Istio fails the test. Who may reach the
+ext_proc server (PeerAuthentication, AuthorizationPolicy) is tested in tests/unit/test_deploy_trust_policies.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import yaml
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from ext_proc import constants
+from ext_proc import constants, healthcheck
+from ext_proc.auth.certificates import make_certificates
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config, parse_config
 from ext_proc.envoy_config.bootstrap import route_configuration
@@ -40,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "envoy" / "babelgate.example.yaml"
 NAMESPACE = "babelgate"
 PLACEMENTS = ("gateway", "sidecar")
-CONTEXTS = {"gateway": "GATEWAY", "sidecar": "SIDECAR_OUTBOUND"}
 EXT_PROC_CLUSTER = "outbound|50051||babelgate.babelgate.svc.cluster.local"
 HCM = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -150,18 +152,27 @@ class Names:
 
 
 def istio_names(found: dict[tuple[str, str], dict], placement: str) -> Names:
+    """Istio's names on a gateway: route configuration `http.<port>` for an HTTP server and
+    `https.<port>.<port name>.<gateway>.<namespace>` for an HTTPS one (ISTIO_MUTUAL included), virtual host
+    `<host>:<port>` with domains `<host>` and `<host>:*` (`*` alone for the host `*`)."""
+    gateway = found["Gateway", "babelgate"]
+    server = gateway["spec"]["servers"][0]
+    port, host = server["port"]["number"], server["hosts"][0]
+    domains = [host] if host == "*" else [host, f"{host}:*"]
     if placement == "gateway":
-        server = found["Gateway", "babelgate"]["spec"]["servers"][0]
-        port, host = server["port"]["number"], server["hosts"][0]
-        return Names(port, f"http.{port}", f"{host}:{port}", [host, f"{host}:*"], host)
+        assert server["port"]["protocol"] == "HTTP"
+        return Names(port, f"http.{port}", f"{host}:{port}", domains, host)
+    assert server["port"]["protocol"] == "HTTPS" and server["tls"] == {"mode": "ISTIO_MUTUAL"}
+    route_config = f"https.{port}.{server['port']['name']}.{gateway['metadata']['name']}.{NAMESPACE}"
     service = found["Service", "babelgate-api"]
-    port, name = service["spec"]["ports"][0]["port"], service["metadata"]["name"]
-    fqdn = f"{name}.{NAMESPACE}.svc.cluster.local"
-    short = [fqdn, name, f"{name}.{NAMESPACE}", f"{name}.{NAMESPACE}.svc"]
-    return Names(port, str(port), f"{fqdn}:{port}", short + [f"{h}:{port}" for h in short], f"{name}.{NAMESPACE}")
+    # what an application sends: the Service's short name, which the gateway's `*` host takes
+    return Names(port, route_config, f"{host}:{port}", domains, f"{service['metadata']['name']}.{NAMESPACE}")
 
 
 def mesh_envoy(objects: list[dict], placement: str, *, port: int, admin_port: int, ext_proc_port: int) -> dict:
+    """The gateway's listener, route configuration and clusters as Istio would make them, patched. The listener is
+    plaintext: the ISTIO_MUTUAL server of Babelgate's own gateway terminates Istio's TLS in front of the same HTTP
+    connection manager, which is all the patches touch."""
     found = by_kind(objects)
     names = istio_names(found, placement)
     http = found["VirtualService", "babelgate"]["spec"]["http"][0]
@@ -178,9 +189,6 @@ def mesh_envoy(objects: list[dict], placement: str, *, port: int, admin_port: in
             {"match": {"prefix": "/nowhere"}, "route": {"cluster": f"outbound|80||nowhere.{OTHER_HOST}"}},
             {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "other"}}}]},
     ]}
-    if placement == "sidecar":  # Istio ends a sidecar's outbound route configurations with a catch-all
-        route_config["virtual_hosts"].append({"name": "allow_any", "domains": ["*"], "routes": [
-            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}]})
     manager = {"@type": HCM_TYPE, "stat_prefix": f"outbound_0.0.0.0_{names.port}", "http_filters": [
         {"name": "envoy.filters.http.router",
          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
@@ -193,10 +201,10 @@ def mesh_envoy(objects: list[dict], placement: str, *, port: int, admin_port: in
          "typed_extension_protocol_options": {HTTP_OPTIONS: {
              "@type": f"type.googleapis.com/{HTTP_OPTIONS}", "explicit_http_config": {"http2_protocol_options": {}}}}},
         *[{"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": name}}
-          for name in (f"outbound|80||nowhere.{OTHER_HOST}", "PassthroughCluster")],
+          for name in (f"outbound|80||nowhere.{OTHER_HOST}",)],
     ]
     for patch in patches(objects):
-        assert patch["match"]["context"] == CONTEXTS[placement]
+        assert patch["match"]["context"] == "GATEWAY"
         assert apply(patch, manager, route_config, clusters, names), f"Istio would apply this to nothing: {patch}"
     manager["route_config"] = route_config
     listener = {"name": f"0.0.0.0_{names.port}", "address": _address(port),
@@ -380,9 +388,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         text = LIVE_CONFIG.format(hash=hash_key(key), **ports)
         path = workdir / "babelgate.yaml"
         path.write_text(text)
+        # the Deployment's command, on loopback ports
         ext_proc_port = free_port()
-        supervisor.start_reporting("ext_proc", python_module(
-            "ext_proc", "serve", "-c", str(path), "--port", str(ext_proc_port), "--report-ready"), env=secrets)
+        local = {"/etc/babelgate/babelgate.yaml": str(path), "0.0.0.0": "127.0.0.1", "50051": str(ext_proc_port),
+                 "50061": str(free_port())}
+        container = by_kind(render_istio(parse_config(text), placement="gateway", namespace=NAMESPACE,
+                                         image="babelgate:test", config_text=text))["Deployment", "babelgate"]
+        args = container["spec"]["template"]["spec"]["containers"][0]["args"]
+        supervisor.start_reporting("ext_proc", python_module("ext_proc", *[local.get(a, a) for a in args],
+                                                             "--report-ready"),
+                                   env={**secrets, "BABELGATE_METADATA_KEY": "istio-test-shared-key"})
         yield Servers(workdir, text, key, ext_proc_port, refusing.getsockname()[1])
     finally:
         supervisor.stop_all()
@@ -478,7 +493,8 @@ def test_committed_istio_examples_are_in_sync_with_the_renderer(placement: str) 
 def test_one_service_entry_and_destination_rule_per_external_provider_host() -> None:
     found = by_kind(render(CONFIG, "sidecar"))
     entries = {o["spec"]["hosts"][0]: o["spec"] for (kind, _), o in found.items() if kind == "ServiceEntry"}
-    rules = {o["spec"]["host"]: o["spec"] for (kind, _), o in found.items() if kind == "DestinationRule"}
+    rules = {o["spec"]["host"]: o["spec"] for (kind, name), o in found.items()
+             if kind == "DestinationRule" and name != "babelgate-api"}
     # oa and oa-batch share a host; the in-cluster vLLM Service is no MESH_EXTERNAL host
     assert set(entries) == set(rules) == {"api.openai.com", "api.anthropic.com", "llm.internal.example"}
     openai = entries["api.openai.com"]
@@ -555,15 +571,14 @@ def test_direct_routes_follow_the_backends_host_and_need_the_route_stages_decisi
     (patch,) = direct
     assert patch["patch"]["value"]["match"]["dynamic_metadata"] == [
         {"filter": "babelgate", "path": [{"key": "route"}], "value": {"present_match": True}}]
+    # the backend's host selects Babelgate's own virtual host again: every route is there
+    assert all(p["match"]["routeConfiguration"] == {"portNumber": 80, "vhost": {"name": names.virtual_host}}
+               for p in routes)
     merged = next(p for p in patches(objects) if p["applyTo"] == "VIRTUAL_HOST")["patch"]["value"]
-    chains = [p for p in routes if p not in direct]
-    assert chains and all(p["match"]["routeConfiguration"]["vhost"]["name"] == names.virtual_host for p in chains)
-    if placement == "gateway":  # the backend's host selects Babelgate's own virtual host
-        assert patch["match"]["routeConfiguration"]["vhost"]["name"] == names.virtual_host
+    if placement == "gateway":  # the ingress gateway's virtual host takes the provider's host too
         assert merged["domains"] == ["api.anthropic.com"]
-    else:  # whichever virtual host of the sidecar's route configuration it selects, the route is there
-        assert patch["match"]["routeConfiguration"] == {"portNumber": 80}
-        assert "domains" not in merged
+    else:  # Babelgate's own gateway's virtual host is `*` already
+        assert names.domains == ["*"] and "domains" not in merged
 
 
 def test_gateway_placement_patches_the_ingress_gateway_from_its_namespace() -> None:
@@ -571,22 +586,85 @@ def test_gateway_placement_patches_the_ingress_gateway_from_its_namespace() -> N
     envoy_filter = found["EnvoyFilter", "babelgate"]
     assert envoy_filter["metadata"]["namespace"] == "ingress"
     assert envoy_filter["spec"]["workloadSelector"] == {"labels": {"istio": "ingressgateway"}}
+    assert found["Gateway", "babelgate"]["spec"]["selector"] == {"istio": "ingressgateway"}
     assert found["Gateway", "babelgate"]["spec"]["servers"][0]["hosts"] == ["ai.corp.example"]
     assert found["VirtualService", "babelgate"]["spec"]["gateways"] == ["babelgate"]
     assert {p["match"]["context"] for p in envoy_filter["spec"]["configPatches"]} == {"GATEWAY"}
+    assert not [key for key in found if key[0] in ("ServiceAccount", "Service") and key[1] != "babelgate"]
 
 
-def test_sidecar_placement_patches_the_outbound_listener_of_the_namespaces_sidecars() -> None:
+def test_sidecar_placement_is_a_babelgate_gateway_that_applications_reach_through_their_sidecars() -> None:
+    """No application pod runs Babelgate's filters: a gateway of Babelgate's own does, and `babelgate-api` is it."""
     found = by_kind(render(CONFIG, "sidecar"))
     envoy_filter = found["EnvoyFilter", "babelgate"]
-    assert envoy_filter["metadata"]["namespace"] == NAMESPACE and "workloadSelector" not in envoy_filter["spec"]
-    assert {p["match"]["context"] for p in envoy_filter["spec"]["configPatches"]} == {"SIDECAR_OUTBOUND"}
+    gateway = found["Deployment", "babelgate-gateway"]
+    pod = gateway["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    # the EnvoyFilter reaches the gateway's pods only (a selector, in the gateway's namespace), never a sidecar
+    assert envoy_filter["metadata"]["namespace"] == gateway["metadata"]["namespace"] == NAMESPACE
+    assert envoy_filter["spec"]["workloadSelector"] == {"labels": {"istio": "babelgate-gateway"}}
+    assert envoy_filter["spec"]["workloadSelector"]["labels"].items() <= labels.items()
+    assert {p["match"]["context"] for p in envoy_filter["spec"]["configPatches"]} == {"GATEWAY"}
+    # Istio's gateway injection: the proxy alone, as the pod's only container, with its own identity
+    assert pod["metadata"]["annotations"]["inject.istio.io/templates"] == "gateway"
+    assert labels["sidecar.istio.io/inject"] == "true"
+    (proxy,) = pod["spec"]["containers"]
+    assert (proxy["name"], proxy["image"]) == ("istio-proxy", "auto")
+    assert proxy["securityContext"]["runAsNonRoot"] is True and proxy["securityContext"]["runAsUser"] == 1337
+    assert pod["spec"]["serviceAccountName"] == "babelgate-gateway"
+    assert ("ServiceAccount", "babelgate-gateway") in found
+    # applications call babelgate-api:80, which is the gateway (its proxy listens on 8080 unprivileged)
     api = found["Service", "babelgate-api"]["spec"]
-    assert "selector" not in api and api["ports"][0]["port"] == 80
-    assert "gateways" not in found["VirtualService", "babelgate"]["spec"]  # the mesh's sidecars
+    assert api["selector"].items() <= labels.items()
+    assert api["ports"] == [{"name": "http-openai", "port": 80, "targetPort": 8080, "protocol": "TCP",
+                             "appProtocol": "http"}]
+    assert proxy["ports"][0]["containerPort"] == 8080
+    # the Gateway takes any name of that Service, over Istio's mutual TLS only; callers' sidecars originate it
+    server = found["Gateway", "babelgate"]["spec"]
+    assert server["selector"].items() <= labels.items()
+    assert server["servers"] == [{"port": {"number": 80, "name": "https-babelgate", "protocol": "HTTPS"},
+                                  "hosts": ["*"], "tls": {"mode": "ISTIO_MUTUAL"}}]
+    assert found["DestinationRule", "babelgate-api"]["spec"] == {
+        "host": "babelgate-api.babelgate.svc.cluster.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}
+    # bound to the gateway alone: the applications' sidecars route babelgate-api to its pods like any Service
+    assert found["VirtualService", "babelgate"]["spec"]["gateways"] == ["babelgate"]
+    assert found["VirtualService", "babelgate"]["spec"]["hosts"] == ["*"]
+    for kind in ("Deployment", "Service", "ServiceAccount"):
+        for (found_kind, _), obj in found.items():
+            if found_kind == kind:
+                kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
 
 
-def test_ext_proc_server_runs_non_root_probed_over_grpc_behind_a_grpc_service() -> None:
+def test_the_deployments_command_serves_tcp_in_the_mesh_whatever_channel_the_config_names(tmp_path: Path) -> None:
+    """The same config file serves a standalone Envoy (Unix sockets, or mutual TLS) and the mesh: the Deployment's
+    `--peers mesh` makes the server listen on its TCP port in plaintext for its sidecar either way."""
+    files = make_certificates(tmp_path / "tls", "babelgate-ext-proc")
+    channels = {"socket_dir": f"ext_proc: {{socket_dir: {tmp_path / 'run'}}}",
+                "tls": f"ext_proc: {{tls: {json.dumps(files.config('babelgate-ext-proc'))}}}"}
+    supervisor = Supervisor(log_dir=tmp_path)
+    try:
+        for name, channel in channels.items():
+            text = LIVE_CONFIG.format(hash=hash_key(generate_key()), openai=9, anthropic=9) + channel + "\n"
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(text)
+            (deployment,) = [o for o in render_istio(parse_config(text), placement="sidecar", namespace=NAMESPACE,
+                                                     image="babelgate:test", config_text=text)
+                             if o["kind"] == "Deployment" and o["metadata"]["name"] == "babelgate"]
+            args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            port, health_port = free_port(), free_port()
+            local = {"/etc/babelgate/babelgate.yaml": str(path), "0.0.0.0": "127.0.0.1", "50051": str(port),
+                     "50061": str(health_port)}
+            _, ready = supervisor.start_reporting(name, python_module("ext_proc", *[local.get(a, a) for a in args],
+                                                                      "--report-ready"),
+                                                  env={"ISTIO_TEST_OPENAI": "x", "ISTIO_TEST_ANTHROPIC": "x"})
+            assert ready["port"] == port, name
+            assert healthcheck.check(f"127.0.0.1:{port}", timeout=10) == (True, "SERVING"), name  # no TLS
+            assert not (tmp_path / "run").exists()
+    finally:
+        supervisor.stop_all()
+
+
+def test_ext_proc_server_runs_non_root_behind_its_sidecar_probed_on_the_health_port() -> None:
     objects = render(CONFIG, "sidecar")
     found = by_kind(objects)
     for kind in ("Deployment", "Service", "ConfigMap"):
@@ -597,14 +675,21 @@ def test_ext_proc_server_runs_non_root_probed_over_grpc_behind_a_grpc_service() 
     pod = deployment["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "registry.example/babelgate:1.2.3"
+    # plaintext behind the pod's sidecar (the mesh authenticates peers), health alone on its own port
     assert container["args"] == ["serve", "-c", "/etc/babelgate/babelgate.yaml", "--host", "0.0.0.0",
-                                 "--port", "50051"]
-    assert container["readinessProbe"]["grpc"] == container["livenessProbe"]["grpc"] == {"port": 50051}
+                                 "--port", "50051", "--peers", "mesh", "--health-port", "50061"]
+    assert container["readinessProbe"]["grpc"] == container["livenessProbe"]["grpc"] == {"port": 50061}
+    assert {"name": "grpc-health", "containerPort": 50061, "protocol": "TCP"} in container["ports"]
+    annotations = deployment["template"]["metadata"]["annotations"]
+    assert annotations["sidecar.istio.io/rewriteAppHTTPProbers"] == "true"  # probes through the sidecar's agent
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
     assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
     assert container["resources"] == {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
     assert container["envFrom"] == [{"secretRef": {"name": "babelgate-provider-keys"}}]
+    # every replica seals and opens reservations with the one key (required: no pod starts without it)
+    assert container["env"] == [{"name": "BABELGATE_METADATA_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "babelgate-provider-keys", "key": "BABELGATE_METADATA_KEY"}}}]
     assert {"name": "config", "mountPath": "/etc/babelgate", "readOnly": True} in container["volumeMounts"]
     assert deployment["replicas"] == 3  # ext_proc.processes: one process per pod
     service = found["Service", "babelgate"]["spec"]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -14,8 +11,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ext_proc.transport import http2
-from ext_proc.transport.grpc import Call, GrpcServer, RpcError, Status, unary
+from ext_proc.transport.grpc import Call, RpcError, Status, unary
 from ext_proc.transport.health import SERVING, HealthService
+from tests.eventually import eventually
+
+from .transport_peers import RawPeer, ServerThread
 
 
 class Echo:
@@ -49,35 +49,17 @@ async def _double(request: bytes) -> bytes:
     return request * 2
 
 
-class ServerThread:
-    def __init__(self) -> None:
-        self.health = HealthService()
-        self.server = GrpcServer({"/t.T/Echo": Echo, "/t.T/Fail": unary(_fail), "/t.T/Double": unary(_double),
-                                  **self.health.methods()})
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.port = self.loop.run_until_complete(self.server.start("127.0.0.1:0"))
-            self.health.set("", SERVING)
-            started.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        started.wait(5)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace=1), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+@pytest.fixture
+def health() -> HealthService:
+    return HealthService()
 
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
+def server(health: HealthService) -> Iterator[ServerThread]:
     Echo.events = []
-    running = ServerThread()
+    running = ServerThread(methods={"/t.T/Echo": Echo, "/t.T/Fail": unary(_fail), "/t.T/Double": unary(_double),
+                                    **health.methods()})
+    running.call(lambda: health.set("", SERVING))
     yield running
     running.stop()
 
@@ -138,13 +120,11 @@ def test_a_client_cancel_reaches_the_handler(channel: grpc.Channel) -> None:
     assert next(call) == b"tsrif"
     call.cancel()
     gate.set()
-    deadline = time.monotonic() + 5
-    while "cancel" not in Echo.events and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: "cancel" in Echo.events, what="the handler hears of the cancel")
     assert Echo.events[-1] == "cancel"
 
 
-def test_health_check_and_watch(server: ServerThread, channel: grpc.Channel) -> None:
+def test_health_check_and_watch(server: ServerThread, channel: grpc.Channel, health: HealthService) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
     assert stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == SERVING
     with pytest.raises(grpc.RpcError) as failure:
@@ -152,48 +132,23 @@ def test_health_check_and_watch(server: ServerThread, channel: grpc.Channel) -> 
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
     watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert next(watch).status == SERVING
-    server.loop.call_soon_threadsafe(server.health.set, "", health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.loop.call_soon_threadsafe(health.set, "", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
     watch.cancel()
 
 
-def _raw_connection(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0))
-    return sock
-
-
-def _read_frames(sock: socket.socket, until_type: int) -> list[tuple[int, int, int, bytes]]:
-    frames, data = [], b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return frames
-        data += chunk
-        while len(data) >= 9:
-            high, low, kind, flags, stream = struct.unpack(">HBBBL", data[:9])
-            length = (high << 8) | low
-            if len(data) < 9 + length:
-                break
-            frames.append((kind, flags, stream, data[9:9 + length]))
-            data = data[9 + length:]
-            if kind == until_type:
-                return frames
-
-
 def test_ping_is_acknowledged_with_its_payload(server: ServerThread) -> None:
-    with _raw_connection(server.port) as sock:
-        sock.sendall(http2.frame(http2.PING, 0, 0, b"12345678"))
-        frames = _read_frames(sock, http2.PING)
-    assert frames[-1] == (http2.PING, http2.ACK, 0, b"12345678")
+    peer = RawPeer(server.port)
+    peer.send(http2.frame(http2.PING, 0, 0, b"12345678"))
+    assert peer.wait_for(lambda frames: (http2.PING, http2.ACK, 0, b"12345678") in frames)
+    peer.close()
 
 
 def test_a_client_that_does_not_speak_http2_is_sent_away(server: ServerThread) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        frames = _read_frames(sock, http2.GOAWAY)
-    kind, _, _, payload = frames[-1]
-    assert kind == http2.GOAWAY and struct.unpack(">L", payload[4:8])[0] == http2.PROTOCOL_ERROR
+    peer = RawPeer(server.port, preface=False)
+    peer.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert peer.wait_goaway()[1] == http2.PROTOCOL_ERROR
+    peer.close()
 
 
 def test_stopping_the_server_lets_open_streams_finish(server: ServerThread, channel: grpc.Channel) -> None:
@@ -207,7 +162,8 @@ def test_stopping_the_server_lets_open_streams_finish(server: ServerThread, chan
     call = _echo(channel)(requests(), timeout=10)
     assert next(call) == b"erofeb"
     stopping = asyncio.run_coroutine_threadsafe(server.server.stop(grace=5), server.loop)
-    time.sleep(0.2)
+    eventually(lambda: server.call(lambda: all(c._going_away for c in server.server._connections)),
+               what="the server sends GOAWAY")
     gate.set()
     assert list(call) == [b"retfa"]
     stopping.result(5)
