@@ -126,9 +126,10 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
 def http_filters(config: Config) -> list[HttpFilter]:
     """Babelgate's filters, in order, before the router."""
     if admin_api.exposed(config):
-        # first: it turns admin JSON into gRPC before the route stage would take it for an OpenAI request; then
-        # the admin route's size limit
-        return [admin_api.transcoder_filter(), admin_api.size_limit_filter(), route_stage_filter(config)]
+        # the admin route's size limit sees the body as the client sends it (after the transcoder it would arrive
+        # in one piece, which the buffer filter passes unmeasured); the transcoder turns admin JSON into gRPC
+        # before the route stage would take it for an OpenAI request
+        return [admin_api.size_limit_filter(), admin_api.transcoder_filter(), route_stage_filter(config)]
     return [route_stage_filter(config)]
 
 
@@ -152,7 +153,7 @@ def route_configuration(config: Config) -> RouteConfiguration:
     """One route per chain (backend order + retry settings), selected by the header the route stage sets; everything
     else gets a 404. The catch-all is only reached if the route stage let a request through without choosing."""
     backends = {b.id: b for b in config.backends}
-    routes = [admin_api.admin_route()] if admin_api.exposed(config) else []
+    routes = admin_api.admin_routes() if admin_api.exposed(config) else []
     routes.extend(chain_route(chain, backends) for chain in all_chain_routes(config))
     routes.append(Route(
         name="unrouted",

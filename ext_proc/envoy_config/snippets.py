@@ -24,10 +24,12 @@ _GUIDE = """\
 # Babelgate for an existing Envoy (rendered by `babelgate render --filters-only`; edit the Babelgate config instead).
 #
 # 1. http_filters: put these in your HttpConnectionManager's http_filters, in this order, before
-#    envoy.filters.http.router (with the admin API configured, its gRPC-JSON transcoder comes first).
+#    envoy.filters.http.router (with the admin API configured, its size limit and gRPC-JSON transcoder come
+#    first; the size limit is off except on the admin routes).
 # 2. routes: put these at the front of the virtual host that receives OpenAI-format requests; they only match
-#    requests the route stage has chosen a chain for (header x-babelgate-int-chain), and `admin_api` the admin
-#    API's gRPC path. The last one (`unrouted`) is a
+#    requests the route stage has chosen a chain for (header x-babelgate-int-chain and its decision in the
+#    dynamic metadata), and `admin_api`/`admin_api_json` the admin API's gRPC and JSON paths. The last one
+#    (`unrouted`) is a
 #    catch-all 404: leave it out if your own routes follow.
 # 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc).
 # 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional).

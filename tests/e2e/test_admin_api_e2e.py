@@ -347,7 +347,7 @@ def test_an_oversized_admin_call_is_refused_before_its_body_is_read(admin: Admin
     through_envoy = httpx.post(admin.stack.url + "/admin/v1/keys", content=b'{"key": {"id": "' + b"x" * (2 << 20)
                                + b'"}}', headers={"authorization": f"Bearer {ADMIN_SECRET}",
                                                   "content-type": "application/json"}, timeout=30)
-    assert through_envoy.status_code == 413
+    assert through_envoy.status_code == 413, through_envoy.text[:300]
 
 
 def test_usage_over_the_ext_proc_channel_needs_the_admin_credential(admin: AdminStack) -> None:

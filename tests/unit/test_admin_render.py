@@ -66,19 +66,19 @@ def with_admin() -> dict:
     return render(BASE + ADMIN)
 
 
-def test_the_transcoder_is_the_first_filter_before_the_route_stage(with_admin: dict) -> None:
+def test_the_transcoder_comes_after_the_size_limit_and_before_the_route_stage(with_admin: dict) -> None:
     filters = manager(with_admin)["http_filters"]
-    assert [f["name"] for f in filters] == [TRANSCODER_FILTER, SIZE_LIMIT_FILTER, constants.ROUTE_STAGE_FILTER,
+    assert [f["name"] for f in filters] == [SIZE_LIMIT_FILTER, TRANSCODER_FILTER, constants.ROUTE_STAGE_FILTER,
                                             "envoy.filters.http.router"]
-    assert filters[1]["disabled"] is True  # the admin route alone turns the size limit on
-    transcoder = filters[0]["typed_config"]
+    assert filters[0]["disabled"] is True  # the admin route alone turns the size limit on
+    transcoder = filters[1]["typed_config"]
     assert transcoder["@type"] == TRANSCODER_TYPE
     assert transcoder["services"] == [SERVICE]
     assert transcoder["convert_grpc_status"] is True
 
 
 def test_the_transcoders_descriptor_set_describes_the_admin_service(with_admin: dict) -> None:
-    encoded = manager(with_admin)["http_filters"][0]["typed_config"]["proto_descriptor_bin"]
+    encoded = manager(with_admin)["http_filters"][1]["typed_config"]["proto_descriptor_bin"]
     files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(encoded)).file
     services = {f"{f.package}.{s.name}": [m.name for m in s.method] for f in files for s in f.service}
     assert services[SERVICE] == ["CreateKey", "ListKeys", "RevokeKey", "RotateKey", "ListRoutes", "GetUsage"]
@@ -99,6 +99,11 @@ def test_the_admin_route_comes_first_with_the_route_stage_off(with_admin: dict) 
     assert client_address["header"] == {"key": constants.ADMIN_CLIENT_ADDRESS_HEADER,
                                         "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
     assert client_address["append_action"] == "OVERWRITE_IF_EXISTS_OR_ADD"
+    # the JSON paths have a route of their own: Envoy picks the filters by the path the request arrives with
+    json_paths, *rest = rest
+    assert json_paths["name"] == "admin_api_json" and json_paths["match"] == {"prefix": "/admin/v1/"}
+    assert json_paths["typed_per_filter_config"] == first["typed_per_filter_config"]
+    assert json_paths["direct_response"]["status"] == 404  # reached only by a path the transcoder doesn't know
     assert "admin_api" not in [r["name"] for r in rest]
     assert rest[-1]["name"] == "unrouted"
     assert all("typed_per_filter_config" not in r for r in rest)  # the chain routes keep the route stage
@@ -152,9 +157,9 @@ def test_render_filters_only_includes_the_transcoder_and_the_admin_route(tmp_pat
     output = tmp_path / "filters.yaml"
     assert main(["render", "-c", str(config_path), "--filters-only", "-o", str(output)]) == 0
     pieces = yaml.safe_load(output.read_text())
-    assert [f["name"] for f in pieces["http_filters"]] == [TRANSCODER_FILTER, SIZE_LIMIT_FILTER,
+    assert [f["name"] for f in pieces["http_filters"]] == [SIZE_LIMIT_FILTER, TRANSCODER_FILTER,
                                                             constants.ROUTE_STAGE_FILTER]
-    assert pieces["http_filters"][0]["typed_config"]["services"] == [SERVICE]
+    assert pieces["http_filters"][1]["typed_config"]["services"] == [SERVICE]
     admin_route = pieces["routes"][0]
     assert admin_route["name"] == "admin_api" and admin_route["route"]["cluster"] == ADMIN_API_CLUSTER
     assert admin_route["typed_per_filter_config"][constants.ROUTE_STAGE_FILTER]["disabled"] is True
