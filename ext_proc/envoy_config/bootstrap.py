@@ -7,6 +7,7 @@ from datetime import timedelta
 import betterproto2
 import yaml
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation, HeaderMutationRemoveOnMatch
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     DataSource,
@@ -14,6 +15,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValueOption,
     SocketAddress,
     TransportSocket,
+    TypedExtensionConfig,
 )
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
@@ -36,6 +38,9 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerCodecType,
     HttpFilter,
     Rds,
+)
+from envoy_data_plane.envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    HeaderMutation as EarlyHeaderMutation,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import DownstreamConnectionsConfig
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
@@ -111,6 +116,7 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
         use_remote_address=True,
         xff_num_trusted_hops=config.listener.trusted_proxy_hops,
         skip_xff_append=True,
+        early_header_mutation_extensions=[internal_headers_removed()],
     )
     if config.telemetry.access_log is not None:
         manager.access_log = [file_log(config.telemetry.access_log, REQUEST_FIELDS)]
@@ -121,6 +127,14 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
             filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=Any.pack(manager))],
             transport_socket=_listener_tls(config.listener.tls) if config.listener.tls is not None else None)],
     )
+
+
+def internal_headers_removed() -> TypedExtensionConfig:
+    """A client's `x-babelgate-int-*` headers go before Envoy resolves any route: the route stage removes them too,
+    but only after Envoy matched a route for the request's filter chain."""
+    mutation = EarlyHeaderMutation(mutations=[HeaderMutation(remove_on_match=HeaderMutationRemoveOnMatch(
+        key_matcher=StringMatcher(prefix=constants.INTERNAL_HEADER_PREFIX)))])
+    return TypedExtensionConfig(name="babelgate.internal_headers", typed_config=Any.pack(mutation))
 
 
 def http_filters(config: Config) -> list[HttpFilter]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -57,6 +58,10 @@ class LimitedGateway:
             found[f"{metric}:{window}"] = int(client.get(key) or 0)
         client.close()
         return found
+
+
+ADMIN_ENV = "BG_LIMITS_ADMIN"
+ADMIN_SECRET = "bg-admin-limits-e2e-0123456789"
 
 
 def _limits_config(provider_port: int, second_port: int, redis_url: str | None, processes: int,
@@ -116,10 +121,14 @@ def _start(tmp: Path, redis_server: RedisServer | None, processes: int) -> tuple
             "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", "sk-limits"))
         ports.append(ready["port"])
     config_path = tmp / "config.yaml"
-    config_path.write_text(yaml.safe_dump(_limits_config(
-        ports[0], ports[1], redis_server.url if redis_server else None, processes, keys)))
+    data = _limits_config(ports[0], ports[1], redis_server.url if redis_server else None, processes, keys)
+    # `babelgate usage` reads an in-memory store from the servers: over their sockets, with an admin credential
+    data["ext_proc"]["socket_dir"] = str(tmp / "sockets")
+    data["admin"] = {"port": free_port(), "credentials": [{"name": "ops", "secret": {"env": ADMIN_ENV}}]}
+    data["keys_file"] = str(tmp / "keys.yaml")
+    config_path.write_text(yaml.safe_dump(data))
     stack = start_stack(load_config(config_path), config_path, tmp, supervisor,
-                        env={"LIMITS_PROVIDER_KEY": "sk-limits"})
+                        env={"LIMITS_PROVIDER_KEY": "sk-limits", ADMIN_ENV: ADMIN_SECRET})
     return supervisor, LimitedGateway(stack.url, keys, redis_server, config_path, ports[0])
 
 
@@ -359,7 +368,7 @@ def test_redis_killed_and_hung_mid_load(gateway: LimitedGateway) -> None:
 
 def _usage_report(gateway: LimitedGateway) -> str:
     result = subprocess.run([sys.executable, "-m", "ext_proc", "usage", "-c", str(gateway.config_path)],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env={**os.environ, ADMIN_ENV: ADMIN_SECRET})
     assert result.returncode == 0, result.stderr
     return result.stdout
 

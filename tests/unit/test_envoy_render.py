@@ -155,3 +155,24 @@ def test_single_backend_routes_go_straight_to_the_backend_cluster() -> None:
     route_stage = manager["http_filters"][0]["typed_config"]
     assert route_stage["processing_mode"]["response_header_mode"] == "SEND"
     assert route_stage["allow_mode_override"] is True
+
+
+def test_envoy_decides_client_addresses_and_strips_internal_headers_before_routing() -> None:
+    rendered = yaml.safe_load(render_yaml(parse_config(CONFIG)))
+    manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["use_remote_address"] is True and manager["skip_xff_append"] is True
+    (early,) = manager["early_header_mutation_extensions"]
+    assert early["typed_config"]["mutations"] == [{"remove_on_match": {"key_matcher": {
+        "prefix": constants.INTERNAL_HEADER_PREFIX}}}]
+    router = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.router")
+    assert router["typed_config"]["suppress_envoy_headers"] is True
+    chain_routes = [r for r in manager["route_config"]["virtual_hosts"][0]["routes"] if r["name"].startswith("bg_")]
+    assert chain_routes and all(r["match"]["dynamic_metadata"] for r in chain_routes)
+
+
+def test_trusted_proxy_hops_reach_envoy() -> None:
+    config = parse_config(CONFIG).model_copy(deep=True)
+    listener = config.listener.model_copy(update={"trusted_proxy_hops": 2})
+    rendered = yaml.safe_load(render_yaml(config.model_copy(update={"listener": listener})))
+    manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["xff_num_trusted_hops"] == 2
