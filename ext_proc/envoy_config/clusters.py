@@ -50,7 +50,7 @@ from .. import constants
 from ..config.chains import aggregate_orders
 from ..config.models import Backend, Config, ExtProcTls
 from ..config.models import OutlierDetection as OutlierSettings
-from ..transport.http2 import DEFAULT_LIMITS
+from ..transport.frames import DEFAULT_LIMITS
 from .filters import attempt_stage_filter
 
 ADMIN_API_CLUSTER = "bg_admin_api"

@@ -27,7 +27,8 @@ import struct
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
-from .http2 import DEFAULT_LIMITS, Http2Connection, TransportLimits
+from .frames import DEFAULT_LIMITS, TransportLimits
+from .http2 import Http2Connection
 from .listen import bind_unix_socket, default_allowed_uids
 
 log = logging.getLogger(__name__)

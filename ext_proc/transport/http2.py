@@ -46,94 +46,71 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 from typing import Protocol
 
 import hpack
 
+from .frames import (
+    ACK,
+    BOOLEAN_SETTINGS,
+    CANCEL,
+    COMPRESSION_ERROR,
+    CONTINUATION,
+    DATA,
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_WINDOW,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    INTERNAL_ERROR,
+    MAX_HPACK_ENTRY,
+    MAX_SETTINGS,
+    MAX_WINDOW,
+    NO_ERROR,
+    PADDED,
+    PING,
+    PREFACE,
+    PRIORITY,
+    PRIORITY_FLAG,
+    PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    RECEIVE_FRAME_LIMIT,
+    REFUSED_STREAM,
+    RST_STREAM,
+    SETTING,
+    SETTINGS,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SETTINGS_MAX_CONCURRENT_STREAMS,
+    SETTINGS_MAX_FRAME_SIZE,
+    SETTINGS_MAX_HEADER_LIST_SIZE,
+    STREAM_CLOSED,
+    U32,
+    WINDOW_UPDATE,
+    ConnectionError_,
+    TransportLimits,
+    frame,
+    header_fragment,
+    reset_frame,
+    strip_padding,
+    unpack_frame_header,
+    window_update,
+)
 from .listen import default_allowed_uids, peer_uid
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
-STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x8, 0x9
-ENHANCE_YOUR_CALM = 0xB
-
-SETTINGS_ENABLE_PUSH, SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE = 0x2, 0x3, 0x4
-SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE = 0x5, 0x6
-SETTINGS_ENABLE_CONNECT_PROTOCOL, SETTINGS_NO_RFC7540_PRIORITIES = 0x8, 0x9
-_BOOLEAN_SETTINGS = frozenset((SETTINGS_ENABLE_PUSH, SETTINGS_ENABLE_CONNECT_PROTOCOL, SETTINGS_NO_RFC7540_PRIORITIES))
-_MAX_SETTINGS = 64
-"""Entries in one SETTINGS frame; about ten are defined (nghttp2 allows 32)."""
-
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65535
-DEFAULT_MAX_FRAME = 16384
-RECEIVE_FRAME_LIMIT = 1 << 20
-"""Advertised SETTINGS_MAX_FRAME_SIZE: large request bodies arrive in fewer frames."""
-
-_MAX_ENTRY = 4096 + 32
-"""The largest HPACK table entry: the decoder's table stays at the default 4096 bytes (we never raise it)."""
 _CLOSED_EARLY_KEPT = 1024
 _CLOSE_GRACE = 5.0
 """Seconds a closing connection may take to flush its last frames before it is aborted."""
 _DRAIN_DELAY = 1.0
 """Seconds between an idle connection's two GOAWAY frames."""
-
-_FRAME_HEADER = struct.Struct(">HBBBL")
-_pack_frame_header = _FRAME_HEADER.pack
-_unpack_frame_header = _FRAME_HEADER.unpack_from
-_U32 = struct.Struct(">L")
-_SETTING = struct.Struct(">HL")
-
-
-@dataclass(frozen=True, slots=True)
-class TransportLimits:
-    """What one HTTP/2 connection may ask of the server. The defaults fit Envoy's ext_proc traffic: up to a thousand
-    concurrent streams of a few KiB to a few MiB each on a connection per Envoy worker."""
-
-    max_concurrent_streams: int = 1000
-    max_header_list_size: int = 64 * 1024
-    stream_window: int = 1 << 20
-    connection_window: int = 16 << 20
-    max_buffered_bytes: int = 64 << 20
-    """Per connection, each counted on its own: bytes of partial request messages across all streams, and bytes of
-    replies waiting for the peer's flow-control window."""
-    control_frames_per_second: int = 2000
-    preface_timeout: float = 10.0
-    """Also the TLS handshake timeout."""
-    idle_timeout: float = 300.0
-
-    def __post_init__(self) -> None:
-        problems = [name for name, ok in (
-            ("max_concurrent_streams", self.max_concurrent_streams >= 1),
-            ("max_header_list_size", self.max_header_list_size >= 1024),
-            ("stream_window", DEFAULT_WINDOW <= self.stream_window <= MAX_WINDOW),
-            ("connection_window", DEFAULT_WINDOW <= self.connection_window <= MAX_WINDOW),
-            ("max_buffered_bytes", self.max_buffered_bytes >= 1),
-            ("control_frames_per_second", self.control_frames_per_second >= 1),
-            ("preface_timeout", self.preface_timeout > 0),
-            ("idle_timeout", self.idle_timeout > 0),
-        ) if not ok]
-        if problems:
-            raise ValueError(f"TransportLimits out of range: {', '.join(problems)}")
-
-    @property
-    def max_header_block(self) -> int:
-        """Raw header block bytes, and decoded header list bytes, past which the connection is closed."""
-        return 4 * self.max_header_list_size
-
-
-DEFAULT_LIMITS = TransportLimits()
-
 
 class StreamHandler(Protocol):
     def data(self, chunk: bytes, end_stream: bool) -> None: ...
@@ -143,25 +120,6 @@ class StreamHandler(Protocol):
 
 OpenStream = Callable[["Http2Connection", int, "list[tuple[str, str]] | None"], StreamHandler]
 """Called on a stream's first HEADERS with its header list, or None when the list is over MAX_HEADER_LIST_SIZE."""
-
-
-class ConnectionError_(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    length = len(payload)
-    return _pack_frame_header(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
-
-
-def _reset_frame(stream_id: int, code: int) -> bytes:
-    return frame(RST_STREAM, 0, stream_id, _U32.pack(code))
-
-
-def _window_update(stream_id: int, increment: int) -> bytes:
-    return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
 
 
 class _Stream:
@@ -244,14 +202,14 @@ class Http2Connection(asyncio.Protocol):
         self._calm_since = self._loop.time()
         self._timer = self._loop.call_later(self.limits.preface_timeout, self._on_timer)
         limits = self.limits
-        settings = b"".join(_SETTING.pack(identifier, value) for identifier, value in (
+        settings = b"".join(SETTING.pack(identifier, value) for identifier, value in (
             (SETTINGS_MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams),
             (SETTINGS_INITIAL_WINDOW_SIZE, limits.stream_window),
             (SETTINGS_MAX_FRAME_SIZE, RECEIVE_FRAME_LIMIT),
             (SETTINGS_MAX_HEADER_LIST_SIZE, limits.max_header_list_size)))
         self._out.append(frame(SETTINGS, 0, 0, settings))
         if limits.connection_window > DEFAULT_WINDOW:
-            self._out.append(_window_update(0, limits.connection_window - DEFAULT_WINDOW))
+            self._out.append(window_update(0, limits.connection_window - DEFAULT_WINDOW))
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -321,7 +279,7 @@ class Http2Connection(asyncio.Protocol):
         """Abandon a stream (its handler is not told: the caller is the application)."""
         stream = self._streams.get(stream_id)
         if stream is not None:
-            self._write(_reset_frame(stream_id, code))
+            self._write(reset_frame(stream_id, code))
             if not stream.remote_closed:
                 self._remember_closed_early(stream_id)
             self._remove(stream)
@@ -330,7 +288,7 @@ class Http2Connection(asyncio.Protocol):
         """No new streams; the ones open finish. (Clients reconnect elsewhere for new requests.)"""
         if not self._going_away and self._transport is not None and not self._closing:
             self._going_away = True
-            self._write(frame(GOAWAY, 0, 0, _U32.pack(self._last_stream_id) + _U32.pack(NO_ERROR)))
+            self._write(frame(GOAWAY, 0, 0, U32.pack(self._last_stream_id) + U32.pack(NO_ERROR)))
             if not self._streams:
                 self._close_transport()
 
@@ -406,7 +364,7 @@ class Http2Connection(asyncio.Protocol):
         # gRPC servers end their side last, so a locally closed stream is done. A client still sending is asked to
         # stop (RST_STREAM NO_ERROR after a complete response, RFC 9113 §8.1); what it already sent is dropped.
         if not stream.remote_closed:
-            self._write(_reset_frame(stream.id, NO_ERROR))
+            self._write(reset_frame(stream.id, NO_ERROR))
             self._remember_closed_early(stream.id)
         self._remove(stream)
 
@@ -420,7 +378,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _reset(self, stream: _Stream, code: int) -> None:
         """A stream error on an open stream: RST_STREAM, and the handler is told."""
-        self._write(_reset_frame(stream.id, code))
+        self._write(reset_frame(stream.id, code))
         if not stream.remote_closed:
             self._remember_closed_early(stream.id)
         self._remove(stream)
@@ -471,7 +429,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         log.warning("closing the HTTP/2 connection from %s: %s", self.peer or "?", reason)
-        goaway = _U32.pack(self._last_stream_id) + _U32.pack(code) + reason.encode("ascii", "replace")[:128]
+        goaway = U32.pack(self._last_stream_id) + U32.pack(code) + reason.encode("ascii", "replace")[:128]
         self._out.append(frame(GOAWAY, 0, 0, goaway))
         self._close_transport()
 
@@ -508,7 +466,7 @@ class Http2Connection(asyncio.Protocol):
         self._heard = False
         self._calm = min(self._calm, self._calm_budget)  # credit earned long ago is not for a flood now
         if self._quiet_ticks >= 2:
-            self._write(frame(GOAWAY, 0, 0, _U32.pack(MAX_WINDOW) + _U32.pack(NO_ERROR)))
+            self._write(frame(GOAWAY, 0, 0, U32.pack(MAX_WINDOW) + U32.pack(NO_ERROR)))
             self._timer = self._loop.call_later(_DRAIN_DELAY, self.go_away)
             return
         self._timer = self._loop.call_later(self.limits.idle_timeout / 2, self._on_timer)
@@ -542,7 +500,7 @@ class Http2Connection(asyncio.Protocol):
         end = len(data)
         needed = 9
         while end - offset >= 9:
-            high, low, kind, flags, stream_id = _unpack_frame_header(data, offset)
+            high, low, kind, flags, stream_id = unpack_frame_header(data, offset)
             length = (high << 8) | low
             if length > RECEIVE_FRAME_LIMIT:
                 raise ConnectionError_(FRAME_SIZE_ERROR, f"frame of {length} bytes")
@@ -602,7 +560,7 @@ class Http2Connection(asyncio.Protocol):
         if stream is not None:
             self._reset(stream, code)
         else:
-            self._write(_reset_frame(stream_id, code))
+            self._write(reset_frame(stream_id, code))
 
     def _is_idle(self, stream_id: int) -> bool:
         """Never opened: above the last stream the client opened, or even (we push nothing)."""
@@ -616,7 +574,7 @@ class Http2Connection(asyncio.Protocol):
         if window < 0:
             raise ConnectionError_(FLOW_CONTROL_ERROR, f"DATA of {size} bytes past the connection window")
         if window <= self._refill_connection_at:
-            self._write(_window_update(0, self.limits.connection_window - window))
+            self._write(window_update(0, self.limits.connection_window - window))
             window = self.limits.connection_window
         self._recv_window = window
         stream = self._streams.get(stream_id)
@@ -631,13 +589,13 @@ class Http2Connection(asyncio.Protocol):
             stream.remote_closed = True
             self._calm += 1
         elif window <= self._refill_stream_at:
-            self._write(_window_update(stream_id, self._stream_window - window))
+            self._write(window_update(stream_id, self._stream_window - window))
             window = self._stream_window
         elif not size:
             self._spend()
         stream.recv_window = window
         if flags & PADDED:
-            payload = _strip_padding(payload)
+            payload = strip_padding(payload)
         stream.handler.data(payload, bool(flags & END_STREAM))
 
     def _data_without_stream(self, flags: int, stream_id: int, size: int, stream: _Stream | None) -> None:
@@ -660,7 +618,7 @@ class Http2Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "HEADERS on stream 0")
         error = 0
         if flags & (PADDED | PRIORITY_FLAG):
-            payload, dependency = _header_fragment(flags, payload)
+            payload, dependency = header_fragment(flags, payload)
             if dependency == stream_id:
                 error = PROTOCOL_ERROR  # a stream cannot depend on itself, RFC 9113 §5.3.1
         if flags & END_HEADERS:
@@ -711,7 +669,7 @@ class Http2Connection(asyncio.Protocol):
         # Each header is at most a table entry (4096) or its literal (Huffman: up to 8/5 of its bytes), plus 32: the
         # exact size is counted only when this bound does not already settle it (a usual request: ten headers).
         count = len(headers)
-        if 2 * len(block) + _MAX_ENTRY * count > self._max_header_list and \
+        if 2 * len(block) + MAX_HPACK_ENTRY * count > self._max_header_list and \
                 sum([len(name) + len(value) for name, value in headers]) + 32 * count > self._max_header_list:
             return None
         return headers  # type: ignore[return-value]
@@ -729,7 +687,7 @@ class Http2Connection(asyncio.Protocol):
     def _new_stream(self, stream_id: int, flags: int, headers: list[tuple[str, str]] | None, error: int) -> None:
         if error or self._going_away or len(self._streams) >= self._max_streams:
             self._spend()
-            self._write(_reset_frame(stream_id, error or REFUSED_STREAM))
+            self._write(reset_frame(stream_id, error or REFUSED_STREAM))
             if not flags & END_STREAM:
                 self._remember_closed_early(stream_id)
             return
@@ -760,11 +718,11 @@ class Http2Connection(asyncio.Protocol):
             return
         if len(payload) % 6:
             raise ConnectionError_(FRAME_SIZE_ERROR, "SETTINGS payload not a multiple of 6")
-        if len(payload) > 6 * _MAX_SETTINGS:
-            raise ConnectionError_(ENHANCE_YOUR_CALM, f"more than {_MAX_SETTINGS} settings in one frame")
+        if len(payload) > 6 * MAX_SETTINGS:
+            raise ConnectionError_(ENHANCE_YOUR_CALM, f"more than {MAX_SETTINGS} settings in one frame")
         self._spend()
         window = None
-        for identifier, value in _SETTING.iter_unpack(payload):
+        for identifier, value in SETTING.iter_unpack(payload):
             if identifier == SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     raise ConnectionError_(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1")
@@ -773,7 +731,7 @@ class Http2Connection(asyncio.Protocol):
                 if not DEFAULT_MAX_FRAME <= value <= 2**24 - 1:
                     raise ConnectionError_(PROTOCOL_ERROR, f"bad SETTINGS_MAX_FRAME_SIZE {value}")
                 self._peer_max_frame = value
-            elif identifier in _BOOLEAN_SETTINGS and value > 1:
+            elif identifier in BOOLEAN_SETTINGS and value > 1:
                 raise ConnectionError_(PROTOCOL_ERROR, f"setting {identifier} must be 0 or 1, not {value}")
         if window is not None:
             self._peer_window(window)
@@ -805,7 +763,7 @@ class Http2Connection(asyncio.Protocol):
         if len(payload) != 4:
             raise ConnectionError_(FRAME_SIZE_ERROR, "WINDOW_UPDATE payload not 4 bytes")
         self._spend()
-        increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
+        increment = U32.unpack(payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
             if not increment:
                 raise ConnectionError_(PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
@@ -842,7 +800,7 @@ class Http2Connection(asyncio.Protocol):
             raise ConnectionError_(PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             self._stream_error(stream_id, FRAME_SIZE_ERROR)
-        elif _U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id:
+        elif U32.unpack_from(payload)[0] & 0x7FFFFFFF == stream_id:
             self._stream_error(stream_id, PROTOCOL_ERROR)
         else:
             self._spend()
@@ -853,35 +811,9 @@ class Http2Connection(asyncio.Protocol):
         if len(payload) < 8:
             raise ConnectionError_(FRAME_SIZE_ERROR, "GOAWAY payload under 8 bytes")
         self._spend()
-        code = _U32.unpack_from(payload, 4)[0]
+        code = U32.unpack_from(payload, 4)[0]
         if code != NO_ERROR:
             log.info("the HTTP/2 peer %s is going away with error %d: %r", self.peer, code, payload[8:72])
-
-
-def _strip_padding(payload: bytes) -> bytes:
-    if not payload:
-        raise ConnectionError_(FRAME_SIZE_ERROR, "padded frame without a pad length")
-    pad = payload[0]
-    if pad >= len(payload):
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[1:len(payload) - pad]
-
-
-def _header_fragment(flags: int, payload: bytes) -> tuple[bytes, int]:
-    """A HEADERS frame's block fragment without padding and priority fields; and the stream it depends on."""
-    start, end, dependency = 0, len(payload), 0
-    if flags & PADDED:
-        if not end:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "padded frame without a pad length")
-        start, end = 1, end - payload[0]
-    if flags & PRIORITY_FLAG:
-        if len(payload) < start + 5:
-            raise ConnectionError_(FRAME_SIZE_ERROR, "HEADERS too short for its priority fields")
-        dependency = _U32.unpack_from(payload, start)[0] & 0x7FFFFFFF
-        start += 5
-    if end < start:
-        raise ConnectionError_(PROTOCOL_ERROR, "padding longer than the frame")
-    return payload[start:end], dependency
 
 
 class _NoHandler:

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.transport import http2
-from ext_proc.transport.grpc import GrpcServer
-from ext_proc.transport.http2 import (
+from ext_proc.transport.frames import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -35,6 +34,7 @@ from ext_proc.transport.http2 import (
     TransportLimits,
     frame,
 )
+from ext_proc.transport.grpc import GrpcServer
 
 from .transport_peers import Frame, goaway_of, message, parse_frames, request_headers, resets_of, serving_methods
 

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from ext_proc.transport import http2
-from ext_proc.transport.http2 import (
+from ext_proc.transport.frames import (
     CONTINUATION,
     DATA,
     END_HEADERS,

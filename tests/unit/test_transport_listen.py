@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from ext_proc.transport import http2
-from ext_proc.transport.http2 import DATA, PING, frame
+from ext_proc.transport.frames import DATA, PING, frame
 from tests.eventually import eventually
 
 from .transport_peers import Hold, RawPeer, make_pki, message, resets_of, started_servers

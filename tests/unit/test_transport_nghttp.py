@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from ext_proc.transport.frames import TransportLimits
 from ext_proc.transport.grpc import Call
-from ext_proc.transport.http2 import TransportLimits
 
 from .transport_peers import Echo, ServerThread, message
 

@@ -25,8 +25,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import hpack
 
+from ext_proc.transport.frames import GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, TransportLimits, frame
 from ext_proc.transport.grpc import Call, GrpcServer, MethodFactory, RpcError, Status, unary
-from ext_proc.transport.http2 import GOAWAY, HEADERS, PREFACE, RST_STREAM, SETTINGS, TransportLimits, frame
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
