@@ -12,12 +12,14 @@ from .grpc import Call, MethodFactory, RpcError, Status, unary
 SERVING = HealthCheckResponse.SERVING
 NOT_SERVING = HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = HealthCheckResponse.SERVICE_UNKNOWN
+MAX_WATCHERS = 10_000
 
 
 class HealthService:
     def __init__(self) -> None:
         self._status: dict[str, int] = {}
         self._watchers: dict[str, set[Call]] = {}
+        self._watching = 0
 
     def set(self, service: str, status: int) -> None:
         self._status[service] = status
@@ -39,11 +41,23 @@ class HealthService:
         return _Watch(self, call)
 
     def _subscribe(self, service: str, call: Call) -> None:
-        self._watchers.setdefault(service, set()).add(call)
-        call.send_message(_reply(self._status.get(service, SERVICE_UNKNOWN)))
+        """Only services this server names are watched (their set is fixed once it serves): a name a caller makes
+        up gets SERVICE_UNKNOWN and holds nothing here. Watchers are bounded too (the health port may be open to
+        anyone, for probes)."""
+        status = self._status.get(service)
+        if status is not None:
+            if self._watching >= MAX_WATCHERS:
+                call.finish(Status.RESOURCE_EXHAUSTED, "too many health watchers")
+                return
+            self._watchers.setdefault(service, set()).add(call)
+            self._watching += 1
+        call.send_message(_reply(SERVICE_UNKNOWN if status is None else status))
 
     def _unsubscribe(self, service: str, call: Call) -> None:
-        self._watchers.get(service, set()).discard(call)
+        watchers = self._watchers.get(service)
+        if watchers is not None and call in watchers:
+            watchers.discard(call)
+            self._watching -= 1
 
 
 class _Watch:

@@ -137,6 +137,18 @@ def test_health_check_and_watch(server: ServerThread, channel: grpc.Channel, hea
     watch.cancel()
 
 
+def test_watching_made_up_service_names_holds_nothing(server: ServerThread, channel: grpc.Channel,
+                                                      health: HealthService) -> None:
+    """The health port may be open to anyone (probes): a Watch of a name the server doesn't serve is answered
+    SERVICE_UNKNOWN and leaves no entry behind."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    watches = [stub.Watch(health_pb2.HealthCheckRequest(service=f"made-up-{i}"), timeout=5) for i in range(50)]
+    assert {next(watch).status for watch in watches} == {health_pb2.HealthCheckResponse.SERVICE_UNKNOWN}
+    for watch in watches:
+        watch.cancel()
+    assert not any(name.startswith("made-up") for name in health._watchers)
+
+
 def test_ping_is_acknowledged_with_its_payload(server: ServerThread) -> None:
     peer = RawPeer(server.port)
     peer.send(http2.frame(http2.PING, 0, 0, b"12345678"))
