@@ -14,7 +14,7 @@ import yaml
 
 from .. import constants
 from ..config.models import Config
-from .bootstrap import http_filters, proto_field_names, route_configuration
+from .bootstrap import http_filters, internal_headers_removed, proto_field_names, route_configuration
 from .clusters import all_clusters
 from .filters import local_reply_config
 
@@ -37,6 +37,9 @@ _GUIDE = """\
 #    so the route stage leaves those requests alone.
 # 6. virtual_host_settings: set these on that virtual host (request bodies up to the configured size are buffered
 #    for translation; the attempt counts feed x-babelgate-attempts).
+# 7. connection_manager_settings: set these on the HttpConnectionManager: Envoy decides client addresses (never a
+#    client's own X-Forwarded-For) and removes clients' x-babelgate-int-* headers before any route is resolved.
+# 8. router_settings: set these on envoy.filters.http.router (no x-envoy-* headers for the providers).
 """
 
 
@@ -51,6 +54,10 @@ def filters_only(config: Config) -> dict:
         "virtual_host_settings": {"request_body_buffer_limit": config.requests.max_body_bytes,
                                   "include_request_attempt_count": True, "include_attempt_count_in_response": True},
         "disable_on_other_routes": {constants.ROUTE_STAGE_FILTER: {"@type": _PER_ROUTE_TYPE, "disabled": True}},
+        "connection_manager_settings": {
+            "use_remote_address": True, "xff_num_trusted_hops": config.listener.trusted_proxy_hops,
+            "skip_xff_append": True, "early_header_mutation_extensions": [_plain(internal_headers_removed())]},
+        "router_settings": {"suppress_envoy_headers": True},
     }
 
 

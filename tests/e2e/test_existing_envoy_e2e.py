@@ -69,6 +69,8 @@ def paste(user: dict, snippets: dict) -> dict:
     ours = [r for r in snippets["routes"] if r["name"] != "unrouted"]
     host["routes"] = [*ours, *host["routes"]]
     host.update(snippets["virtual_host_settings"])
+    manager.update(snippets["connection_manager_settings"])
+    manager["http_filters"][-1]["typed_config"].update(snippets["router_settings"])
     user["static_resources"]["clusters"] = [*user["static_resources"]["clusters"], *snippets["clusters"]]
     return user
 
