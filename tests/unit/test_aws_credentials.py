@@ -210,6 +210,9 @@ class FakeSts:
         self.lifetime = 3600.0
         self.delay = 0.0
         self.fail = False
+        self.held = threading.Event()
+        """Cleared: every answer waits until it is set again (a refresh that takes as long as the test wants)."""
+        self.held.set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
@@ -231,6 +234,7 @@ class FakeSts:
                 form = parse_qs(self.rfile.read(int(self.headers["content-length"])).decode())
                 sts.calls.append({key: values[0] for key, values in form.items()})
                 time.sleep(sts.delay)
+                sts.held.wait(30)
                 if sts.fail:
                     self._reply(400, "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>"
                                      "<Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Incorrect token "
@@ -347,18 +351,19 @@ def test_a_slow_refresh_never_blocks_a_request(sts: FakeSts, token_file: Path) -
     sts.lifetime = 300
     credential = _web_identity(sts, token_file, retry_interval=0.0)
     assert _key_of(_signed(credential)) == "ASIAFAKE0001"
-    sts.delay = 0.8
-    started = time.perf_counter()
-    slowest = 0.0
-    keys = set()
-    while time.perf_counter() - started < 0.3:
-        before = time.perf_counter()
-        keys.add(_key_of(_signed(credential)))
-        slowest = max(slowest, time.perf_counter() - before)
-    assert keys == {"ASIAFAKE0001"}  # the current credentials, while the refresh is still on its way
-    assert slowest < 0.05
-    assert len(sts.calls) == 2  # one refresh in flight, not one per request
-    _wait_for(lambda: _key_of(_signed(credential)) == "ASIAFAKE0002", timeout=5)
+    sts.held.clear()  # the refresh STS is asked for now does not answer until released below
+    keys: list[str] = []
+    signing = threading.Thread(target=lambda: keys.extend(_key_of(_signed(credential)) for _ in range(50)))
+    signing.start()
+    signing.join(timeout=20)  # had a request waited for the refresh, it would still be waiting
+    stalled = signing.is_alive()
+    sts.held.set()
+    signing.join(timeout=20)
+    assert not stalled, "a request waited for the credential refresh"
+    assert set(keys) == {"ASIAFAKE0001"}  # the current credentials, while the refresh is still on its way
+    _wait_for(lambda: len(sts.calls) == 2, timeout=10)  # one refresh in flight, not one per request
+    assert len(sts.calls) == 2
+    _wait_for(lambda: _key_of(_signed(credential)) == "ASIAFAKE0002", timeout=10)
 
 
 def test_first_fetch_failure_is_a_503_then_recovers(sts: FakeSts, token_file: Path) -> None:

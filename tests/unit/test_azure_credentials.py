@@ -116,11 +116,9 @@ def test_token_is_cached_between_requests(endpoint: FakeTokenEndpoint,
                                           credentials: list[entra.EntraCredential]) -> None:
     endpoint.lifetime = 3600
     credential = _credential(endpoint, credentials)
-    started = time.perf_counter()
     headers = [credential.headers("POST", "https://x", b"") for _ in range(1000)]
     assert {tuple(h) for h in headers} == {(("authorization", "Bearer token-1"),)}
-    assert len(endpoint.requests) == 1
-    assert time.perf_counter() - started < 0.5, "reading a cached token must not touch the network"
+    assert len(endpoint.requests) == 1  # reading a cached token never touches the network
 
 
 def test_token_is_refreshed_in_the_background_before_it_expires(

@@ -79,7 +79,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     started = time.monotonic()
     for index in range(8):
         log.record(_row(index))
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 3  # the writer is held for 5 s: a blocking record would wait it out
     assert log.stats.dropped_rows == 3
     gate.set()
     log.close()
