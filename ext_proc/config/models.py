@@ -519,6 +519,13 @@ class RoutingSettings(_Strict):
         True, description="With `limits.redis` configured, cooldowns are shared by every process and replica.")
     latency_smoothing: float = Field(0.3, gt=0, le=1, description="Weight of the newest sample in the latency "
                                                                    "averages (EWMA).")
+    retry_budget_percent: float = Field(100.0, gt=0, le=100, description=(
+        "Failover attempts in flight, as a share of the requests in flight to a chain or backend (Envoy's retry "
+        "budget): 100 lets every request fail over at once, whatever the concurrency."))
+    min_retry_concurrency: int = Field(64, ge=1, description="Failover attempts always allowed in flight, however "
+                                                             "few requests are active.")
+    max_requests: int = Field(100_000, ge=1, description="Requests in flight to one backend or chain past which "
+                                                         "Envoy answers 503 (its circuit breaker).")
 
 
 class RequestLogSettings(_Strict):

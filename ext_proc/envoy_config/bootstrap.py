@@ -123,6 +123,8 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
     return Listener(
         name="babelgate",
         address=_address(config.listener.host, config.listener.port),
+        # Envoy's 1 MiB default would refuse a request body the config allows (base64 images, long contexts)
+        per_connection_buffer_limit_bytes=request_buffer_limit(config),
         filter_chains=[FilterChain(
             filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=Any.pack(manager))],
             transport_socket=_listener_tls(config.listener.tls) if config.listener.tls is not None else None)],
@@ -145,6 +147,15 @@ def http_filters(config: Config) -> list[HttpFilter]:
         # before the route stage would take it for an OpenAI request
         return [admin_api.size_limit_filter(), admin_api.transcoder_filter(), route_stage_filter(config)]
     return [route_stage_filter(config)]
+
+
+BODY_SLACK = 64 * 1024
+"""Envoy buffers this much more than `requests.max_body_bytes`, so a body just over the limit gets the route stage's
+own 413 (it names the limit) rather than Envoy's; past the slack Envoy answers 413 itself, also OpenAI-shaped."""
+
+
+def request_buffer_limit(config: Config) -> int:
+    return config.requests.max_body_bytes + BODY_SLACK
 
 
 def _listener_tls(tls: ListenerTls) -> TransportSocket:
@@ -182,7 +193,7 @@ def route_configuration(config: Config) -> RouteConfiguration:
         routes=routes,
         include_request_attempt_count=True,
         include_attempt_count_in_response=True,
-        request_body_buffer_limit=config.requests.max_body_bytes,
+        request_body_buffer_limit=request_buffer_limit(config),
     )
     return RouteConfiguration(name="babelgate", virtual_hosts=[host])
 

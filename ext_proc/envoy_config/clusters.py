@@ -7,6 +7,9 @@ import ipaddress
 from datetime import timedelta
 
 from envoy_data_plane.envoy.config.cluster.v3 import (
+    CircuitBreakers,
+    CircuitBreakersThresholds,
+    CircuitBreakersThresholdsRetryBudget,
     Cluster,
     ClusterCustomClusterType,
     ClusterDiscoveryType,
@@ -17,10 +20,13 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     DataSource,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
     Http1ProtocolOptions,
     Http2ProtocolOptions,
     Metadata,
     Pipe,
+    RoutingPriority,
     SocketAddress,
     TransportSocket,
 )
@@ -44,6 +50,7 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptionsExplicitHttpConfig,
 )
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
@@ -54,6 +61,8 @@ from ..transport.frames import DEFAULT_LIMITS
 from .filters import attempt_stage_filter
 
 ADMIN_API_CLUSTER = "bg_admin_api"
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+"""The service name the servers' health service reports (SERVING until told to stop)."""
 EXT_PROC_MAX_STREAMS = DEFAULT_LIMITS.max_concurrent_streams
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -67,7 +76,7 @@ def all_clusters(config: Config) -> list[Cluster]:
     clusters = [ext_proc_cluster(config)]
     if config.admin is not None and config.admin.via_envoy:
         clusters.append(admin_api_cluster(config))
-    clusters.extend(backend_cluster(b) for b in config.backends)
+    clusters.extend(backend_cluster(b, config) for b in config.backends)
     clusters.extend(chain_cluster(config, order) for order in aggregate_orders(config))
     return clusters
 
@@ -101,7 +110,25 @@ def ext_proc_cluster(config: Config) -> Cluster:
     )
     if server.tls is not None:
         cluster.transport_socket = ext_proc_client_tls(server.tls)
+    cluster.health_checks = [ext_proc_health_check()]
+    cluster.outlier_detection = OutlierDetection(
+        # a server that refuses or drops connections leaves the rotation before its health check notices
+        split_external_local_origin_errors=True, consecutive_local_origin_failure=3,
+        enforcing_consecutive_local_origin_failure=100, interval=timedelta(seconds=1),
+        base_ejection_time=timedelta(seconds=2), max_ejection_percent=50)
     return cluster
+
+
+def ext_proc_health_check() -> HealthCheck:
+    """Envoy asks every ext_proc server's gRPC health service each second (over the same channel: socket or mutual
+    TLS). A server turns NOT_SERVING as soon as it is told to stop, so it leaves the rotation while it drains; one
+    that is frozen stops answering and is out after two missed checks, about two seconds, instead of taking a
+    share of requests that each wait out `message_timeout`."""
+    return HealthCheck(
+        timeout=timedelta(milliseconds=750), interval=timedelta(seconds=1),
+        unhealthy_threshold=2, healthy_threshold=1,
+        no_traffic_interval=timedelta(seconds=1), unhealthy_interval=timedelta(milliseconds=500),
+        grpc_health_check=HealthCheckGrpcHealthCheck(service_name=EXT_PROC_SERVICE))
 
 
 def ext_proc_client_tls(tls: ExtProcTls) -> TransportSocket:
@@ -134,7 +161,7 @@ def admin_api_cluster(config: Config) -> Cluster:
     )
 
 
-def backend_cluster(backend: Backend) -> Cluster:
+def backend_cluster(backend: Backend, config: Config) -> Cluster:
     name = backend_cluster_name(backend.id)
     address = backend.connect_to or backend.host
     is_ip = _is_ip(address)
@@ -154,11 +181,34 @@ def backend_cluster(backend: Backend) -> Cluster:
             explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
                 http_protocol_options=Http1ProtocolOptions())))},
     )
+    cluster.circuit_breakers = circuit_breakers(config)
+    cluster.per_connection_buffer_limit_bytes = upstream_buffer_limit(config)
     if backend.is_tls:
         cluster.transport_socket = _tls_socket(backend)
     if backend.outlier_detection is not None:
         cluster.outlier_detection = outlier_detection(backend.outlier_detection)
     return cluster
+
+
+def circuit_breakers(config: Config) -> CircuitBreakers:
+    """Failover is Envoy's retry, and a retry needs room in the cluster's retry circuit breaker: with Envoy's default
+    (3 retries in flight per cluster) a burst of failures left all but three requests unfailed-over. A budget sized
+    as a share of the requests in flight holds at any concurrency; `max_requests` replaces Envoy's default 1,024."""
+    routing = config.routing
+    return CircuitBreakers(thresholds=[CircuitBreakersThresholds(
+        priority=RoutingPriority.DEFAULT,
+        max_connections=routing.max_requests, max_pending_requests=routing.max_requests,
+        max_requests=routing.max_requests,
+        retry_budget=CircuitBreakersThresholdsRetryBudget(
+            budget_percent=Percent(value=routing.retry_budget_percent),
+            min_retry_concurrency=routing.min_retry_concurrency),
+        track_remaining=True)])
+
+
+def upstream_buffer_limit(config: Config) -> int:
+    """What Envoy may buffer per upstream connection: a translated request (up to twice the client's limit, base64
+    and JSON overheads included) and the buffered answer the attempt stage translates. Envoy's default is 1 MiB."""
+    return 2 * config.requests.max_body_bytes + (1 << 20)
 
 
 def outlier_detection(settings: OutlierSettings) -> OutlierDetection:
@@ -181,6 +231,8 @@ def chain_cluster(config: Config, chain: tuple[str, ...]) -> Cluster:
     return Cluster(
         name=constants.CHAIN_CLUSTER_PREFIX + "__".join(chain),
         connect_timeout=timedelta(seconds=5),
+        circuit_breakers=circuit_breakers(config),
+        per_connection_buffer_limit_bytes=upstream_buffer_limit(config),
         lb_policy=ClusterLbPolicy.CLUSTER_PROVIDED,
         cluster_type=ClusterCustomClusterType(name="envoy.clusters.aggregate", typed_config=Any.pack(aggregate)),
         typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(

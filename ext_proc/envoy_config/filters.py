@@ -40,7 +40,7 @@ from envoy_data_plane.google.protobuf import Any, Struct, Value
 from .. import constants
 from ..config.chains import all_chain_routes
 from ..config.models import Config
-from ..errors import status_error_type
+from ..errors import PayloadTooLarge, status_error_type
 
 _SEND = ProcessingModeHeaderSendMode.SEND
 _SKIP = ProcessingModeHeaderSendMode.SKIP
@@ -126,7 +126,7 @@ def local_reply_config() -> LocalReplyConfig:
     mappers = [
         ResponseMapper(
             filter=AccessLogFilter(and_filter=AndFilter(filters=[not_ours, _status_is(status)])),
-            body_format_override=_error_format(status_error_type(status)))
+            body_format_override=_error_format(status_error_type(status), _CODES.get(status)))
         for status in _TYPED_STATUSES
     ]
     # Only errors: a user's own `direct_response` routes (next to Babelgate's) keep their bodies.
@@ -150,12 +150,17 @@ def _status_is(status: int) -> AccessLogFilter:
         value=RuntimeUInt32(default_value=status, runtime_key=f"babelgate.local_reply.status_{status}"))))
 
 
-def _error_format(error_type: str) -> SubstitutionFormatString:
+_CODES = {413: PayloadTooLarge.code}
+"""Envoy's own answers that mean what one of Babelgate's errors means get that error's code (a body larger than
+Envoy buffers is the route stage's `request_too_large`); the others carry Envoy's response code details."""
+
+
+def _error_format(error_type: str, code: str | None = None) -> SubstitutionFormatString:
     body = Struct(fields={"error": Value(struct_value=Struct(fields={
         "message": Value(string_value="The gateway could not complete the request (HTTP %RESPONSE_CODE%). "
                                       "%LOCAL_REPLY_BODY%"),
         "type": Value(string_value=error_type),
-        "code": Value(string_value="%RESPONSE_CODE_DETAILS%"),
+        "code": Value(string_value=code or "%RESPONSE_CODE_DETAILS%"),
         "param": Value(null_value=0),
     }))})
     return SubstitutionFormatString(json_format=body, content_type="application/json")

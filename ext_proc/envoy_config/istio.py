@@ -195,7 +195,7 @@ _Dumper.add_representer(str, _represent_str)
 
 def _envoy_filter(config: Config, site: _Site) -> dict:
     """The standalone rendering's pieces as patches on Istio's Envoy config, for the gateway's pods alone."""
-    clusters = [backend_cluster(b) for b in config.backends]
+    clusters = [backend_cluster(b, config) for b in config.backends]
     clusters += [chain_cluster(config, order) for order in aggregate_orders(config)]
     patches = [
         _patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE", _route_stage(config, site)),

@@ -14,7 +14,13 @@ import yaml
 
 from .. import constants
 from ..config.models import Config
-from .bootstrap import http_filters, internal_headers_removed, proto_field_names, route_configuration
+from .bootstrap import (
+    http_filters,
+    internal_headers_removed,
+    proto_field_names,
+    request_buffer_limit,
+    route_configuration,
+)
 from .clusters import all_clusters
 from .filters import local_reply_config
 
@@ -40,6 +46,7 @@ _GUIDE = """\
 # 7. connection_manager_settings: set these on the HttpConnectionManager: Envoy decides client addresses (never a
 #    client's own X-Forwarded-For) and removes clients' x-babelgate-int-* headers before any route is resolved.
 # 8. router_settings: set these on envoy.filters.http.router (no x-envoy-* headers for the providers).
+# 9. listener_settings: set these on the listener (Envoy's 1 MiB default buffer would refuse larger request bodies).
 """
 
 
@@ -51,9 +58,10 @@ def filters_only(config: Config) -> dict:
         "routes": [_plain(route) for route in routes],
         "clusters": [_plain(cluster) for cluster in all_clusters(config)],
         "local_reply_config": _plain(local_reply_config()),
-        "virtual_host_settings": {"request_body_buffer_limit": config.requests.max_body_bytes,
+        "virtual_host_settings": {"request_body_buffer_limit": request_buffer_limit(config),
                                   "include_request_attempt_count": True, "include_attempt_count_in_response": True},
         "disable_on_other_routes": {constants.ROUTE_STAGE_FILTER: {"@type": _PER_ROUTE_TYPE, "disabled": True}},
+        "listener_settings": {"per_connection_buffer_limit_bytes": request_buffer_limit(config)},
         "connection_manager_settings": {
             "use_remote_address": True, "xff_num_trusted_hops": config.listener.trusted_proxy_hops,
             "skip_xff_append": True, "early_header_mutation_extensions": [_plain(internal_headers_removed())]},

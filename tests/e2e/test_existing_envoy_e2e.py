@@ -70,6 +70,7 @@ def paste(user: dict, snippets: dict) -> dict:
     host["routes"] = [*ours, *host["routes"]]
     host.update(snippets["virtual_host_settings"])
     manager.update(snippets["connection_manager_settings"])
+    user["static_resources"]["listeners"][0].update(snippets["listener_settings"])
     manager["http_filters"][-1]["typed_config"].update(snippets["router_settings"])
     user["static_resources"]["clusters"] = [*user["static_resources"]["clusters"], *snippets["clusters"]]
     return user

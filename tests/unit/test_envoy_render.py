@@ -176,3 +176,43 @@ def test_trusted_proxy_hops_reach_envoy() -> None:
     rendered = yaml.safe_load(render_yaml(config.model_copy(update={"listener": listener})))
     manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert manager["xff_num_trusted_hops"] == 2
+
+
+def test_failover_has_a_retry_budget_not_envoys_three_retries(rendered: dict) -> None:
+    """With Envoy's default circuit breaker (3 retries in flight per cluster) concurrent failures were not failed
+    over; a retry budget scales with the requests in flight."""
+    clusters = _clusters(rendered)
+    limited = [c for name, c in clusters.items() if name.startswith(("bg_chain_", "bg_backend_"))]
+    assert limited
+    for cluster in limited:
+        (threshold,) = cluster["circuit_breakers"]["thresholds"]
+        assert threshold["retry_budget"] == {"budget_percent": {"value": 100.0}, "min_retry_concurrency": 64}
+        assert threshold["max_requests"] == threshold["max_pending_requests"] == 100_000
+        assert "max_retries" not in threshold  # the budget replaces it
+
+
+def test_the_ext_proc_cluster_is_health_checked_and_ejects_a_failing_server(rendered: dict) -> None:
+    cluster = _clusters(rendered)[constants.EXT_PROC_CLUSTER]
+    (check,) = cluster["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": "envoy.service.ext_proc.v3.ExternalProcessor"}
+    assert check["interval"] == "1s" and check["unhealthy_threshold"] == 2 and check["healthy_threshold"] == 1
+    assert cluster["outlier_detection"]["consecutive_local_origin_failure"] == 3
+    assert cluster["outlier_detection"]["split_external_local_origin_errors"] is True
+
+
+def test_buffers_fit_the_configured_body_limit() -> None:
+    config = parse_config(CONFIG.replace("routes:", "requests: {max_body_bytes: 33554432}\nroutes:", 1))
+    rendered = yaml.safe_load(render_yaml(config))
+    listener = rendered["static_resources"]["listeners"][0]
+    assert listener["per_connection_buffer_limit_bytes"] == 32 * 1024 * 1024 + 64 * 1024
+    host = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    assert host["request_body_buffer_limit"] == 32 * 1024 * 1024 + 64 * 1024
+    upstream = [c for name, c in _clusters(rendered).items() if name.startswith(("bg_chain_", "bg_backend_"))]
+    assert {c["per_connection_buffer_limit_bytes"] for c in upstream} == {65 * 1024 * 1024}
+
+
+def test_envoys_own_413_carries_the_gateways_error_code(rendered: dict) -> None:
+    manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    bodies = [m["body_format_override"]["json_format"]["error"] for m in manager["local_reply_config"]["mappers"]]
+    assert {"code": "request_too_large", "message": bodies[0]["message"], "param": None,
+            "type": "invalid_request_error"} in bodies
