@@ -317,7 +317,7 @@ def limiter_counters(runtime: Runtime) -> dict[str, int]:
     stats = limiter.stats
     return {"limiter_store_errors": stats.store_errors, "limiter_fail_open_admissions": stats.fail_open_admissions,
             "limiter_fail_closed_refusals": stats.fail_closed_refusals, "limiter_settle_errors": stats.settle_errors,
-            "limiter_unsealed_refusals": stats.unsealed_refusals}
+            "limiter_unsealed_refusals": stats.unsealed_refusals, "limiter_store_retries": stats.store_retries}
 
 
 async def _reload(reloader: ConfigReloader) -> None:

@@ -23,7 +23,7 @@ from ..auth.sealing import Sealer
 from ..config.models import METRICS, Config, LimitRule
 from ..errors import RateLimited, Unavailable
 from .estimate import FREE, MICRO, Price, Usage, cost_micro_usd
-from .store import Counter, LimitStore, StoreUnavailable
+from .store import Admission, Counter, LimitStore, StoreUnavailable
 from .windows import duration_text, seconds_until, window_bounds
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class LimiterStats:
     refusals: int = 0
     settle_errors: int = 0
     unsealed_refusals: int = 0
+    store_retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ class Limiter:
                 fail_open = fail_open and rule.fail_open
         amounts = [entry[2] for entry in entries]
         try:
-            admission = await self.store.reserve(counters, amounts)
+            admission = await self._reserve(counters, amounts)
         except StoreUnavailable as exc:
             self._outage(exc)
             if not fail_open:
@@ -264,6 +265,19 @@ class Limiter:
     def _key(self, kind: str, scope_id: str, metric: str, window: str, start: int) -> str:
         safe = scope_id.replace("{", "_").replace("}", "_")
         return f"{self.prefix}{{{kind}:{safe}}}:{metric}:{window}:{start}"
+
+    async def _reserve(self, counters: list[Counter], amounts: list[int]) -> Admission:
+        """One store call, and one more when it fails while the store was healthy: under CPU load a reply can miss
+        its timeout now and then, and a lone miss should not refuse a `fail_closed` request. A timed-out call may
+        have run, so the retry can count a reservation twice (over-counting, never over-admission). Once the store
+        is known to be down, calls are not retried: every request would pay twice the timeout."""
+        try:
+            return await self.store.reserve(counters, amounts)
+        except StoreUnavailable:
+            if self._in_outage:
+                raise
+            self.stats.store_retries += 1
+        return await self.store.reserve(counters, amounts)
 
     def _outage(self, exc: Exception) -> None:
         self.stats.store_errors += 1

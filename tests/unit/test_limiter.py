@@ -32,7 +32,8 @@ NOW = 1_800_000_030.0
 
 
 def limiter(store: object | None = None) -> Limiter:
-    return Limiter(store or MemoryStore(), compile_tables(parse_config(CONFIG)))  # type: ignore[arg-type]
+    return Limiter(store if store is not None else MemoryStore(),  # type: ignore[arg-type]
+                   compile_tables(parse_config(CONFIG)))
 
 
 def reserve(lim: Limiter, tokens_in: int = 100, tokens_out: int = 50, team: str | None = None,
@@ -124,3 +125,38 @@ def test_key_without_limits_and_no_defaults_skips_the_store() -> None:
     config = parse_config('backends: [{id: oa, schema: openai, base_url: "http://127.0.0.1:9/v1"}]\n'
                           "routes: [{model: m, backends: [{backend: oa, model: x}]}]\n")
     assert compile_tables(config).empty
+
+
+class FlakyStore(MemoryStore):
+    """Misses `misses` reservations (as a reply that came too late would), then answers."""
+
+    def __init__(self, misses: int) -> None:
+        super().__init__()
+        self.misses = misses
+        self.calls = 0
+
+    async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
+        self.calls += 1
+        if self.misses:
+            self.misses -= 1
+            raise StoreUnavailable("timeout")
+        return await super().reserve(counters, amounts)
+
+
+def test_a_lone_store_miss_is_retried_so_fail_closed_limits_do_not_refuse() -> None:
+    store = FlakyStore(misses=1)
+    lim = limiter(store)
+    assert reserve(lim, team="t").recorded  # the team's limit fails closed
+    assert (store.calls, lim.stats.store_retries, lim.stats.fail_closed_refusals) == (2, 1, 0)
+
+
+def test_a_store_that_stays_down_refuses_fail_closed_and_is_not_retried_while_down() -> None:
+    store = FlakyStore(misses=10)
+    lim = limiter(store)
+    with pytest.raises(Unavailable):
+        reserve(lim, team="t")
+    assert store.calls == 2  # tried again once: it was healthy until then
+    with pytest.raises(Unavailable):
+        reserve(lim, team="t")
+    assert store.calls == 3  # known down now: one call per request
+    assert lim.stats.fail_closed_refusals == 2
