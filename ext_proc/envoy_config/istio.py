@@ -154,6 +154,7 @@ def render_istio(config: Config, *, placement: Placement, namespace: str, image:
         _config_map(namespace, config_text),
         _deployment(config, namespace, image, config_text),
         _ext_proc_service(namespace, config),
+        _ext_proc_destination_rule(namespace),
         *trust_objects(config, site),
     ]
 
@@ -571,6 +572,20 @@ def _ext_proc_service(namespace: str, config: Config) -> dict:
             "spec": {"selector": dict(_SERVER_SELECTOR),
                      "ports": [{"name": EXT_PROC_PORT_NAME, "port": EXT_PROC_PORT, "targetPort": EXT_PROC_PORT_NAME,
                                 "protocol": "TCP", "appProtocol": "grpc"}, *admin_ports]}}
+
+
+def _ext_proc_destination_rule(namespace: str) -> dict:
+    """How the gateway's Envoy spreads ext_proc streams: least request (a frozen or slow pod piles up requests and
+    gets fewer), and a pod that refuses or drops connections is ejected, as the standalone rendering does. Health
+    comes from the pods' readiness (the health port), which turns NOT_SERVING when a server is told to stop."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": f"{EXT_PROC_SERVICE}-ext-proc", "namespace": namespace, "labels": dict(_LABELS)},
+            "spec": {"host": f"{EXT_PROC_SERVICE}.{namespace}.{CLUSTER_DOMAIN}",
+                     "trafficPolicy": {
+                         "loadBalancer": {"simple": "LEAST_REQUEST"},
+                         "outlierDetection": {"splitExternalLocalOriginErrors": True,
+                                              "consecutiveLocalOriginFailures": 3, "interval": "1s",
+                                              "baseEjectionTime": "2s", "maxEjectionPercent": 50}}}}
 
 
 # -- who may reach the ext_proc server -------------------------------------------------------------------------------

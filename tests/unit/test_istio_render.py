@@ -494,7 +494,7 @@ def test_one_service_entry_and_destination_rule_per_external_provider_host() -> 
     found = by_kind(render(CONFIG, "sidecar"))
     entries = {o["spec"]["hosts"][0]: o["spec"] for (kind, _), o in found.items() if kind == "ServiceEntry"}
     rules = {o["spec"]["host"]: o["spec"] for (kind, name), o in found.items()
-             if kind == "DestinationRule" and name != "babelgate-api"}
+             if kind == "DestinationRule" and name not in ("babelgate-api", "babelgate-ext-proc")}
     # oa and oa-batch share a host; the in-cluster vLLM Service is no MESH_EXTERNAL host
     assert set(entries) == set(rules) == {"api.openai.com", "api.anthropic.com", "llm.internal.example"}
     openai = entries["api.openai.com"]
@@ -508,8 +508,8 @@ def test_one_service_entry_and_destination_rule_per_external_provider_host() -> 
 
 def test_destination_rules_originate_tls_with_the_hosts_sni_and_mirror_outlier_detection() -> None:
     found = by_kind(render(CONFIG, "gateway"))
-    rules = {o["spec"]["host"]: o["spec"]["trafficPolicy"] for (kind, _), o in found.items()
-             if kind == "DestinationRule"}
+    rules = {o["spec"]["host"]: o["spec"]["trafficPolicy"] for (kind, name), o in found.items()
+             if kind == "DestinationRule" and name != "babelgate-ext-proc"}
     for host, policy in rules.items():
         assert policy["portLevelSettings"] == [{"port": {"number": 80}, "tls": {"mode": "SIMPLE", "sni": host}}]
     assert rules["api.openai.com"]["outlierDetection"] == {  # oa's settings, not oa-batch's defaults
@@ -719,3 +719,11 @@ def test_with_an_admin_api_every_pod_serves_it_on_a_named_service_port() -> None
             "appProtocol": "grpc"} in service_ports
     without = by_kind(render(CONFIG, "gateway"))
     assert [p["name"] for p in without["Service", "babelgate"]["spec"]["ports"]] == ["grpc-ext-proc"]
+
+
+@pytest.mark.parametrize("placement", ["gateway", "sidecar"])
+def test_the_gateways_envoy_spreads_ext_proc_streams_by_load_and_ejects_a_failing_pod(placement: str) -> None:
+    rule = by_kind(render(CONFIG, placement))[("DestinationRule", "babelgate-ext-proc")]["spec"]
+    assert rule["host"] == "babelgate.babelgate.svc.cluster.local"
+    assert rule["trafficPolicy"]["loadBalancer"] == {"simple": "LEAST_REQUEST"}
+    assert rule["trafficPolicy"]["outlierDetection"]["consecutiveLocalOriginFailures"] == 3
