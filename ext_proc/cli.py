@@ -236,10 +236,9 @@ def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes:
                 *(["--health-port", str(args.health_port + index)] if args.health_port is not None else [])),
                 env=env)
         log.info("%d ext_proc processes on ports %d-%d", processes, first_port, first_port + processes - 1)
-        _wait_for_signal(supervisor, signals)
+        return _wait_for_signal(supervisor, signals)
     finally:
         supervisor.stop_all()
-    return 0
 
 
 # -- up -----------------------------------------------------------------------------------------------------------
@@ -273,13 +272,13 @@ def _up(args: argparse.Namespace) -> int:
         stack = start_stack(config, config_path, workdir, supervisor, env=env)
         _print_banner(stack.url, key, stack.config, shown_admin)
         watcher = StackReloader(stack, Path(config_path), lambda path: _with_overrides(load_config(path), args))
-        _wait_for_signal(supervisor, signals, on_tick=watcher.tick, on_hangup=watcher.hangup)
+        code = _wait_for_signal(supervisor, signals, on_tick=watcher.tick, on_hangup=watcher.hangup)
         left = stack.drain(timeout=DRAIN_SECONDS)
         if left:
             log.warning("%d requests were still in flight after %.0fs of draining", left, DRAIN_SECONDS)
     finally:
         supervisor.stop_all()
-    return 0
+    return code
 
 
 def _with_overrides(config: object, args: argparse.Namespace) -> object:
@@ -292,14 +291,15 @@ def _with_overrides(config: object, args: argparse.Namespace) -> object:
 
 def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -> tuple[Path, str, dict[str, str]]:
     from .launch import demo
-    from .launch.processes import python_module
+    from .launch.processes import python_module, reported_port_argv
 
     keys, env = demo.provider_secrets()
     ports = {}
     for provider in demo.PROVIDERS:
+        # a restarted provider comes back on its first port: Envoy's cluster for it names that port
         _, ready = supervisor.start_reporting(provider.name, python_module(  # type: ignore[attr-defined]
             "ext_proc.demo", "--kind", provider.kind, "--name", provider.name, "--port", "0",
-            "--api-key", keys[provider.name]))
+            "--api-key", keys[provider.name]), restart_argv=reported_port_argv)
         ports[provider.name] = ready["port"]
     env[demo.ADMIN_ENV] = demo.admin_credential(dict(os.environ))
     data, client_key = demo.demo_config(
@@ -373,12 +373,19 @@ class StopSignals:
 
 
 def _wait_for_signal(supervisor: object, signals: StopSignals, on_tick: Callable[[], None] | None = None,
-                     on_hangup: Callable[[], None] | None = None) -> None:
-    """Until SIGTERM/SIGINT. SIGHUP is passed on to every child (the servers reload their config) and to
-    `on_hangup`."""
+                     on_hangup: Callable[[], None] | None = None) -> int:
+    """Until SIGTERM/SIGINT (then 0) or a child's crash loop (then 1; the caller drains and stops as for a signal).
+    Children that exit meanwhile are restarted (`Supervisor.tend`); SIGHUP is passed on to every child (the servers
+    reload their config) and to `on_hangup`."""
+    from .launch.processes import CrashLoop
+
     handled = 0
     while not signals.stop:
-        supervisor.check()  # type: ignore[attr-defined]
+        try:
+            supervisor.tend()  # type: ignore[attr-defined]
+        except CrashLoop as exc:
+            log.error("%s\nstopping everything", exc)
+            return 1
         if signals.hangups != handled:
             handled = signals.hangups
             supervisor.signal_all(signal.SIGHUP, skip=("envoy",))  # type: ignore[attr-defined]
@@ -388,6 +395,7 @@ def _wait_for_signal(supervisor: object, signals: StopSignals, on_tick: Callable
             on_tick()
         time.sleep(0.2)
     log.info("stopping")
+    return 0
 
 
 # -- render / check -----------------------------------------------------------------------------------------------

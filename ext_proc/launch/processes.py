@@ -1,24 +1,86 @@
-"""Start, watch and stop the child processes of a Babelgate stack (Envoy, ext_proc servers, demo providers)."""
+"""Start, watch and stop the child processes of a Babelgate stack (Envoy, ext_proc servers, demo providers).
+
+Two phases, two rules. While a stack starts, a child that exits is a launch failure (`Supervisor.check`): nothing
+has served yet and the log says why. Once it serves, `Supervisor.tend` keeps it serving: a child that exits (crash,
+OOM kill, an operator's `kill`) is started again after a backoff, and only a crash loop stops the stack; its
+siblings and Envoy are never taken down for one child's death.
+
+Decisions worth knowing before changing this file:
+- A restart uses the argv and the whole environment of the first start, captured then: `babelgate up` adds to
+  `os.environ` while it starts, and a restarted server must see what its siblings saw.
+- A child that was given `--port 0` comes back on the port it reported the first time (`restart_argv`, e.g.
+  `reported_port_argv`): Envoy's clusters name that port. ext_proc servers keep their fixed port or socket path (a
+  stale socket file left by a killed server is replaced when it binds).
+- A restarted child that reports ready (one JSON line on stdout) is read without blocking: the loop keeps tending
+  the other children meanwhile, and one that stays silent past `ready_timeout` is killed and counts as a crash.
+- Same argv is not same config: a restarted ext_proc server reads its config file as it is now. A file broken since
+  start (the running stack rejected the reload and kept the last good config) makes every restart fail, which ends
+  as a crash loop: the stack stops, loudly, rather than serve on with one process fewer.
+- Without a log directory (`babelgate up`, `serve` with several processes) a child's stderr passes through a pipe
+  to ours, so its last lines can be quoted when it dies; with one, it goes to `<log_dir>/<name>.log`.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 30
+"""Lines of a dead child's output quoted in the warning about it."""
+TAIL_BYTES = 64 * 1024
+
 
 class LaunchError(RuntimeError):
     pass
+
+
+class CrashLoop(LaunchError):
+    """One child kept dying after restarts: the stack stops (drained) instead of restarting it forever."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a serving stack brings back a child that exited.
+
+    The delays double from `first_delay` up to `max_delay`; a child that stayed up `stable_after` seconds starts again
+    from `first_delay`. A child that exits after `max_restarts` restarts within `window` seconds is in a crash loop."""
+
+    first_delay: float = 0.5
+    max_delay: float = 10.0
+    stable_after: float = 30.0
+    max_restarts: int = 5
+    window: float = 60.0
+    ready_timeout: float = 20.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_delay, self.first_delay * 2 ** failures)
+
+
+RestartArgv = Callable[[Sequence[str], dict], Sequence[str]]
+"""(first argv, the ready line it printed) -> the argv of every restart."""
+
+
+def reported_port_argv(argv: Sequence[str], ready: dict) -> list[str]:
+    """For a child started with `--port 0`: restart it on the port it reported, which its clients were given."""
+    pinned = list(argv)
+    pinned[pinned.index("--port") + 1] = str(ready["port"])
+    return pinned
 
 
 @dataclass
@@ -26,52 +88,95 @@ class Child:
     name: str
     process: subprocess.Popen
     log_path: Path | None = None
+    argv: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    """The whole environment of the first start: every restart gets it again."""
+    reports_ready: bool = False
+    ready: dict | None = None
+    """The line it printed when first ready."""
+    restart_argv: tuple[str, ...] | None = None
+    started: float = field(default_factory=time.monotonic)
+    restarts: list[float] = field(default_factory=list)
+    """When it was restarted (monotonic), pruned to the policy's window."""
+    failures: int = 0
+    """Exits since it last stayed up `stable_after` seconds: the exponent of the next backoff."""
+    due: float | None = None
+    """Set while it is down, waiting out its backoff: when to start it again."""
+    awaiting_ready_since: float | None = None
+    _log_start: int = 0
+    """Where the current run's output begins in its log file (restarts append to it)."""
+    _stdout_buffer: bytes = b""
+    _tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=TAIL_LINES), repr=False)
+    _pump: threading.Thread | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 30) -> str:
-        if self.log_path is None or not self.log_path.exists():
+    def serving(self) -> bool:
+        """Alive and past its ready line (so it has its signal handlers)."""
+        return self.alive() and self.awaiting_ready_since is None
+
+    def log_tail(self, lines: int = TAIL_LINES) -> str:
+        """The last lines of the current run's output."""
+        if self.log_path is None:
+            if self._pump is not None and not self.alive():
+                self._pump.join(timeout=1)  # its last lines, a traceback typically, are still in the pipe
+            return "\n".join(list(self._tail)[-lines:])
+        try:
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(max(self._log_start, log_file.seek(0, os.SEEK_END) - TAIL_BYTES))
+                text = log_file.read().decode(errors="replace")
+        except OSError:
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(text.splitlines()[-lines:])
+
+    def read_ready_line(self) -> dict | None:
+        """The JSON line the child prints once ready, if it has printed it yet; never blocks."""
+        assert self.process.stdout is not None
+        self._stdout_buffer += self.process.stdout.read() or b""
+        if b"\n" not in self._stdout_buffer:
+            return None
+        line, self._stdout_buffer = self._stdout_buffer.split(b"\n", 1)
+        return json.loads(line)
 
 
 @dataclass
 class Supervisor:
-    """Owns every process it starts and stops them all, newest first."""
+    """Owns every process it starts, restarts the ones that exit while the stack serves (`tend`), and stops them
+    all, newest first."""
 
     log_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
+    policy: RestartPolicy = RestartPolicy()
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
               stdout: int | None = None) -> Child:
-        """Start a child in its own session; its output goes to `log_dir/<name>.log` when a log dir is set."""
+        """Start a child in its own session; its output goes to `log_dir/<name>.log` when a log dir is set, else its
+        stderr passes through ours (its last lines kept for `log_tail`)."""
         log_path = self.log_dir / f"{name}.log" if self.log_dir is not None else None
-        log_file: IO | None = log_path.open("ab") if log_path is not None else None
-        try:
-            process = subprocess.Popen(
-                list(argv), env={**os.environ, **(env or {})},
-                stdout=stdout if stdout is not None else log_file, stderr=log_file, start_new_session=True)
-        finally:
-            if log_file is not None:
-                log_file.close()
-        child = Child(name, process, log_path)
+        full_env = {**os.environ, **(env or {})}
+        log_start = _size(log_path)
+        child = Child(name, self._spawn(argv, full_env, log_path, stdout), log_path, argv=tuple(argv), env=full_env,
+                      reports_ready=stdout == subprocess.PIPE, _log_start=log_start)
+        self._pump_stderr(child)
         self.children.append(child)
         return child
 
     def start_reporting(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
-                        timeout: float = 20.0) -> tuple[Child, dict]:
-        """Start a child that prints one JSON line when it is ready (its port, typically) and return that line."""
+                        timeout: float = 20.0, restart_argv: RestartArgv | None = None) -> tuple[Child, dict]:
+        """Start a child that prints one JSON line when it is ready (its port, typically) and return that line.
+        `restart_argv` makes the argv of its restarts from the first argv and that line (`reported_port_argv`)."""
         child = self.start(name, argv, env, stdout=subprocess.PIPE)
         assert child.process.stdout is not None
         deadline = time.monotonic() + timeout
         os.set_blocking(child.process.stdout.fileno(), False)
-        buffer = b""
         while time.monotonic() < deadline:
-            chunk = child.process.stdout.read() or b""
-            buffer += chunk
-            if b"\n" in buffer:
-                return child, json.loads(buffer.split(b"\n", 1)[0])
+            ready = child.read_ready_line()
+            if ready is not None:
+                child.ready = ready
+                if restart_argv is not None:
+                    child.restart_argv = tuple(restart_argv(child.argv, ready))
+                return child, ready
             if not child.alive():
                 raise LaunchError(f"{name} exited with code {child.process.returncode} before it was ready\n"
                                   f"{child.log_tail()}")
@@ -79,13 +184,32 @@ class Supervisor:
         raise LaunchError(f"{name} did not report ready within {timeout:.0f}s")
 
     def check(self) -> None:
+        """While the stack starts: any child that exited is a launch failure."""
         for child in self.children:
             if not child.alive():
                 raise LaunchError(f"{child.name} exited with code {child.process.returncode}\n{child.log_tail()}")
 
-    def signal_all(self, sig: int, skip: Sequence[str] = ()) -> None:
+    def tend(self, now: float | None = None) -> list[str]:
+        """While the stack serves, a few times a second: restart the children that exited once their backoff is
+        over, and follow the restarted ones until they report ready. Returns the names started again by this call;
+        raises CrashLoop when a child exits after `policy.max_restarts` restarts within `policy.window` seconds."""
+        now = time.monotonic() if now is None else now
+        restarted = []
         for child in self.children:
-            if child.name not in skip and child.alive():
+            if child.due is not None:
+                if now >= child.due:
+                    self._restart(child, now)
+                    restarted.append(child.name)
+            elif not child.alive():
+                self._schedule_restart(child, now)
+            elif child.awaiting_ready_since is not None:
+                self._follow_start(child, now)
+        return restarted
+
+    def signal_all(self, sig: int, skip: Sequence[str] = ()) -> None:
+        """Signal every serving child (one still starting has no handlers yet, and reads its config afresh)."""
+        for child in self.children:
+            if child.name not in skip and child.serving():
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(sig)
 
@@ -100,9 +224,113 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 _signal(child.process, signal.SIGKILL)
                 child.process.wait(5)
-            if child.process.stdout is not None:
-                child.process.stdout.close()
+            _close_pipes(child)
         self.children.clear()
+
+    def _spawn(self, argv: Sequence[str], env: dict[str, str], log_path: Path | None,
+               stdout: int | None) -> subprocess.Popen:
+        log_file: IO | None = log_path.open("ab") if log_path is not None else None
+        try:
+            return subprocess.Popen(
+                list(argv), env=env, stdout=stdout if stdout is not None else log_file,
+                stderr=log_file if log_file is not None else subprocess.PIPE, start_new_session=True)
+        finally:
+            if log_file is not None:
+                log_file.close()
+
+    def _pump_stderr(self, child: Child) -> None:
+        if child.process.stderr is None:
+            return
+        child._pump = threading.Thread(target=_pass_on, args=(child.process.stderr, child._tail),
+                                       name=f"stderr-{child.name}", daemon=True)
+        child._pump.start()
+
+    def _schedule_restart(self, child: Child, now: float) -> None:
+        code, uptime = child.process.returncode, now - child.started
+        child.awaiting_ready_since = None
+        child.restarts = [when for when in child.restarts if now - when < self.policy.window]
+        if len(child.restarts) >= self.policy.max_restarts:
+            raise CrashLoop(f"{child.name} exited with code {code} after {len(child.restarts)} restarts within "
+                            f"{self.policy.window:.0f}s: giving up on it\n{child.log_tail()}")
+        if uptime >= self.policy.stable_after:
+            child.failures = 0
+        delay = self.policy.delay(child.failures)
+        child.failures += 1
+        child.due = now + delay
+        log.warning("%s (pid %d) exited with code %s after %.1fs; restarting it in %.1fs\n%s", child.name,
+                    child.process.pid, code, uptime, delay, child.log_tail())
+
+    def _restart(self, child: Child, now: float) -> None:
+        _close_pipes(child)
+        child.due = None
+        child.restarts.append(now)
+        child.started = now
+        child._log_start = _size(child.log_path)
+        child._tail.clear()
+        child.process = self._spawn(child.restart_argv or child.argv, child.env, child.log_path,
+                                    subprocess.PIPE if child.reports_ready else None)
+        self._pump_stderr(child)
+        if child.reports_ready:
+            assert child.process.stdout is not None
+            os.set_blocking(child.process.stdout.fileno(), False)
+            child._stdout_buffer = b""
+            child.awaiting_ready_since = now
+        log.info("%s restarted (pid %d)", child.name, child.process.pid)
+
+    def _follow_start(self, child: Child, now: float) -> None:
+        try:
+            ready = child.read_ready_line()
+        except ValueError as exc:
+            self._kill_unready(child, f"printed something other than its ready line ({exc})")
+            return
+        if ready is None:
+            if now - child.awaiting_ready_since > self.policy.ready_timeout:  # type: ignore[operator]
+                self._kill_unready(child, f"did not report ready within {self.policy.ready_timeout:.0f}s")
+            return
+        child.awaiting_ready_since = None
+        if child.ready is not None and ready != child.ready:
+            log.warning("%s came back reporting %s, not %s as the first time", child.name, ready, child.ready)
+        log.info("%s is ready again (pid %d)", child.name, child.process.pid)
+
+    def _kill_unready(self, child: Child, why: str) -> None:
+        """The next `tend` sees it dead, and counts it like any other exit."""
+        log.warning("%s %s after its restart; killing it", child.name, why)
+        _signal(child.process, signal.SIGKILL)
+
+
+def _pass_on(stream: IO[bytes], tail: collections.deque[str]) -> None:
+    """A child's stderr, line by line, to ours, its last lines kept. Read to the end even if ours breaks: a child
+    blocked on a full pipe would stop serving."""
+    passing = True
+    with stream, contextlib.suppress(ValueError):
+        for line in stream:
+            tail.append(line.decode(errors="replace").rstrip("\n"))
+            if passing:
+                try:
+                    _write_all(2, line)
+                except OSError:
+                    passing = False
+
+
+def _size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path is not None else 0
+    except FileNotFoundError:
+        return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _close_pipes(child: Child) -> None:
+    """After the child exited: its stderr pump ends at end of file (and closes that pipe), its stdout pipe closes."""
+    if child._pump is not None:
+        child._pump.join(timeout=1)
+    if child.process.stdout is not None:
+        with contextlib.suppress(OSError):
+            child.process.stdout.close()
 
 
 def _signal(process: subprocess.Popen, sig: int) -> None:
