@@ -720,9 +720,10 @@ def test_outlier_detection_null_renders_none(envoy_clusters: dict) -> None:
     assert "outlier_detection" not in envoy_clusters["bg_backend_b"]
 
 
-def test_outlier_detection_is_only_on_backend_clusters(envoy_clusters: dict) -> None:
+def test_outlier_detection_is_on_backend_clusters_and_the_ext_proc_cluster(envoy_clusters: dict) -> None:
+    """Backends by their 5xx (as configured); the ext_proc servers by refused or dropped connections."""
     with_outlier = {name for name, c in envoy_clusters.items() if "outlier_detection" in c}
-    assert with_outlier == {"bg_backend_a", "bg_backend_c"}
+    assert with_outlier == {"bg_backend_a", "bg_backend_c", "bg_ext_proc"}
 
 
 def test_yaml_uses_envoys_consecutive_5xx_field_name(rendered_text: str) -> None:
