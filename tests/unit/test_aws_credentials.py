@@ -29,6 +29,8 @@ from ext_proc.config.models import Backend
 from ext_proc.errors import Unavailable
 from ext_proc.providers import bedrock_anthropic, bedrock_converse
 
+from ..eventually import eventually
+
 REGION = "eu-west-3"
 URL = "https://bedrock-runtime.eu-west-3.amazonaws.com/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
 ARN_URL = ("https://bedrock-runtime.eu-west-3.amazonaws.com/model/arn%3Aaws%3Abedrock%3Aeu-west-3%3A123456789012%3A"
@@ -340,7 +342,7 @@ def test_short_lived_credentials_refresh_at_most_once_per_interval(sts: FakeSts,
     now[0] += 31
     token_file.write_text("eyJhbGciOiJSUzI1NiJ9.rotated-token.sig")
     _signed(credential)  # starts one background refresh
-    _wait_for(lambda: _key_of(_signed(credential)) == "ASIAFAKE0002")
+    eventually(lambda: _key_of(_signed(credential)) == "ASIAFAKE0002")
     for _ in range(300):
         _signed(credential)
     assert len(sts.calls) == 2
@@ -361,9 +363,9 @@ def test_a_slow_refresh_never_blocks_a_request(sts: FakeSts, token_file: Path) -
     signing.join(timeout=20)
     assert not stalled, "a request waited for the credential refresh"
     assert set(keys) == {"ASIAFAKE0001"}  # the current credentials, while the refresh is still on its way
-    _wait_for(lambda: len(sts.calls) == 2, timeout=10)  # one refresh in flight, not one per request
+    eventually(lambda: len(sts.calls) == 2, timeout=10)  # one refresh in flight, not one per request
     assert len(sts.calls) == 2
-    _wait_for(lambda: _key_of(_signed(credential)) == "ASIAFAKE0002", timeout=10)
+    eventually(lambda: _key_of(_signed(credential)) == "ASIAFAKE0002", timeout=10)
 
 
 def test_first_fetch_failure_is_a_503_then_recovers(sts: FakeSts, token_file: Path) -> None:
@@ -386,13 +388,8 @@ def test_first_fetch_failure_is_a_503_then_recovers(sts: FakeSts, token_file: Pa
 def test_prefetch_fetches_before_the_first_request(sts: FakeSts, token_file: Path) -> None:
     credential = _web_identity(sts, token_file)
     credential.prefetch()
-    _wait_for(lambda: len(sts.calls) == 1)
+    eventually(lambda: len(sts.calls) == 1)
     assert _key_of(_signed(credential)) == "ASIAFAKE0001"
     assert len(sts.calls) == 1
 
 
-def _wait_for(condition: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

@@ -20,6 +20,8 @@ from ext_proc.config.models import Backend
 from ext_proc.errors import Unavailable
 from ext_proc.providers import azure_openai
 
+from ..eventually import eventually
+
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "app-client-id"
 SECRET = "s3cr3t-client-value"
@@ -94,11 +96,6 @@ def _credential(endpoint: FakeTokenEndpoint, made: list[entra.EntraCredential]) 
     return credential
 
 
-def _wait_for(condition: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_token_request_is_a_client_credentials_grant_for_cognitive_services(
@@ -126,10 +123,10 @@ def test_token_is_refreshed_in_the_background_before_it_expires(
     credential = _credential(endpoint, credentials)
     first_fetch = time.monotonic()
     assert credential.headers("POST", "https://x", b"") == [("authorization", "Bearer token-1")]
-    _wait_for(lambda: len(endpoint.requests) >= 2)
+    eventually(lambda: len(endpoint.requests) >= 2)
     refreshed_after = time.monotonic() - first_fetch
     assert refreshed_after < endpoint.lifetime, "the next token is fetched before the first one expires"
-    _wait_for(lambda: credential.headers("POST", "https://x", b"") == [("authorization", "Bearer token-2")])
+    eventually(lambda: credential.headers("POST", "https://x", b"") == [("authorization", "Bearer token-2")])
 
 
 def test_refresh_failure_keeps_the_valid_token_then_reports_unavailable(
@@ -138,12 +135,18 @@ def test_refresh_failure_keeps_the_valid_token_then_reports_unavailable(
     assert credential.headers("POST", "https://x", b"") == [("authorization", "Bearer token-1")]
     endpoint.failure = (401, {"error": "invalid_client",
                               "error_description": "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x"})
-    _wait_for(lambda: len(endpoint.requests) >= 2)
+    eventually(lambda: len(endpoint.requests) >= 2)
     assert credential.headers("POST", "https://x", b"") == [("authorization", "Bearer token-1")]
-    with pytest.raises(Unavailable) as unavailable:
-        _wait_for(lambda: credential.headers("POST", "https://x", b"") is None)
-    assert "invalid_client: AADSTS7000215" in unavailable.value.message
-    assert SECRET not in unavailable.value.message
+    def refused() -> Unavailable | None:
+        try:
+            credential.headers("POST", "https://x", b"")
+        except Unavailable as exc:
+            return exc
+        return None
+
+    unavailable = eventually(refused, what="the expired token is refused")
+    assert "invalid_client: AADSTS7000215" in unavailable.message
+    assert SECRET not in unavailable.message
 
 
 def test_no_token_at_start_is_a_503_naming_the_cause(credentials: list[entra.EntraCredential]) -> None:

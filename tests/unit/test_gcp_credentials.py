@@ -26,6 +26,8 @@ from ext_proc.auth.credentials import CredentialError, StaticCredential
 from ext_proc.config.models import Backend
 from ext_proc.errors import Unavailable
 
+from ..eventually import eventually
+
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_EMAIL = "babelgate-test@demo-project.iam.gserviceaccount.com"
 FAST = 0.05
@@ -151,11 +153,6 @@ def _bearer(credential: gcp.GoogleBearerCredential) -> str:
     return header[1]
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_service_account_grant_is_signed_and_the_token_sent_as_bearer(
@@ -174,7 +171,7 @@ def test_service_account_grant_is_signed_and_the_token_sent_as_bearer(
 def test_first_token_is_fetched_when_the_credential_is_made(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
     credential = credentials(account_file)
-    _wait_until(lambda: credential.refreshes == 1)
+    eventually(lambda: credential.refreshes == 1)
     assert token_server.issued == 1
     token, elapsed = _timed(lambda: _bearer(credential))
     assert token == "Bearer token-1"
@@ -218,7 +215,7 @@ def test_refresh_is_scheduled_by_margin_or_half_life(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
     token_server.expires_in = 3600
     credential = credentials(account_file)
-    _wait_until(lambda: credential.refreshes == 1)
+    eventually(lambda: credential.refreshes == 1)
     _token, expires_at, refresh_at = credential._keeper._current  # type: ignore[misc]
     assert expires_at - refresh_at == pytest.approx(gcp.REFRESH_MARGIN, abs=1)
 
@@ -235,7 +232,7 @@ def test_failing_token_endpoint_answers_503_at_once_and_keeps_retrying(
     with pytest.raises(Unavailable):
         _bearer(credential)
     assert time.perf_counter() - start < FAST, "while the endpoint fails, requests must not wait"
-    _wait_until(lambda: credential.refreshes == 1)
+    eventually(lambda: credential.refreshes == 1)
     assert _bearer(credential) == "Bearer token-1"
     assert len(token_server.grants) == 4
 
@@ -255,7 +252,7 @@ def test_refresher_thread_stops_when_the_credential_is_dropped(
         account_file: Path, token_server: TokenServer) -> None:
     loaded = gcp.service_account_credentials(account_file, "test")
     credential = gcp.GoogleBearerCredential(lambda: loaded, "dropped-one")
-    _wait_until(lambda: token_server.issued == 1)
+    eventually(lambda: token_server.issued == 1)
     (thread,) = [t for t in threading.enumerate() if t.name == "gcp-token-dropped-one"]
     del credential
     gc.collect()
