@@ -52,17 +52,25 @@ def main(argv: list[str] | None = None) -> int:
 SECRET_LOGGING_LIBRARIES = ("hpack", "botocore", "urllib3", "google.auth", "httpcore", "httpx", "grpc")
 """Libraries whose debug lines carry what they encode or send: hpack every header it decodes (Authorization among
 them), botocore and the HTTP clients the requests they sign or send."""
+CHATTY_AT_START = ("botocore.credentials",)
+"""Loggers whose INFO lines repeat at every start ("Found credentials in environment variables.", once per Bedrock
+backend in every process): kept at WARNING, where a failure to find or refresh credentials still shows, unless
+BABELGATE_LOG_LEVEL=DEBUG."""
 
 
 def quiet_secret_logging_libraries() -> None:
-    """BABELGATE_LOG_LEVEL=DEBUG is for Babelgate's own lines: these libraries stay at INFO and above."""
+    """BABELGATE_LOG_LEVEL=DEBUG is for Babelgate's own lines: these libraries stay at INFO and above (and the
+    chatty ones at WARNING unless debugging)."""
+    level = logging.getLogger().getEffectiveLevel()
     for name in SECRET_LOGGING_LIBRARIES:
-        library = logging.getLogger(name)
-        library.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
+        logging.getLogger(name).setLevel(max(logging.INFO, level))
+    for name in CHATTY_AT_START:
+        logging.getLogger(name).setLevel(logging.INFO if level <= logging.DEBUG else max(logging.WARNING, level))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="babelgate", description="An AI gateway inside Envoy.")
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="run Envoy, the ext_proc servers (and with --demo, fake providers)")
@@ -139,6 +147,21 @@ def _parser() -> argparse.ArgumentParser:
 
     add_keys_parser(commands)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """`--version`, as argparse's own but looked up only when asked (every server process parses a command line)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from . import version
+
+        print(f"babelgate {version()}")
+        parser.exit()
 
 
 # -- certs --------------------------------------------------------------------------------------------------------
@@ -246,17 +269,14 @@ def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes:
 def _up(args: argparse.Namespace) -> int:
     from .config.loading import load_config
     from .config.runtime import compile_runtime
-    from .launch.processes import Supervisor
     from .launch.reload import StackReloader
-    from .launch.stack import start_stack
+    from .launch.stack import start_stack, workspace
 
     signals = StopSignals()
-    supervisor = Supervisor()
-    workdir = Path(tempfile.mkdtemp(prefix="babelgate-"))
     env: dict[str, str] = {}
     # a credential the user chose is not printed; a generated one (the demo's) is the only way to learn it
     shown_admin = "$BABELGATE_ADMIN_KEY" if os.environ.get("BABELGATE_ADMIN_KEY") else "<your admin credential>"
-    try:
+    with workspace() as (supervisor, workdir):
         if args.demo:
             config_path, key, env = _prepare_demo(args, supervisor, workdir)
             config = load_config(config_path)
@@ -276,8 +296,6 @@ def _up(args: argparse.Namespace) -> int:
         left = stack.drain(timeout=DRAIN_SECONDS)
         if left:
             log.warning("%d requests were still in flight after %.0fs of draining", left, DRAIN_SECONDS)
-    finally:
-        supervisor.stop_all()
     return code
 
 
@@ -293,6 +311,9 @@ def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -
     from .launch import demo
     from .launch.processes import python_module, reported_port_argv
 
+    listen_port = args.port or constants.DEFAULT_LISTEN_PORT
+    admin_port = args.admin_port or constants.DEFAULT_ADMIN_PORT
+    _ensure_demo_ports_free(listen_port, admin_port, args.admin_api_port)
     keys, env = demo.provider_secrets()
     ports = {}
     for provider in demo.PROVIDERS:
@@ -304,14 +325,22 @@ def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -
     env[demo.ADMIN_ENV] = demo.admin_credential(dict(os.environ))
     data, client_key = demo.demo_config(
         ports, workdir,
-        listen_port=args.port or constants.DEFAULT_LISTEN_PORT,
-        admin_port=args.admin_port or constants.DEFAULT_ADMIN_PORT,
+        listen_port=listen_port, admin_port=admin_port,
         ext_proc_port=args.ext_proc_port or constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
         client_key=os.environ.get("BABELGATE_DEMO_KEY"),
         admin_api_port=args.admin_api_port or _free_or(constants.DEFAULT_ADMIN_API_PORT))
     config_path = workdir / "demo-config.yaml"
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
     return config_path, client_key, env
+
+
+def _ensure_demo_ports_free(listen_port: int, admin_port: int, admin_api_port: int | None) -> None:
+    """Before any demo provider starts; `start_stack` checks every port again once the config exists. The admin API
+    port is only checked when given: by default the demo takes a free one."""
+    from .launch.ports import ADMIN_API, ENVOY_ADMIN, LISTENER, Claim, ensure_free
+
+    ensure_free([Claim("127.0.0.1", listen_port, LISTENER), Claim("127.0.0.1", admin_port, ENVOY_ADMIN),
+                 *([Claim("127.0.0.1", admin_api_port, ADMIN_API)] if admin_api_port else [])])
 
 
 def _free_or(port: int) -> int:

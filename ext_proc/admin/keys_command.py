@@ -44,7 +44,8 @@ class UsageError(Exception):
 @dataclass
 class FileTarget:
     store: FileKeyStore
-    public_models: set[str] | None
+    model_names: dict[str, str] | None
+    """Each route's model name and alias -> the route's model name; None when no config says (`--keys-file`)."""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -52,7 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     actions = keys.add_subparsers(dest="keys_command", required=True)
     create = actions.add_parser("create", help="create a key; it is printed once and stored only as a hash")
     create.add_argument("--id", required=True)
-    create.add_argument("--models", default="*", help="comma-separated public model names, or *")
+    create.add_argument("--models", default="*", help="comma-separated public model names or aliases, or *")
     create.add_argument("--team")
     create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h, 15m")
     create.add_argument("--limit", action="append", default=[], metavar="WINDOW:METRIC=N[,METRIC=N]",
@@ -97,7 +98,7 @@ def _target(args: argparse.Namespace) -> AdminClient | FileTarget | None:
         host = config.ext_proc.host if config.ext_proc.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return AdminClient(f"{host}:{config.admin.port}", _credential(config))
     if config.keys_file is not None:
-        return FileTarget(FileKeyStore(config.keys_file), {r.model for r in config.routes})
+        return FileTarget(FileKeyStore(config.keys_file), config.model_names())
     raise UsageError(f"{args.config} has neither an admin API nor a keys_file: keys written in the config itself "
                      "are changed by editing it")
 
@@ -124,7 +125,7 @@ def _create(args: argparse.Namespace, target: AdminClient | FileTarget | None) -
         print(created.secret)  # type: ignore[attr-defined]
         return 0
     secret = generate_key()
-    key = new_virtual_key(wanted, hash_key(secret), target.public_models if target else None)
+    key = new_virtual_key(wanted, hash_key(secret), target.model_names if target else None)
     if target is None:
         print("# Add this under `virtual_keys:` in your config:", file=sys.stderr)
         print(yaml.safe_dump([record(key)], sort_keys=False), file=sys.stderr)

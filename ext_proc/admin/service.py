@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from .. import constants
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import bearer_token, generate_key, hash_key
-from ..config.models import AdminApi, LimitRule, VirtualKey
+from ..config.models import AdminApi, LimitRule, VirtualKey, route_models
 from ..config.runtime import Runtime
 from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
@@ -171,7 +171,7 @@ class AdminService:
         if any(k.id == wanted.id for k in runtime.config.virtual_keys):
             raise RpcError(Status.ALREADY_EXISTS, f"a key with id {wanted.id!r} exists")
         secret = generate_key()
-        key = new_virtual_key(wanted, hash_key(secret), {r.model for r in runtime.config.routes})
+        key = new_virtual_key(wanted, hash_key(secret), runtime.config.model_names())
         if not await self._key_store().create(key):
             raise RpcError(Status.ALREADY_EXISTS, f"a key with id {wanted.id!r} exists")
         audit.info("admin CreateKey by %s: key %r (team %s, models %s, %d limits, expires %s)", caller, key.id,
@@ -245,9 +245,10 @@ class AdminService:
 
 # -- conversions --------------------------------------------------------------------------------------------------
 
-def new_virtual_key(wanted: pb.Key, key_hash: str, public_models: set[str] | None) -> VirtualKey:
-    """The key to store for a request, validated (`public_models`: the routes' model names; None skips that check,
-    for a keys file edited without its config)."""
+def new_virtual_key(wanted: pb.Key, key_hash: str, model_names: Mapping[str, str] | None) -> VirtualKey:
+    """The key to store for a request, validated. `model_names`: each route's model name and alias -> the route's
+    model name (`Config.model_names`); a key naming a route by an alias is stored with the route's model name, as
+    authorization compares those. None skips that check, for a keys file edited without its config."""
     if not valid_key_id(wanted.id):
         raise RpcError(Status.INVALID_ARGUMENT, "key.id: 1-128 characters of letters, digits and . _ @ -, "
                                                 "starting with a letter or digit")
@@ -255,10 +256,12 @@ def new_virtual_key(wanted: pb.Key, key_hash: str, public_models: set[str] | Non
         raise RpcError(Status.INVALID_ARGUMENT, "key.team: 1-128 characters of letters, digits and . _ @ -, "
                                                 "starting with a letter or digit")
     models = list(wanted.models) or ["*"]
-    unknown = [m for m in models if m != "*" and public_models is not None and m not in public_models]
-    if unknown:
-        raise RpcError(Status.INVALID_ARGUMENT, f"key.models: unknown model {unknown[0]!r} (use a route's model, "
-                                                "or '*' for every model)")
+    if model_names is not None:
+        unknown = [m for m in models if m != "*" and m not in model_names]
+        if unknown:
+            raise RpcError(Status.INVALID_ARGUMENT, f"key.models: unknown model {unknown[0]!r} (give a route's model "
+                                                    "name or alias, or '*' for every model)")
+        models = route_models(models, model_names)
     now = datetime.now(UTC)
     expires = wanted.expires_at.ToDatetime(tzinfo=UTC) if wanted.HasField("expires_at") else None
     if expires is not None and expires <= now:

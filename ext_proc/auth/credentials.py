@@ -8,18 +8,29 @@ import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..config.models import SecretRef
+from ..config.models import Config, SecretRef, secret_refs
 
 
 class CredentialError(Exception):
     pass
 
 
+def check_environment(config: Config) -> None:
+    """Every `{env: NAME}` in the config is set, or one error lists each that is not at its YAML path and line: a
+    new setup learns every variable to export at once, not one per attempt."""
+    origin = config.origin
+    missing = [f"{origin.where(loc)}: environment variable {ref.env} is not set"
+               for loc, ref in secret_refs(config) if ref.env is not None and not os.environ.get(ref.env)]
+    if missing:
+        raise CredentialError(f"{origin.source}: {'; '.join(missing)}")
+
+
 def read_secret(ref: SecretRef, where: str) -> str:
+    """`where` names the reference in messages: its YAML path, and the file and line when known."""
     if ref.env is not None:
         value = os.environ.get(ref.env)
         if not value:
-            raise CredentialError(f"{where}.env: environment variable {ref.env} is not set")
+            raise CredentialError(f"{where}: environment variable {ref.env} is not set")
         return value.strip()
     if ref.command is not None:
         return _from_command(ref.command, where)
@@ -27,9 +38,9 @@ def read_secret(ref: SecretRef, where: str) -> str:
     try:
         value = ref.file.read_text().strip()
     except OSError as exc:
-        raise CredentialError(f"{where}.file: can't read {ref.file}: {exc.strerror}") from None
+        raise CredentialError(f"{where}: can't read {ref.file}: {exc.strerror}") from None
     if not value:
-        raise CredentialError(f"{where}.file: {ref.file} is empty")
+        raise CredentialError(f"{where}: {ref.file} is empty")
     return value
 
 
@@ -39,12 +50,12 @@ def _from_command(argv: list[str], where: str) -> str:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CredentialError(f"{where}.command: {argv[0]} could not be run: {type(exc).__name__}") from None
+        raise CredentialError(f"{where}: {argv[0]} could not be run: {type(exc).__name__}") from None
     if result.returncode != 0:
-        raise CredentialError(f"{where}.command: {argv[0]} exited with status {result.returncode}")
+        raise CredentialError(f"{where}: {argv[0]} exited with status {result.returncode}")
     value = result.stdout.strip()
     if not value:
-        raise CredentialError(f"{where}.command: {argv[0]} printed nothing")
+        raise CredentialError(f"{where}: {argv[0]} printed nothing")
     return value
 
 

@@ -1,14 +1,20 @@
-"""Read a YAML config file into a validated `Config`, with errors that name the YAML path and line."""
+"""Read a YAML config file into a validated `Config`, with errors that name the YAML path and line.
+
+The `Config` returned records where it was read (`Config.origin`: the file and the line of every node), so that
+problems found later, such as an unset environment variable at `compile_runtime`, name their line too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from .models import Config, VirtualKey
+from .models import Config, ConfigProblems, VirtualKey
+from .origin import Origin, node_lines
 
 
 class ConfigError(Exception):
@@ -23,10 +29,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: can't read the config file: {exc.strerror}") from None
     config = parse_config(text, source=str(path), base_dir=path.parent)
     if config.keys_file is not None and config.keys_file.exists():
-        extra = load_keys_file(config.keys_file)
+        extra, keys_origin = _read_keys_file(config.keys_file)
         data = config.model_dump(by_alias=True)
         data["virtual_keys"] = [*data["virtual_keys"], *(k.model_dump() for k in extra)]
-        config = _validate(data, source=str(path), root=None)
+        config = _validate(data, config.origin, keys_file=(keys_origin, len(config.virtual_keys)))
     return config
 
 
@@ -40,59 +46,67 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         raise ConfigError(f"{source}: expected a mapping at the top level")
     if base_dir is not None:
         _resolve_paths(data, base_dir)
-    return _validate(data, source=source, root=root)
+    return _validate(data, Origin(source, node_lines(root)))
 
 
 def load_keys_file(path: Path) -> list[VirtualKey]:
+    return _read_keys_file(path)[0]
+
+
+def _read_keys_file(path: Path) -> tuple[list[VirtualKey], Origin]:
     text = path.read_text()
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    data = yaml.safe_load(text) or []
     try:
-        return TypeAdapter(list[VirtualKey]).validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(path), root)) from None
-
-
-def _validate(data: dict[str, Any], *, source: str, root: yaml.Node | None) -> Config:
+        origin = Origin(str(path), node_lines(yaml.compose(text, Loader=yaml.SafeLoader)))
+        data = yaml.safe_load(text) or []
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     try:
-        return Config.model_validate(data)
+        return TypeAdapter(list[VirtualKey]).validate_python(data), origin
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source, root)) from None
+        raise ConfigError(_describe(exc, origin)) from None
 
 
-def _describe(exc: ValidationError, source: str, root: yaml.Node | None) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for error in exc.errors():
-        loc = [part for part in error["loc"] if not (isinstance(part, str) and "[" in part)]
-        where = _dotted(loc) or "(top level)"
-        line = _line_of(root, loc)
-        at = f" (line {line})" if line else ""
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}{at}: {message}")
+def _validate(data: dict[str, Any], origin: Origin, keys_file: tuple[Origin, int] | None = None) -> Config:
+    """`keys_file`: where the virtual keys past the given count were read, when the config's were extended."""
+    try:
+        return Config.model_validate(data).located(origin)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, keys_file)) from None
+
+
+def _describe(exc: ValidationError, origin: Origin, keys_file: tuple[Origin, int] | None = None) -> str:
+    lines = [f"{origin.source}: invalid configuration"]
+    for loc, message in _problems(exc):
+        file, loc = _file_of(loc, origin, keys_file)
+        named = f"{file.source}: " if file is not origin else ""
+        lines.append(f"  {named}{file.where(loc)}: {message}")
     return "\n".join(lines)
 
 
-def _dotted(loc: list[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _line_of(node: yaml.Node | None, loc: list[Any]) -> int | None:
-    """The 1-based line of the deepest YAML node along `loc` that exists."""
-    found = node
-    for part in loc:
-        if isinstance(found, yaml.MappingNode):
-            child = next((v for k, v in found.value if k.value == part), None)
-        elif isinstance(found, yaml.SequenceNode) and isinstance(part, int) and part < len(found.value):
-            child = found.value[part]
+def _problems(exc: ValidationError) -> Iterator[tuple[list[str | int], str]]:
+    """(path, message) of each problem; the config-wide check's problems each at their own path."""
+    for error in exc.errors():
+        found = error.get("ctx", {}).get("error")
+        if isinstance(found, ConfigProblems):
+            for loc, message in found.problems:
+                yield [*_plain(error["loc"]), *loc], message
         else:
-            child = None
-        if child is None:
-            break
-        found = child
-    return found.start_mark.line + 1 if found is not None else None
+            yield _plain(error["loc"]), error["msg"].removeprefix("Value error, ")
+
+
+def _plain(loc: tuple[str | int, ...]) -> list[str | int]:
+    """Without pydantic's union-member tags (`function-after[...]`), which name no YAML node."""
+    return [part for part in loc if not (isinstance(part, str) and "[" in part)]
+
+
+def _file_of(loc: list[str | int], origin: Origin,
+             keys_file: tuple[Origin, int] | None) -> tuple[Origin, list[str | int]]:
+    """A key read from the keys file is reported there, at its place in that file's list."""
+    if keys_file is not None and loc[:1] == ["virtual_keys"] and len(loc) > 1 and isinstance(loc[1], int):
+        keys_origin, first = keys_file
+        if loc[1] >= first:
+            return keys_origin, [loc[1] - first, *loc[2:]]
+    return origin, loc
 
 
 def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .. import constants
+from .origin import Loc, Origin, dotted
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -31,7 +34,20 @@ Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: what was written (a secret in the wrong place, say) never reaches an error's text
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class ConfigProblems(ValueError):
+    """Problems that only the whole config shows (references, duplicates), each at its own YAML path: raised by
+    `Config`'s validator, whose own location is the top level; the loader adds each path's line."""
+
+    def __init__(self, problems: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(f"{dotted(loc)}: {message}" for loc, message in problems))
+        self.problems = problems
+
+
+INLINE_SECRET = "a secret is never written in the config: use {env: NAME}, {file: PATH} or {command: [...]}"
 
 
 class SecretRef(_Strict):
@@ -42,6 +58,14 @@ class SecretRef(_Strict):
     command: list[str] | None = Field(
         None, min_length=1, description="A secret manager hook: this program (no shell) prints the secret, e.g. "
                                         "[vault, kv, get, -field=key, secret/openai]; run at load and each reload.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, data: object) -> object:
+        """`api_key: sk-...` gets a message that says what to write instead, and never repeats the value."""
+        if not isinstance(data, dict | SecretRef):
+            raise PydanticCustomError("inline_secret", INLINE_SECRET)
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -602,6 +626,7 @@ class Config(_Strict):
     prices: list[Price] = []
     routing: RoutingSettings = RoutingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    _origin: Origin | None = PrivateAttr(None)
 
     @property
     def limits_configured(self) -> bool:
@@ -610,45 +635,109 @@ class Config(_Strict):
                     or any(t.limits for t in self.teams) or any(r.limits for r in self.routes)
                     or any(b.limits for b in self.backends))
 
-    @model_validator(mode="after")
-    def _references(self) -> Config:
-        backend_ids = [b.id for b in self.backends]
-        _unique(backend_ids, "backend id")
-        known = set(backend_ids)
-        names: list[str] = []
-        for route in self.routes:
-            names.append(route.model)
-            names.extend(route.aliases)
-            for entry in route.backends:
-                if entry.backend not in known:
-                    raise ValueError(f"route {route.model!r} names unknown backend {entry.backend!r}")
-        _unique(names, "model name or alias")
-        _unique([k.id for k in self.virtual_keys], "virtual key id")
-        _unique([k.hash for k in self.virtual_keys], "virtual key hash")
-        _unique([t.id for t in self.teams], "team id")
-        for price in self.prices:
-            if price.backend not in known:
-                raise ValueError(f"price for unknown backend {price.backend!r}")
-        _unique([f"{p.backend}/{p.model}" for p in self.prices], "price entry")
-        if self.admin is not None:
-            if self.keys_file is None and self.limits.redis is None:
-                raise ValueError("the admin API stores keys in Redis (`limits.redis`) or else in `keys_file`: "
-                                 "configure one of them")
-            _unique([c.name for c in self.admin.credentials], "admin credential name")
-            if self.admin.port == 0 and self.admin.via_envoy:
-                raise ValueError("admin.port 0 (a free port) can't be named in Envoy's config: give a port, or set "
-                                 "admin.via_envoy: false")
-        public = {r.model for r in self.routes}
-        for key in self.virtual_keys:
-            for model in key.models:
-                if model != "*" and model not in public:
-                    raise ValueError(f"virtual key {key.id!r} allows unknown model {model!r} (use a route's model)")
+    @property
+    def origin(self) -> Origin:
+        """Where this config was read, with its YAML lines (set by the loader; a config built in code has none)."""
+        return self._origin or Origin()
+
+    def located(self, origin: Origin) -> Config:
+        """Record where this config was read: the loader calls it once, on the object it just validated."""
+        self._origin = origin
         return self
 
+    def model_names(self) -> dict[str, str]:
+        """Every route's model name and alias -> the route's model name (a wildcard route's is `prefix/*`)."""
+        return {name: route.model for route in self.routes for name in (route.model, *route.aliases)}
 
-def _unique(values: list[str], what: str) -> None:
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        names = self.model_names()
+        problems = [*self._unique_ids(), *self._backend_references(), *self._admin_problems(),
+                    *_key_model_problems(self.virtual_keys, names)]
+        if problems:
+            raise ConfigProblems(problems)
+        keys = [_with_route_models(key, names) for key in self.virtual_keys]
+        if any(new is not old for new, old in zip(keys, self.virtual_keys, strict=True)):
+            object.__setattr__(self, "virtual_keys", keys)
+        return self
+
+    def _backend_references(self) -> list[tuple[Loc, str]]:
+        known = {b.id for b in self.backends}
+        problems = [(("routes", i, "backends", j, "backend"), f"unknown backend {entry.backend!r}")
+                    for i, route in enumerate(self.routes) for j, entry in enumerate(route.backends)
+                    if entry.backend not in known]
+        problems += [(("prices", i, "backend"), f"unknown backend {price.backend!r}")
+                     for i, price in enumerate(self.prices) if price.backend not in known]
+        return problems
+
+    def _unique_ids(self) -> list[tuple[Loc, str]]:
+        names = [entry for i, route in enumerate(self.routes)
+                 for entry in ((("routes", i, "model"), route.model),
+                               *((("routes", i, "aliases", k), alias) for k, alias in enumerate(route.aliases)))]
+        return [*_duplicates([(("backends", i, "id"), b.id) for i, b in enumerate(self.backends)], "backend id"),
+                *_duplicates(names, "model name or alias"),
+                *_duplicates([(("virtual_keys", i, "id"), k.id) for i, k in enumerate(self.virtual_keys)],
+                             "virtual key id"),
+                *_duplicates([(("virtual_keys", i, "hash"), k.hash) for i, k in enumerate(self.virtual_keys)],
+                             "virtual key hash"),
+                *_duplicates([(("teams", i, "id"), t.id) for i, t in enumerate(self.teams)], "team id"),
+                *_duplicates([(("prices", i), f"{p.backend}/{p.model}") for i, p in enumerate(self.prices)],
+                             "price entry")]
+
+    def _admin_problems(self) -> list[tuple[Loc, str]]:
+        if self.admin is None:
+            return []
+        problems: list[tuple[Loc, str]] = []
+        if self.keys_file is None and self.limits.redis is None:
+            problems.append((("admin",), "the admin API stores keys in Redis (`limits.redis`) or else in "
+                                         "`keys_file`: configure one of them"))
+        problems += _duplicates([(("admin", "credentials", i, "name"), c.name)
+                                 for i, c in enumerate(self.admin.credentials)], "admin credential name")
+        if self.admin.port == 0 and self.admin.via_envoy:
+            problems.append((("admin", "port"), "admin.port 0 (a free port) can't be named in Envoy's config: give "
+                                                "a port, or set admin.via_envoy: false"))
+        return problems
+
+
+def _duplicates(entries: list[tuple[Loc, str]], what: str) -> list[tuple[Loc, str]]:
+    """Each repeat of a value, at its own path (the first occurrence is the one kept)."""
     seen: set[str] = set()
-    for value in values:
+    found = []
+    for loc, value in entries:
         if value in seen:
-            raise ValueError(f"duplicate {what} {value!r}")
+            found.append((loc, f"duplicate {what} {value!r}"))
         seen.add(value)
+    return found
+
+
+def _key_model_problems(keys: list[VirtualKey], names: dict[str, str]) -> list[tuple[Loc, str]]:
+    return [(("virtual_keys", i, "models", j), f"key {key.id!r} allows unknown model {model!r} (give a route's "
+                                               "model name or alias, or '*' for every model)")
+            for i, key in enumerate(keys) for j, model in enumerate(key.models) if model != "*" and model not in names]
+
+
+def _with_route_models(key: VirtualKey, names: dict[str, str]) -> VirtualKey:
+    """A key that names a route by an alias allows the route (authorization compares route model names)."""
+    models = route_models(key.models, names)
+    return key if models == key.models else key.model_copy(update={"models": models})
+
+
+def route_models(models: list[str], names: Mapping[str, str]) -> list[str]:
+    """Aliases replaced by their route's model name, repeats dropped, order kept; '*' and unknown names as given."""
+    return list(dict.fromkeys(names.get(model, model) for model in models))
+
+
+def secret_refs(model: BaseModel, loc: Loc = ()) -> Iterator[tuple[Loc, SecretRef]]:
+    """Every `SecretRef` in `model`, by its YAML path."""
+    for name, info in type(model).model_fields.items():
+        yield from _refs_in(getattr(model, name), (*loc, info.alias or name))
+
+
+def _refs_in(value: object, loc: Loc) -> Iterator[tuple[Loc, SecretRef]]:
+    if isinstance(value, SecretRef):
+        yield loc, value
+    elif isinstance(value, BaseModel):
+        yield from secret_refs(value, loc)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _refs_in(item, (*loc, index))

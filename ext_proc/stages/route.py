@@ -177,8 +177,7 @@ class RouteStage:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
         if self._endpoint is not Endpoint.EMBEDDINGS:
-            for backend in route.translations:
-                backend.chat_request(body, route.backend_model(backend.id, model), runtime.default_max_tokens)
+            _translate_for_every_backend(route, body, model, runtime.default_max_tokens)
         elif not route.embeddings:
             raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
                              code="unsupported_endpoint")
@@ -324,6 +323,21 @@ class RouteStage:
                   else reserved_output_tokens(body, runtime.default_max_tokens))
         cost = cost_micro_usd(Usage(prompt, output), limiter.price(primary, route.backend_model(primary, requested)))
         return await limiter.reserve(scopes, Demand(prompt, output, cost), primary)
+
+
+def _translate_for_every_backend(route: RouteInfo, body: dict, model: str, default_max_tokens: int) -> None:
+    """Any backend of the chain may end up answering, so each kind must be able to serve the request. A refusal
+    names the backend: a field an OpenAI model takes may be refused by the route's Anthropic fallback."""
+    for backend in route.translations:
+        try:
+            backend.chat_request(body, route.backend_model(backend.id, model), default_max_tokens)
+        except BadRequest as refused:
+            preset = backend.settings.preset
+            kind = f"{backend.schema}, preset {preset}" if preset else backend.schema
+            what = f"`{refused.param}`" if refused.param else "this request"
+            raise BadRequest(f"Backend {backend.id!r} ({kind}) of route {route.name!r} can't serve {what}: "
+                             f"{refused.message}", code=refused.code, param=refused.param,
+                             headers=refused.headers) from None
 
 
 def parse_json_object(raw: bytes) -> dict:

@@ -73,7 +73,8 @@ def test_key_allowing_an_unknown_model_is_refused() -> None:
 def test_missing_secret_names_the_variable_not_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BG_TEST_OPENAI_KEY", raising=False)
     config = load_config(FIXTURES / "valid.yaml")
-    with pytest.raises(CredentialError, match=r"backends\[0\].api_key.env: environment variable BG_TEST_OPENAI_KEY"):
+    with pytest.raises(CredentialError, match=r"valid.yaml: backends\[0\].api_key \(line 6\): environment variable "
+                                              "BG_TEST_OPENAI_KEY is not set"):
         compile_runtime(config)
 
 

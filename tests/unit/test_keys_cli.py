@@ -37,3 +37,15 @@ def test_revoking_an_unknown_key_says_so(tmp_path: Path) -> None:
     result = _keys("revoke", "--id", "nobody", "--keys-file", str(keys_file))
     assert result.returncode == 2 and "no key with id 'nobody'" in result.stderr
     assert [k["id"] for k in yaml.safe_load(keys_file.read_text())] == ["bob"]
+
+
+def test_create_accepts_a_routes_alias_and_stores_the_routes_model_name(tmp_path: Path) -> None:
+    config = tmp_path / "babelgate.yaml"
+    config.write_text("backends:\n  - {id: oa, schema: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+                      "routes:\n  - {model: gpt-4o, aliases: [gpt4], backends: [{backend: oa, model: x}]}\n"
+                      "keys_file: keys.yaml\n")
+    created = _keys("create", "--id", "carol", "--models", "gpt4", "-c", str(config))
+    assert created.returncode == 0, created.stderr
+    assert yaml.safe_load((tmp_path / "keys.yaml").read_text())[0]["models"] == ["gpt-4o"]
+    refused = _keys("create", "--id", "dave", "--models", "gpt-5", "-c", str(config))
+    assert refused.returncode == 2 and "unknown model 'gpt-5' (give a route's model name or alias" in refused.stderr

@@ -30,7 +30,7 @@ def run(monkeypatch: pytest.MonkeyPatch, request_headers: dict[str, str], payloa
     return reply
 
 
-def expect_error(monkeypatch: pytest.MonkeyPatch, status: int, code: str, request_headers: dict[str, str],
+def expect_error(monkeypatch: pytest.MonkeyPatch, status: int, code: str | None, request_headers: dict[str, str],
                  payload: object = None, end_of_stream: bool = False) -> dict:
     stage = RouteStage(runtime(monkeypatch))
     try:
@@ -116,6 +116,17 @@ def test_field_refused_by_any_backend_of_the_chain_is_a_400_before_anything_is_s
         asyncio.run(stage.on_request_body(body({**HELLO, "n": 3})))  # OpenAI takes n=3, the Anthropic fallback can't
     assert raised.value.status == 400
     assert raised.value.param == "n"
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("logit_bias", {"50256": -100}, "'logit_bias' is not supported on anthropic backends"),
+    ("frobnicate", 1, "'frobnicate' is not a chat completions field the anthropic translator knows"),
+])
+def test_a_field_the_fallback_refuses_names_that_backend_and_its_schema(monkeypatch: pytest.MonkeyPatch, field: str,
+                                                                        value: object, reason: str) -> None:
+    got = expect_error(monkeypatch, 400, None, CHAT, {**HELLO, field: value})["error"]
+    assert got["param"] == field
+    assert got["message"].startswith(f"Backend 'an' (anthropic) of route 'gpt-4o' can't serve `{field}`: {reason}")
 
 
 def test_unknown_model_gets_404(monkeypatch: pytest.MonkeyPatch) -> None:
