@@ -146,6 +146,7 @@ class AttemptStage:
         "_outcome",
         "_prompt_estimate",
         "_raw_usage",
+        "_request_id",
         "_requested",
         "_reservation",
         "_response_headers",
@@ -208,6 +209,8 @@ class AttemptStage:
         """The route's guardrails that look at answers."""
         self._guarded = ""
         self._stream_tail = ""
+        self._request_id = ""
+        """Envoy's x-request-id, for log lines."""
         """The route's name, for the audit log; set once a streamed answer was blocked, "blocked"."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -252,10 +255,11 @@ class AttemptStage:
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
                      reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
-                     route: str = "") -> None:
+                     route: str = "", request_id: str = "") -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
+        self._request_id = request_id
         self._backend = backend
         self._model = model
         self._requested = requested
@@ -270,6 +274,7 @@ class AttemptStage:
 
     def on_request_headers(self, message: HttpHeaders, attributes: object, context: Metadata) -> ProcessingResponse:
         headers = messages.header_dict(message)
+        self._request_id = headers.get("x-request-id", "")
         decision = messages.babelgate_metadata(context)
         backend_id = backend_from_attributes(attributes)
         backend = self._runtime.backends.get(backend_id or "")
@@ -448,6 +453,14 @@ class AttemptStage:
             else:
                 translated = backend.provider.chat_response(answer, self._model, int(time.time()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Not JSON is the provider's doing; anything else is a translator that met an answer it didn't expect,
+            # a bug to see in the log with its traceback and the request it happened to.
+            if isinstance(exc, orjson.JSONDecodeError):
+                log.warning("backend %r answered request %s with a body that is not JSON", backend.id,
+                            self._request_id or "-")
+            else:
+                log.exception("the %s translator failed on backend %r's answer to request %s", backend.schema,
+                              backend.id, self._request_id or "-")
             # The response is already on its way: rewrite it rather than answering anew.
             error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
                                   f"{type(exc).__name__}.")

@@ -262,7 +262,8 @@ class RouteStage:
             headers.append(("traceparent", attempt.trace(parent)))
         attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
-                             log_content=route.log_content, guardrails=route.guardrails, route=route.name)
+                             log_content=route.log_content, guardrails=route.guardrails, route=route.name,
+                             request_id=self._headers.get("x-request-id", ""))
         reply = attempt.on_request_body(message, body)
         self._attempt = attempt
         common = reply.request_body.response

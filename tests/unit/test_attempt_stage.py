@@ -249,3 +249,20 @@ def test_a_reservation_without_this_deployments_seal_moves_no_counter(monkeypatc
     asyncio.run(stage.close())
     assert _charged(limiter) == before
     assert limiter.stats.unsealed_refusals == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("answer", "logged"), [
+    (b"<html>bad gateway</html>", "answered request r1 with a body that is not JSON"),
+    (b'{"content": "a list, surely?"}', "the anthropic translator failed on backend 'an'"),
+], ids=["not json", "translator bug"])
+def test_an_answer_the_translator_cant_read_is_a_502_and_a_log_line_naming_the_request(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, answer: bytes, logged: str) -> None:
+    attempt = Attempt(monkeypatch, "an")
+    attempt.send(request_body=body(HELLO))
+    attempt.send(response_headers=headers({":status": "200", "content-type": "application/json"}))
+    with caplog.at_level("WARNING", logger="ext_proc.stages.attempt"):
+        reply = attempt.send(response_body=HttpBody(body=answer, end_of_stream=True))
+    error = orjson.loads(reply.response_body.response.body_mutation.body)  # type: ignore[attr-defined]
+    assert "sent an answer the gateway could not read" in error["error"]["message"]
+    assert any(logged in record.getMessage() and "r1" in record.getMessage() for record in caplog.records), \
+        [r.getMessage() for r in caplog.records]
