@@ -183,8 +183,8 @@ def _certs(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .admin.key_store import KeyStoreError, with_stored_keys
     from .config.loading import load_config
-    from .config.runtime import compile_runtime
     from .launch.channel import server_channel
+    from .runtime.build import compile_runtime
 
     config = load_config(args.config)
     try:
@@ -268,9 +268,9 @@ def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes:
 
 def _up(args: argparse.Namespace) -> int:
     from .config.loading import load_config
-    from .config.runtime import compile_runtime
     from .launch.reload import StackReloader
     from .launch.stack import start_stack, workspace
+    from .runtime.build import compile_runtime
 
     signals = StopSignals()
     env: dict[str, str] = {}
@@ -458,9 +458,9 @@ def _check(args: argparse.Namespace) -> int:
     import subprocess
 
     from .config.loading import load_config
-    from .config.runtime import compile_runtime
     from .envoy_config.bootstrap import render_yaml
     from .launch.stack import envoy_binary
+    from .runtime.build import compile_runtime
 
     config = load_config(args.config)
     compile_runtime(config)

@@ -27,10 +27,10 @@ from .admin.service import AdminCredentials, AdminService
 from .auth.virtual_keys import bearer_token
 from .config.loading import load_config
 from .config.models import Config
-from .config.reload import ConfigReloader
-from .config.runtime import Runtime
 from .errors import GatewayError, UpstreamError
 from .limits.store import StoreUnavailable
+from .runtime.build import Runtime
+from .runtime.reload import ConfigReloader
 from .stages import messages
 from .stages.attempt import AttemptStage
 from .stages.route import RouteStage

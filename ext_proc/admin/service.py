@@ -22,10 +22,10 @@ from .. import constants
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import bearer_token, generate_key, hash_key
 from ..config.models import AdminApi, LimitRule, VirtualKey, route_models
-from ..config.runtime import Runtime
 from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
 from ..limits.store import StoreUnavailable
+from ..runtime.build import Runtime
 from ..transport.grpc import (
     PEER_METADATA_KEY,
     Call,

@@ -1,5 +1,5 @@
 """`babelgate up` follows its config file: on a change (or SIGHUP) Envoy gets the new routes and clusters through
-its watched files, while each ext_proc server reloads the same file on its own (see `config/reload.py`)."""
+its watched files, while each ext_proc server reloads the same file on its own (see `runtime/reload.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..auth.credentials import check_environment, read_secret
 from ..config.models import Config
-from ..config.reload import file_signature, watched_files
+from ..config.watch import file_signature, watched_files
 from .stack import Stack
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from .. import constants, providers
 from ..client_formats import anthropic_messages
-from ..config.runtime import BackendInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout, anthropic_error_from_openai
 from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, usage_from_openai
+from ..runtime.build import BackendInfo, Runtime, find_route
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
 from ..telemetry import semconv

@@ -26,7 +26,6 @@ from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
 from ..client_formats import anthropic_messages
 from ..client_formats.openai_chat import check_chat_shape
 from ..config.models import RequestLimits
-from ..config.runtime import RouteInfo, Runtime, find_route
 from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
 from ..guardrails.engine import apply as apply_guardrails
 from ..guardrails.engine import check_size
@@ -34,6 +33,7 @@ from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, res
 from ..limits.limiter import Demand, Limiter, Reservation
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
+from ..runtime.build import RouteInfo, Runtime, find_route
 from ..telemetry.outcome import Outcome
 from . import messages
 from .attempt import AttemptStage, forwarded_never

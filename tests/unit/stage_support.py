@@ -15,7 +15,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.config.runtime import Runtime, compile_runtime
+from ext_proc.runtime.build import Runtime, compile_runtime
 from ext_proc.server import respond
 
 CLIENT_KEY = "bg-test-client-key"

@@ -25,8 +25,8 @@ from ext_proc.admin.service import (
 from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.config.models import Config, LimitRule, RedisSettings, VirtualKey
-from ext_proc.config.runtime import Runtime, compile_runtime
 from ext_proc.limits.limiter import Demand
+from ext_proc.runtime.build import Runtime, compile_runtime
 from ext_proc.transport.grpc import PEER_METADATA_KEY, RpcError, Status
 
 from ..redis_server import RedisServer, free_ports

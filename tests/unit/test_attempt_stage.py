@@ -180,8 +180,8 @@ def _limited_stage(monkeypatch: pytest.MonkeyPatch, forge: object = None) -> tup
     """An attempt stage whose request holds a real reservation in the in-process store (sealed by the limiter as
     the route stage does; `forge(text)` replaces what travels in the metadata)."""
     from ext_proc.config.loading import parse_config
-    from ext_proc.config.runtime import compile_runtime
     from ext_proc.limits.limiter import Demand
+    from ext_proc.runtime.build import compile_runtime
 
     from .stage_support import CONFIG
 

@@ -20,8 +20,8 @@ from ext_proc.config.chains import (
 )
 from ext_proc.config.loading import parse_config
 from ext_proc.config.models import Backend, Config, ModelRoute, OutlierDetection, RoutingSettings
-from ext_proc.config.runtime import RouteInfo, Runtime, compile_runtime, find_route
 from ext_proc.envoy_config.bootstrap import render_bootstrap, render_yaml
+from ext_proc.runtime.build import RouteInfo, Runtime, compile_runtime, find_route
 
 
 def _backends(*ids: str, extra: dict[str, str] | None = None) -> str:

@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 from ext_proc.auth.credentials import CredentialError, read_secret
 from ext_proc.config.loading import parse_config
 from ext_proc.config.models import SecretRef
-from ext_proc.config.runtime import compile_runtime
+from ext_proc.runtime.build import compile_runtime
 from ext_proc.stages.attempt import forwarded_never
 from ext_proc.stages.route import RouteStage
 

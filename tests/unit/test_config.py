@@ -8,7 +8,7 @@ import pytest
 
 from ext_proc.auth.credentials import CredentialError
 from ext_proc.config.loading import ConfigError, load_config, parse_config
-from ext_proc.config.runtime import compile_runtime
+from ext_proc.runtime.build import compile_runtime
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ext_proc.config import reload
 from ext_proc.config.loading import load_config
-from ext_proc.config.reload import ConfigReloader
-from ext_proc.config.runtime import compile_runtime
+from ext_proc.runtime import reload
+from ext_proc.runtime.build import compile_runtime
+from ext_proc.runtime.reload import ConfigReloader
 
 
 class Holder:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ext_proc.config.loading import parse_config
-from ext_proc.config.runtime import Runtime, compile_runtime
+from ext_proc.runtime.build import Runtime, compile_runtime
 from ext_proc.server import respond
 from ext_proc.stages.route import RouteStage
 

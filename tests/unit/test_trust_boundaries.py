@@ -45,7 +45,7 @@ def test_trailers_after_a_body_pass(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_end_user_id_longer_than_the_bound_is_a_400(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     runtime(monkeypatch)  # the provider secrets
     from ext_proc.config.loading import parse_config
-    from ext_proc.config.runtime import compile_runtime
+    from ext_proc.runtime.build import compile_runtime
 
     from .stage_support import CONFIG
 

@@ -14,6 +14,8 @@ from types import ModuleType
 from .. import providers
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.virtual_keys import KeyInfo
+from ..config.chains import route_chain_sets
+from ..config.models import Backend, Config, ModelRoute, RoutingSettings
 from ..guardrails.engine import Guardrail
 from ..limits.estimate import Price
 from ..limits.limiter import Limiter
@@ -23,8 +25,6 @@ from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
 from ..routing.rules import CompiledRule
 from ..telemetry.hub import Telemetry
-from .chains import route_chain_sets
-from .models import Backend, Config, ModelRoute, RoutingSettings
 
 
 @dataclass(frozen=True, slots=True)
