@@ -244,28 +244,27 @@ def telemetry_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, ke
         "on": {"request_log": {"destination": str(workdir / "request-log")},
                "metrics": {"prometheus_port": free_port()}, "access_log": str(workdir / "access.log")},
     }
-    rows = []
-    for name, telemetry in variants.items():
-        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"telemetry-{name}", upstream_port, key, None,
-                                                 telemetry=telemetry)
-        target = Target(f"(c) Anthropic, telemetry {name}", stack.url + "/v1/chat/completions",
-                        {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
-        for mode in ({"connections": args.connections, "rate": None},
-                     {"connections": max(2, args.connections // 2), "rate": args.rate}):
-            rows.append(measure(target, key, workdir, seconds=args.seconds, **mode))
-            print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    return rows
+    return _side_by_side(supervisor, workdir, upstream_port, key, args,
+                         {f"telemetry {name}": {"telemetry": telemetry} for name, telemetry in variants.items()})
 
 
 def channel_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
                  args: argparse.Namespace) -> list[dict]:
     """(c) over each way Envoy can reach the ext_proc servers, side by side in one run: what authenticating the
     channel costs per request."""
+    return _side_by_side(supervisor, workdir, upstream_port, key, args,
+                         {f"ext_proc over {channel}": {"channel": channel} for channel in ("tcp", "unix", "tls")})
+
+
+def _side_by_side(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, args: argparse.Namespace,
+                  variants: dict[str, dict]) -> list[dict]:
+    """(c) Anthropic on one gateway per variant (`start_babelgate` options), each at the fixed concurrency and at
+    the paced rate."""
     rows = []
-    for channel in ("tcp", "unix", "tls"):
-        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"channel-{channel}", upstream_port, key, None,
-                                                 channel=channel)
-        target = Target(f"(c) Anthropic, ext_proc over {channel}", stack.url + "/v1/chat/completions",
+    for index, (name, options) in enumerate(variants.items()):
+        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"variant-{index}", upstream_port, key, None,
+                                                 **options)
+        target = Target(f"(c) Anthropic, {name}", stack.url + "/v1/chat/completions",
                         {"model": "bench-anthropic", **CHAT}, ext_proc, envoy)
         for mode in ({"connections": args.connections, "rate": None},
                      {"connections": max(2, args.connections // 2), "rate": args.rate}):
