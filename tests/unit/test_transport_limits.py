@@ -10,7 +10,6 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import grpc
 import pytest
@@ -40,6 +39,7 @@ from .transport_peers import (
     message,
     request_headers,
     resets_of,
+    started_by,
     started_servers,
 )
 
@@ -52,15 +52,7 @@ serve = pytest.fixture(started_servers)
 
 @pytest.fixture
 def server_process() -> Iterator[Callable[..., ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    def start(**options: Any) -> ServerProcess:
-        started.append(ServerProcess(**options))
-        return started[-1]
-
-    yield start
-    for process in started:
-        process.stop()
+    yield from started_by(ServerProcess)
 
 
 def _ping(peer: RawPeer, payload: bytes = b"are-you?") -> None:

@@ -166,17 +166,23 @@ class ServerThread:
         self.loop.close()
 
 
-def started_servers() -> Iterator[Callable[..., ServerThread]]:
-    """For a fixture: `start(**options)` starts a `ServerThread`; all are stopped when the test ends."""
-    started: list[ServerThread] = []
+def started_by(kind: Callable[..., T]) -> Iterator[Callable[..., T]]:
+    """For a fixture: `start(**options)` makes a `kind` (a server with a `stop()`); all are stopped when the test
+    ends."""
+    started: list[T] = []
 
-    def start(**options: Any) -> ServerThread:
-        started.append(ServerThread(**options))
+    def start(**options: Any) -> T:
+        started.append(kind(**options))
         return started[-1]
 
     yield start
     for server in started:
-        server.stop()
+        server.stop()  # type: ignore[attr-defined]
+
+
+def started_servers() -> Iterator[Callable[..., ServerThread]]:
+    """For a fixture: `start(**options)` starts a `ServerThread`; all are stopped when the test ends."""
+    yield from started_by(ServerThread)
 
 
 # -- a server in a subprocess, for memory ------------------------------------------------------------------------------
