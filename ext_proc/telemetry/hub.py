@@ -92,14 +92,14 @@ class TelemetryUnavailable(Exception):
 
 
 def require_otlp_protos() -> None:
-    """xds-protos ships an older copy of opentelemetry-proto's modules; installed after it, that copy breaks the
-    OTLP exporters with an ImportError that names neither package."""
+    """Babelgate installs nothing over opentelemetry-proto's modules, but another package in the same environment may
+    (xds-protos ships an older copy): the OTLP exporters then fail with an ImportError that names neither."""
     try:
         from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope  # noqa: F401
     except ImportError:
         raise TelemetryUnavailable(
-            "opentelemetry-proto's modules were overwritten by xds-protos' older copy; OTLP export needs them back: "
-            "run scripts/repair-otel-protos, or pip install --force-reinstall --no-deps opentelemetry-proto") from None
+            "opentelemetry-proto's modules were overwritten by another package's copy (xds-protos ships one); OTLP "
+            "export needs them back: pip install --force-reinstall --no-deps opentelemetry-proto") from None
 
 
 def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetry:

@@ -507,12 +507,13 @@ def test_the_image_build_context_builds_a_package_with_the_healthcheck(tmp_path:
             else:
                 (context / source).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / source, context / source)
-    # the context's setup.py (with pyproject.toml) as `pip install .` runs it: build_py compiles the admin protos and
+    # the context's setup.py (with pyproject.toml) as `pip install .` runs it: build_py compiles the protos and
     # lays out exactly what would be installed
     built = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
                            cwd=context, capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stderr
-    for module in ("healthcheck.py", "cli.py", "demo/__main__.py", "server.py", "admin/admin_pb2.py", "admin/admin.pb"):
+    for module in ("healthcheck.py", "cli.py", "demo/__main__.py", "server.py", "admin/admin_pb2.py", "admin/admin.pb",
+                   "wire/external_processor_pb2.py", "wire/base_pb2.py"):
         assert (tmp_path / "lib" / "ext_proc" / module).is_file(), module
 
 

@@ -191,9 +191,8 @@ def test_envoy_reaches_the_servers_over_mutual_tls(tls_stack: tuple[Stack, Certi
 
 def _attempt_stream(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.StatusCode | None:
     """What an attacker would do: open an attempt-stage stream and ask for a request to be translated."""
-    from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
-
     from ext_proc import constants
+    from ext_proc.wire.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 
     options = (("grpc.ssl_target_name_override", "ext-proc.internal"),)
     channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
-from envoy.service.ext_proc.v3.external_processor_pb2 import (
-    HttpBody,
-    HttpHeaders,
-    ProcessingRequest,
-    ProcessingResponse,
-)
 
 from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.runtime.build import Runtime, compile_runtime
 from ext_proc.server import respond
+from ext_proc.wire.base_pb2 import HeaderMap, HeaderValue
+from ext_proc.wire.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 
 CLIENT_KEY = "bg-test-client-key"
 LIMITED_KEY = "bg-test-limited-key"

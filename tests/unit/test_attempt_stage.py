@@ -11,14 +11,14 @@ import openai
 import orjson
 import pydantic
 import pytest
-from envoy.config.core.v3.base_pb2 import Metadata
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 from google.protobuf.struct_pb2 import Struct
 
 from ext_proc import constants
 from ext_proc.limits.estimate import estimate_prompt_tokens
 from ext_proc.stages.attempt import STREAMED_RESPONSE_MODE, AttemptStage
 from ext_proc.streaming.sse import SSEDecoder
+from ext_proc.wire.base_pb2 import Metadata
+from ext_proc.wire.external_processor_pb2 import HttpBody, ProcessingRequest
 
 from .stage_support import body, drive, headers, runtime, set_headers
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import pytest
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 
 from ext_proc.auth.credentials import CredentialError, read_secret
 from ext_proc.config.loading import parse_config
@@ -13,6 +12,7 @@ from ext_proc.config.models import SecretRef
 from ext_proc.runtime.build import compile_runtime
 from ext_proc.stages.attempt import forwarded_never
 from ext_proc.stages.route import RouteStage
+from ext_proc.wire.external_processor_pb2 import ProcessingRequest
 
 from .stage_support import CLIENT_KEY, CONFIG, body, drive, headers, immediate, runtime
 

@@ -14,7 +14,6 @@ import logging
 import os
 
 import pytest
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from ext_proc.config.loading import parse_config
 from ext_proc.runtime.build import Runtime, compile_runtime
 from ext_proc.server import respond
 from ext_proc.stages.route import RouteStage
+from ext_proc.wire.external_processor_pb2 import ProcessingRequest
 
 from .stage_support import CLIENT_KEY, CONFIG, body, headers
 

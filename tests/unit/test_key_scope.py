@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 
 from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.runtime.build import compile_runtime
 from ext_proc.stages.route import RouteStage
+from ext_proc.wire.external_processor_pb2 import ProcessingRequest
 
 from .stage_support import body, drive, headers
 

@@ -6,12 +6,12 @@ import asyncio
 
 import orjson
 import pytest
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 
 from ext_proc import constants
 from ext_proc.errors import GatewayError
 from ext_proc.stages import messages
 from ext_proc.stages.route import RouteStage
+from ext_proc.wire.external_processor_pb2 import ProcessingRequest
 
 from .stage_support import CLIENT_KEY, EXPIRED_KEY, LIMITED_KEY, body, drive, headers, immediate, runtime, set_headers
 
@@ -177,7 +177,7 @@ def test_embeddings_need_an_input_and_a_route_that_embeds(monkeypatch: pytest.Mo
 
 
 def _as_metadata(reply: object) -> object:
-    from envoy.config.core.v3.base_pb2 import Metadata
+    from ext_proc.wire.base_pb2 import Metadata
 
     metadata = Metadata()
     namespace = constants.METADATA_NAMESPACE

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpTrailers, ProcessingRequest
 
 from ext_proc.auth.sealing import Sealer
 from ext_proc.limits.memory_store import MemoryStore
 from ext_proc.limits.store import Counter, StoreUnavailable
 from ext_proc.stages import attempt, provider_headers
 from ext_proc.stages.route import MAX_USER_CHARS, RouteStage
+from ext_proc.wire.external_processor_pb2 import HttpTrailers, ProcessingRequest
 
 from .stage_support import CLIENT_KEY, body, drive, headers, immediate, runtime
 
