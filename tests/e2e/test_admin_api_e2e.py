@@ -18,17 +18,14 @@ import httpx
 import openai
 import pytest
 import redis
-import yaml
 
 from ext_proc import constants
 from ext_proc.admin import admin_pb2 as pb
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run
-from ext_proc.launch.stack import Stack, start_stack
-from tests.redis_server import RedisServer
+from ext_proc.launch.processes import free_port
+from ext_proc.launch.stack import Stack
 
 from ..eventually import eventually, rss_mib
-from .support import start_demo
+from .gateways import GatewayBuilder
 
 HELLO = [{"role": "user", "content": "hi"}]
 ADMIN_SECRET = "bg-admin-e2e-credential-0123456789"
@@ -72,31 +69,15 @@ def create(channel: grpc.Channel, key_id: str, **fields: object) -> pb.CreateKey
 @pytest.fixture(scope="module")
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminStack]:
     workdir = tmp_path_factory.mktemp("admin")
-    supervisor = Supervisor(log_dir=workdir)
-    store = RedisServer(workdir / "redis")
-    store.start()
-    try:
-        port = start_demo(supervisor, "p", "openai", PROVIDER_SECRET)
-        admin_port = free_port()
-        data = {
-            "listener": {"port": free_port(), "admin_port": free_port()},
-            "ext_proc": {"port": free_port_run(2), "processes": 2},
-            "admin": {"port": admin_port, "via_envoy": True,
-                      "credentials": [{"name": "ops", "secret": {"env": "BG_E2E_ADMIN"}}]},
-            "limits": {"redis": {"url": store.url, "key_prefix": "bgadm:"}},
-            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "api_key": {"env": "BG_E2E_PROVIDER"}}],
-            "routes": [{"model": "m", "aliases": ["m-alias"], "backends": [{"backend": "p", "model": "m"}]},
-                       {"model": "other", "backends": [{"backend": "p", "model": "other"}]}],
-        }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        env = {"BG_E2E_ADMIN": ADMIN_SECRET, "BG_E2E_PROVIDER": PROVIDER_SECRET}
-        stack = start_stack(load_config(config_path), config_path, workdir, supervisor, env=env)
-        yield AdminStack(stack, admin_port, store.url, workdir)
-    finally:
-        supervisor.stop_all()
-        store.stop()
+    with GatewayBuilder(workdir, processes=2) as build:
+        store = build.redis(key_prefix="bgadm:")
+        build.backend("p", build.demo("p", api_key=PROVIDER_SECRET))
+        build.route("m", ("p", "m"), aliases=["m-alias"])
+        build.route("other", ("p", "other"))
+        admin_port = build.admin(ADMIN_SECRET, via_envoy=True)
+        gateway = build.start()
+        assert gateway.stack is not None
+        yield AdminStack(gateway.stack, admin_port, store.url, workdir)
 
 
 def usable(admin: AdminStack, secret: str, within: float = 1.0) -> openai.OpenAI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from .conftest import Gateway
+from .gateways import Gateway
 from .support import fault
 
 WEATHER = {"name": "get_weather", "description": "Weather for a city",

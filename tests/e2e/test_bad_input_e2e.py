@@ -14,7 +14,7 @@ from ext_proc.envoy_config.bootstrap import render_yaml
 from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy
 from ext_proc.launch.stack import envoy_argv
 
-from .conftest import Gateway
+from .gateways import Gateway
 from .support import fault
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -52,7 +52,8 @@ def test_missing_and_unknown_model(gateway: Gateway, client: openai.OpenAI) -> N
 def test_bad_keys_are_401(gateway: Gateway, which: str) -> None:
     headers = {"content-type": "application/json"}
     if which != "missing":
-        headers["authorization"] = "Bearer " + ("bg-not-a-real-key" if which == "invalid" else gateway.expired_key)
+        headers["authorization"] = "Bearer " + ("bg-not-a-real-key" if which == "invalid"
+                                                else gateway.keys["test-expired"])
     response = httpx.post(gateway.url + "/v1/chat/completions", headers=headers, timeout=15,
                           json={"model": "gpt-4o-mini", "messages": HELLO})
     error = assert_openai_error(response, 401)
@@ -62,8 +63,8 @@ def test_bad_keys_are_401(gateway: Gateway, which: str) -> None:
 
 def test_key_limited_to_one_model_is_refused_another(gateway: Gateway) -> None:
     with pytest.raises(openai.PermissionDeniedError):
-        gateway.client(api_key=gateway.limited_key).chat.completions.create(model="claude-sonnet-4-5", messages=HELLO)
-    assert gateway.client(api_key=gateway.limited_key).chat.completions.create(model="mini", messages=HELLO)
+        gateway.client("test-limited").chat.completions.create(model="claude-sonnet-4-5", messages=HELLO)
+    assert gateway.client("test-limited").chat.completions.create(model="mini", messages=HELLO)
 
 
 def test_wrong_method_is_405(gateway: Gateway) -> None:

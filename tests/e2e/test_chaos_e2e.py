@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,16 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import yaml
 
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run
 from tests.redis_server import RedisServer
 
 from ..eventually import eventually
-from .support import fault, start_demo
-
-KEYS = ("load", "open", "closed", "exact")
+from .gateways import GatewayBuilder
+from .support import fault
 
 
 @dataclass
@@ -108,52 +103,20 @@ class Load:
 
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chaos]:
-    workdir = tmp_path_factory.mktemp("chaos")
-    supervisor = Supervisor(log_dir=workdir)
-    store = RedisServer(workdir / "redis")
-    store.start()
-    up = None
-    try:
-        ports = [start_demo(supervisor, name, "openai", "sk-chaos") for name in ("chaos-a", "chaos-b")]
-        keys = {key_id: generate_key() for key_id in KEYS}
-        listen = free_port()
-        config = {
-            "listener": {"port": listen, "admin_port": free_port()},
-            "ext_proc": {"port": free_port_run(2), "processes": 2},
-            "backends": [{"id": name, "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "api_key": {"env": "CHAOS_KEY"}, "timeout": "3s", "outlier_detection": None}
-                         for name, port in zip(("a", "b"), ports, strict=True)],
-            "routes": [{"model": "pair", "backends": [{"backend": "a", "model": "m"}, {"backend": "b", "model": "m"}]}],
-            "routing": {"cooldown_max": "1ms"},  # each fault ends with its test: nothing carries over
-            "limits": {"redis": {"url": store.url}},
-            "virtual_keys": [
-                {"id": "load", "hash": hash_key(keys["load"]), "limits": [{"window": "hour", "requests": 10**9}]},
-                {"id": "open", "hash": hash_key(keys["open"]),
-                 "limits": [{"window": "hour", "requests": 10**9, "on_store_error": "fail_open"}]},
-                {"id": "closed", "hash": hash_key(keys["closed"]),
-                 "limits": [{"window": "hour", "requests": 10**9, "on_store_error": "fail_closed"}]},
-                {"id": "exact", "hash": hash_key(keys["exact"]),
-                 "limits": [{"window": "hour", "total_tokens": 10**9}]},
-            ],
-        }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log = (workdir / "up.log").open("ab")
-        up = subprocess.Popen([sys.executable, "-m", "ext_proc", "up", "-c", str(config_path)], stdout=log,
-                              stderr=log, env={**os.environ, "CHAOS_KEY": "sk-chaos"}, start_new_session=True)
-        chaos = Chaos(f"http://127.0.0.1:{listen}", keys, config_path, up, store)
-        with httpx.Client(base_url=chaos.url, timeout=10) as http:
-            eventually(lambda: chaos.post(http).status_code == 200, timeout=60, what="`up` serves")
-        yield chaos
-    finally:
-        if up is not None and up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(up.pid, signal.SIGKILL)
-        supervisor.stop_all()
-        store.stop()
+    with GatewayBuilder(tmp_path_factory.mktemp("chaos"), processes=2,
+                        backend_defaults={"timeout": "3s", "outlier_detection": None}) as build:
+        store = build.redis()
+        build.backend("a", build.demo("chaos-a"))
+        build.backend("b", build.demo("chaos-b"))
+        build.route("pair", ("a", "m"), ("b", "m"))
+        build.set(routing={"cooldown_max": "1ms"})  # each fault ends with its test: nothing carries over
+        build.key("load", limits=[{"window": "hour", "requests": 10**9}])
+        build.key("open", limits=[{"window": "hour", "requests": 10**9, "on_store_error": "fail_open"}])
+        build.key("closed", limits=[{"window": "hour", "requests": 10**9, "on_store_error": "fail_closed"}])
+        build.key("exact", limits=[{"window": "hour", "total_tokens": 10**9}])
+        gateway = build.up()
+        assert gateway.up is not None
+        yield Chaos(gateway.url, gateway.keys, gateway.config_path, gateway.up.process, store)
 
 
 def _report(what: str, load: Load, start: int, recovered_after: float | None = None) -> int:

@@ -10,7 +10,7 @@ import openai
 import pydantic
 import pytest
 
-from .conftest import Gateway
+from .gateways import Gateway
 
 WEATHER_TOOL = {
     "type": "function",
@@ -39,7 +39,7 @@ def test_openai_backend_answers_through_envoy(gateway: Gateway, client: openai.O
     assert raw.headers["x-babelgate-attempts"] == "1"
     sent = last_request(gateway, "openai-a")
     assert sent["body"]["model"] == "gpt-4o-mini"
-    assert sent["headers"]["authorization"] == f"Bearer {gateway.provider_keys['openai-a']}"
+    assert sent["headers"]["authorization"] == f"Bearer {gateway.demos['openai-a'].api_key}"
 
 
 def test_anthropic_backend_gets_a_valid_messages_request(gateway: Gateway, client: openai.OpenAI) -> None:
@@ -52,7 +52,7 @@ def test_anthropic_backend_gets_a_valid_messages_request(gateway: Gateway, clien
     assert "how are you?" in completion.choices[0].message.content
     sent = last_request(gateway, "anthropic-a")
     assert sent["path"] == "/v1/messages"
-    assert sent["headers"]["x-api-key"] == gateway.provider_keys["anthropic-a"]
+    assert sent["headers"]["x-api-key"] == gateway.demos["anthropic-a"].api_key
     assert sent["headers"]["anthropic-version"] == "2023-06-01"
     ANTHROPIC_REQUEST.validate_python(sent["body"])
     assert sent["body"]["system"] == "Be brief."
@@ -170,7 +170,7 @@ def test_async_streaming(gateway: Gateway) -> None:
 def test_models_endpoint_lists_what_the_key_may_use(gateway: Gateway) -> None:
     all_models = [m.id for m in gateway.client().models.list()]
     assert {"gpt-4o-mini", "claude-sonnet-4-5", "openai-pair"} <= set(all_models)
-    assert [m.id for m in gateway.client(api_key=gateway.limited_key).models.list()] == ["gpt-4o-mini"]
+    assert [m.id for m in gateway.client("test-limited").models.list()] == ["gpt-4o-mini"]
     assert gateway.client().models.retrieve("claude-sonnet-4-5").id == "claude-sonnet-4-5"
 
 
@@ -195,7 +195,7 @@ def test_direct_route_is_served_in_one_stream_and_sends_nothing_internal(gateway
         model="embed-small", input="x", extra_headers={"x-babelgate-tags": "t", "x-api-key": "client-secret"})
     assert raw.headers["x-babelgate-backend"] == "oa" and raw.headers["x-babelgate-attempts"] == "1"
     headers = last_request(gateway, "openai-a")["headers"]
-    assert headers["authorization"] == f"Bearer {gateway.provider_keys['openai-a']}"
+    assert headers["authorization"] == f"Bearer {gateway.demos['openai-a'].api_key}"
     assert not [h for h in headers if h.startswith("x-babelgate")]
     assert "client-secret" not in json.dumps(headers) and gateway.key not in json.dumps(headers)
 
@@ -205,5 +205,5 @@ def test_direct_anthropic_route_overwrites_a_client_x_api_key(gateway: Gateway, 
                                             extra_headers={"x-api-key": "client-secret"})
     assert "anthropic-a" in answer.choices[0].message.content
     headers = last_request(gateway, "anthropic-a")["headers"]
-    assert headers["x-api-key"] == gateway.provider_keys["anthropic-a"]
+    assert headers["x-api-key"] == gateway.demos["anthropic-a"].api_key
     assert not [h for h in headers if h.startswith("x-babelgate")]

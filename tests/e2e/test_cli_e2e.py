@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import re
@@ -21,7 +20,9 @@ import pytest
 import yaml
 
 from ext_proc.auth.virtual_keys import hash_key
-from ext_proc.launch.processes import free_port, free_port_run
+from ext_proc.launch.processes import free_port
+
+from .gateways import GatewayBuilder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,20 +92,13 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
 
 def test_up_with_a_config_file_serves_its_routes(tmp_path: Path) -> None:
     """`babelgate up -c` runs Envoy and the servers for a user's config (no demo providers of its own)."""
-    provider = subprocess.Popen([sys.executable, "-m", "ext_proc.demo", "--kind", "anthropic", "--name", "mine",
-                                 "--port", "0", "--api-key", "sk-mine"], stdout=subprocess.PIPE, text=True)
-    try:
-        provider_port = json.loads(provider.stdout.readline())["port"]
-        key = "bg-user-config-key"
-        port, admin, ext_proc = free_port(), free_port(), free_port_run(2)
-        config = tmp_path / "babelgate.yaml"
-        config.write_text(yaml.safe_dump({
-            "listener": {"port": port, "admin_port": admin}, "ext_proc": {"port": ext_proc, "processes": 2},
-            "backends": [{"id": "mine", "schema": "anthropic", "base_url": f"http://127.0.0.1:{provider_port}",
-                          "api_key": {"file": "provider.key"}}],
-            "routes": [{"model": "house-model", "backends": [{"backend": "mine", "model": "claude-house"}]}],
-            "virtual_keys": [{"id": "me", "hash": hash_key(key)}]}))
+    with GatewayBuilder(tmp_path, processes=2, config_name="babelgate.yaml") as build:
+        build.backend("mine", build.demo("mine", "anthropic", api_key="sk-mine"), api_key={"file": "provider.key"})
+        build.route("house-model", ("mine", "claude-house"))
+        key = build.key("me", "bg-user-config-key")
         (tmp_path / "provider.key").write_text("sk-mine\n")
+        config = build.write()
+        port, ext_proc = build.config["listener"]["port"], build.config["ext_proc"]["port"]
         process = subprocess.Popen([sys.executable, "-m", "ext_proc", "up", "-c", str(config)],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         lines: queue.Queue = queue.Queue()
@@ -124,9 +118,6 @@ def test_up_with_a_config_file_serves_its_routes(tmp_path: Path) -> None:
                 os.killpg(process.pid, signal.SIGTERM)
             assert process.wait(20) == 0
         assert _closed(ext_proc) and _closed(ext_proc + 1) and _closed(port)
-    finally:
-        provider.terminate()
-        provider.wait(10)
 
 
 def test_keys_create_stores_only_a_hash_that_authenticates(tmp_path: Path) -> None:

@@ -21,12 +21,12 @@ import yaml
 
 from ext_proc import healthcheck
 from ext_proc.auth.certificates import make_certificates
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
+from ext_proc.launch.processes import free_port, python_module, wait_for_envoy
 from ext_proc.launch.stack import envoy_argv, envoy_binary
 
 from ..eventually import eventually
-from .support import fault, start_demo
+from .gateways import GatewayBuilder
+from .support import fault
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "envoy" / "existing-envoy"
@@ -85,25 +85,21 @@ class ExistingEnvoy:
 
 @pytest.fixture(scope="module")
 def existing_envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExistingEnvoy]:
+    """The builder's demos and config; the servers (`babelgate serve`) and the user's own Envoy started here."""
     workdir = tmp_path_factory.mktemp("existing-envoy")
     # beside pytest's directories, which other users can't traverse: here only the server's own mode keeps them out
     base = Path(tempfile.mkdtemp(prefix="bg-existing-"))
     base.chmod(0o711)
-    supervisor = Supervisor(log_dir=workdir)
-    try:
-        ports = {name: start_demo(supervisor, name, "openai", "sk-existing") for name in ("first", "second")}
-        key = generate_key()
+    with GatewayBuilder(workdir, config_name="babelgate.yaml") as build:
+        build.on_stop(lambda: shutil.rmtree(base, ignore_errors=True))
+        for name in ("first", "second"):
+            build.backend(name, build.demo(name))
+        build.route("m", ("first", "f"), ("second", "s"))
+        key = build.key("k")
         socket_dir = base / "run"
-        config = {
-            "ext_proc": {"socket_dir": str(socket_dir), "processes": PROCESSES},
-            "backends": [{"id": n, "schema": "openai", "base_url": f"http://127.0.0.1:{p}/v1",
-                          "api_key": {"env": "EXISTING_KEY"}} for n, p in ports.items()],
-            "routes": [{"model": "m", "backends": [{"backend": "first", "model": "f"},
-                                                   {"backend": "second", "model": "s"}]}],
-            "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
-        }
-        config_path = workdir / "babelgate.yaml"
-        config_path.write_text(yaml.safe_dump(config))
+        del build.config["listener"]  # the user's Envoy listens; only the servers' side is configured
+        build.config["ext_proc"] = {"socket_dir": str(socket_dir), "processes": PROCESSES}
+        config_path = build.write()
         rendered = subprocess.run([sys.executable, "-m", "ext_proc", "render", "-c", str(config_path),
                                    "--filters-only"], capture_output=True, text=True, check=True).stdout
         listen, admin = free_port(), free_port()
@@ -113,8 +109,9 @@ def existing_envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Existin
         validated = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(envoy_path)],
                                    capture_output=True, text=True)
         assert validated.returncode == 0, validated.stderr[-2000:]
+        supervisor = build.supervisor
         supervisor.start("ext_proc", python_module("ext_proc", "serve", "-c", str(config_path)),
-                         env={"EXISTING_KEY": "sk-existing"})
+                         env=build.environment())
         sockets = [socket_dir / f"ext_proc-{index}.sock" for index in range(PROCESSES)]
 
         def serving() -> bool:
@@ -125,9 +122,6 @@ def existing_envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Existin
         supervisor.start("envoy", envoy_argv(envoy_path))
         wait_for_envoy(admin, timeout=30, supervisor=supervisor)
         yield ExistingEnvoy(f"http://127.0.0.1:{listen}", key, sockets)
-    finally:
-        supervisor.stop_all()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_users_own_route_is_left_alone(existing_envoy: ExistingEnvoy) -> None:

@@ -7,7 +7,7 @@ import signal
 import openai
 import pytest
 
-from .conftest import Gateway
+from .gateways import Gateway
 from .support import fault
 
 HELLO = [{"role": "user", "content": "hello"}]

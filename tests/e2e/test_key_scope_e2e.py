@@ -8,13 +8,13 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Gateway
+from .gateways import Gateway
 
 HELLO = [{"role": "user", "content": "hi"}]
 
 
 def _limited(gateway: Gateway) -> openai.OpenAI:
-    return gateway.client(api_key=gateway.limited_key)
+    return gateway.client("test-limited")
 
 
 def test_the_allowed_model_and_its_alias_work(gateway: Gateway) -> None:
@@ -42,7 +42,8 @@ def test_spoofed_routing_headers_change_nothing(gateway: Gateway, spoof: dict[st
 
 
 def test_anthropic_endpoint_checks_the_same_key_scope(gateway: Gateway) -> None:
-    client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=gateway.limited_key, max_retries=0)
+    client = anthropic.Anthropic(base_url=gateway.url + "/anthropic", api_key=gateway.keys["test-limited"],
+                                 max_retries=0)
     with pytest.raises(anthropic.PermissionDeniedError):
         client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=HELLO)
     assert client.messages.create(model="gpt-4o-mini", max_tokens=10, messages=HELLO).content
@@ -56,7 +57,7 @@ def test_model_listing_and_lookup_show_only_what_the_key_may_use(gateway: Gatewa
 
 
 def test_revoked_or_expired_or_foreign_keys_are_401(gateway: Gateway) -> None:
-    for key in (gateway.expired_key, gateway.limited_key + "x", "bg-", "Bearer"):
+    for key in (gateway.keys["test-expired"], gateway.keys["test-limited"] + "x", "bg-", "Bearer"):
         response = httpx.post(gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
                               json={"model": "gpt-4o-mini", "messages": HELLO})
         assert response.status_code == 401 and response.json()["error"]["type"]

@@ -13,81 +13,37 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import anthropic
 import httpx
 import openai
 import pytest
-import yaml
 
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run
-
-from .support import start_demo
+from .gateways import Gateway, GatewayBuilder
 
 MIB = 1 << 20
 LIMIT = 20 * MIB
-BEDROCK_KEY = "AKIDLARGE"
-
-
-@dataclass
-class Gateway:
-    url: str
-    key: str
-    ports: dict[str, int]
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0, timeout=120)
-
-    def last_body_size(self, demo: str) -> int:
-        recorded = httpx.get(f"http://127.0.0.1:{self.ports[demo]}/_demo/requests", timeout=60).json()[-1]
-        return len(recorded["body"] if isinstance(recorded["body"], str) else str(recorded["body"]))
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    from ext_proc.launch.stack import start_stack
+    with GatewayBuilder(tmp_path_factory.mktemp("large"), processes=2, client_timeout=120) as build:
+        build.set(requests={"max_body_bytes": LIMIT})
+        build.backend("oa", build.demo("openai", name="large-openai"))
+        build.backend("an", build.demo("anthropic", "anthropic", name="large-anthropic"))
+        build.backend("br", build.demo("bedrock", "bedrock", name="large-bedrock"))
+        build.route("openai", ("oa", "gpt-4o"))
+        build.route("anthropic", ("an", "claude-sonnet-4-5"))
+        build.route("chain", ("an", "claude-sonnet-4-5"), ("oa", "gpt-4o"))
+        build.route("bedrock", ("br", "us.amazon.nova-pro-v1:0"))
+        build.route("embed", ("oa", "text-embedding-3-small"))
+        build.key("large")
+        yield build.start()
 
-    workdir = tmp_path_factory.mktemp("large")
-    supervisor = Supervisor(log_dir=workdir)
-    try:
-        ports = {kind: start_demo(supervisor, f"large-{kind}", kind, BEDROCK_KEY if kind == "bedrock" else "sk-large")
-                 for kind in ("openai", "anthropic", "bedrock")}
-        key = generate_key()
 
-        def backend(backend_id: str, schema: str, url: str, **extra: object) -> dict:
-            return {"id": backend_id, "schema": schema, "base_url": url, **extra}
-
-        config = {
-            "listener": {"port": free_port(), "admin_port": free_port()},
-            "ext_proc": {"port": free_port_run(2), "processes": 2},
-            "requests": {"max_body_bytes": LIMIT},
-            "backends": [
-                backend("oa", "openai", f"http://127.0.0.1:{ports['openai']}/v1", api_key={"env": "LARGE_KEY"}),
-                backend("an", "anthropic", f"http://127.0.0.1:{ports['anthropic']}", api_key={"env": "LARGE_KEY"}),
-                backend("br", "bedrock-converse", f"http://127.0.0.1:{ports['bedrock']}",
-                        aws={"region": "us-east-1"}),
-            ],
-            "routes": [
-                {"model": "openai", "backends": [{"backend": "oa", "model": "gpt-4o"}]},
-                {"model": "anthropic", "backends": [{"backend": "an", "model": "claude-sonnet-4-5"}]},
-                {"model": "chain", "backends": [{"backend": "an", "model": "claude-sonnet-4-5"},
-                                                {"backend": "oa", "model": "gpt-4o"}]},
-                {"model": "bedrock", "backends": [{"backend": "br", "model": "us.amazon.nova-pro-v1:0"}]},
-                {"model": "embed", "backends": [{"backend": "oa", "model": "text-embedding-3-small"}]},
-            ],
-            "virtual_keys": [{"id": "large", "hash": hash_key(key)}],
-        }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        stack = start_stack(load_config(config_path), config_path, workdir, supervisor,
-                            env={"LARGE_KEY": "sk-large", "AWS_ACCESS_KEY_ID": BEDROCK_KEY,
-                                 "AWS_SECRET_ACCESS_KEY": "large-secret"})
-        yield Gateway(stack.url, key, ports)
-    finally:
-        supervisor.stop_all()
+def _last_body_size(gateway: Gateway, demo: str) -> int:
+    recorded = gateway.last_request(demo)
+    return len(recorded["body"] if isinstance(recorded["body"], str) else str(recorded["body"]))
 
 
 def _text(size: int) -> str:
@@ -115,7 +71,7 @@ def test_a_chat_body_up_to_the_limit_is_served(gateway: Gateway, model: str, siz
         model=model, max_tokens=20, messages=[{"role": "user", "content": _text(size)}])
     assert answer.choices[0].message.content
     demo = "openai" if model == "openai" else "anthropic"
-    assert gateway.last_body_size(demo) >= size
+    assert _last_body_size(gateway, demo) >= size
 
 
 @pytest.mark.parametrize("model", ["anthropic", "bedrock"])
@@ -128,7 +84,7 @@ def test_a_large_base64_image_reaches_anthropic_and_bedrock(gateway: Gateway, mo
     answer = gateway.client().chat.completions.create(model=model, max_tokens=20,
                                                       messages=[{"role": "user", "content": content}])
     assert answer.choices[0].message.content
-    assert gateway.last_body_size(model) >= len(image)
+    assert _last_body_size(gateway, model) >= len(image)
 
 
 def test_large_embeddings_input_is_served(gateway: Gateway) -> None:
@@ -143,7 +99,7 @@ def test_a_large_anthropic_messages_request_is_served(gateway: Gateway) -> None:
     message = client.messages.create(model="openai", max_tokens=20,
                                      messages=[{"role": "user", "content": _text(8 * MIB)}])
     assert message.content[0].text
-    assert gateway.last_body_size("openai") >= 8 * MIB
+    assert _last_body_size(gateway, "openai") >= 8 * MIB
 
 
 def test_above_the_limit_the_gateway_answers_413_request_too_large(gateway: Gateway) -> None:

@@ -9,127 +9,65 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import redis
-import yaml
 
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
-from ext_proc.launch.stack import start_stack
 from ext_proc.limits.estimate import estimate_prompt_tokens
 
 from ..redis_server import RedisServer
+from .gateways import Gateway, GatewayBuilder
 from .support import fault
 
 TPM_LIMIT = 3000
 MAX_TOKENS = 20
-KEY_IDS = ("burst", "headers", "stream", "abort", "failover", "failing", "requests", "budget", "open", "closed",
-           "team-a1", "team-a2", "user", "mid-open", "mid-closed")
-
-
-@dataclass
-class LimitedGateway:
-    url: str
-    keys: dict[str, str]
-    redis: RedisServer | None
-    config_path: Path
-    provider_port: int
-
-    def client(self, key_id: str, **options: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[key_id], max_retries=0, timeout=30,
-                             **options)  # type: ignore[arg-type]
-
-    def async_client(self, key_id: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.keys[key_id], max_retries=0, timeout=30)
-
-    def counters(self, scope: str) -> dict[str, int]:
-        """Current counter values of one scope (e.g. `key:burst`) by `metric:window`."""
-        assert self.redis is not None
-        client = redis.Redis(port=self.redis.port)
-        found = {}
-        for key in client.scan_iter(match=f"bg:{{{scope}}}:*"):
-            _, metric, window, _start = key.decode().rsplit(":", 3)
-            found[f"{metric}:{window}"] = int(client.get(key) or 0)
-        client.close()
-        return found
-
-
 ADMIN_ENV = "BG_LIMITS_ADMIN"
 ADMIN_SECRET = "bg-admin-limits-e2e-0123456789"
 
 
-def _limits_config(provider_port: int, second_port: int, redis_url: str | None, processes: int,
-                   keys: dict[str, str]) -> dict:
-    def key(key_id: str, *rules: dict, team: str | None = None) -> dict:
-        entry: dict = {"id": key_id, "hash": hash_key(keys[key_id])}
-        if rules:
-            entry["limits"] = list(rules)
-        if team:
-            entry["team"] = team
-        return entry
-
-    hour_tokens = {"window": "hour", "total_tokens": 100_000}
-    return {
-        "listener": {"port": free_port(), "admin_port": free_port()},
-        "ext_proc": {"port": free_port_run(processes), "processes": processes},
-        "backends": [
-            {"id": "oa", "schema": "openai", "base_url": f"http://127.0.0.1:{provider_port}/v1",
-             "api_key": {"env": "LIMITS_PROVIDER_KEY"}},
-            {"id": "ob", "schema": "openai", "base_url": f"http://127.0.0.1:{second_port}/v1",
-             "api_key": {"env": "LIMITS_PROVIDER_KEY"}},
-        ],
-        "routes": [
-            {"model": "m", "backends": [{"backend": "oa", "model": "gpt-4o-mini"}]},
-            {"model": "pair", "backends": [{"backend": "oa", "model": "gpt-4o-mini"},
-                                           {"backend": "ob", "model": "gpt-4o-mini"}]},
-        ],
-        "prices": [{"backend": "oa", "model": "gpt-4o-mini", "input": 150.0, "output": 600.0}],
-        "limits": {
-            **({"redis": {"url": redis_url, "timeout": "200ms"}} if redis_url else {}),
-            "per_user": [{"window": "hour", "requests": 3}],
-        },
-        "teams": [{"id": "team-a", "limits": [{"window": "hour", "requests": 4}]}],
-        "virtual_keys": [
-            key("burst", {"window": "hour", "total_tokens": TPM_LIMIT}),
-            key("headers", {"window": "hour", "total_tokens": 50_000, "requests": 1000}),
-            key("stream", hour_tokens), key("abort", hour_tokens), key("failover", hour_tokens),
-            key("failing", hour_tokens),
-            key("requests", {"window": "hour", "requests": 5}),
-            key("budget", {"window": "day", "usd": 0.05}),
-            key("open", {"window": "hour", "requests": 1000, "on_store_error": "fail_open"}),
-            key("closed", {"window": "hour", "requests": 1000, "on_store_error": "fail_closed"}),
-            key("mid-open", {"window": "hour", "requests": 100_000, "on_store_error": "fail_open"}),
-            key("mid-closed", {"window": "hour", "requests": 100_000, "on_store_error": "fail_closed"}),
-            key("team-a1", team="team-a"), key("team-a2", team="team-a"),
-            key("user", hour_tokens),
-        ],
-    }
+def _counters(gateway: Gateway, scope: str) -> dict[str, int]:
+    """Current counter values of one scope (e.g. `key:burst`) by `metric:window`."""
+    assert gateway.redis is not None
+    client = redis.Redis(port=gateway.redis.port)
+    found = {}
+    for key in client.scan_iter(match=f"bg:{{{scope}}}:*"):
+        _, metric, window, _start = key.decode().rsplit(":", 3)
+        found[f"{metric}:{window}"] = int(client.get(key) or 0)
+    client.close()
+    return found
 
 
-def _start(tmp: Path, redis_server: RedisServer | None, processes: int) -> tuple[Supervisor, LimitedGateway]:
-    supervisor = Supervisor(log_dir=tmp)
-    keys = {key_id: generate_key() for key_id in KEY_IDS}
-    ports = []
-    for name in ("limits-provider", "limits-second"):
-        _, ready = supervisor.start_reporting(name, python_module(
-            "ext_proc.demo", "--kind", "openai", "--name", name, "--port", "0", "--api-key", "sk-limits"))
-        ports.append(ready["port"])
-    config_path = tmp / "config.yaml"
-    data = _limits_config(ports[0], ports[1], redis_server.url if redis_server else None, processes, keys)
+def _start(build: GatewayBuilder, redis_server: RedisServer | None) -> Gateway:
+    build.backend("oa", build.demo("limits-provider"))
+    build.backend("ob", build.demo("limits-second"))
+    build.route("m", ("oa", "gpt-4o-mini"))
+    build.route("pair", ("oa", "gpt-4o-mini"), ("ob", "gpt-4o-mini"))
+    if redis_server is not None:
+        build.redis(redis_server, timeout="200ms")
+    build.set(prices=[{"backend": "oa", "model": "gpt-4o-mini", "input": 150.0, "output": 600.0}],
+              limits={"per_user": [{"window": "hour", "requests": 3}]},
+              teams=[{"id": "team-a", "limits": [{"window": "hour", "requests": 4}]}])
+    hour_tokens = [{"window": "hour", "total_tokens": 100_000}]
+    build.key("burst", limits=[{"window": "hour", "total_tokens": TPM_LIMIT}])
+    build.key("headers", limits=[{"window": "hour", "total_tokens": 50_000, "requests": 1000}])
+    for key_id in ("stream", "abort", "failover", "failing"):
+        build.key(key_id, limits=hour_tokens)
+    build.key("requests", limits=[{"window": "hour", "requests": 5}])
+    build.key("budget", limits=[{"window": "day", "usd": 0.05}])
+    build.key("open", limits=[{"window": "hour", "requests": 1000, "on_store_error": "fail_open"}])
+    build.key("closed", limits=[{"window": "hour", "requests": 1000, "on_store_error": "fail_closed"}])
+    build.key("mid-open", limits=[{"window": "hour", "requests": 100_000, "on_store_error": "fail_open"}])
+    build.key("mid-closed", limits=[{"window": "hour", "requests": 100_000, "on_store_error": "fail_closed"}])
+    build.key("team-a1", team="team-a")
+    build.key("team-a2", team="team-a")
+    build.key("user", limits=hour_tokens)
     # `babelgate usage` reads an in-memory store from the servers: over their sockets, with an admin credential
-    data["ext_proc"]["socket_dir"] = str(tmp / "sockets")
-    data["admin"] = {"port": free_port(), "credentials": [{"name": "ops", "secret": {"env": ADMIN_ENV}}]}
-    data["keys_file"] = str(tmp / "keys.yaml")
-    config_path.write_text(yaml.safe_dump(data))
-    stack = start_stack(load_config(config_path), config_path, tmp, supervisor,
-                        env={"LIMITS_PROVIDER_KEY": "sk-limits", ADMIN_ENV: ADMIN_SECRET})
-    return supervisor, LimitedGateway(stack.url, keys, redis_server, config_path, ports[0])
+    build.set(ext_proc={"socket_dir": str(build.workdir / "sockets")}, keys_file=str(build.workdir / "keys.yaml"))
+    build.admin(ADMIN_SECRET, env=ADMIN_ENV)
+    return build.start()
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +79,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LimitedGateway]:
-    supervisor, gateway = _start(tmp_path_factory.mktemp("limited"), redis_server, processes=2)
-    try:
-        yield gateway
-    finally:
-        supervisor.stop_all()
+def gateway(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with GatewayBuilder(tmp_path_factory.mktemp("limited"), processes=2) as build:
+        yield _start(build, redis_server)
 
 
-def _hammer(gateway: LimitedGateway, key_id: str, clients: int, requests_each: int) -> list[tuple[int, dict, dict]]:
+def _hammer(gateway: Gateway, key_id: str, clients: int, requests_each: int) -> list[tuple[int, dict, dict]]:
     """`clients` concurrent clients, each sending `requests_each` requests; (status, headers, body) of each."""
     async def one_client(index: int) -> list[tuple[int, dict, dict]]:
         results = []
@@ -192,29 +127,27 @@ def _check_exactness(results: list[tuple[int, dict, dict]], limit: int) -> tuple
     return limit, used, len(refused)
 
 
-def test_exactness_under_64_concurrent_clients_two_processes_shared_redis(gateway: LimitedGateway) -> None:
+def test_exactness_under_64_concurrent_clients_two_processes_shared_redis(gateway: Gateway) -> None:
     results = _hammer(gateway, "burst", clients=64, requests_each=4)
     limit, used, refused = _check_exactness(results, TPM_LIMIT)
     print(f"\nredis, 2 processes: limit {limit}, admitted tokens {used}, refused {refused} of {len(results)}")
     time.sleep(0.3)  # settlements run after the response
-    assert gateway.counters("key:burst")["total_tokens:hour"] == used  # settled to the token
+    assert _counters(gateway, "key:burst")["total_tokens:hour"] == used  # settled to the token
 
 
 def test_exactness_with_the_in_memory_store_in_one_process(tmp_path: Path) -> None:
-    supervisor, gateway = _start(tmp_path, None, processes=1)
-    try:
+    with GatewayBuilder(tmp_path) as build:
+        gateway = _start(build, None)
         results = _hammer(gateway, "burst", clients=64, requests_each=4)
         time.sleep(0.3)
         report = _usage_report(gateway)  # read from inside the running server: that is where the store lives
-    finally:
-        supervisor.stop_all()
     limit, used, refused = _check_exactness(results, TPM_LIMIT)
     line = next(line for line in report.splitlines() if line.startswith("key") and "burst" in line)
     assert line.split()[4:6] == [str(used), str(TPM_LIMIT)]
     print(f"\nmemory, 1 process: limit {limit}, admitted tokens {used}, refused {refused} of {len(results)}")
 
 
-def test_admitted_responses_carry_rate_limit_headers(gateway: LimitedGateway) -> None:
+def test_admitted_responses_carry_rate_limit_headers(gateway: Gateway) -> None:
     raw = gateway.client("headers").chat.completions.with_raw_response.create(**_request("hi"))
     assert raw.headers["x-ratelimit-limit-tokens"] == "50000"
     assert int(raw.headers["x-ratelimit-remaining-tokens"]) < 50000
@@ -223,17 +156,17 @@ def test_admitted_responses_carry_rate_limit_headers(gateway: LimitedGateway) ->
     assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
-def test_stream_is_settled_with_its_real_usage(gateway: LimitedGateway) -> None:
+def test_stream_is_settled_with_its_real_usage(gateway: Gateway) -> None:
     chunks = list(gateway.client("stream").chat.completions.create(**_request("stream me"), stream=True))
     assert chunks
     time.sleep(0.3)
     # the provider reported usage (the gateway asked for it) although this client did not
-    counted = gateway.counters("key:stream")["total_tokens:hour"]
+    counted = _counters(gateway, "key:stream")["total_tokens:hour"]
     reserved = estimate_prompt_tokens(_request("stream me"), 4.0) + MAX_TOKENS
     assert 0 < counted < reserved
 
 
-def test_client_abort_mid_stream_is_charged_for_what_was_streamed(gateway: LimitedGateway) -> None:
+def test_client_abort_mid_stream_is_charged_for_what_was_streamed(gateway: Gateway) -> None:
     request = {**_request("abort me please"), "max_tokens": 500, "stream": True}
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=request, timeout=30,
                       headers={"authorization": f"Bearer {gateway.keys['abort']}",
@@ -241,30 +174,30 @@ def test_client_abort_mid_stream_is_charged_for_what_was_streamed(gateway: Limit
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     time.sleep(1.0)
-    counted = gateway.counters("key:abort")["total_tokens:hour"]
+    counted = _counters(gateway, "key:abort")["total_tokens:hour"]
     prompt = estimate_prompt_tokens(request, 4.0)
     assert prompt <= counted < prompt + 500  # the 500 reserved output tokens were not all kept
 
 
-def test_failed_first_attempt_is_not_charged_twice(gateway: LimitedGateway) -> None:
+def test_failed_first_attempt_is_not_charged_twice(gateway: Gateway) -> None:
     raw = gateway.client("failover").chat.completions.with_raw_response.create(
         **{**_request("fail once"), "model": "pair"}, extra_headers=fault("limits-provider:500"))
     assert raw.headers["x-babelgate-attempts"] == "2"
     time.sleep(0.3)
-    assert gateway.counters("key:failover")["total_tokens:hour"] == raw.parse().usage.total_tokens
+    assert _counters(gateway, "key:failover")["total_tokens:hour"] == raw.parse().usage.total_tokens
 
 
-def test_final_failure_releases_the_reservation(gateway: LimitedGateway) -> None:
+def test_final_failure_releases_the_reservation(gateway: Gateway) -> None:
     with pytest.raises(openai.InternalServerError):
         gateway.client("failing").chat.completions.create(**_request("x"), extra_headers=fault("limits-provider:500"))
     time.sleep(0.3)
-    assert gateway.counters("key:failing").get("total_tokens:hour", 0) == 0
+    assert _counters(gateway, "key:failing").get("total_tokens:hour", 0) == 0
     answer = gateway.client("failing").chat.completions.create(**_request("x"))
     time.sleep(0.3)
-    assert gateway.counters("key:failing")["total_tokens:hour"] == answer.usage.total_tokens
+    assert _counters(gateway, "key:failing")["total_tokens:hour"] == answer.usage.total_tokens
 
 
-def test_request_limit_names_itself(gateway: LimitedGateway) -> None:
+def test_request_limit_names_itself(gateway: Gateway) -> None:
     client = gateway.client("requests")
     for _ in range(5):
         client.chat.completions.create(**_request("x"))
@@ -274,7 +207,7 @@ def test_request_limit_names_itself(gateway: LimitedGateway) -> None:
     assert raised.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_usd_budget_is_spent_from_real_usage(gateway: LimitedGateway) -> None:
+def test_usd_budget_is_spent_from_real_usage(gateway: Gateway) -> None:
     client = gateway.client("budget")
     spent = 0
     with pytest.raises(openai.RateLimitError) as raised:
@@ -283,10 +216,10 @@ def test_usd_budget_is_spent_from_real_usage(gateway: LimitedGateway) -> None:
             spent += answer.usage.prompt_tokens * 150 + answer.usage.completion_tokens * 600  # micro-USD
     assert "usd per day" in raised.value.body["message"]
     time.sleep(0.3)
-    assert gateway.counters("key:budget")["usd:day"] == spent <= 50_000
+    assert _counters(gateway, "key:budget")["usd:day"] == spent <= 50_000
 
 
-def test_team_limit_is_shared_by_its_keys(gateway: LimitedGateway) -> None:
+def test_team_limit_is_shared_by_its_keys(gateway: Gateway) -> None:
     for key_id in ("team-a1", "team-a2", "team-a1", "team-a2"):
         gateway.client(key_id).chat.completions.create(**_request("x"))
     with pytest.raises(openai.RateLimitError) as raised:
@@ -294,7 +227,7 @@ def test_team_limit_is_shared_by_its_keys(gateway: LimitedGateway) -> None:
     assert "team 'team-a'" in raised.value.body["message"]
 
 
-def test_end_user_limit_from_header_or_user_field(gateway: LimitedGateway) -> None:
+def test_end_user_limit_from_header_or_user_field(gateway: Gateway) -> None:
     client = gateway.client("user")
     client.chat.completions.create(**_request("x"), extra_headers={"x-user-id": "u-1"})
     client.chat.completions.create(**_request("x"), user="u-1")
@@ -305,7 +238,7 @@ def test_end_user_limit_from_header_or_user_field(gateway: LimitedGateway) -> No
     client.chat.completions.create(**_request("x"), user="u-2")  # another user is unaffected
 
 
-def test_redis_outage_follows_each_limits_policy_and_recovers(gateway: LimitedGateway) -> None:
+def test_redis_outage_follows_each_limits_policy_and_recovers(gateway: Gateway) -> None:
     assert gateway.redis is not None
     opened, closed = gateway.client("open"), gateway.client("closed")
     opened.chat.completions.create(**_request("x"))
@@ -323,10 +256,10 @@ def test_redis_outage_follows_each_limits_policy_and_recovers(gateway: LimitedGa
         gateway.redis.start()
     time.sleep(0.5)
     closed.chat.completions.create(**_request("x"))  # recovered without a restart
-    assert gateway.counters("key:closed")["requests:hour"] == 1
+    assert _counters(gateway, "key:closed")["requests:hour"] == 1
 
 
-def test_redis_killed_and_hung_mid_load(gateway: LimitedGateway) -> None:
+def test_redis_killed_and_hung_mid_load(gateway: Gateway) -> None:
     """Traffic never stops while Redis is killed, restarted, frozen and thawed: each key's policy holds throughout,
     every answer is a clean 200 or 503, nothing hangs, and no ext_proc process dies."""
     assert gateway.redis is not None
@@ -366,14 +299,14 @@ def test_redis_killed_and_hung_mid_load(gateway: LimitedGateway) -> None:
     assert gateway.client("headers").chat.completions.create(**_request("still alive")).choices
 
 
-def _usage_report(gateway: LimitedGateway) -> str:
+def _usage_report(gateway: Gateway) -> str:
     result = subprocess.run([sys.executable, "-m", "ext_proc", "usage", "-c", str(gateway.config_path)],
                             capture_output=True, text=True, timeout=60, env={**os.environ, ADMIN_ENV: ADMIN_SECRET})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def test_usage_command_reports_from_redis(gateway: LimitedGateway) -> None:
+def test_usage_command_reports_from_redis(gateway: Gateway) -> None:
     gateway.client("headers").chat.completions.create(**_request("for the report"))
     line = next(line for line in _usage_report(gateway).splitlines() if "headers" in line and "total_tokens" in line)
     assert line.split()[5] == "50000"

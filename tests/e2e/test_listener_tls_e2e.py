@@ -9,15 +9,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port
-from ext_proc.launch.stack import Stack, start_stack
+from ext_proc.launch.stack import Stack
 
 from .certs import make_ca_and_server_cert
-from .support import start_demo
+from .gateways import GatewayBuilder
 
 HOSTNAME = "localhost"
 
@@ -26,25 +22,12 @@ HOSTNAME = "localhost"
 def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str, Path]]:
     workdir = tmp_path_factory.mktemp("tls-listener")
     ca, cert, key_file = make_ca_and_server_cert(workdir, HOSTNAME)
-    supervisor = Supervisor(log_dir=workdir)
-    try:
-        port = start_demo(supervisor, "p", "openai", "sk-tls")
-        key = generate_key()
-        config = {
-            "listener": {"port": free_port(), "admin_port": free_port(),
-                         "tls": {"cert_file": cert.name, "key_file": key_file.name}},  # relative to the config
-            "ext_proc": {"port": free_port()},
-            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "api_key": {"env": "TLS_PROVIDER_KEY"}}],
-            "routes": [{"model": "m", "backends": [{"backend": "p", "model": "served"}]}],
-            "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
-        }
-        path = workdir / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        stack = start_stack(load_config(path), path, workdir, supervisor, env={"TLS_PROVIDER_KEY": "sk-tls"})
-        yield stack, key, ca
-    finally:
-        supervisor.stop_all()
+    with GatewayBuilder(workdir) as build:
+        build.set(listener={"tls": {"cert_file": cert.name, "key_file": key_file.name}})  # relative to the config
+        build.backend("p", build.demo("p"))
+        build.route("m", ("p", "served"))
+        key = build.key("k")
+        yield build.start().stack, key, ca
 
 
 def _url(stack: Stack) -> str:

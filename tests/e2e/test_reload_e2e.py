@@ -14,12 +14,10 @@ import pytest
 import yaml
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run, python_module
-from ext_proc.launch.stack import Stack, start_stack
+from ext_proc.launch.stack import Stack
 
 from ..eventually import eventually
-from .support import start_demo
+from .gateways import GatewayBuilder
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -57,26 +55,17 @@ def _replace(path: Path, text: str) -> None:
 @pytest.fixture(scope="module")
 def reloadable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reloadable]:
     workdir = tmp_path_factory.mktemp("reload")
-    supervisor = Supervisor(log_dir=workdir)
-    try:
-        port = start_demo(supervisor, "p", "openai", "sk-reload")
+    with GatewayBuilder(workdir, processes=2) as build:
         (workdir / "provider.key").write_text("sk-reload\n")
-        base = {
-            "listener": {"port": free_port(), "admin_port": free_port()},
-            "ext_proc": {"port": free_port_run(2), "processes": 2},
-            "backends": [{"id": "p", "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "api_key": {"file": "provider.key"}}],
-            "keys_file": "keys.yaml",
-        }
+        build.backend("p", build.demo("p", api_key="sk-reload"), api_key={"file": "provider.key"})
+        build.set(keys_file="keys.yaml")
+        base = dict(build.config)
+        build.route("m", ("p", "v0"), aliases=["m-alias"])  # what `write_config("v0")` writes
         keys = {name: generate_key() for name in ("alice", "bob")}
-        reloadable = Reloadable(None, workdir / "config.yaml", workdir / "keys.yaml", base, keys, workdir)  # type: ignore[arg-type]
+        reloadable = Reloadable(None, build.config_path, workdir / "keys.yaml", base, keys, workdir)  # type: ignore[arg-type]
         reloadable.write_keys("alice", "bob")
-        reloadable.write_config("v0")
-        reloadable.stack = start_stack(load_config(reloadable.config_path), reloadable.config_path, workdir,
-                                       supervisor)
+        reloadable.stack = build.start().stack  # type: ignore[assignment]
         yield reloadable
-    finally:
-        supervisor.stop_all()
 
 
 def _model(client: openai.OpenAI) -> str:
@@ -187,30 +176,13 @@ def test_provider_key_file_rotation_takes_effect_without_a_restart(reloadable: R
 
 def test_up_gives_envoy_new_routes_and_clusters_without_dropping_traffic(tmp_path: Path) -> None:
     """`babelgate up -c`: a new backend and a two-backend route appear while a client keeps its connections busy."""
-    supervisor = Supervisor(log_dir=tmp_path)
-    try:
-        ports = {name: start_demo(supervisor, name, "openai", "sk-up") for name in ("first", "second")}
-        key = generate_key()
-        listen = free_port()
-        config = {
-            "listener": {"port": listen, "admin_port": free_port()}, "ext_proc": {"port": free_port()},
-            "backends": [{"id": "first", "schema": "openai", "base_url": f"http://127.0.0.1:{ports['first']}/v1",
-                          "api_key": {"env": "UP_KEY"}}],
-            "routes": [{"model": "old", "backends": [{"backend": "first", "model": "f"}]}],
-            "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
-        }
-        path = tmp_path / "babelgate.yaml"
-        _replace(path, yaml.safe_dump(config))
-        supervisor.start("up", python_module("ext_proc", "up", "-c", str(path)), env={"UP_KEY": "sk-up"})
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{listen}/v1", api_key=key, max_retries=0, timeout=20)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.chat.completions.create(model="old", messages=HELLO)
-                break
-            except openai.APIConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+    with GatewayBuilder(tmp_path, config_name="babelgate.yaml") as build:
+        build.env["UP_KEY"] = "sk-up"  # in `up`'s environment from the start: the backend added later reads it too
+        first, second = build.demo("first", api_key="sk-up"), build.demo("second", api_key="sk-up")
+        build.backend("first", first, api_key={"env": "UP_KEY"})
+        build.route("old", ("first", "f"))
+        build.key("k")
+        client = build.up().client(timeout=20)
         failures: list[str] = []
         stop = threading.Event()
 
@@ -224,11 +196,9 @@ def test_up_gives_envoy_new_routes_and_clusters_without_dropping_traffic(tmp_pat
         worker = threading.Thread(target=traffic)
         worker.start()
         try:
-            config["backends"].append({"id": "second", "schema": "openai", "api_key": {"env": "UP_KEY"},
-                                       "base_url": f"http://127.0.0.1:{ports['second']}/v1"})
-            config["routes"].append({"model": "new", "backends": [{"backend": "second", "model": "s"},
-                                                                  {"backend": "first", "model": "f"}]})
-            _replace(path, yaml.safe_dump(config))
+            build.backend("second", second, api_key={"env": "UP_KEY"})
+            build.route("new", ("second", "s"), ("first", "f"))
+            build.write()
             deadline = time.monotonic() + 10
             while True:
                 try:
@@ -245,5 +215,3 @@ def test_up_gives_envoy_new_routes_and_clusters_without_dropping_traffic(tmp_pat
             stop.set()
             worker.join(30)
         assert not failures, failures[:5]
-    finally:
-        supervisor.stop_all()

@@ -19,7 +19,6 @@ import base64
 import os
 import re
 import secrets
-import signal
 import sys
 import time
 import urllib.request
@@ -36,19 +35,17 @@ import openai
 import pyarrow.dataset as ds
 import pytest
 import redis
-import yaml
 
 from ext_proc.admin import admin_pb2 as pb
 from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port
-from ext_proc.launch.stack import Stack, envoy_argv, start_stack
-from tests.redis_server import RedisServer
+from ext_proc.launch.processes import free_port
+from ext_proc.launch.stack import Stack, envoy_argv
 
-from .support import fault, start_demo
+from .gateways import GatewayBuilder
+from .support import fault
 from .test_admin_api_e2e import METHOD
 from .test_cli_e2e import babelgate
-from .test_telemetry_e2e import HELLO, _config
+from .test_telemetry_e2e import HELLO, build_telemetry_gateway
 from .test_tracing_e2e import Collector
 
 ENVOY_LOG_LEVEL = "debug"
@@ -150,32 +147,28 @@ def _secrets() -> dict[str, str]:
     }
 
 
-def _gateway_config(ports: dict[str, int], found: dict[str, str], workdir: Path, vault: Path, metrics_port: int,
-                    admin_port: int, redis_url: str, otlp: str) -> dict:
-    """The telemetry tests' config (direct + chain routes, log_content on the chain, a limited key, Parquet log,
+def _build_gateway(build: GatewayBuilder, found: dict[str, str], vault: Path, metrics_port: int, otlp: str) -> int:
+    """The telemetry tests' gateway (direct + chain routes, log_content on the chain, a limited key, Parquet log,
     Prometheus, access log), with each provider key from another kind of SecretRef, a third backend, guardrails,
-    traces, the admin API and a password-protected Redis."""
-    data = _config({"openai": ports["openai"], "anthropic": ports["anthropic"]}, found[MAIN_KEY],
-                   found[LIMITED_KEY], workdir / "requests", metrics_port, workdir / "access.jsonl")
+    traces and the admin API (its port returned)."""
+    build_telemetry_gateway(build, metrics_port, build.workdir / "access.jsonl", openai_key=found[OPENAI_ENV],
+                            anthropic_key=found[ANTHROPIC_FILE], key=found[MAIN_KEY], limited_key=found[LIMITED_KEY])
     (vault / "anthropic.key").write_text(found[ANTHROPIC_FILE] + "\n")
     (vault / "admin.key").write_text(found[ADMIN] + "\n")
     (vault / "secret_manager.py").write_text(f"print({found[OPENAI_COMMAND]!r})\n")
-    oa, an = data["backends"]
-    oa["api_key"] = {"env": "BG_SCAN_OPENAI_KEY"}
+    _, an = build.config["backends"]  # oa reads its key from the env variable the builder set
     an["api_key"] = {"file": str(vault / "anthropic.key")}
-    data["backends"].append({"id": "ob", "schema": "openai", "base_url": f"http://127.0.0.1:{ports['openai-b']}/v1",
-                             "api_key": {"command": [sys.executable, str(vault / "secret_manager.py")]},
-                             "outlier_detection": None})
-    direct, chain = data["routes"]
+    build.backend("ob", build.demo("openai-b", api_key=found[OPENAI_COMMAND]), outlier_detection=None,
+                  api_key={"command": [sys.executable, str(vault / "secret_manager.py")]})
+    direct, chain = build.config["routes"]
     direct["guardrails"] = [{"name": "no-project-orion", "deny_words": ["project orion"]}]
     chain["guardrails"] = [{"name": "pii", "pii": ["email", "api_key"], "mode": "redact"}]
-    data["routes"].append({"model": "command", "backends": [{"backend": "ob", "model": "gpt-command"}]})
-    data["telemetry"]["traces"] = {"otlp_endpoint": otlp}
-    data["admin"] = {"port": admin_port, "via_envoy": True,
-                     "credentials": [{"name": "ops", "secret": {"file": str(vault / "admin.key")}}]}
-    data["limits"] = {"redis": {"url": redis_url, "password": {"env": "BG_SCAN_REDIS_PASSWORD"},
-                                "key_prefix": "bgscan:"}}
-    return data
+    build.route("command", ("ob", "gpt-command"))
+    admin_port = free_port()
+    build.set(telemetry={"traces": {"otlp_endpoint": otlp}},
+              admin={"port": admin_port, "via_envoy": True,
+                     "credentials": [{"name": "ops", "secret": {"file": str(vault / "admin.key")}}]})
+    return admin_port
 
 
 def _expect(status: int, action: Callable[[], object]) -> object:
@@ -426,55 +419,40 @@ def _envoy_log_by_level(text: str) -> tuple[str, str]:
     return "".join(kept), "".join(debug)
 
 
-def _stop_ext_proc(supervisor: Supervisor) -> None:
-    """A graceful stop flushes the request log and the span exporter."""
-    for child in supervisor.children:
-        if child.name.startswith("ext_proc"):
-            child.process.send_signal(signal.SIGTERM)
-            assert child.process.wait(30) == 0
-
-
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scan]:
     workdir = tmp_path_factory.mktemp("secret-scan")
     vault = workdir / "vault"  # the inputs: secret files and the "secret manager"; never scanned
     vault.mkdir()
     found = _secrets()
-    supervisor = Supervisor(log_dir=workdir)
-    store = RedisServer(workdir / "redis")
     collector = Collector()
-    try:
-        store.start()
+    with GatewayBuilder(workdir) as build:
+        build.on_stop(collector.server.shutdown)
+        store = build.redis(password={"env": "BG_SCAN_REDIS_PASSWORD"}, key_prefix="bgscan:")
         with redis.Redis(port=store.port) as unprotected:
             unprotected.config_set("requirepass", found[REDIS_PASSWORD])
-        ports = {name: start_demo(supervisor, name, kind, found[secret]) for name, kind, secret in (
-            ("openai", "openai", OPENAI_ENV), ("anthropic", "anthropic", ANTHROPIC_FILE),
-            ("openai-b", "openai", OPENAI_COMMAND))}
-        metrics_port, admin_port = free_port(), free_port()
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(_gateway_config(ports, found, workdir, vault, metrics_port, admin_port,
-                                                              store.url, collector.url)))
-        env = {"BG_SCAN_OPENAI_KEY": found[OPENAI_ENV], "BG_SCAN_REDIS_PASSWORD": found[REDIS_PASSWORD],
-               "BABELGATE_LOG_LEVEL": "DEBUG"}
-        stack = start_stack(load_config(config_path), config_path, workdir, supervisor, env=env,
-                            envoy_log_level=ENVOY_LOG_LEVEL)
-        traffic = Traffic(stack, admin_port, found)
+        metrics_port = free_port()
+        admin_port = _build_gateway(build, found, vault, metrics_port, collector.url)
+        build.env.update(BG_SCAN_REDIS_PASSWORD=found[REDIS_PASSWORD], BABELGATE_LOG_LEVEL="DEBUG")
+        gateway = build.start(envoy_log_level=ENVOY_LOG_LEVEL)
+        assert gateway.stack is not None
+        traffic = Traffic(gateway.stack, admin_port, found)
         _openai_traffic(traffic)
         _anthropic_traffic(traffic)
         _admin_traffic(traffic)
-        _cli_traffic(traffic, config_path)
+        _cli_traffic(traffic, gateway.config_path)
 
         outputs = traffic.outputs
         outputs["Prometheus /metrics"] = _fetch(f"http://127.0.0.1:{metrics_port}/metrics")
-        envoy_admin = f"http://127.0.0.1:{stack.config.listener.admin_port}"
+        envoy_admin = f"http://127.0.0.1:{gateway.stack.config.listener.admin_port}"
         outputs["Envoy admin /stats/prometheus"] = _fetch(envoy_admin + "/stats/prometheus")
         outputs["Envoy admin /config_dump"] = _fetch(envoy_admin + "/config_dump?include_eds")
         outputs["Redis contents"] = _redis_dump(store.port, found[REDIS_PASSWORD])
-        _stop_ext_proc(supervisor)
+        gateway.stop_servers()  # a graceful stop flushes the request log and the span exporter
         rows = ds.dataset(workdir / "requests", format="parquet", partitioning="hive").to_table().to_pylist()
         outputs["Parquet request log rows"] = "\n".join(repr(row) for row in rows)
         traffic.cli("usage --from-log", "usage", "--from-log", str(workdir / "requests"), "--json")
-        supervisor.stop_all()  # Envoy writes its access log out as it stops
+        build.supervisor.stop_all()  # Envoy writes its access log out as it stops
         spans = list(collector.spans)
         outputs["OTLP spans (protobuf)"] = b"".join(s.SerializeToString() for s in spans).decode("latin-1")
         outputs["OTLP spans (attributes)"] = "\n".join(
@@ -493,10 +471,6 @@ def scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scan]:
                 traffic.allowed[name] = received.hands_out
         traffic.close()
         yield Scan(found, outputs, traffic.allowed, traffic.wire.received, rows, spans, envoy_debug)
-    finally:
-        supervisor.stop_all()
-        store.stop()
-        collector.server.shutdown()
 
 
 # -- the scan -----------------------------------------------------------------------------------------------------

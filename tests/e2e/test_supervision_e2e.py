@@ -24,11 +24,10 @@ import openai
 import pytest
 import yaml
 
-from ext_proc.auth.virtual_keys import hash_key
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run
+from ext_proc.launch.processes import free_port
 from tests.eventually import eventually
 
-from .support import start_demo
+from .gateways import GatewayBuilder
 
 HELLO = [{"role": "user", "content": "hi"}]
 FAILURE_BOUND = 50
@@ -175,32 +174,20 @@ def _listening(port: int) -> bool:
 
 
 @pytest.fixture
-def provider(tmp_path: Path) -> Iterator[int]:
-    supervisor = Supervisor(log_dir=tmp_path)
-    try:
-        yield start_demo(supervisor, "mine", "openai", "sk-mine")
-    finally:
-        supervisor.stop_all()
+def build(tmp_path: Path) -> Iterator[GatewayBuilder]:
+    """The config of a gateway with two ext_proc processes, route "m" to backend "mine" and key "k" (the tests add
+    the backend and run `babelgate` on the config themselves); the builder stops what it started."""
+    with GatewayBuilder(tmp_path, processes=2, config_name="babelgate.yaml") as build:
+        build.route("m", ("mine", "m"))
+        build.key("k", "bg-supervision-key")
+        yield build
 
 
-def _config(tmp_path: Path, provider_port: int, key: str, processes: int = 2) -> tuple[Path, dict]:
-    data = {"listener": {"port": free_port(), "admin_port": free_port()},
-            "ext_proc": {"port": free_port_run(processes), "processes": processes},
-            "backends": [{"id": "mine", "schema": "openai", "base_url": f"http://127.0.0.1:{provider_port}/v1",
-                          "api_key": {"env": "SUPERVISION_KEY"}}],
-            "routes": [{"model": "m", "backends": [{"backend": "mine", "model": "m"}]}],
-            "virtual_keys": [{"id": "k", "hash": hash_key(key)}]}
-    path = tmp_path / "babelgate.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path, data
-
-
-def test_up_restarts_a_killed_ext_proc_server_and_envoy_and_keeps_serving(tmp_path: Path, provider: int) -> None:
-    key = "bg-supervision-key"
-    path, data = _config(tmp_path, provider, key)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{data['listener']['port']}/v1", api_key=key, max_retries=0,
-                           timeout=10)
-    with babelgate("up", "-c", str(path), env={"SUPERVISION_KEY": "sk-mine"}) as up, traffic(client, "m") as load:
+def test_up_restarts_a_killed_ext_proc_server_and_envoy_and_keeps_serving(build: GatewayBuilder) -> None:
+    build.backend("mine", build.demo("mine"))
+    path = build.write()
+    client = openai.OpenAI(base_url=build.url + "/v1", api_key=build.keys["k"], max_retries=0, timeout=10)
+    with babelgate("up", "-c", str(path), env=build.environment()) as up, traffic(client, "m") as load:
         up.wait_for("Babelgate is up")
         eventually(lambda: load.recovered_since(0), timeout=60, what="steady traffic succeeds")
 
@@ -227,10 +214,11 @@ def test_up_restarts_a_killed_ext_proc_server_and_envoy_and_keeps_serving(tmp_pa
     assert "stopping" in up.output
 
 
-def test_up_gives_up_on_a_crash_loop_and_stops_everything_with_exit_code_1(tmp_path: Path, provider: int) -> None:
+def test_up_gives_up_on_a_crash_loop_and_stops_everything_with_exit_code_1(build: GatewayBuilder) -> None:
     """A server killed after its config file was broken can't start again: five restarts later `up` stops."""
-    path, data = _config(tmp_path, provider, "bg-unused")
-    with babelgate("up", "-c", str(path), env={"SUPERVISION_KEY": "sk-mine"}) as up:
+    build.backend("mine", build.demo("mine"))
+    path = build.write()
+    with babelgate("up", "-c", str(path), env=build.environment()) as up:
         up.wait_for("Babelgate is up")
         path.write_text("routes: [\n")  # the running servers and Envoy keep the last good config
         up.wait_for("rejected, keeping the running configuration")
@@ -241,7 +229,7 @@ def test_up_gives_up_on_a_crash_loop_and_stops_everything_with_exit_code_1(tmp_p
         assert up.process.wait(120) == 1, up.output
     assert "ext_proc-1 exited with code 2 after 5 restarts within 60s: giving up on it" in up.output
     assert "ERROR" in up.output and "stopping everything" in up.output
-    assert not _listening(data["listener"]["port"]) and not _listening(data["listener"]["admin_port"])
+    assert not _listening(build.config["listener"]["port"]) and not _listening(build.config["listener"]["admin_port"])
     assert not [pid for pid in others if _alive(pid)], "Envoy or ext_proc-0 left running"
 
 
@@ -277,10 +265,11 @@ def test_up_demo_restarts_a_killed_provider_on_the_same_port(tmp_path: Path) -> 
         assert not _listening(closed), f"port {closed} still open after stop"
 
 
-def test_serve_restarts_a_killed_process_on_its_port(tmp_path: Path) -> None:
-    path, data = _config(tmp_path, free_port(), "bg-unused", processes=2)
-    first = data["ext_proc"]["port"]
-    with babelgate("serve", "-c", str(path), env={"SUPERVISION_KEY": "sk-mine"}) as serve:
+def test_serve_restarts_a_killed_process_on_its_port(build: GatewayBuilder) -> None:
+    build.backend("mine", build.unreachable("mine"))
+    path = build.write()
+    first = build.config["ext_proc"]["port"]
+    with babelgate("serve", "-c", str(path), env=build.environment()) as serve:
         eventually(lambda: _listening(first) and _listening(first + 1), timeout=60, what="both processes listen")
         server = serve.child("--process-index", "1")
         assert server is not None

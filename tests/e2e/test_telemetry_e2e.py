@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -17,14 +16,11 @@ from pathlib import Path
 import openai
 import pyarrow.dataset as ds
 import pytest
-import yaml
 
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port
-from ext_proc.launch.stack import start_stack
+from ext_proc.launch.processes import free_port
 
-from .support import fault, start_demo
+from .gateways import GatewayBuilder
+from .support import fault
 
 HELLO = [{"role": "user", "content": "hello there"}]
 PROVIDER_SECRET = "sk-telemetry-provider-secret-0123456789"
@@ -41,45 +37,31 @@ class Observed:
     access_lines: list[dict]
 
 
-def _config(ports: dict[str, int], key: str, limited_key: str, log_dir: Path, metrics_port: int,
-            access_log: Path) -> dict:
-    return {
-        "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
-        "backends": [
-            {"id": "oa", "schema": "openai", "base_url": f"http://127.0.0.1:{ports['openai']}/v1",
-             "api_key": {"env": "TELEMETRY_PROVIDER_KEY"}, "outlier_detection": None},
-            {"id": "an", "schema": "anthropic", "base_url": f"http://127.0.0.1:{ports['anthropic']}",
-             "api_key": {"env": "TELEMETRY_PROVIDER_KEY"}, "outlier_detection": None},
-        ],
-        "routes": [
-            {"model": "direct", "backends": [{"backend": "oa", "model": "gpt-direct"}]},
-            {"model": "chain", "log_content": True,
-             "backends": [{"backend": "oa", "model": "gpt-chain"}, {"backend": "an", "model": "claude-chain"}]},
-        ],
-        "prices": [{"backend": "an", "model": "claude-chain", "input": 3, "output": 15}],
-        "virtual_keys": [{"id": "main", "hash": hash_key(key), "team": "platform"},
-                         {"id": "limited", "hash": hash_key(limited_key),
-                          "limits": [{"window": "minute", "requests": 1}]}],
-        "routing": {"cooldown_max": "1ms"},
-        "telemetry": {"request_log": {"destination": str(log_dir), "flush_seconds": "200ms"},
-                      "metrics": {"prometheus_port": metrics_port}, "access_log": str(access_log)},
-    }
+def build_telemetry_gateway(build: GatewayBuilder, metrics_port: int, access_log: Path, *,
+                            openai_key: str = PROVIDER_SECRET, anthropic_key: str = PROVIDER_SECRET,
+                            key: str | None = None, limited_key: str | None = None) -> None:
+    """Direct and chain routes (the chain logs content) over an OpenAI and an Anthropic demo, keys "main" and
+    "limited", and every output: the Parquet request log in `<workdir>/requests`, Prometheus, Envoy's access log."""
+    build.backend("oa", build.demo("openai", api_key=openai_key), outlier_detection=None)
+    build.backend("an", build.demo("anthropic", "anthropic", api_key=anthropic_key), outlier_detection=None)
+    build.route("direct", ("oa", "gpt-direct"))
+    build.route("chain", ("oa", "gpt-chain"), ("an", "claude-chain"), log_content=True)
+    build.key("main", key, team="platform")
+    build.key("limited", limited_key, limits=[{"window": "minute", "requests": 1}])
+    build.set(prices=[{"backend": "an", "model": "claude-chain", "input": 3, "output": 15}],
+              routing={"cooldown_max": "1ms"},
+              telemetry={"request_log": {"destination": str(build.workdir / "requests"), "flush_seconds": "200ms"},
+                         "metrics": {"prometheus_port": metrics_port}, "access_log": str(access_log)})
 
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     workdir = tmp_path_factory.mktemp("telemetry")
-    supervisor = Supervisor(log_dir=workdir)
-    try:
-        ports = {kind: start_demo(supervisor, kind, kind, PROVIDER_SECRET) for kind in ("openai", "anthropic")}
-        key, limited_key = generate_key(), generate_key()
+    with GatewayBuilder(workdir) as build:
         metrics_port = free_port()
-        path = workdir / "config.yaml"
-        path.write_text(yaml.safe_dump(_config(ports, key, limited_key, workdir / "requests", metrics_port,
-                                               workdir / "access.log")))
-        stack = start_stack(load_config(path), path, workdir, supervisor,
-                            env={"TELEMETRY_PROVIDER_KEY": PROVIDER_SECRET})
-        client = openai.OpenAI(base_url=stack.url + "/v1", api_key=key, max_retries=0, timeout=20)
+        build_telemetry_gateway(build, metrics_port, workdir / "access.log")
+        gateway = build.start()
+        client = gateway.client("main", timeout=20)
         client.chat.completions.create(model="direct", messages=HELLO, user="u-1")
         list(client.chat.completions.create(model="chain", messages=HELLO, stream=True,
                                             stream_options={"include_usage": True}))
@@ -88,24 +70,20 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             client.chat.completions.create(model="chain", messages=HELLO,
                                            extra_headers=fault("openai:500,anthropic:500"))
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url=stack.url + "/v1", api_key="bg-not-a-key", max_retries=0).models.list()
-        limited = openai.OpenAI(base_url=stack.url + "/v1", api_key=limited_key, max_retries=0, timeout=20)
+            openai.OpenAI(base_url=gateway.url + "/v1", api_key="bg-not-a-key", max_retries=0).models.list()
+        limited = gateway.client("limited", timeout=20)
         limited.chat.completions.create(model="direct", messages=HELLO)
         with pytest.raises(openai.RateLimitError):
             limited.chat.completions.create(model="direct", messages=HELLO)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
-        for child in supervisor.children:  # a graceful stop flushes the log
-            if child.name.startswith("ext_proc"):
-                child.process.send_signal(signal.SIGTERM)
-                assert child.process.wait(30) == 0
+        gateway.stop_servers()  # a graceful stop flushes the log
         rows = ds.dataset(workdir / "requests", format="parquet", partitioning="hive").to_table().to_pylist()
-        supervisor.stop_all()  # Envoy writes its access log out as it stops
+        build.supervisor.stop_all()  # Envoy writes its access log out as it stops
         logs = "".join(p.read_text(errors="replace") for p in workdir.glob("*.log"))
         access = [json.loads(line) for line in (workdir / "access.log").read_text().splitlines()]
-        yield Observed(rows, metrics, logs, key, limited_key, workdir / "requests", access)
-    finally:
-        supervisor.stop_all()
+        yield Observed(rows, metrics, logs, gateway.keys["main"], gateway.keys["limited"], workdir / "requests",
+                       access)
 
 
 def _one(rows: list[dict], **wanted: object) -> dict:

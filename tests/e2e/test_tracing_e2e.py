@@ -4,7 +4,6 @@ context handed on to the provider."""
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,18 +15,15 @@ import grpc
 import httpx
 import openai
 import pytest
-import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
-from ext_proc.auth.virtual_keys import generate_key, hash_key
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port
-from ext_proc.launch.stack import Stack, start_stack
+from ext_proc.launch.stack import Stack
 
-from .support import fault, start_demo
+from .gateways import GatewayBuilder
+from .support import fault
 
 PROVIDER_SECRET = "sk-trace-provider-secret-42"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -71,37 +67,26 @@ class Collector:
             time.sleep(0.1)
 
 
-def _start(supervisor: Supervisor, traces: dict) -> tuple[Stack, str, dict[str, int]]:
-    ports = {name: start_demo(supervisor, name, "openai", PROVIDER_SECRET) for name in ("first", "second")}
-    key = generate_key()
-    config = {
-        "listener": {"port": free_port(), "admin_port": free_port()}, "ext_proc": {"port": free_port()},
-        "backends": [{"id": n, "schema": "openai", "base_url": f"http://127.0.0.1:{p}/v1",
-                      "api_key": {"env": "TRACE_KEY"}, "outlier_detection": None} for n, p in ports.items()],
-        "routes": [{"model": "chain", "backends": [{"backend": "first", "model": "f"},
-                                                   {"backend": "second", "model": "s"}]},
-                   {"model": "direct", "backends": [{"backend": "second", "model": "d"}]}],
-        "virtual_keys": [{"id": "k", "hash": hash_key(key)}],
-        "routing": {"cooldown_max": "1ms"},
-        "telemetry": {"traces": traces},
-    }
-    workdir = Path(tempfile.mkdtemp(prefix="trace-"))
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    stack = start_stack(load_config(path), path, workdir, supervisor, env={"TRACE_KEY": PROVIDER_SECRET})
-    return stack, key, ports
+def _start(build: GatewayBuilder, traces: dict) -> tuple[Stack, str, dict[str, int]]:
+    ports = {}
+    for name in ("first", "second"):
+        demo = build.demo(name, api_key=PROVIDER_SECRET)
+        build.backend(name, demo, outlier_detection=None)
+        ports[name] = demo.port
+    build.route("chain", ("first", "f"), ("second", "s"))
+    build.route("direct", ("second", "d"))
+    key = build.key("k")
+    build.set(routing={"cooldown_max": "1ms"}, telemetry={"traces": traces})
+    return build.start().stack, key, ports
 
 
 @pytest.fixture(scope="module")
-def traced() -> Iterator[tuple[Stack, str, Collector, dict[str, int]]]:
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str, Collector, dict[str, int]]]:
     collector = Collector()
-    supervisor = Supervisor()
-    try:
-        stack, key, ports = _start(supervisor, {"otlp_endpoint": collector.url})
+    with GatewayBuilder(tmp_path_factory.mktemp("traced")) as build:
+        build.on_stop(collector.server.shutdown)
+        stack, key, ports = _start(build, {"otlp_endpoint": collector.url})
         yield stack, key, collector, ports
-    finally:
-        supervisor.stop_all()
-        collector.server.shutdown()
 
 
 def _client(stack: Stack, key: str) -> openai.OpenAI:
@@ -153,7 +138,7 @@ def test_spans_carry_no_secret(traced: tuple) -> None:
     assert PROVIDER_SECRET.encode() not in dump and key.encode() not in dump
 
 
-def test_otlp_over_grpc() -> None:
+def test_otlp_over_grpc(tmp_path: Path) -> None:
     received: list = []
 
     def export(request: ExportTraceServiceRequest, context: object) -> ExportTraceServiceResponse:
@@ -169,14 +154,11 @@ def test_otlp_over_grpc() -> None:
             response_serializer=ExportTraceServiceResponse.SerializeToString)}),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    supervisor = Supervisor()
-    try:
-        stack, key, _ = _start(supervisor, {"otlp_endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
+    with GatewayBuilder(tmp_path) as build:
+        build.on_stop(lambda: server.stop(0))
+        stack, key, _ = _start(build, {"otlp_endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
         _client(stack, key).chat.completions.create(model="chain", messages=HELLO)
         deadline = time.monotonic() + 10
         while len(received) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert {span.kind for span in received} == {SERVER, CLIENT}
-    finally:
-        supervisor.stop_all()
-        server.stop(0)

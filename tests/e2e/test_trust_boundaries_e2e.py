@@ -22,14 +22,11 @@ import pytest
 import yaml
 
 from ext_proc.auth.certificates import CertificateFiles, make_certificates
-from ext_proc.auth.virtual_keys import hash_key
 from ext_proc.config.chains import all_chain_routes
-from ext_proc.config.loading import load_config
-from ext_proc.launch.processes import Supervisor, free_port, free_port_run
-from ext_proc.launch.stack import Stack, start_stack
+from ext_proc.launch.processes import free_port
+from ext_proc.launch.stack import Stack
 
-from .conftest import Gateway
-from .support import start_demo
+from .gateways import Gateway, GatewayBuilder
 
 DIRECT_ROUTE = "anthropic-solo"  # one backend: translated in the route stage, sent straight to its cluster
 ROUTES = ["gpt-4o-mini", "claude-sonnet-4-5", DIRECT_ROUTE, "secure-model"]
@@ -157,26 +154,16 @@ def test_the_models_listing_is_unchanged_by_the_screening(gateway: Gateway) -> N
 def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, CertificateFiles]]:
     """Envoy and two ext_proc processes over mutual TLS on TCP, as across hosts."""
     workdir = tmp_path_factory.mktemp("mtls")
-    supervisor = Supervisor(log_dir=workdir)
     files = make_certificates(workdir / "certs", "ext-proc.internal", ("127.0.0.1",))
-    try:
-        port = start_demo(supervisor, "p", "openai", "sk-mtls-provider")
-        data = {
-            "listener": {"port": free_port(), "admin_port": free_port()},
-            "ext_proc": {"port": free_port_run(2), "processes": 2, "tls": files.config("ext-proc.internal")},
-            "backends": [{"id": name, "schema": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                          "api_key": {"env": "BG_MTLS_PROVIDER"}} for name in ("p", "q")],
-            "routes": [{"model": "m", "backends": [{"backend": "p", "model": "m"}]},
-                       {"model": "pair", "backends": [{"backend": "p", "model": "a"}, {"backend": "q", "model": "b"}]}],
-            "virtual_keys": [{"id": "k", "hash": hash_key(MTLS_KEY)}],
-        }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        stack = start_stack(load_config(config_path), config_path, workdir, supervisor,
-                            env={"BG_MTLS_PROVIDER": "sk-mtls-provider"})
-        yield stack, files
-    finally:
-        supervisor.stop_all()
+    with GatewayBuilder(workdir, processes=2) as build:
+        build.set(ext_proc={"tls": files.config("ext-proc.internal")})
+        provider = build.demo("p")
+        build.backend("p", provider)
+        build.backend("q", provider)
+        build.route("m", ("p", "m"))
+        build.route("pair", ("p", "a"), ("q", "b"))
+        build.key("k", MTLS_KEY)
+        yield build.start().stack, files
 
 
 MTLS_KEY = "bg-mtls-e2e-client-key"
