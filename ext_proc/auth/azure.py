@@ -1,5 +1,5 @@
-"""Microsoft Entra ID (Azure AD) tokens for Azure OpenAI: the OAuth 2.0 client-credentials flow, kept fresh by a
-background thread so that requests only ever read a cached token.
+"""Azure OpenAI credentials: a static key in `api-key`, or Microsoft Entra ID (Azure AD) tokens from the OAuth 2.0
+client-credentials flow, kept fresh by a background thread so that requests only ever read a cached token.
 
 How the hot path stays off the network:
 
@@ -30,7 +30,9 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..config.models import Backend
 from ..errors import Unavailable
+from .credentials import Credential, StaticCredential, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,17 @@ class Token:
     """time.monotonic() after which the token is no longer sent (shortly before it expires)."""
     refresh_at: float
     """time.monotonic() at which the next token should be fetched."""
+
+
+def make_credential(backend: Backend, secret: str | None) -> Credential:
+    """An `api-key` for a static secret, or Entra ID bearer tokens when `azure.entra` is configured."""
+    entra = backend.azure.entra if backend.azure is not None else None
+    if entra is None:
+        return StaticCredential((("api-key", secret),) if secret else ())
+    client_secret = read_secret(entra.client_secret, f"backend {backend.id!r} azure.entra.client_secret")
+    url = token_url(entra.authority, entra.tenant_id)
+    client_id = entra.client_id
+    return EntraCredential(lambda: fetch_token(url, client_id, client_secret), name=backend.id)
 
 
 def token_url(authority: str, tenant_id: str) -> str:

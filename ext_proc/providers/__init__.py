@@ -1,73 +1,47 @@
-"""Provider schemas: one module per wire format, each a set of pure functions over dicts.
+"""Provider schemas: one module per wire format, each a set of pure functions over dicts and the `Translator` that
+the gateway calls them through.
 
-A provider module exposes:
+`for_schema(schema)` gives the `translator.Translator` of a configured schema (`openai`, `anthropic`, ...); the
+runtime build looks it up once per backend, and the stages call only what that class declares:
 
-- `SCHEMA`: its name in configuration (`openai`, `anthropic`, ...).
-- `CREDENTIAL_HEADERS`: every header name its credentials may set (stripped again before each retry, since Envoy
-  shows a retry the previous attempt's headers).
 - `chat_path(model, stream, backend) -> str`: path (and query) appended to the backend's base URL path; `backend` is
   the backend's `config.models.Backend` (region, api_version, project, ...).
-- `auth_headers(secret) -> list[tuple[str, str]]`: headers that carry an API key and protocol version; or
-  `make_credential(backend, secret) -> auth.credentials.Credential` for per-request signing / refreshed tokens.
-- `STREAM_FORMAT`: "sse" (default) or "eventstream" (AWS binary frames); either way `ChatStream.feed` gets
-  `(event type, payload bytes)`.
 - `chat_request(body, model, *, default_max_tokens) -> dict`: OpenAI chat request -> provider request. Raises
   `errors.BadRequest` for fields the provider can't honour (never silently drops one that changes the answer).
 - `chat_response(body, model, created) -> dict`: provider answer -> OpenAI `chat.completion`.
-- `ChatStream(model, created, include_usage)`: `.feed(event, data) -> list[dict]` turns one provider stream event into
+- `chat_stream(model, created, include_usage) -> stream.ChatStream`: `.feed(event, data) -> list[dict]` turns one
+  provider stream event (SSE, or AWS binary event-stream frames, both decoded to (event type, payload bytes)) into
   OpenAI `chat.completion.chunk` dicts; `.finish() -> list[dict]`; `.usage` holds the OpenAI usage dict once known.
 - `error_response(status, body, headers) -> tuple[int, dict]`: a provider error (with its response headers, where
   e.g. AWS names the exception) -> (HTTP status for the client, OpenAI error).
+- `serves_embeddings` with `embeddings_path(model, backend)`, `embeddings_request(body, model, backend)` and
+  `embeddings_response(body, model)` (OpenAI `list` of `embedding` objects with usage).
+- `identity_responses`: its successful non-streaming answers (chat and embeddings) already are OpenAI's, so a request
+  that needs nothing from the answer (no reservation to settle) may skip sending the body to Babelgate.
 
-Optional embeddings support: `EMBEDDINGS = True` with `embeddings_path(model, backend) -> str`,
-`embeddings_request(body, model, backend) -> dict` and `embeddings_response(body, model) -> dict` (OpenAI `list` of
-`embedding` objects with usage).
-
-Optional `IDENTITY_RESPONSES = True`: its successful non-streaming answers (chat and embeddings) already are OpenAI's,
-so a request that needs nothing from the answer (no reservation to settle) may skip sending the body to Babelgate.
-
-No module does I/O or keeps globals: the attempt stage owns the stream state and the bytes.
+Credentials (API keys, signatures, refreshed tokens) are built by `auth/backend_credentials.py`, not here. No module
+does I/O or keeps globals: the attempt stage owns the stream state and the bytes.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from .anthropic import AnthropicTranslator
+from .azure_openai import AzureOpenAITranslator
+from .bedrock_anthropic import BedrockAnthropicTranslator
+from .bedrock_converse import BedrockConverseTranslator
+from .cohere import CohereTranslator
+from .gemini import GeminiTranslator
+from .openai import OpenAITranslator
+from .translator import Translator
+from .vertex_anthropic import VertexAnthropicTranslator
 
-from ..auth.credentials import Credential, StaticCredential
-from ..config.models import Backend
-from . import (
-    anthropic,
-    azure_openai,
-    bedrock_anthropic,
-    bedrock_converse,
-    cohere,
-    gemini,
-    openai,
-    vertex_anthropic,
-)
-
-_MODULES: tuple[ModuleType, ...] = (openai, anthropic, azure_openai, cohere, bedrock_converse, bedrock_anthropic,
-                                    gemini, vertex_anthropic)
-_BY_SCHEMA: dict[str, ModuleType] = {}
-for _module in _MODULES:
-    for _schema in getattr(_module, "SCHEMAS", None) or (_module.SCHEMA,):
-        _BY_SCHEMA[_schema] = _module
+_TRANSLATORS: tuple[Translator, ...] = (
+    OpenAITranslator(), AnthropicTranslator(), AzureOpenAITranslator(), CohereTranslator(),
+    BedrockConverseTranslator(), BedrockAnthropicTranslator(), GeminiTranslator(), VertexAnthropicTranslator())
+_BY_SCHEMA: dict[str, Translator] = {schema: translator for translator in _TRANSLATORS for schema in translator.schemas}
 
 SCHEMAS = tuple(_BY_SCHEMA)
 
-CREDENTIAL_HEADERS: frozenset[str] = frozenset().union(*(getattr(m, "CREDENTIAL_HEADERS", ()) for m in _MODULES))
-"""Every header any provider's credentials can set."""
 
-
-def for_schema(schema: str) -> ModuleType:
+def for_schema(schema: str) -> Translator:
     return _BY_SCHEMA[schema]
-
-
-def credential_for(provider: ModuleType, backend: Backend, secret: str | None) -> Credential:
-    if hasattr(provider, "make_credential"):
-        return provider.make_credential(backend, secret)
-    return StaticCredential(tuple(provider.auth_headers(secret)) if secret else ())
-
-
-def serves_embeddings(provider: ModuleType) -> bool:
-    return bool(getattr(provider, "EMBEDDINGS", False))

@@ -31,15 +31,16 @@ from .common import (
     REFUSED,
     error_dict,
     function_tools,
-    gateway_error,
     refuse_unsupported,
     requested_max_tokens,
     split_data_url,
 )
+from .stream import ChatStream as BaseChatStream
+from .translator import Translator
 
 SCHEMA = "anthropic"
-CREDENTIAL_HEADERS = frozenset({"x-api-key", "anthropic-version"})
 API_VERSION = "2023-06-01"
+"""The `anthropic-version` this translation is written for; `auth/backend_credentials.py` sends it with the key."""
 
 FIELDS: dict[str, str] = {
     "messages": MAPPED,  # system/developer -> `system`; user/assistant/tool -> alternating turns
@@ -129,10 +130,6 @@ _STATUS_BY_ERROR_TYPE = {
 
 def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return "/v1/messages"
-
-
-def auth_headers(credential: str) -> list[tuple[str, str]]:
-    return [("x-api-key", credential), ("anthropic-version", API_VERSION)]
 
 
 # --- request -------------------------------------------------------------------------------------------------------
@@ -461,23 +458,20 @@ def _finish_reason(stop_reason: str | None) -> str:
 # --- streaming -----------------------------------------------------------------------------------------------------
 
 
-class ChatStream:
+class ChatStream(BaseChatStream):
     """Anthropic SSE events -> OpenAI `chat.completion.chunk` dicts, one event at a time.
 
     `finished` turns true on `message_stop` only; an `error` event ends the stream without finishing it.
     """
 
+    provider = "anthropic"
+    end_marker = "message_stop"
+
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.usage: dict | None = None
-        self.finished = False
-        self._model = model
-        self._created = created
-        self._include_usage = include_usage
-        self._id = ""
+        super().__init__(model, created, include_usage)
         self._raw_usage: dict = {}
         self._tool_index: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool call index
         self._silent_tools: set[int] = set()  # tool blocks that have not streamed any arguments yet
-        self._failed = False
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
         if self.finished or self._failed:
@@ -485,9 +479,9 @@ class ChatStream:
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return self._fail(gateway_error("the anthropic backend sent a malformed stream event"))
+            payload = None
         if not isinstance(payload, dict):
-            return self._fail(gateway_error("the anthropic backend sent a malformed stream event"))
+            return self._malformed()
         match payload.get("type") or event:
             case "message_start":
                 return self._message_start(payload.get("message") or {})
@@ -501,22 +495,11 @@ class ChatStream:
                 return self._message_delta(payload)
             case "message_stop":
                 self.finished = True
-                if self._include_usage and self.usage is not None:
-                    return [{**self._envelope([]), "usage": self.usage}]
-                return []
+                return self._usage_chunks()
             case "error":
                 return self._fail(_error_from_anthropic(payload, None))
             case _:
                 return []  # ping, and event types added after this was written
-
-    def finish(self) -> list[dict]:
-        if self.finished or self._failed:
-            return []
-        return self._fail(gateway_error("the anthropic stream ended before message_stop"))
-
-    def _fail(self, error: dict) -> list[dict]:
-        self._failed = True
-        return [error]
 
     def _message_start(self, message: dict) -> list[dict]:
         self._id = message.get("id") or ""
@@ -572,16 +555,6 @@ class ChatStream:
             self._raw_usage.update((key, value) for key, value in usage.items() if value is not None)
             self.usage = _openai_usage(self._raw_usage)
 
-    def _envelope(self, choices: list[dict]) -> dict:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
-                "choices": choices}
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        chunk = self._envelope([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
-
 
 # --- errors --------------------------------------------------------------------------------------------------------
 
@@ -616,3 +589,12 @@ def _error_from_anthropic(payload: dict, status: int | None) -> dict:
     message = error.get("message") if isinstance(error.get("message"), str) else None
     return error_dict(message or f"the anthropic backend reported {kind or 'an error'}", status_error_type(status),
                       kind)
+
+
+class AnthropicTranslator(Translator):
+    schemas = (SCHEMA,)
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)

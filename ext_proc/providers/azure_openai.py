@@ -17,8 +17,8 @@ request with `stream_options.include_usage`, its `ChatStream`, its error mapping
   chunk clients expect after `include_usage`; its `prompt_filter_results` move onto the first chunk with choices.
 - Errors are OpenAI-shaped already; a content-filter refusal (400, `code: content_filter`, with `innererror`) keeps
   its code and param. The OpenAI error envelope has no room for `innererror`, so its details are not forwarded.
-- Credentials: the static key goes in `api-key`; with `backend.azure.entra` a client-credentials bearer token is
-  used instead, refreshed in the background (`auth/azure.py`).
+- Credentials (built in `auth/azure.py`, not here): the static key goes in `api-key`; with `backend.azure.entra` a
+  client-credentials bearer token is used instead, refreshed in the background.
 """
 
 from __future__ import annotations
@@ -27,16 +27,13 @@ from urllib.parse import quote
 
 import orjson
 
-from ..auth import azure as entra_tokens
-from ..auth.credentials import Credential, StaticCredential, read_secret
 from ..config.models import AzureSettings, Backend
 from ..errors import BadRequest, error_body, status_error_type
 from . import openai
 from .common import MAPPED, OPENAI_CHAT_FIELDS
+from .translator import Translator
 
 SCHEMA = "azure-openai"
-CREDENTIAL_HEADERS = frozenset({"api-key", "authorization"})
-EMBEDDINGS = True
 DEFAULT_API_VERSION = AzureSettings.model_fields["api_version"].default
 
 FIELDS: dict[str, str] = dict.fromkeys(OPENAI_CHAT_FIELDS, MAPPED)
@@ -56,22 +53,6 @@ def embeddings_path(model: str, backend: Backend | None = None) -> str:
     return f"/openai/deployments/{_deployment(model, backend)}/embeddings?api-version={_api_version(backend)}"
 
 
-def auth_headers(credential: str) -> list[tuple[str, str]]:
-    return [("api-key", credential)]
-
-
-def make_credential(backend: Backend, secret: str | None) -> Credential:
-    """An `api-key` for a static secret, or Entra ID bearer tokens when `azure.entra` is configured."""
-    entra = backend.azure.entra if backend.azure is not None else None
-    if entra is None:
-        return StaticCredential(tuple(auth_headers(secret)) if secret else ())
-    client_secret = read_secret(entra.client_secret, f"backend {backend.id!r} azure.entra.client_secret")
-    url = entra_tokens.token_url(entra.authority, entra.tenant_id)
-    client_id = entra.client_id
-    return entra_tokens.EntraCredential(lambda: entra_tokens.fetch_token(url, client_id, client_secret),
-                                        name=backend.id)
-
-
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     """The OpenAI request (model swapped, usage asked for on streams); unknown fields are refused."""
     if not isinstance(body, dict):
@@ -81,9 +62,6 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
             raise BadRequest(f"'{field}' is not a chat completions field the azure-openai translator knows; "
                              "it is refused rather than ignored", param=field)
     return openai.chat_request(body, model, default_max_tokens=default_max_tokens)
-
-
-IDENTITY_RESPONSES = True
 
 
 def chat_response(body: dict, model: str, created: int) -> dict:
@@ -115,25 +93,17 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     return status, orjson.loads(error_body(message, status_error_type(status)))
 
 
-class ChatStream:
+class ChatStream(openai.ChatStream):
     """The OpenAI stream, with Azure's filter-only opening chunk folded into the first chunk that has choices."""
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self._inner = openai.ChatStream(model, created, include_usage)
+        super().__init__(model, created, include_usage)
         self._prompt_filter_results: object = None
-
-    @property
-    def usage(self) -> dict | None:
-        return self._inner.usage
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
         if _FILTER_MARKER in data and self._hold_filter_chunk(data):
             return []
-        chunks = self._inner.feed(event, data)
+        chunks = openai.ChatStream.feed(self, event, data)  # not super(): on 3.11 that builds a proxy per chunk
         if self._prompt_filter_results is not None:
             for chunk in chunks:
                 if chunk.get("choices"):
@@ -141,9 +111,6 @@ class ChatStream:
                     self._prompt_filter_results = None
                     break
         return chunks
-
-    def finish(self) -> list[dict]:
-        return self._inner.finish()
 
     def _hold_filter_chunk(self, data: bytes) -> bool:
         """Keep the results of a chunk that carries nothing but prompt filter results; False for any other chunk."""
@@ -165,3 +132,17 @@ def _deployment(model: str, backend: Backend | None) -> str:
 def _api_version(backend: Backend | None) -> str:
     settings = backend.azure if backend is not None else None
     return quote(settings.api_version if settings is not None else DEFAULT_API_VERSION, safe="")
+
+
+class AzureOpenAITranslator(Translator):
+    schemas = (SCHEMA,)
+    identity_responses = True
+    serves_embeddings = True
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)
+    embeddings_path = staticmethod(embeddings_path)
+    embeddings_request = staticmethod(embeddings_request)
+    embeddings_response = staticmethod(embeddings_response)

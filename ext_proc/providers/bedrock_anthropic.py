@@ -21,16 +21,12 @@ from collections.abc import Mapping
 
 import orjson
 
-from ..auth import aws
-from ..auth.credentials import Credential
-from ..config.models import Backend
 from ..errors import BadRequest
 from . import anthropic
 from .bedrock_converse import aws_error_response, aws_stream_error, model_path_segment
+from .translator import Translator
 
 SCHEMA = "bedrock-anthropic"
-CREDENTIAL_HEADERS = aws.CREDENTIAL_HEADERS
-STREAM_FORMAT = "eventstream"
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
 FIELDS: dict[str, str] = dict(anthropic.FIELDS)
@@ -41,10 +37,6 @@ usage_of = anthropic.usage_of
 
 def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return f"/model/{model_path_segment(model)}/{'invoke-with-response-stream' if stream else 'invoke'}"
-
-
-def make_credential(backend: Backend, secret: str | None) -> Credential:
-    return aws.make_credential(backend, secret)
 
 
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
@@ -75,28 +67,15 @@ def chat_response(body: dict, model: str, created: int) -> dict:
     return anthropic.chat_response(body, model, created)
 
 
-class ChatStream:
+class ChatStream(anthropic.ChatStream):
     """InvokeModelWithResponseStream events -> OpenAI chunks: each `chunk` event's bytes are one Anthropic stream
-    event, translated by `anthropic.ChatStream`; an exception message ends the stream without finishing it."""
-
-    def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self._inner = anthropic.ChatStream(model, created, include_usage)
-        self._failed = False
-
-    @property
-    def usage(self) -> dict | None:
-        return self._inner.usage
-
-    @property
-    def finished(self) -> bool:
-        return self._inner.finished
+    event, translated as `anthropic.ChatStream` does; an exception message ends the stream without finishing it."""
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
-        if self._failed or self._inner.finished:
+        if self.finished or self._failed:
             return []
         if event and event.startswith("exception:"):
-            self._failed = True
-            return [aws_stream_error(event.partition(":")[2], data)]
+            return self._fail(aws_stream_error(event.partition(":")[2], data))
         if event != "chunk":
             return []  # event types added after this was written
         try:
@@ -104,11 +83,17 @@ class ChatStream:
             inner_event = base64.b64decode(encoded, validate=True)
         except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error):
             inner_event = b""  # anthropic.ChatStream reports a malformed event
-        return self._inner.feed(None, inner_event)
-
-    def finish(self) -> list[dict]:
-        return [] if self._failed else self._inner.finish()
+        return anthropic.ChatStream.feed(self, None, inner_event)  # not super(): on 3.11 that builds a proxy per chunk
 
 
 def error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
     return aws_error_response(status, body, headers)
+
+
+class BedrockAnthropicTranslator(Translator):
+    schemas = (SCHEMA,)
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)

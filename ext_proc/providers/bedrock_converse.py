@@ -42,9 +42,6 @@ from urllib.parse import quote
 
 import orjson
 
-from ..auth import aws
-from ..auth.credentials import Credential
-from ..config.models import Backend
 from ..errors import BadRequest, status_error_type
 from . import bedrock_embeddings
 from .common import (
@@ -52,16 +49,14 @@ from .common import (
     MAPPED,
     REFUSED,
     error_dict,
-    gateway_error,
     refuse_unsupported,
     requested_max_tokens,
     split_data_url,
 )
+from .stream import ChatStream as BaseChatStream
+from .translator import Translator
 
 SCHEMA = "bedrock-converse"
-CREDENTIAL_HEADERS = aws.CREDENTIAL_HEADERS
-STREAM_FORMAT = "eventstream"
-EMBEDDINGS = True
 
 JSON_TOOL = "babelgate_json_object"
 """The tool forced for `response_format: json_object`; its arguments are the JSON answer."""
@@ -178,10 +173,6 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 def model_path_segment(model: str) -> str:
     """The model id as botocore puts it in the path: every reserved character (`:` and `/` too) percent-encoded."""
     return quote(model, safe="")
-
-
-def make_credential(backend: Backend, secret: str | None) -> Credential:
-    return aws.make_credential(backend, secret)
 
 
 embeddings_path = bedrock_embeddings.embeddings_path
@@ -715,7 +706,7 @@ def _completion_id() -> str:
 # --- streaming -----------------------------------------------------------------------------------------------------
 
 
-class ChatStream:
+class ChatStream(BaseChatStream):
     """ConverseStream events (event-stream `:event-type` + JSON payload) -> OpenAI `chat.completion.chunk` dicts.
 
     Bedrock sends `messageStop` (the stop reason) and then `metadata` (usage): the finish chunk goes out at
@@ -724,19 +715,17 @@ class ChatStream:
     it without finishing it.
     """
 
+    provider = "bedrock"
+    end_marker = "messageStop"
+
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.usage: dict | None = None
-        self.finished = False
-        self._model = model
-        self._created = created
-        self._include_usage = include_usage
+        super().__init__(model, created, include_usage)
         self._id = _completion_id()
         self._tool_index: dict[int, int] = {}  # Converse content block index -> OpenAI tool call index
         self._json_blocks: set[int] = set()  # blocks of the forced JSON_TOOL: their input is the answer text
         self._silent: set[int] = set()  # tool blocks that have not streamed any input yet
         self._stopped = False
         self._metadata = False
-        self._failed = False
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
         if self.finished or self._failed:
@@ -748,7 +737,7 @@ class ChatStream:
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
-            return self._fail(gateway_error("the bedrock backend sent a malformed stream event"))
+            return self._malformed()
         match event:
             case "messageStart":
                 return [self._chunk({"role": "assistant", "content": ""})]
@@ -768,17 +757,8 @@ class ChatStream:
             case _:
                 return []  # event types added after this was written
 
-    def finish(self) -> list[dict]:
-        if self.finished or self._failed:
-            return []
-        if self._stopped:
-            self.finished = True  # metadata (usage) missing: the answer itself is complete
-            return []
-        return self._fail(gateway_error("the bedrock stream ended before messageStop"))
-
-    def _fail(self, error: dict) -> list[dict]:
-        self._failed = True
-        return [error]
+    def _last_chunks(self) -> list[dict] | None:
+        return [] if self._stopped else None  # metadata (usage) missing: the answer itself is complete
 
     def _block_start(self, index: int, start: dict) -> list[dict]:
         use = start.get("toolUse")
@@ -831,19 +811,7 @@ class ChatStream:
 
     def _end(self) -> list[dict]:
         self.finished = True
-        if self._include_usage and self.usage is not None:
-            return [{**self._envelope([]), "usage": self.usage}]
-        return []
-
-    def _envelope(self, choices: list[dict]) -> dict:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
-                "choices": choices}
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        chunk = self._envelope([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
+        return self._usage_chunks()
 
 
 # --- errors (shared with bedrock_anthropic) -------------------------------------------------------------------------
@@ -896,3 +864,16 @@ def _exception_name(value: object) -> str | None:
         return None
     name = value.partition(":")[0].rpartition("#")[2].strip()
     return name[:1].upper() + name[1:] if name else None
+
+
+class BedrockConverseTranslator(Translator):
+    schemas = (SCHEMA,)
+    serves_embeddings = True
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)
+    embeddings_path = staticmethod(embeddings_path)
+    embeddings_request = staticmethod(embeddings_request)
+    embeddings_response = staticmethod(embeddings_response)

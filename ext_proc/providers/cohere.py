@@ -38,14 +38,13 @@ from .common import (
     REFUSED,
     error_dict,
     function_tools,
-    gateway_error,
     refuse_unsupported,
     requested_max_tokens,
 )
+from .stream import ChatStream as BaseChatStream
+from .translator import Translator
 
 SCHEMA = "cohere"
-CREDENTIAL_HEADERS = frozenset({"authorization"})
-EMBEDDINGS = True
 
 FIELDS: dict[str, str] = {
     "messages": MAPPED,  # system/developer -> one leading system message; user/assistant/tool as Cohere messages
@@ -129,10 +128,6 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 
 def embeddings_path(model: str, backend: object = None) -> str:
     return "/v2/embed"
-
-
-def auth_headers(credential: str) -> list[tuple[str, str]]:
-    return [("authorization", "Bearer " + credential)]
 
 
 # --- request -------------------------------------------------------------------------------------------------------
@@ -471,22 +466,19 @@ def _finish_reason(reason: object) -> str:
 # --- streaming -----------------------------------------------------------------------------------------------------
 
 
-class ChatStream:
+class ChatStream(BaseChatStream):
     """Cohere v2 stream events -> OpenAI `chat.completion.chunk` dicts, one event at a time.
 
     `finished` turns true on `message-end`; a `message-end` with an `error` ends the stream without finishing it.
     """
 
+    provider = "cohere"
+    end_marker = "message-end"
+
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.usage: dict | None = None
-        self.finished = False
-        self._model = model
-        self._created = created
-        self._include_usage = include_usage
-        self._id = ""
+        super().__init__(model, created, include_usage)
         self._tool_index: dict[int, int] = {}  # Cohere tool call index -> OpenAI tool call index
         self._silent_tools: set[int] = set()  # tool calls that have not streamed any arguments yet
-        self._failed = False
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
         if self.finished or self._failed or data.strip() == b"[DONE]":
@@ -496,7 +488,7 @@ class ChatStream:
         except orjson.JSONDecodeError:
             payload = None
         if not isinstance(payload, dict):
-            return self._fail(gateway_error("the cohere backend sent a malformed stream event"))
+            return self._malformed()
         delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
         message = delta.get("message") if isinstance(delta.get("message"), dict) else {}
         index = payload.get("index") if isinstance(payload.get("index"), int) else 0
@@ -519,15 +511,6 @@ class ChatStream:
                 return self._message_end(delta)
             case _:
                 return []  # content-end, citation-start/-end, debug, and event types added after this was written
-
-    def finish(self) -> list[dict]:
-        if self.finished or self._failed:
-            return []
-        return self._fail(gateway_error("the cohere stream ended before message-end"))
-
-    def _fail(self, error: dict) -> list[dict]:
-        self._failed = True
-        return [error]
 
     def _content(self, content: object) -> list[dict]:
         if not isinstance(content, dict):
@@ -572,20 +555,7 @@ class ChatStream:
         if isinstance(error, str) and error:
             return self._fail(error_dict(error, UpstreamError.type, str(delta.get("finish_reason") or "ERROR")))
         self.finished = True
-        chunks = [self._chunk({}, _finish_reason(delta.get("finish_reason")))]
-        if self._include_usage and self.usage is not None:
-            chunks.append({**self._envelope([]), "usage": self.usage})
-        return chunks
-
-    def _envelope(self, choices: list[dict]) -> dict:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
-                "choices": choices}
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        chunk = self._envelope([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
+        return [self._chunk({}, _finish_reason(delta.get("finish_reason"))), *self._usage_chunks()]
 
 
 # --- embeddings ----------------------------------------------------------------------------------------------------
@@ -655,3 +625,16 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     if not isinstance(message, str) or not message:
         message = f"the cohere backend answered HTTP {status} with a body that is not a Cohere error"
     return client_status, error_dict(message, status_error_type(client_status), None)
+
+
+class CohereTranslator(Translator):
+    schemas = (SCHEMA,)
+    serves_embeddings = True
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)
+    embeddings_path = staticmethod(embeddings_path)
+    embeddings_request = staticmethod(embeddings_request)
+    embeddings_response = staticmethod(embeddings_response)

@@ -57,8 +57,6 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from ..auth import gcp
-from ..auth.credentials import Credential
 from ..config.models import Backend
 from ..errors import BadRequest, status_error_type
 from .common import (
@@ -67,16 +65,14 @@ from .common import (
     REFUSED,
     error_dict,
     function_tools,
-    gateway_error,
     refuse_unsupported,
     requested_max_tokens,
     split_data_url,
 )
+from .stream import ChatStream as BaseChatStream
+from .translator import Translator
 
 SCHEMAS = ("gemini", "vertex-gemini")
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-goog-api-key"})
-STREAM_FORMAT = "sse"
-EMBEDDINGS = True
 AI_STUDIO_VERSION = "v1beta"
 VERTEX_VERSION = "v1"
 
@@ -209,10 +205,6 @@ def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
 
 def embeddings_path(model: str, backend: Backend | None = None) -> str:
     return f"{_model_path(model, backend)}:{'predict' if _is_vertex(backend) else 'batchEmbedContents'}"
-
-
-def make_credential(backend: Backend, secret: str | None) -> Credential:
-    return gcp.make_credential(backend, secret)
 
 
 def _is_vertex(backend: Backend | None) -> bool:
@@ -811,7 +803,7 @@ def _openai_usage(usage: dict) -> dict:
 # --- streaming -----------------------------------------------------------------------------------------------------
 
 
-class ChatStream:
+class ChatStream(BaseChatStream):
     """Gemini SSE events (each a partial GenerateContentResponse) -> OpenAI `chat.completion.chunk` dicts.
 
     Function calls arrive whole and are sent as one tool call delta each (id, name and all arguments). The stream has
@@ -819,17 +811,14 @@ class ChatStream:
     chunk; an `error` event ends the stream without finishing it.
     """
 
+    provider = "gemini"
+    end_marker = "its last candidate finished"
+
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.usage: dict | None = None
-        self.finished = False
-        self._model = model
-        self._created = created
-        self._include_usage = include_usage
-        self._id = ""
+        super().__init__(model, created, include_usage)
         self._raw_usage: dict = {}
         self._calls: dict[int, int] = {}  # candidate index -> tool calls sent so far
         self._open: set[int] = set()  # candidates that started and have not finished
-        self._failed = False
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
         if self.finished or self._failed:
@@ -841,7 +830,7 @@ class ChatStream:
         if isinstance(payload, list) and len(payload) == 1:
             payload = payload[0]  # Vertex wraps some errors in an array
         if not isinstance(payload, dict):
-            return self._fail(gateway_error("the gemini backend sent a malformed stream event"))
+            return self._malformed()
         if isinstance(payload.get("error"), dict):
             return self._fail(_error_from_google(payload["error"], None))
         self._id = self._id or payload.get("responseId") or ""
@@ -852,57 +841,36 @@ class ChatStream:
         chunks: list[dict] = []
         candidates = payload.get("candidates") or []
         if not candidates and (payload.get("promptFeedback") or {}).get("blockReason") and not self._calls:
-            chunks.append(self._chunk(0, {"role": "assistant", "content": ""}))
-            chunks.append(self._chunk(0, {}, "content_filter"))
+            chunks.append(self._chunk({"role": "assistant", "content": ""}))
+            chunks.append(self._chunk({}, "content_filter"))
             self._calls[0] = 0
         for position, candidate in enumerate(candidates):
             chunks.extend(self._candidate(candidate.get("index", position), candidate))
         return chunks
 
-    def finish(self) -> list[dict]:
-        if self.finished or self._failed:
-            return []
-        if not self._calls or self._open:
-            return self._fail(gateway_error("the gemini stream ended before its last candidate finished"))
-        self.finished = True
-        if self._include_usage and self.usage is not None:
-            return [{**self._envelope([]), "usage": self.usage}]
-        return []
+    def _last_chunks(self) -> list[dict] | None:
+        return self._usage_chunks() if self._calls and not self._open else None
 
     def _candidate(self, index: int, candidate: dict) -> list[dict]:
         chunks = []
         if index not in self._calls:
             self._calls[index] = 0
             self._open.add(index)
-            chunks.append(self._chunk(index, {"role": "assistant", "content": ""}))
+            chunks.append(self._chunk({"role": "assistant", "content": ""}, None, index))
         first = self._calls[index]
         text, reasoning, calls = _candidate_parts(candidate, self._id, index, first)
         if "".join(reasoning):
-            chunks.append(self._chunk(index, {"reasoning_content": "".join(reasoning)}))
+            chunks.append(self._chunk({"reasoning_content": "".join(reasoning)}, None, index))
         if "".join(text):
-            chunks.append(self._chunk(index, {"content": "".join(text)}))
+            chunks.append(self._chunk({"content": "".join(text)}, None, index))
         for offset, call in enumerate(calls):
-            chunks.append(self._chunk(index, {"tool_calls": [{"index": first + offset, **call}]}))
+            chunks.append(self._chunk({"tool_calls": [{"index": first + offset, **call}]}, None, index))
         self._calls[index] = first + len(calls)
         reason = candidate.get("finishReason")
         if reason and index in self._open:
             self._open.discard(index)
-            chunks.append(self._chunk(index, {}, _finish_reason(reason, self._calls[index] > 0)))
+            chunks.append(self._chunk({}, _finish_reason(reason, self._calls[index] > 0), index))
         return chunks
-
-    def _fail(self, error: dict) -> list[dict]:
-        self._failed = True
-        return [error]
-
-    def _envelope(self, choices: list[dict]) -> dict:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
-                "choices": choices}
-
-    def _chunk(self, index: int, delta: dict, finish_reason: str | None = None) -> dict:
-        chunk = self._envelope([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
-        if self._include_usage:
-            chunk["usage"] = None
-        return chunk
 
 
 # --- errors --------------------------------------------------------------------------------------------------------
@@ -1005,3 +973,16 @@ def embeddings_response(body: dict, model: str) -> dict:
     data = [{"object": "embedding", "index": index, "embedding": list(vector.get("values") or ())}
             for index, vector in enumerate(vectors)]
     return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class GeminiTranslator(Translator):
+    schemas = SCHEMAS
+    serves_embeddings = True
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)
+    embeddings_path = staticmethod(embeddings_path)
+    embeddings_request = staticmethod(embeddings_request)
+    embeddings_response = staticmethod(embeddings_response)

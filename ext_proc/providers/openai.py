@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import orjson
 
-from ..errors import UpstreamError, error_body, status_error_type
+from ..errors import error_body, status_error_type
+from .stream import ChatStream as BaseChatStream
+from .translator import Translator
 
 SCHEMA = "openai"
 
 _DONE = b"[DONE]"
 
 
-CREDENTIAL_HEADERS = frozenset({"authorization"})
-EMBEDDINGS = True
-
-
 def chat_path(model: str, stream: bool, backend: object = None) -> str:
     """The backend's base URL carries the `/v1` (as with the OpenAI SDK's `base_url`)."""
     return "/chat/completions"
-
-
-def auth_headers(credential: str) -> list[tuple[str, str]]:
-    return [("authorization", "Bearer " + credential)]
 
 
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
@@ -61,9 +55,6 @@ def _without_cache_control(item: object) -> object:
     return cleaned
 
 
-IDENTITY_RESPONSES = True
-
-
 def chat_response(body: dict, model: str, created: int) -> dict:
     return body
 
@@ -85,19 +76,19 @@ def usage_of(response: dict) -> dict | None:
     return usage if isinstance(usage, dict) else None
 
 
-class ChatStream:
+class ChatStream(BaseChatStream):
     """Passes chunks through, recording usage; `finished` turns true on `data: [DONE]`.
 
     A backend that ends the stream after a `finish_reason` but without `[DONE]` has still said everything, so `finish`
     accepts that too; a stream cut before any `finish_reason` is reported as an error.
     """
 
+    provider = "openai"
+    end_marker = "its last chunk"
+
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.usage: dict | None = None
-        self.finished = False
-        self._include_usage = include_usage
+        super().__init__(model, created, include_usage)
         self._saw_finish_reason = False
-        self._failed = False
 
     def feed(self, event: str | None, data: bytes) -> list[dict]:
         if self.finished or self._failed:
@@ -110,8 +101,7 @@ class ChatStream:
         except orjson.JSONDecodeError:
             chunk = None
         if not isinstance(chunk, dict):
-            return self._fail(_error("the openai backend sent a malformed stream event", UpstreamError.type,
-                                     UpstreamError.code))
+            return self._malformed()
         if "error" in chunk:
             return self._fail(_openai_error(chunk, 500))
         usage = chunk.get("usage")
@@ -127,18 +117,8 @@ class ChatStream:
         chunk.pop("usage", None)
         return [chunk]
 
-    def finish(self) -> list[dict]:
-        if self.finished or self._failed:
-            return []
-        if self._saw_finish_reason:
-            self.finished = True
-            return []
-        return self._fail(_error("the openai stream ended before its last chunk", UpstreamError.type,
-                                 UpstreamError.code))
-
-    def _fail(self, error: dict) -> list[dict]:
-        self._failed = True
-        return [error]
+    def _last_chunks(self) -> list[dict] | None:
+        return [] if self._saw_finish_reason else None
 
 
 def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
@@ -170,3 +150,17 @@ def _openai_error(payload: object, status: int) -> dict:
 
 def _error(message: str, type_: str, code: str | int | None, param: str | None = None) -> dict:
     return orjson.loads(error_body(message, type_, code, param))
+
+
+class OpenAITranslator(Translator):
+    schemas = (SCHEMA,)
+    identity_responses = True
+    serves_embeddings = True
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)
+    embeddings_path = staticmethod(embeddings_path)
+    embeddings_request = staticmethod(embeddings_request)
+    embeddings_response = staticmethod(embeddings_response)

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from ..auth import gcp
-from ..auth.credentials import Credential
 from ..config.models import Backend
 from . import anthropic, gemini
 from .anthropic import DROPPED, FIELDS, MAPPED, REFUSED, ChatStream, chat_response, usage_of
+from .translator import Translator
 
 SCHEMA = "vertex-anthropic"
-CREDENTIAL_HEADERS = frozenset({"authorization"})
-STREAM_FORMAT = "sse"
 API_VERSION = "vertex-2023-10-16"
 VERTEX_VERSION = "v1"
 
-__all__ = ["API_VERSION", "CREDENTIAL_HEADERS", "DROPPED", "FIELDS", "MAPPED", "REFUSED", "SCHEMA", "STREAM_FORMAT",
-           "ChatStream", "chat_path", "chat_request", "chat_response", "error_response", "make_credential",
-           "usage_of"]
+__all__ = ["API_VERSION", "DROPPED", "FIELDS", "MAPPED", "REFUSED", "SCHEMA", "ChatStream", "VertexAnthropicTranslator",
+           "chat_path", "chat_request", "chat_response", "error_response", "usage_of"]
 
 
 def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
@@ -34,10 +30,6 @@ def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
     return (f"/{VERTEX_VERSION}/projects/{quote(backend.gcp.project or '', safe='')}/locations/"
             f"{quote(backend.gcp.location or '', safe='')}/publishers/anthropic/models/{quote(model, safe='@')}"
             f":{'streamRawPredict' if stream else 'rawPredict'}")
-
-
-def make_credential(backend: Backend, secret: str | None) -> Credential:
-    return gcp.make_credential(backend, secret)
 
 
 def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
@@ -51,3 +43,12 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     """Google's front-end errors (auth, quota, routing) in Google's shape; the model's own errors in Anthropic's."""
     google = gemini.error_from_google_body(status, body)
     return google if google is not None else anthropic.error_response(status, body)
+
+
+class VertexAnthropicTranslator(Translator):
+    schemas = (SCHEMA,)
+    chat_path = staticmethod(chat_path)
+    chat_request = staticmethod(chat_request)
+    chat_response = staticmethod(chat_response)
+    chat_stream = staticmethod(ChatStream)
+    error_response = staticmethod(error_response)

@@ -9,9 +9,9 @@ import hashlib
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import ModuleType
 
 from .. import providers
+from ..auth.backend_credentials import credential_for
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.virtual_keys import KeyInfo
 from ..config.chains import route_chain_sets
@@ -21,6 +21,7 @@ from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
 from ..providers import presets
+from ..providers.translator import Translator
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
 from ..routing.rules import CompiledRule
@@ -31,7 +32,7 @@ from ..telemetry.hub import Telemetry
 class BackendInfo:
     id: str
     schema: str
-    provider: ModuleType
+    translator: Translator
     authority: str
     origin: str
     """scheme://authority, for URLs that credentials sign."""
@@ -43,7 +44,7 @@ class BackendInfo:
 
     def chat_request(self, body: dict, model: str, default_max_tokens: int) -> dict:
         """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...)."""
-        upstream = self.provider.chat_request(body, model, default_max_tokens=default_max_tokens)
+        upstream = self.translator.chat_request(body, model, default_max_tokens=default_max_tokens)
         if self.settings.preset is not None:
             upstream = presets.adapt_request(self.settings.preset, upstream, model)
         for name in self.settings.drop_fields:
@@ -151,7 +152,6 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
         check_environment(config)
     backends: dict[str, BackendInfo] = {}
     for index, backend in enumerate(config.backends):
-        provider = providers.for_schema(backend.schema_)
         credential: Credential = StaticCredential()
         digest = ""
         if load_secrets:
@@ -162,11 +162,11 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
             if old is not None and old.settings == backend and old.secret_digest == digest:
                 credential = old.credential
             else:
-                credential = providers.credential_for(provider, backend, secret)
+                credential = credential_for(backend, secret)
         backends[backend.id] = BackendInfo(
-            id=backend.id, schema=backend.schema_, provider=provider, authority=backend.authority,
-            origin=f"{backend.scheme}://{backend.authority}", base_path=backend.base_path, credential=credential,
-            settings=backend, secret_digest=digest)
+            id=backend.id, schema=backend.schema_, translator=providers.for_schema(backend.schema_),
+            authority=backend.authority, origin=f"{backend.scheme}://{backend.authority}", base_path=backend.base_path,
+            credential=credential, settings=backend, secret_digest=digest)
     if previous is not None:
         health = previous.health
         telemetry = telemetry or previous.telemetry
@@ -265,7 +265,7 @@ def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendIn
         prices=prices, sticky_header=route.sticky_header, exploration=route.exploration,
         rules=tuple(CompiledRule.of(rule, route.policy) for rule in route.rules),
         chains=choices, by_first=by_first, attempts=attempts, translations=tuple(kinds.values()),
-        embeddings=all(providers.serves_embeddings(backends[b].provider) for b in ids),
+        embeddings=all(backends[b].translator.serves_embeddings for b in ids),
         wildcard=route.is_wildcard, log_content=route.log_content,
         guardrails=tuple(Guardrail.of(g) for g in route.guardrails), max_prompt_chars=route.max_prompt_chars,
         max_messages=route.max_messages)

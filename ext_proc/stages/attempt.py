@@ -19,12 +19,14 @@ from collections.abc import Callable
 
 import orjson
 
-from .. import constants, providers
+from .. import constants
+from ..auth.backend_credentials import CREDENTIAL_HEADERS
 from ..client_formats import anthropic_messages
 from ..errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout, anthropic_error_from_openai
 from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, usage_from_openai
+from ..providers.stream import ChatStream
 from ..runtime.build import BackendInfo, Runtime, find_route
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
 from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
@@ -65,7 +67,7 @@ HEADERS_ONLY_MODE = ProcessingMode(
 """A direct route's answer that already is the client's format and settles nothing: its body skips Python."""
 
 # Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows this
-# stage the previous attempt's headers, so every credential header any provider module sets is listed here too.
+# stage the previous attempt's headers, so every header a backend credential sets is listed here too.
 _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anthropic-version", "anthropic-beta",
                                   "openai-organization", "openai-project", "accept-encoding", "cookie",
                                   # hop-by-hop: they describe the client's connection, not the provider's
@@ -73,7 +75,7 @@ _CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anth
                                   "proxy-connection", "te", "trailer", "upgrade",
                                   # who the client is stays with the gateway (X-Forwarded-* go by their prefix)
                                   "forwarded", "x-real-ip"}
-                                 ) | providers.CREDENTIAL_HEADERS
+                                 ) | CREDENTIAL_HEADERS
 _NEVER_FORWARDED_PREFIXES = (constants.CLIENT_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX, "x-forwarded-")
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _GUARD_WINDOW = 512
@@ -175,7 +177,7 @@ class AttemptStage:
         self._status = 0
         self._created = 0
         self._decoder: SSEDecoder | None = None
-        self._stream: object | None = None
+        self._stream: ChatStream | None = None
         self._reservation: str | None = None
         self._prompt_estimate = 0
         self._streamed_chars = 0
@@ -317,17 +319,17 @@ class AttemptStage:
         backend = self._backend
         assert backend is not None
         body = parsed if parsed is not None else orjson.loads(message.body)
-        provider = backend.provider
+        translator = backend.translator
         if self._endpoint is Endpoint.MESSAGES:
             body = anthropic_messages.to_openai(body)
         if self._endpoint is not Endpoint.EMBEDDINGS:
             self._streaming = body.get("stream") is True
             upstream = backend.chat_request(body, self._model, self._runtime.default_max_tokens)
-            path = backend.base_path + provider.chat_path(self._model, self._streaming, backend.settings)
-        elif providers.serves_embeddings(provider):
-            upstream = provider.embeddings_request(body, self._model, backend.settings)
+            path = backend.base_path + translator.chat_path(self._model, self._streaming, backend.settings)
+        elif translator.serves_embeddings:
+            upstream = translator.embeddings_request(body, self._model, backend.settings)
             self._base64_embeddings = body.get("encoding_format") == "base64"
-            path = backend.base_path + provider.embeddings_path(self._model, backend.settings)
+            path = backend.base_path + translator.embeddings_path(self._model, backend.settings)
         else:
             raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
                              code="unsupported_endpoint")
@@ -339,7 +341,7 @@ class AttemptStage:
                                  and not self._guardrails
                                  and not self._streaming
                                  and not self._base64_embeddings and self._endpoint is not Endpoint.MESSAGES
-                                 and getattr(provider, "IDENTITY_RESPONSES", False))
+                                 and translator.identity_responses)
         if self._streaming:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -348,7 +350,7 @@ class AttemptStage:
                 # Anthropic clients always get usage (in message_delta), so the translator must report it.
                 include_usage = True
                 self._client_stream = anthropic_messages.MessagesStream(self._model)
-            self._stream = provider.ChatStream(self._model, self._created, include_usage)
+            self._stream = translator.chat_stream(self._model, self._created, include_usage)
         encoded = orjson.dumps(upstream)
         self._sent_at = time.monotonic()
         return messages.request_body_reply(
@@ -439,7 +441,7 @@ class AttemptStage:
         backend = self._backend
         assert backend is not None
         if not 200 <= self._status < 300:
-            status, error = backend.provider.error_response(self._status, message.body, self._response_headers)
+            status, error = backend.translator.error_response(self._status, message.body, self._response_headers)
             error = without_secrets(error, backend)
             if self._endpoint is Endpoint.MESSAGES:
                 error = anthropic_error_from_openai(status, error)
@@ -447,11 +449,11 @@ class AttemptStage:
         try:
             answer = orjson.loads(message.body)
             if self._endpoint is Endpoint.EMBEDDINGS:
-                translated = backend.provider.embeddings_response(answer, self._model)
+                translated = backend.translator.embeddings_response(answer, self._model)
                 if self._base64_embeddings:
                     encode_embeddings_base64(translated)
             else:
-                translated = backend.provider.chat_response(answer, self._model, int(time.time()))
+                translated = backend.translator.chat_response(answer, self._model, int(time.time()))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             # Not JSON is the provider's doing; anything else is a translator that met an answer it didn't expect,
             # a bug to see in the log with its traceback and the request it happened to.
@@ -462,9 +464,9 @@ class AttemptStage:
                 log.exception("the %s translator failed on backend %r's answer to request %s", backend.schema,
                               backend.id, self._request_id or "-")
             # The response is already on its way: rewrite it rather than answering anew.
-            error = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
-                                  f"{type(exc).__name__}.")
-            return _json_reply(orjson.loads(error.body(self.error_style)), error.status)
+            unreadable = UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
+                                       f"{type(exc).__name__}.")
+            return _json_reply(orjson.loads(unreadable.body(self.error_style)), unreadable.status)
         if self._guardrails:
             try:
                 apply_guardrails(self._guardrails, translated, phase="response", route=self._guarded)
@@ -490,9 +492,9 @@ class AttemptStage:
             if message.end_of_stream:
                 events.extend(decoder.finish())
             for event in events:
-                out.extend(self._encode(chunk) for chunk in stream.feed(event.event, event.data))  # type: ignore[attr-defined]
+                out.extend(self._encode(chunk) for chunk in stream.feed(event.event, event.data))
             if message.end_of_stream:
-                out.extend(self._encode(chunk) for chunk in stream.finish())  # type: ignore[attr-defined]
+                out.extend(self._encode(chunk) for chunk in stream.finish())
         except (SSEError, EventStreamError) as exc:
             out.append(self._encode_error(UpstreamError(str(exc))))
         if message.end_of_stream:
@@ -608,8 +610,8 @@ class AttemptStage:
     def _final_usage(self) -> Usage:
         """Real usage when the provider reported it; otherwise the prompt estimate and the streamed text."""
         if self._stream is not None:
-            self._raw_usage = self._stream.usage or self._raw_usage  # type: ignore[attr-defined]
-            self.usage = usage_from_openai(self._stream.usage) or self.usage  # type: ignore[attr-defined]
+            self._raw_usage = self._stream.usage or self._raw_usage
+            self.usage = usage_from_openai(self._stream.usage) or self.usage
         counted = math.ceil(self._streamed_chars / self._runtime.chars_per_token)
         usage = self.usage
         if usage is None:

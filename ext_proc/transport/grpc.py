@@ -243,7 +243,7 @@ def unary_with_metadata(method: Callable[[bytes, dict[str, str]], Awaitable[byte
             self._call = call
             self._metadata = metadata
             self._request = b""
-            self._task: asyncio.Task | None = None
+            self._task: asyncio.Task[None] | None = None
 
         def on_message(self, message: bytes) -> None:
             self._request = message

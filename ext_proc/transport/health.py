@@ -83,4 +83,4 @@ class _Watch:
 
 
 def _reply(status: int) -> bytes:
-    return HealthCheckResponse(status=status).SerializeToString()  # type: ignore[arg-type]
+    return HealthCheckResponse(status=status).SerializeToString()

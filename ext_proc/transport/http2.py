@@ -48,7 +48,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Protocol, cast
 
 import hpack
 
@@ -661,7 +661,8 @@ class Http2Connection(asyncio.Protocol):
     def _decode(self, block: bytes) -> list[tuple[str, str]] | None:
         """The header list; None when it is over MAX_HEADER_LIST_SIZE (decoded all the same, for the HPACK table)."""
         try:
-            headers = self._decoder.decode(block)
+            # hpack declares an Iterable; decode builds a list
+            headers = cast("list[tuple[str, str]]", self._decoder.decode(block))
         except hpack.OversizedHeaderListError:
             raise ConnectionError_(ENHANCE_YOUR_CALM, f"header list over {self._max_block} bytes") from None
         except hpack.HPACKError as exc:
@@ -672,7 +673,7 @@ class Http2Connection(asyncio.Protocol):
         if 2 * len(block) + MAX_HPACK_ENTRY * count > self._max_header_list and \
                 sum([len(name) + len(value) for name, value in headers]) + 32 * count > self._max_header_list:
             return None
-        return headers  # type: ignore[return-value]
+        return headers
 
     def _trailers(self, stream: _Stream, flags: int, error: int) -> None:
         if stream.remote_closed:

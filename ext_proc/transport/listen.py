@@ -46,7 +46,8 @@ def peer_uid(sock: socket.socket) -> int | None:
         credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
     except (OSError, AttributeError):
         return None
-    return _CREDENTIALS.unpack(credentials)[1]
+    uid: int = _CREDENTIALS.unpack(credentials)[1]
+    return uid
 
 
 def _remove_stale_socket(path: str) -> None:

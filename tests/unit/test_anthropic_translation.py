@@ -213,8 +213,7 @@ def test_request_translation_does_not_modify_the_client_body() -> None:
 def test_wire_constants() -> None:
     assert anthropic.SCHEMA == "anthropic"
     assert anthropic.chat_path(MODEL, True) == anthropic.chat_path(MODEL, False) == "/v1/messages"
-    assert anthropic.auth_headers("sk-ant-test") == [("x-api-key", "sk-ant-test"),
-                                                     ("anthropic-version", "2023-06-01")]
+    assert anthropic.API_VERSION == "2023-06-01"
 
 
 # --- responses -----------------------------------------------------------------------------------------------------

@@ -24,10 +24,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from ext_proc.auth import aws
+from ext_proc.auth.backend_credentials import credential_for
 from ext_proc.auth.credentials import CredentialError, StaticCredential
 from ext_proc.config.models import Backend
 from ext_proc.errors import Unavailable
-from ext_proc.providers import bedrock_anthropic, bedrock_converse
 
 from ..eventually import eventually
 
@@ -56,9 +56,8 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-def _backend(**aws_settings: object) -> Backend:
-    return Backend.model_validate({"id": "bedrock-eu", "schema": "bedrock-converse",
-                                   "aws": {"region": REGION, **aws_settings}})
+def _backend(schema: str = "bedrock-converse", **aws_settings: object) -> Backend:
+    return Backend.model_validate({"id": "bedrock-eu", "schema": schema, "aws": {"region": REGION, **aws_settings}})
 
 
 def _credential(**aws_settings: object) -> aws.SigV4Credential:
@@ -144,8 +143,8 @@ def test_signature_covers_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_api_key_becomes_a_bearer_token_in_both_schemas() -> None:
-    for module in (bedrock_converse, bedrock_anthropic):
-        credential = module.make_credential(_backend(), "bedrock-api-key-ABSKexample")
+    for schema in ("bedrock-converse", "bedrock-anthropic"):
+        credential = credential_for(_backend(schema), "bedrock-api-key-ABSKexample")
         assert isinstance(credential, StaticCredential)
         assert credential.headers("POST", URL, BODY) == [("authorization", "Bearer bedrock-api-key-ABSKexample")]
 
@@ -153,8 +152,8 @@ def test_api_key_becomes_a_bearer_token_in_both_schemas() -> None:
 def test_both_schemas_sign_with_sigv4_without_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    for module in (bedrock_converse, bedrock_anthropic):
-        credential = module.make_credential(_backend(), None)
+    for schema in ("bedrock-converse", "bedrock-anthropic"):
+        credential = credential_for(_backend(schema), None)
         assert _key_of(_signed(credential)) == "AKIAENVKEY"
         assert credential.method == "env"
 

@@ -258,7 +258,7 @@ def test_cohere_demo_checks_requests_like_cohere(body: dict) -> None:
 
 
 def _cohere_post(demo: DemoProvider, path: str, request: dict) -> httpx.Response:
-    return httpx.post(demo.url + path, headers=dict(cohere.auth_headers(KEY)), content=orjson.dumps(request),
+    return httpx.post(demo.url + path, headers={"authorization": f"Bearer {KEY}"}, content=orjson.dumps(request),
                       timeout=10)
 
 

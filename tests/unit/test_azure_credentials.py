@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from ext_proc.auth import azure as entra
+from ext_proc.auth.backend_credentials import credential_for
 from ext_proc.config.models import Backend
 from ext_proc.errors import Unavailable
-from ext_proc.providers import azure_openai
 
 from ..eventually import eventually
 
@@ -187,7 +187,7 @@ def test_backend_with_entra_settings_gets_bearer_tokens(endpoint: FakeTokenEndpo
         "azure": {"deployment": "gpt4o", "entra": {"tenant_id": TENANT, "client_id": CLIENT_ID,
                                                    "client_secret": {"env": "AOAI_CLIENT_SECRET"},
                                                    "authority": endpoint.authority}}})
-    credential = azure_openai.make_credential(backend, None)
+    credential = credential_for(backend, None)
     assert isinstance(credential, entra.EntraCredential)
     try:
         assert credential.headers("POST", "https://res.openai.azure.com/openai/deployments/gpt4o/chat/completions"

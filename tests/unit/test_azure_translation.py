@@ -16,6 +16,7 @@ import pydantic
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
 
+from ext_proc.auth.backend_credentials import credential_for
 from ext_proc.config.models import Backend
 from ext_proc.errors import BadRequest
 from ext_proc.providers import azure_openai, openai
@@ -80,11 +81,10 @@ def test_deployment_defaults_to_the_route_model_and_is_quoted() -> None:
 
 
 def test_static_key_goes_in_the_api_key_header() -> None:
-    credential = azure_openai.make_credential(_backend(), "azure-key-1")
+    credential = credential_for(_backend(), "azure-key-1")
     assert credential.headers("POST", "https://res.openai.azure.com/x", b"{}") == [("api-key", "azure-key-1")]
-    assert azure_openai.make_credential(_backend(), None).headers("POST", "https://x", b"") == []
-    assert set(azure_openai.CREDENTIAL_HEADERS) == {"api-key", "authorization"}
-    assert azure_openai.EMBEDDINGS is True
+    assert credential_for(_backend(), None).headers("POST", "https://x", b"") == []
+    assert azure_openai.AzureOpenAITranslator.serves_embeddings
 
 
 # --- requests ------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ext_proc.auth import aws
+from ext_proc.auth.backend_credentials import credential_for
 from ext_proc.config.models import Backend
 from ext_proc.demo.answers import tool_input
 from ext_proc.demo.server import DemoProvider, start_demo_provider
@@ -372,7 +373,7 @@ def _backend(schema: str, provider: DemoProvider) -> Backend:
 def _post(provider: DemoProvider, module: typing.Any, path: str, body: dict) -> httpx.Response:
     """What the attempt stage does: the final path and body, signed by the backend's credential."""
     encoded = json.dumps(body).encode()
-    credential = module.make_credential(_backend(module.SCHEMA, provider), None)
+    credential = credential_for(_backend(module.SCHEMA, provider), None)
     assert isinstance(credential, aws.SigV4Credential)
     headers = dict(credential.headers("POST", provider.url + path, encoded))
     return httpx.post(provider.url + path, content=encoded, headers={**headers, "content-type": "application/json"})

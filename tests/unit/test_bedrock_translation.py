@@ -300,14 +300,10 @@ class _Captured(Exception):
 
 
 def test_wire_constants() -> None:
-    for module in (bedrock_converse, bedrock_anthropic):
-        assert module.STREAM_FORMAT == "eventstream"
-        assert set(module.CREDENTIAL_HEADERS) == {"authorization", "x-amz-date", "x-amz-security-token",
-                                                  "x-amz-content-sha256"}
-        assert callable(module.make_credential)
     assert bedrock_converse.SCHEMA == "bedrock-converse"
     assert bedrock_anthropic.SCHEMA == "bedrock-anthropic"
-    assert bedrock_converse.EMBEDDINGS is True
+    assert bedrock_converse.BedrockConverseTranslator.serves_embeddings
+    assert not bedrock_anthropic.BedrockAnthropicTranslator.serves_embeddings
 
 
 # --- Converse responses ---------------------------------------------------------------------------------------------

@@ -265,9 +265,7 @@ def test_wire_constants() -> None:
     assert cohere.SCHEMA == "cohere"
     assert cohere.chat_path(MODEL, True) == cohere.chat_path(MODEL, False) == "/v2/chat"
     assert cohere.embeddings_path(EMBED_MODEL) == "/v2/embed"
-    assert cohere.auth_headers("co-test") == [("authorization", "Bearer co-test")]
-    assert cohere.EMBEDDINGS is True
-    assert set(cohere.CREDENTIAL_HEADERS) == {"authorization"}
+    assert cohere.CohereTranslator.serves_embeddings
 
 
 # --- responses -----------------------------------------------------------------------------------------------------

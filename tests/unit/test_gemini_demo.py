@@ -22,6 +22,7 @@ from google.genai import errors, types
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ext_proc.auth import gcp
+from ext_proc.auth.backend_credentials import credential_for
 from ext_proc.config.models import Backend
 from ext_proc.demo.gemini_server import DEMO_TOKEN, THOUGHT
 from ext_proc.demo.server import DemoProvider
@@ -354,8 +355,7 @@ def test_demo_token_endpoint_serves_the_gateways_gcp_credential(google_demo: Cal
 
 
 def _call(backend: Backend, path: str, body: dict) -> httpx.Response:
-    provider = gemini if backend.schema_ != "vertex-anthropic" else vertex_anthropic
-    credential = provider.make_credential(backend, KEY if backend.schema_ == "gemini" else None)
+    credential = credential_for(backend, KEY if backend.schema_ == "gemini" else None)
     try:
         encoded = json.dumps(body).encode()
         headers = dict(credential.headers("POST", backend.base_url + path, encoded))

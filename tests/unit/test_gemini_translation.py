@@ -319,10 +319,7 @@ def test_embeddings_paths_and_wire_constants() -> None:
                                                                       ":batchEmbedContents"
     assert gemini.embeddings_path("text-embedding-005", VERTEX) == (
         "/v1/projects/my-project/locations/europe-west4/publishers/google/models/text-embedding-005:predict")
-    assert gemini.SCHEMAS == ("gemini", "vertex-gemini")
-    assert sorted(gemini.CREDENTIAL_HEADERS) == ["authorization", "x-goog-api-key"]
-    assert gemini.make_credential(AI_STUDIO, "AIza-test").headers("POST", "https://x/y", b"{}") == [
-        ("x-goog-api-key", "AIza-test")]
+    assert gemini.GeminiTranslator.schemas == ("gemini", "vertex-gemini")
 
 
 # --- responses -----------------------------------------------------------------------------------------------------

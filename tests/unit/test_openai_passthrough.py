@@ -125,7 +125,8 @@ def test_error_response_keeps_status_and_openai_shape(case: dict) -> None:
 def test_wire_constants() -> None:
     assert openai.SCHEMA == "openai"
     assert openai.chat_path(MODEL, True) == openai.chat_path(MODEL, False) == "/chat/completions"
-    assert openai.auth_headers("sk-test") == [("authorization", "Bearer sk-test")]
+    translator = openai.OpenAITranslator()
+    assert translator.identity_responses and translator.serves_embeddings
 
 
 def test_anthropic_cache_control_marks_are_removed_for_openai_backends() -> None:

@@ -91,11 +91,10 @@ def test_chat_path_names_project_location_and_model(stream: bool, method: str) -
 
 def test_wire_constants() -> None:
     assert vertex_anthropic.SCHEMA == "vertex-anthropic"
-    assert sorted(vertex_anthropic.CREDENTIAL_HEADERS) == ["authorization"]
     assert vertex_anthropic.ChatStream is anthropic.ChatStream
     assert vertex_anthropic.chat_response is anthropic.chat_response
     assert vertex_anthropic.usage_of is anthropic.usage_of
-    assert not getattr(vertex_anthropic, "EMBEDDINGS", False)
+    assert not vertex_anthropic.VertexAnthropicTranslator.serves_embeddings
 
 
 def test_response_is_translated_like_anthropic() -> None:
