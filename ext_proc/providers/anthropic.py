@@ -25,6 +25,7 @@ from __future__ import annotations
 import orjson
 
 from ..errors import BadRequest, status_error_type
+from ..json_types import JsonObject
 from .common import (
     DROPPED,
     MAPPED,
@@ -135,12 +136,12 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 # --- request -------------------------------------------------------------------------------------------------------
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """Translate an OpenAI chat request into an Anthropic Messages request for `model`."""
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
     system, messages = _conversation(body.get("messages"))
     limit, _ = requested_max_tokens(body)
-    request: dict = {"model": model, "max_tokens": limit or default_max_tokens, "messages": messages}
+    request: JsonObject = {"model": model, "max_tokens": limit or default_max_tokens, "messages": messages}
     if system:
         request["system"] = system
 
@@ -182,7 +183,7 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return request
 
 
-def _thinking(effort: object) -> dict | None:
+def _thinking(effort: object) -> JsonObject | None:
     if effort is None:
         return None
     if effort == "none":
@@ -194,12 +195,12 @@ def _thinking(effort: object) -> dict | None:
     return {"type": "enabled", "budget_tokens": budget}
 
 
-def _conversation(messages: object) -> tuple[str | list[dict], list[dict]]:
+def _conversation(messages: object) -> tuple[str | list[JsonObject], list[JsonObject]]:
     """Split OpenAI messages into Anthropic's `system` and a list of alternating turns."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
-    system: list[dict] = []
-    turns: list[dict] = []
+    system: list[JsonObject] = []
+    turns: list[JsonObject] = []
     for i, message in enumerate(messages):
         role, blocks = _message_blocks(message, f"messages[{i}]")
         if role == "system":
@@ -219,7 +220,7 @@ def _conversation(messages: object) -> tuple[str | list[dict], list[dict]]:
     return "\n\n".join(block["text"] for block in system), turns
 
 
-def _message_blocks(message: object, where: str) -> tuple[str, list[dict]]:
+def _message_blocks(message: object, where: str) -> tuple[str, list[JsonObject]]:
     """One OpenAI message -> (Anthropic role, or "system" for the top-level prompt; its content blocks)."""
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
@@ -244,7 +245,7 @@ def _message_blocks(message: object, where: str) -> tuple[str, list[dict]]:
     return role, blocks
 
 
-def _content_blocks(content: object, where: str, allowed: tuple[str, ...] = ("text",)) -> list[dict]:
+def _content_blocks(content: object, where: str, allowed: tuple[str, ...] = ("text",)) -> list[JsonObject]:
     """Message content (a string or an array of parts) -> Anthropic blocks; `allowed` are the part types accepted."""
     if content is None or isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []  # Anthropic refuses empty text blocks
@@ -268,7 +269,7 @@ def _content_blocks(content: object, where: str, allowed: tuple[str, ...] = ("te
     return blocks
 
 
-def _with_cache_control(block: dict, part: dict) -> dict:
+def _with_cache_control(block: JsonObject, part: JsonObject) -> JsonObject:
     if part.get("cache_control") is not None:
         block["cache_control"] = part["cache_control"]
     elif part.get("prompt_cache_breakpoint") is not None:
@@ -277,7 +278,7 @@ def _with_cache_control(block: dict, part: dict) -> dict:
     return block
 
 
-def _image_block(part: dict, where: str) -> dict:
+def _image_block(part: JsonObject, where: str) -> JsonObject:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str):
@@ -300,7 +301,7 @@ def _image_block(part: dict, where: str) -> dict:
     return _with_cache_control({"type": "image", "source": source}, part)
 
 
-def _assistant_blocks(message: dict, where: str) -> list[dict]:
+def _assistant_blocks(message: JsonObject, where: str) -> list[JsonObject]:
     for field in ("audio", "function_call"):
         if message.get(field) is not None:
             raise BadRequest(f"{where}.{field} is not supported on anthropic backends", param=f"{where}.{field}")
@@ -312,7 +313,7 @@ def _assistant_blocks(message: dict, where: str) -> list[dict]:
     return blocks
 
 
-def _tool_use(call: object, where: str) -> dict:
+def _tool_use(call: object, where: str) -> JsonObject:
     if not isinstance(call, dict) or call.get("type", "function") != "function":
         raise BadRequest(f"{where}: only function tool calls are supported on anthropic backends", param=where)
     function = call.get("function") or {}
@@ -328,12 +329,12 @@ def _tool_use(call: object, where: str) -> dict:
     return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": tool_input}
 
 
-def _tool_result(message: dict, where: str) -> dict:
+def _tool_result(message: JsonObject, where: str) -> JsonObject:
     tool_call_id = message.get("tool_call_id")
     if not tool_call_id:
         raise BadRequest(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
     content = message.get("content")
-    block: dict = {"type": "tool_result", "tool_use_id": tool_call_id}
+    block: JsonObject = {"type": "tool_result", "tool_use_id": tool_call_id}
     if isinstance(content, list):
         block["content"] = _content_blocks(content, where)
     elif content:
@@ -341,10 +342,10 @@ def _tool_result(message: dict, where: str) -> dict:
     return block
 
 
-def _tools(tools: object) -> list[dict]:
+def _tools(tools: object) -> list[JsonObject]:
     result = []
     for _, tool, function in function_tools(tools, "anthropic"):
-        converted: dict = {"name": function["name"]}
+        converted: JsonObject = {"name": function["name"]}
         if function.get("description"):
             converted["description"] = function["description"]
         converted["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
@@ -356,8 +357,10 @@ def _tools(tools: object) -> list[dict]:
     return result
 
 
-def _tool_choice(choice: object, parallel: object, tools: list[dict]) -> tuple[list[dict], dict | None]:
+def _tool_choice(choice: object, parallel: object,
+                 tools: list[JsonObject]) -> tuple[list[JsonObject], JsonObject | None]:
     """Anthropic tool_choice for an OpenAI one; `allowed_tools` narrows the tool list instead."""
+    mapped: JsonObject | None
     if choice is None:
         mapped = {"type": "auto"} if parallel is False else None
     elif choice == "auto":
@@ -394,11 +397,11 @@ def _tool_choice(choice: object, parallel: object, tools: list[dict]) -> tuple[l
 # --- response ------------------------------------------------------------------------------------------------------
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     """Translate an Anthropic Message into an OpenAI `chat.completion`."""
     text: list[str] = []
     reasoning: list[str] = []
-    tool_calls: list[dict] = []
+    tool_calls: list[JsonObject] = []
     for block in body.get("content") or ():
         kind = block.get("type")
         if kind == "text":
@@ -409,7 +412,7 @@ def chat_response(body: dict, model: str, created: int) -> dict:
             tool_calls.append({"id": block["id"], "type": "function", "function": {
                 "name": block["name"], "arguments": orjson.dumps(block.get("input") or {}).decode()}})
         # redacted_thinking and server-tool blocks have no OpenAI form; no request of ours asks for server tools.
-    message: dict = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None,
+    message: JsonObject = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None,
                      "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -429,12 +432,12 @@ def chat_response(body: dict, model: str, created: int) -> dict:
     return completion
 
 
-def usage_of(response: dict) -> dict | None:
+def usage_of(response: JsonObject) -> JsonObject | None:
     usage = response.get("usage")
     return _openai_usage(usage) if isinstance(usage, dict) else None
 
 
-def _openai_usage(usage: dict) -> dict:
+def _openai_usage(usage: JsonObject) -> JsonObject:
     cache_write = usage.get("cache_creation_input_tokens") or 0
     cache_read = usage.get("cache_read_input_tokens") or 0
     prompt = (usage.get("input_tokens") or 0) + cache_write + cache_read
@@ -469,11 +472,11 @@ class ChatStream(BaseChatStream):
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
         super().__init__(model, created, include_usage)
-        self._raw_usage: dict = {}
+        self._raw_usage: JsonObject = {}
         self._tool_index: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool call index
         self._silent_tools: set[int] = set()  # tool blocks that have not streamed any arguments yet
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed:
             return []
         try:
@@ -501,13 +504,13 @@ class ChatStream(BaseChatStream):
             case _:
                 return []  # ping, and event types added after this was written
 
-    def _message_start(self, message: dict) -> list[dict]:
+    def _message_start(self, message: JsonObject) -> list[JsonObject]:
         self._id = message.get("id") or ""
         self._model = message.get("model") or self._model
         self._update_usage(message.get("usage"))
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def _block_start(self, index: int, block: dict) -> list[dict]:
+    def _block_start(self, index: int, block: JsonObject) -> list[JsonObject]:
         kind = block.get("type")
         if kind == "tool_use":
             position = self._tool_index[index] = len(self._tool_index)
@@ -522,7 +525,7 @@ class ChatStream(BaseChatStream):
             return [self._chunk({"reasoning_content": block["thinking"]})]
         return []
 
-    def _block_delta(self, index: int, delta: dict) -> list[dict]:
+    def _block_delta(self, index: int, delta: JsonObject) -> list[JsonObject]:
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
             return [self._chunk({"content": delta["text"]})]
@@ -534,7 +537,7 @@ class ChatStream(BaseChatStream):
             return [self._chunk({"reasoning_content": delta["thinking"]})]
         return []  # signature_delta and citations_delta have no OpenAI form
 
-    def _block_stop(self, index: int) -> list[dict]:
+    def _block_stop(self, index: int) -> list[JsonObject]:
         if index not in self._silent_tools:
             return []
         # A tool called without arguments streams none; OpenAI clients parse the joined fragments, so send "{}".
@@ -542,7 +545,7 @@ class ChatStream(BaseChatStream):
         fragment = {"index": self._tool_index[index], "function": {"arguments": "{}"}}
         return [self._chunk({"tool_calls": [fragment]})]
 
-    def _message_delta(self, payload: dict) -> list[dict]:
+    def _message_delta(self, payload: JsonObject) -> list[JsonObject]:
         self._update_usage(payload.get("usage"))
         stop_reason = (payload.get("delta") or {}).get("stop_reason")
         if stop_reason is None:
@@ -559,7 +562,7 @@ class ChatStream(BaseChatStream):
 # --- errors --------------------------------------------------------------------------------------------------------
 
 
-def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:
     """An Anthropic error answer -> (status for the client, OpenAI error). 529 (overloaded) becomes 503."""
     client_status = _client_status(status)
     try:
@@ -580,13 +583,19 @@ def _client_status(status: int) -> int:
     return status
 
 
-def _error_from_anthropic(payload: dict, status: int | None) -> dict:
+def _error_from_anthropic(payload: JsonObject, status: int | None) -> JsonObject:
     """`{"type": "error", "error": {"type", "message"}}` -> OpenAI error; a stream error has no HTTP status."""
-    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-    kind = error.get("type") if isinstance(error.get("type"), str) else None
+    error = payload.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    kind = error.get("type")
+    if not isinstance(kind, str):
+        kind = None
     if status is None:
         status = _STATUS_BY_ERROR_TYPE.get(kind or "api_error", 500)
-    message = error.get("message") if isinstance(error.get("message"), str) else None
+    message = error.get("message")
+    if not isinstance(message, str):
+        message = None
     return error_dict(message or f"the anthropic backend reported {kind or 'an error'}", status_error_type(status),
                       kind)
 

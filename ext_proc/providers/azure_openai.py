@@ -29,6 +29,7 @@ import orjson
 
 from ..config.models import AzureSettings, Backend
 from ..errors import BadRequest, error_body, status_error_type
+from ..json_types import JsonObject
 from . import openai
 from .common import MAPPED, OPENAI_CHAT_FIELDS
 from .translator import Translator
@@ -53,7 +54,7 @@ def embeddings_path(model: str, backend: Backend | None = None) -> str:
     return f"/openai/deployments/{_deployment(model, backend)}/embeddings?api-version={_api_version(backend)}"
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The OpenAI request (model swapped, usage asked for on streams); unknown fields are refused."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -64,23 +65,23 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return openai.chat_request(body, model, default_max_tokens=default_max_tokens)
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     return body
 
 
-def usage_of(response: dict) -> dict | None:
+def usage_of(response: JsonObject) -> JsonObject | None:
     return openai.usage_of(response)
 
 
-def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
+def embeddings_request(body: JsonObject, model: str, backend: object = None) -> JsonObject:
     return openai.embeddings_request(body, model)
 
 
-def embeddings_response(body: dict, model: str) -> dict:
+def embeddings_response(body: JsonObject, model: str) -> JsonObject:
     return body
 
 
-def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:
     """Azure errors are OpenAI-shaped (`{"error": {"code", "message", "param", "innererror"?}}`); anything else
     (a proxy's HTML page, say) is reported without echoing it."""
     try:
@@ -100,7 +101,7 @@ class ChatStream(openai.ChatStream):
         super().__init__(model, created, include_usage)
         self._prompt_filter_results: object = None
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if _FILTER_MARKER in data and self._hold_filter_chunk(data):
             return []
         chunks = openai.ChatStream.feed(self, event, data)  # not super(): on 3.11 that builds a proxy per chunk

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import orjson
 
 from ..errors import BadRequest
+from ..json_types import JsonObject
 from . import anthropic
 from .bedrock_converse import aws_error_response, aws_stream_error, model_path_segment
 from .translator import Translator
@@ -39,7 +40,7 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return f"/model/{model_path_segment(model)}/{'invoke-with-response-stream' if stream else 'invoke'}"
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The Anthropic Messages request for `model`, in InvokeModel's form."""
     _refuse_image_urls(body)
     request = anthropic.chat_request(body, model, default_max_tokens=default_max_tokens)
@@ -63,7 +64,7 @@ def _refuse_image_urls(body: object) -> None:
                                  "(data:image/png;base64,...)", param=where)
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     return anthropic.chat_response(body, model, created)
 
 
@@ -71,7 +72,7 @@ class ChatStream(anthropic.ChatStream):
     """InvokeModelWithResponseStream events -> OpenAI chunks: each `chunk` event's bytes are one Anthropic stream
     event, translated as `anthropic.ChatStream` does; an exception message ends the stream without finishing it."""
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed:
             return []
         if event and event.startswith("exception:"):
@@ -86,7 +87,7 @@ class ChatStream(anthropic.ChatStream):
         return anthropic.ChatStream.feed(self, None, inner_event)  # not super(): on 3.11 that builds a proxy per chunk
 
 
-def error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, JsonObject]:
     return aws_error_response(status, body, headers)
 
 

@@ -43,6 +43,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import BadRequest, status_error_type
+from ..json_types import JsonObject
 from . import bedrock_embeddings
 from .common import (
     DROPPED,
@@ -198,7 +199,7 @@ def model_family(model: str) -> str:
 class _Reasoning:
     """What reasoning adds to the request, and which other settings it rules out."""
 
-    fields: dict = field(default_factory=dict)  # -> additionalModelRequestFields
+    fields: JsonObject = field(default_factory=dict)  # -> additionalModelRequestFields
     budget: int = 0  # Claude thinking tokens: maxTokens must stay above them
     temperature: bool = True  # temperature may be sent
     top_p: bool = True
@@ -206,11 +207,11 @@ class _Reasoning:
     forced_tools: bool = True  # toolChoice any/tool allowed
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """Translate an OpenAI chat request into a Converse request body (the model id travels in the path)."""
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, "bedrock-converse")
     system, messages = _conversation(body.get("messages"))
-    request: dict = {"messages": messages}
+    request: JsonObject = {"messages": messages}
     if system:
         request["system"] = system
 
@@ -271,8 +272,8 @@ def _reasoning(effort: object, family: str) -> _Reasoning:
                      param="reasoning_effort")
 
 
-def _inference_config(body: dict, reasoning: _Reasoning, default_max_tokens: int) -> dict:
-    config: dict = {}
+def _inference_config(body: JsonObject, reasoning: _Reasoning, default_max_tokens: int) -> JsonObject:
+    config: JsonObject = {}
     max_tokens, max_field = requested_max_tokens(body)
     if max_tokens is not None and not reasoning.max_tokens:
         raise BadRequest(f"'{max_field}' can't be combined with reasoning_effort 'high' on Amazon Nova 2 models, "
@@ -307,12 +308,12 @@ def _inference_config(body: dict, reasoning: _Reasoning, default_max_tokens: int
     return config
 
 
-def _conversation(messages: object) -> tuple[list[dict], list[dict]]:
+def _conversation(messages: object) -> tuple[list[JsonObject], list[JsonObject]]:
     """Split OpenAI messages into Converse `system` blocks and alternating user/assistant turns."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
-    system: list[dict] = []
-    turns: list[dict] = []
+    system: list[JsonObject] = []
+    turns: list[JsonObject] = []
     for i, message in enumerate(messages):
         role, blocks = _message_blocks(message, f"messages[{i}]")
         if role == "system":
@@ -326,7 +327,7 @@ def _conversation(messages: object) -> tuple[list[dict], list[dict]]:
     return system, turns
 
 
-def _message_blocks(message: object, where: str) -> tuple[str, list[dict]]:
+def _message_blocks(message: object, where: str) -> tuple[str, list[JsonObject]]:
     """One OpenAI message -> (Converse role, or "system"; its content blocks, cachePoints included)."""
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
@@ -350,13 +351,13 @@ def _message_blocks(message: object, where: str) -> tuple[str, list[dict]]:
     return role, blocks
 
 
-def _content_blocks(content: object, where: str, allowed: tuple[str, ...]) -> list[dict]:
+def _content_blocks(content: object, where: str, allowed: tuple[str, ...]) -> list[JsonObject]:
     """Message content (a string or an array of parts) -> Converse blocks; `allowed` are the part types accepted."""
     if content is None or isinstance(content, str):
         return [{"text": content}] if content else []  # Bedrock refuses blank text blocks
     if not isinstance(content, list):
         raise BadRequest(f"{where}.content must be a string or an array of parts", param=f"{where}.content")
-    blocks: list[dict] = []
+    blocks: list[JsonObject] = []
     for j, part in enumerate(content):
         here = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
@@ -364,7 +365,7 @@ def _content_blocks(content: object, where: str, allowed: tuple[str, ...]) -> li
             raise BadRequest(f"{here}: content part type {kind!r} is not supported here on bedrock-converse "
                              "backends", param=here)
         if kind == "image_url":
-            block: dict | None = _image_block(part, here)
+            block: JsonObject | None = _image_block(part, here)
         elif kind == "file":
             block = _document_block(part, here)
         elif kind == "input_audio":
@@ -384,10 +385,10 @@ def _content_blocks(content: object, where: str, allowed: tuple[str, ...]) -> li
     return blocks
 
 
-def _cache_point(marker: object, where: str) -> dict:
+def _cache_point(marker: object, where: str) -> JsonObject:
     if not isinstance(marker, dict):
         raise BadRequest(f"{where}.cache_control must be an object", param=f"{where}.cache_control")
-    point: dict = {"type": "default"}
+    point: JsonObject = {"type": "default"}
     ttl = marker.get("ttl")
     if ttl is not None:
         if ttl not in ("5m", "1h"):
@@ -405,7 +406,7 @@ def _data_url(url: str, where: str) -> tuple[str, str]:
     return parsed
 
 
-def _image_block(part: dict, where: str) -> dict:
+def _image_block(part: JsonObject, where: str) -> JsonObject:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str):
@@ -416,7 +417,7 @@ def _image_block(part: dict, where: str) -> dict:
         if image_format is None:
             raise BadRequest(f"{where}: image type {media_type!r} is not supported on bedrock-converse backends; "
                              "use png, jpeg, gif or webp", param=where)
-        source: dict = {"bytes": data}  # a blob: base64 in the JSON body
+        source: JsonObject = {"bytes": data}  # a blob: base64 in the JSON body
     elif url.startswith("s3://"):
         image_format = _IMAGE_FORMATS.get("image/" + url.rpartition(".")[2].lower())
         if image_format is None:
@@ -430,7 +431,7 @@ def _image_block(part: dict, where: str) -> dict:
     return {"image": {"format": image_format, "source": source}}
 
 
-def _document_block(part: dict, where: str) -> dict:
+def _document_block(part: JsonObject, where: str) -> JsonObject:
     file = part.get("file")
     if not isinstance(file, dict) or not isinstance(file.get("file_data"), str):
         raise BadRequest(f"{where}: bedrock-converse backends take files as file.file_data data URLs; uploaded "
@@ -452,17 +453,17 @@ def _document_name(filename: object) -> str:
     return " ".join(cleaned.split())[:200] or "document"
 
 
-def _audio_block(part: dict, where: str) -> dict:
+def _audio_block(part: JsonObject, where: str) -> JsonObject:
     audio = part.get("input_audio")
     if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
         raise BadRequest(f"{where}: input_audio needs base64 data", param=where)
-    audio_format = _AUDIO_FORMATS.get(audio.get("format"))  # type: ignore[arg-type]
+    audio_format = _AUDIO_FORMATS.get(str(audio.get("format")))
     if audio_format is None:
         raise BadRequest(f"{where}: input_audio.format must be wav or mp3", param=where)
     return {"audio": {"format": audio_format, "source": {"bytes": audio["data"]}}}
 
 
-def _assistant_blocks(message: dict, where: str) -> list[dict]:
+def _assistant_blocks(message: JsonObject, where: str) -> list[JsonObject]:
     for name in ("audio", "function_call"):
         if message.get(name) is not None:
             raise BadRequest(f"{where}.{name} is not supported on bedrock-converse backends", param=f"{where}.{name}")
@@ -474,7 +475,7 @@ def _assistant_blocks(message: dict, where: str) -> list[dict]:
     return blocks
 
 
-def _tool_use(call: object, where: str) -> dict:
+def _tool_use(call: object, where: str) -> JsonObject:
     if not isinstance(call, dict) or call.get("type", "function") != "function":
         raise BadRequest(f"{where}: only function tool calls are supported on bedrock-converse backends", param=where)
     function = call.get("function") or {}
@@ -489,7 +490,7 @@ def _tool_use(call: object, where: str) -> dict:
     return {"toolUse": {"toolUseId": call["id"], "name": function["name"], "input": tool_input}}
 
 
-def _tool_result(message: dict, where: str) -> dict:
+def _tool_result(message: JsonObject, where: str) -> JsonObject:
     tool_call_id = message.get("tool_call_id")
     if not tool_call_id:
         raise BadRequest(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
@@ -497,7 +498,7 @@ def _tool_result(message: dict, where: str) -> dict:
     return {"toolResult": {"toolUseId": tool_call_id, "content": [b for b in blocks if "text" in b]}}
 
 
-def _tool_config(body: dict, messages: list[dict], reasoning: _Reasoning) -> dict | None:
+def _tool_config(body: JsonObject, messages: list[JsonObject], reasoning: _Reasoning) -> JsonObject | None:
     tools = _tools(body.get("tools"))
     choice = body.get("tool_choice")
     has_history = any("toolUse" in block or "toolResult" in block for turn in messages for block in turn["content"])
@@ -509,7 +510,7 @@ def _tool_config(body: dict, messages: list[dict], reasoning: _Reasoning) -> dic
     if body.get("parallel_tool_calls") is False:
         raise BadRequest("parallel_tool_calls false can't be honoured on bedrock-converse backends: Converse has no "
                          "switch for it", param="parallel_tool_calls")
-    mapped: dict | None = None
+    mapped: JsonObject | None = None
     if choice is None or choice == "auto":
         mapped = {"auto": {}}
     elif choice == "required":
@@ -536,7 +537,7 @@ def _tool_config(body: dict, messages: list[dict], reasoning: _Reasoning) -> dic
     return {"tools": tools, "toolChoice": mapped}
 
 
-def _allowed_tools(choice: dict, tools: list[dict]) -> tuple[list[dict], dict]:
+def _allowed_tools(choice: JsonObject, tools: list[JsonObject]) -> tuple[list[JsonObject], JsonObject]:
     allowed = choice.get("allowed_tools") or {}
     names = set()
     for entry in allowed.get("tools") or ():
@@ -544,7 +545,7 @@ def _allowed_tools(choice: dict, tools: list[dict]) -> tuple[list[dict], dict]:
             raise BadRequest("tool_choice.allowed_tools may only name function tools on bedrock-converse backends",
                              param="tool_choice")
         names.add((entry.get("function") or {}).get("name"))
-    kept: list[dict] = []
+    kept: list[JsonObject] = []
     keeping = False
     for tool in tools:
         if "toolSpec" in tool:
@@ -556,12 +557,12 @@ def _allowed_tools(choice: dict, tools: list[dict]) -> tuple[list[dict], dict]:
     return kept, {"any": {}} if allowed.get("mode") == "required" else {"auto": {}}
 
 
-def _tools(tools: object) -> list[dict]:
+def _tools(tools: object) -> list[JsonObject]:
     if not tools:
         return []
     if not isinstance(tools, list):
         raise BadRequest("'tools' must be an array", param="tools")
-    result: list[dict] = []
+    result: list[JsonObject] = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict) or tool.get("type") != "function":
@@ -574,7 +575,7 @@ def _tools(tools: object) -> list[dict]:
             raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
         if name == JSON_TOOL:
             raise BadRequest(f"{where}: the tool name {JSON_TOOL!r} is reserved by the gateway", param=where)
-        spec: dict = {"name": name}
+        spec: JsonObject = {"name": name}
         if function.get("description"):
             spec["description"] = function["description"]
         spec["inputSchema"] = {"json": function.get("parameters") or {"type": "object", "properties": {}}}
@@ -586,7 +587,8 @@ def _tools(tools: object) -> list[dict]:
     return result
 
 
-def _json_object_tool(response_format: object, tool_config: dict | None, reasoning: _Reasoning) -> dict | None:
+def _json_object_tool(response_format: object, tool_config: JsonObject | None,
+                      reasoning: _Reasoning) -> JsonObject | None:
     if not isinstance(response_format, dict) or response_format.get("type") != "json_object":
         return None
     if tool_config is not None:
@@ -601,19 +603,20 @@ def _json_object_tool(response_format: object, tool_config: dict | None, reasoni
     return {"tools": [{"toolSpec": spec}], "toolChoice": {"tool": {"name": JSON_TOOL}}}
 
 
-def _output_config(response_format: object) -> dict | None:
+def _output_config(response_format: object) -> JsonObject | None:
     if response_format is None:
         return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    given: JsonObject = response_format if isinstance(response_format, dict) else {}
+    kind = given.get("type")
     if kind in ("text", "json_object"):
         return None
     if kind != "json_schema":
         raise BadRequest("response_format must be text, json_object or json_schema", param="response_format")
-    definition = response_format.get("json_schema")
+    definition = given.get("json_schema")
     if not isinstance(definition, dict) or not isinstance(definition.get("schema"), dict):
         raise BadRequest("response_format.json_schema needs a 'schema' object on bedrock-converse backends",
                          param="response_format")
-    schema: dict = {"schema": orjson.dumps(definition["schema"]).decode()}
+    schema: JsonObject = {"schema": orjson.dumps(definition["schema"]).decode()}
     for key in ("name", "description"):
         if isinstance(definition.get(key), str) and definition[key]:
             schema[key] = definition[key]
@@ -623,11 +626,11 @@ def _output_config(response_format: object) -> dict | None:
 # --- response ------------------------------------------------------------------------------------------------------
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     """Translate a Converse answer into an OpenAI `chat.completion`."""
     text: list[str] = []
     reasoning: list[str] = []
-    tool_calls: list[dict] = []
+    tool_calls: list[JsonObject] = []
     json_answer = False
     for block in ((body.get("output") or {}).get("message") or {}).get("content") or ():
         if "text" in block:
@@ -646,7 +649,7 @@ def chat_response(body: dict, model: str, created: int) -> dict:
         elif "citationsContent" in block:
             text.extend(part.get("text") or "" for part in block["citationsContent"].get("content") or ())
         # redacted reasoning, images and documents in an answer have no OpenAI chat form.
-    message: dict = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None,
+    message: JsonObject = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None,
                      "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -671,12 +674,12 @@ def chat_response(body: dict, model: str, created: int) -> dict:
     return completion
 
 
-def usage_of(response: dict) -> dict | None:
+def usage_of(response: JsonObject) -> JsonObject | None:
     usage = response.get("usage")
     return openai_usage(usage) if isinstance(usage, dict) else None
 
 
-def openai_usage(usage: dict) -> dict:
+def openai_usage(usage: JsonObject) -> JsonObject:
     """Bedrock `TokenUsage` (uncached input, cache writes and reads reported apart) -> OpenAI usage."""
     cache_write = usage.get("cacheWriteInputTokens") or 0
     cache_read = usage.get("cacheReadInputTokens") or 0
@@ -727,7 +730,7 @@ class ChatStream(BaseChatStream):
         self._stopped = False
         self._metadata = False
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed:
             return []
         if event and event.startswith("exception:"):
@@ -757,10 +760,10 @@ class ChatStream(BaseChatStream):
             case _:
                 return []  # event types added after this was written
 
-    def _last_chunks(self) -> list[dict] | None:
+    def _last_chunks(self) -> list[JsonObject] | None:
         return [] if self._stopped else None  # metadata (usage) missing: the answer itself is complete
 
-    def _block_start(self, index: int, start: dict) -> list[dict]:
+    def _block_start(self, index: int, start: JsonObject) -> list[JsonObject]:
         use = start.get("toolUse")
         if not isinstance(use, dict):
             return []
@@ -772,7 +775,7 @@ class ChatStream(BaseChatStream):
         return [self._chunk({"tool_calls": [{"index": position, "id": use.get("toolUseId"), "type": "function",
                                              "function": {"name": use.get("name"), "arguments": ""}}]})]
 
-    def _block_delta(self, index: int, delta: dict) -> list[dict]:
+    def _block_delta(self, index: int, delta: JsonObject) -> list[JsonObject]:
         if isinstance(delta.get("text"), str) and delta["text"]:
             return [self._chunk({"content": delta["text"]})]
         use = delta.get("toolUse")
@@ -789,7 +792,7 @@ class ChatStream(BaseChatStream):
             return [self._chunk({"reasoning_content": reasoning["text"]})]
         return []  # reasoning signatures, redacted reasoning and citations have no OpenAI form
 
-    def _block_stop(self, index: int) -> list[dict]:
+    def _block_stop(self, index: int) -> list[JsonObject]:
         if index not in self._silent:
             return []
         # A tool called without arguments streams none; OpenAI clients parse the joined fragments, so send "{}".
@@ -799,7 +802,7 @@ class ChatStream(BaseChatStream):
         fragment = {"index": self._tool_index[index], "function": {"arguments": "{}"}}
         return [self._chunk({"tool_calls": [fragment]})]
 
-    def _message_stop(self, stop_reason: object) -> list[dict]:
+    def _message_stop(self, stop_reason: object) -> list[JsonObject]:
         self._stopped = True
         finish_reason = _finish_reason(stop_reason)
         if finish_reason == "tool_calls" and self._json_blocks and not self._tool_index:
@@ -809,7 +812,7 @@ class ChatStream(BaseChatStream):
             chunks += self._end()
         return chunks
 
-    def _end(self) -> list[dict]:
+    def _end(self) -> list[JsonObject]:
         self.finished = True
         return self._usage_chunks()
 
@@ -817,12 +820,12 @@ class ChatStream(BaseChatStream):
 # --- errors (shared with bedrock_anthropic) -------------------------------------------------------------------------
 
 
-def error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, JsonObject]:
     """A Bedrock error answer -> (status for the client, OpenAI error)."""
     return aws_error_response(status, body, headers)
 
 
-def aws_error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
+def aws_error_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> tuple[int, JsonObject]:
     """`{"message": ...}` with the exception name in `x-amzn-errortype` (or `__type`/`code` in the body) -> the
     client status (by exception name when known, else by HTTP status) and an OpenAI error whose `code` is the
     exception name. A body that is not an AWS error is not echoed (it could hold anything)."""
@@ -843,7 +846,7 @@ def aws_error_response(status: int, body: bytes, headers: Mapping[str, str] | No
     return client_status, error_dict(message, status_error_type(client_status), kind)
 
 
-def aws_stream_error(exception_type: str, data: bytes) -> dict:
+def aws_stream_error(exception_type: str, data: bytes) -> JsonObject:
     """An event-stream exception message (`throttlingException`, `modelStreamErrorException`, ...) -> OpenAI error."""
     kind = _exception_name(exception_type) or "InternalServerException"
     status = _STATUS_BY_EXCEPTION.get(kind.lower(), 502)

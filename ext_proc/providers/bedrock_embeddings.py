@@ -20,6 +20,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from ..errors import BadRequest
+from ..json_types import JsonObject
 from .common import DROPPED, MAPPED
 
 FIELDS: dict[str, str] = {
@@ -54,7 +55,7 @@ def embedding_family(model: str) -> str:
     return "other"
 
 
-def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
+def embeddings_request(body: JsonObject, model: str, backend: object = None) -> JsonObject:
     """An OpenAI embeddings request -> the InvokeModel body of `model`'s family."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -77,7 +78,7 @@ def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
             raise BadRequest(f"Amazon Titan embedding models embed one text per request on Bedrock, and 'input' "
                              f"holds {len(texts)}; send one string (or use a cohere.embed model for batches)",
                              param="input")
-        request: dict = {"inputText": texts[0]}
+        request: JsonObject = {"inputText": texts[0]}
         if family == "titan-v2":
             request["normalize"] = True  # OpenAI embeddings are unit vectors
             if dimensions is not None:
@@ -105,15 +106,14 @@ def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
 
 def _texts(value: object) -> list[str]:
     if isinstance(value, str):
-        items: list[object] = [value]
-    elif isinstance(value, list) and value:
-        items = value
-    else:
+        value = [value]
+    elif not isinstance(value, list) or not value:
         raise BadRequest("'input' must be a non-empty string or array of strings", param="input")
-    if not all(isinstance(item, str) and item for item in items):
+    texts = [item for item in value if isinstance(item, str) and item]
+    if len(texts) != len(value):
         raise BadRequest("'input' must hold non-empty strings on bedrock backends (token arrays can't be sent)",
                          param="input")
-    return items  # type: ignore[return-value]
+    return texts
 
 
 def _one_of(value: int, allowed: tuple[int, ...], family: str) -> int:
@@ -123,7 +123,7 @@ def _one_of(value: int, allowed: tuple[int, ...], family: str) -> int:
     return value
 
 
-def embeddings_response(body: dict, model: str) -> dict:
+def embeddings_response(body: JsonObject, model: str) -> JsonObject:
     """A Titan (`embedding`) or Cohere (`embeddings`) answer -> an OpenAI embeddings `list`."""
     if "embedding" in body:
         vectors = [body["embedding"]]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import orjson
 
 from ..errors import BadRequest, UpstreamError, status_error_type
+from ..json_types import JsonObject
 from .common import (
     DROPPED,
     MAPPED,
@@ -133,14 +134,14 @@ def embeddings_path(model: str, backend: object = None) -> str:
 # --- request -------------------------------------------------------------------------------------------------------
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """Translate an OpenAI chat request into a Cohere v2 chat request for `model`.
 
     Cohere needs no `max_tokens` (it defaults to the model's output limit, as OpenAI does), so `default_max_tokens`
     is not sent.
     """
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
-    request: dict = {"model": model, "messages": _messages(body.get("messages"))}
+    request: JsonObject = {"model": model, "messages": _messages(body.get("messages"))}
 
     tools = _tools(body.get("tools"))
     if tools:
@@ -186,7 +187,7 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return request
 
 
-def _number(body: dict, field: str) -> float | None:
+def _number(body: JsonObject, field: str) -> float | None:
     value = body.get(field)
     if value is None:
         return None
@@ -195,7 +196,7 @@ def _number(body: dict, field: str) -> float | None:
     return value
 
 
-def _thinking(effort: object) -> dict | None:
+def _thinking(effort: object) -> JsonObject | None:
     if effort is None:
         return None
     if effort == "none":
@@ -207,16 +208,17 @@ def _thinking(effort: object) -> dict | None:
     return {"type": "enabled"} if budget is None else {"type": "enabled", "token_budget": budget}
 
 
-def _response_format(value: object) -> dict | None:
+def _response_format(value: object) -> JsonObject | None:
     if value is None:
         return None
-    kind = value.get("type") if isinstance(value, dict) else None
+    given: JsonObject = value if isinstance(value, dict) else {}
+    kind = given.get("type")
     if kind == "text":
         return None
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
-        spec = value.get("json_schema")
+        spec = given.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if schema is None:
             return {"type": "json_object"}
@@ -227,11 +229,11 @@ def _response_format(value: object) -> dict | None:
                      param="response_format")
 
 
-def _messages(messages: object) -> list[dict]:
+def _messages(messages: object) -> list[JsonObject]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     system: list[str] = []
-    turns: list[dict] = []
+    turns: list[JsonObject] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -278,12 +280,12 @@ def _texts(content: object, where: str) -> list[str]:
     return texts
 
 
-def _user_content(content: object, where: str) -> str | list[dict]:
+def _user_content(content: object, where: str) -> str | list[JsonObject]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise BadRequest(f"{where}.content must be a string or an array of parts", param=f"{where}.content")
-    parts: list[dict] = []
+    parts: list[JsonObject] = []
     for j, part in enumerate(content):
         here = f"{where}.content[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
@@ -299,7 +301,7 @@ def _user_content(content: object, where: str) -> str | list[dict]:
     return parts
 
 
-def _image_url(image: object, where: str) -> dict:
+def _image_url(image: object, where: str) -> JsonObject:
     """Cohere takes a base64 data URI or a web URL, with OpenAI's `detail` values."""
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url.startswith(("data:image/", "https://", "http://")):
@@ -313,13 +315,13 @@ def _image_url(image: object, where: str) -> dict:
     return converted
 
 
-def _assistant(message: dict, where: str) -> dict | None:
+def _assistant(message: JsonObject, where: str) -> JsonObject | None:
     texts = _texts(message.get("content"), where)
     calls = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise BadRequest(f"{where}.tool_calls must be an array", param=f"{where}.tool_calls")
     if calls:
-        turn: dict = {"role": "assistant", "tool_calls": [_tool_call(call, f"{where}.tool_calls[{k}]")
+        turn: JsonObject = {"role": "assistant", "tool_calls": [_tool_call(call, f"{where}.tool_calls[{k}]")
                                                           for k, call in enumerate(calls)]}
         if texts:
             turn["tool_plan"] = "".join(texts)
@@ -329,10 +331,12 @@ def _assistant(message: dict, where: str) -> dict | None:
     return {"role": "assistant", "content": "".join(texts)}
 
 
-def _tool_call(call: object, where: str) -> dict:
+def _tool_call(call: object, where: str) -> JsonObject:
     if not isinstance(call, dict) or call.get("type", "function") != "function":
         raise BadRequest(f"{where}: only function tool calls are supported on cohere backends", param=where)
-    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    function = call.get("function")
+    if not isinstance(function, dict):
+        function = {}
     if not call.get("id") or not function.get("name"):
         raise BadRequest(f"{where} needs an id and a function name", param=where)
     arguments = function.get("arguments") or "{}"
@@ -341,22 +345,22 @@ def _tool_call(call: object, where: str) -> dict:
     return {"id": call["id"], "type": "function", "function": {"name": function["name"], "arguments": arguments}}
 
 
-def _tool_result(message: dict, where: str) -> dict:
+def _tool_result(message: JsonObject, where: str) -> JsonObject:
     tool_call_id = message.get("tool_call_id")
     if not tool_call_id:
         raise BadRequest(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
     content = message.get("content")
     if isinstance(content, list):
-        converted: str | list[dict] = [{"type": "text", "text": text} for text in _texts(content, where)]
+        converted: str | list[JsonObject] = [{"type": "text", "text": text} for text in _texts(content, where)]
     else:
         converted = content if isinstance(content, str) else ""
     return {"role": "tool", "tool_call_id": tool_call_id, "content": converted}
 
 
-def _tools(tools: object) -> list[dict]:
+def _tools(tools: object) -> list[JsonObject]:
     result = []
     for _, _, function in function_tools(tools, "cohere"):
-        converted: dict = {"name": function["name"]}
+        converted: JsonObject = {"name": function["name"]}
         if function.get("description"):
             converted["description"] = function["description"]
         converted["parameters"] = function.get("parameters") or {"type": "object", "properties": {}}
@@ -364,7 +368,7 @@ def _tools(tools: object) -> list[dict]:
     return result
 
 
-def _tool_choice(choice: object, tools: list[dict]) -> tuple[list[dict], str | None]:
+def _tool_choice(choice: object, tools: list[JsonObject]) -> tuple[list[JsonObject], str | None]:
     names = [tool["function"]["name"] for tool in tools]
     if choice is None or choice == "auto":
         return tools, None
@@ -396,7 +400,7 @@ def _tool_choice(choice: object, tools: list[dict]) -> tuple[list[dict], str | N
 # --- response ------------------------------------------------------------------------------------------------------
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     """Translate a Cohere v2 chat answer into an OpenAI `chat.completion`."""
     message = body.get("message") or {}
     text: list[str] = []
@@ -409,7 +413,8 @@ def chat_response(body: dict, model: str, created: int) -> dict:
     tool_calls = [_openai_tool_call(call) for call in message.get("tool_calls") or ()]
     if not text and tool_calls and message.get("tool_plan"):
         text.append(message["tool_plan"])
-    out: dict = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None, "refusal": None}
+    content = "".join(text) if text or not tool_calls else None
+    out: JsonObject = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         out["tool_calls"] = tool_calls
     if reasoning:
@@ -428,23 +433,28 @@ def chat_response(body: dict, model: str, created: int) -> dict:
     return completion
 
 
-def _openai_tool_call(call: dict) -> dict:
+def _openai_tool_call(call: JsonObject) -> JsonObject:
     function = call.get("function") or {}
     return {"id": call.get("id") or "", "type": "function",
             "function": {"name": function.get("name") or "", "arguments": function.get("arguments") or "{}"}}
 
 
-def usage_of(response: dict) -> dict | None:
+def usage_of(response: JsonObject) -> JsonObject | None:
     usage = response.get("usage")
     return _openai_usage(usage) if isinstance(usage, dict) else None
 
 
-def _openai_usage(usage: dict) -> dict:
-    billed = usage.get("billed_units") if isinstance(usage.get("billed_units"), dict) else {}
-    tokens = usage.get("tokens") if isinstance(usage.get("tokens"), dict) else {}
+def _openai_usage(usage: JsonObject) -> JsonObject:
+    billed = usage.get("billed_units")
+    if not isinstance(billed, dict):
+        billed = {}
+    tokens = usage.get("tokens")
+    if not isinstance(tokens, dict):
+        tokens = {}
     prompt = _count(billed.get("input_tokens"), tokens.get("input_tokens"))
     completion = _count(billed.get("output_tokens"), tokens.get("output_tokens"))
-    result = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    result: JsonObject = {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion}
     cached = usage.get("cached_tokens")
     if isinstance(cached, int | float) and not isinstance(cached, bool):
         result["prompt_tokens_details"] = {"cached_tokens": int(cached)}
@@ -480,7 +490,7 @@ class ChatStream(BaseChatStream):
         self._tool_index: dict[int, int] = {}  # Cohere tool call index -> OpenAI tool call index
         self._silent_tools: set[int] = set()  # tool calls that have not streamed any arguments yet
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed or data.strip() == b"[DONE]":
             return []
         try:
@@ -489,9 +499,15 @@ class ChatStream(BaseChatStream):
             payload = None
         if not isinstance(payload, dict):
             return self._malformed()
-        delta = payload.get("delta") if isinstance(payload.get("delta"), dict) else {}
-        message = delta.get("message") if isinstance(delta.get("message"), dict) else {}
-        index = payload.get("index") if isinstance(payload.get("index"), int) else 0
+        delta = payload.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
+        message = delta.get("message")
+        if not isinstance(message, dict):
+            message = {}
+        index = payload.get("index")
+        if not isinstance(index, int):
+            index = 0
         match payload.get("type") or event:
             case "message-start":
                 self._id = payload.get("id") or ""
@@ -512,7 +528,7 @@ class ChatStream(BaseChatStream):
             case _:
                 return []  # content-end, citation-start/-end, debug, and event types added after this was written
 
-    def _content(self, content: object) -> list[dict]:
+    def _content(self, content: object) -> list[JsonObject]:
         if not isinstance(content, dict):
             return []
         if content.get("text"):
@@ -521,9 +537,11 @@ class ChatStream(BaseChatStream):
             return [self._chunk({"reasoning_content": content["thinking"]})]
         return []
 
-    def _tool_call_start(self, index: int, call: object) -> list[dict]:
+    def _tool_call_start(self, index: int, call: object) -> list[JsonObject]:
         call = call if isinstance(call, dict) else {}
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         position = self._tool_index[index] = len(self._tool_index)
         arguments = function.get("arguments") or ""
         if not arguments:
@@ -532,8 +550,10 @@ class ChatStream(BaseChatStream):
                                              "function": {"name": function.get("name") or "",
                                                           "arguments": arguments}}]})]
 
-    def _tool_call_delta(self, index: int, call: object) -> list[dict]:
-        function = call.get("function") if isinstance(call, dict) and isinstance(call.get("function"), dict) else {}
+    def _tool_call_delta(self, index: int, call: object) -> list[JsonObject]:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            function = {}
         arguments = function.get("arguments")
         if not arguments or index not in self._tool_index:
             return []
@@ -541,14 +561,14 @@ class ChatStream(BaseChatStream):
         return [self._chunk({"tool_calls": [{"index": self._tool_index[index],
                                              "function": {"arguments": arguments}}]})]
 
-    def _tool_call_end(self, index: int) -> list[dict]:
+    def _tool_call_end(self, index: int) -> list[JsonObject]:
         if index not in self._silent_tools:
             return []
         # OpenAI clients parse the joined fragments: a call without arguments streams "{}".
         self._silent_tools.discard(index)
         return [self._chunk({"tool_calls": [{"index": self._tool_index[index], "function": {"arguments": "{}"}}]})]
 
-    def _message_end(self, delta: dict) -> list[dict]:
+    def _message_end(self, delta: JsonObject) -> list[JsonObject]:
         if isinstance(delta.get("usage"), dict):
             self.usage = _openai_usage(delta["usage"])
         error = delta.get("error")
@@ -561,7 +581,7 @@ class ChatStream(BaseChatStream):
 # --- embeddings ----------------------------------------------------------------------------------------------------
 
 
-def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
+def embeddings_request(body: JsonObject, model: str, backend: object = None) -> JsonObject:
     """OpenAI embeddings request -> `POST /v2/embed`. base64 output is asked of Cohere directly (the float32 bytes,
     as OpenAI's base64 is), so the answer needs no knowledge of the request."""
     if not isinstance(body, dict):
@@ -581,7 +601,7 @@ def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-    request: dict = {"model": model, "texts": texts, "input_type": input_type, "embedding_types": [encoding]}
+    request: JsonObject = {"model": model, "texts": texts, "input_type": input_type, "embedding_types": [encoding]}
     dimensions = body.get("dimensions")
     if dimensions is not None:
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
@@ -590,15 +610,19 @@ def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
     return request
 
 
-def embeddings_response(body: dict, model: str) -> dict:
+def embeddings_response(body: JsonObject, model: str) -> JsonObject:
     embeddings = body.get("embeddings") or {}
     vectors = embeddings.get("float")
     if vectors is None:
         vectors = embeddings.get("base64") or []
     data = [{"object": "embedding", "index": index, "embedding": vector} for index, vector in enumerate(vectors)]
     meta = body.get("meta") or {}
-    billed = meta.get("billed_units") if isinstance(meta.get("billed_units"), dict) else {}
-    tokens = meta.get("tokens") if isinstance(meta.get("tokens"), dict) else {}
+    billed = meta.get("billed_units")
+    if not isinstance(billed, dict):
+        billed = {}
+    tokens = meta.get("tokens")
+    if not isinstance(tokens, dict):
+        tokens = {}
     used = _count(billed.get("input_tokens"), tokens.get("input_tokens"))
     return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": used, "total_tokens": used}}
 
@@ -608,7 +632,7 @@ def embeddings_response(body: dict, model: str) -> dict:
 _CLIENT_STATUS = {422: 400, 498: 401, 499: 502}
 
 
-def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:
     """A Cohere error (`{"id"?, "message"}`) -> (status for the client, OpenAI error).
 
     498 (invalid token) becomes 401, 422 becomes 400, 499 (request cancelled on Cohere's side) and unusual 5xx

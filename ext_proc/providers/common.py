@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import orjson
 
 from ..errors import BadRequest, UpstreamError, error_body
+from ..json_types import JsonObject
 
 MAPPED = "mapped"
 DROPPED = "dropped"
@@ -47,7 +48,7 @@ def refuse_unsupported(body: object, fields: Mapping[str, str], harmless: Mappin
             raise BadRequest(reasons.get(field, f"'{field}' is not supported on {translator} backends"), param=field)
 
 
-def requested_max_tokens(body: dict) -> tuple[int | None, str]:
+def requested_max_tokens(body: JsonObject) -> tuple[int | None, str]:
     """The requested output limit and the field it came from; `max_completion_tokens` wins over `max_tokens`.
 
     Returns (None, "") when neither is set. A value that is not a positive integer is refused, naming its field.
@@ -74,17 +75,18 @@ def split_data_url(url: str) -> tuple[str, str] | None:
     return media_type.strip().lower(), data
 
 
-def error_dict(message: str, type_: str, code: str | int | None, param: str | None = None) -> dict:
+def error_dict(message: str, type_: str, code: str | int | None, param: str | None = None) -> JsonObject:
     """An OpenAI error body as a dict, built by `errors.error_body` so every error has the same envelope."""
-    return orjson.loads(error_body(message, type_, code, param))
+    error: JsonObject = orjson.loads(error_body(message, type_, code, param))
+    return error
 
 
-def gateway_error(message: str) -> dict:
+def gateway_error(message: str) -> JsonObject:
     """The error for an upstream answer the gateway can't make sense of (502 upstream_error)."""
     return error_dict(message, UpstreamError.type, UpstreamError.code)
 
 
-def function_tools(tools: object, translator: str) -> list[tuple[str, dict, dict]]:
+def function_tools(tools: object, translator: str) -> list[tuple[str, JsonObject, JsonObject]]:
     """(where, tool, function) for each OpenAI function tool, after the checks every provider makes: an array of
     `type: function` tools, each with a non-empty name. Other tool types are refused, naming the tool."""
     if not tools:
@@ -98,7 +100,9 @@ def function_tools(tools: object, translator: str) -> list[tuple[str, dict, dict
             kind = tool.get("type") if isinstance(tool, dict) else None
             raise BadRequest(f"{where}: tool type {kind!r} is not supported on {translator} backends; "
                              "only function tools are", param=where)
-        function = tool.get("function") if isinstance(tool.get("function"), dict) else {}
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            function = {}
         name = function.get("name")
         if not isinstance(name, str) or not name:
             raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")

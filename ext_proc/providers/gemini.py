@@ -59,6 +59,7 @@ import orjson
 
 from ..config.models import Backend
 from ..errors import BadRequest, status_error_type
+from ..json_types import JsonObject
 from .common import (
     DROPPED,
     MAPPED,
@@ -223,14 +224,14 @@ def _model_path(model: str, backend: Backend | None) -> str:
 # --- request -------------------------------------------------------------------------------------------------------
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """Translate an OpenAI chat request into a Gemini GenerateContentRequest for `model`.
 
     Gemini needs no max_tokens (it defaults to the model's limit), so `default_max_tokens` is not used.
     """
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, "gemini")
     system, contents = _conversation(body.get("messages"), model)
-    request: dict = {"contents": contents}
+    request: JsonObject = {"contents": contents}
     if system:
         request["systemInstruction"] = {"parts": system}
     tools = _tools(body.get("tools"))
@@ -245,8 +246,8 @@ def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
     return request
 
 
-def _generation_config(body: dict) -> dict:
-    config: dict = {}
+def _generation_config(body: JsonObject) -> JsonObject:
+    config: JsonObject = {}
     for field, key in (("temperature", "temperature"), ("top_p", "topP"), ("presence_penalty", "presencePenalty"),
                        ("frequency_penalty", "frequencyPenalty")):
         value = body.get(field)
@@ -278,14 +279,14 @@ def _generation_config(body: dict) -> dict:
     return config
 
 
-def _positive_int(body: dict, field: str) -> int:
+def _positive_int(body: JsonObject, field: str) -> int:
     value = body.get(field)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise BadRequest(f"'{field}' must be a positive integer", param=field)
     return value
 
 
-def _thinking(effort: object) -> dict | None:
+def _thinking(effort: object) -> JsonObject | None:
     if effort is None:
         return None
     budget = _THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
@@ -297,19 +298,20 @@ def _thinking(effort: object) -> dict | None:
     return {"thinkingBudget": budget, "includeThoughts": True}
 
 
-def _response_format(value: object) -> dict:
+def _response_format(value: object) -> JsonObject:
     if value is None:
         return {}
-    kind = value.get("type") if isinstance(value, dict) else None
+    given: JsonObject = value if isinstance(value, dict) else {}
+    kind = given.get("type")
     if kind == "text":
         return {}
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
-        spec = value.get("json_schema")
+        spec = given.get("json_schema")
         if not isinstance(spec, dict):
             raise BadRequest("response_format.json_schema must be an object", param="response_format")
-        config: dict = {"responseMimeType": "application/json"}
+        config: JsonObject = {"responseMimeType": "application/json"}
         schema = spec.get("schema")
         if schema is not None:
             config["responseSchema"] = _schema(schema, schema, "response_format.json_schema.schema", ordered=True)
@@ -321,13 +323,13 @@ def _response_format(value: object) -> dict:
 # --- conversation --------------------------------------------------------------------------------------------------
 
 
-def _conversation(messages: object, model: str) -> tuple[list[dict], list[dict]]:
+def _conversation(messages: object, model: str) -> tuple[list[JsonObject], list[JsonObject]]:
     """OpenAI messages -> (systemInstruction parts, contents with merged consecutive roles)."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     names_by_call: dict[str, str] = {}
-    system: list[dict] = []
-    contents: list[dict] = []
+    system: list[JsonObject] = []
+    contents: list[JsonObject] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -359,7 +361,7 @@ def _conversation(messages: object, model: str) -> tuple[list[dict], list[dict]]
     return system, contents
 
 
-def _text_parts(content: object, where: str, kinds: tuple[str, ...] = ("text",)) -> list[dict]:
+def _text_parts(content: object, where: str, kinds: tuple[str, ...] = ("text",)) -> list[JsonObject]:
     """Text-only content (system, assistant, tool): a string or text parts (an assistant's past `refusal` too)."""
     if content is None or isinstance(content, str):
         return [{"text": content}] if content else []
@@ -380,7 +382,7 @@ def _text_parts(content: object, where: str, kinds: tuple[str, ...] = ("text",))
     return parts
 
 
-def _user_parts(content: object, where: str) -> list[dict]:
+def _user_parts(content: object, where: str) -> list[JsonObject]:
     if not isinstance(content, list):
         return _text_parts(content, where)
     parts = []
@@ -401,7 +403,7 @@ def _user_parts(content: object, where: str) -> list[dict]:
     return parts
 
 
-def _image_part(part: dict, where: str) -> dict:
+def _image_part(part: JsonObject, where: str) -> JsonObject:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str):
@@ -414,7 +416,7 @@ def _image_part(part: dict, where: str) -> dict:
     raise BadRequest(f"{where}: an image URL must be an http(s) or gs:// URL or a base64 data URL", param=where)
 
 
-def _inline_data(url: str, where: str, fallback_type: str | None = None) -> dict:
+def _inline_data(url: str, where: str, fallback_type: str | None = None) -> JsonObject:
     mime_type, data = split_data_url(url) or ("", "")
     mime_type = mime_type or (fallback_type or "")
     if not data or not mime_type:
@@ -431,17 +433,17 @@ def _mime_type_of(url: str, where: str) -> str:
     return guessed
 
 
-def _audio_part(part: dict, where: str) -> dict:
+def _audio_part(part: JsonObject, where: str) -> JsonObject:
     audio = part.get("input_audio")
     if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
         raise BadRequest(f"{where}: input_audio needs base64 data", param=where)
-    mime_type = _AUDIO_FORMATS.get(audio.get("format"))  # type: ignore[arg-type]
+    mime_type = _AUDIO_FORMATS.get(str(audio.get("format")))
     if mime_type is None:
         raise BadRequest(f"{where}: input_audio.format must be one of {', '.join(_AUDIO_FORMATS)}", param=where)
     return {"inlineData": {"mimeType": mime_type, "data": audio["data"]}}
 
 
-def _file_part(part: dict, where: str) -> dict:
+def _file_part(part: JsonObject, where: str) -> JsonObject:
     file = part.get("file")
     if not isinstance(file, dict):
         raise BadRequest(f"{where}: file must be an object", param=where)
@@ -461,7 +463,7 @@ def _file_part(part: dict, where: str) -> dict:
     return {"inlineData": {"mimeType": guessed, "data": data}}
 
 
-def _assistant_parts(message: dict, where: str, names_by_call: dict[str, str], model: str) -> list[dict]:
+def _assistant_parts(message: JsonObject, where: str, names_by_call: dict[str, str], model: str) -> list[JsonObject]:
     for field in ("audio", "function_call"):
         if message.get(field) is not None:
             raise BadRequest(f"{where}.{field} is not supported on gemini backends", param=f"{where}.{field}")
@@ -479,7 +481,7 @@ def _validates_signatures(model: str) -> bool:
     return model.rsplit("/", 1)[-1].startswith("gemini-3")
 
 
-def _function_call(call: object, where: str, names_by_call: dict[str, str]) -> dict:
+def _function_call(call: object, where: str, names_by_call: dict[str, str]) -> JsonObject:
     if not isinstance(call, dict) or call.get("type", "function") != "function":
         raise BadRequest(f"{where}: only function tool calls are supported on gemini backends", param=where)
     function = call.get("function") or {}
@@ -493,14 +495,14 @@ def _function_call(call: object, where: str, names_by_call: dict[str, str]) -> d
     if not isinstance(arguments, dict):
         raise BadRequest(f"{where}.function.arguments must be a JSON object", param=f"{where}.function.arguments")
     names_by_call[call_id] = name
-    part: dict = {"functionCall": {"name": name, "args": arguments}}
+    part: JsonObject = {"functionCall": {"name": name, "args": arguments}}
     signature = _signature_from_id(call_id)
     if signature is not None:
         part["thoughtSignature"] = signature
     return part
 
 
-def _function_response(message: dict, where: str, names_by_call: dict[str, str]) -> dict:
+def _function_response(message: JsonObject, where: str, names_by_call: dict[str, str]) -> JsonObject:
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise BadRequest(f"{where}: a tool message needs a tool_call_id", param=f"{where}.tool_call_id")
@@ -520,10 +522,10 @@ def _function_response(message: dict, where: str, names_by_call: dict[str, str])
 # --- tools ---------------------------------------------------------------------------------------------------------
 
 
-def _tools(tools: object) -> list[dict]:
+def _tools(tools: object) -> list[JsonObject]:
     declarations = []
     for where, _, function in function_tools(tools, "gemini"):
-        declaration: dict = {"name": function["name"]}
+        declaration: JsonObject = {"name": function["name"]}
         if function.get("description"):
             declaration["description"] = function["description"]
         parameters = function.get("parameters")
@@ -535,7 +537,7 @@ def _tools(tools: object) -> list[dict]:
     return declarations
 
 
-def _tool_choice(choice: object, declarations: list[dict]) -> tuple[list[dict], dict | None]:
+def _tool_choice(choice: object, declarations: list[JsonObject]) -> tuple[list[JsonObject], JsonObject | None]:
     """(function declarations, functionCallingConfig); `allowed_tools` in auto mode narrows the declarations."""
     names = [declaration["name"] for declaration in declarations]
     if choice is None:
@@ -570,7 +572,8 @@ def _tool_choice(choice: object, declarations: list[dict]) -> tuple[list[dict], 
                      param="tool_choice")
 
 
-def _schema(node: object, root: dict, where: str, refs: tuple[str, ...] = (), *, ordered: bool = False) -> dict:
+def _schema(node: object, root: JsonObject, where: str, refs: tuple[str, ...] = (), *,
+            ordered: bool = False) -> JsonObject:
     """A JSON Schema -> Gemini's Schema object (see the module docstring for what is kept, described or refused).
 
     `refs` are the `$ref`s followed on the way here: meeting one again means the schema is recursive. `ordered`
@@ -586,7 +589,7 @@ def _schema(node: object, root: dict, where: str, refs: tuple[str, ...] = (), *,
         if key in _SCHEMA_REFUSED:
             raise BadRequest(f"JSON Schema keyword '{key}' at {where} is not supported on gemini backends",
                              param=_param_of(where))
-    result: dict = {}
+    result: JsonObject = {}
     nullable = _apply_type(node, where, result)
     result.update((key, node[key]) for key in _SCHEMA_COPIED if key in node)
     if "example" not in node and isinstance(node.get("examples"), list) and node["examples"]:
@@ -616,7 +619,9 @@ def _schema(node: object, root: dict, where: str, refs: tuple[str, ...] = (), *,
         result["items"] = _schema(node["items"], root, f"{where}.items", refs, ordered=ordered)
     hints = _apply_values(node, result)
     hints += [f"{key}: {orjson.dumps(node[key]).decode()}" for key in _SCHEMA_HINTED if key in node]
-    description = node.get("description") if isinstance(node.get("description"), str) else ""
+    description = node.get("description")
+    if not isinstance(description, str):
+        description = ""
     if hints:
         description = f"{description} ({'; '.join(hints)})" if description else "; ".join(hints)
     if description:
@@ -624,7 +629,8 @@ def _schema(node: object, root: dict, where: str, refs: tuple[str, ...] = (), *,
     return result
 
 
-def _inline(node: dict, root: dict, where: str, refs: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
+def _inline(node: JsonObject, root: JsonObject, where: str,
+            refs: tuple[str, ...]) -> tuple[JsonObject, tuple[str, ...]]:
     """Resolve local `$ref`s and merge one-member `allOf`s into the node; keys written next to them win."""
     while True:
         all_of = node.get("allOf")
@@ -652,7 +658,7 @@ def _inline(node: dict, root: dict, where: str, refs: tuple[str, ...]) -> tuple[
         refs = (*refs, ref)
 
 
-def _apply_type(node: dict, where: str, result: dict) -> bool:
+def _apply_type(node: JsonObject, where: str, result: JsonObject) -> bool:
     """Set `type` (or `anyOf` for several types); return whether "null" was one of them."""
     kind = node.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
@@ -667,10 +673,12 @@ def _apply_type(node: dict, where: str, result: dict) -> bool:
     return nullable
 
 
-def _apply_values(node: dict, result: dict) -> list[str]:
+def _apply_values(node: JsonObject, result: JsonObject) -> list[str]:
     """enum / const (strings only on Gemini) and format (a few per type); returns what only the description can say."""
     hints = []
-    values = node.get("enum") if isinstance(node.get("enum"), list) else [node["const"]] if "const" in node else None
+    values = node.get("enum")
+    if not isinstance(values, list):
+        values = [node["const"]] if "const" in node else None
     if values is not None:
         present = [value for value in values if value is not None]
         if len(present) < len(values):
@@ -729,14 +737,14 @@ def _call_id(response_id: str, candidate: int, index: int, name: str, args: obje
 # --- response ------------------------------------------------------------------------------------------------------
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     """Translate a GenerateContentResponse into an OpenAI `chat.completion` (one choice per candidate)."""
     response_id = body.get("responseId") or ""
     choices = []
     for position, candidate in enumerate(body.get("candidates") or ()):
         index = candidate.get("index", position)
         text, reasoning, calls = _candidate_parts(candidate, response_id, index)
-        message: dict = {"role": "assistant", "content": "".join(text) if text or not calls else None,
+        message: JsonObject = {"role": "assistant", "content": "".join(text) if text or not calls else None,
                          "refusal": None}
         if calls:
             message["tool_calls"] = calls
@@ -757,12 +765,12 @@ def chat_response(body: dict, model: str, created: int) -> dict:
     return completion
 
 
-def _candidate_parts(candidate: dict, response_id: str, index: int,
-                     first_call: int = 0) -> tuple[list[str], list[str], list[dict]]:
+def _candidate_parts(candidate: JsonObject, response_id: str, index: int,
+                     first_call: int = 0) -> tuple[list[str], list[str], list[JsonObject]]:
     """(text pieces, thought pieces, OpenAI tool calls) of a candidate; calls are numbered from `first_call`."""
     text: list[str] = []
     reasoning: list[str] = []
-    calls: list[dict] = []
+    calls: list[JsonObject] = []
     for part in (candidate.get("content") or {}).get("parts") or ():
         if "functionCall" in part:
             call = part["functionCall"] or {}
@@ -782,12 +790,12 @@ def _finish_reason(reason: object, called: bool) -> str:
     return "tool_calls" if called and mapped == "stop" else mapped
 
 
-def usage_of(response: dict) -> dict | None:
+def usage_of(response: JsonObject) -> JsonObject | None:
     usage = response.get("usageMetadata")
     return _openai_usage(usage) if isinstance(usage, dict) else None
 
 
-def _openai_usage(usage: dict) -> dict:
+def _openai_usage(usage: JsonObject) -> JsonObject:
     prompt = (usage.get("promptTokenCount") or 0) + (usage.get("toolUsePromptTokenCount") or 0)
     thoughts = usage.get("thoughtsTokenCount") or 0
     completion = (usage.get("candidatesTokenCount") or 0) + thoughts
@@ -816,11 +824,11 @@ class ChatStream(BaseChatStream):
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
         super().__init__(model, created, include_usage)
-        self._raw_usage: dict = {}
+        self._raw_usage: JsonObject = {}
         self._calls: dict[int, int] = {}  # candidate index -> tool calls sent so far
         self._open: set[int] = set()  # candidates that started and have not finished
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed:
             return []
         try:
@@ -838,7 +846,7 @@ class ChatStream(BaseChatStream):
         if isinstance(payload.get("usageMetadata"), dict):
             self._raw_usage.update(payload["usageMetadata"])
             self.usage = _openai_usage(self._raw_usage)
-        chunks: list[dict] = []
+        chunks: list[JsonObject] = []
         candidates = payload.get("candidates") or []
         if not candidates and (payload.get("promptFeedback") or {}).get("blockReason") and not self._calls:
             chunks.append(self._chunk({"role": "assistant", "content": ""}))
@@ -848,10 +856,10 @@ class ChatStream(BaseChatStream):
             chunks.extend(self._candidate(candidate.get("index", position), candidate))
         return chunks
 
-    def _last_chunks(self) -> list[dict] | None:
+    def _last_chunks(self) -> list[JsonObject] | None:
         return self._usage_chunks() if self._calls and not self._open else None
 
-    def _candidate(self, index: int, candidate: dict) -> list[dict]:
+    def _candidate(self, index: int, candidate: JsonObject) -> list[JsonObject]:
         chunks = []
         if index not in self._calls:
             self._calls[index] = 0
@@ -876,7 +884,7 @@ class ChatStream(BaseChatStream):
 # --- errors --------------------------------------------------------------------------------------------------------
 
 
-def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:
     """A Google API error (`{"error": {"code", "message", "status"}}`, possibly in a one-element array) -> (status for
     the client, OpenAI error). AI Studio's 400 for a bad API key becomes a 401."""
     client_status = status if status < 500 or status in (500, 502, 503, 504) else 502
@@ -895,7 +903,7 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     return client_status, error_dict(message, status_error_type(client_status), None)
 
 
-def error_from_google_body(status: int, body: bytes) -> tuple[int, dict] | None:
+def error_from_google_body(status: int, body: bytes) -> tuple[int, JsonObject] | None:
     """`error_response` when `body` is a Google API error, else None (for Vertex partner models, whose own errors
     have another shape but whose auth, quota and routing errors come from Google's front end)."""
     try:
@@ -910,27 +918,32 @@ def error_from_google_body(status: int, body: bytes) -> tuple[int, dict] | None:
     return None
 
 
-def _reason(error: dict) -> str | None:
+def _reason(error: JsonObject) -> str | None:
     for detail in error.get("details") or ():
-        if isinstance(detail, dict) and isinstance(detail.get("reason"), str):
-            return detail["reason"]
+        reason = detail.get("reason") if isinstance(detail, dict) else None
+        if isinstance(reason, str):
+            return reason
     return None
 
 
-def _error_from_google(error: dict, status: int | None) -> dict:
+def _error_from_google(error: JsonObject, status: int | None) -> JsonObject:
     """An `error` object -> OpenAI error; a stream error has no HTTP status, its `status` name gives one."""
-    kind = error.get("status") if isinstance(error.get("status"), str) else None
+    kind = error.get("status")
+    if not isinstance(kind, str):
+        kind = None
     if status is None:
         code = error.get("code")
         status = _STATUS_BY_ERROR.get(kind or "", code if isinstance(code, int) and code >= 400 else 500)
-    message = error.get("message") if isinstance(error.get("message"), str) else None
+    message = error.get("message")
+    if not isinstance(message, str):
+        message = None
     return error_dict(message or f"the gemini backend reported {kind or 'an error'}", status_error_type(status), kind)
 
 
 # --- embeddings ----------------------------------------------------------------------------------------------------
 
 
-def embeddings_request(body: dict, model: str, backend: Backend | None = None) -> dict:
+def embeddings_request(body: JsonObject, model: str, backend: Backend | None = None) -> JsonObject:
     """OpenAI embeddings -> AI Studio `batchEmbedContents`, or Vertex `predict` when `backend` is a Vertex one."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -946,21 +959,21 @@ def embeddings_request(body: dict, model: str, backend: Backend | None = None) -
                          "(token arrays are not supported)", param="input")
     dimensions = _positive_int(body, "dimensions") if body.get("dimensions") is not None else None
     if _is_vertex(backend):
-        request: dict = {"instances": [{"content": text} for text in inputs]}
+        request: JsonObject = {"instances": [{"content": text} for text in inputs]}
         if dimensions is not None:
             request["parameters"] = {"outputDimensionality": dimensions}
         return request
     name = f"models/{model.removeprefix('models/')}"
     requests = []
     for text in inputs:
-        entry: dict = {"model": name, "content": {"parts": [{"text": text}]}}
+        entry: JsonObject = {"model": name, "content": {"parts": [{"text": text}]}}
         if dimensions is not None:
             entry["outputDimensionality"] = dimensions
         requests.append(entry)
     return {"requests": requests}
 
 
-def embeddings_response(body: dict, model: str) -> dict:
+def embeddings_response(body: JsonObject, model: str) -> JsonObject:
     """`{embeddings: [{values}]}` (AI Studio) or `{predictions: [{embeddings: {values, statistics}}]}` (Vertex) ->
     an OpenAI embeddings list. AI Studio reports no token counts, so its usage is 0 (the gateway then settles with
     its own estimate)."""

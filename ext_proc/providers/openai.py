@@ -10,6 +10,7 @@ from __future__ import annotations
 import orjson
 
 from ..errors import error_body, status_error_type
+from ..json_types import JsonObject
 from .stream import ChatStream as BaseChatStream
 from .translator import Translator
 
@@ -23,7 +24,7 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return "/chat/completions"
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched,
     except Anthropic's `cache_control` marks, which OpenAI-format APIs don't know (caching there is automatic)."""
     request = {**body, "model": model}
@@ -55,7 +56,7 @@ def _without_cache_control(item: object) -> object:
     return cleaned
 
 
-def chat_response(body: dict, model: str, created: int) -> dict:
+def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     return body
 
 
@@ -63,15 +64,15 @@ def embeddings_path(model: str, backend: object = None) -> str:
     return "/embeddings"
 
 
-def embeddings_request(body: dict, model: str, backend: object = None) -> dict:
+def embeddings_request(body: JsonObject, model: str, backend: object = None) -> JsonObject:
     return {**body, "model": model}
 
 
-def embeddings_response(body: dict, model: str) -> dict:
+def embeddings_response(body: JsonObject, model: str) -> JsonObject:
     return body
 
 
-def usage_of(response: dict) -> dict | None:
+def usage_of(response: JsonObject) -> JsonObject | None:
     usage = response.get("usage")
     return usage if isinstance(usage, dict) else None
 
@@ -90,7 +91,7 @@ class ChatStream(BaseChatStream):
         super().__init__(model, created, include_usage)
         self._saw_finish_reason = False
 
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed:
             return []
         if data.strip() == _DONE:
@@ -117,11 +118,11 @@ class ChatStream(BaseChatStream):
         chunk.pop("usage", None)
         return [chunk]
 
-    def _last_chunks(self) -> list[dict] | None:
+    def _last_chunks(self) -> list[JsonObject] | None:
         return [] if self._saw_finish_reason else None
 
 
-def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:
     """Keep an OpenAI error object (filling in what it lacks); wrap anything else. The status is kept."""
     try:
         payload = orjson.loads(body)
@@ -130,7 +131,7 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
     return status, _openai_error(payload, status)
 
 
-def _openai_error(payload: object, status: int) -> dict:
+def _openai_error(payload: object, status: int) -> JsonObject:
     """`{"error": {...}}`, `{"error": "text"}` or `{"message": "text"}` -> the OpenAI error envelope."""
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -148,8 +149,9 @@ def _openai_error(payload: object, status: int) -> dict:
     return _error(message, status_error_type(status), None)
 
 
-def _error(message: str, type_: str, code: str | int | None, param: str | None = None) -> dict:
-    return orjson.loads(error_body(message, type_, code, param))
+def _error(message: str, type_: str, code: str | int | None, param: str | None = None) -> JsonObject:
+    error: JsonObject = orjson.loads(error_body(message, type_, code, param))
+    return error
 
 
 class OpenAITranslator(Translator):

@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import BadRequest
+from ..json_types import JsonObject
 from .common import DROPPED, OPENAI_CHAT_FIELDS, REFUSED
 
 PASSED = "passed"
@@ -83,7 +84,7 @@ _DEFAULTS: dict[str, tuple[object, ...]] = {
 }
 """Values of a refused field that mean "not asked for": dropped rather than refused."""
 
-Quirk = Callable[[dict, str], None]
+Quirk = Callable[[JsonObject, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ class Preset:
 # --- quirks --------------------------------------------------------------------------------------------------------
 
 
-def _groq_message_names(request: dict, model: str) -> None:
+def _groq_message_names(request: JsonObject, model: str) -> None:
     """Groq answers 400 to `messages[].name`; the name only labels a participant, so it is left out."""
     messages = request.get("messages")
     if isinstance(messages, list) and any(isinstance(m, dict) and "name" in m for m in messages):
@@ -127,7 +128,7 @@ def _groq_message_names(request: dict, model: str) -> None:
 _DEEPSEEK_IGNORED_WHILE_THINKING = {"temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
 
 
-def _deepseek(request: dict, model: str) -> None:
+def _deepseek(request: JsonObject, model: str) -> None:
     effort = request.get("reasoning_effort")
     if effort == "none":
         request.pop("reasoning_effort")
@@ -151,7 +152,7 @@ def _deepseek(request: dict, model: str) -> None:
                          param="response_format")
 
 
-def _openrouter(request: dict, model: str) -> None:
+def _openrouter(request: JsonObject, model: str) -> None:
     effort = request.pop("reasoning_effort", None)
     if effort is not None:
         request["reasoning"] = {"effort": effort}
@@ -159,7 +160,7 @@ def _openrouter(request: dict, model: str) -> None:
         request["provider"] = {"require_parameters": True}
 
 
-def _ollama_images(request: dict, model: str) -> None:
+def _ollama_images(request: JsonObject, model: str) -> None:
     """Ollama takes images as base64 data URIs only."""
     for i, message in enumerate(request.get("messages") or ()):
         content = message.get("content") if isinstance(message, dict) else None
@@ -240,7 +241,7 @@ def rules(preset: str) -> dict[str, str]:
     return {name: spec.rule(name) for name in OPENAI_CHAT_FIELDS}
 
 
-def adapt_request(preset: str, body: dict, model: str) -> dict:
+def adapt_request(preset: str, body: JsonObject, model: str) -> JsonObject:
     """The OpenAI request `body` (already built for the backend) as `preset` takes it; raises BadRequest naming a
     field the provider would silently ignore. The input is not modified."""
     spec = PRESETS[preset]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from ..json_types import JsonObject
 from .common import gateway_error
 
 
@@ -31,7 +32,7 @@ class ChatStream(ABC):
     """What a complete stream ends with, in the error for one that was cut ("message_stop", ...)."""
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.usage: dict | None = None
+        self.usage: JsonObject | None = None
         self.finished = False
         self._failed = False
         self._id = ""
@@ -40,10 +41,10 @@ class ChatStream(ABC):
         self._include_usage = include_usage
 
     @abstractmethod
-    def feed(self, event: str | None, data: bytes) -> list[dict]:
+    def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         """One provider event -> the OpenAI chunks it makes (often none, sometimes several)."""
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[JsonObject]:
         """The connection ended: what the client is still owed, or the error for a stream cut short."""
         if self.finished or self._failed:
             return []
@@ -53,19 +54,19 @@ class ChatStream(ABC):
         self.finished = True
         return last
 
-    def _last_chunks(self) -> list[dict] | None:
+    def _last_chunks(self) -> list[JsonObject] | None:
         """For a stream that ended without its end marker: the chunks still to send when the answer is complete
         nonetheless, None when it was cut short."""
         return None
 
-    def _fail(self, error: dict) -> list[dict]:
+    def _fail(self, error: JsonObject) -> list[JsonObject]:
         self._failed = True
         return [error]
 
-    def _malformed(self) -> list[dict]:
+    def _malformed(self) -> list[JsonObject]:
         return self._fail(gateway_error(f"the {self.provider} backend sent a malformed stream event"))
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None, index: int = 0) -> dict:
+    def _chunk(self, delta: JsonObject, finish_reason: str | None = None, index: int = 0) -> JsonObject:
         """A `chat.completion.chunk` with one choice."""
         chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model,
                  "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
@@ -73,7 +74,7 @@ class ChatStream(ABC):
             chunk["usage"] = None
         return chunk
 
-    def _usage_chunks(self) -> list[dict]:
+    def _usage_chunks(self) -> list[JsonObject]:
         """The closing usage chunk, when the client asked for usage and the provider reported it."""
         if not self._include_usage or self.usage is None:
             return []

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
 from ..config.models import Backend
+from ..json_types import JsonObject
 from .stream import ChatStream
 
 
@@ -34,12 +35,12 @@ class Translator(ABC):
         project, ..."""
 
     @abstractmethod
-    def chat_request(self, body: dict, model: str, *, default_max_tokens: int) -> dict:
+    def chat_request(self, body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
         """OpenAI chat request -> provider request. Raises `errors.BadRequest` for a field the provider can't
         honour, never silently dropping one that changes the answer."""
 
     @abstractmethod
-    def chat_response(self, body: dict, model: str, created: int) -> dict:
+    def chat_response(self, body: JsonObject, model: str, created: int) -> JsonObject:
         """Provider answer -> OpenAI `chat.completion`."""
 
     @abstractmethod
@@ -48,17 +49,17 @@ class Translator(ABC):
         it as (event type, payload bytes)."""
 
     @abstractmethod
-    def error_response(self, status: int, body: bytes, headers: Mapping[str, str] | None) -> tuple[int, dict]:
+    def error_response(self, status: int, body: bytes, headers: Mapping[str, str] | None) -> tuple[int, JsonObject]:
         """A provider error, with its response headers (where AWS names the exception) -> (HTTP status for the
         client, OpenAI error)."""
 
     def embeddings_path(self, model: str, backend: Backend | None) -> str:
         raise NotImplementedError(f"{type(self).__name__} serves no embeddings")
 
-    def embeddings_request(self, body: dict, model: str, backend: Backend | None) -> dict:
+    def embeddings_request(self, body: JsonObject, model: str, backend: Backend | None) -> JsonObject:
         """OpenAI embeddings request -> provider request."""
         raise NotImplementedError(f"{type(self).__name__} serves no embeddings")
 
-    def embeddings_response(self, body: dict, model: str) -> dict:
+    def embeddings_response(self, body: JsonObject, model: str) -> JsonObject:
         """Provider answer -> OpenAI `list` of `embedding` objects, with usage."""
         raise NotImplementedError(f"{type(self).__name__} serves no embeddings")

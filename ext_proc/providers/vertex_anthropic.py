@@ -13,8 +13,10 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from ..config.models import Backend
+from ..json_types import JsonObject
 from . import anthropic, gemini
-from .anthropic import DROPPED, FIELDS, MAPPED, REFUSED, ChatStream, chat_response, usage_of
+from .anthropic import FIELDS, ChatStream, chat_response, usage_of
+from .common import DROPPED, MAPPED, REFUSED
 from .translator import Translator
 
 SCHEMA = "vertex-anthropic"
@@ -32,14 +34,14 @@ def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
             f":{'streamRawPredict' if stream else 'rawPredict'}")
 
 
-def chat_request(body: dict, model: str, *, default_max_tokens: int) -> dict:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The Anthropic Messages request for `model`, without `model` and with Vertex's `anthropic_version` first."""
     request = anthropic.chat_request(body, model, default_max_tokens=default_max_tokens)
     del request["model"]
     return {"anthropic_version": API_VERSION, **request}
 
 
-def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, dict]:
+def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:
     """Google's front-end errors (auth, quota, routing) in Google's shape; the model's own errors in Anthropic's."""
     google = gemini.error_from_google_body(status, body)
     return google if google is not None else anthropic.error_response(status, body)
