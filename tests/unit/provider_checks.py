@@ -1,7 +1,9 @@
 """Checks the provider translation tests share: fixture folders, strict SDK-type validation, OpenAI answer shapes.
 
-Each translator's tests hold their own cases; what it means for a request to fit an SDK type, for an answer to be a
-valid OpenAI chunk, or for a field table to cover every OpenAI field is written once here.
+What it means for a request to fit a provider's SDK (anthropic, openai, cohere, google-genai, botocore's
+bedrock-runtime model), for an answer to be a valid OpenAI chunk, or for a field table to cover every OpenAI field is
+written once here. `goldens.py` says which of these each provider's fixtures go through; the provider test modules
+call them for their own cases.
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ def feed_stream(stream: typing.Any, events: Iterable[SSEEvent]) -> list[dict]:
         out.extend(stream.feed(event.event, event.data))
     out.extend(stream.finish())
     return out
+
+
+def streamed_tool_calls(chunks: Iterable[dict]) -> dict[int, dict]:
+    """The tool calls a stream's deltas build, by index: id, name, the joined arguments and how many pieces."""
+    calls: dict[int, dict] = {}
+    for chunk in chunks:
+        for choice in chunk.get("choices", ()):
+            for fragment in choice["delta"].get("tool_calls", ()):
+                call = calls.setdefault(fragment["index"], {"id": None, "name": None, "arguments": "", "pieces": 0})
+                call["id"] = fragment.get("id") or call["id"]
+                call["name"] = fragment["function"].get("name") or call["name"]
+                call["arguments"] += fragment["function"].get("arguments") or ""
+                call["pieces"] += 1
+    return calls
+
+
+def streamed_text(chunks: Iterable[dict]) -> str:
+    return "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks if chunk.get("choices"))
 
 
 # --- request fields ------------------------------------------------------------------------------------------------
