@@ -21,7 +21,13 @@ import yaml
 from . import constants
 
 if TYPE_CHECKING:
+    import grpc
+
+    from .config.models import Config, ExtProcServer
     from .launch.channel import Channel
+    from .launch.processes import Supervisor
+    from .limits.limiter import Limiter
+    from .runtime.build import Runtime
 
 log = logging.getLogger("babelgate")
 
@@ -219,7 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
                       health_address=f"{host}:{health_port}" if health_port is not None else None)
 
 
-def _serve_one(runtime: object, channel: Channel, report_ready: bool, config_path: Path,
+def _serve_one(runtime: Runtime, channel: Channel, report_ready: bool, config_path: Path,
                admin_port: int | None = None, admin_host: str = "127.0.0.1", health_address: str | None = None) -> int:
     from .server import RuntimeHolder, serve
 
@@ -236,7 +242,7 @@ def _serve_one(runtime: object, channel: Channel, report_ready: bool, config_pat
         if report_ready:
             print(json.dumps(ports), flush=True)
 
-    asyncio.run(serve(RuntimeHolder(runtime), channel.address, on_ready=ready,  # type: ignore[arg-type]
+    asyncio.run(serve(RuntimeHolder(runtime), channel.address, on_ready=ready,
                       config_path=config_path, admin_port=admin_port, admin_host=admin_host,
                       ssl_context=channel.ssl_context, health_address=health_address))
     return 0
@@ -299,15 +305,15 @@ def _up(args: argparse.Namespace) -> int:
     return code
 
 
-def _with_overrides(config: object, args: argparse.Namespace) -> object:
+def _with_overrides(config: Config, args: argparse.Namespace) -> Config:
     update_listener = {k: v for k, v in (("port", args.port), ("admin_port", args.admin_port)) if v is not None}
-    listener = config.listener.model_copy(update=update_listener)  # type: ignore[attr-defined]
+    listener = config.listener.model_copy(update=update_listener)
     update_server = {k: v for k, v in (("port", args.ext_proc_port), ("processes", args.processes)) if v is not None}
-    ext_proc = config.ext_proc.model_copy(update=update_server)  # type: ignore[attr-defined]
-    return config.model_copy(update={"listener": listener, "ext_proc": ext_proc})  # type: ignore[attr-defined]
+    ext_proc = config.ext_proc.model_copy(update=update_server)
+    return config.model_copy(update={"listener": listener, "ext_proc": ext_proc})
 
 
-def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -> tuple[Path, str, dict[str, str]]:
+def _prepare_demo(args: argparse.Namespace, supervisor: Supervisor, workdir: Path) -> tuple[Path, str, dict[str, str]]:
     from .launch import demo
     from .launch.processes import python_module, reported_port_argv
 
@@ -318,7 +324,7 @@ def _prepare_demo(args: argparse.Namespace, supervisor: object, workdir: Path) -
     ports = {}
     for provider in demo.PROVIDERS:
         # a restarted provider comes back on its first port: Envoy's cluster for it names that port
-        _, ready = supervisor.start_reporting(provider.name, python_module(  # type: ignore[attr-defined]
+        _, ready = supervisor.start_reporting(provider.name, python_module(
             "ext_proc.demo", "--kind", provider.kind, "--name", provider.name, "--port", "0",
             "--api-key", keys[provider.name]), restart_argv=reported_port_argv)
         ports[provider.name] = ready["port"]
@@ -354,17 +360,17 @@ def _free_or(port: int) -> int:
         return free_port()
 
 
-def _print_banner(url: str, key: str | None, config: object, admin_credential: str | None = None) -> None:
+def _print_banner(url: str, key: str | None, config: Config, admin_credential: str | None = None) -> None:
     shown_key = key or "<your virtual key>"
-    model = config.routes[0].model  # type: ignore[attr-defined]
-    models = ", ".join(route.model for route in config.routes)  # type: ignore[attr-defined]
-    admin = config.admin  # type: ignore[attr-defined]
+    model = config.routes[0].model
+    models = ", ".join(route.model for route in config.routes)
+    admin = config.admin
     admin_lines = "" if admin is None or not admin.via_envoy or admin_credential is None else f"""
 Admin API (keys, routes, usage; JSON here, gRPC on 127.0.0.1:{admin.port}), credential {admin_credential}
   curl {url}/admin/v1/routes -H 'Authorization: Bearer {admin_credential}'
   BABELGATE_ADMIN_KEY={admin_credential} babelgate keys create --id alice --admin 127.0.0.1:{admin.port}
 """
-    sockets = config.ext_proc.socket_dir  # type: ignore[attr-defined]
+    sockets = config.ext_proc.socket_dir
     channel_line = ("" if sockets is None
                     else f"ext_proc servers: Unix sockets in {sockets} (only this user opens them)\n")
     print(f"""
@@ -401,7 +407,7 @@ class StopSignals:
         self.hangups += 1
 
 
-def _wait_for_signal(supervisor: object, signals: StopSignals, on_tick: Callable[[], None] | None = None,
+def _wait_for_signal(supervisor: Supervisor, signals: StopSignals, on_tick: Callable[[], None] | None = None,
                      on_hangup: Callable[[], None] | None = None) -> int:
     """Until SIGTERM/SIGINT (then 0) or a child's crash loop (then 1; the caller drains and stops as for a signal).
     Children that exit meanwhile are restarted (`Supervisor.tend`); SIGHUP is passed on to every child (the servers
@@ -411,13 +417,13 @@ def _wait_for_signal(supervisor: object, signals: StopSignals, on_tick: Callable
     handled = 0
     while not signals.stop:
         try:
-            supervisor.tend()  # type: ignore[attr-defined]
+            supervisor.tend()
         except CrashLoop as exc:
             log.error("%s\nstopping everything", exc)
             return 1
         if signals.hangups != handled:
             handled = signals.hangups
-            supervisor.signal_all(signal.SIGHUP, skip=("envoy",))  # type: ignore[attr-defined]
+            supervisor.signal_all(signal.SIGHUP, skip=("envoy",))
             if on_hangup is not None:
                 on_hangup()
         if on_tick is not None:
@@ -529,14 +535,14 @@ def _usage_from_log(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _scan(limiter: object) -> dict[str, int]:
+async def _scan(limiter: Limiter) -> dict[str, int]:
     try:
-        return await limiter.store.scan(limiter.prefix)  # type: ignore[attr-defined]
+        return await limiter.store.scan(limiter.prefix)
     finally:
-        await limiter.store.close()  # type: ignore[attr-defined]
+        await limiter.store.close()
 
 
-def _usage_from_servers(config: object) -> tuple[str, dict[str, int]]:
+def _usage_from_servers(config: Config) -> tuple[str, dict[str, int]]:
     """The in-memory store lives in each server process: ask each one, over the channel Envoy uses (Unix socket,
     mutual TLS or TCP) with an admin credential, and add their counters up."""
     import grpc
@@ -545,17 +551,19 @@ def _usage_from_servers(config: object) -> tuple[str, dict[str, int]]:
     from .launch.processes import LaunchError
     from .server import USAGE_METHOD
 
-    server = config.ext_proc  # type: ignore[attr-defined]
+    server = config.ext_proc
     try:
-        metadata = (("authorization", f"Bearer {_credential(config)}"),)  # type: ignore[arg-type]
+        metadata = (("authorization", f"Bearer {_credential(config)}"),)
     except UsageError as exc:
         raise LaunchError(f"reading usage from the running servers takes an admin credential: {exc}") from None
-    prefix, totals = "", {}
+    prefix = ""
+    totals: dict[str, int] = {}
     for index in range(server.processes):
         target, open_channel = _server_channel(server, index)
         with open_channel() as channel:
             try:
-                reply = channel.unary_unary(USAGE_METHOD)(b"", timeout=5, metadata=metadata)
+                usage: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(USAGE_METHOD)
+                reply = usage(b"", timeout=5, metadata=metadata)
             except grpc.RpcError as exc:
                 raise LaunchError(f"the ext_proc server at {target} did not answer ({exc.code().name}: "
                                   f"{exc.details()}); the in-memory limiter's usage lives in the running "
@@ -567,15 +575,15 @@ def _usage_from_servers(config: object) -> tuple[str, dict[str, int]]:
     return prefix, totals
 
 
-def _server_channel(server: object, index: int) -> tuple[str, Callable[[], object]]:
+def _server_channel(server: ExtProcServer, index: int) -> tuple[str, Callable[[], grpc.Channel]]:
     import grpc
 
-    if server.socket_dir is not None:  # type: ignore[attr-defined]
-        target = f"unix:{server.socket_path(index)}"  # type: ignore[attr-defined]
+    if server.socket_dir is not None:
+        target = f"unix:{server.socket_path(index)}"
         return target, lambda: grpc.insecure_channel(target)
-    host = server.host if server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"  # type: ignore[attr-defined]
-    target = f"{host}:{server.port + index}"  # type: ignore[attr-defined]
-    tls = server.tls  # type: ignore[attr-defined]
+    host = server.host if server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    target = f"{host}:{server.port + index}"
+    tls = server.tls
     if tls is None:
         return target, lambda: grpc.insecure_channel(target)
     credentials = grpc.ssl_channel_credentials(tls.ca_file.read_bytes(), tls.client_key_file.read_bytes(),

@@ -128,8 +128,9 @@ def anthropic_error(status: int, message: str) -> dict:
 
 
 def anthropic_error_from_openai(status: int, error: dict) -> dict:
-    inner = error.get("error") if isinstance(error.get("error"), dict) else {}
-    return anthropic_error(status, str(inner.get("message") or "The upstream request failed."))
+    inner = error.get("error")
+    message = inner.get("message") if isinstance(inner, dict) else None
+    return anthropic_error(status, str(message or "The upstream request failed."))
 
 
 _ANTHROPIC_TYPE_BY_STATUS = {

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import getpass
 import os
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
 from .service import OPERATOR_METADATA_KEY, SERVICE_NAME
 
 TIMEOUT_SECONDS = 10.0
+
+M = TypeVar("M", bound=Message)
 
 
 class AdminError(Exception):
@@ -34,7 +37,7 @@ class AdminClient:
         self._channel = grpc.insecure_channel(address)
         self._metadata = (("authorization", f"Bearer {credential}"), (OPERATOR_METADATA_KEY, operator()))
 
-    def call(self, method: str, request: Message, reply: type[Message]) -> Message:
+    def call(self, method: str, request: Message, reply: type[M]) -> M:
         import grpc
 
         stub = self._channel.unary_unary(f"/{SERVICE_NAME}/{method}",
@@ -43,10 +46,10 @@ class AdminClient:
         try:
             return stub(request, metadata=self._metadata, timeout=TIMEOUT_SECONDS)
         except grpc.RpcError as error:
-            code = error.code()  # type: ignore[attr-defined]
-            if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():  # type: ignore[attr-defined]
+            code = error.code()
+            if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
                 raise AdminError(f"can't reach the admin API at {self.address}") from None
-            raise AdminError(f"{code.name.lower()}: {error.details()}") from None  # type: ignore[attr-defined]
+            raise AdminError(f"{code.name.lower()}: {error.details()}") from None
 
     def close(self) -> None:
         self._channel.close()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import orjson
 import redis
@@ -25,6 +25,7 @@ from ..config.loading import ConfigError, load_keys_file
 from ..config.models import Config, RedisSettings, VirtualKey
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VERSION_FIELD = ":version"
 """Bumped by every change; key ids can't contain ':' (see `valid_key_id`), so it never names a key."""
@@ -49,6 +50,10 @@ def record(key: VirtualKey) -> dict:
 
 
 # -- keys file ----------------------------------------------------------------------------------------------------
+
+KeysChange = Callable[[list[VirtualKey]], list[VirtualKey] | None]
+"""The keys after a change to the stored ones, or None when it changes nothing."""
+
 
 def read_keys_file(path: Path) -> list[VirtualKey]:
     """The file's keys ([] before the first is written); a file that can't be read or parsed is a KeyStoreError."""
@@ -91,10 +96,10 @@ class FileKeyStore:
     async def close(self) -> None:
         pass
 
-    async def _change(self, change: object) -> bool:
+    async def _change(self, change: KeysChange) -> bool:
         def apply() -> bool:
             try:
-                changed = change(read_keys_file(self.path))  # type: ignore[operator]
+                changed = change(read_keys_file(self.path))
                 if changed is None:
                     return False
                 write_keys_file(self.path, changed)
@@ -160,7 +165,7 @@ class RedisKeyStore:
         return bool(await self._call(self._client.eval(
             _REPLACE, 1, self._name, key.id, orjson.dumps(record(key)), VERSION_FIELD)))
 
-    async def version(self) -> bytes | None:
+    async def version(self) -> bytes | str | None:
         """The hash's change counter; None when Redis can't be reached (a later answer then counts as a change)."""
         try:
             return await self._client.hget(self._name, VERSION_FIELD) or b"0"
@@ -170,14 +175,16 @@ class RedisKeyStore:
     async def close(self) -> None:
         await self._client.aclose()
 
-    async def _call(self, pending: object) -> object:
+    async def _call(self, pending: Awaitable[T]) -> T:
         try:
-            return await pending  # type: ignore[misc]
+            return await pending
         except (RedisError, OSError) as exc:
             raise KeyStoreError(f"the key store (Redis) is unavailable: {type(exc).__name__}") from None
 
 
-def _parse_hash(values: dict[bytes, bytes]) -> list[VirtualKey]:
+def _parse_hash(values: Mapping[bytes | str, bytes | str]) -> list[VirtualKey]:
+    """The keys in the hash. Its fields and values are bytes (the clients do not decode answers); redis-py types
+    them as bytes | str."""
     keys = []
     for field, value in values.items():
         if field == VERSION_FIELD.encode():
@@ -185,7 +192,8 @@ def _parse_hash(values: dict[bytes, bytes]) -> list[VirtualKey]:
         try:
             keys.append(VirtualKey.model_validate(orjson.loads(value)))
         except (orjson.JSONDecodeError, ValidationError):
-            log.error("stored virtual key %r is unreadable; it is ignored", field.decode(errors="replace"))
+            name = field if isinstance(field, str) else field.decode(errors="replace")
+            log.error("stored virtual key %r is unreadable; it is ignored", name)
     return sorted(keys, key=lambda k: k.id)
 
 

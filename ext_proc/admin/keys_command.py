@@ -122,7 +122,7 @@ def _create(args: argparse.Namespace, target: AdminClient | FileTarget | None) -
     if isinstance(target, AdminClient):
         created = target.call("CreateKey", pb.CreateKeyRequest(key=wanted), pb.CreateKeyResponse)
         print(f"created key {args.id!r} through the admin API at {target.address}", file=sys.stderr)
-        print(created.secret)  # type: ignore[attr-defined]
+        print(created.secret)
         return 0
     secret = generate_key()
     key = new_virtual_key(wanted, hash_key(secret), target.model_names if target else None)
@@ -141,7 +141,7 @@ def _create(args: argparse.Namespace, target: AdminClient | FileTarget | None) -
 
 def _list(args: argparse.Namespace, target: AdminClient | FileTarget | None) -> int:
     if isinstance(target, AdminClient):
-        keys = list(target.call("ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse).keys)  # type: ignore[attr-defined]
+        keys = list(target.call("ListKeys", pb.ListKeysRequest(), pb.ListKeysResponse).keys)
     elif target is not None:
         keys = [key_message(k) for k in asyncio.run(target.store.list())]
     else:
@@ -178,7 +178,7 @@ def _rotate(args: argparse.Namespace, target: AdminClient | FileTarget | None) -
     if isinstance(target, AdminClient):
         rotated = target.call("RotateKey", pb.RotateKeyRequest(id=args.id), pb.CreateKeyResponse)
         print(f"rotated key {args.id!r} through the admin API at {target.address}", file=sys.stderr)
-        print(rotated.secret)  # type: ignore[attr-defined]
+        print(rotated.secret)
         return 0
     store = _file_store(target)
     current = next((k for k in asyncio.run(store.list()) if k.id == args.id), None)

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from google.protobuf.message import DecodeError, Message
 from pydantic import ValidationError
@@ -201,14 +201,14 @@ class AdminService:
         if current is None:
             self._not_stored(request.id)
         secret = generate_key()
-        rotated = current.model_copy(update={"hash": hash_key(secret)})  # type: ignore[union-attr]
+        rotated = current.model_copy(update={"hash": hash_key(secret)})
         if not await store.replace(rotated):
             self._not_stored(request.id)
         audit.info("admin RotateKey by %s: key %r has a new secret; the old one is refused", caller, request.id)
         await self._changed(f"key {request.id!r} rotated")
         return pb.CreateKeyResponse(key=key_message(rotated), secret=secret)
 
-    def _not_stored(self, key_id: str) -> None:
+    def _not_stored(self, key_id: str) -> NoReturn:
         if any(k.id == key_id for k in self._holder.current.config.virtual_keys):
             raise RpcError(Status.FAILED_PRECONDITION,
                            f"key {key_id!r} is written in the config file: change it there")

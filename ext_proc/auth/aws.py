@@ -189,7 +189,7 @@ class _Session(botocore.session.Session):
         super().__init__()
         self._sts_endpoint = sts_endpoint
 
-    def create_client(self, service_name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def create_client(self, service_name: str, *args: object, **kwargs: object) -> object:
         if service_name == "sts" and self._sts_endpoint and kwargs.get("endpoint_url") is None:
             kwargs["endpoint_url"] = self._sts_endpoint
         return super().create_client(service_name, *args, **kwargs)

@@ -180,7 +180,8 @@ def _oauth_error(body: bytes) -> str:
         return "no OAuth error in the answer"
     if not isinstance(payload, dict):
         return "no OAuth error in the answer"
-    code = payload.get("error") if isinstance(payload.get("error"), str) else "error"
+    error = payload.get("error")
+    code = error if isinstance(error, str) else "error"
     description = payload.get("error_description")
     if isinstance(description, str) and description:
         return f"{code}: {description.splitlines()[0]}"

@@ -14,8 +14,13 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.models import ExtProcTls
+
+if TYPE_CHECKING:  # cryptography is imported when certificates are made, not by every server process
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 DEFAULT_DAYS = 825
 """The longest validity common TLS clients accept for a leaf certificate."""
@@ -98,7 +103,7 @@ def server_context(tls: ExtProcTls) -> ssl.SSLContext:
     return context
 
 
-def _general_name(value: str) -> object:
+def _general_name(value: str) -> x509.GeneralName:
     from cryptography import x509
 
     try:
@@ -107,16 +112,16 @@ def _general_name(value: str) -> object:
         return x509.DNSName(value)
 
 
-def _pem_certificate(certificate: object) -> bytes:
+def _pem_certificate(certificate: x509.Certificate) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return certificate.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined]
+    return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def _pem_key(key: object) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,  # type: ignore[attr-defined]
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 

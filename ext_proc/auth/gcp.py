@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.models import Backend
 from ..errors import Unavailable
@@ -228,7 +228,13 @@ class _Response:
         self.data = data
 
 
-class UrllibRequest:
+if TYPE_CHECKING:
+    from google.auth.transport import Request as _TransportRequest
+else:  # google-auth is imported only when a GCP backend needs it; the interface is an ABC with no behaviour of its own
+    _TransportRequest = object
+
+
+class UrllibRequest(_TransportRequest):
     """google-auth's transport interface (`google.auth.transport.Request`) on `urllib.request`."""
 
     def __call__(self, url: str, method: str = "GET", body: bytes | None = None,

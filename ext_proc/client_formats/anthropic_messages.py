@@ -42,6 +42,7 @@ Decisions worth knowing before changing this file:
 from __future__ import annotations
 
 import uuid
+from typing import TypeGuard
 
 import orjson
 
@@ -195,7 +196,7 @@ def _refuse_unsupported(body: object) -> None:
             raise BadRequest(_REFUSAL_REASONS[field], param=field)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -731,11 +732,11 @@ class MessagesStream:
 
     def _message_start(self, chunk: dict) -> Event:
         self._started = True
-        message = {"id": _message_id(chunk.get("id")), "type": "message", "role": "assistant",
-                   "model": chunk.get("model") or self._model, "content": [], "stop_reason": None,
-                   "stop_sequence": None,
-                   "usage": {"input_tokens": self._input_estimate, "output_tokens": 0,
-                             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+        message: dict = {"id": _message_id(chunk.get("id")), "type": "message", "role": "assistant",
+                         "model": chunk.get("model") or self._model, "content": [], "stop_reason": None,
+                         "stop_sequence": None,
+                         "usage": {"input_tokens": self._input_estimate, "output_tokens": 0,
+                                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
         return "message_start", {"type": "message_start", "message": message}
 
     def _delta(self, kind: str, key: object, delta: dict) -> list[Event]:

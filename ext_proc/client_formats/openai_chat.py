@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import BadRequest
+from ..json_types import JsonObject
 
 _NUMBER = (int, float)
 _TOOL_CHOICES = ("none", "auto", "required")
@@ -31,9 +32,16 @@ def _expect(value: object, kinds: tuple[type, ...], param: str, *, optional: boo
         raise BadRequest(f"`{param}` must be {_name(kinds)}.", param=param)
 
 
-def _strings(value: object, param: str) -> None:
-    _expect(value, (list,), param)
-    for index, item in enumerate(value or ()):  # type: ignore[arg-type]
+def _object(value: object, param: str) -> JsonObject:
+    """`_expect(value, _O, param, optional=False)`, returning `value` typed as the object it was found to be."""
+    if type(value) is not dict:
+        raise BadRequest(f"`{param}` must be {_name(_O)}.", param=param)
+    return value
+
+
+def _strings(values: list[object], param: str) -> None:
+    """The items of an array whose type `_fields_of` has already checked."""
+    for index, item in enumerate(values):
         _expect(item, (str,), f"{param}[{index}]", optional=False)
 
 
@@ -107,11 +115,11 @@ def _message(message: object, index: int) -> None:
             _part(part, f"{param}.content[{number}]")
     for number, call in enumerate(message.get("tool_calls") or ()):
         where = f"{param}.tool_calls[{number}]"
-        _expect(call, _O, where, optional=False)
+        call = _object(call, where)
         _expect(call.get("id"), _S, f"{where}.id")
         _expect(call.get("type"), _S, f"{where}.type")
         function = call.get("function")
-        _expect(function, _O, f"{where}.function", optional=False)
+        function = _object(function, f"{where}.function")
         _expect(function.get("name"), _S, f"{where}.function.name", optional=False)
         _expect(function.get("arguments"), _S, f"{where}.function.arguments")
 
@@ -126,9 +134,9 @@ def _image_url(value: object, param: str) -> None:
 def _fields(*names: str) -> Callable[[object, str], None]:
     """An object whose named fields, where present, are strings."""
     def check(value: object, param: str) -> None:
-        _expect(value, _O, param, optional=False)
+        fields = _object(value, param)
         for name in names:
-            _expect(value.get(name), _S, f"{param}.{name}")  # type: ignore[union-attr]
+            _expect(fields.get(name), _S, f"{param}.{name}")
     return check
 
 
@@ -150,9 +158,9 @@ def _part(part: object, param: str) -> None:
 
 
 def _tool(tool: object, param: str) -> None:
-    _expect(tool, _O, param, optional=False)
-    _expect(tool.get("type"), _S, f"{param}.type")  # type: ignore[union-attr]
-    function = tool.get("function")  # type: ignore[union-attr]
+    tool = _object(tool, param)
+    _expect(tool.get("type"), _S, f"{param}.type")
+    function = tool.get("function")
     _expect(function, _O, f"{param}.function")
     if function is not None:
         _expect(function.get("name"), _S, f"{param}.function.name", optional=False)

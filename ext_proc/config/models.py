@@ -663,9 +663,10 @@ class Config(_Strict):
 
     def _backend_references(self) -> list[tuple[Loc, str]]:
         known = {b.id for b in self.backends}
-        problems = [(("routes", i, "backends", j, "backend"), f"unknown backend {entry.backend!r}")
-                    for i, route in enumerate(self.routes) for j, entry in enumerate(route.backends)
-                    if entry.backend not in known]
+        problems: list[tuple[Loc, str]] = [
+            (("routes", i, "backends", j, "backend"), f"unknown backend {entry.backend!r}")
+            for i, route in enumerate(self.routes) for j, entry in enumerate(route.backends)
+            if entry.backend not in known]
         problems += [(("prices", i, "backend"), f"unknown backend {price.backend!r}")
                      for i, price in enumerate(self.prices) if price.backend not in known]
         return problems

@@ -6,6 +6,7 @@ Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request r
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeGuard
 
 import orjson
 
@@ -26,6 +27,7 @@ from ext_proc.demo.answers import (
     tool_reply,
     words,
 )
+from ext_proc.json_types import JsonObject
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -100,7 +102,7 @@ def _messages(call: Call) -> Reply:
         done = complete(said, stops, max_tokens)
         content = [{"type": "text", "text": done.text}]
         output_tokens = done.tokens
-    message = {
+    message: JsonObject = {
         "id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
         "stop_reason": "tool_use" if done is None else _STOP_REASONS[done.reason],
         "stop_sequence": None if done is None else done.stop_sequence,
@@ -111,14 +113,14 @@ def _messages(call: Call) -> Reply:
     return Reply(200, orjson.dumps(message))
 
 
-def _events(message: dict[str, object]) -> tuple[bytes, ...]:
+def _events(message: JsonObject) -> tuple[bytes, ...]:
     """The Messages event sequence; text arrives word by word, tool input as several `input_json_delta`s."""
-    usage: dict[str, object] = message["usage"]  # type: ignore[assignment]
+    usage = message["usage"]
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None}
     events = [_event("message_start", {"message": {**start, "usage": {**usage, "output_tokens": 1}}})]
-    for index, block in enumerate(message["content"]):  # type: ignore[arg-type]
+    for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            first = {"type": "text", "text": ""}
+            first: JsonObject = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in words(block["text"])]
         else:
             first = {**block, "input": {}}
@@ -190,9 +192,9 @@ def _checked_messages(value: object) -> list[dict[str, object]]:
 
 def _check_blocks(blocks: list[object], where: str) -> None:
     for index, block in enumerate(blocks):
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind not in _BLOCK_TYPES:
+        if not isinstance(block, dict) or block.get("type") not in _BLOCK_TYPES:
             raise Rejected(f"{where}.{index}.type: Input should be one of {sorted(_BLOCK_TYPES)}")
+        kind = block["type"]
         required = {"text": ("text", str), "tool_use": ("name", str), "tool_result": ("tool_use_id", str),
                     "image": ("source", dict), "document": ("source", dict)}.get(kind)
         if required and not isinstance(block.get(required[0]), required[1]):
@@ -254,5 +256,5 @@ def _event(kind: str, data: dict[str, object]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

@@ -114,7 +114,8 @@ def _azure_error(reply: Reply) -> Reply:
     inner = inner if isinstance(inner, dict) else {}
     code = inner.get("code") if isinstance(inner.get("code"), str) else None
     param = inner.get("param") if isinstance(inner.get("param"), str) else None
-    message = inner.get("message") if isinstance(inner.get("message"), str) else "The request failed."
+    message = inner.get("message")
+    message = message if isinstance(message, str) else "The request failed."
     rendered = error(reply.status, message, code=code, param=param)
     return Reply(rendered.status, rendered.body, None, rendered.headers)
 

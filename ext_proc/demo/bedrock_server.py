@@ -25,6 +25,7 @@ import re
 import struct
 import uuid
 from collections.abc import Mapping
+from typing import TypeGuard
 from urllib.parse import unquote
 
 import orjson
@@ -199,7 +200,8 @@ def _converse_events(content: list[dict], stop_reason: str, usage: dict) -> list
             use = block["toolUse"]
             start = {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}
             events.append(_converse_event("contentBlockStart", {"contentBlockIndex": index, "start": start}))
-            deltas = [{"toolUse": {"input": piece}} for piece in fragments(orjson.dumps(use["input"]).decode())]
+            deltas: list[dict] = [{"toolUse": {"input": piece}}
+                                  for piece in fragments(orjson.dumps(use["input"]).decode())]
         elif "reasoningContent" in block:
             reasoning = block["reasoningContent"]["reasoningText"]
             deltas = [{"reasoningContent": {"text": piece}} for piece in words(reasoning["text"])]
@@ -444,14 +446,14 @@ def _invoke_claude(call: Call, model: str, body: dict, *, stream: bool) -> Reply
         message = ((_json_or_none(reply.body) or {}).get("error") or {}).get("message") or "Malformed input request"
         raise Rejected(message, status=reply.status if reply.status < 500 else 500)
     if reply.events is None:
-        usage = (_json_or_none(reply.body) or {}).get("usage") or {}
+        usage: dict = (_json_or_none(reply.body) or {}).get("usage") or {}
         return Reply(200, reply.body, headers=(
             ("x-amzn-requestid", str(uuid.uuid4())),
             ("x-amzn-bedrock-input-token-count", str(usage.get("input_tokens", 0))),
             ("x-amzn-bedrock-output-token-count", str(usage.get("output_tokens", 0))),
             ("x-amzn-bedrock-invocation-latency", "1")))
     events = []
-    usage: dict = {}
+    usage = {}
     for raw in reply.events:
         data = raw.decode().partition("\ndata: ")[2]
         event = orjson.loads(data)
@@ -552,5 +554,5 @@ def _json_or_none(raw: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)

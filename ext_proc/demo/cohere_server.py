@@ -11,6 +11,7 @@ With `thinking: {"type": "enabled"}` the answer opens with a thinking block, as 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeGuard
 
 import orjson
 
@@ -31,6 +32,7 @@ from ext_proc.demo.answers import (
     tool_reply,
     words,
 )
+from ext_proc.json_types import JsonObject
 
 KIND = "cohere"
 MAX_EMBED_TEXTS = 96
@@ -85,8 +87,9 @@ def _chat(call: Call) -> Reply:
     _check_options(body)
     last = messages[-1]
     calls = _tool_calls(call, tools) if last["role"] == "user" and tools and choice != "NONE" else []
-    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
-    reasoning = f"The user said something; I will answer as {call.name}." if thinking.get("type") == "enabled" else ""
+    thinking = body.get("thinking")
+    reasoning = (f"The user said something; I will answer as {call.name}."
+                 if isinstance(thinking, dict) and thinking.get("type") == "enabled" else "")
     if calls:
         done = None
         output_tokens = estimate_tokens([arguments for _, _, arguments in calls])
@@ -115,7 +118,7 @@ def _chat(call: Call) -> Reply:
 
 
 def _events(answer_id: str, reasoning: str, text: str, plan: str, calls: list[tuple[str, str, str]], finish: str,
-            usage: dict[str, object]) -> tuple[bytes, ...]:
+            usage: JsonObject) -> tuple[bytes, ...]:
     """Cohere's v2 stream: message-start, content or tool-plan/tool-call events, message-end, then `[DONE]`."""
     start = {"role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}
     events = [_event("message-start", {"id": answer_id, "delta": {"message": start}})]
@@ -250,7 +253,7 @@ def _embed(call: Call) -> Reply:
         raise Rejected(f"invalid request: embedding_types must be among {sorted(_EMBEDDING_TYPES)} here")
     embeddings: dict[str, object] = {}
     for kind in kinds:
-        request = {"model": model, "input": texts, "encoding_format": _EMBEDDING_TYPES[kind]}
+        request: JsonObject = {"model": model, "input": texts, "encoding_format": _EMBEDDING_TYPES[kind]}
         if body.get("output_dimension") is not None:
             request["dimensions"] = body["output_dimension"]
         reply = openai_server.answer(Call(call.name, "POST", "/v1/embeddings", {}, request, None))
@@ -267,7 +270,7 @@ def _embed(call: Call) -> Reply:
 # --- shared --------------------------------------------------------------------------------------------------------
 
 
-def _body(call: Call, known: frozenset[str]) -> dict[str, object]:
+def _body(call: Call, known: frozenset[str]) -> JsonObject:
     if call.body is NOT_JSON or not isinstance(call.body, dict):
         raise Rejected("invalid request: the body must be a JSON object")
     unknown = sorted(set(call.body) - known)
@@ -283,11 +286,11 @@ def _model(body: dict[str, object]) -> str:
     return model
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 FAULT_HEADER = "x-demo-fault"
 
@@ -60,7 +61,9 @@ def parse_faults(spec: str | None, name: str, base: Faults = NO_FAULTS) -> Fault
     return faults
 
 
-def _action(action: str, item: str) -> dict[str, object]:
+def _action(action: str, item: str) -> dict[str, Any]:
+    """The `Faults` fields one action sets, as keyword arguments of `dataclasses.replace` (which field is known only
+    at run time, hence `Any`)."""
     if action.isdigit():
         status = int(action)
         if not 400 <= status <= 599:

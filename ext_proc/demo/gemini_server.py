@@ -32,6 +32,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable, Mapping
+from typing import TypeGuard
 from urllib.parse import parse_qs
 
 import orjson
@@ -50,6 +51,7 @@ from ext_proc.demo.answers import (
     tool_reply,
     words,
 )
+from ext_proc.json_types import JsonObject
 
 KINDS = ("gemini", "vertex")
 EMBEDDING_DIMENSIONS = 8
@@ -105,7 +107,8 @@ def answer(call: Call) -> Reply:
         api, model, method = vertex.group(3), vertex.group(4), vertex.group(5)
     else:
         failure = _check_key(call, query)
-        api, model, method = "ai-studio", studio.group(1), studio.group(2)  # type: ignore[union-attr]
+        assert studio is not None  # one of the two matched
+        api, model, method = "ai-studio", studio.group(1), studio.group(2)
     if failure is not None:
         return failure
     handler = _METHODS.get((api, method))
@@ -161,8 +164,8 @@ def _token(call: Call) -> Reply:
 
 def _generate(call: Call, model: str, vertex: bool, stream: bool = False) -> Reply:
     body = _checked_request(call.body)
-    contents: list[dict[str, object]] = body["contents"]
-    config: dict[str, object] = body.get("generationConfig") or {}
+    contents: list[JsonObject] = body["contents"]
+    config: JsonObject = body.get("generationConfig") or {}
     if model.startswith("gemini-3"):
         _require_signatures(contents)
     candidates = _int_setting(config, "candidateCount", 1, MAX_CANDIDATES, 1)
@@ -177,7 +180,7 @@ def _generate(call: Call, model: str, vertex: bool, stream: bool = False) -> Rep
         said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(contents))
         stops = config.get("stopSequences") or []
         max_tokens = config.get("maxOutputTokens")
-        done = complete(said, stops, max_tokens if isinstance(max_tokens, int) else None)  # type: ignore[arg-type]
+        done = complete(said, stops, max_tokens if isinstance(max_tokens, int) else None)
         parts = [{"text": done.text}]
         finish, tokens = ("MAX_TOKENS" if done.reason == "length" else "STOP"), done.tokens
     prompt = estimate_tokens(body.get("systemInstruction"), contents, body.get("tools"))
@@ -234,11 +237,11 @@ def _events(head: dict[str, object], parts: list[dict[str, object]], thought: st
     return tuple(events)
 
 
-def _function_calls(call: Call, body: dict[str, object], model: str, thinking: bool) -> list[dict[str, object]]:
+def _function_calls(call: Call, body: JsonObject, model: str, thinking: bool) -> list[dict[str, object]]:
     """The functionCall parts the fake answers with: the allowed functions (ANY mode) or all, first one first."""
     declarations = [declaration for tool in body.get("tools") or () for declaration in
-                    tool.get("functionDeclarations") or ()]  # type: ignore[union-attr]
-    setting = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}  # type: ignore[union-attr]
+                    tool.get("functionDeclarations") or ()]
+    setting = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
     mode = setting.get("mode", "AUTO")
     if not declarations or mode == "NONE":
         return []
@@ -268,9 +271,9 @@ def _json_schema(schema: object) -> object:
     return schema
 
 
-def _function_results(content: dict[str, object]) -> str:
+def _function_results(content: JsonObject) -> str:
     """The function responses in a user turn as text ("" when there are none)."""
-    responses = [part["functionResponse"] for part in content["parts"] if "functionResponse" in part]  # type: ignore[union-attr]
+    responses = [part["functionResponse"] for part in content["parts"] if "functionResponse" in part]
     texts = []
     for response in responses:
         result = response.get("response") or {}
@@ -279,17 +282,17 @@ def _function_results(content: dict[str, object]) -> str:
     return " ".join(texts)
 
 
-def _user_text(contents: list[dict[str, object]]) -> str:
+def _user_text(contents: list[JsonObject]) -> str:
     for content in reversed(contents):
         if content["role"] == "user":
-            texts = [part["text"] for part in content["parts"] if isinstance(part.get("text"), str)]  # type: ignore[union-attr]
+            texts = [part["text"] for part in content["parts"] if isinstance(part.get("text"), str)]
             return " ".join(texts)
     return ""
 
 
-def _require_signatures(contents: list[dict[str, object]]) -> None:
+def _require_signatures(contents: list[JsonObject]) -> None:
     for position, content in enumerate(contents):
-        calls = [part for part in content["parts"] if "functionCall" in part]  # type: ignore[union-attr]
+        calls = [part for part in content["parts"] if "functionCall" in part]
         if calls and "thoughtSignature" not in calls[0]:
             name = calls[0]["functionCall"]["name"]
             raise Rejected("Function call is missing a thought_signature in functionCall parts. This is required for "
@@ -301,7 +304,7 @@ def _require_signatures(contents: list[dict[str, object]]) -> None:
 # --- request checks ------------------------------------------------------------------------------------------------
 
 
-def _checked_request(body: object) -> dict[str, object]:
+def _checked_request(body: object) -> JsonObject:
     """The request with every field name in camelCase (the API, as any proto3 JSON parser, also takes the proto
     names in snake_case, which the google-genai SDK sends for some nested settings), once it passed the checks."""
     if body is NOT_JSON or not isinstance(body, dict):
@@ -328,9 +331,9 @@ def _checked_request(body: object) -> dict[str, object]:
     return body
 
 
-def _normalized(body: dict[str, object]) -> dict[str, object]:
+def _normalized(body: JsonObject) -> JsonObject:
     """camelCase names for the request's own fields, leaving user data (function args, schemas) as it is."""
-    body = _camel_keys(body)
+    body = _camel_object(body)
     if isinstance(body.get("contents"), list):
         body["contents"] = [_normalized_content(content) for content in body["contents"]]
     if "systemInstruction" in body:
@@ -341,11 +344,11 @@ def _normalized(body: dict[str, object]) -> dict[str, object]:
             if isinstance(tool, dict) and isinstance(tool.get("functionDeclarations"), list):
                 tool["functionDeclarations"] = [_camel_keys(item) for item in tool["functionDeclarations"]]
     if isinstance(body.get("toolConfig"), dict):
-        body["toolConfig"] = config = _camel_keys(body["toolConfig"])
+        body["toolConfig"] = config = _camel_object(body["toolConfig"])
         if "functionCallingConfig" in config:
             config["functionCallingConfig"] = _camel_keys(config["functionCallingConfig"])
     if isinstance(body.get("generationConfig"), dict):
-        body["generationConfig"] = config = _camel_keys(body["generationConfig"])
+        body["generationConfig"] = config = _camel_object(body["generationConfig"])
         if "thinkingConfig" in config:
             config["thinkingConfig"] = _camel_keys(config["thinkingConfig"])
     return body
@@ -363,8 +366,10 @@ def _normalized_content(content: object) -> object:
 
 
 def _camel_keys(value: object) -> object:
-    if not isinstance(value, dict):
-        return value
+    return _camel_object(value) if isinstance(value, dict) else value
+
+
+def _camel_object(value: JsonObject) -> JsonObject:
     return {re.sub(r"_([a-z])", lambda match: match.group(1).upper(), key): item for key, item in value.items()}
 
 
@@ -467,7 +472,7 @@ def _check_config(config: dict[str, object]) -> None:
     for key, low, high in (("temperature", 0.0, 2.0), ("topP", 0.0, 1.0), ("presencePenalty", -2.0, 2.0),
                            ("frequencyPenalty", -2.0, 2.0)):
         value = config.get(key)
-        if value is not None and (not _is_number(value) or not low <= value <= high):  # type: ignore[operator]
+        if value is not None and (not _is_number(value) or not low <= value <= high):
             raise Rejected(f"* GenerateContentRequest.generation_config.{key}: must be from {low} to {high}")
     mime_type = config.get("responseMimeType")
     if config.get("responseSchema") is not None and mime_type != "application/json":
@@ -487,7 +492,7 @@ def _int_setting(config: Mapping[str, object], key: str, low: int, high: int, de
     return value
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

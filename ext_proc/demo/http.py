@@ -155,7 +155,8 @@ class HttpServer:
         def remember(ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext) -> int | None:
             if server_name is not None:
                 names[ssl_object] = server_name
-            return previous(ssl_object, server_name, ctx) if previous is not None else None
+            # typeshed's sni_callback takes a str name; ssl passes None when the client sends no SNI
+            return previous(ssl_object, server_name, ctx) if previous is not None else None  # type: ignore[arg-type]
 
         context.sni_callback = remember
 

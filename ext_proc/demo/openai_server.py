@@ -11,6 +11,7 @@ import math
 import struct
 import time
 from collections.abc import Callable
+from typing import TypeGuard
 
 import orjson
 
@@ -212,11 +213,13 @@ def _embedding_inputs(value: object) -> list[str | list[int]]:
         raise Rejected("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     if not items or len(items) > MAX_EMBEDDING_INPUTS:
         raise Rejected(f"'input' must hold 1 to {MAX_EMBEDDING_INPUTS} items", param="input")
+    checked: list[str | list[int]] = []
     for item in items:
-        is_tokens = isinstance(item, list) and item and all(_is_int(token) for token in item)
-        if not (isinstance(item, str) and item) and not is_tokens:
+        if not ((isinstance(item, str) and item)
+                or (isinstance(item, list) and item and all(_is_int(token) for token in item))):
             raise Rejected("'input' items must be non-empty strings or token arrays", param="input")
-    return items  # type: ignore[return-value]
+        checked.append(item)
+    return checked
 
 
 def _vector(item: str | list[int], dimensions: int) -> list[float]:
@@ -323,7 +326,7 @@ def _sse(data: dict[str, object]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

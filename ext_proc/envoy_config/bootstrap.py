@@ -62,6 +62,7 @@ from .. import constants
 from ..config.chains import ChainRoute, all_chain_routes, deadline
 from ..config.models import Backend, Config, ListenerTls
 from ..errors import NotFound
+from ..json_types import JsonObject
 from . import admin_api
 from .access_log import ATTEMPT_FIELDS, REQUEST_FIELDS, file_log
 from .clusters import all_clusters
@@ -81,21 +82,27 @@ def render_bootstrap(config: Config, routes_from: Rds | None = None) -> Bootstra
 
 
 def render_yaml(config: Config) -> str:
-    data = _proto_field_names(render_bootstrap(config).to_dict(casing=betterproto2.Casing.SNAKE))
+    data = message_dict(render_bootstrap(config))
     header = "# Rendered by `babelgate render`; edit the Babelgate config instead.\n"
     return header + yaml.safe_dump(data, sort_keys=False, width=120)
 
 
+def message_dict(message: betterproto2.Message) -> JsonObject:
+    """The message as Envoy reads it in YAML or JSON: betterproto2's snake casing splits digits from letters
+    (`consecutive_5_xx`); Envoy wants the proto names."""
+    return _names_in(message.to_dict(casing=betterproto2.Casing.SNAKE))
+
+
+def _names_in(value: JsonObject) -> JsonObject:
+    return {key.replace("_5_xx", "_5xx"): _proto_field_names(item) for key, item in value.items()}
+
+
 def _proto_field_names(value: object) -> object:
-    """betterproto2's snake casing splits digits from letters (`consecutive_5_xx`); Envoy wants the proto names."""
     if isinstance(value, dict):
-        return {key.replace("_5_xx", "_5xx"): _proto_field_names(item) for key, item in value.items()}
+        return _names_in(value)
     if isinstance(value, list):
         return [_proto_field_names(item) for item in value]
     return value
-
-
-proto_field_names = _proto_field_names
 
 
 def listener(config: Config, routes_from: Rds | None = None) -> Listener:

@@ -35,7 +35,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 )
 from envoy_data_plane.envoy.type.matcher.v3 import MetadataMatcher, MetadataMatcherPathSegment, ValueMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
-from envoy_data_plane.google.protobuf import Any, Struct, Value
+from envoy_data_plane.google.protobuf import Any, NullValue, Struct, Value
 
 from .. import constants
 from ..config.chains import all_chain_routes
@@ -65,7 +65,8 @@ ATTEMPT_STAGE_MODE = ProcessingMode(
     request_trailer_mode=_SKIP, response_trailer_mode=_SKIP)
 
 
-def _processor(config: Config, stage: str, mode: ProcessingMode, **extra: object) -> ExternalProcessor:
+def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rules: HeaderMutationRules,
+               request_attributes: list[str] | None = None) -> ExternalProcessor:
     timeout = timedelta(seconds=config.ext_proc.message_timeout)
     return ExternalProcessor(
         grpc_service=GrpcService(
@@ -82,7 +83,9 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, **extra: object
         metadata_options=MetadataOptions(
             receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[constants.METADATA_NAMESPACE]),
             forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=[constants.METADATA_NAMESPACE])),
-        **extra,
+        allow_mode_override=True,
+        mutation_rules=mutation_rules,
+        request_attributes=request_attributes or [],
     )
 
 
@@ -94,8 +97,7 @@ def route_stage_filter(config: Config) -> HttpFilter:
     mode = ROUTE_STAGE_WITH_RESPONSE_MODE if needs_response else ROUTE_STAGE_MODE
     processor = _processor(config, constants.STAGE_ROUTE, mode,
                            # direct routes: the route stage sets the backend's host and switches the response body
-                           # to BUFFERED/STREAMED per answer
-                           allow_mode_override=True,
+                           # to BUFFERED/STREAMED per answer (both stages may override the processing mode)
                            mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True))
     return HttpFilter(name=constants.ROUTE_STAGE_FILTER, typed_config=Any.pack(processor))
 
@@ -103,7 +105,6 @@ def route_stage_filter(config: Config) -> HttpFilter:
 def attempt_stage_filter(config: Config) -> HttpFilter:
     processor = _processor(
         config, constants.STAGE_ATTEMPT, ATTEMPT_STAGE_MODE,
-        allow_mode_override=True,
         # The attempt stage sets the backend's host and strips Envoy's internal headers before they leave.
         mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True),
         request_attributes=[constants.UPSTREAM_HOST_METADATA_ATTRIBUTE])
@@ -161,6 +162,6 @@ def _error_format(error_type: str, code: str | None = None) -> SubstitutionForma
                                       "%LOCAL_REPLY_BODY%"),
         "type": Value(string_value=error_type),
         "code": Value(string_value=code or "%RESPONSE_CODE_DETAILS%"),
-        "param": Value(null_value=0),
+        "param": Value(null_value=NullValue.NULL_VALUE),
     }))})
     return SubstitutionFormatString(json_format=body, content_type="application/json")

@@ -41,7 +41,8 @@ from ..config.chains import aggregate_orders, all_chain_routes
 from ..config.models import Backend, Config
 from ..config.models import OutlierDetection as OutlierSettings
 from ..errors import NotFound
-from .bootstrap import _proto_field_names, chain_route, route_configuration
+from ..json_types import JsonObject
+from .bootstrap import chain_route, message_dict, route_configuration
 from .clusters import backend_cluster, chain_cluster
 from .filters import local_reply_config, route_stage_filter
 
@@ -277,13 +278,15 @@ def _local_replies(site: _Site) -> dict:
         ExpressionFilter(expression=expression))))
     replies = local_reply_config()
     for mapper in replies.mappers:
-        conditions = mapper.filter.and_filter.filters if mapper.filter.and_filter is not None else [mapper.filter]
+        condition = mapper.filter
+        assert condition is not None  # local_reply_config gives every mapper one
+        conditions = condition.and_filter.filters if condition.and_filter is not None else [condition]
         mapper.filter = AccessLogFilter(and_filter=AndFilter(filters=[ours, *conditions]))
     return {"typed_config": _as_dict(Any.pack(HttpConnectionManager(local_reply_config=replies)), site)}
 
 
 def _as_dict(message: betterproto2.Message, site: _Site) -> dict:
-    return _for_istio(_proto_field_names(message.to_dict(casing=betterproto2.Casing.SNAKE)), site)  # type: ignore[return-value]
+    return _object_for_istio(message_dict(message), site)
 
 
 def _for_istio(value: object, site: _Site) -> object:
@@ -293,9 +296,13 @@ def _for_istio(value: object, site: _Site) -> object:
         return [_for_istio(item, site) for item in value]
     if not isinstance(value, dict):
         return value
+    return _object_for_istio(value, site)
+
+
+def _object_for_istio(value: JsonObject, site: _Site) -> JsonObject:
     if value == {"@type": ""}:
         return {}
-    out = {key: _for_istio(item, site) for key, item in value.items()}
+    out: JsonObject = {key: _for_istio(item, site) for key, item in value.items()}
     if out.get("@type") == _EXT_PROC_TYPE:
         out["grpc_service"]["envoy_grpc"] = {"cluster_name": site.ext_proc_cluster, "authority": site.ext_proc_host}
     return out

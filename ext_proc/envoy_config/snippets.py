@@ -17,7 +17,7 @@ from ..config.models import Config
 from .bootstrap import (
     http_filters,
     internal_headers_removed,
-    proto_field_names,
+    message_dict,
     request_buffer_limit,
     route_configuration,
 )
@@ -74,4 +74,4 @@ def filters_only_yaml(config: Config) -> str:
 
 
 def _plain(message: betterproto2.Message) -> dict:
-    return proto_field_names(message.to_dict(casing=betterproto2.Casing.SNAKE))  # type: ignore[return-value]
+    return message_dict(message)

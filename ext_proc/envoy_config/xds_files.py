@@ -23,7 +23,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 
 from .. import constants
 from ..config.models import Config
-from .bootstrap import proto_field_names, render_bootstrap, route_configuration
+from .bootstrap import message_dict, render_bootstrap, route_configuration
 from .clusters import all_clusters
 
 CLUSTERS_FILE = "cds.yaml"
@@ -46,10 +46,11 @@ def bootstrap_yaml(config: Config, directory: Path) -> str:
     routes = Rds(route_config_name=ROUTE_CONFIG_NAME, config_source=_source(directory, ROUTES_FILE))
     bootstrap: Bootstrap = render_bootstrap(config, routes_from=routes)
     resources = bootstrap.static_resources
+    assert resources is not None  # render_bootstrap sets them
     resources.clusters = [c for c in resources.clusters if c.name == constants.EXT_PROC_CLUSTER]
     bootstrap.dynamic_resources = BootstrapDynamicResources(cds_config=_source(directory, CLUSTERS_FILE))
     bootstrap.node = Node(id="babelgate", cluster="babelgate")  # file-based xDS still wants a node identity
-    data = proto_field_names(bootstrap.to_dict(casing=betterproto2.Casing.SNAKE))
+    data = message_dict(bootstrap)
     return "# Rendered by `babelgate up`; routes and clusters live in the files next to it.\n" + yaml.safe_dump(
         data, sort_keys=False, width=120)
 
@@ -78,7 +79,7 @@ def write_resources(directory: Path, configs: list[Config], version: int) -> Non
 
 
 def _as_dict(message: betterproto2.Message) -> dict:
-    return proto_field_names(message.to_dict(casing=betterproto2.Casing.SNAKE))  # type: ignore[return-value]
+    return message_dict(message)
 
 
 def _publish(path: Path, response: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config.models import GuardrailSettings
@@ -85,7 +86,8 @@ def apply(guardrails: tuple[Guardrail, ...], document: object, *, phase: str, ro
 
 
 def _redact(text: str, found: list[tuple[str, tuple[int, int]]]) -> str:
-    pieces, last = [], 0
+    pieces: list[str] = []
+    last = 0
     for kind, (start, end) in found:
         if start < last:
             continue
@@ -95,7 +97,7 @@ def _redact(text: str, found: list[tuple[str, tuple[int, int]]]) -> str:
     return "".join(pieces)
 
 
-def _walk(document: object, visit: object) -> bool:
+def _walk(document: object, visit: Callable[[str], str]) -> bool:
     """Apply `visit` to every string under a text-bearing key (and in lists under one); True if any changed.
     Iterative, so a deeply nested document costs no recursion."""
     changed = False
@@ -106,7 +108,7 @@ def _walk(document: object, visit: object) -> bool:
             for key, value in node.items():
                 if isinstance(value, str):
                     if key in _TEXT_KEYS:
-                        new = visit(value)  # type: ignore[operator]
+                        new = visit(value)
                         if new != value:
                             node[key] = new
                             changed = True
@@ -116,7 +118,7 @@ def _walk(document: object, visit: object) -> bool:
             for index, value in enumerate(node):
                 if isinstance(value, str):
                     if text_list:
-                        new = visit(value)  # type: ignore[operator]
+                        new = visit(value)
                         if new != value:
                             node[index] = new
                             changed = True

@@ -203,7 +203,7 @@ class Supervisor:
             elif not child.alive():
                 self._schedule_restart(child, now)
             elif child.awaiting_ready_since is not None:
-                self._follow_start(child, now)
+                self._follow_start(child, child.awaiting_ready_since, now)
         return restarted
 
     def signal_all(self, sig: int, skip: Sequence[str] = ()) -> None:
@@ -277,14 +277,14 @@ class Supervisor:
             child.awaiting_ready_since = now
         log.info("%s restarted (pid %d)", child.name, child.process.pid)
 
-    def _follow_start(self, child: Child, now: float) -> None:
+    def _follow_start(self, child: Child, since: float, now: float) -> None:
         try:
             ready = child.read_ready_line()
         except ValueError as exc:
             self._kill_unready(child, f"printed something other than its ready line ({exc})")
             return
         if ready is None:
-            if now - child.awaiting_ready_since > self.policy.ready_timeout:  # type: ignore[operator]
+            if now - since > self.policy.ready_timeout:
                 self._kill_unready(child, f"did not report ready within {self.policy.ready_timeout:.0f}s")
             return
         child.awaiting_ready_since = None

@@ -67,7 +67,7 @@ class Reservation:
     @classmethod
     def decode(cls, text: str) -> Reservation:
         data = orjson.loads(text)
-        return cls([tuple(e) for e in data["e"]], data["p"], data["r"])  # type: ignore[misc]
+        return cls([tuple(e) for e in data["e"]], data["p"], data["r"])
 
 
 @dataclass(slots=True)

@@ -212,7 +212,7 @@ class RedisStore:
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
 
-    async def _fetch(self, keys: list[str]) -> list[bytes | None]:
+    async def _fetch(self, keys: list[str]) -> list[bytes | str | None]:
         if isinstance(self._client, RedisCluster):
             return await self._guard(self._client.mget_nonatomic, keys)  # one MGET per slot
         return await self._guard(self._client.mget, keys)

@@ -221,7 +221,9 @@ class SharedCooldowns:
         while True:
             try:
                 values = await self._client.hgetall(self._key)
-                self._cooldowns.merge({name.decode(): float(until) for name, until in values.items()})
+                # bytes (the client does not decode answers); redis-py types every answer as bytes | str
+                self._cooldowns.merge({name if isinstance(name, str) else name.decode(): float(until)
+                                       for name, until in values.items()})
                 self._warned = False
             except (TimeoutError, RedisError, OSError, ValueError) as exc:
                 self._warn(exc)

@@ -47,7 +47,7 @@ def cheapest_first(backends: Sequence[str], prices: Mapping[str, tuple[float, fl
                    output_tokens: int, windows: Mapping[str, int | None]) -> list[str]:
     """By the price of this request (prompt estimate + output reserve); unpriced backends after priced ones; a
     backend whose context window the prompt does not fit is left out (`[]` when none fits)."""
-    fitting = [b for b in backends if windows.get(b) is None or prompt_tokens <= windows[b]]  # type: ignore[operator]
+    fitting = [b for b in backends if (window := windows.get(b)) is None or prompt_tokens <= window]
 
     def cost(backend: str) -> tuple[int, float]:
         price = prices.get(backend)

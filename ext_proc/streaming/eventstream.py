@@ -36,10 +36,9 @@ def decode_headers(raw: bytes) -> dict[str, object]:
         position += 1
         if kind in (_STRING, _BYTES):
             (length,) = struct.unpack_from(">H", raw, position)
-            value: object = raw[position + 2:position + 2 + length]
+            data = raw[position + 2:position + 2 + length]
             position += 2 + length
-            if kind == _STRING:
-                value = value.decode("utf-8", "replace")  # type: ignore[union-attr]
+            value: object = data.decode("utf-8", "replace") if kind == _STRING else data
         elif kind in _FIXED_SIZES:
             size = _FIXED_SIZES[kind]
             value = {0: True, 1: False}.get(kind, raw[position:position + size])

@@ -16,6 +16,9 @@ from ..config.models import TelemetrySettings
 from .outcome import Outcome
 
 if TYPE_CHECKING:  # pyarrow and the OpenTelemetry SDK load only when telemetry is configured (~40 MiB)
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from .metrics import Metrics
     from .request_log import RequestLog
     from .tracing import Tracing
@@ -116,7 +119,7 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
             secret_key=read_secret(sink.secret_key, "telemetry.request_log.secret_key") if sink.secret_key else None)
         request_log = RequestLog(filesystem, root, batch_rows=sink.batch_rows, flush_seconds=sink.flush_seconds,
                                  queue_rows=sink.queue_rows)
-    readers = []
+    readers: list[MetricReader] = []
     if settings.metrics.prometheus_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
@@ -129,6 +132,7 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
         require_otlp_protos()
+        exporter: MetricExporter
         if settings.metrics.otlp_protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
 
@@ -145,6 +149,7 @@ def build_telemetry(settings: TelemetrySettings, process_index: int) -> Telemetr
 
         traces = settings.traces
         require_otlp_protos()
+        span_exporter: SpanExporter
         if traces.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 

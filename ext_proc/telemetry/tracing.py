@@ -9,11 +9,12 @@ attempt stage replaces it with its own before the request leaves, so a provider 
 from __future__ import annotations
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Span, Tracer, TracerProvider
+from opentelemetry.sdk.trace import Span, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from opentelemetry.trace import SpanKind, Status, StatusCode, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 from . import semconv
 from .outcome import Outcome
@@ -26,11 +27,12 @@ class Tracing:
         self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
                                        sampler=ParentBasedTraceIdRatio(sample_ratio))
         self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
-        self.tracer: Tracer = self.provider.get_tracer("babelgate")
+        self.tracer = self.provider.get_tracer("babelgate")
 
     def start(self, name: str, kind: SpanKind, headers: dict[str, str]) -> Span:
         """A span whose parent is the `traceparent` (and `tracestate`) in `headers`, if any."""
         context = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
+        # opentelemetry-sdk annotates start_span with the API's Span; it returns the SDK's, whose `kind` finish() reads
         return self.tracer.start_span(name, context=context, kind=kind)  # type: ignore[return-value]
 
     def start_request(self, headers: dict[str, str]) -> Span:
@@ -62,12 +64,12 @@ def finish(span: Span, outcome: Outcome, *, operation: str | None = None) -> Non
     operation = operation or semconv.OPERATION_BY_ENDPOINT.get(outcome.endpoint, "chat")
     model = outcome.served_model if span.kind is SpanKind.CLIENT else outcome.requested_model
     span.update_name(f"{operation} {model}".strip())
-    attributes: dict[str, object] = {semconv.OPERATION_NAME: operation,
-                                     semconv.REQUEST_MODEL: outcome.requested_model,
-                                     semconv.REQUEST_STREAM: outcome.stream,
-                                     semconv.HTTP_STATUS: outcome.status,
-                                     "babelgate.route": outcome.route, "babelgate.key_id": outcome.key_id,
-                                     "babelgate.attempts": outcome.attempts}
+    attributes: dict[str, AttributeValue] = {semconv.OPERATION_NAME: operation,
+                                             semconv.REQUEST_MODEL: outcome.requested_model,
+                                             semconv.REQUEST_STREAM: outcome.stream,
+                                             semconv.HTTP_STATUS: outcome.status,
+                                             "babelgate.route": outcome.route, "babelgate.key_id": outcome.key_id,
+                                             "babelgate.attempts": outcome.attempts}
     if outcome.provider:
         attributes[semconv.PROVIDER_NAME] = outcome.provider
     if outcome.served_model:
@@ -82,7 +84,7 @@ def finish(span: Span, outcome: Outcome, *, operation: str | None = None) -> Non
     first = outcome.time_to_first_token
     if first is not None:
         attributes["gen_ai.response.time_to_first_chunk"] = first
-    span.set_attributes(attributes)  # type: ignore[arg-type]
+    span.set_attributes(attributes)
     if outcome.status >= 400 or outcome.error_type:
         span.set_attribute(semconv.ERROR_TYPE, outcome.error_type or str(outcome.status))
         span.set_status(Status(StatusCode.ERROR))
