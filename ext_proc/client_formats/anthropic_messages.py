@@ -10,13 +10,18 @@ Decisions worth knowing before changing this file:
 - `max_tokens` becomes `max_completion_tokens`: OpenAI deprecated `max_tokens` and its reasoning models refuse it;
   every provider module of the gateway reads either.
 - Thinking: `thinking: {type: enabled, budget_tokens}` becomes a `reasoning_effort` bucket (below 4096 -> low, below
-  16384 -> medium, else high; the anthropic provider maps those back to 1024 / 8192 / 24576 tokens), `adaptive` becomes
-  `output_config.effort` or "high" (Anthropic's default effort), `disabled` becomes "none". An explicit
-  `output_config.effort` wins over a budget. `display: "omitted"` is refused (the gateway can't hide what an
-  OpenAI-format backend returns as reasoning), and so is `between_tools`.
-- Thinking and redacted_thinking blocks of past assistant turns are dropped on purpose: the OpenAI format has no place
-  for them or their signatures, and a model reads its own past thinking from them only on Anthropic backends. (An
-  Anthropic backend with thinking on may then refuse a tool-use turn that lacks its thinking block.)
+  16384 -> medium, else high), `adaptive` becomes `output_config.effort` or "high" (Anthropic's default effort),
+  `disabled` becomes "none". An explicit `output_config.effort` (low ... max) wins over a budget. The anthropic
+  provider maps the bucket back by model: 1024 / 8192 / 24576 budget tokens on budget-thinking Claude models, adaptive
+  thinking with that `output_config.effort` on Opus 4.6+ (`providers/anthropic.py`, `capabilities`).
+  `display: "omitted"` is refused (the gateway can't hide what an OpenAI-format backend returns as reasoning), and so
+  is `between_tools`.
+- Thinking and redacted_thinking blocks of past assistant turns travel, signatures and all, in the assistant message's
+  `thinking_blocks` (the gateway's documented extension of the OpenAI message): the Anthropic-family translators send
+  them back first in the turn, as Anthropic requires with thinking on; other translators drop them. Answers carry them
+  the same way, so `from_openai` and `MessagesStream` give the client real signed blocks (a stream's signature goes out
+  as a `signature_delta` when the backend's block ends); an answer with `reasoning_content` but no `thinking_blocks`
+  (an OpenAI-format backend's reasoning) becomes a thinking block with an empty signature.
 - The OpenAI format has no field for text after a tool call in one assistant turn: an assistant turn's text parts stay
   in order, its tool calls follow them.
 - A user turn's `tool_result` blocks become `tool` messages, in order, before a user message with the turn's other
@@ -27,7 +32,13 @@ Decisions worth knowing before changing this file:
   tool_use ending an assistant turn) on the message, which is where `providers/anthropic.py` reads it back. The
   top-level `cache_control` (automatic caching) marks the last message the same way.
 - Documents: base64 PDFs become OpenAI `file` parts (title -> filename), plain-text and content documents become text
-  (and image) parts; URL and Files-API sources, citations, `context`, and a title on a non-PDF document are refused.
+  (and image) parts; a URL document becomes a content part of type `anthropic` (`{"type": "anthropic", "anthropic":
+  <the block as sent>}`), which Anthropic-family translators pass on (the provider fetches the URL) and others refuse.
+  Files-API sources, citations, `context`, and a title on a non-PDF document are refused.
+- Typed client tools (bash_*, text_editor_* ...) and server tools (web_search_*, code_execution_* ...) become OpenAI
+  tools of type `anthropic` (`{"type": "anthropic", "anthropic": <the tool as sent>}`), which Anthropic-family
+  translators pass through and other translators refuse. The server tools' own result blocks (server_tool_use,
+  web_search_tool_result ...) are not carried back: the client gets the text the model wrote from them.
 - `top_k` (no OpenAI equivalent; it changes sampling) and `inference_geo` / `container` (Anthropic-side placement and
   code-execution state) are refused; `service_tier`, `speed`, `diagnostics` and the SDK's header-borne `workspace_id`
   / `user_profile_id` are dropped: they change cost, speed or bookkeeping, not the answer.
@@ -60,7 +71,7 @@ FIELDS: dict[str, str] = {
     "stop_sequences": MAPPED,  # -> stop
     "stream": MAPPED,  # -> stream, with stream_options.include_usage (Anthropic streams always report usage)
     "metadata": MAPPED,  # user_id -> user
-    "tools": MAPPED,  # custom tools -> function tools; server tools refused
+    "tools": MAPPED,  # custom tools -> function tools; typed and server tools -> `anthropic` tools
     "tool_choice": MAPPED,  # auto/any/tool/none; disable_parallel_tool_use -> parallel_tool_calls false
     "thinking": MAPPED,  # -> reasoning_effort
     "output_config": MAPPED,  # effort -> reasoning_effort, format -> response_format json_schema
@@ -99,6 +110,7 @@ _TOOL_USE_KEYS = frozenset({"type", "id", "name", "input", "cache_control", "cal
 _TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"})
 _THINKING_KEYS = {"thinking": frozenset({"type", "thinking", "signature"}),
                   "redacted_thinking": frozenset({"type", "data"})}
+_THINKING_BLOCK_ORDER = {"thinking": ("type", "thinking", "signature"), "redacted_thinking": ("type", "data")}
 _TOOL_KEYS = frozenset({"type", "name", "description", "input_schema", "cache_control", "strict", "allowed_callers",
                         "defer_loading", "eager_input_streaming", "input_examples"})
 _THINKING_CONFIG_KEYS = {"enabled": frozenset({"type", "budget_tokens", "display"}),
@@ -352,6 +364,7 @@ def _assistant_messages(content: str | list, where: str) -> list[dict]:
         return [{"role": "assistant", "content": content}]
     parts: list[dict] = []
     tool_calls: list[dict] = []
+    thinking_blocks: list[dict] = []
     cache_control = None
     for j, block in enumerate(content):
         here = f"{where}.content[{j}]"
@@ -363,7 +376,7 @@ def _assistant_messages(content: str | list, where: str) -> list[dict]:
             tool_calls.append(_tool_call(block, here))
             cache_control = block.get("cache_control")
         elif kind in _THINKING_KEYS:
-            _check_keys(block, _THINKING_KEYS[kind], here)  # dropped: see the module docstring
+            thinking_blocks.append(_thinking_block(block, kind, here))
         else:
             raise BadRequest(f"{here}: content block type {kind!r} is not supported in an assistant turn by this "
                              "gateway", param=here)
@@ -372,10 +385,20 @@ def _assistant_messages(content: str | list, where: str) -> list[dict]:
     message: dict = {"role": "assistant", "content": parts or None}
     if tool_calls:
         message["tool_calls"] = tool_calls
+    if thinking_blocks:
+        message["thinking_blocks"] = thinking_blocks
     if cache_control is not None:
         # A tool_use ending the turn: the anthropic provider puts a message's cache_control on its last block.
         message["cache_control"] = cache_control
     return [message]
+
+
+def _thinking_block(block: dict, kind: str, where: str) -> dict:
+    _check_keys(block, _THINKING_KEYS[kind], where)
+    for key in _THINKING_KEYS[kind] - {"type"}:
+        if not isinstance(block.get(key), str):
+            raise BadRequest(f"{where}.{key} must be a string", param=f"{where}.{key}")
+    return dict(block)
 
 
 def _block_type(block: object, where: str) -> str:
@@ -430,6 +453,8 @@ def _document_parts(block: dict, where: str) -> list[dict]:
     source = _source(block)
     kind, data, inner_blocks = source.get("type"), source.get("data"), source.get("content")
     title = block.get("title")
+    if kind == "url" and isinstance(source.get("url"), str):
+        return [{"type": "anthropic", "anthropic": dict(block)}]  # for Anthropic-family backends, which fetch it
     if kind == "base64" and source.get("media_type") == "application/pdf" and isinstance(data, str):
         parts = [{"type": "file", "file": {"filename": title or "document.pdf",
                                            "file_data": f"data:application/pdf;base64,{data}"}}]
@@ -530,8 +555,8 @@ def _tools(tools: object) -> list[dict]:
             raise BadRequest(f"{where} must be an object", param=where)
         kind = tool.get("type")
         if kind not in (None, "custom"):
-            raise BadRequest(f"{where}: server tool {kind!r} is not supported by this gateway; only custom tools "
-                             "(name, description, input_schema) are", param=where)
+            result.append(_typed_tool(tool, where))
+            continue
         _check_keys(tool, _TOOL_KEYS, where)
         for field, harmless in (("allowed_callers", (None, ["direct"])), ("defer_loading", (None, False)),
                                 ("input_examples", (None, []))):
@@ -552,6 +577,17 @@ def _tools(tools: object) -> list[dict]:
     return result
 
 
+def _typed_tool(tool: dict, where: str) -> dict:
+    """A typed client tool or a server tool: carried as it is for Anthropic-family backends, which check it."""
+    if not isinstance(tool.get("type"), str) or not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise BadRequest(f"{where}: a typed or server tool needs a string type and name", param=where)
+    return {"type": "anthropic", "anthropic": dict(tool)}
+
+
+def _tool_name(tool: dict) -> str:
+    return str(tool["anthropic"]["name"] if tool["type"] == "anthropic" else tool["function"]["name"])
+
+
 def _tool_choice(choice: object, tools: list[dict]) -> tuple[str | dict | None, bool | None]:
     """(OpenAI tool_choice, parallel_tool_calls); OpenAI refuses either without tools, so both go when none."""
     if choice is None:
@@ -562,7 +598,7 @@ def _tool_choice(choice: object, tools: list[dict]) -> tuple[str | dict | None, 
         raise BadRequest("tool_choice.type must be auto, any, tool or none", param="tool_choice")
     allowed = {"type"} if kind == "none" else {"type", "disable_parallel_tool_use"}
     _check_keys(config, frozenset(allowed | {"name"} if kind == "tool" else allowed), "tool_choice")
-    names = {tool["function"]["name"] for tool in tools}
+    names = {_tool_name(tool) for tool in tools}
     mapped: str | dict
     if kind == "tool":
         name = config.get("name")
@@ -588,9 +624,9 @@ def from_openai(completion: dict, model: str) -> dict:
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
-    content: list[dict] = []
+    content = _signed_thinking(message.get("thinking_blocks"))
     reasoning = message.get("reasoning_content")
-    if isinstance(reasoning, str) and reasoning:
+    if not content and isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     text = _text_of(message.get("content"))
     refusal = message.get("refusal")
@@ -612,6 +648,14 @@ def from_openai(completion: dict, model: str) -> dict:
         "stop_sequence": None,
         "usage": _usage(completion.get("usage")),
     }
+
+
+def _signed_thinking(blocks: object) -> list[dict]:
+    """The answer's `thinking_blocks` as Anthropic blocks, with their known keys only."""
+    if not isinstance(blocks, list):
+        return []
+    return [{key: block.get(key) or "" for key in _THINKING_BLOCK_ORDER[block["type"]]} for block in blocks
+            if isinstance(block, dict) and block.get("type") in _THINKING_BLOCK_ORDER]
 
 
 def _text_of(content: object) -> str:
@@ -704,6 +748,9 @@ class MessagesStream:
         delta = choice.get("delta") or {}
         if delta.get("reasoning_content"):
             events += self._delta("thinking", None, {"type": "thinking_delta", "thinking": delta["reasoning_content"]})
+        if delta.get("thinking_blocks"):
+            for block in _signed_thinking(delta["thinking_blocks"]):
+                events += self._thinking_end(block)
         for field in ("content", "refusal"):
             if isinstance(delta.get(field), str) and delta[field]:
                 self._refused |= field == "refusal"
@@ -758,6 +805,23 @@ class MessagesStream:
         self._next_index += 1
         return [("content_block_start", {"type": "content_block_start", "index": self._next_index - 1,
                                          "content_block": block})]
+
+    def _thinking_end(self, block: dict) -> list[Event]:
+        """A signed block the backend finished: its signature closes the open thinking block (whose text has
+        streamed); a redacted block, or one whose text did not stream, goes out whole."""
+        if block["type"] == "redacted_thinking":
+            events = self._close()
+            self._next_index += 1
+            index = self._next_index - 1
+            return [*events, ("content_block_start", {"type": "content_block_start", "index": index,
+                                                      "content_block": block}),
+                    ("content_block_stop", {"type": "content_block_stop", "index": index})]
+        events = []
+        if self._open != ("thinking", None):
+            events = self._delta("thinking", None, {"type": "thinking_delta", "thinking": block["thinking"]})
+        events.append(("content_block_delta", {"type": "content_block_delta", "index": self._next_index - 1,
+                                               "delta": {"type": "signature_delta", "signature": block["signature"]}}))
+        return events + self._close()
 
     def _tool_fragment(self, fragment: dict) -> list[Event]:
         key = fragment.get("index", 0)

@@ -1,10 +1,23 @@
 """The fake Anthropic provider: `POST /v1/messages`, answered as a `Message` or as the Messages SSE event stream.
 
-Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`.
+Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`. Claude
+on Bedrock (InvokeModel) and on Vertex (rawPredict) are answered by this module too, so they keep the same rules.
+
+The rules of the real API that clients trip over are enforced, with the real messages:
+
+- with thinking on (`thinking: {type: enabled | adaptive}`), answers start with a `thinking` block signed by this
+  server (an HMAC of its text; streamed as `thinking_delta`s and a `signature_delta`), and the assistant turn whose
+  tool calls the last user turn answers must start with a thinking or redacted_thinking block, else 400, and a
+  tool_choice that forces a tool is refused;
+- a replayed thinking block must carry the signature this server gave it, else 400;
+- `output_config.format` (structured output) is answered with JSON that fits the schema.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from collections.abc import Mapping
 from typing import TypeGuard
 
@@ -51,6 +64,19 @@ _TOOL_CHOICES = {"auto", "any", "tool", "none"}
 
 KIND = "anthropic"
 
+_SIGNING_KEY = b"babelgate demo thinking"
+_THINKING_RULE = (
+    "messages.{index}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{found}`. When `thinking` "
+    "is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of "
+    "`tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this "
+    "requirement, disable `thinking`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
+
+
+def thinking_signature(thinking: str) -> str:
+    """The signature this fake gives a thinking block: an HMAC of its text, so a replayed block can be checked."""
+    return base64.b64encode(hmac.new(_SIGNING_KEY, thinking.encode(), hashlib.sha256).digest()).decode()
+
 
 def answer(call: Call) -> Reply:
     if call.path != "/v1/messages":
@@ -90,18 +116,31 @@ def _messages(call: Call) -> Reply:
     messages = _checked_messages(body.get("messages"))
     _check_system(body.get("system"))
     stops = _stop_sequences(body.get("stop_sequences"))
+    thinking_on = _thinking_on(body.get("thinking"), max_tokens)
+    _check_signatures(messages)
+    if thinking_on:
+        _check_tool_turn_starts_with_thinking(messages)
+        if isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") in ("any", "tool"):
+            raise Rejected("Thinking may not be enabled when tool_choice forces tool use.")
+    answer_schema = _answer_schema(body.get("output_config"))
     last = messages[-1]
     results = _tool_results(last)
-    uses = _tool_uses(call, body) if last["role"] == "user" and not results else []
+    uses = _tool_uses(call, body) if last["role"] == "user" and not results and answer_schema is None else []
     if uses:
         done = None
         content: list[dict[str, object]] = uses
         output_tokens = estimate_tokens([use["input"] for use in uses])
     else:
         said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(messages))
+        if answer_schema is not None:
+            said = orjson.dumps(tool_input(answer_schema)).decode()
         done = complete(said, stops, max_tokens)
         content = [{"type": "text", "text": done.text}]
         output_tokens = done.tokens
+    if thinking_on:
+        thought = _thought(uses)
+        content = [{"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)}, *content]
+        output_tokens += estimate_tokens(thought)
     message: JsonObject = {
         "id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
         "stop_reason": "tool_use" if done is None else _STOP_REASONS[done.reason],
@@ -122,6 +161,10 @@ def _events(message: JsonObject) -> tuple[bytes, ...]:
         if block["type"] == "text":
             first: JsonObject = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": piece} for piece in words(block["text"])]
+        elif block["type"] == "thinking":
+            first = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": piece} for piece in words(block["thinking"])]
+            deltas.append({"type": "signature_delta", "signature": block["signature"]})
         else:
             first = {**block, "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": piece}
@@ -135,6 +178,72 @@ def _events(message: JsonObject) -> tuple[bytes, ...]:
     events.append(_event("message_delta", {"delta": stop, "usage": usage}))
     events.append(_event("message_stop", {}))
     return tuple(events)
+
+
+def _thinking_on(thinking: object, max_tokens: int) -> bool:
+    if thinking is None:
+        return False
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive", "disabled"):
+        raise Rejected("thinking.type: Input should be 'enabled', 'adaptive' or 'disabled'")
+    kind = thinking["type"]
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not _is_int(budget) or budget < 1024:
+            raise Rejected("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+        if budget >= max_tokens:
+            raise Rejected("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                           "documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
+    return kind != "disabled"
+
+
+def _check_signatures(messages: list[dict[str, object]]) -> None:
+    """Every replayed thinking block must carry the signature this server gave its text."""
+    for index, message in enumerate(messages):
+        content = message["content"]
+        if message["role"] != "assistant" or not isinstance(content, list):
+            continue
+        for position, block in enumerate(content):
+            if block.get("type") != "thinking":
+                continue
+            thinking, signature = block.get("thinking"), block.get("signature")
+            if not isinstance(thinking, str) or not isinstance(signature, str) \
+                    or not hmac.compare_digest(signature, thinking_signature(thinking)):
+                raise Rejected(f"messages.{index}.content.{position}: Invalid `signature` in `thinking` block")
+
+
+def _check_tool_turn_starts_with_thinking(messages: list[dict[str, object]]) -> None:
+    """With thinking on, the assistant turn whose tool calls the last user turn answers must start with thinking."""
+    if len(messages) < 2 or not _tool_results(messages[-1]) or messages[-2]["role"] != "assistant":
+        return
+    content = messages[-2]["content"]
+    first = content[0] if isinstance(content, list) and content else None
+    found = first.get("type") if isinstance(first, dict) else "text"
+    if found not in ("thinking", "redacted_thinking"):
+        raise Rejected(_THINKING_RULE.format(index=len(messages) - 2, found=found))
+
+
+def _answer_schema(output_config: object) -> dict[str, object] | None:
+    """The JSON schema of `output_config.format`, which the answer must fit; None without one."""
+    if output_config is None:
+        return None
+    if not isinstance(output_config, dict):
+        raise Rejected("output_config: Input should be a valid dictionary")
+    effort = output_config.get("effort")
+    if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
+        raise Rejected("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'")
+    fmt = output_config.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise Rejected("output_config.format: Input should be {type: json_schema, schema: {...}}")
+    schema: dict[str, object] = fmt["schema"]
+    return schema
+
+
+def _thought(uses: list[dict[str, object]]) -> str:
+    if uses:
+        return f"The user wants something only a tool can tell: calling {uses[0]['name']}."
+    return "I can answer this directly."
 
 
 def _tool_uses(call: Call, body: dict[str, object]) -> list[dict[str, object]]:

@@ -10,7 +10,9 @@ Requests must carry a well-formed SigV4 `Authorization` header scoped to the `be
 (the signature itself is not recomputed), or a Bedrock API key as `Authorization: Bearer`. With an `api_key`
 configured, the SigV4 access key id or the bearer token must equal it. Failures are AWS errors: `{"message": ...}`
 with the exception name in `x-amzn-errortype`. A request header `x-demo-stream-exception: <type>` (e.g.
-`throttlingException`) makes a stream fail with that exception message after its first events.
+`throttlingException`) makes a stream fail with that exception message after its first events. Converse keeps
+Bedrock's conversation rules (user turn first, roles alternating, no blank text) and Claude's with thinking on: the
+last assistant turn that calls tools must start with its signed `reasoningContent`.
 
 Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`.
 """
@@ -160,6 +162,8 @@ def _converse(call: Call, model: str, *, stream: bool) -> Reply:
     tools, choice = _tool_config(body.get("toolConfig"), has_tool_blocks)
     schema = _output_schema(body.get("outputConfig"))
     thinking = _reasoning_requested(body.get("additionalModelRequestFields"))
+    if _claude_thinking(body.get("additionalModelRequestFields")):
+        _require_signed_thinking(messages)
 
     last = messages[-1]
     results = _tool_results(last)
@@ -360,6 +364,27 @@ def _output_schema(value: object) -> dict | None:
     if not isinstance(schema, dict):
         raise Rejected("outputConfig.textFormat.structure.jsonSchema.schema must be a JSON object")
     return schema
+
+
+def _claude_thinking(fields: object) -> bool:
+    thinking = fields.get("thinking") if isinstance(fields, dict) else None
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _require_signed_thinking(messages: list[dict]) -> None:
+    """Claude's rule with thinking on: the last assistant turn that calls tools starts with its signed reasoning."""
+    turns = [(index, message) for index, message in enumerate(messages) if message["role"] == "assistant"]
+    if not turns:
+        return
+    index, last = turns[-1]
+    first = last["content"][0]
+    if not any("toolUse" in block for block in last["content"]) or "reasoningContent" in first:
+        return
+    found = "tool_use" if "toolUse" in first else "text"
+    raise Rejected(f"The model returned the following errors: messages.{index}.content.0.type: Expected `thinking` or "
+                   f"`redacted_thinking`, but found `{found}`. When `thinking` is enabled, a final `assistant` "
+                   "message must start with a thinking block (preceeding the lastmost set of `tool_use` and "
+                   "`tool_result` blocks). We recommend you include thinking blocks from previous turns.")
 
 
 def _reasoning_requested(fields: object) -> bool:

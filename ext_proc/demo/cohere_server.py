@@ -179,6 +179,8 @@ def _messages(value: object) -> list[dict[str, object]]:
 
 def _check_user_content(content: object, where: str) -> None:
     if isinstance(content, str):
+        if not content:
+            raise Rejected(f"{where}: message content must not be empty")
         return
     if not isinstance(content, list) or not content:
         raise Rejected(f"{where}: user content must be a string or a non-empty list")

@@ -17,7 +17,9 @@ Vertex AI, `authorization: Bearer <token>` (the token must equal the demo's key 
 `v1alpha`/`v1` (AI Studio) and `v1beta1` (Vertex, the google-genai SDK's default) paths are served too. Both kinds
 serve both APIs (a module answers for all its kinds); the kind names what a demo provider stands in for. Errors use
 Google's format, `{"error": {"code", "message", "status"}}`; requests are checked as strictly as the real API checks
-its JSON (unknown fields are refused), but only in the camelCase field names Google's SDKs send.
+its JSON (unknown fields are refused), but only in the camelCase field names Google's SDKs send. With
+`generationConfig.responseLogprobs` a text candidate carries a `logprobsResult` (one chosen token per word-sized
+piece, `logprobs` alternatives each), per event when streamed.
 
 Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`.
 """
@@ -57,6 +59,7 @@ KINDS = ("gemini", "vertex")
 EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 3072
 MAX_CANDIDATES = 8
+MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 5
 IMPLICIT_CACHE_MIN_TOKENS = 1024
 """Prompts at least this long report half their tokens as read from Gemini's implicit cache."""
@@ -195,10 +198,11 @@ def _generate(call: Call, model: str, vertex: bool, stream: bool = False) -> Rep
     head: dict[str, object] = {"modelVersion": model, "responseId": secrets.token_urlsafe(16)}
     if vertex:
         head["createTime"] = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    top = _logprobs_setting(config)
     if stream:
-        return Reply(200, events=_events(head, parts, thought, finish, candidates, usage))
+        return Reply(200, events=_events(head, parts, thought, finish, candidates, usage, top))
     answer_parts = ([{"text": thought, "thought": True}] if thought else []) + parts
-    body_out = {"candidates": [_candidate(answer_parts, index, finish) for index in range(candidates)],
+    body_out = {"candidates": [_candidate(answer_parts, index, finish, top) for index in range(candidates)],
                 "usageMetadata": usage, **head}
     return Reply(200, orjson.dumps(body_out))
 
@@ -207,15 +211,48 @@ def _stream(call: Call, model: str, vertex: bool) -> Reply:
     return _generate(call, model, vertex, stream=True)
 
 
-def _candidate(parts: list[dict[str, object]], index: int, finish: str | None) -> dict[str, object]:
+def _candidate(parts: list[dict[str, object]], index: int, finish: str | None,
+               top: int | None = None) -> dict[str, object]:
     candidate: dict[str, object] = {"content": {"parts": parts, "role": "model"}, "index": index}
     if finish is not None:
         candidate["finishReason"] = finish
+    text = "".join(str(part["text"]) for part in parts if isinstance(part.get("text"), str) and not part.get("thought"))
+    if top is not None and text:
+        candidate["logprobsResult"] = _logprobs_result(words(text), top)
     return candidate
 
 
+def _logprobs_setting(config: JsonObject) -> int | None:
+    """None without `responseLogprobs`, else the number of alternatives asked per token (`logprobs`, 0..20)."""
+    if config.get("responseLogprobs") is not True:
+        if config.get("logprobs") is not None:
+            raise Rejected("logprobs is only valid if responseLogprobs is true.")
+        return None
+    return _int_setting(config, "logprobs", 0, MAX_TOP_LOGPROBS, 0)
+
+
+def _logprobs_result(tokens: list[str], top: int) -> JsonObject:
+    """Gemini's `logprobsResult` for `tokens`: each chosen token, and `top` alternatives per step (the chosen one
+    first, as a most likely token is), with made-up but stable ids and log probabilities."""
+    chosen = [(token, -0.05 * (1 + step % 4)) for step, token in enumerate(tokens)]
+    result: JsonObject = {"chosenCandidates": [_token_candidate(token, logprob) for token, logprob in chosen],
+                          "logProbabilitySum": round(sum(logprob for _, logprob in chosen), 6)}
+    if top:
+        result["topCandidates"] = [{"candidates": [_token_candidate(token, logprob)] + [
+            _token_candidate(f"{token}~{k}", logprob - 1.5 * k) for k in range(1, top)]} for token, logprob in chosen]
+    return result
+
+
+def _token_candidate(token: str, logprob: float) -> JsonObject:
+    return {"token": token, "tokenId": _token_id(token), "logProbability": logprob}
+
+
+def _token_id(token: str) -> int:
+    return int.from_bytes(hashlib.sha256(token.encode()).digest()[:3], "little")
+
+
 def _events(head: dict[str, object], parts: list[dict[str, object]], thought: str, finish: str, candidates: int,
-            usage: dict[str, object]) -> tuple[bytes, ...]:
+            usage: dict[str, object], top: int | None = None) -> tuple[bytes, ...]:
     """SSE events like Gemini's: a thought, then text in word-sized pieces (function calls whole, in one event),
     each event one candidate; the last event of each candidate has its finishReason and every event the usage so
     far, with the full usage on the last one."""
@@ -230,7 +267,7 @@ def _events(head: dict[str, object], parts: list[dict[str, object]], thought: st
         last = number == len(pieces) - 1
         for index in range(candidates):
             final = last and index == candidates - 1
-            chunk = {"candidates": [_candidate(piece, index, finish if last else None)],
+            chunk = {"candidates": [_candidate(piece, index, finish if last else None, top)],
                      "usageMetadata": usage if final else {**prompt_only, "totalTokenCount": usage["promptTokenCount"]},
                      **head}
             events.append(b"data: " + orjson.dumps(chunk) + b"\r\n\r\n")

@@ -14,13 +14,46 @@ Things worth knowing before changing this file:
   mapped to an ephemeral `cache_control` too.
 - Anthropic reports input tokens in three parts (uncached, cache write, cache read); OpenAI's `prompt_tokens` is their
   sum, and `prompt_tokens_details.cached_tokens` the cache reads.
-- `temperature`, `top_p` and `thinking: {type: enabled, budget_tokens}` are what anthropic-version 2023-06-01 accepts
-  for models before Claude Opus 4.7. The anthropic SDK (1.x and later) no longer declares the sampling fields, and
-  Opus 4.7+ and the 5.x models answer 400 to them and to budget-based thinking (they want `thinking: {type: adaptive}`
-  with `output_config.effort`).
+- What a model accepts is read from its id (`_capabilities`, one table for every Claude naming scheme: Anthropic's
+  `claude-sonnet-4-5-20250929`, Vertex's `claude-sonnet-4-5@20250929`, Bedrock's
+  `us.anthropic.claude-sonnet-4-5-20250929-v1:0`). Claude 3.7 to 4.5 take budget-based thinking
+  (`thinking: {type: enabled, budget_tokens}`); Opus 4.6 / Sonnet 4.6 and later take `thinking: {type: adaptive}` with
+  `output_config.effort` (4.6: low/medium/high/max; Opus 4.7+ and 5.x add xhigh, and refuse budgets); Claude 3.5 and
+  older have no thinking. `reasoning_effort` becomes the nearest level the model has at or below the one asked for
+  (minimal -> low; xhigh on a 4.6 model -> high; xhigh/max on a budget model -> the high budget). An id the table does
+  not know (an ARN, an alias) is taken as a budget-thinking model, the behaviour before the table existed.
+- Sampling: Opus 4.1 and later answer 400 to `temperature` and `top_p` together ("cannot both be specified"), so only
+  `temperature` goes when both are given; Opus 4.7+ and 5.x answer 400 to either ("deprecated for this model"), so
+  neither goes, as with thinking on. The anthropic SDK (1.x and later) no longer declares the sampling fields.
+- Thinking round trip: an answer's signed `thinking` / `redacted_thinking` blocks come back as `reasoning_content` (the
+  text) plus `thinking_blocks` on the message (`{type: thinking, thinking, signature}` / `{type: redacted_thinking,
+  data}`); a stream sends each block in a delta's `thinking_blocks` when the block stops, signature included. An
+  assistant message's `thinking_blocks` are sent back first in that turn's content, untouched: with thinking on,
+  Anthropic refuses a tool-use turn that does not start with its thinking block. A thinking block with an empty
+  signature (another model's reasoning, as the Anthropic client format renders it) is left out: Anthropic would refuse
+  it as forged.
+- `response_format` json_schema goes as `output_config.format` (Anthropic's native structured output, no beta header)
+  on models that have it (Opus 4.1, the 4.5 models and later); elsewhere, and for json_object (native structured
+  output takes a schema with closed objects only), the answer is a forced call of a tool named `ANSWER_TOOL` whose
+  input is the answer, translated back as message content. That fallback can't run with thinking on (Anthropic refuses
+  forced tool use with thinking) or beside the client's own tools, and is refused there.
+- Documents: OpenAI `file` parts with a PDF (or plain text) data URL become `document` blocks (filename -> title);
+  `file_id` is refused (no Files API mapping). A content part of type `anthropic` holding a `document` block (how the
+  Anthropic client format carries URL documents) is passed as it is.
+- `provider_options["anthropic"]` (Babelgate's per-schema passthrough, `common.with_provider_options`) is merged
+  into the Messages body after translation; Bedrock and Vertex read their own namespaces instead.
+- Anthropic typed and server tools (bash_*, text_editor_*, web_search_*, code_execution_* ...) travel in the OpenAI
+  request as `{"type": "anthropic", "anthropic": <the tool as Anthropic takes it>}` (the Anthropic client format
+  writes them so) and are passed through as they are; other translators refuse that tool type.
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from functools import lru_cache
 
 import orjson
 
@@ -35,6 +68,7 @@ from .common import (
     refuse_unsupported,
     requested_max_tokens,
     split_data_url,
+    with_provider_options,
 )
 from .stream import ChatStream as BaseChatStream
 from .translator import Translator
@@ -48,8 +82,8 @@ FIELDS: dict[str, str] = {
     "model": MAPPED,  # replaced by the backend's model name
     "max_completion_tokens": MAPPED,  # -> max_tokens (preferred over max_tokens)
     "max_tokens": MAPPED,  # -> max_tokens
-    "temperature": MAPPED,  # clamped to 0..1; dropped when thinking is on
-    "top_p": MAPPED,
+    "temperature": MAPPED,  # clamped to 0..1; left out with thinking on, and for Opus 4.7+ (see _add_sampling)
+    "top_p": MAPPED,  # left out beside temperature for Opus 4.1+, and for Opus 4.7+
     "stop": MAPPED,  # -> stop_sequences
     "stream": MAPPED,
     "stream_options": DROPPED,  # include_usage is honoured by ChatStream, nothing to send upstream
@@ -58,7 +92,7 @@ FIELDS: dict[str, str] = {
     "tools": MAPPED,  # function tools -> {name, description, input_schema}; custom tools refused
     "tool_choice": MAPPED,
     "parallel_tool_calls": MAPPED,  # false -> tool_choice.disable_parallel_tool_use
-    "reasoning_effort": MAPPED,  # -> thinking (none -> disabled; xhigh/max refused)
+    "reasoning_effort": MAPPED,  # -> thinking budget, or adaptive thinking + output_config.effort (see _capabilities)
     "presence_penalty": DROPPED,  # no Anthropic equivalent; a sampling nudge, not a contract
     "frequency_penalty": DROPPED,
     "seed": DROPPED,  # best-effort determinism even on OpenAI
@@ -69,6 +103,7 @@ FIELDS: dict[str, str] = {
     "prompt_cache_key": DROPPED,  # OpenAI cache routing hint; Anthropic caches by cache_control markers
     "prompt_cache_retention": DROPPED,
     "prompt_cache_options": DROPPED,
+    "provider_options": MAPPED,  # its "anthropic" object is merged into the Messages body
     "n": REFUSED,  # one choice only
     "logprobs": REFUSED,
     "top_logprobs": REFUSED,
@@ -78,29 +113,38 @@ FIELDS: dict[str, str] = {
     "web_search_options": REFUSED,
     "functions": REFUSED,  # deprecated: use tools
     "function_call": REFUSED,  # deprecated: use tool_choice
-    "response_format": REFUSED,  # json_object / json_schema not translated yet
+    "response_format": MAPPED,  # json_schema -> output_config.format, or a forced ANSWER_TOOL call
     "verbosity": REFUSED,  # no Anthropic equivalent, and it changes the answer
     "moderation": REFUSED,  # OpenAI-side moderation can't run on an Anthropic backend
 }
+
+RESERVED_OPTIONS = ("model", "max_tokens", "stream")
+"""What `provider_options` may not set: the gateway owns the model, the output limit it reserved for, and streaming."""
 
 _HARMLESS: dict[str, tuple[object, ...]] = {
     "n": (1,),
     "logprobs": (False,),
     "logit_bias": ({},),
     "modalities": (["text"],),
-    "response_format": ({"type": "text"},),
     "verbosity": ("medium",),
 }
 
 _REFUSAL_REASONS = {
     "functions": "'functions' is deprecated and not supported on anthropic backends; use 'tools'",
     "function_call": "'function_call' is deprecated and not supported on anthropic backends; use 'tool_choice'",
-    "response_format": "'response_format' json_object and json_schema are not supported on anthropic backends yet",
 }
 
-# budget_tokens per reasoning_effort. Anthropic's minimum budget is 1024; "xhigh" and "max" are refused because a
-# larger budget would exceed the output limit of some Claude models.
-_THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
+# budget_tokens per reasoning_effort on budget-thinking models. Anthropic's minimum budget is 1024; "xhigh" and "max"
+# get the "high" budget, since a larger one would exceed the output limit of some of these models (Opus 4: 32000).
+_THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576, "max": 24576}
+_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+"""`output_config.effort` levels, lowest first; `reasoning_effort` minimal is low."""
+_REASONING_EFFORTS = ("none", "minimal", *_EFFORTS)
+
+ANSWER_TOOL = "babelgate_structured_answer"
+"""The tool whose forced call carries a structured answer on models without native structured output."""
+
+_DOCUMENT_MEDIA_TYPES = {"application/pdf", "text/plain"}
 
 _IMAGE_MEDIA_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 _MEDIA_TYPE_ALIASES = {"image/jpg": "image/jpeg"}
@@ -129,6 +173,55 @@ _STATUS_BY_ERROR_TYPE = {
     "gateway_timeout_error": 504,
 }
 
+
+
+# --- what each Claude model accepts ----------------------------------------------------------------------------------
+
+BUDGET = "budget"
+ADAPTIVE = "adaptive"
+NO_THINKING = "none"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a Claude model accepts, as far as this translation is concerned."""
+
+    thinking: str
+    """BUDGET (`thinking: {type: enabled, budget_tokens}`), ADAPTIVE (`{type: adaptive}` + `output_config.effort`) or
+    NO_THINKING."""
+    efforts: tuple[str, ...] = ()
+    """The `output_config.effort` levels an ADAPTIVE model takes."""
+    sampling_pair: bool = True
+    """`temperature` and `top_p` may go together (before Opus 4.1)."""
+    sampling: bool = True
+    """`temperature` and `top_p` are accepted at all (before Opus 4.7)."""
+    native_format: bool = False
+    """`output_config.format` (structured output) is served (Opus 4.1, the 4.5 models and later)."""
+
+
+_UNKNOWN_MODEL = Capabilities(BUDGET)
+_OLD_SCHEME = re.compile(r"claude-(\d+)(?:-(\d)(?!\d))?-(?:opus|sonnet|haiku)")  # claude-3-7-sonnet-20250219
+_NEW_SCHEME = re.compile(r"claude-(?:opus|sonnet|haiku|fable|mythos)-(\d+)(?:-(\d)(?!\d))?")  # claude-opus-4-1-...
+
+
+@lru_cache(maxsize=256)  # keyed by configured model names, a handful per deployment
+def capabilities(model: str) -> Capabilities:
+    """The capabilities of the Claude model `model` names, by its generation (see the module docstring)."""
+    if "claude-mythos-preview" in model:
+        return Capabilities(ADAPTIVE, ("low", "medium", "high", "max"), False, False, True)
+    found = _NEW_SCHEME.search(model) or _OLD_SCHEME.search(model)
+    if found is None:
+        return _UNKNOWN_MODEL
+    version = (int(found[1]), int(found[2] or 0))
+    if version < (3, 7):
+        return Capabilities(NO_THINKING)
+    if version < (4, 6):
+        return Capabilities(BUDGET, sampling_pair=version < (4, 1), native_format=version >= (4, 1))
+    if version < (4, 7):
+        return Capabilities(ADAPTIVE, ("low", "medium", "high", "max"), False, True, True)
+    return Capabilities(ADAPTIVE, _EFFORTS, False, False, True)
+
+
 def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return "/v1/messages"
 
@@ -137,31 +230,23 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 
 
 def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
-    """Translate an OpenAI chat request into an Anthropic Messages request for `model`."""
+    """Translate an OpenAI chat request into an Anthropic Messages request for `model`, with the client's
+    `provider_options["anthropic"]` merged in."""
+    request = messages_request(body, model, default_max_tokens=default_max_tokens)
+    return with_provider_options(request, body, (SCHEMA,), RESERVED_OPTIONS)
+
+
+def messages_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+    """The Messages request for `model`, before any `provider_options`: Bedrock and Vertex start from it too."""
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
+    claude = capabilities(model)
     system, messages = _conversation(body.get("messages"))
     limit, _ = requested_max_tokens(body)
     request: JsonObject = {"model": model, "max_tokens": limit or default_max_tokens, "messages": messages}
     if system:
         request["system"] = system
-
-    thinking = _thinking(body.get("reasoning_effort"))
-    if thinking is not None:
-        request["thinking"] = thinking
-        if thinking["type"] == "enabled" and request["max_tokens"] <= thinking["budget_tokens"]:
-            # Thinking counts against max_tokens and must stay below it: keep the room the client asked for.
-            request["max_tokens"] += thinking["budget_tokens"]
-    thinking_on = thinking is not None and thinking["type"] == "enabled"
-
-    temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
-        raise BadRequest("'temperature' must be a number", param="temperature")
-    if temperature is not None and not thinking_on:
-        # OpenAI accepts 0..2, Anthropic 0..1: values above 1 are clamped rather than refused, since both ends mean
-        # "most random" to the client. With thinking on, Anthropic only accepts the default, so it is left out.
-        request["temperature"] = min(float(temperature), 1.0)
-    if body.get("top_p") is not None:
-        request["top_p"] = body["top_p"]
+    thinking_on = _add_reasoning(request, body.get("reasoning_effort"), claude, model)
+    _add_sampling(request, body, claude, thinking_on)
     stop = body.get("stop")
     if stop:
         request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -180,19 +265,83 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
         request["tools"] = tools
         if tool_choice is not None:
             request["tool_choice"] = tool_choice
+    if body.get("response_format") is not None:
+        _add_response_format(request, body["response_format"], claude, thinking_on)
     return request
 
 
-def _thinking(effort: object) -> JsonObject | None:
+def _add_reasoning(request: JsonObject, effort: object, claude: Capabilities, model: str) -> bool:
+    """`reasoning_effort` -> `thinking` (and `output_config.effort`); True when thinking is on."""
     if effort is None:
-        return None
+        return False
+    if not isinstance(effort, str) or effort not in _REASONING_EFFORTS:
+        raise BadRequest(f"reasoning_effort {effort!r} is not supported on anthropic backends; use one of "
+                         f"{', '.join(_REASONING_EFFORTS)}", param="reasoning_effort")
     if effort == "none":
-        return {"type": "disabled"}
-    budget = _THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
-    if budget is None:
-        raise BadRequest(f"reasoning_effort {effort!r} is not supported on anthropic backends; "
-                         "use none, minimal, low, medium or high", param="reasoning_effort")
-    return {"type": "enabled", "budget_tokens": budget}
+        request["thinking"] = {"type": "disabled"}
+        return False
+    if claude.thinking == NO_THINKING:
+        raise BadRequest(f"the model {model!r} has no extended thinking; reasoning_effort {effort!r} can't be "
+                         "honoured (use 'none' or leave it out)", param="reasoning_effort")
+    if claude.thinking == BUDGET:
+        budget = _THINKING_BUDGETS[effort]
+        request["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if request["max_tokens"] <= budget:
+            # Thinking counts against max_tokens and must stay below it: keep the room the client asked for.
+            request["max_tokens"] += budget
+        return True
+    request["thinking"] = {"type": "adaptive"}
+    request["output_config"] = {"effort": _nearest_effort("low" if effort == "minimal" else effort, claude.efforts)}
+    return True
+
+
+def _nearest_effort(effort: str, available: tuple[str, ...]) -> str:
+    """The highest level in `available` at or below `effort` (every adaptive model has low)."""
+    for level in reversed(_EFFORTS[: _EFFORTS.index(effort) + 1]):
+        if level in available:
+            return level
+    return available[0]
+
+
+def _add_sampling(request: JsonObject, body: JsonObject, claude: Capabilities, thinking_on: bool) -> None:
+    temperature = body.get("temperature")
+    if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
+        raise BadRequest("'temperature' must be a number", param="temperature")
+    if not claude.sampling:
+        return  # Opus 4.7+ answer 400 to any sampling field; like the default with thinking on, it is left out
+    if temperature is not None and not thinking_on:
+        # OpenAI accepts 0..2, Anthropic 0..1: values above 1 are clamped rather than refused, since both ends mean
+        # "most random" to the client. With thinking on, Anthropic only accepts the default, so it is left out.
+        request["temperature"] = min(float(temperature), 1.0)
+    if body.get("top_p") is not None and (claude.sampling_pair or "temperature" not in request):
+        request["top_p"] = body["top_p"]
+
+
+def _add_response_format(request: JsonObject, response_format: object, claude: Capabilities,
+                         thinking_on: bool) -> None:
+    """json_schema -> native structured output where the model has it, else (and json_object) a forced ANSWER_TOOL."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format.json_schema.schema must be an object", param="response_format")
+        if claude.native_format:
+            request.setdefault("output_config", {})["format"] = {"type": "json_schema", "schema": schema}
+            return
+    elif kind == "json_object":
+        schema = {"type": "object"}
+    else:
+        raise BadRequest("response_format.type must be text, json_object or json_schema", param="response_format")
+    if thinking_on or request.get("tools"):
+        raise BadRequest(f"response_format {kind} on this anthropic model is answered through a forced tool call, "
+                         "which can't be combined with reasoning_effort thinking or with 'tools'",
+                         param="response_format")
+    request["tools"] = [{"name": ANSWER_TOOL, "description": "Give the answer as this tool's input.",
+                         "input_schema": schema}]
+    request["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
 
 
 def _conversation(messages: object) -> tuple[str | list[JsonObject], list[JsonObject]]:
@@ -228,7 +377,7 @@ def _message_blocks(message: object, where: str) -> tuple[str, list[JsonObject]]
     if role in ("system", "developer"):
         role, blocks = "system", _content_blocks(message.get("content"), where)
     elif role == "user":
-        blocks = _content_blocks(message.get("content"), where, ("text", "image_url"))
+        blocks = _content_blocks(message.get("content"), where, ("text", "image_url", "file", "anthropic"))
     elif role == "assistant":
         blocks = _assistant_blocks(message, where)
     elif role == "tool":
@@ -260,6 +409,12 @@ def _content_blocks(content: object, where: str, allowed: tuple[str, ...] = ("te
                              param=here)
         if kind == "image_url":
             blocks.append(_image_block(part, here))
+            continue
+        if kind == "file":
+            blocks.append(_document_block(part, here))
+            continue
+        if kind == "anthropic":
+            blocks.append(_anthropic_block(part, here))
             continue
         text = part.get(kind)  # a text part's `text`, or a past assistant `refusal`, which is plain text to Anthropic
         if not isinstance(text, str):
@@ -301,15 +456,75 @@ def _image_block(part: JsonObject, where: str) -> JsonObject:
     return _with_cache_control({"type": "image", "source": source}, part)
 
 
+def _document_block(part: JsonObject, where: str) -> JsonObject:
+    """An OpenAI `file` part (PDF or plain text, as a base64 data URL) -> a `document` block; filename -> title."""
+    file = part.get("file")
+    if not isinstance(file, dict):
+        raise BadRequest(f"{where}.file must be an object", param=f"{where}.file")
+    if file.get("file_id") is not None:
+        raise BadRequest(f"{where}: file_id is not supported on anthropic backends; send the file as file_data",
+                         param=f"{where}.file.file_id")
+    data_url = file.get("file_data")
+    filename = file.get("filename")
+    parsed = split_data_url(data_url) if isinstance(data_url, str) and data_url.startswith("data:") else None
+    if parsed is None and isinstance(data_url, str) and data_url and isinstance(filename, str) \
+            and filename.lower().endswith(".pdf"):
+        parsed = "application/pdf", data_url  # bare base64, as some clients send it, named as a PDF
+    if parsed is None or parsed[0] not in _DOCUMENT_MEDIA_TYPES:
+        raise BadRequest(f"{where}: file_data must be a base64 data URL of a PDF or plain text "
+                         "(data:application/pdf;base64,...)", param=f"{where}.file.file_data")
+    media_type, data = parsed
+    source: JsonObject = {"type": "base64", "media_type": media_type, "data": data}
+    if media_type == "text/plain":
+        try:
+            source = {"type": "text", "media_type": media_type, "data": base64.b64decode(data).decode()}
+        except (binascii.Error, UnicodeDecodeError):
+            raise BadRequest(f"{where}: file_data is not base64 UTF-8 text", param=f"{where}.file.file_data") from None
+    block: JsonObject = {"type": "document", "source": source}
+    if isinstance(filename, str) and filename:
+        block["title"] = filename
+    return _with_cache_control(block, part)
+
+
+def _anthropic_block(part: JsonObject, where: str) -> JsonObject:
+    """A document block written for Anthropic (a URL document, from the Anthropic client format): passed as it is."""
+    block = part.get("anthropic")
+    if not isinstance(block, dict) or block.get("type") != "document":
+        raise BadRequest(f"{where}.anthropic must be an Anthropic document block", param=f"{where}.anthropic")
+    return dict(block)
+
+
 def _assistant_blocks(message: JsonObject, where: str) -> list[JsonObject]:
     for field in ("audio", "function_call"):
         if message.get(field) is not None:
             raise BadRequest(f"{where}.{field} is not supported on anthropic backends", param=f"{where}.{field}")
-    blocks = _content_blocks(message.get("content"), where, ("text", "refusal"))
+    blocks = _thinking_blocks(message.get("thinking_blocks"), where)
+    blocks += _content_blocks(message.get("content"), where, ("text", "refusal"))
     if message.get("refusal"):
         blocks.append({"type": "text", "text": message["refusal"]})
     for k, call in enumerate(message.get("tool_calls") or ()):
         blocks.append(_tool_use(call, f"{where}.tool_calls[{k}]"))
+    return blocks
+
+
+def _thinking_blocks(value: object, where: str) -> list[JsonObject]:
+    """An assistant message's signed `thinking_blocks`, as Anthropic gave them (they must come back unchanged)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}.thinking_blocks must be an array", param=f"{where}.thinking_blocks")
+    blocks: list[JsonObject] = []
+    for k, block in enumerate(value):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking" and isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str):
+            if block["signature"]:  # unsigned: another model's reasoning, which Anthropic would refuse as forged
+                blocks.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": block["data"]})
+        else:
+            here = f"{where}.thinking_blocks[{k}]"
+            raise BadRequest(f"{here} must be {{type: thinking, thinking, signature}} or "
+                             "{type: redacted_thinking, data}", param=here)
     return blocks
 
 
@@ -343,6 +558,22 @@ def _tool_result(message: JsonObject, where: str) -> JsonObject:
 
 
 def _tools(tools: object) -> list[JsonObject]:
+    if isinstance(tools, list) and any(isinstance(tool, dict) and tool.get("type") == "anthropic" for tool in tools):
+        return [_anthropic_tool(tool, f"tools[{i}]") if isinstance(tool, dict) and tool.get("type") == "anthropic"
+                else _function_tools([tool])[0] for i, tool in enumerate(tools)]
+    return _function_tools(tools)
+
+
+def _anthropic_tool(tool: JsonObject, where: str) -> JsonObject:
+    """A typed or server tool (bash_*, web_search_* ...) written for Anthropic: passed as it is, Anthropic checks it."""
+    inner = tool.get("anthropic")
+    if not isinstance(inner, dict) or not isinstance(inner.get("type"), str) or not isinstance(inner.get("name"), str):
+        raise BadRequest(f"{where}.anthropic must be an Anthropic tool with a type and a name",
+                         param=f"{where}.anthropic")
+    return dict(inner)
+
+
+def _function_tools(tools: object) -> list[JsonObject]:
     result = []
     for _, tool, function in function_tools(tools, "anthropic"):
         converted: JsonObject = {"name": function["name"]}
@@ -401,29 +632,44 @@ def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     """Translate an Anthropic Message into an OpenAI `chat.completion`."""
     text: list[str] = []
     reasoning: list[str] = []
+    thinking_blocks: list[JsonObject] = []
     tool_calls: list[JsonObject] = []
+    answered = False  # the forced ANSWER_TOOL was called
     for block in body.get("content") or ():
         kind = block.get("type")
         if kind == "text":
             text.append(block.get("text") or "")
         elif kind == "thinking":
             reasoning.append(block.get("thinking") or "")
+            thinking_blocks.append({"type": "thinking", "thinking": block.get("thinking") or "",
+                                    "signature": block.get("signature") or ""})
+        elif kind == "redacted_thinking":
+            thinking_blocks.append({"type": "redacted_thinking", "data": block.get("data") or ""})
+        elif kind == "tool_use" and block.get("name") == ANSWER_TOOL:
+            text.append(orjson.dumps(block.get("input") or {}).decode())
+            answered = True
         elif kind == "tool_use":
             tool_calls.append({"id": block["id"], "type": "function", "function": {
                 "name": block["name"], "arguments": orjson.dumps(block.get("input") or {}).decode()}})
-        # redacted_thinking and server-tool blocks have no OpenAI form; no request of ours asks for server tools.
+        # Server-tool blocks (server_tool_use, web_search_tool_result ...) have no OpenAI form; their findings are
+        # in the text that follows them.
     message: JsonObject = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None,
-                     "refusal": None}
+                           "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
     if reasoning:
         message["reasoning_content"] = "".join(reasoning)
+    if thinking_blocks:
+        message["thinking_blocks"] = thinking_blocks
+    stop_reason = body.get("stop_reason")
+    if stop_reason == "tool_use" and answered and not tool_calls:
+        stop_reason = "end_turn"  # only the forced ANSWER_TOOL was called: the answer is complete
     completion = {
         "id": body.get("id") or "",
         "object": "chat.completion",
         "created": created,
         "model": body.get("model") or model,
-        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(body.get("stop_reason")),
+        "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(stop_reason),
                      "logprobs": None}],
     }
     usage = usage_of(body)
@@ -475,6 +721,8 @@ class ChatStream(BaseChatStream):
         self._raw_usage: JsonObject = {}
         self._tool_index: dict[int, int] = {}  # Anthropic content block index -> OpenAI tool call index
         self._silent_tools: set[int] = set()  # tool blocks that have not streamed any arguments yet
+        self._answer_blocks: set[int] = set()  # forced ANSWER_TOOL blocks, whose input is the answer's content
+        self._thinking: dict[int, list[str]] = {}  # thinking block index -> its text so far, then its signature
 
     def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         if self.finished or self._failed:
@@ -512,6 +760,9 @@ class ChatStream(BaseChatStream):
 
     def _block_start(self, index: int, block: JsonObject) -> list[JsonObject]:
         kind = block.get("type")
+        if kind == "tool_use" and block.get("name") == ANSWER_TOOL:
+            self._answer_blocks.add(index)
+            return [self._chunk({"content": orjson.dumps(block["input"]).decode()})] if block.get("input") else []
         if kind == "tool_use":
             position = self._tool_index[index] = len(self._tool_index)
             arguments = orjson.dumps(block["input"]).decode() if block.get("input") else ""
@@ -521,23 +772,37 @@ class ChatStream(BaseChatStream):
                                                  "function": {"name": block.get("name"), "arguments": arguments}}]})]
         if kind == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
-        if kind == "thinking" and block.get("thinking"):
-            return [self._chunk({"reasoning_content": block["thinking"]})]
+        if kind == "thinking":
+            self._thinking[index] = [block.get("thinking") or "", block.get("signature") or ""]
+            return [self._chunk({"reasoning_content": block["thinking"]})] if block.get("thinking") else []
+        if kind == "redacted_thinking":
+            return [self._chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": block.get("data") or ""}]})]
         return []
 
     def _block_delta(self, index: int, delta: JsonObject) -> list[JsonObject]:
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
             return [self._chunk({"content": delta["text"]})]
+        if kind == "input_json_delta" and delta.get("partial_json") and index in self._answer_blocks:
+            return [self._chunk({"content": delta["partial_json"]})]
         if kind == "input_json_delta" and delta.get("partial_json") and index in self._tool_index:
             self._silent_tools.discard(index)
             fragment = {"index": self._tool_index[index], "function": {"arguments": delta["partial_json"]}}
             return [self._chunk({"tool_calls": [fragment]})]
         if kind == "thinking_delta" and delta.get("thinking"):
+            pieces = self._thinking.get(index)
+            if pieces is not None:
+                pieces.insert(-1, delta["thinking"])  # the signature stays last
             return [self._chunk({"reasoning_content": delta["thinking"]})]
-        return []  # signature_delta and citations_delta have no OpenAI form
+        if kind == "signature_delta" and index in self._thinking:
+            self._thinking[index][-1] = delta.get("signature") or ""  # the whole signature, as the SDK reads it
+        return []  # the signature goes out with the block when it stops; citations_delta has no OpenAI form
 
     def _block_stop(self, index: int) -> list[JsonObject]:
+        pieces = self._thinking.pop(index, None)
+        if pieces is not None:
+            block = {"type": "thinking", "thinking": "".join(pieces[:-1]), "signature": pieces[-1]}
+            return [self._chunk({"thinking_blocks": [block]})]
         if index not in self._silent_tools:
             return []
         # A tool called without arguments streams none; OpenAI clients parse the joined fragments, so send "{}".
@@ -550,6 +815,8 @@ class ChatStream(BaseChatStream):
         stop_reason = (payload.get("delta") or {}).get("stop_reason")
         if stop_reason is None:
             return []
+        if stop_reason == "tool_use" and self._answer_blocks and not self._tool_index:
+            stop_reason = "end_turn"  # only the forced ANSWER_TOOL was called: the answer is complete
         return [self._chunk({}, _finish_reason(stop_reason))]
 
     def _update_usage(self, usage: object) -> None:

@@ -11,6 +11,8 @@ request with `stream_options.include_usage`, its `ChatStream`, its error mapping
 - Every OpenAI field is passed on (`FIELDS`): Azure validates the body against the api-version and answers 400
   "Unrecognized request argument supplied: <field>" to what that version lacks, so nothing is lost silently. A
   field that is neither an OpenAI field nor an Azure extension (`EXTENSIONS`) is refused here, as for every schema.
+- Babelgate's `provider_options` is taken out and its `azure-openai` object merged into the body, as `openai.py`
+  does with its `openai` object (the same keys are the gateway's).
 - Answers carry Azure's content-filter annotations (`prompt_filter_results`, and `content_filter_results` on each
   choice). They are kept: OpenAI clients ignore fields they don't know. A stream opens with a filter-only chunk
   (`"choices": []`, `"object": ""`, `"created": 0`) that is neither a valid `chat.completion.chunk` nor the usage
@@ -31,14 +33,15 @@ from ..config.models import AzureSettings, Backend
 from ..errors import BadRequest, error_body, status_error_type
 from ..json_types import JsonObject
 from . import openai
-from .common import MAPPED, OPENAI_CHAT_FIELDS
+from .common import GATEWAY_CHAT_FIELDS, MAPPED, OPENAI_CHAT_FIELDS
 from .translator import Translator
 
 SCHEMA = "azure-openai"
 DEFAULT_API_VERSION = AzureSettings.model_fields["api_version"].default
 
-FIELDS: dict[str, str] = dict.fromkeys(OPENAI_CHAT_FIELDS, MAPPED)
-"""Every OpenAI field is passed to Azure, which refuses (400) what the configured api-version does not know."""
+FIELDS: dict[str, str] = dict.fromkeys(OPENAI_CHAT_FIELDS + GATEWAY_CHAT_FIELDS, MAPPED)
+"""Every OpenAI field is passed to Azure, which refuses (400) what the configured api-version does not know;
+`provider_options` is Babelgate's, and its `azure-openai` object is merged into the body."""
 
 EXTENSIONS = frozenset({"data_sources"})
 """Azure-only request fields passed on as they are ("On Your Data")."""
@@ -62,7 +65,7 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
         if field not in FIELDS and field not in EXTENSIONS:
             raise BadRequest(f"'{field}' is not a chat completions field the azure-openai translator knows; "
                              "it is refused rather than ignored", param=field)
-    return openai.chat_request(body, model, default_max_tokens=default_max_tokens)
+    return openai.passthrough_request(body, model, SCHEMA)
 
 
 def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:

@@ -5,7 +5,8 @@ The translation is `anthropic.py`'s, with Bedrock's differences:
 
 - the body carries `anthropic_version: "bedrock-2023-05-31"` and no `model` or `stream` (the model id is in the
   path, streaming is the `-with-response-stream` operation; Bedrock refuses both keys as extraneous);
-- Bedrock does not fetch image URLs, so http(s) image URLs are refused (base64 data URLs work);
+- `provider_options["bedrock-anthropic"]` is merged into the body (not the `anthropic` object);
+- Bedrock does not fetch image or document URLs, so http(s) image URLs and URL documents are refused (base64 works);
 - answers are Anthropic `Message` JSON; the stream is AWS event-stream whose `chunk` events carry
   `{"bytes": base64(<one Anthropic stream event as JSON>)}` (plus a padding field), fed to `anthropic.ChatStream`;
   the last event, `message_stop`, also carries `amazon-bedrock-invocationMetrics`, which is not needed;
@@ -25,13 +26,16 @@ from ..errors import BadRequest
 from ..json_types import JsonObject
 from . import anthropic
 from .bedrock_converse import aws_error_response, aws_stream_error, model_path_segment
+from .common import with_provider_options
 from .translator import Translator
 
 SCHEMA = "bedrock-anthropic"
 BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 
 FIELDS: dict[str, str] = dict(anthropic.FIELDS)
-"""The same rules as the Anthropic translator: `model` goes into the path and `stream` picks the operation."""
+"""The same rules as the Anthropic translator: `model` goes into the path and `stream` picks the operation;
+`provider_options["bedrock-anthropic"]` is the object merged."""
+RESERVED_OPTIONS = ("anthropic_version", "model", "max_tokens", "stream")
 
 usage_of = anthropic.usage_of
 
@@ -42,24 +46,29 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 
 def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The Anthropic Messages request for `model`, in InvokeModel's form."""
-    _refuse_image_urls(body)
-    request = anthropic.chat_request(body, model, default_max_tokens=default_max_tokens)
+    _refuse_urls(body)
+    request = anthropic.messages_request(body, model, default_max_tokens=default_max_tokens)
     request.pop("model", None)
     request.pop("stream", None)
-    return {"anthropic_version": BEDROCK_ANTHROPIC_VERSION, **request}
+    return with_provider_options({"anthropic_version": BEDROCK_ANTHROPIC_VERSION, **request}, body, (SCHEMA,),
+                                 RESERVED_OPTIONS)
 
 
-def _refuse_image_urls(body: object) -> None:
+def _refuse_urls(body: object) -> None:
     messages = body.get("messages") if isinstance(body, dict) else None
     for i, message in enumerate(messages if isinstance(messages, list) else ()):
         content = message.get("content") if isinstance(message, dict) else None
         for j, part in enumerate(content if isinstance(content, list) else ()):
-            if not isinstance(part, dict) or part.get("type") != "image_url":
+            kind = part.get("type") if isinstance(part, dict) else None
+            where = f"messages[{i}].content[{j}]"
+            if kind == "anthropic" and ((part.get("anthropic") or {}).get("source") or {}).get("type") == "url":
+                raise BadRequest(f"{where}: Bedrock does not fetch document URLs; send the document as base64",
+                                 param=where)
+            if kind != "image_url":
                 continue
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if isinstance(url, str) and url.startswith(("http://", "https://")):
-                where = f"messages[{i}].content[{j}]"
                 raise BadRequest(f"{where}: Bedrock does not fetch image URLs; send the image as a base64 data URL "
                                  "(data:image/png;base64,...)", param=where)
 

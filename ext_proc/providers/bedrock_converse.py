@@ -11,6 +11,18 @@ Things worth knowing before changing this file:
   profiles) all work.
 - Converse wants user and assistant turns to alternate: consecutive messages of one role are merged, and OpenAI
   `tool` messages become `toolResult` blocks of a user turn. Empty text blocks are refused by Bedrock and left out.
+- Converse also refuses a conversation that starts with an assistant turn ("A conversation must start with a user
+  message"): a history that opens with the assistant (a greeting, or after an empty user message was left out) gets
+  a leading user turn holding only `LEADING_USER_TEXT`, a placeholder that asks nothing, rather than a 400. Nothing
+  can be merged instead: there is no earlier user turn, and moving the assistant's words into a user turn would
+  change who said them.
+- Thinking round trip (Claude models): an answer's `reasoningContent` blocks come back as `reasoning_content` (the
+  text) plus the message's `thinking_blocks` (`{type: thinking, thinking, signature}` / `{type: redacted_thinking,
+  data}`, the format `anthropic.py` uses, `data` being the base64 of Converse's `redactedContent`); a stream sends
+  each block in a delta's `thinking_blocks` when the block stops, signature included. An assistant message's
+  `thinking_blocks` go back first in that turn as `reasoningContent` blocks: with thinking on, Claude refuses a
+  tool-use turn that does not start with its signed thinking. Other model families get no `thinking_blocks` (no
+  model reads another's thinking), and `reasoning_content` alone, without a signature, is never sent back.
 - Images are base64 data URLs (sent as the `bytes` blob, base64 in JSON) or `s3://` URLs (`s3Location`); Bedrock
   does not fetch http(s) URLs, so those are refused. `file` parts with a data URL become `document` blocks and
   `input_audio` parts `audio` blocks.
@@ -22,8 +34,14 @@ Things worth knowing before changing this file:
   that tool is turned back into the message text (`finish_reason` "stop"), also when streamed.
 - `reasoning_effort` goes into `additionalModelRequestFields`, per model family (recognised in the model id):
   Anthropic Claude `thinking` with a token budget (as `anthropic.py`), Amazon Nova 2 `reasoningConfig` with
-  `maxReasoningEffort`, and OpenAI gpt-oss `reasoning_effort`. Other models are refused: Converse has no generic
-  reasoning switch.
+  `maxReasoningEffort`, and OpenAI gpt-oss `reasoning_effort`. It only steers how long the model thinks, so what a
+  model lacks is dropped rather than refused: models of other families (Nova 1, Llama, Mistral ...) get nothing,
+  `xhigh`/`max` get `high`'s setting (no larger one works on every model of the family), and gpt-oss, which always
+  reasons, gets `low` for `none`. What is still refused changes the answer: an output limit Nova 2 can't honour at
+  `high`, a forced tool or `json_object` with Claude thinking.
+- `provider_options["bedrock-converse"]` is merged into the Converse body after translation (`common.
+  with_provider_options`), e.g. `additionalModelRequestFields`, `guardrailConfig`, `performanceConfig`;
+  `inferenceConfig.maxTokens` stays the gateway's (the limiter reserved for it).
 - Converse has no `tool_choice: none` (and needs `toolConfig` whenever the conversation holds tool blocks) and no
   switch for parallel tool calls, so those are refused where they would change the answer.
 - Bedrock reports input tokens in three parts (`inputTokens` uncached, cache writes, cache reads); OpenAI's
@@ -53,6 +71,7 @@ from .common import (
     refuse_unsupported,
     requested_max_tokens,
     split_data_url,
+    with_provider_options,
 )
 from .stream import ChatStream as BaseChatStream
 from .translator import Translator
@@ -62,8 +81,15 @@ SCHEMA = "bedrock-converse"
 JSON_TOOL = "babelgate_json_object"
 """The tool forced for `response_format: json_object`; its arguments are the JSON answer."""
 
+LEADING_USER_TEXT = "."
+"""The text of the user turn put before a conversation that starts with the assistant (Converse refuses those): a
+placeholder that asks the model nothing."""
+
+_RESERVED_OPTIONS = ("inferenceConfig.maxTokens",)
+
 FIELDS: dict[str, str] = {
-    "messages": MAPPED,  # system/developer -> `system`; user/assistant/tool -> alternating turns
+    "messages": MAPPED,  # system/developer -> `system`; user/assistant/tool -> alternating turns, user first;
+    # an assistant's thinking_blocks -> reasoningContent on Claude, dropped elsewhere; its reasoning_content dropped
     "model": MAPPED,  # the backend's model id, in the path
     "stream": MAPPED,  # -> /converse-stream
     "max_completion_tokens": MAPPED,  # -> inferenceConfig.maxTokens (preferred over max_tokens)
@@ -77,6 +103,7 @@ FIELDS: dict[str, str] = {
     "reasoning_effort": MAPPED,  # -> additionalModelRequestFields, per model family
     "response_format": MAPPED,  # json_schema -> outputConfig; json_object -> forced JSON_TOOL
     "service_tier": MAPPED,  # default / flex / priority -> serviceTier; auto -> left out
+    "provider_options": MAPPED,  # its "bedrock-converse" object is merged into the Converse body
     "stream_options": DROPPED,  # include_usage is honoured by ChatStream; Converse always reports usage
     "user": DROPPED,  # Converse has no end-user field
     "safety_identifier": DROPPED,
@@ -117,9 +144,10 @@ _REFUSAL_REASONS = {
 }
 
 # Claude thinking budget_tokens per reasoning_effort (the same budgets as anthropic.py); Nova 2 and gpt-oss take
-# an effort level.
-_THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
-_EFFORT_LEVELS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
+# an effort level. xhigh and max get high's: a larger budget fails on Claude models with a 32k output limit.
+_THINKING_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576, "max": 24576}
+_EFFORT_LEVELS = {"none": "low", "minimal": "low", "low": "low", "medium": "medium", "high": "high",
+                  "xhigh": "high", "max": "high"}
 
 _SERVICE_TIERS = {"default": "default", "flex": "flex", "priority": "priority"}
 
@@ -210,7 +238,7 @@ class _Reasoning:
 def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """Translate an OpenAI chat request into a Converse request body (the model id travels in the path)."""
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, "bedrock-converse")
-    system, messages = _conversation(body.get("messages"))
+    system, messages = _conversation(body.get("messages"), model_family(model) == "claude")
     request: JsonObject = {"messages": messages}
     if system:
         request["system"] = system
@@ -238,15 +266,15 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
             raise BadRequest(f"service_tier {tier!r} has no Bedrock counterpart; use auto, default, flex or priority",
                              param="service_tier")
         request["serviceTier"] = {"type": _SERVICE_TIERS[tier]}
-    return request
+    return with_provider_options(request, body, (SCHEMA,), _RESERVED_OPTIONS)
 
 
 def _reasoning(effort: object, family: str) -> _Reasoning:
     if effort is None:
         return _Reasoning()
-    if not isinstance(effort, str) or effort not in (*_THINKING_BUDGETS, "none"):
+    if not isinstance(effort, str) or effort not in _EFFORT_LEVELS:
         raise BadRequest(f"reasoning_effort {effort!r} is not supported on bedrock-converse backends; use none, "
-                         "minimal, low, medium or high", param="reasoning_effort")
+                         "minimal, low, medium, high, xhigh or max", param="reasoning_effort")
     if family == "claude":
         if effort == "none":
             return _Reasoning()  # Claude thinks only when asked
@@ -263,13 +291,8 @@ def _reasoning(effort: object, family: str) -> _Reasoning:
         low_or_medium = level != "high"
         return _Reasoning(config, temperature=low_or_medium, top_p=low_or_medium, max_tokens=low_or_medium)
     if family == "gpt-oss":
-        if effort == "none":
-            raise BadRequest("gpt-oss models on Bedrock always reason; use reasoning_effort low, medium or high",
-                             param="reasoning_effort")
-        return _Reasoning({"reasoning_effort": _EFFORT_LEVELS[effort]})
-    raise BadRequest("reasoning_effort is supported on bedrock-converse backends for Anthropic Claude, Amazon Nova 2 "
-                     "and OpenAI gpt-oss model ids; this backend's model has no known reasoning setting",
-                     param="reasoning_effort")
+        return _Reasoning({"reasoning_effort": _EFFORT_LEVELS[effort]})  # it always reasons: none -> low
+    return _Reasoning()  # no known reasoning setting: the effort only steers, so it is dropped
 
 
 def _inference_config(body: JsonObject, reasoning: _Reasoning, default_max_tokens: int) -> JsonObject:
@@ -308,14 +331,15 @@ def _inference_config(body: JsonObject, reasoning: _Reasoning, default_max_token
     return config
 
 
-def _conversation(messages: object) -> tuple[list[JsonObject], list[JsonObject]]:
-    """Split OpenAI messages into Converse `system` blocks and alternating user/assistant turns."""
+def _conversation(messages: object, claude: bool) -> tuple[list[JsonObject], list[JsonObject]]:
+    """Split OpenAI messages into Converse `system` blocks and alternating user/assistant turns; `claude` keeps the
+    assistants' signed thinking."""
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     system: list[JsonObject] = []
     turns: list[JsonObject] = []
     for i, message in enumerate(messages):
-        role, blocks = _message_blocks(message, f"messages[{i}]")
+        role, blocks = _message_blocks(message, f"messages[{i}]", claude)
         if role == "system":
             system.extend(blocks)
         elif not blocks:
@@ -324,10 +348,15 @@ def _conversation(messages: object) -> tuple[list[JsonObject], list[JsonObject]]
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+    if not turns:
+        raise BadRequest("'messages' holds no user or assistant content for bedrock-converse backends",
+                         param="messages")
+    if turns[0]["role"] == "assistant":
+        turns.insert(0, {"role": "user", "content": [{"text": LEADING_USER_TEXT}]})
     return system, turns
 
 
-def _message_blocks(message: object, where: str) -> tuple[str, list[JsonObject]]:
+def _message_blocks(message: object, where: str, claude: bool) -> tuple[str, list[JsonObject]]:
     """One OpenAI message -> (Converse role, or "system"; its content blocks, cachePoints included)."""
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
@@ -337,7 +366,7 @@ def _message_blocks(message: object, where: str) -> tuple[str, list[JsonObject]]
     elif role == "user":
         blocks = _content_blocks(message.get("content"), where, ("text", "image_url", "file", "input_audio"))
     elif role == "assistant":
-        blocks = _assistant_blocks(message, where)
+        blocks = _assistant_blocks(message, where, claude)
     elif role == "tool":
         role, blocks = "user", [_tool_result(message, where)]
     elif role == "function":
@@ -463,15 +492,37 @@ def _audio_block(part: JsonObject, where: str) -> JsonObject:
     return {"audio": {"format": audio_format, "source": {"bytes": audio["data"]}}}
 
 
-def _assistant_blocks(message: JsonObject, where: str) -> list[JsonObject]:
+def _assistant_blocks(message: JsonObject, where: str, claude: bool) -> list[JsonObject]:
     for name in ("audio", "function_call"):
         if message.get(name) is not None:
             raise BadRequest(f"{where}.{name} is not supported on bedrock-converse backends", param=f"{where}.{name}")
-    blocks = _content_blocks(message.get("content"), where, ("text", "refusal"))
+    blocks = _reasoning_blocks(message.get("thinking_blocks"), where) if claude else []
+    blocks += _content_blocks(message.get("content"), where, ("text", "refusal"))
     if message.get("refusal"):
         blocks.append({"text": message["refusal"]})
     for k, call in enumerate(message.get("tool_calls") or ()):
         blocks.append(_tool_use(call, f"{where}.tool_calls[{k}]"))
+    return blocks
+
+
+def _reasoning_blocks(value: object, where: str) -> list[JsonObject]:
+    """An assistant message's signed `thinking_blocks` -> Converse `reasoningContent` blocks, unchanged."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}.thinking_blocks must be an array", param=f"{where}.thinking_blocks")
+    blocks: list[JsonObject] = []
+    for k, block in enumerate(value):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking" and isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str):
+            text: JsonObject = {"text": block["thinking"], "signature": block["signature"]}
+            blocks.append({"reasoningContent": {"reasoningText": text}})
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str) and block["data"]:
+            blocks.append({"reasoningContent": {"redactedContent": block["data"]}})  # a blob: base64 in JSON
+        else:
+            here = f"{where}.thinking_blocks[{k}]"
+            raise BadRequest(f"{here} must be {{type: thinking, thinking, signature}} or "
+                             "{type: redacted_thinking, data}", param=here)
     return blocks
 
 
@@ -630,6 +681,7 @@ def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     """Translate a Converse answer into an OpenAI `chat.completion`."""
     text: list[str] = []
     reasoning: list[str] = []
+    thinking_blocks: list[JsonObject] = []
     tool_calls: list[JsonObject] = []
     json_answer = False
     for block in ((body.get("output") or {}).get("message") or {}).get("content") or ():
@@ -645,16 +697,21 @@ def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
                 tool_calls.append({"id": use["toolUseId"], "type": "function",
                                    "function": {"name": use["name"], "arguments": arguments}})
         elif "reasoningContent" in block:
+            thinking = _thinking_block(block["reasoningContent"] or {})
+            if thinking is not None:
+                thinking_blocks.append(thinking)
             reasoning.append(((block["reasoningContent"] or {}).get("reasoningText") or {}).get("text") or "")
         elif "citationsContent" in block:
             text.extend(part.get("text") or "" for part in block["citationsContent"].get("content") or ())
-        # redacted reasoning, images and documents in an answer have no OpenAI chat form.
+        # images and documents in an answer have no OpenAI chat form.
     message: JsonObject = {"role": "assistant", "content": "".join(text) if text or not tool_calls else None,
                      "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    if reasoning:
+    if "".join(reasoning):
         message["reasoning_content"] = "".join(reasoning)
+    if thinking_blocks:
+        message["thinking_blocks"] = thinking_blocks
     finish_reason = _finish_reason(body.get("stopReason"))
     if json_answer and not tool_calls and finish_reason == "tool_calls":
         finish_reason = "stop"
@@ -672,6 +729,18 @@ def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
     if usage is not None:
         completion["usage"] = usage
     return completion
+
+
+def _thinking_block(content: JsonObject) -> JsonObject | None:
+    """A Converse `reasoningContent` -> an OpenAI-side thinking block, when it is signed (or redacted): Claude's, which
+    it takes back later; unsigned reasoning (other models) only reads as `reasoning_content`."""
+    text = content.get("reasoningText")
+    if isinstance(text, dict) and isinstance(text.get("signature"), str) and text["signature"]:
+        return {"type": "thinking", "thinking": text.get("text") or "", "signature": text["signature"]}
+    redacted = content.get("redactedContent")
+    if isinstance(redacted, str) and redacted:
+        return {"type": "redacted_thinking", "data": redacted}
+    return None
 
 
 def usage_of(response: JsonObject) -> JsonObject | None:
@@ -727,6 +796,7 @@ class ChatStream(BaseChatStream):
         self._tool_index: dict[int, int] = {}  # Converse content block index -> OpenAI tool call index
         self._json_blocks: set[int] = set()  # blocks of the forced JSON_TOOL: their input is the answer text
         self._silent: set[int] = set()  # tool blocks that have not streamed any input yet
+        self._thinking: dict[int, list[str]] = {}  # reasoning blocks: their text pieces, then the signature last
         self._stopped = False
         self._metadata = False
 
@@ -788,11 +858,30 @@ class ChatStream(BaseChatStream):
                 return [self._chunk({"tool_calls": [fragment]})]
             return []
         reasoning = delta.get("reasoningContent")
-        if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str) and reasoning["text"]:
+        if isinstance(reasoning, dict):
+            return self._reasoning_delta(index, reasoning)
+        return []  # citations have no OpenAI form
+
+    def _reasoning_delta(self, index: int, reasoning: JsonObject) -> list[JsonObject]:
+        """Text goes out as it comes; the signature is kept for the block's `thinking_blocks` entry at its stop, and
+        redacted reasoning (whole in one delta) goes out as a block at once."""
+        pieces = self._thinking.setdefault(index, [""])
+        if isinstance(reasoning.get("signature"), str):
+            pieces[-1] = reasoning["signature"]
+        redacted = reasoning.get("redactedContent")
+        if isinstance(redacted, str) and redacted:
+            del self._thinking[index]
+            return [self._chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": redacted}]})]
+        if isinstance(reasoning.get("text"), str) and reasoning["text"]:
+            pieces.insert(-1, reasoning["text"])
             return [self._chunk({"reasoning_content": reasoning["text"]})]
-        return []  # reasoning signatures, redacted reasoning and citations have no OpenAI form
+        return []
 
     def _block_stop(self, index: int) -> list[JsonObject]:
+        pieces = self._thinking.pop(index, None)
+        if pieces is not None and pieces[-1]:
+            block = {"type": "thinking", "thinking": "".join(pieces[:-1]), "signature": pieces[-1]}
+            return [self._chunk({"thinking_blocks": [block]})]
         if index not in self._silent:
             return []
         # A tool called without arguments streams none; OpenAI clients parse the joined fragments, so send "{}".

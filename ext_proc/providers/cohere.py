@@ -8,6 +8,11 @@ field that is not listed is refused. For a `refused` field the values in `_HARML
 Things worth knowing before changing this file:
 
 - System and developer messages are joined into one leading `system` message (Cohere wants the system turn first).
+- Cohere refuses a message with empty content, so an empty user message (or empty text parts) and an empty
+  assistant turn are left out: they say nothing. A conversation with nothing left is refused. `reasoning_content`
+  and `thinking_blocks` on past assistant messages are left out too (`common.DROPPED_ASSISTANT_FIELDS`).
+- `file` parts (PDFs and other documents) are refused: Cohere's chat reads text and images only, and its `documents`
+  field takes text snippets for grounded answers with citations, a different request from "read this file".
 - `tool_choice` takes only `REQUIRED` and `NONE` on Cohere. A named function (or OpenAI's `allowed_tools`) is kept
   by sending only the named tools with `REQUIRED`: the model must call one of them and can call no other, which is
   what the client asked for. Cohere has no way to forbid parallel calls, so `parallel_tool_calls: false` is refused.
@@ -17,12 +22,15 @@ Things worth knowing before changing this file:
   as close to off as Cohere allows). Penalties are 0..1 on Cohere and -2..2 on OpenAI: values above 1 are clamped,
   negative ones (which ask for *more* repetition) are refused.
 - `reasoning_effort` becomes `thinking` (Command A Reasoning and later): `none` disables it, `minimal`/`low`/
-  `medium` set a `token_budget`, `high` enables it without a budget. Thinking blocks come back as
-  `reasoning_content`; `reasoning_content` sent back on earlier assistant turns is not forwarded.
+  `medium` set a `token_budget`, `high` (and `xhigh`/`max`, which only steer further) enable it without a
+  budget. Thinking blocks come back as `reasoning_content`; `reasoning_content` sent back on earlier assistant turns
+  is not forwarded.
 - Usage: Cohere reports `billed_units` (what is charged) and `tokens` (what the model processed, including the
   prompt template Cohere adds). OpenAI's `prompt_tokens`/`completion_tokens` are what the client is billed for, so
   `billed_units` is used, and `tokens` only when billed units are missing. `cached_tokens` are prompt tokens served
   from Cohere's cache.
+- `provider_options["cohere"]` is merged into the request after translation (`common.with_provider_options`;
+  e.g. `safety_mode`, `documents`, `citation_options`, `k`); `model`, `stream` and `max_tokens` stay the gateway's.
 - `finish_reason` ERROR or TIMEOUT means the model stopped early: it becomes `length` in a JSON answer; in a stream a
   `message-end` that carries an `error` text ends the stream with an error instead.
 """
@@ -41,6 +49,7 @@ from .common import (
     function_tools,
     refuse_unsupported,
     requested_max_tokens,
+    with_provider_options,
 )
 from .stream import ChatStream as BaseChatStream
 from .translator import Translator
@@ -48,7 +57,8 @@ from .translator import Translator
 SCHEMA = "cohere"
 
 FIELDS: dict[str, str] = {
-    "messages": MAPPED,  # system/developer -> one leading system message; user/assistant/tool as Cohere messages
+    "messages": MAPPED,  # system/developer -> one leading system message; user/assistant/tool as Cohere messages;
+    # empty messages and an assistant's reasoning_content / thinking_blocks are dropped
     "model": MAPPED,  # replaced by the backend's model name
     "max_completion_tokens": MAPPED,  # -> max_tokens (preferred over max_tokens)
     "max_tokens": MAPPED,  # -> max_tokens
@@ -63,6 +73,7 @@ FIELDS: dict[str, str] = {
     "tool_choice": MAPPED,  # required -> REQUIRED, none -> NONE, named -> that tool alone + REQUIRED
     "response_format": MAPPED,  # json_object / json_schema -> {type: json_object, json_schema?}
     "reasoning_effort": MAPPED,  # -> thinking
+    "provider_options": MAPPED,  # its "cohere" object is merged into the request
     "stream_options": DROPPED,  # include_usage is honoured by ChatStream; message-end always carries usage
     "user": DROPPED,  # Cohere v2 has no end-user field; it only tags the request
     "safety_identifier": DROPPED,
@@ -104,7 +115,9 @@ _REFUSAL_REASONS = {
 }
 
 # token_budget per reasoning_effort; "high" lets the model think as long as it needs.
-_THINKING_BUDGETS: dict[str, int | None] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": None}
+_THINKING_BUDGETS: dict[str, int | None] = {"minimal": 1024, "low": 2048, "medium": 8192, "high": None,
+                                            "xhigh": None, "max": None}
+_RESERVED_OPTIONS = ("model", "stream", "max_tokens")
 
 _P_RANGE = (0.01, 0.99)
 
@@ -184,7 +197,7 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
         request["thinking"] = thinking
     if body.get("stream"):
         request["stream"] = True
-    return request
+    return with_provider_options(request, body, (SCHEMA,), _RESERVED_OPTIONS)
 
 
 def _number(body: JsonObject, field: str) -> float | None:
@@ -203,7 +216,7 @@ def _thinking(effort: object) -> JsonObject | None:
         return {"type": "disabled"}
     if not isinstance(effort, str) or effort not in _THINKING_BUDGETS:
         raise BadRequest(f"reasoning_effort {effort!r} is not supported on cohere backends; "
-                         "use none, minimal, low, medium or high", param="reasoning_effort")
+                         "use none, minimal, low, medium, high, xhigh or max", param="reasoning_effort")
     budget = _THINKING_BUDGETS[effort]
     return {"type": "enabled"} if budget is None else {"type": "enabled", "token_budget": budget}
 
@@ -242,7 +255,9 @@ def _messages(messages: object) -> list[JsonObject]:
         if role in ("system", "developer"):
             system.extend(_texts(message.get("content"), where))
         elif role == "user":
-            turns.append({"role": "user", "content": _user_content(message.get("content"), where)})
+            content = _user_content(message.get("content"), where)
+            if content:
+                turns.append({"role": "user", "content": content})  # Cohere refuses empty messages
         elif role == "assistant":
             turn = _assistant(message, where)
             if turn is not None:
@@ -254,6 +269,9 @@ def _messages(messages: object) -> list[JsonObject]:
                              "use tool messages", param=where)
         else:
             raise BadRequest(f"{where} has an unknown role {role!r}", param=f"{where}.role")
+    if not turns:
+        raise BadRequest("'messages' holds no non-empty user, assistant or tool message for cohere backends",
+                         param="messages")
     if system:
         turns.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return turns
@@ -292,9 +310,13 @@ def _user_content(content: object, where: str) -> str | list[JsonObject]:
         if kind == "text":
             if not isinstance(part.get("text"), str):
                 raise BadRequest(f"{here}.text must be a string", param=f"{here}.text")
-            parts.append({"type": "text", "text": part["text"]})
+            if part["text"]:
+                parts.append({"type": "text", "text": part["text"]})
         elif kind == "image_url":
             parts.append({"type": "image_url", "image_url": _image_url(part.get("image_url"), here)})
+        elif kind == "file":
+            raise BadRequest(f"{here}: cohere backends can't read files (PDFs or other documents): Cohere's chat "
+                             "takes text and images only; send the document's text as a text part", param=here)
         else:
             raise BadRequest(f"{here}: content part type {kind!r} is not supported on cohere backends; "
                              "use text and image_url parts", param=here)

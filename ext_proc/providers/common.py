@@ -1,7 +1,15 @@
-"""Pieces every translating provider shares: the field-table check, `max_tokens`, data URLs and error dicts.
+"""Pieces every translating provider shares: the field-table check, `max_tokens`, data URLs, error dicts, and the
+client's per-schema `provider_options`.
 
 Each provider keeps its own tables (which fields it maps, drops or refuses, which values are harmless, why a field is
 refused); these functions take them as arguments so the rules read the same everywhere and a fix lands once.
+
+`provider_options` is Babelgate's own top-level field of an OpenAI chat request: an object keyed by backend schema
+(`{"gemini": {"safetySettings": [...]}, "bedrock-converse": {"additionalModelRequestFields": {...}}}`). Each
+translator merges the objects of its own schema into the body it built, after translation, as a JSON merge patch
+(RFC 7386: objects merge key by key, any other value replaces, `null` removes the key), and ignores the other
+schemas' objects, so one request can carry settings for every backend of a chain. It is for what Babelgate doesn't
+map; the keys the gateway must own (model, stream, the output limit it reserved for) are refused there.
 """
 
 from __future__ import annotations
@@ -26,6 +34,24 @@ OPENAI_CHAT_FIELDS: tuple[str, ...] = (
     "web_search_options",
 )
 """Every top-level field of an OpenAI chat completions request (openai SDK `CompletionCreateParams`)."""
+
+PROVIDER_OPTIONS = "provider_options"
+"""Babelgate's top-level request field of per-schema vendor options (see the module docstring)."""
+
+GATEWAY_CHAT_FIELDS: tuple[str, ...] = (PROVIDER_OPTIONS,)
+"""Top-level fields Babelgate adds to OpenAI chat requests; FIELDS tables may list them beside OpenAI's."""
+
+OPTION_NAMESPACES: tuple[str, ...] = (
+    "openai", "anthropic", "azure-openai", "cohere", "bedrock-converse", "bedrock-anthropic", "gemini",
+    "vertex-gemini", "vertex-anthropic",
+)
+"""The keys `provider_options` may hold: every backend schema (`providers.SCHEMAS`; a test keeps them equal)."""
+
+DROPPED_ASSISTANT_FIELDS: tuple[str, ...] = ("reasoning_content", "thinking_blocks")
+"""Keys of past assistant messages that only translators for Claude read (the Anthropic family, and
+bedrock-converse for Claude models): `reasoning_content` (the model's reasoning as text) and `thinking_blocks`
+(Claude's signed `thinking` / `redacted_thinking` blocks, which only a Claude backend can verify). Every other
+translator leaves them out: a model reads no other model's thinking."""
 
 _MAX_TOKENS_FIELDS = ("max_completion_tokens", "max_tokens")
 
@@ -108,3 +134,59 @@ def function_tools(tools: object, translator: str) -> list[tuple[str, JsonObject
             raise BadRequest(f"{where}.function.name is required", param=f"{where}.function.name")
         found.append((where, tool, function))
     return found
+
+
+def with_provider_options(request: JsonObject, body: JsonObject, namespaces: tuple[str, ...],
+                          reserved: tuple[str, ...] = ()) -> JsonObject:
+    """`request` (the translated body) with the client's `provider_options` for `namespaces` merged into it, in
+    order, as JSON merge patches; the objects of other schemas are ignored. `reserved` are dotted paths
+    (`inferenceConfig.maxTokens`) the gateway owns in this schema's body: an option that sets one is refused.
+
+    A `provider_options` that is not an object of schema -> object, or names no schema, is refused. `request` is
+    not modified.
+    """
+    options = body.get(PROVIDER_OPTIONS)
+    if options is None:
+        return request
+    if not isinstance(options, dict):
+        raise BadRequest("'provider_options' must be an object of backend schema -> fields to merge into that "
+                         "schema's request", param=PROVIDER_OPTIONS)
+    for name, value in options.items():
+        if name not in OPTION_NAMESPACES:
+            raise BadRequest(f"provider_options.{name} names no backend schema; use one of "
+                             f"{', '.join(OPTION_NAMESPACES)}", param=PROVIDER_OPTIONS)
+        if not isinstance(value, dict):
+            raise BadRequest(f"provider_options.{name} must be an object", param=PROVIDER_OPTIONS)
+    for name in namespaces:
+        patch = options.get(name)
+        if patch is None:
+            continue
+        for path in reserved:
+            if _has_path(patch, path.split(".")):
+                raise BadRequest(f"provider_options.{name}.{path} is set by the gateway; use the OpenAI field for "
+                                 "it", param=PROVIDER_OPTIONS)
+        request = _merge_patch(request, patch)
+    return request
+
+
+def _has_path(value: object, keys: list[str]) -> bool:
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return False
+        value = value[key]
+    return True
+
+
+def _merge_patch(target: JsonObject, patch: JsonObject) -> JsonObject:
+    """RFC 7386: `patch`'s objects merge into `target`'s key by key, `null` removes a key, anything else replaces.
+    Neither argument is modified."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict):
+            current = merged.get(key)
+            merged[key] = _merge_patch(current if isinstance(current, dict) else {}, value)
+        else:
+            merged[key] = value
+    return merged

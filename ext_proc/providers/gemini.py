@@ -42,8 +42,25 @@ Things worth knowing before changing this file:
   `cachedContentTokenCount` are cached; `candidatesTokenCount + thoughtsTokenCount` is `completion_tokens`, of which
   `thoughtsTokenCount` are reasoning tokens (OpenAI counts reasoning as completion, Gemini reports it apart).
 - `max_completion_tokens` maps to `maxOutputTokens` as is: both limits include thinking tokens.
+- `logprobs` -> `generationConfig.responseLogprobs`, `top_logprobs` -> `logprobs` (the alternatives per token, 1..20
+  on both APIs; 0 is not sent). A candidate's `logprobsResult` (`chosenCandidates[i]` with `topCandidates[i]`, one
+  per decoding step) becomes the choice's OpenAI `logprobs.content`, `bytes` being the token's UTF-8; streamed, each
+  event's result rides on the chunk with that event's text.
+- `reasoning_effort` only steers, so `xhigh` and `max` get `high`'s budget (the largest every Gemini 2.5 model takes)
+  instead of a refusal.
+- `reasoning_content` and `thinking_blocks` on past assistant messages are left out (`common.
+  DROPPED_ASSISTANT_FIELDS`); Gemini's own thought signatures travel in the tool call ids (above).
+- `provider_options["gemini"]` and `provider_options["vertex-gemini"]` are merged into the request after translation
+  (`common.with_provider_options`; e.g. `safetySettings`, `cachedContent`, `labels`, `generationConfig.topK`). The
+  translator serves both schemas without knowing which one a backend is, so both objects reach both APIs (AI Studio
+  refuses Vertex-only keys such as `labels` itself). `generationConfig.maxOutputTokens` and `candidateCount` stay
+  the gateway's (the limiter reserved for them).
 - Embeddings differ by API: AI Studio's `batchEmbedContents` and Vertex's `predict`, so `embeddings_request` needs
-  the backend to know which one it writes for.
+  the backend to know which one it writes for. Token counts: Vertex reports `statistics.token_count` per text;
+  AI Studio's documented answer is `embeddings` only, and newer answers add `usageMetadata.promptTokenCount`
+  (google-genai reads it), which is used when present. Without either the usage is 0: the translator never sees the
+  input, so the gateway's documented estimate (`limits/estimate.py`, characters / `chars_per_token`) is what the
+  attempt stage settles limits with.
 - A stream has no end marker: the last event carries `finishReason` (and the final usage), and the connection ends.
   `ChatStream.finish` therefore decides whether the stream was complete, and sends the usage chunk.
 """
@@ -69,6 +86,7 @@ from .common import (
     refuse_unsupported,
     requested_max_tokens,
     split_data_url,
+    with_provider_options,
 )
 from .stream import ChatStream as BaseChatStream
 from .translator import Translator
@@ -78,7 +96,8 @@ AI_STUDIO_VERSION = "v1beta"
 VERTEX_VERSION = "v1"
 
 FIELDS: dict[str, str] = {
-    "messages": MAPPED,  # system/developer -> systemInstruction; user/assistant/tool -> contents
+    "messages": MAPPED,  # system/developer -> systemInstruction; user/assistant/tool -> contents; an assistant's
+    # reasoning_content / thinking_blocks are dropped (common.DROPPED_ASSISTANT_FIELDS)
     "model": MAPPED,  # the backend's model, in the path
     "max_completion_tokens": MAPPED,  # -> generationConfig.maxOutputTokens (preferred over max_tokens)
     "max_tokens": MAPPED,  # -> maxOutputTokens
@@ -92,6 +111,9 @@ FIELDS: dict[str, str] = {
     "presence_penalty": MAPPED,  # -> presencePenalty
     "frequency_penalty": MAPPED,  # -> frequencyPenalty
     "response_format": MAPPED,  # json_object -> responseMimeType; json_schema -> + responseSchema
+    "logprobs": MAPPED,  # -> responseLogprobs; logprobsResult -> choices[].logprobs
+    "top_logprobs": MAPPED,  # -> logprobs (needs logprobs: true)
+    "provider_options": MAPPED,  # its "gemini" and "vertex-gemini" objects are merged into the request
     "reasoning_effort": MAPPED,  # -> thinkingConfig {thinkingBudget, includeThoughts}
     "tools": MAPPED,  # function tools -> functionDeclarations; custom tools refused
     "tool_choice": MAPPED,  # -> toolConfig.functionCallingConfig
@@ -105,8 +127,6 @@ FIELDS: dict[str, str] = {
     "prompt_cache_retention": DROPPED,
     "prompt_cache_options": DROPPED,
     "parallel_tool_calls": REFUSED,  # Gemini can't be told to make at most one call; `true` (the default) is fine
-    "logprobs": REFUSED,
-    "top_logprobs": REFUSED,
     "logit_bias": REFUSED,
     "audio": REFUSED,
     "modalities": REFUSED,  # text only
@@ -119,7 +139,6 @@ FIELDS: dict[str, str] = {
 
 _HARMLESS: dict[str, tuple[object, ...]] = {
     "parallel_tool_calls": (True,),
-    "logprobs": (False,),
     "logit_bias": ({},),
     "modalities": (["text"],),
     "verbosity": ("medium",),
@@ -141,8 +160,11 @@ EMBEDDING_FIELDS: dict[str, str] = {
 }
 
 # thinkingBudget per reasoning_effort (Gemini 2.5 budgets: Flash 0..24576, Pro 128..32768; Gemini 3 accepts them
-# too). "xhigh" and "max" are refused: a budget above 24576 fails on Flash models.
-_THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+# too). "xhigh" and "max" get high's: a budget above 24576 fails on Flash models.
+_THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576,
+                     "max": 24576}
+_MAX_TOP_LOGPROBS = 20
+_RESERVED_OPTIONS = ("generationConfig.maxOutputTokens", "generationConfig.candidateCount")
 
 _FINISH_REASONS = {
     "STOP": "stop",
@@ -243,7 +265,7 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
     config = _generation_config(body)
     if config:
         request["generationConfig"] = config
-    return request
+    return with_provider_options(request, body, SCHEMAS, _RESERVED_OPTIONS)
 
 
 def _generation_config(body: JsonObject) -> JsonObject:
@@ -273,6 +295,7 @@ def _generation_config(body: JsonObject) -> JsonObject:
             raise BadRequest("'seed' must be an integer", param="seed")
         config["seed"] = seed
     config.update(_response_format(body.get("response_format")))
+    config.update(_logprobs(body))
     thinking = _thinking(body.get("reasoning_effort"))
     if thinking is not None:
         config["thinkingConfig"] = thinking
@@ -286,13 +309,26 @@ def _positive_int(body: JsonObject, field: str) -> int:
     return value
 
 
+def _logprobs(body: JsonObject) -> JsonObject:
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise BadRequest("'logprobs' must be a boolean", param="logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= _MAX_TOP_LOGPROBS):
+        raise BadRequest(f"'top_logprobs' must be an integer from 0 to {_MAX_TOP_LOGPROBS}", param="top_logprobs")
+    if top and not wanted:
+        raise BadRequest("'top_logprobs' needs 'logprobs' set to true", param="top_logprobs")
+    if not wanted:
+        return {}
+    return {"responseLogprobs": True, "logprobs": top} if top else {"responseLogprobs": True}
+
+
 def _thinking(effort: object) -> JsonObject | None:
     if effort is None:
         return None
     budget = _THINKING_BUDGETS.get(effort) if isinstance(effort, str) else None
     if budget is None:
         raise BadRequest(f"reasoning_effort {effort!r} is not supported on gemini backends; "
-                         "use none, minimal, low, medium or high", param="reasoning_effort")
+                         "use none, minimal, low, medium, high, xhigh or max", param="reasoning_effort")
     if budget == 0:
         return {"thinkingBudget": 0}
     return {"thinkingBudget": budget, "includeThoughts": True}
@@ -750,7 +786,7 @@ def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:
             message["tool_calls"] = calls
         if reasoning:
             message["reasoning_content"] = "".join(reasoning)
-        choices.append({"index": index, "message": message, "logprobs": None,
+        choices.append({"index": index, "message": message, "logprobs": _openai_logprobs(candidate),
                         "finish_reason": _finish_reason(candidate.get("finishReason"), bool(calls))})
     if not choices:
         # The prompt itself was blocked (promptFeedback.blockReason): no candidates at all.
@@ -783,6 +819,32 @@ def _candidate_parts(candidate: JsonObject, response_id: str, index: int,
         # inlineData (images), executableCode and codeExecutionResult only answer requests this translator never
         # makes (image output modalities, the code execution tool).
     return text, reasoning, calls
+
+
+def _openai_logprobs(candidate: JsonObject) -> JsonObject | None:
+    """A candidate's `logprobsResult` -> OpenAI `logprobs` (`content`, one entry per token), None without one."""
+    result = candidate.get("logprobsResult")
+    if not isinstance(result, dict) or not isinstance(result.get("chosenCandidates"), list):
+        return None
+    tops = result.get("topCandidates")
+    if not isinstance(tops, list):
+        tops = []
+    content = []
+    for step, chosen in enumerate(result["chosenCandidates"]):
+        entry = _token_logprob(chosen)
+        top = tops[step].get("candidates") if step < len(tops) and isinstance(tops[step], dict) else None
+        entry["top_logprobs"] = [_token_logprob(option) for option in top or ()]
+        content.append(entry)
+    return {"content": content, "refusal": None}
+
+
+def _token_logprob(candidate: object) -> JsonObject:
+    given: JsonObject = candidate if isinstance(candidate, dict) else {}
+    token = given.get("token")
+    token = token if isinstance(token, str) else ""
+    logprob = given.get("logProbability")
+    return {"token": token, "logprob": float(logprob) if isinstance(logprob, int | float) else 0.0,
+            "bytes": list(token.encode())}
 
 
 def _finish_reason(reason: object, called: bool) -> str:
@@ -869,8 +931,12 @@ class ChatStream(BaseChatStream):
         text, reasoning, calls = _candidate_parts(candidate, self._id, index, first)
         if "".join(reasoning):
             chunks.append(self._chunk({"reasoning_content": "".join(reasoning)}, None, index))
-        if "".join(text):
-            chunks.append(self._chunk({"content": "".join(text)}, None, index))
+        logprobs = _openai_logprobs(candidate)
+        if "".join(text) or logprobs is not None:
+            chunk = self._chunk({"content": "".join(text)}, None, index)
+            if logprobs is not None:
+                chunk["choices"][0]["logprobs"] = logprobs
+            chunks.append(chunk)
         for offset, call in enumerate(calls):
             chunks.append(self._chunk({"tool_calls": [{"index": first + offset, **call}]}, None, index))
         self._calls[index] = first + len(calls)
@@ -974,9 +1040,9 @@ def embeddings_request(body: JsonObject, model: str, backend: Backend | None = N
 
 
 def embeddings_response(body: JsonObject, model: str) -> JsonObject:
-    """`{embeddings: [{values}]}` (AI Studio) or `{predictions: [{embeddings: {values, statistics}}]}` (Vertex) ->
-    an OpenAI embeddings list. AI Studio reports no token counts, so its usage is 0 (the gateway then settles with
-    its own estimate)."""
+    """`{embeddings: [{values}], usageMetadata?}` (AI Studio) or `{predictions: [{embeddings: {values,
+    statistics}}]}` (Vertex) -> an OpenAI embeddings list, with the token count the answer gives (0 without one: see
+    the module docstring)."""
     if "predictions" in body:
         vectors = [(prediction.get("embeddings") or {}) for prediction in body.get("predictions") or ()]
         tokens = sum(int((vector.get("statistics") or {}).get("token_count") or 0) for vector in vectors)

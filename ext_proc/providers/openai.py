@@ -1,8 +1,18 @@
 """OpenAI and OpenAI-compatible backends: the request and answer are already in the client's format.
 
-The one change on the way out is `stream_options.include_usage = true` on streamed requests, because the gateway
-settles token limits with the real usage. When the client did not ask for usage itself, `ChatStream` hides what that
-option added (the usage-only chunk and the `"usage": null` on every other chunk) and keeps the numbers in `.usage`.
+The changes on the way out:
+
+- `stream_options.include_usage = true` on streamed requests, because the gateway settles token limits with the real
+  usage. When the client did not ask for usage itself, `ChatStream` hides what that option added (the usage-only
+  chunk and the `"usage": null` on every other chunk) and keeps the numbers in `.usage`.
+- Anthropic's `cache_control` marks are taken out (OpenAI-format APIs don't know them; caching there is automatic).
+- Babelgate's `provider_options` is taken out (OpenAI answers 400 to a field it doesn't know) and its `openai`
+  object merged into the body (`common.with_provider_options`): the way to send a field only to OpenAI backends of a
+  chain. `model`, `stream` and the output limits (`max_tokens`, `max_completion_tokens`, `n`) are refused there: the
+  gateway reserved for the request's own. Presets (`presets.py`) adapt the merged body like any other.
+- `thinking_blocks` (Claude's signed thinking, `common.DROPPED_ASSISTANT_FIELDS`) are taken off past assistant
+  messages: no OpenAI-format model can use them. `reasoning_content` stays: OpenAI-compatible servers that want it
+  back on tool-calling turns (DeepSeek) read it.
 """
 
 from __future__ import annotations
@@ -11,12 +21,15 @@ import orjson
 
 from ..errors import error_body, status_error_type
 from ..json_types import JsonObject
+from .common import PROVIDER_OPTIONS, with_provider_options
 from .stream import ChatStream as BaseChatStream
 from .translator import Translator
 
 SCHEMA = "openai"
 
 _DONE = b"[DONE]"
+_RESERVED_OPTIONS = ("model", "stream", "max_tokens", "max_completion_tokens", "n")
+_ANTHROPIC_KEYS = frozenset({"cache_control", "thinking_blocks"})
 
 
 def chat_path(model: str, stream: bool, backend: object = None) -> str:
@@ -26,12 +39,25 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 
 def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched,
-    except Anthropic's `cache_control` marks, which OpenAI-format APIs don't know (caching there is automatic)."""
-    request = {**body, "model": model}
+    except Anthropic's `cache_control` marks and `thinking_blocks`, and Babelgate's `provider_options` (its `openai`
+    object merged in)."""
+    return passthrough_request(body, model, SCHEMA)
+
+
+def passthrough_request(body: JsonObject, model: str, schema: str) -> JsonObject:
+    """`chat_request` for an OpenAI-format `schema`, whose `provider_options` object is the one merged."""
+    request = {key: value for key, value in body.items() if key != PROVIDER_OPTIONS}
+    request["model"] = model
+    request = with_provider_options(_without_anthropic_keys(request), body, (schema,), _RESERVED_OPTIONS)
     if request.get("stream"):
         request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+    return request
+
+
+def _without_anthropic_keys(request: JsonObject) -> JsonObject:
+    """`request` without `cache_control` marks (messages, parts, tools) and `thinking_blocks` (messages)."""
     messages = request.get("messages")
-    if isinstance(messages, list) and any(_has_cache_control(m) for m in messages):
+    if isinstance(messages, list) and any(_has_anthropic_keys(m) for m in messages):
         request["messages"] = [_without_cache_control(m) for m in messages]
     tools = request.get("tools")
     if isinstance(tools, list) and any(isinstance(t, dict) and "cache_control" in t for t in tools):
@@ -39,18 +65,18 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
     return request
 
 
-def _has_cache_control(message: object) -> bool:
+def _has_anthropic_keys(message: object) -> bool:
     if not isinstance(message, dict):
         return False
     content = message.get("content")
-    return "cache_control" in message or (isinstance(content, list) and any(
+    return "cache_control" in message or "thinking_blocks" in message or (isinstance(content, list) and any(
         isinstance(part, dict) and "cache_control" in part for part in content))
 
 
 def _without_cache_control(item: object) -> object:
     if not isinstance(item, dict):
         return item
-    cleaned = {k: v for k, v in item.items() if k != "cache_control"}
+    cleaned = {k: v for k, v in item.items() if k not in _ANTHROPIC_KEYS}
     if isinstance(cleaned.get("content"), list):
         cleaned["content"] = [_without_cache_control(part) for part in cleaned["content"]]
     return cleaned

@@ -8,7 +8,8 @@ every preset, each top-level field of an OpenAI chat request is one of:
 - dropped: removed because it has no effect on the answer (OpenAI-platform bookkeeping, a user tag);
 - renamed: sent under the provider's own name (`max_completion_tokens` -> `max_tokens`, ...);
 - refused: a 400 naming the field, because the provider would ignore it and the answer would change. OpenAI's own
-  defaults (`n: 1`, `logprobs: false`, ...) mean "not asked for": they are dropped instead.
+  defaults (`n: 1`, `logprobs: false`, ...) mean "not asked for": they are dropped instead. A setting that only
+  steers (a `reasoning_effort` the provider has no knob for) is dropped, not refused.
 
 `rules(preset)` gives that table for every field; `adapt_request(preset, body, model)` applies it, then the preset's
 model-specific quirks, to the body the OpenAI passthrough built (model already swapped, `stream_options` already
@@ -181,10 +182,11 @@ PRESETS: dict[str, Preset] = {
     "mistral": Preset(
         "mistral",
         dropped={"user": "Mistral has no end-user field (and answers 422 to unknown fields)",
-                 "stream_options": "Mistral sends usage in its last stream chunk unasked, and answers 422 to it"},
+                 "stream_options": "Mistral sends usage in its last stream chunk unasked, and answers 422 to it",
+                 "reasoning_effort": "Mistral has no reasoning effort setting (a reasoning model decides itself); "
+                                     "the effort only steers, so it is left out"},
         refused={"logprobs": "Mistral returns no log probabilities", "top_logprobs": "Mistral returns no log "
-                 "probabilities", "logit_bias": "Mistral has no logit bias",
-                 "reasoning_effort": "Mistral has no reasoning effort setting; pick a reasoning model instead"},
+                 "probabilities", "logit_bias": "Mistral has no logit bias"},
         renamed={**_MAX_TOKENS, "seed": "random_seed"},
     ),
     "groq": Preset(

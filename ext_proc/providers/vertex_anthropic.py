@@ -5,7 +5,8 @@ for streams) with the Anthropic Messages body, minus `model` (it is in the path)
 `anthropic_version: "vertex-2023-10-16"` in the body instead of the `anthropic-version` header. Answers, stream events
 and model errors are Anthropic's own, so the whole translation is `providers/anthropic.py`'s; authentication is a
 Google OAuth bearer (`auth/gcp.py`). Errors raised by Google's front end before the model is reached (a bad token,
-a quota, an unknown model) come in Google's shape and are read as such.
+a quota, an unknown model) come in Google's shape and are read as such. The client's
+`provider_options["vertex-anthropic"]` is merged into the body.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from ..config.models import Backend
 from ..json_types import JsonObject
 from . import anthropic, gemini
 from .anthropic import FIELDS, ChatStream, chat_response, usage_of
-from .common import DROPPED, MAPPED, REFUSED
+from .common import DROPPED, MAPPED, REFUSED, with_provider_options
 from .translator import Translator
 
 SCHEMA = "vertex-anthropic"
 API_VERSION = "vertex-2023-10-16"
 VERTEX_VERSION = "v1"
+RESERVED_OPTIONS = ("anthropic_version", "model", "max_tokens", "stream")
 
 __all__ = ["API_VERSION", "DROPPED", "FIELDS", "MAPPED", "REFUSED", "SCHEMA", "ChatStream", "VertexAnthropicTranslator",
            "chat_path", "chat_request", "chat_response", "error_response", "usage_of"]
@@ -36,9 +38,9 @@ def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
 
 def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
     """The Anthropic Messages request for `model`, without `model` and with Vertex's `anthropic_version` first."""
-    request = anthropic.chat_request(body, model, default_max_tokens=default_max_tokens)
+    request = anthropic.messages_request(body, model, default_max_tokens=default_max_tokens)
     del request["model"]
-    return {"anthropic_version": API_VERSION, **request}
+    return with_provider_options({"anthropic_version": API_VERSION, **request}, body, (SCHEMA,), RESERVED_OPTIONS)
 
 
 def error_response(status: int, body: bytes, headers: object = None) -> tuple[int, JsonObject]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import anthropic
 import httpx
-import openai
+import pydantic
 import pytest
 
 from .gateways import Gateway, GatewayBuilder
@@ -27,8 +27,6 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "city_facts", "strict":
 
 
 ALL_FEATURES = frozenset({"text", "stream", "tools", "stream_tools", "images", "json_schema", "usage"})
-WITHOUT_JSON_SCHEMA = ALL_FEATURES - {"json_schema"}
-"""Anthropic models (direct, on Bedrock, on Vertex) get `response_format` refused with a 400 naming it."""
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,10 @@ PROVIDERS = [
              fields={"azure": {"api_version": "2024-10-21"}}),
     Provider("p-cohere", "cohere", "cohere", "command-a-vision-07-2025", "embed-v4.0"),
     Provider("p-bedrock", "bedrock", "bedrock-converse", "amazon.nova-pro-v1:0", "cohere.embed-english-v3"),
-    Provider("p-bedrock-claude", "bedrock", "bedrock-anthropic", "anthropic.claude-sonnet-4-5-20250929-v1:0",
-             features=WITHOUT_JSON_SCHEMA),
+    Provider("p-bedrock-claude", "bedrock", "bedrock-anthropic", "anthropic.claude-sonnet-4-5-20250929-v1:0"),
     Provider("p-gemini", "gemini", "gemini", "gemini-2.5-flash", "gemini-embedding-001"),
     Provider("p-vertex", "vertex", "vertex-gemini", "gemini-2.5-pro", "text-embedding-005"),
-    Provider("p-vertex-claude", "vertex", "vertex-anthropic", "claude-sonnet-4-5@20250929",
-             features=WITHOUT_JSON_SCHEMA),
+    Provider("p-vertex-claude", "vertex", "vertex-anthropic", "claude-sonnet-4-5@20250929"),
     Provider("p-groq", "openai", "openai", "llama-3.3-70b-versatile", fields={"preset": "groq"}),
 ]
 DEMOS = ("azure", "cohere", "openai", "bedrock", "gemini", "vertex")
@@ -163,15 +159,17 @@ def test_embeddings(zoo: Gateway, provider: str) -> None:
     assert len(result.data) == 2 and result.data[1].index == 1 and len(result.data[0].embedding) > 0
 
 
-def test_json_schema_refused(zoo: Gateway) -> None:
-    """Providers without structured output refuse `response_format` on purpose, with a 400 naming it."""
-    refusing = [p for p in PROVIDERS if "json_schema" not in p.features]
-    assert refusing
-    for p in refusing:
-        with pytest.raises(openai.BadRequestError) as raised:
-            zoo.client().chat.completions.create(model=p.route, messages=[{"role": "user", "content": "x"}],
-                                                 response_format=SCHEMA)
-        assert raised.value.body["param"] == "response_format", p.route
+@pytest.mark.parametrize("route", ["p-bedrock-claude", "p-vertex-claude"])
+def test_claude_structured_output_parses_with_the_openai_helper(zoo: Gateway, route: str) -> None:
+    """Claude's native structured output (`output_config.format`) answers what the openai SDK's `parse` reads."""
+    class CityFacts(pydantic.BaseModel):
+        city: str
+        population: int
+
+    parsed = zoo.client().chat.completions.parse(model=route, messages=[{"role": "user", "content": "facts"}],
+                                                 response_format=CityFacts).choices[0].message.parsed
+    assert isinstance(parsed, CityFacts)
+    assert zoo.last_request(_provider(route).demo)["body"]["output_config"]["format"]["type"] == "json_schema"
 
 
 @pytest.mark.parametrize("route", ["p-bedrock", "p-gemini", "p-vertex-claude", "p-cohere", "p-azure"])

@@ -69,7 +69,7 @@ BASE_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 TWO_TOOLS = [{"type": "function", "function": {"name": "get_weather"}},
              {"type": "function", "function": {"name": "get_time"}}]
 
-OPENAI_EXTENSIONS = frozenset({"reasoning_content"})
+OPENAI_EXTENSIONS = frozenset({"reasoning_content", "thinking_blocks"})
 """Keys we add to OpenAI messages and deltas that the SDK models don't declare (read by many OpenAI clients)."""
 AZURE_EXTENSIONS = frozenset({"prompt_filter_results", "content_filter_results"})
 """Azure's keys on answers and chunks that the openai SDK models don't declare (clients ignore them)."""
@@ -317,7 +317,9 @@ def _valid_cohere_event(event: SSEEvent) -> None:
 # --- Gemini: the google-genai SDK's types and its own request writers ----------------------------------------------
 
 
-GEMINI_WIRE_FIELDS = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig"}
+GEMINI_TOP_LEVEL_CONFIG = ("systemInstruction", "tools", "toolConfig", "safetySettings")
+"""Request fields the SDK takes in `GenerateContentConfig` and writes at the top level of the request."""
+GEMINI_WIRE_FIELDS = {"contents", "generationConfig", *GEMINI_TOP_LEVEL_CONFIG}
 _GENAI_CLIENTS = {
     "ai-studio": (_api_client.BaseApiClient(api_key="test-key"), models._GenerateContentParameters_to_mldev),
     "vertex": (_api_client.BaseApiClient(vertexai=True, project="p", location="us-central1",
@@ -329,7 +331,7 @@ _GENAI_CLIENTS = {
 def _sdk_request(request: dict, api: str) -> object:
     """Parse our request with the SDK's types, then let the SDK write its own request from them."""
     client, convert = _GENAI_CLIENTS[api]
-    top_level = {key: request[key] for key in ("systemInstruction", "tools", "toolConfig") if key in request}
+    top_level = {key: request[key] for key in GEMINI_TOP_LEVEL_CONFIG if key in request}
     config = genai_types.GenerateContentConfig.model_validate_json(
         orjson.dumps({**request.get("generationConfig", {}), **top_level}))
     contents = [genai_types.Content.model_validate_json(orjson.dumps(content)) for content in request["contents"]]

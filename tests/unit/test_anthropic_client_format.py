@@ -46,7 +46,7 @@ TIME = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}
 LEGACY_FIELDS = {"temperature", "top_p", "top_k"}
 """Accepted by the Messages API for older models but no longer declared by the 2.x SDK's types."""
 
-OPENAI_EXTENSION_KEYS = {"cache_control"}
+OPENAI_EXTENSION_KEYS = {"cache_control", "thinking_blocks"}
 """Keys the translator adds to OpenAI messages, parts and tools that the openai SDK doesn't declare."""
 
 
@@ -87,12 +87,34 @@ def _adapter(hint: typing.Any) -> pydantic.TypeAdapter:
 
 
 def _assert_valid_openai_request(request: dict) -> None:
+    """The openai SDK's request type; tools of the gateway's `anthropic` type must be Anthropic tools instead."""
+    anthropic_tools = [tool for tool in request.get("tools") or () if tool["type"] == "anthropic"]
+    for tool in anthropic_tools:
+        assert tool.keys() == {"type", "anthropic"}
+        _adapter(anthropic_types.ToolUnionParam).validate_python(tool["anthropic"])
+        assert typed_dict_problems(tool["anthropic"], anthropic_types.ToolUnionParam, "tool") == []
+    if anthropic_tools:
+        request = {**request, "tools": [tool for tool in request["tools"] if tool["type"] != "anthropic"]}
+    request = {**request, "messages": [_without_anthropic_parts(message) for message in request["messages"]]}
     params = (completion_create_params.CompletionCreateParamsStreaming if request.get("stream")
               else completion_create_params.CompletionCreateParamsNonStreaming)
     _adapter(params).validate_python(request)
     problems = [problem for problem in typed_dict_problems(request, params, "request")
                 if not any(problem.endswith(f".{key}: unknown key") for key in OPENAI_EXTENSION_KEYS)]
     assert problems == []
+
+
+def _without_anthropic_parts(message: dict) -> dict:
+    """The message without content parts of the gateway's `anthropic` type, each checked as an Anthropic document."""
+    content = message.get("content")
+    if not isinstance(content, list) or not any(part["type"] == "anthropic" for part in content):
+        return message
+    for part in content:
+        if part["type"] == "anthropic":
+            assert part.keys() == {"type", "anthropic"}
+            _adapter(anthropic_types.DocumentBlockParam).validate_python(part["anthropic"])
+            assert typed_dict_problems(part["anthropic"], anthropic_types.DocumentBlockParam, "part") == []
+    return {**message, "content": [part for part in content if part["type"] != "anthropic"]}
 
 
 def _assert_valid_anthropic_request(request: dict) -> None:
@@ -287,9 +309,8 @@ def test_what_the_sdk_sends_translates() -> None:
 
 NOT_ROUND_TRIPPABLE = {
     "automatic_cache_control": "the top-level marker lands on the last block, which is where it applies",
-    "documents": "the anthropic provider doesn't take OpenAI file parts yet",
+    "documents": "text documents travel as text parts, and a PDF's missing title becomes 'document.pdf'",
     "inline_system_message": "the anthropic provider hoists system messages into the top-level prompt",
-    "structured_output": "the anthropic provider doesn't translate response_format yet",
     "thinking_adaptive_effort": "an effort becomes a thinking budget on the way back",
     "tool_errors": "is_error travels as an 'Error: ' prefix",
 }
@@ -311,8 +332,7 @@ def _normalised(request: dict) -> dict:
         content = message["content"]
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        message["content"] = [{key: value for key, value in block.items() if value is not None}
-                              for block in content if block["type"] not in ("thinking", "redacted_thinking")]
+        message["content"] = [{key: value for key, value in block.items() if value is not None} for block in content]
     thinking = request.get("thinking")
     if thinking and thinking["type"] == "enabled":
         effort = to_openai({**BASE_BODY, "max_tokens": request["max_tokens"], "thinking": thinking})
@@ -402,14 +422,12 @@ def test_sdk_parses_a_translated_message() -> None:
 
 
 def _essentials(message: dict) -> dict:
-    """A Message up to what the OpenAI format can't carry: thinking signatures and redactions, which stop sequence
-    matched, block boundaries between adjacent text blocks, and usage fields beyond the token counts."""
+    """A Message up to what the OpenAI format can't carry: which stop sequence matched, block boundaries between
+    adjacent text blocks, and usage fields beyond the token counts. Signed thinking blocks must survive as they are."""
     content: list[dict] = []
     for block in message["content"]:
-        if block["type"] == "redacted_thinking":
-            continue
-        block = {key: value for key, value in block.items() if key != "signature" and value is not None}
-        if content and block["type"] in ("text", "thinking") and content[-1]["type"] == block["type"]:
+        block = {key: value for key, value in block.items() if value is not None}
+        if content and block["type"] == "text" and content[-1]["type"] == block["type"]:
             content[-1][block["type"]] += block[block["type"]]
         else:
             content.append(block)
@@ -422,7 +440,12 @@ def _essentials(message: dict) -> dict:
                                                             "cache_creation_input_tokens")}}
 
 
-@pytest.mark.parametrize("path", sorted(PROVIDER_FIXTURES.glob("response_*.anthropic.json")), ids=lambda p: p.name)
+ANSWER_TOOL_CASES = {"response_answer_tool.anthropic.json", "stream_answer_tool.anthropic.sse"}
+"""The provider's forced-tool structured answer: it reaches the client as text, by design."""
+
+
+@pytest.mark.parametrize("path", sorted(path for path in PROVIDER_FIXTURES.glob("response_*.anthropic.json")
+                                        if path.name not in ANSWER_TOOL_CASES), ids=lambda p: p.name)
 def test_anthropic_answer_survives_a_round_trip_through_the_anthropic_provider(path: Path) -> None:
     original = json.loads(path.read_text())
     back = from_openai(anthropic_provider.chat_response(original, CLAUDE, 1700000000), MODEL)
@@ -523,7 +546,8 @@ def test_repeated_tool_call_ids_in_fragments_do_not_open_new_blocks() -> None:
     assert [name for name, _ in events].count("content_block_start") == 1
 
 
-@pytest.mark.parametrize("path", sorted(PROVIDER_FIXTURES.glob("stream_*.anthropic.sse")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(path for path in PROVIDER_FIXTURES.glob("stream_*.anthropic.sse")
+                                        if path.name not in ANSWER_TOOL_CASES), ids=lambda p: p.name)
 def test_anthropic_stream_survives_the_provider_and_back(path: Path) -> None:
     """Anthropic backend events -> provider ChatStream -> MessagesStream: what the SDK accumulates is the same."""
     upstream = _events(path)
@@ -544,3 +568,47 @@ def test_anthropic_stream_survives_the_provider_and_back(path: Path) -> None:
     original = _sdk_final_message([(event.event or "", json.loads(event.data)) for event in upstream
                                    if event.event != "ping"])
     assert _essentials(_sdk_final_message(events).to_dict()) == _essentials(original.to_dict())
+
+
+def test_structured_answer_from_the_answer_tool_is_text_json() -> None:
+    answer = json.loads((PROVIDER_FIXTURES / "response_answer_tool.anthropic.json").read_text())
+    back = from_openai(anthropic_provider.chat_response(answer, CLAUDE, 1700000000), MODEL)
+    assert [block["type"] for block in back["content"]] == ["text"]
+    assert json.loads(back["content"][0]["text"]) == answer["content"][0]["input"]
+    assert back["stop_reason"] == "end_turn"
+
+
+def test_reasoning_without_signed_blocks_is_an_unsigned_thinking_block() -> None:
+    """An OpenAI-format backend's reasoning has no signature to give."""
+    completion = {"id": "c", "model": "m", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "ok", "reasoning_content": "thought"}}]}
+    assert from_openai(completion, MODEL)["content"][0] == {"type": "thinking", "thinking": "thought", "signature": ""}
+
+
+def test_signed_thinking_block_whose_text_did_not_stream_goes_out_whole() -> None:
+    block = {"type": "thinking", "thinking": "all at once", "signature": "c2ln"}
+    events = _run_stream([{"id": "c", "choices": [{"index": 0, "delta": {"thinking_blocks": [block]}}]},
+                          {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}])
+    _assert_valid_events(events)
+    assert _sdk_final_message(events).to_dict()["content"][0] == block
+
+
+def test_thinking_and_tools_survive_a_second_tool_turn_to_the_anthropic_provider() -> None:
+    """The agent loop with thinking on: the signed blocks of the tool-use turn reach the provider request first."""
+    events = _events(PROVIDER_FIXTURES / "stream_thinking_before_tool_call.anthropic.sse")
+    provider = anthropic_provider.ChatStream(CLAUDE, 1700000000, include_usage=True)
+    client = MessagesStream(CLAUDE)
+    out = [event for upstream in events for chunk in provider.feed(upstream.event, upstream.data)
+           for event in client.feed(chunk)]
+    final = _sdk_final_message(out + client.finish()).to_dict()
+    follow_up = {**BASE_BODY, "max_tokens": 4096, "thinking": {"type": "enabled", "budget_tokens": 2048},
+                 "tools": [WEATHER], "messages": [
+                     {"role": "user", "content": "Weather in Paris?"},
+                     {"role": "assistant", "content": final["content"]},
+                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01Paris",
+                                                   "content": "18C"}]}]}
+    _assert_valid_anthropic_request(follow_up)
+    sent = anthropic_provider.chat_request(to_openai(follow_up), CLAUDE, default_max_tokens=1)
+    assert sent["messages"][1]["content"] == final["content"]
+    assert [block["type"] for block in sent["messages"][1]["content"]] == [
+        "redacted_thinking", "thinking", "tool_use"]

@@ -247,6 +247,7 @@ def test_cohere_sdk_sees_cohere_errors(demo_cohere: DemoProvider) -> None:
     {"model": "m", "messages": [{"role": "user", "content": "x"}], "p": 1.0},
     {"model": "m", "messages": []},
     {"model": "m", "messages": [{"role": "tool", "content": "x"}]},
+    {"model": "m", "messages": [{"role": "user", "content": ""}]},
 ])
 def test_cohere_demo_checks_requests_like_cohere(body: dict) -> None:
     reply = cohere_server.answer(Call("cohere-c", "POST", "/v2/chat", {"authorization": f"Bearer {KEY}"}, body, KEY))

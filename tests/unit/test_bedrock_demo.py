@@ -460,6 +460,38 @@ def test_translated_tool_round_trip_with_images_is_accepted(demo: DemoProvider) 
         assert content == f"Hello from bedrock-a ({CLAUDE})! The tool returned: 4C, rain"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_converse_claude_thinking_round_trips_through_a_tool_loop(demo: DemoProvider, stream: bool) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "weather?"}], "tools": OPENAI_TOOLS,
+            "reasoning_effort": "low"}
+    upstream = bedrock_converse.chat_request({**body, "stream": stream}, CLAUDE, default_max_tokens=1024)
+    response = _post(demo, bedrock_converse, bedrock_converse.chat_path(CLAUDE, stream), upstream)
+    if stream:
+        _, chunks = _chunks(bedrock_converse, response, False)
+        deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
+        blocks = [block for delta in deltas for block in delta.get("thinking_blocks", ())]
+        call = next(call for delta in deltas for call in delta.get("tool_calls", ()))
+        message = {"role": "assistant", "content": None, "thinking_blocks": blocks, "tool_calls": [
+            {"id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": "".join(
+                c["function"]["arguments"] for d in deltas for c in d.get("tool_calls", ()))}}]}
+    else:
+        message = bedrock_converse.chat_response(response.json(), "m", 0)["choices"][0]["message"]
+    assert message["thinking_blocks"] == [{"type": "thinking", "thinking": "The user said: weather?",
+                                           "signature": "demo-signature"}]
+    result = {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny"}
+    follow_up = {**body, "messages": [*body["messages"], message, result]}
+    upstream = bedrock_converse.chat_request(follow_up, CLAUDE, default_max_tokens=1024)
+    response = _post(demo, bedrock_converse, bedrock_converse.chat_path(CLAUDE, False), upstream)
+    assert response.status_code == 200, response.text
+    assert bedrock_converse.chat_response(response.json(), "m", 0)["choices"][0]["message"]["content"].endswith(
+        "The tool returned: sunny")
+
+    forgotten = {**follow_up, "messages": [{**m, "thinking_blocks": None} for m in follow_up["messages"]]}
+    upstream = bedrock_converse.chat_request(forgotten, CLAUDE, default_max_tokens=1024)
+    response = _post(demo, bedrock_converse, bedrock_converse.chat_path(CLAUDE, False), upstream)
+    assert response.status_code == 400 and "Expected `thinking` or `redacted_thinking`" in response.json()["message"]
+
+
 @pytest.mark.parametrize(("model", "body", "count"), [
     ("amazon.titan-embed-text-v2:0", {"model": "e", "input": "hello", "dimensions": 512}, 1),
     ("cohere.embed-english-v3", {"model": "e", "input": ["one", "two", "three"]}, 3),

@@ -83,6 +83,20 @@ def test_consecutive_tool_results_share_one_user_turn_and_turns_alternate() -> N
     assert results == ["call_paris", "call_oslo"]
 
 
+@pytest.mark.parametrize("messages", [
+    [{"role": "assistant", "content": "Hi, I'm the support bot."}, {"role": "user", "content": "Hello"}],
+    [{"role": "user", "content": [{"type": "text", "text": ""}]}, {"role": "assistant", "content": "Hi!"},
+     {"role": "user", "content": "Hello"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hi!"}],
+], ids=["history_opens_with_the_assistant", "empty_user_message_left_out", "assistant_prefill_only"])
+def test_a_conversation_always_starts_with_a_user_turn(messages: list) -> None:
+    translated = _translate({**BASE_BODY, "messages": messages})
+    first, second = translated["messages"][:2]
+    assert first == {"role": "user", "content": [{"text": bedrock_converse.LEADING_USER_TEXT}]}
+    assert second["role"] == "assistant" and second["content"][0]["text"].startswith("Hi")
+    assert_valid_converse_request(translated)
+
+
 @pytest.mark.parametrize("model", [
     "anthropic.claude-3-5-sonnet-20240620-v1:0",
     "us.amazon.nova-2-lite-v1:0",

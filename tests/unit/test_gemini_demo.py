@@ -402,6 +402,32 @@ def test_translated_requests_are_answered_and_translated_back(
     assert stream.usage is not None and stream.usage["completion_tokens"] > 0
 
 
+def test_logprobs_are_answered_and_translated_back_streamed_or_not(studio: DemoProvider) -> None:
+    backend = Backend.model_validate({"id": "studio", "schema": "gemini", "base_url": studio.url})
+    body = {"model": "public", "messages": [{"role": "user", "content": "hello gateway"}], "logprobs": True,
+            "top_logprobs": 2}
+    request = gemini.chat_request(body, "model-x", default_max_tokens=100)
+    answer = _call(backend, gemini.chat_path("model-x", False, backend), request)
+    assert answer.status_code == 200, answer.text
+    types.GenerateContentResponse.model_validate(answer.json())
+    completion = gemini.chat_response(answer.json(), "model-x", 1700000000)
+    ChatCompletion.model_validate(completion)
+    content = completion["choices"][0]["logprobs"]["content"]
+    assert "".join(entry["token"] for entry in content) == completion["choices"][0]["message"]["content"]
+    assert all(len(entry["top_logprobs"]) == 2 and entry["top_logprobs"][0]["token"] == entry["token"]
+               for entry in content)
+
+    request = gemini.chat_request({**body, "stream": True}, "model-x", default_max_tokens=100)
+    answer = _call(backend, gemini.chat_path("model-x", True, backend), request)
+    decoder = SSEDecoder()
+    stream = gemini.ChatStream("model-x", 1700000000, False)
+    chunks = [chunk for event in decoder.feed(answer.content) + decoder.finish()
+              for chunk in stream.feed(event.event, event.data)] + stream.finish()
+    streamed = [entry for chunk in chunks for choice in chunk["choices"]
+                for entry in (choice["logprobs"] or {}).get("content") or ()]
+    assert [entry["token"] for entry in streamed] == [entry["token"] for entry in content]
+
+
 def test_translated_follow_up_with_a_signed_call_is_accepted_by_gemini_3(studio: DemoProvider) -> None:
     backend = Backend.model_validate({"id": "studio", "schema": "gemini", "base_url": studio.url})
     tools = [{"type": "function", "function": {"name": "get_time"}}]
