@@ -17,6 +17,7 @@ from ..auth.virtual_keys import KeyInfo
 from ..config.chains import route_chain_sets
 from ..config.models import Backend, Config, ModelRoute, RoutingSettings
 from ..guardrails.engine import Guardrail
+from ..json_types import JsonObject
 from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
@@ -42,8 +43,10 @@ class BackendInfo:
     secret_digest: str = ""
     """Of the API key read at load: a reload keeps the credential object only if neither settings nor key changed."""
 
-    def chat_request(self, body: dict, model: str, default_max_tokens: int) -> dict:
-        """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...)."""
+    def chat_request(self, body: JsonObject, model: str, default_max_tokens: int) -> JsonObject:
+        """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...), then the
+        backend's `drop_fields`. What it makes depends on the backend (preset, dropped fields) and the model name,
+        not only on the schema: a translation made for one backend is reused for that backend alone."""
         upstream = self.translator.chat_request(body, model, default_max_tokens=default_max_tokens)
         if self.settings.preset is not None:
             upstream = presets.adapt_request(self.settings.preset, upstream, model)
@@ -89,7 +92,8 @@ class RouteInfo:
     """Orders are cut to this many backends, per candidate set (the route's backends, each rule's)."""
     translations: tuple[BackendInfo, ...]
     """One backend per distinct schema and preset in the chain: the route stage translates the request once per
-    kind up front, so a field some backend refuses is a 400 before anything is sent anywhere."""
+    kind up front, so a field some backend refuses is a 400 before anything is sent anywhere. A direct route whose
+    backend is among these sends the translation made here."""
     embeddings: bool
     """Every backend of the chain serves /v1/embeddings."""
     wildcard: bool

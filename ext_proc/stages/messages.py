@@ -5,7 +5,7 @@ The stages speak in plain tuples and bytes; this module is the only place that k
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from google.protobuf.struct_pb2 import Struct
 
@@ -26,8 +26,11 @@ from ..wire.http_status_pb2 import HttpStatus
 from ..wire.processing_mode_pb2 import ProcessingMode
 
 Headers = Sequence[tuple[str, str]]
+MetadataValue = str | float | bool | None
+"""What a dynamic metadata field holds here (access-log fields: names, token counts, a cost)."""
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_JSON = (("content-type", "application/json"),)
+JSON_CONTENT_TYPE = "application/json"
+_JSON = (("content-type", JSON_CONTENT_TYPE),)
 
 _REPLIED_MARK = Struct()
 _REPLIED_MARK.update({constants.METADATA_NAMESPACE: {constants.METADATA_REPLIED_KEY: True}})
@@ -89,7 +92,7 @@ def response_body_reply(body: bytes | None = None, set_headers: Headers = (),
     return ProcessingResponse(response_body=BodyResponse(response=_common(set_headers, remove, body, False)))
 
 
-def with_metadata(reply: ProcessingResponse, metadata: dict[str, object]) -> ProcessingResponse:
+def with_metadata(reply: ProcessingResponse, metadata: Mapping[str, MetadataValue]) -> ProcessingResponse:
     """Dynamic metadata for Envoy's access logs (the stage's filter stream info: downstream or upstream)."""
     reply.dynamic_metadata.update({constants.METADATA_NAMESPACE: metadata})
     return reply
@@ -114,8 +117,10 @@ def continue_unchanged(kind: str | None) -> ProcessingResponse | None:
 
 
 def immediate(status: int, body: bytes, headers: Headers = _JSON, details: str = "babelgate") -> ProcessingResponse:
+    # protoc's stubs take an enum field as the enum or its name; the message takes any int (unnamed codes too)
     reply = ProcessingResponse(immediate_response=ImmediateResponse(
-        status=HttpStatus(code=status), headers=mutation(headers), body=body, details=details))
+        status=HttpStatus(code=status),  # type: ignore[arg-type]
+        headers=mutation(headers), body=body, details=details))
     reply.dynamic_metadata.CopyFrom(_REPLIED_MARK)
     return reply
 

@@ -3,8 +3,10 @@
 Headers: drop spoofed internal headers, classify the endpoint, authenticate the virtual key, answer `/v1/models`.
 Body: parse and check the request, resolve the model route, authorize the key, reserve its share of every limit,
 and name the chain Envoy must route to (`clear_route_cache` makes Envoy match routes again on the new header). The
-body itself passes unchanged. Response headers (only when limits are configured): release the reservation if the
-final answer failed, and add the `x-ratelimit-*` headers.
+body itself passes unchanged to a chain, whose attempt stage translates it. A direct (single-backend) route runs the
+attempt stage's logic here, handing it what this stage already made: the OpenAI-form body, the translation made
+while checking the request, and the prompt estimate. Response headers (only when limits are configured): release
+the reservation if the final answer failed, and add the `x-ratelimit-*` headers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -23,11 +26,12 @@ from ..config.models import RequestLimits
 from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
 from ..guardrails.engine import apply as apply_guardrails
 from ..guardrails.engine import check_size
+from ..json_types import JsonObject
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
-from ..runtime.build import RouteInfo, Runtime, find_route
+from ..runtime.build import BackendInfo, RouteInfo, Runtime, find_route
 from ..telemetry.outcome import Outcome
 from ..wire.external_processor_pb2 import (
     HttpBody,
@@ -36,13 +40,17 @@ from ..wire.external_processor_pb2 import (
     ProcessingResponse,
 )
 from . import messages
-from .attempt import AttemptStage, forwarded_never
+from .attempt import AttemptStage
 from .endpoints import Endpoint, classify
+from .upstream_request import forwarded_never
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Span
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_decided", "_endpoint", "_headers", "_key", "_outcome", "_reservation", "_runtime",
-                 "_span", "_user",
+    __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_outcome", "_reservation",
+                 "_runtime", "_span", "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -59,8 +67,11 @@ class RouteStage:
         self._attempt: AttemptStage | None = None
         """Set for a direct route: the attempt stage's logic, run inside this stream."""
         self._outcome: Outcome | None = Outcome() if runtime.telemetry.enabled else None
-        self._span: object | None = None
+        self._span: Span | None = None
         """The request's trace span, when tracing is on."""
+        self._estimate: int | None = None
+        """The prompt's token estimate, once something needed it (the cost policy, the reservation, a direct
+        route's accounting): made at most once per request."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -104,15 +115,18 @@ class RouteStage:
         elif outcome.route and (outcome.status == 0 or 200 <= outcome.status < 300):
             if self._span is not None:  # the attempt stage reports the answer; the request's span ends here
                 outcome.ended = time.monotonic()
-                self._runtime.telemetry.tracing.finish(self._span, outcome)  # type: ignore[union-attr]
-                self._span = None
+                self._finish_span(outcome)
             return
         if not outcome.ended:
             outcome.ended = time.monotonic()
-        if self._span is not None:
-            self._runtime.telemetry.tracing.finish(self._span, outcome)  # type: ignore[union-attr]
-            self._span = None
+        self._finish_span(outcome)
         self._runtime.telemetry.report(outcome)
+
+    def _finish_span(self, outcome: Outcome) -> None:
+        tracing = self._runtime.telemetry.tracing
+        if self._span is not None and tracing is not None:
+            tracing.finish(self._span, outcome)
+            self._span = None
 
     def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         headers = messages.header_dict(message)
@@ -176,8 +190,9 @@ class RouteStage:
         elif "input" not in body:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
+        translated: dict[str, JsonObject] | None = None
         if self._endpoint is not Endpoint.EMBEDDINGS:
-            _translate_for_every_backend(route, body, model, runtime.default_max_tokens)
+            translated = _translate_for_every_backend(route, body, model, runtime.default_max_tokens)
         elif not route.embeddings:
             raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
                              code="unsupported_endpoint")
@@ -189,19 +204,8 @@ class RouteStage:
             constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
             constants.METADATA_KEY_ID_KEY: self._key.id,
         }
-        outcome = self._outcome
-        if outcome is not None:
-            outcome.route, outcome.requested_model, outcome.stream = route.name, model, body.get("stream") is True
-            if outcome.user is None and isinstance(body.get("user"), str):
-                outcome.user = body["user"] or None
-            metadata[constants.METADATA_STARTED_KEY] = repr(outcome.started_wall)
-            if outcome.team:
-                metadata[constants.METADATA_TEAM_KEY] = outcome.team
-            if outcome.user:
-                metadata[constants.METADATA_USER_KEY] = outcome.user
-            if route.log_content:
-                outcome.prompt = orjson.dumps(body.get("messages", body.get("input"))).decode()
-                metadata[constants.METADATA_PROMPT_KEY] = outcome.prompt
+        if self._outcome is not None:
+            _describe(self._outcome, route, model, body, metadata)
         limiter = runtime.limiter
         if limiter is not None:
             self._reservation = await self._reserve(limiter, body, route, order[0], model)
@@ -213,7 +217,9 @@ class RouteStage:
         tracing = runtime.telemetry.tracing
         parent = tracing.traceparent(self._span) if tracing is not None and self._span is not None else None
         if chain.direct:
-            return self._direct(route, order[0], model, headers, message, original, metadata, parent)
+            backend = runtime.backends[order[0]]
+            upstream = translated.get(backend.id) if translated is not None else None
+            return self._direct(route, backend, model, headers, body, upstream, metadata, parent)
         if parent is not None:  # every attempt's span, in whichever process, is this one's child
             metadata[constants.METADATA_TRACEPARENT_KEY] = parent
         if redacted:  # what Envoy sends on (and re-sends on a retry) is the redacted request
@@ -223,7 +229,7 @@ class RouteStage:
                                                body=encoded)
         return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
 
-    def _order(self, route: RouteInfo, body: dict) -> tuple[tuple[str, ...], list[str]]:
+    def _order(self, route: RouteInfo, body: JsonObject) -> tuple[tuple[str, ...], list[str]]:
         """The backends this request may use, and the order to try them in."""
         candidates, policy = route.backends, route.policy
         if route.rules:
@@ -240,7 +246,7 @@ class RouteStage:
         else:
             prompt = output = 0
             if policy == "cost":
-                prompt = estimate_prompt_tokens(body, self._runtime.chars_per_token)
+                prompt = self._prompt_tokens(body)
                 output = (0 if self._endpoint is Endpoint.EMBEDDINGS
                           else reserved_output_tokens(body, self._runtime.default_max_tokens))
             sticky = self._headers.get(route.sticky_header) if route.sticky_header else None
@@ -252,19 +258,27 @@ class RouteStage:
                                  f"backend of {route.name!r}.", param="messages", code="context_length_exceeded")
         return candidates, cooled_last(order, health.cooldowns)
 
-    def _direct(self, route: RouteInfo, backend_id: str, requested: str, headers: list[tuple[str, str]],
-                message: HttpBody, body: dict, metadata: dict[str, str], parent: str | None) -> ProcessingResponse:
-        """Translate here and send straight to the backend: one gRPC stream for the whole request."""
+    def _prompt_tokens(self, body: JsonObject) -> int:
+        if self._estimate is None:
+            self._estimate = estimate_prompt_tokens(body, self._runtime.chars_per_token)
+        return self._estimate
+
+    def _direct(self, route: RouteInfo, backend: BackendInfo, requested: str, headers: list[tuple[str, str]],
+                body: JsonObject, translated: JsonObject | None, metadata: dict[str, str],
+                parent: str | None) -> ProcessingResponse:
+        """Send straight to the backend: one gRPC stream for the whole request. `body` is the request in OpenAI
+        form and `translated` its translation for this backend (None for embeddings, or for a backend whose kind
+        was checked with another backend of the route): neither is made again."""
         assert self._endpoint is not None
         attempt = AttemptStage(self._runtime)
         attempt.push = self.push
         if parent is not None:
             headers.append(("traceparent", attempt.trace(parent)))
-        attempt.start_direct(self._runtime.backends[backend_id], route.backend_model(backend_id, requested),
+        attempt.start_direct(backend, route.backend_model(backend.id, requested),
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
                              log_content=route.log_content, guardrails=route.guardrails, route=route.name,
                              request_id=self._headers.get("x-request-id", ""))
-        reply = attempt.on_request_body(message, body)
+        reply = attempt.send(body, translated, self._estimate)
         self._attempt = attempt
         common = reply.request_body.response
         common.clear_route_cache = True
@@ -292,26 +306,28 @@ class RouteStage:
             if outcome.status >= 400 and not outcome.error_type:
                 outcome.error_type = str(outcome.status)
         reservation = self._reservation
-        reply = (await self._attempt.handle(request) if self._attempt is not None
+        reply = (self._attempt.on_response_headers(request.response_headers) if self._attempt is not None
                  else messages.response_headers_reply(remove=(constants.HEADER_ACCESS_LOG,) if logged else ()))
         if logged:
             with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                messages.with_metadata(reply, orjson.loads(logged))  # type: ignore[arg-type]
+                messages.with_metadata(reply, orjson.loads(logged))
         if reservation is None:
-            return reply  # type: ignore[return-value]
+            return reply
         status = messages.header_dict(request.response_headers).get(":status", "")
         if not status.startswith("2"):
-            await self._runtime.limiter.release(reservation)  # type: ignore[union-attr]
-        header_mutation = reply.response_headers.response.header_mutation  # type: ignore[union-attr]
+            limiter = self._runtime.limiter
+            assert limiter is not None  # it made the reservation
+            await limiter.release(reservation)
+        header_mutation = reply.response_headers.response.header_mutation
         header_mutation.set_headers.extend(messages.mutation(reservation.headers).set_headers)
         ours = {name for name, _ in reservation.headers}
         if ours.intersection(header_mutation.remove_headers):  # the provider's own x-ratelimit-*: replaced by ours
             kept = [name for name in header_mutation.remove_headers if name not in ours]
             del header_mutation.remove_headers[:]
             header_mutation.remove_headers.extend(kept)
-        return reply  # type: ignore[return-value]
+        return reply
 
-    async def _reserve(self, limiter: Limiter, body: dict, route: RouteInfo, primary: str,
+    async def _reserve(self, limiter: Limiter, body: JsonObject, route: RouteInfo, primary: str,
                        requested: str) -> Reservation | None:
         assert self._key is not None
         user = self._user or _bounded_user(body.get("user") if isinstance(body.get("user"), str) else None, "user")
@@ -319,19 +335,25 @@ class RouteStage:
         scopes = limiter.scopes(self._key.id, self._key.team, user, route.name, primary)
         if not scopes:
             return None
-        prompt = estimate_prompt_tokens(body, runtime.chars_per_token)
+        prompt = self._prompt_tokens(body)
         output = (0 if self._endpoint is Endpoint.EMBEDDINGS
                   else reserved_output_tokens(body, runtime.default_max_tokens))
         cost = cost_micro_usd(Usage(prompt, output), limiter.price(primary, route.backend_model(primary, requested)))
         return await limiter.reserve(scopes, Demand(prompt, output, cost), primary)
 
 
-def _translate_for_every_backend(route: RouteInfo, body: dict, model: str, default_max_tokens: int) -> None:
+def _translate_for_every_backend(route: RouteInfo, body: JsonObject, model: str,
+                                 default_max_tokens: int) -> dict[str, JsonObject]:
     """Any backend of the chain may end up answering, so each kind must be able to serve the request. A refusal
-    names the backend: a field an OpenAI model takes may be refused by the route's Anthropic fallback."""
+    names the backend: a field an OpenAI model takes may be refused by the route's Anthropic fallback.
+
+    The translations, by backend id: a direct route sends its backend's as it is. A translation depends on the
+    backend's model name, preset and dropped fields, so it serves that backend only, not others of its kind."""
+    translated: dict[str, JsonObject] = {}
     for backend in route.translations:
         try:
-            backend.chat_request(body, route.backend_model(backend.id, model), default_max_tokens)
+            translated[backend.id] = backend.chat_request(body, route.backend_model(backend.id, model),
+                                                          default_max_tokens)
         except BadRequest as refused:
             preset = backend.settings.preset
             kind = f"{backend.schema}, preset {preset}" if preset else backend.schema
@@ -339,9 +361,26 @@ def _translate_for_every_backend(route: RouteInfo, body: dict, model: str, defau
             raise BadRequest(f"Backend {backend.id!r} ({kind}) of route {route.name!r} can't serve {what}: "
                              f"{refused.message}", code=refused.code, param=refused.param,
                              headers=refused.headers) from None
+    return translated
 
 
-def parse_json_object(raw: bytes) -> dict:
+def _describe(outcome: Outcome, route: RouteInfo, requested: str, body: JsonObject, metadata: dict[str, str]) -> None:
+    """What telemetry reports of the request, on this stage's outcome and in the metadata a chain's attempt stage
+    builds its own from."""
+    outcome.route, outcome.requested_model, outcome.stream = route.name, requested, body.get("stream") is True
+    if outcome.user is None and isinstance(body.get("user"), str):
+        outcome.user = body["user"] or None
+    metadata[constants.METADATA_STARTED_KEY] = repr(outcome.started_wall)
+    if outcome.team:
+        metadata[constants.METADATA_TEAM_KEY] = outcome.team
+    if outcome.user:
+        metadata[constants.METADATA_USER_KEY] = outcome.user
+    if route.log_content:
+        outcome.prompt = orjson.dumps(body.get("messages", body.get("input"))).decode()
+        metadata[constants.METADATA_PROMPT_KEY] = outcome.prompt
+
+
+def parse_json_object(raw: bytes) -> JsonObject:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -351,7 +390,7 @@ def parse_json_object(raw: bytes) -> dict:
     return body
 
 
-def check_client_limits(body: dict, limits: RequestLimits) -> None:
+def check_client_limits(body: JsonObject, limits: RequestLimits) -> None:
     """What a client controls has a ceiling: nesting (walked without recursion), messages, tools."""
     messages_ = body.get("messages")
     if isinstance(messages_, list) and len(messages_) > limits.max_messages:
@@ -361,7 +400,7 @@ def check_client_limits(body: dict, limits: RequestLimits) -> None:
     if isinstance(tools, list) and len(tools) > limits.max_tools:
         raise BadRequest(f"The request has {len(tools)} tools; at most {limits.max_tools} are accepted.",
                          param="tools", code="too_many_tools")
-    stack: list[tuple[dict | list, int]] = [(body, 1)]
+    stack: list[tuple[JsonObject | list[object], int]] = [(body, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > limits.max_json_depth:
@@ -387,7 +426,7 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.")
 
 
-def _model_object(name: str, created: int) -> dict:
+def _model_object(name: str, created: int) -> JsonObject:
     return {"id": name, "object": "model", "created": created, "owned_by": "babelgate"}
 
 

@@ -47,10 +47,24 @@ def drive(stage: object, request: ProcessingRequest) -> ProcessingResponse | Non
     return asyncio.run(respond(stage, request))  # type: ignore[arg-type]
 
 
-def runtime(monkeypatch: object) -> Runtime:
+def runtime(monkeypatch: object, extra: str = "") -> Runtime:
+    """The runtime of CONFIG, with `extra` YAML (top-level keys such as `limits:`) appended."""
     monkeypatch.setenv("BG_UNIT_OPENAI", "sk-unit-openai")  # type: ignore[attr-defined]
     monkeypatch.setenv("BG_UNIT_ANTHROPIC", "sk-unit-anthropic")  # type: ignore[attr-defined]
-    return compile_runtime(parse_config(CONFIG))
+    return compile_runtime(parse_config(CONFIG + extra))
+
+
+def counted(monkeypatch: object, owner: object, name: str) -> list[tuple[object, ...]]:
+    """Every call of `owner.name` from now on (the arguments), the function still doing its work."""
+    calls: list[tuple[object, ...]] = []
+    original = getattr(owner, name)
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)  # type: ignore[attr-defined]
+    return calls
 
 
 def headers(values: dict[str, str], end_of_stream: bool = False) -> HttpHeaders:

@@ -14,13 +14,16 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 
 from ext_proc import constants
+from ext_proc.client_formats import anthropic_messages
 from ext_proc.limits.estimate import estimate_prompt_tokens
+from ext_proc.runtime.build import BackendInfo
+from ext_proc.stages import attempt as attempt_module
 from ext_proc.stages.attempt import STREAMED_RESPONSE_MODE, AttemptStage
 from ext_proc.streaming.sse import SSEDecoder
 from ext_proc.wire.base_pb2 import Metadata
 from ext_proc.wire.external_processor_pb2 import HttpBody, ProcessingRequest
 
-from .stage_support import body, drive, headers, runtime, set_headers
+from .stage_support import body, counted, drive, headers, runtime, set_headers
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
 HELLO = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."},
@@ -49,9 +52,11 @@ def _decision(route: str = "gpt-4o", endpoint: str = "chat") -> Metadata:
 class Attempt:
     """Drives one attempt-stage stream message by message, like Envoy does."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, backend: str, route: str = "gpt-4o") -> None:
-        self.stage = AttemptStage(runtime(monkeypatch))
-        request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS), metadata_context=_decision(route))
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, backend: str, route: str = "gpt-4o", endpoint: str = "chat",
+                 extra: str = "") -> None:
+        self.stage = AttemptStage(runtime(monkeypatch, extra))
+        request = ProcessingRequest(request_headers=headers(CLIENT_HEADERS),
+                                    metadata_context=_decision(route, endpoint))
         for key, value in _attributes(backend).items():
             request.attributes[key].CopyFrom(value)
         self.headers_reply = drive(self.stage, request)
@@ -266,3 +271,16 @@ def test_an_answer_the_translator_cant_read_is_a_502_and_a_log_line_naming_the_r
     assert "sent an answer the gateway could not read" in error["error"]["message"]
     assert any(logged in record.getMessage() and "r1" in record.getMessage() for record in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+def test_a_chain_attempt_converts_translates_and_estimates_the_request_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain attempt is its own ext_proc stream (maybe in another process): it starts from the client's bytes."""
+    conversions = counted(monkeypatch, anthropic_messages, "to_openai")
+    translations = counted(monkeypatch, BackendInfo, "chat_request")
+    estimates = counted(monkeypatch, attempt_module, "estimate_prompt_tokens")
+    attempt = Attempt(monkeypatch, "an", route="claude", endpoint="messages",
+                      extra="telemetry: {access_log: /dev/null}\n")  # the access log makes the attempt count usage
+    hello = {"model": "claude", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    reply = attempt.send(request_body=body(hello)).request_body.response
+    assert (len(conversions), len(translations), len(estimates)) == (1, 1, 1)
+    assert orjson.loads(reply.body_mutation.body)["model"] == "claude-x"

@@ -8,12 +8,27 @@ import orjson
 import pytest
 
 from ext_proc import constants
+from ext_proc.client_formats import anthropic_messages
+from ext_proc.config.loading import parse_config
 from ext_proc.errors import GatewayError
-from ext_proc.stages import messages
+from ext_proc.runtime.build import BackendInfo, compile_runtime
+from ext_proc.stages import attempt, messages, route
 from ext_proc.stages.route import RouteStage
 from ext_proc.wire.external_processor_pb2 import ProcessingRequest
 
-from .stage_support import CLIENT_KEY, EXPIRED_KEY, LIMITED_KEY, body, drive, headers, immediate, runtime, set_headers
+from .stage_support import (
+    CLIENT_KEY,
+    CONFIG,
+    EXPIRED_KEY,
+    LIMITED_KEY,
+    body,
+    counted,
+    drive,
+    headers,
+    immediate,
+    runtime,
+    set_headers,
+)
 
 CHAT = {":method": "POST", ":path": "/v1/chat/completions", "authorization": f"Bearer {CLIENT_KEY}",
         "content-type": "application/json"}
@@ -231,3 +246,46 @@ def test_answers_that_need_python_keep_the_body_phase(monkeypatch: pytest.Monkey
                                                       payload: dict, status: str) -> None:
     mode = _answer_mode(monkeypatch, path, payload, status)
     assert mode.response_body_mode == mode.BUFFERED, why
+
+
+LIMITS = "limits: {per_key: [{window: hour, total_tokens: 100000}]}\n"
+ANTHROPIC_HELLO = {"model": "claude", "max_tokens": 50, "system": "Be brief.",
+                   "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_direct_route_converts_translates_and_estimates_the_request_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route stage checks the request by translating it for the backend; a direct route sends that very
+    translation, with the prompt estimate its reservation made."""
+    limited = runtime(monkeypatch, LIMITS)
+    conversions = counted(monkeypatch, anthropic_messages, "to_openai")
+    translations = counted(monkeypatch, BackendInfo, "chat_request")
+    estimates = counted(monkeypatch, route, "estimate_prompt_tokens")
+    monkeypatch.setattr(attempt, "estimate_prompt_tokens", route.estimate_prompt_tokens)  # one counter for both
+    stage = RouteStage(limited)
+    drive(stage, ProcessingRequest(request_headers=headers({**CHAT, ":path": "/anthropic/v1/messages"})))
+    reply = drive(stage, ProcessingRequest(request_body=body(ANTHROPIC_HELLO))).request_body.response
+    assert (len(conversions), len(translations), len(estimates)) == (1, 1, 1)
+    assert set_headers(reply)[constants.HEADER_CHAIN] == "bg_direct_an"
+    from_scratch = limited.backends["an"].chat_request(anthropic_messages.to_openai(ANTHROPIC_HELLO), "claude-x",
+                                                       limited.default_max_tokens)
+    assert reply.body_mutation.body == orjson.dumps(from_scratch)
+
+
+def test_a_direct_backend_checked_through_another_of_its_kind_gets_its_own_translation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The route stage checks each kind of backend once, with the first of that kind; a rule may send the request
+    to another one of that kind, whose model name (and dropped fields) the translation must carry."""
+    runtime(monkeypatch)  # the provider secrets
+    config = CONFIG.replace("backends:\n", """backends:
+  - {id: oa2, schema: openai, base_url: "http://127.0.0.1:8/v1", api_key: {env: BG_UNIT_OPENAI}, drop_fields: [user]}
+""", 1).replace("routes:\n", """routes:
+  - model: tiers
+    backends: [{backend: oa, model: gpt-a}, {backend: oa2, model: gpt-b}]
+    rules: [{when: {headers: {x-tier: b}}, backends: [oa2]}]
+""", 1)
+    stage = RouteStage(compile_runtime(parse_config(config)))
+    drive(stage, ProcessingRequest(request_headers=headers({**CHAT, "x-tier": "b"})))
+    reply = drive(stage, ProcessingRequest(request_body=body({**HELLO, "model": "tiers", "user": "u1"})))
+    sent = reply.request_body.response
+    assert set_headers(sent)[constants.HEADER_CHAIN] == "bg_direct_oa2"
+    assert orjson.loads(sent.body_mutation.body) == {"model": "gpt-b", "messages": HELLO["messages"]}

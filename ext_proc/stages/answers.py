@@ -1,0 +1,107 @@
+"""Whole (buffered) answers back to the client: a provider's JSON answer or error in OpenAI's form, re-encoded for
+Anthropic Messages clients, embeddings in base64 when the client asked, and never a credential the provider quoted.
+
+Streamed answers are `stream_relay.py`'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import struct
+import time
+from collections.abc import Mapping
+
+import orjson
+
+from ..auth.credentials import StaticCredential
+from ..client_formats import anthropic_messages
+from ..errors import UpstreamError, anthropic_error_from_openai
+from ..json_types import JsonObject
+from ..runtime.build import BackendInfo
+from ..wire.external_processor_pb2 import ProcessingResponse
+from . import messages
+from .endpoints import Endpoint
+
+log = logging.getLogger(__name__)
+
+
+def translated(backend: BackendInfo, model: str, endpoint: Endpoint, raw: bytes, base64_embeddings: bool,
+               request_id: str) -> JsonObject:
+    """A successful answer in OpenAI's form. Raises `UpstreamError` (a 502) for one the gateway can't read."""
+    try:
+        answer = orjson.loads(raw)
+        if endpoint is Endpoint.EMBEDDINGS:
+            listing = backend.translator.embeddings_response(answer, model)
+            if base64_embeddings:
+                encode_embeddings_base64(listing)
+            return listing
+        return backend.translator.chat_response(answer, model, int(time.time()))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        # Not JSON is the provider's doing; anything else is a translator that met an answer it didn't expect,
+        # a bug to see in the log with its traceback and the request it happened to.
+        if isinstance(exc, orjson.JSONDecodeError):
+            log.warning("backend %r answered request %s with a body that is not JSON", backend.id, request_id or "-")
+        else:
+            log.exception("the %s translator failed on backend %r's answer to request %s", backend.schema,
+                          backend.id, request_id or "-")
+        raise UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read: "
+                            f"{type(exc).__name__}.") from None
+
+
+def client_reply(answer: JsonObject, model: str, endpoint: Endpoint) -> ProcessingResponse:
+    """The OpenAI answer in the client's format."""
+    if endpoint is Endpoint.MESSAGES:
+        return json_reply(anthropic_messages.from_openai(answer, model))
+    return json_reply(answer)
+
+
+def error_reply(backend: BackendInfo, status: int, raw: bytes, headers: Mapping[str, str],
+                endpoint: Endpoint) -> ProcessingResponse:
+    """A provider's error in the client's format, with the status the client should see (rewritten only when it
+    differs from the provider's)."""
+    client_status, error = backend.translator.error_response(status, raw, headers)
+    error = without_secrets(error, backend)
+    if endpoint is Endpoint.MESSAGES:
+        error = anthropic_error_from_openai(client_status, error)
+    return json_reply(error, client_status if client_status != status else None)
+
+
+def without_secrets(error: JsonObject, backend: BackendInfo) -> JsonObject:
+    """A provider's error may quote the credential it was sent (some echo the key they refused): never pass it on."""
+    secrets = backend_secrets(backend)
+    if not secrets:
+        return error
+    text = orjson.dumps(error).decode()
+    scrubbed = text
+    for secret in secrets:
+        scrubbed = scrubbed.replace(secret, "[REDACTED:CREDENTIAL]")
+    if scrubbed == text:
+        return error
+    redacted: JsonObject = orjson.loads(scrubbed)
+    return redacted
+
+
+def backend_secrets(backend: BackendInfo) -> tuple[str, ...]:
+    """The API key values a static credential sends (the part after `Bearer`); signed or token credentials send
+    nothing long-lived."""
+    credential = backend.credential
+    values = credential.values if isinstance(credential, StaticCredential) else ()
+    return tuple(secret for _, value in values if len(secret := value.rpartition(" ")[2]) >= 8)
+
+
+def encode_embeddings_base64(listing: JsonObject) -> None:
+    """Providers answer floats; a client that asked for `encoding_format: base64` gets OpenAI's form (little-endian
+    float32, base64) whatever the backend."""
+    for item in listing.get("data") or ():
+        vector = item.get("embedding")
+        if isinstance(vector, list):
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def json_reply(payload: JsonObject, status: int | None = None) -> ProcessingResponse:
+    encoded = orjson.dumps(payload)
+    headers = [("content-type", messages.JSON_CONTENT_TYPE), ("content-length", str(len(encoded)))]
+    if status is not None:
+        headers.append((":status", str(status)))
+    return messages.response_body_reply(encoded, set_headers=headers)

@@ -1,0 +1,68 @@
+"""What an attempt sends the provider: the OpenAI body in the backend's schema, its path, host, length and
+credentials, and none of the client's own credentials or Babelgate's and Envoy's internal headers.
+
+Used by the attempt stage of a chain and by a direct route's stage alike; the direct route hands over the
+translation its route stage already made, so a request is translated once for the backend that serves it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from .. import constants
+from ..auth.backend_credentials import CREDENTIAL_HEADERS
+from ..errors import BadRequest
+from ..json_types import JsonObject
+from ..runtime.build import BackendInfo
+from ..wire.external_processor_pb2 import ProcessingResponse
+from . import messages
+
+# Client credentials and protocol headers that must never be forwarded to a provider. On a retry Envoy shows the
+# attempt stage the previous attempt's headers, so every header a backend credential sets is listed here too.
+_CLIENT_ONLY_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "anthropic-version", "anthropic-beta",
+                                  "openai-organization", "openai-project", "accept-encoding", "cookie",
+                                  # hop-by-hop: they describe the client's connection, not the provider's
+                                  "connection", "keep-alive", "proxy-authorization", "proxy-authenticate",
+                                  "proxy-connection", "te", "trailer", "upgrade",
+                                  # who the client is stays with the gateway (X-Forwarded-* go by their prefix)
+                                  "forwarded", "x-real-ip"}
+                                 ) | CREDENTIAL_HEADERS
+_NEVER_FORWARDED_PREFIXES = (constants.CLIENT_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX, "x-forwarded-")
+
+
+def forwarded_never(header: str) -> bool:
+    """Client credentials and addresses, Babelgate's and Envoy's own headers, and any credential a provider sets:
+    never sent on."""
+    return header in _CLIENT_ONLY_HEADERS or header.startswith(_NEVER_FORWARDED_PREFIXES)
+
+
+def chat(backend: BackendInfo, model: str, body: JsonObject, stream: bool, default_max_tokens: int,
+         translated: JsonObject | None = None) -> tuple[JsonObject, str]:
+    """The chat request in the backend's schema and the path it goes to. `translated`: the same translation made
+    earlier for this backend and model (a direct route's route stage makes it while checking the request)."""
+    upstream = translated if translated is not None else backend.chat_request(body, model, default_max_tokens)
+    return upstream, backend.base_path + backend.translator.chat_path(model, stream, backend.settings)
+
+
+def embeddings(backend: BackendInfo, model: str, body: JsonObject) -> tuple[JsonObject, str]:
+    translator = backend.translator
+    if not translator.serves_embeddings:
+        raise BadRequest(f"Backend {backend.id!r} ({backend.schema}) does not serve embeddings.",
+                         code="unsupported_endpoint")
+    upstream = translator.embeddings_request(body, model, backend.settings)
+    return upstream, backend.base_path + translator.embeddings_path(model, backend.settings)
+
+
+def reply(backend: BackendInfo, path: str, upstream: JsonObject) -> ProcessingResponse:
+    """The request body phase's answer: the new body, and the headers that go with it (credentials are computed
+    over the final body: SigV4 signs it)."""
+    encoded = orjson.dumps(upstream)
+    return messages.request_body_reply(
+        set_headers=(
+            (":path", path),
+            (":authority", backend.authority),
+            ("content-type", messages.JSON_CONTENT_TYPE),
+            ("content-length", str(len(encoded))),
+            *backend.credential.headers("POST", backend.origin + path, encoded),
+        ),
+        body=encoded)
