@@ -191,11 +191,12 @@ class Http2Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        # asyncio.Protocol's signature names the base class; a stream server is always handed a Transport
+        self._transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
         if not self._accept_peer(transport):
             self._closing = True
-            transport.abort()  # type: ignore[attr-defined]
+            self._transport.abort()
             return
         if self._on_open is not None:
             self._on_open(self)
