@@ -5,18 +5,28 @@ the renderer and the route stage both derive them from this module. A route of u
 gets every order; a longer one gets one order per first backend (the rest in config order), which keeps the number
 of Envoy routes linear. An order of one backend is a direct route: no aggregate cluster and no attempt stage, the
 route stage translates the request itself.
+
+A backend that can't serve a request (its translator refuses a field) leaves that request's order, so Envoy must also
+be given orders of the backends that remain. Backends whose translations are alike (`translation_kinds`: schema,
+preset, dropped fields, model, reasoning style) serve the same requests, so what can remain is a union of kinds: each
+candidate set of more than one kind also gets the orders of each such union, when it has at most
+`KIND_SETS_UP_TO` kinds; past that, each backend alone (a request whose remaining set Envoy was not given goes to its
+first backend, without failover, rather than to a backend that can't serve it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from .. import constants
 from .models import Backend, Config, ModelRoute
 
 FULL_ORDERS_UP_TO = 4
+KIND_SETS_UP_TO = 4
+"""Candidate sets of this many translation kinds at most get orders for every union of kinds (14 sets for 4)."""
 DEFAULT_RETRY_ON: tuple[int | str, ...] = (429, 500, 502, 503, 504, "connect-failure", "reset")
 
 
@@ -83,13 +93,17 @@ def retry_settings(route: ModelRoute, chain_length: int) -> RetrySettings:
                          retries=attempts - 1, deadline=route.deadline)
 
 
-def route_chain_sets(route: ModelRoute) -> dict[tuple[str, ...], dict[tuple[str, ...], ChainRoute]]:
-    """Per candidate set (the route's backends, then each rule's), every order Envoy is given for it.
+def route_chain_sets(route: ModelRoute, kinds: Mapping[str, Hashable] | None = None
+                     ) -> dict[tuple[str, ...], dict[tuple[str, ...], ChainRoute]]:
+    """Per candidate set (the route's backends, then each rule's, then what remains of them when backends of some
+    translation `kinds` can't serve a request), every order Envoy is given for it.
 
     Orders are cut to the route's attempt count. The `cost` policy may leave backends out (their context window is
     too small), so a set it ranks also gets every shorter order, down to each backend alone."""
     sets = [(tuple(entry.backend for entry in route.backends), route.policy)]
     sets += [(tuple(rule.backends), rule.policy or route.policy) for rule in route.rules]
+    if kinds is not None:
+        sets += [(subset, policy) for backends, policy in list(sets) for subset in remaining_sets(backends, kinds)]
     found: dict[tuple[str, ...], dict[tuple[str, ...], ChainRoute]] = {}
     for backends, policy in sets:
         length = min(len(backends), route.max_attempts or len(backends))
@@ -101,10 +115,43 @@ def route_chain_sets(route: ModelRoute) -> dict[tuple[str, ...], dict[tuple[str,
     return found
 
 
-def route_chains(route: ModelRoute) -> dict[tuple[str, ...], ChainRoute]:
+def remaining_sets(backends: tuple[str, ...], kinds: Mapping[str, Hashable]) -> list[tuple[str, ...]]:
+    """The proper subsets of `backends` that can remain once some kinds can't serve a request, in `backends`' order:
+    every union of its kinds, or each backend alone past `KIND_SETS_UP_TO` kinds."""
+    present = list(dict.fromkeys(kinds[b] for b in backends))
+    if len(present) < 2:
+        return []
+    if len(present) > KIND_SETS_UP_TO:
+        return [(b,) for b in backends]
+    return [tuple(b for b in backends if kinds[b] in chosen)
+            for size in range(1, len(present)) for chosen in itertools.combinations(present, size)]
+
+
+def reasoning_styles(config: Config) -> dict[tuple[str, str], str]:
+    """(backend, backend model) -> the reasoning style a route's backend entry configures for it."""
+    return {(entry.backend, entry.model): entry.reasoning.style
+            for route in config.routes for entry in route.backends if entry.reasoning is not None}
+
+
+def translation_kinds(config: Config, route: ModelRoute,
+                      styles: Mapping[tuple[str, str], str] | None = None) -> dict[str, Hashable]:
+    """Backend id -> what its translation of a request depends on besides the request: backends of one kind
+    translate every request alike, so they serve the same requests (`runtime.build.BackendInfo.chat_request`)."""
+    settings = {backend.id: backend for backend in config.backends}
+    styles = reasoning_styles(config) if styles is None else styles
+    found: dict[str, Hashable] = {}
+    for entry in route.backends:
+        backend = settings[entry.backend]
+        found[entry.backend] = (backend.schema_, backend.preset, tuple(backend.drop_fields), entry.model,
+                                styles.get((entry.backend, entry.model)))
+    return found
+
+
+def route_chains(route: ModelRoute, kinds: Mapping[str, Hashable] | None = None
+                 ) -> dict[tuple[str, ...], ChainRoute]:
     """Every Envoy route a model route may send a request down, by backend order."""
     flat: dict[tuple[str, ...], ChainRoute] = {}
-    for table in route_chain_sets(route).values():
+    for table in route_chain_sets(route, kinds).values():
         for order, chain in table.items():
             flat.setdefault(order, chain)
     return flat
@@ -113,8 +160,9 @@ def route_chains(route: ModelRoute) -> dict[tuple[str, ...], ChainRoute]:
 def all_chain_routes(config: Config) -> list[ChainRoute]:
     """Every distinct Envoy route, over all model routes, in config order."""
     seen: dict[str, ChainRoute] = {}
+    styles = reasoning_styles(config)
     for route in config.routes:
-        for chain in route_chains(route).values():
+        for chain in route_chains(route, translation_kinds(config, route, styles)).values():
             seen.setdefault(chain.name, chain)
     return list(seen.values())
 

@@ -273,6 +273,12 @@ def _default_url(data: dict) -> str | None:
     return None
 
 
+class ReasoningOverride(_Strict):
+    style: Literal["budget", "adaptive", "none"] = Field(
+        description="`budget`: thinking with a token budget; `adaptive`: adaptive thinking with an effort level; "
+                    "`none`: no thinking (reasoning_effort is refused).")
+
+
 class RouteBackend(_Strict):
     backend: str
     model: str = Field(min_length=1, description="The model name as the backend knows it; `*` in a wildcard route "
@@ -280,6 +286,9 @@ class RouteBackend(_Strict):
     weight: float = Field(1.0, gt=0, description="Share of first attempts under the `weighted` policy.")
     max_input_tokens: int | None = Field(
         None, ge=1, description="Context window: the `cost` policy skips this backend for longer prompts.")
+    reasoning: ReasoningOverride | None = Field(
+        None, description="How this backend model thinks, where the gateway's model table is wrong or too old "
+                          "(read by the Anthropic family: anthropic, bedrock-anthropic, vertex-anthropic).")
 
 
 Policy = Literal["priority", "weighted", "latency", "cost"]
@@ -359,6 +368,9 @@ class ModelRoute(_Strict):
     guardrails: list[GuardrailSettings] = []
     max_prompt_chars: int | None = Field(None, ge=1, description="Characters of prompt text at most (400 past it).")
     max_messages: int | None = Field(None, ge=1, description="Messages per request at most (400 past it).")
+    fields: Literal["lenient", "strict"] = Field(
+        "lenient", description="`lenient`: a backend that can't serve a request leaves its order, a 400 only when "
+                               "none can; `strict`: any backend of the request's chain refusing is a 400.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelRoute:
@@ -653,7 +665,7 @@ class Config(_Strict):
     def _references(self) -> Config:
         names = self.model_names()
         problems = [*self._unique_ids(), *self._backend_references(), *self._admin_problems(),
-                    *_key_model_problems(self.virtual_keys, names)]
+                    *self._reasoning_conflicts(), *_key_model_problems(self.virtual_keys, names)]
         if problems:
             raise ConfigProblems(problems)
         keys = [_with_route_models(key, names) for key in self.virtual_keys]
@@ -669,6 +681,21 @@ class Config(_Strict):
             if entry.backend not in known]
         problems += [(("prices", i, "backend"), f"unknown backend {price.backend!r}")
                      for i, price in enumerate(self.prices) if price.backend not in known]
+        return problems
+
+    def _reasoning_conflicts(self) -> list[tuple[Loc, str]]:
+        """A reasoning override belongs to a backend model: two routes may not give one backend model two styles."""
+        styles: dict[tuple[str, str], str] = {}
+        problems: list[tuple[Loc, str]] = []
+        for i, route in enumerate(self.routes):
+            for j, entry in enumerate(route.backends):
+                if entry.reasoning is None:
+                    continue
+                style = styles.setdefault((entry.backend, entry.model), entry.reasoning.style)
+                if style != entry.reasoning.style:
+                    problems.append((("routes", i, "backends", j, "reasoning", "style"),
+                                     f"backend {entry.backend!r} model {entry.model!r} has reasoning style {style!r} "
+                                     "in another route"))
         return problems
 
     def _unique_ids(self) -> list[tuple[Loc, str]]:

@@ -1,4 +1,6 @@
-"""The fake Anthropic provider: `POST /v1/messages`, answered as a `Message` or as the Messages SSE event stream.
+"""The fake Anthropic provider: `POST /v1/messages`, answered as a `Message` or as the Messages SSE event stream, and
+`POST /v1/messages/count_tokens` (`{"input_tokens": N}`, the same count a Message's usage reports; as on the real
+API, `max_tokens` and `stream` are extra inputs there).
 
 Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`. Claude
 on Bedrock (InvokeModel) and on Vertex (rawPredict) are answered by this module too, so they keep the same rules.
@@ -63,6 +65,7 @@ _TOOL_CHOICES = {"auto", "any", "tool", "none"}
 
 
 KIND = "anthropic"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 _SIGNING_KEY = b"babelgate demo thinking"
 _THINKING_RULE = (
@@ -79,7 +82,7 @@ def thinking_signature(thinking: str) -> str:
 
 
 def answer(call: Call) -> Reply:
-    if call.path != "/v1/messages":
+    if call.path not in ("/v1/messages", COUNT_TOKENS_PATH):
         return error(404, f"Not found: {call.method} {call.path}")
     if call.method != "POST":
         return error(405, f"Method {call.method} not allowed on {call.path}")
@@ -89,9 +92,27 @@ def answer(call: Call) -> Reply:
     if not call.headers.get("anthropic-version"):
         return error(400, "anthropic-version: header is required")
     try:
+        if call.path == COUNT_TOKENS_PATH:
+            return Reply(200, orjson.dumps({"input_tokens": count_tokens(call.body)}))
         return _messages(call)
     except Rejected as exc:
         return error(exc.status, exc.message)
+
+
+def count_tokens(body: object) -> int:
+    """A count_tokens body's prompt tokens, as `_messages` would report them (Bedrock and Vertex count with this
+    too). Raises `Rejected` as the real endpoint refuses."""
+    if body is NOT_JSON or not isinstance(body, dict):
+        raise Rejected("The request body is not valid JSON.")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise Rejected("model: Field required")
+    for extra in ("max_tokens", "stream"):
+        if extra in body:
+            raise Rejected(f"{extra}: Extra inputs are not permitted")
+    messages = _checked_messages(body.get("messages"))
+    _check_system(body.get("system"))
+    usage = _input_usage(body, messages)
+    return usage["input_tokens"] + usage["cache_read_input_tokens"]
 
 
 def error(status: int, message: str) -> Reply:

@@ -5,6 +5,8 @@
 - `POST /model/{modelId}/invoke`: Anthropic Claude (the Anthropic Messages body with `anthropic_version`, answered by
   the fake Anthropic provider's script), Amazon Titan text embeddings and Cohere embed;
 - `POST /model/{modelId}/invoke-with-response-stream`: Claude, as `chunk` events carrying base64 Anthropic events.
+- `POST /model/{modelId}/count-tokens` (CountTokens): Claude, with an InvokeModel body (`{"input": {"invokeModel":
+  {"body": <base64>}}}`), answered `{"inputTokens": N}`.
 
 Requests must carry a well-formed SigV4 `Authorization` header scoped to the `bedrock` service, with `x-amz-date`
 (the signature itself is not recomputed), or a Bedrock API key as `Authorization: Bearer`. With an `api_key`
@@ -58,7 +60,7 @@ EVENTSTREAM = "application/vnd.amazon.eventstream"
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
 COHERE_MAX_TEXTS = 96
 
-_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream)$")
+_PATH = re.compile(r"^/model/([^/]+)/(converse|converse-stream|invoke|invoke-with-response-stream|count-tokens)$")
 _SIGV4 = re.compile(r"^AWS4-HMAC-SHA256 Credential=(?P<key>[^/\s,]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)/"
                     r"(?P<service>[a-z0-9-]+)/aws4_request,\s*SignedHeaders=(?P<signed>[a-z0-9;-]+),\s*"
                     r"Signature=[0-9a-f]{64}$")
@@ -100,6 +102,8 @@ def answer(call: Call) -> Reply:
     try:
         if operation in ("converse", "converse-stream"):
             return _converse(call, model, stream=operation == "converse-stream")
+        if operation == "count-tokens":
+            return _count_tokens(call, model)
         return _invoke(call, model, stream=operation == "invoke-with-response-stream")
     except Rejected as exc:
         return error(exc.status, exc.message)
@@ -451,6 +455,35 @@ def _invoke(call: Call, model: str, *, stream: bool) -> Reply:
     if "cohere.embed-" in model:
         return _cohere_embedding(model, body)
     raise Rejected("The provided model identifier is invalid.")
+
+
+def _count_tokens(call: Call, model: str) -> Reply:
+    """CountTokens with an InvokeModel body (`{"input": {"invokeModel": {"body": <base64>}}}`) for Claude: the
+    tokens that body's prompt would use, as `{"inputTokens": N}`."""
+    body = _json_object(call.body)
+    invoke = (body.get("input") or {}).get("invokeModel") if isinstance(body.get("input"), dict) else None
+    if set(body) != {"input"} or not isinstance(invoke, dict) or set(invoke) != {"body"}:
+        raise Rejected("1 validation error detected: Value at 'input' failed to satisfy constraint: exactly one of "
+                       "invokeModel or converse must be set")
+    if "anthropic.claude" not in model:
+        raise Rejected("The provided model doesn't support counting tokens.")
+    try:
+        inner = orjson.loads(base64.b64decode(invoke["body"], validate=True))
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        raise Rejected("Malformed input request: the invokeModel body is not base64 of a JSON object") from None
+    if not isinstance(inner, dict) or inner.get("anthropic_version") != ANTHROPIC_VERSION:
+        raise Rejected(f"Malformed input request: anthropic_version must be {ANTHROPIC_VERSION!r}")
+    for key in ("model", "stream"):
+        if key in inner:
+            raise Rejected(f"Malformed input request: #: extraneous key [{key}] is not permitted, please reformat your "
+                           "input and try again.")
+    counted = {key: value for key, value in inner.items()
+               if key not in ("anthropic_version", "anthropic_beta", "max_tokens")}
+    try:
+        tokens = anthropic_server.count_tokens({**counted, "model": model})
+    except Rejected as exc:
+        raise Rejected(f"Malformed input request: {exc.message}") from None
+    return Reply(200, orjson.dumps({"inputTokens": tokens}), headers=(("x-amzn-requestid", str(uuid.uuid4())),))
 
 
 def _invoke_claude(call: Call, model: str, body: dict, *, stream: bool) -> Reply:

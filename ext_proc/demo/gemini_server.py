@@ -3,14 +3,15 @@ Vertex AI (`rawPredict` / `streamRawPredict` on the `vertex` kind).
 
 AI Studio, key in `x-goog-api-key` (or `?key=` when the query reaches this module):
 - `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (SSE, as with `?alt=sse`)
-- `POST /v1beta/models/{model}:batchEmbedContents`
+- `POST /v1beta/models/{model}:batchEmbedContents`, `:countTokens` (`contents` or `generateContentRequest`)
 
 Vertex AI, `authorization: Bearer <token>` (the token must equal the demo's key when it has one):
 - `POST /v1/projects/{p}/locations/{l}/publishers/google/models/{model}:generateContent`, `:streamGenerateContent`,
   `:predict` (text embeddings)
 - `POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{model}:rawPredict`, `:streamRawPredict`: the
   Anthropic Messages body with `anthropic_version: vertex-2023-10-16` and no `model`, answered by the Anthropic
-  demo's own script and formats
+  demo's own script and formats; `.../publishers/anthropic/models/count-tokens:rawPredict` counts (the body names
+  the model) and `.../publishers/google/models/{model}:countTokens` counts a Gemini request
 - `POST /token`: an OAuth token endpoint, so a service-account key whose `token_uri` points here yields a token this
   server accepts (the demo's key, or a fixed demo token). The form body is not checked: `Call` carries JSON bodies.
 
@@ -602,7 +603,8 @@ def _vector(text: str, dimensions: int) -> list[float]:
 
 
 def _raw_predict(call: Call, model: str, vertex: bool, stream: bool = False) -> Reply:
-    """Check what Vertex adds to the Messages body, then let the Anthropic demo answer as `model`."""
+    """Check what Vertex adds to the Messages body, then let the Anthropic demo answer as `model`. The model
+    `count-tokens` is Vertex's counting endpoint (the body names the model)."""
     body = call.body
     if body is NOT_JSON or not isinstance(body, dict):
         return anthropic_server.error(400, "The request body is not valid JSON.")
@@ -610,6 +612,11 @@ def _raw_predict(call: Call, model: str, vertex: bool, stream: bool = False) -> 
     if version != VERTEX_ANTHROPIC_VERSION and not (isinstance(version, str) and _API_DATE.match(version)):
         return anthropic_server.error(400, f"anthropic_version: Input should be '{VERTEX_ANTHROPIC_VERSION}' "
                                            "or an Anthropic API version date")
+    if model == "count-tokens" and not stream:
+        counted = {key: value for key, value in body.items() if key != "anthropic_version"}
+        headers = {**call.headers, "x-api-key": "vertex", "anthropic-version": "2023-06-01"}
+        return anthropic_server.answer(Call(call.name, "POST", anthropic_server.COUNT_TOKENS_PATH, headers, counted,
+                                            None))
     if "model" in body:
         return anthropic_server.error(400, "model: Extra inputs are not permitted (the model is in the URL)")
     messages_body = {key: value for key, value in body.items() if key != "anthropic_version"}
@@ -624,10 +631,38 @@ def _stream_raw_predict(call: Call, model: str, vertex: bool) -> Reply:
     return _raw_predict(call, model, vertex, stream=True)
 
 
+def _count_tokens(call: Call, model: str, vertex: bool) -> Reply:
+    """countTokens: AI Studio takes `contents` or a whole `generateContentRequest`, Vertex the request's contents,
+    system instruction and tools; both answer `totalTokens`, the count generateContent reports as its prompt's."""
+    body = call.body
+    if body is NOT_JSON or not isinstance(body, dict):
+        raise Rejected("Invalid JSON payload received. Expected an object.")
+    request = body.get("generateContentRequest") if not vertex else None
+    if request is not None:
+        if set(body) != {"generateContentRequest"} or not isinstance(request, dict):
+            raise Rejected("contents and generateContentRequest can't both be set")
+        if request.get("model") != f"models/{model}":
+            raise Rejected("generateContentRequest.model must name the model of the URL (models/...)")
+        request = {key: value for key, value in request.items() if key != "model"}
+    else:
+        _known(_normalized(body), {"contents", "systemInstruction", "tools", "generationConfig", "instances"}, "")
+        request = body
+    checked = _checked_request(request)
+    prompt = estimate_tokens(checked.get("systemInstruction"), checked["contents"], checked.get("tools"))
+    answer: dict[str, object] = {"totalTokens": prompt}
+    if vertex:
+        answer["totalBillableCharacters"] = len(orjson.dumps(checked["contents"]))
+    else:
+        answer["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+    return Reply(200, orjson.dumps(answer))
+
+
 _METHODS: dict[tuple[str, str], Callable[[Call, str, bool], Reply]] = {
     ("ai-studio", "generateContent"): _generate,
     ("ai-studio", "streamGenerateContent"): _stream,
     ("ai-studio", "batchEmbedContents"): _batch_embed,
+    ("ai-studio", "countTokens"): _count_tokens,
+    ("google", "countTokens"): _count_tokens,
     ("google", "generateContent"): _generate,
     ("google", "streamGenerateContent"): _stream,
     ("google", "predict"): _predict,

@@ -6,8 +6,10 @@ runtime build looks it up once per backend, and the stages call only what that c
 
 - `chat_path(model, stream, backend) -> str`: path (and query) appended to the backend's base URL path; `backend` is
   the backend's `config.models.Backend` (region, api_version, project, ...).
-- `chat_request(body, model, *, default_max_tokens) -> dict`: OpenAI chat request -> provider request. Raises
-  `errors.BadRequest` for fields the provider can't honour (never silently drops one that changes the answer).
+- `chat_request(body, model, *, default_max_tokens, dropped=None, reasoning=None) -> dict`: OpenAI chat request ->
+  provider request. Raises `errors.BadRequest` for fields the provider can't honour (never silently drops one that
+  changes the answer); appends to `dropped` what it leaves out for this model or value (its `FIELDS` table's drops
+  are `Translator.table_drops`); `reasoning` is a backend model's configured thinking style (Anthropic family only).
 - `chat_response(body, model, created) -> dict`: provider answer -> OpenAI `chat.completion`.
 - `chat_stream(model, created, include_usage) -> stream.ChatStream`: `.feed(event, data) -> list[dict]` turns one
   provider stream event (SSE, or AWS binary event-stream frames, both decoded to (event type, payload bytes)) into

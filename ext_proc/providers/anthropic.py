@@ -21,7 +21,11 @@ Things worth knowing before changing this file:
   `output_config.effort` (4.6: low/medium/high/max; Opus 4.7+ and 5.x add xhigh, and refuse budgets); Claude 3.5 and
   older have no thinking. `reasoning_effort` becomes the nearest level the model has at or below the one asked for
   (minimal -> low; xhigh on a 4.6 model -> high; xhigh/max on a budget model -> the high budget). An id the table does
-  not know (an ARN, an alias) is taken as a budget-thinking model, the behaviour before the table existed.
+  not know (an ARN, an alias) is taken as a budget-thinking model, the behaviour before the table existed. A route's
+  backend entry may set the style itself (`reasoning: {style: budget|adaptive|none}`, `overridden`): the table's
+  sampling and structured-output rules stay.
+- Sampling fields and model-dependent drops are appended to the `dropped` list the caller passes (named to the client
+  in `x-babelgate-dropped-fields`); the table's DROPPED fields are found by `Translator.table_drops`.
 - Sampling: Opus 4.1 and later answer 400 to `temperature` and `top_p` together ("cannot both be specified"), so only
   `temperature` goes when both are given; Opus 4.7+ and 5.x answer 400 to either ("deprecated for this model"), so
   neither goes, as with thinking on. The anthropic SDK (1.x and later) no longer declares the sampling fields.
@@ -52,7 +56,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import orjson
@@ -222,6 +226,23 @@ def capabilities(model: str) -> Capabilities:
     return Capabilities(ADAPTIVE, _EFFORTS, False, False, True)
 
 
+REASONING_STYLES = (BUDGET, ADAPTIVE, NO_THINKING)
+"""What a route's backend entry may set as `reasoning.style` (`config.models.ReasoningOverride`)."""
+_DEFAULT_EFFORTS = ("low", "medium", "high", "max")
+"""The effort levels of a model configured `adaptive` that the table does not know as adaptive."""
+
+
+@lru_cache(maxsize=256)  # keyed by configured (model, style) pairs
+def overridden(model: str, style: str) -> Capabilities:
+    """`capabilities(model)` with the thinking style a backend entry configures (`reasoning: {style: ...}`): for a
+    model the table does not know yet, or knows wrongly. Sampling and structured-output rules stay the table's."""
+    table = capabilities(model)
+    if style == table.thinking:
+        return table
+    efforts = (table.efforts or _DEFAULT_EFFORTS) if style == ADAPTIVE else ()
+    return replace(table, thinking=style, efforts=efforts)
+
+
 def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return "/v1/messages"
 
@@ -229,24 +250,28 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
 # --- request -------------------------------------------------------------------------------------------------------
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """Translate an OpenAI chat request into an Anthropic Messages request for `model`, with the client's
     `provider_options["anthropic"]` merged in."""
-    request = messages_request(body, model, default_max_tokens=default_max_tokens)
+    request = messages_request(body, model, default_max_tokens=default_max_tokens, dropped=dropped,
+                               reasoning=reasoning)
     return with_provider_options(request, body, (SCHEMA,), RESERVED_OPTIONS)
 
 
-def messages_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
-    """The Messages request for `model`, before any `provider_options`: Bedrock and Vertex start from it too."""
+def messages_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                     reasoning: str | None = None) -> JsonObject:
+    """The Messages request for `model`, before any `provider_options`: Bedrock and Vertex start from it too.
+    `reasoning` (a configured thinking style) overrides the table's; `dropped` gets the sampling fields left out."""
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
-    claude = capabilities(model)
+    claude = capabilities(model) if reasoning is None else overridden(model, reasoning)
     system, messages = _conversation(body.get("messages"))
     limit, _ = requested_max_tokens(body)
     request: JsonObject = {"model": model, "max_tokens": limit or default_max_tokens, "messages": messages}
     if system:
         request["system"] = system
-    thinking_on = _add_reasoning(request, body.get("reasoning_effort"), claude, model)
-    _add_sampling(request, body, claude, thinking_on)
+    thinking_on = _add_reasoning(request, body.get("reasoning_effort"), claude, dropped)
+    _add_sampling(request, body, claude, thinking_on, dropped)
     stop = body.get("stop")
     if stop:
         request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
@@ -270,8 +295,9 @@ def messages_request(body: JsonObject, model: str, *, default_max_tokens: int) -
     return request
 
 
-def _add_reasoning(request: JsonObject, effort: object, claude: Capabilities, model: str) -> bool:
-    """`reasoning_effort` -> `thinking` (and `output_config.effort`); True when thinking is on."""
+def _add_reasoning(request: JsonObject, effort: object, claude: Capabilities, dropped: list[str] | None) -> bool:
+    """`reasoning_effort` -> `thinking` (and `output_config.effort`); True when thinking is on. A model without
+    extended thinking answers all the same, so the setting only steered: it is dropped (and named), not refused."""
     if effort is None:
         return False
     if not isinstance(effort, str) or effort not in _REASONING_EFFORTS:
@@ -281,8 +307,9 @@ def _add_reasoning(request: JsonObject, effort: object, claude: Capabilities, mo
         request["thinking"] = {"type": "disabled"}
         return False
     if claude.thinking == NO_THINKING:
-        raise BadRequest(f"the model {model!r} has no extended thinking; reasoning_effort {effort!r} can't be "
-                         "honoured (use 'none' or leave it out)", param="reasoning_effort")
+        if dropped is not None:
+            dropped.append("reasoning_effort")
+        return False
     if claude.thinking == BUDGET:
         budget = _THINKING_BUDGETS[effort]
         request["thinking"] = {"type": "enabled", "budget_tokens": budget}
@@ -303,18 +330,21 @@ def _nearest_effort(effort: str, available: tuple[str, ...]) -> str:
     return available[0]
 
 
-def _add_sampling(request: JsonObject, body: JsonObject, claude: Capabilities, thinking_on: bool) -> None:
+def _add_sampling(request: JsonObject, body: JsonObject, claude: Capabilities, thinking_on: bool,
+                  dropped: list[str] | None) -> None:
+    """`temperature` and `top_p` where the model takes them; what is left out is appended to `dropped`."""
     temperature = body.get("temperature")
     if temperature is not None and (not isinstance(temperature, int | float) or isinstance(temperature, bool)):
         raise BadRequest("'temperature' must be a number", param="temperature")
-    if not claude.sampling:
-        return  # Opus 4.7+ answer 400 to any sampling field; like the default with thinking on, it is left out
-    if temperature is not None and not thinking_on:
-        # OpenAI accepts 0..2, Anthropic 0..1: values above 1 are clamped rather than refused, since both ends mean
-        # "most random" to the client. With thinking on, Anthropic only accepts the default, so it is left out.
-        request["temperature"] = min(float(temperature), 1.0)
-    if body.get("top_p") is not None and (claude.sampling_pair or "temperature" not in request):
-        request["top_p"] = body["top_p"]
+    if claude.sampling:  # Opus 4.7+ answer 400 to any sampling field: like the default with thinking on, left out
+        if temperature is not None and not thinking_on:
+            # OpenAI accepts 0..2, Anthropic 0..1: values above 1 are clamped rather than refused, since both ends
+            # mean "most random" to the client. With thinking on, Anthropic only accepts the default: left out.
+            request["temperature"] = min(float(temperature), 1.0)
+        if body.get("top_p") is not None and (claude.sampling_pair or "temperature" not in request):
+            request["top_p"] = body["top_p"]
+    if dropped is not None:
+        dropped.extend(name for name in ("temperature", "top_p") if body.get(name) is not None and name not in request)
 
 
 def _add_response_format(request: JsonObject, response_format: object, claude: Capabilities,
@@ -869,6 +899,7 @@ def _error_from_anthropic(payload: JsonObject, status: int | None) -> JsonObject
 
 class AnthropicTranslator(Translator):
     schemas = (SCHEMA,)
+    fields = FIELDS
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)
     chat_response = staticmethod(chat_response)

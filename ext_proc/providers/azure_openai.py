@@ -57,7 +57,8 @@ def embeddings_path(model: str, backend: Backend | None = None) -> str:
     return f"/openai/deployments/{_deployment(model, backend)}/embeddings?api-version={_api_version(backend)}"
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """The OpenAI request (model swapped, usage asked for on streams); unknown fields are refused."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -140,6 +141,7 @@ def _api_version(backend: Backend | None) -> str:
 
 class AzureOpenAITranslator(Translator):
     schemas = (SCHEMA,)
+    fields = FIELDS
     identity_responses = True
     serves_embeddings = True
     chat_path = staticmethod(chat_path)

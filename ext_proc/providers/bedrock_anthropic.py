@@ -44,10 +44,12 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return f"/model/{model_path_segment(model)}/{'invoke-with-response-stream' if stream else 'invoke'}"
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """The Anthropic Messages request for `model`, in InvokeModel's form."""
     _refuse_urls(body)
-    request = anthropic.messages_request(body, model, default_max_tokens=default_max_tokens)
+    request = anthropic.messages_request(body, model, default_max_tokens=default_max_tokens,
+                                         dropped=dropped, reasoning=reasoning)
     request.pop("model", None)
     request.pop("stream", None)
     return with_provider_options({"anthropic_version": BEDROCK_ANTHROPIC_VERSION, **request}, body, (SCHEMA,),
@@ -102,6 +104,7 @@ def error_response(status: int, body: bytes, headers: Mapping[str, str] | None =
 
 class BedrockAnthropicTranslator(Translator):
     schemas = (SCHEMA,)
+    fields = FIELDS
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)
     chat_response = staticmethod(chat_response)

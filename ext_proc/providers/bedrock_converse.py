@@ -235,21 +235,24 @@ class _Reasoning:
     forced_tools: bool = True  # toolChoice any/tool allowed
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
-    """Translate an OpenAI chat request into a Converse request body (the model id travels in the path)."""
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
+    """Translate an OpenAI chat request into a Converse request body (the model id travels in the path). What a
+    model lacks (reasoning, sampling with reasoning on) is appended to `dropped`; `reasoning` (a configured style)
+    is not read: the model family decides."""
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, "bedrock-converse")
     system, messages = _conversation(body.get("messages"), model_family(model) == "claude")
     request: JsonObject = {"messages": messages}
     if system:
         request["system"] = system
 
-    reasoning = _reasoning(body.get("reasoning_effort"), model_family(model))
-    inference = _inference_config(body, reasoning, default_max_tokens)
+    thinking = _reasoning(body.get("reasoning_effort"), model_family(model))
+    inference = _inference_config(body, thinking, default_max_tokens)
     if inference:
         request["inferenceConfig"] = inference
 
-    tool_config = _tool_config(body, messages, reasoning)
-    json_tool = _json_object_tool(body.get("response_format"), tool_config, reasoning)
+    tool_config = _tool_config(body, messages, thinking)
+    json_tool = _json_object_tool(body.get("response_format"), tool_config, thinking)
     if json_tool is not None:
         tool_config = json_tool
     if tool_config is not None:
@@ -257,8 +260,10 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
     output_config = _output_config(body.get("response_format"))
     if output_config is not None:
         request["outputConfig"] = output_config
-    if reasoning.fields:
-        request["additionalModelRequestFields"] = reasoning.fields
+    if thinking.fields:
+        request["additionalModelRequestFields"] = thinking.fields
+    if dropped is not None:
+        _name_dropped(dropped, body, thinking, inference)
 
     tier = body.get("service_tier")
     if tier is not None and tier != "auto":
@@ -267,6 +272,16 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> Js
                              param="service_tier")
         request["serviceTier"] = {"type": _SERVICE_TIERS[tier]}
     return with_provider_options(request, body, (SCHEMA,), _RESERVED_OPTIONS)
+
+
+def _name_dropped(dropped: list[str], body: JsonObject, thinking: _Reasoning, inference: JsonObject) -> None:
+    """The fields this model left out: an effort it has no setting for, sampling that reasoning rules out."""
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort != "none" and not thinking.fields:
+        dropped.append("reasoning_effort")
+    for name, sent in (("temperature", "temperature"), ("top_p", "topP")):
+        if body.get(name) is not None and sent not in inference:
+            dropped.append(name)
 
 
 def _reasoning(effort: object, family: str) -> _Reasoning:
@@ -960,6 +975,7 @@ def _exception_name(value: object) -> str | None:
 
 class BedrockConverseTranslator(Translator):
     schemas = (SCHEMA,)
+    fields = FIELDS
     serves_embeddings = True
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)

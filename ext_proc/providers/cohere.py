@@ -147,7 +147,8 @@ def embeddings_path(model: str, backend: object = None) -> str:
 # --- request -------------------------------------------------------------------------------------------------------
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """Translate an OpenAI chat request into a Cohere v2 chat request for `model`.
 
     Cohere needs no `max_tokens` (it defaults to the model's output limit, as OpenAI does), so `default_max_tokens`
@@ -675,6 +676,7 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
 
 class CohereTranslator(Translator):
     schemas = (SCHEMA,)
+    fields = FIELDS
     serves_embeddings = True
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)

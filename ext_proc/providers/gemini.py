@@ -246,7 +246,8 @@ def _model_path(model: str, backend: Backend | None) -> str:
 # --- request -------------------------------------------------------------------------------------------------------
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """Translate an OpenAI chat request into a Gemini GenerateContentRequest for `model`.
 
     Gemini needs no max_tokens (it defaults to the model's limit), so `default_max_tokens` is not used.
@@ -1056,6 +1057,7 @@ def embeddings_response(body: JsonObject, model: str) -> JsonObject:
 
 class GeminiTranslator(Translator):
     schemas = SCHEMAS
+    fields = FIELDS
     serves_embeddings = True
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)

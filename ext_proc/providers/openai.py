@@ -37,7 +37,8 @@ def chat_path(model: str, stream: bool, backend: object = None) -> str:
     return "/chat/completions"
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched,
     except Anthropic's `cache_control` marks and `thinking_blocks`, and Babelgate's `provider_options` (its `openai`
     object merged in)."""

@@ -243,6 +243,14 @@ def rules(preset: str) -> dict[str, str]:
     return {name: spec.rule(name) for name in OPENAI_CHAT_FIELDS}
 
 
+def drops(preset: str, body: JsonObject) -> list[str]:
+    """The fields of `body` (with a value) that `adapt_request` drops for `preset`, to be named to the client
+    (`stream_options` is not: the gateway honours it)."""
+    spec = PRESETS[preset]
+    return [name for name, value in body.items()
+            if value is not None and name != "stream_options" and spec.rule(name) == DROPPED]
+
+
 def adapt_request(preset: str, body: JsonObject, model: str) -> JsonObject:
     """The OpenAI request `body` (already built for the backend) as `preset` takes it; raises BadRequest naming a
     field the provider would silently ignore. The input is not modified."""

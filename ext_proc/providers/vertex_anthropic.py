@@ -36,9 +36,11 @@ def chat_path(model: str, stream: bool, backend: Backend | None = None) -> str:
             f":{'streamRawPredict' if stream else 'rawPredict'}")
 
 
-def chat_request(body: JsonObject, model: str, *, default_max_tokens: int) -> JsonObject:
+def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
+                 reasoning: str | None = None) -> JsonObject:
     """The Anthropic Messages request for `model`, without `model` and with Vertex's `anthropic_version` first."""
-    request = anthropic.messages_request(body, model, default_max_tokens=default_max_tokens)
+    request = anthropic.messages_request(body, model, default_max_tokens=default_max_tokens,
+                                         dropped=dropped, reasoning=reasoning)
     del request["model"]
     return with_provider_options({"anthropic_version": API_VERSION, **request}, body, (SCHEMA,), RESERVED_OPTIONS)
 
@@ -51,6 +53,7 @@ def error_response(status: int, body: bytes, headers: object = None) -> tuple[in
 
 class VertexAnthropicTranslator(Translator):
     schemas = (SCHEMA,)
+    fields = FIELDS
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)
     chat_response = staticmethod(chat_response)

@@ -14,7 +14,7 @@ from .. import providers
 from ..auth.backend_credentials import credential_for
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.virtual_keys import KeyInfo
-from ..config.chains import route_chain_sets
+from ..config.chains import reasoning_styles, route_chain_sets, translation_kinds
 from ..config.models import Backend, Config, ModelRoute, RoutingSettings
 from ..guardrails.engine import Guardrail
 from ..json_types import JsonObject
@@ -42,17 +42,40 @@ class BackendInfo:
     settings: Backend
     secret_digest: str = ""
     """Of the API key read at load: a reload keeps the credential object only if neither settings nor key changed."""
+    reasoning: dict[str, str] | None = None
+    """Backend model -> the reasoning style a route's entry configures (`reasoning: {style}`); None when none
+    does. A wildcard entry's model keeps its `*` (matched by `reasoning_style`)."""
 
-    def chat_request(self, body: JsonObject, model: str, default_max_tokens: int) -> JsonObject:
+    def chat_request(self, body: JsonObject, model: str, default_max_tokens: int,
+                     dropped: list[str] | None = None) -> JsonObject:
         """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...), then the
-        backend's `drop_fields`. What it makes depends on the backend (preset, dropped fields) and the model name,
-        not only on the schema: a translation made for one backend is reused for that backend alone."""
-        upstream = self.translator.chat_request(body, model, default_max_tokens=default_max_tokens)
+        backend's `drop_fields`. What it makes depends on the backend (preset, dropped fields), the model name and
+        its reasoning style, not only on the schema (`config.chains.translation_kinds`). `dropped`, when given,
+        gets the client's fields that did not go: the translator's table and its own, the preset's, `drop_fields`."""
+        if dropped is not None:
+            dropped.extend(self.translator.table_drops(body))
+        reasoning = self.reasoning_style(model) if self.reasoning is not None else None
+        upstream = self.translator.chat_request(body, model, default_max_tokens=default_max_tokens, dropped=dropped,
+                                                reasoning=reasoning)
         if self.settings.preset is not None:
+            if dropped is not None:
+                dropped.extend(presets.drops(self.settings.preset, upstream))
             upstream = presets.adapt_request(self.settings.preset, upstream, model)
         for name in self.settings.drop_fields:
-            upstream.pop(name, None)
+            if upstream.pop(name, None) is not None and dropped is not None and name in body:
+                dropped.append(name)
         return upstream
+
+    def reasoning_style(self, model: str) -> str | None:
+        """The configured reasoning style of `model` on this backend (a wildcard entry's `*` matches any part)."""
+        styles = self.reasoning or {}
+        style = styles.get(model)
+        if style is None:
+            for pattern, configured in styles.items():
+                prefix, star, suffix = pattern.partition("*")
+                if star and model.startswith(prefix) and model.endswith(suffix):
+                    return configured
+        return style
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +112,13 @@ class RouteInfo:
     """(candidate set, backend) -> an order of that set starting with that backend, for orders Envoy was not given
     (sets of many backends)."""
     attempts: dict[tuple[str, ...], int]
-    """Orders are cut to this many backends, per candidate set (the route's backends, each rule's)."""
-    translations: tuple[BackendInfo, ...]
-    """One backend per distinct schema and preset in the chain: the route stage translates the request once per
-    kind up front, so a field some backend refuses is a 400 before anything is sent anywhere. A direct route whose
-    backend is among these sends the translation made here."""
+    """Orders are cut to this many backends, per candidate set (the route's backends, each rule's, and what can
+    remain of them when backends can't serve a request: `config.chains.remaining_sets`)."""
+    translations: tuple[tuple[BackendInfo, tuple[str, ...]], ...]
+    """One backend per translation kind of the route (`config.chains.translation_kinds`), with the route's backends
+    of that kind (itself first): the route stage translates the request once per kind up front, and a kind whose
+    translator refuses it leaves the request's order. Backends of one kind share the translation (it is the same),
+    and a direct route sends the one made here."""
     embeddings: bool
     """Every backend of the chain serves /v1/embeddings."""
     wildcard: bool
@@ -101,6 +126,8 @@ class RouteInfo:
     guardrails: tuple[Guardrail, ...] = ()
     max_prompt_chars: int | None = None
     max_messages: int | None = None
+    strict: bool = False
+    """`fields: strict`: any candidate backend refusing the request is a 400, instead of leaving the order."""
 
     def backend_model(self, backend: str, requested: str) -> str:
         """The backend's model name; a wildcard route's `*` becomes what the client's name matched."""
@@ -112,8 +139,12 @@ class RouteInfo:
     def chain_for(self, order: list[str] | tuple[str, ...], candidates: tuple[str, ...]) -> ChainChoice:
         """The Envoy route for this order; for an order Envoy was not given (a set of many backends), the given
         order with the same first backend, or that backend alone if the former would try a backend this request
-        may not use (outside its rule's set, or left out by the `cost` policy)."""
-        cut = tuple(order[:self.attempts[candidates]])
+        may not use (outside its rule's set, left out by the `cost` policy, or unable to serve the request).
+        `candidates`: the backends the request may use (its rule's, less those that can't serve it)."""
+        attempts = self.attempts.get(candidates)
+        if attempts is None:  # what remained of a set of many kinds (`config.chains.remaining_sets`)
+            return self.chains[(order[0],)]
+        cut = tuple(order[:attempts])
         exact = self.chains.get(cut)
         if exact is not None:
             return exact
@@ -155,6 +186,10 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
     if load_secrets:
         check_environment(config)
     backends: dict[str, BackendInfo] = {}
+    styles = reasoning_styles(config)
+    reasoning: dict[str, dict[str, str]] = {}
+    for (backend_id, model), style in styles.items():
+        reasoning.setdefault(backend_id, {})[model] = style
     for index, backend in enumerate(config.backends):
         credential: Credential = StaticCredential()
         digest = ""
@@ -170,7 +205,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
         backends[backend.id] = BackendInfo(
             id=backend.id, schema=backend.schema_, translator=providers.for_schema(backend.schema_),
             authority=backend.authority, origin=f"{backend.scheme}://{backend.authority}", base_path=backend.base_path,
-            credential=credential, settings=backend, secret_digest=digest)
+            credential=credential, settings=backend, secret_digest=digest, reasoning=reasoning.get(backend.id))
     if previous is not None:
         health = previous.health
         telemetry = telemetry or previous.telemetry
@@ -178,7 +213,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
     routes: dict[str, RouteInfo] = {}
     wildcards: list[RouteInfo] = []
     for route in config.routes:
-        info = _route_info(config, route, backends)
+        info = _route_info(config, route, backends, styles)
         if info.wildcard:
             wildcards.append(info)
             continue
@@ -243,36 +278,37 @@ class BackendHealth:
         self.rng = random.Random()
 
 
-def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendInfo]) -> RouteInfo:
+def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendInfo],
+                styles: dict[tuple[str, str], str]) -> RouteInfo:
     ids = tuple(entry.backend for entry in route.backends)
     models = {entry.backend: entry.model for entry in route.backends}
+    kind_of = translation_kinds(config, route, styles)
     choices: dict[tuple[str, ...], ChainChoice] = {}
     by_first: dict[tuple[tuple[str, ...], str], ChainChoice] = {}
-    for candidates, table in route_chain_sets(route).items():
+    chain_sets = route_chain_sets(route, kind_of)
+    for candidates, table in chain_sets.items():
         for order, chain in table.items():
             choice = choices.setdefault(
                 order, ChainChoice(order, chain.name, chain.direct, _first_byte_ms(order, backends)))
             by_first.setdefault((candidates, order[0]), choice)
-    candidate_sets = [ids, *(tuple(rule.backends) for rule in route.rules)]
-    attempts = {candidates: min(len(candidates), route.max_attempts or len(candidates))
-                for candidates in candidate_sets}
+    attempts = {candidates: min(len(candidates), route.max_attempts or len(candidates)) for candidates in chain_sets}
     prices = {p.backend: (p.input / 1e6, p.output / 1e6) for p in config.prices
               if p.backend in models and p.model == models[p.backend]}
-    kinds: dict[tuple[str, str | None], BackendInfo] = {}
+    kinds: dict[object, list[str]] = {}
     for backend_id in ids:
-        backend = backends[backend_id]
-        kinds.setdefault((backend.schema, backend.settings.preset), backend)
+        kinds.setdefault(kind_of[backend_id], []).append(backend_id)
     return RouteInfo(
         name=route.model, backends=ids, backend_models=models, policy=route.policy,
         weights={entry.backend: entry.weight for entry in route.backends},
         windows={entry.backend: entry.max_input_tokens for entry in route.backends},
         prices=prices, sticky_header=route.sticky_header, exploration=route.exploration,
         rules=tuple(CompiledRule.of(rule, route.policy) for rule in route.rules),
-        chains=choices, by_first=by_first, attempts=attempts, translations=tuple(kinds.values()),
+        chains=choices, by_first=by_first, attempts=attempts,
+        translations=tuple((backends[same[0]], tuple(same)) for same in kinds.values()),
         embeddings=all(backends[b].translator.serves_embeddings for b in ids),
         wildcard=route.is_wildcard, log_content=route.log_content,
         guardrails=tuple(Guardrail.of(g) for g in route.guardrails), max_prompt_chars=route.max_prompt_chars,
-        max_messages=route.max_messages)
+        max_messages=route.max_messages, strict=route.fields == "strict")
 
 
 def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:

@@ -1,5 +1,7 @@
 """Whole (buffered) answers back to the client: a provider's JSON answer or error in OpenAI's form, re-encoded for
 Anthropic Messages clients, embeddings in base64 when the client asked, and never a credential the provider quoted.
+An Anthropic-family backend's answer to an Anthropic client is not translated (`untranslated`: read for usage and
+guardrails only), and a count is answered in Anthropic's `{"input_tokens": N}` (`count_reply`).
 
 Streamed answers are `stream_relay.py`'s.
 """
@@ -18,10 +20,11 @@ from ..auth.credentials import StaticCredential
 from ..client_formats import anthropic_messages
 from ..errors import UpstreamError, anthropic_error_from_openai
 from ..json_types import JsonObject
+from ..providers import anthropic, anthropic_passthrough
 from ..runtime.build import BackendInfo
 from ..wire.external_processor_pb2 import ProcessingResponse
 from . import messages
-from .endpoints import Endpoint
+from .endpoints import ANTHROPIC_STYLE, Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,46 @@ def client_reply(answer: JsonObject, model: str, endpoint: Endpoint) -> Processi
     return json_reply(answer)
 
 
+def untranslated(backend: BackendInfo, raw: bytes, request_id: str) -> JsonObject:
+    """An Anthropic-family backend's Message, parsed to meter and check it (the client gets it as it came).
+    Raises `UpstreamError` (a 502) for one that is not a JSON object."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        log.warning("backend %r answered request %s with a body that is not a JSON object", backend.id,
+                    request_id or "-")
+        raise UpstreamError(f"Backend {backend.id!r} sent an answer the gateway could not read.")
+    return answer
+
+
+def metered(answer: JsonObject) -> JsonObject:
+    """What the usage meter reads of an Anthropic Message, in the OpenAI form it reads: usage and text."""
+    content = answer.get("content")
+    text = "".join(block["text"] for block in content if isinstance(block, dict) and block.get("type") == "text"
+                   and isinstance(block.get("text"), str)) if isinstance(content, list) else ""
+    return {"usage": anthropic.usage_of(answer), "choices": [{"message": {"content": text}}]}
+
+
+def count_reply(backend: BackendInfo, raw: bytes, request_id: str) -> ProcessingResponse:
+    """A backend's token count as Anthropic's `{"input_tokens": N}`."""
+    try:
+        return json_reply(anthropic_passthrough.count_answer(backend.schema, orjson.loads(raw)))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        log.warning("backend %r answered count_tokens request %s with no count the gateway could read", backend.id,
+                    request_id or "-")
+        error = UpstreamError(f"Backend {backend.id!r} sent a token count the gateway could not read.")
+        return json_reply(orjson.loads(error.body("anthropic")), error.status)
+
+
 def error_reply(backend: BackendInfo, status: int, raw: bytes, headers: Mapping[str, str],
                 endpoint: Endpoint) -> ProcessingResponse:
     """A provider's error in the client's format, with the status the client should see (rewritten only when it
     differs from the provider's)."""
     client_status, error = backend.translator.error_response(status, raw, headers)
     error = without_secrets(error, backend)
-    if endpoint is Endpoint.MESSAGES:
+    if endpoint in ANTHROPIC_STYLE:
         error = anthropic_error_from_openai(client_status, error)
     return json_reply(error, client_status if client_status != status else None)
 

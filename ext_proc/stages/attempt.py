@@ -5,6 +5,10 @@ everything the client sent that must not reach a provider. Response: translate t
 back to the client's format, pick up usage, and settle the route stage's reservation with it — at the end of a
 successful answer, or with what was streamed so far when the stream is cut or the client goes away.
 
+An Anthropic Messages body whose attempt goes to an Anthropic-family backend is not translated either way
+(`send_passthrough`): the answer is read for usage and guardrails only. A `count_tokens` attempt asks the backend's
+own counting endpoint (`send_count`), or answers the gateway's estimate itself on a backend that has none.
+
 This module speaks the ext_proc protocol (phases, processing modes, Envoy's attributes and metadata) and hands the
 work to one module per job:
 
@@ -33,6 +37,7 @@ from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..json_types import JsonObject
 from ..limits.estimate import estimate_prompt_tokens
+from ..providers import anthropic_passthrough
 from ..runtime.build import BackendInfo, Runtime, find_route
 from ..telemetry.outcome import Outcome, outcome_from_decision
 from ..wire.base_pb2 import Metadata
@@ -43,11 +48,11 @@ from ..wire.external_processor_pb2 import (
     ProcessingResponse,
 )
 from ..wire.processing_mode_pb2 import ProcessingMode
-from . import answers, attempt_report, messages, provider_headers, upstream_request
+from . import answers, attempt_report, count_tokens, messages, provider_headers, upstream_request
 from .attempt_report import AttemptReport
-from .endpoints import Endpoint
+from .endpoints import ANTHROPIC_STYLE, Endpoint
 from .stream_guard import StallTimer, StreamGuard
-from .stream_relay import StreamRelay, is_stream
+from .stream_relay import SSE_CONTENT_TYPE, PassthroughRelay, StreamRelay, is_stream
 from .upstream_request import forwarded_never
 from .usage_meter import UsageMeter
 
@@ -112,8 +117,10 @@ class AttemptStage:
         "_attempt",
         "_backend",
         "_base64_embeddings",
+        "_betas",
         "_created",
         "_direct",
+        "_dropped",
         "_endpoint",
         "_guardrails",
         "_identity_answer",
@@ -121,6 +128,7 @@ class AttemptStage:
         "_keep_text",
         "_meter",
         "_model",
+        "_passthrough",
         "_relay",
         "_report",
         "_request_id",
@@ -155,12 +163,18 @@ class AttemptStage:
         self._request_id = ""
         """Envoy's x-request-id, for log lines."""
         self._direct = False
+        self._dropped = ""
+        """The request fields this attempt's translation left out, comma-separated (`x-babelgate-dropped-fields`)."""
         # what the request asked: set by `send`
         self._streaming = False
         self._include_usage = False
         self._created = 0
         self._base64_embeddings = False
         self._identity_answer = False
+        self._passthrough = False
+        """The client's Anthropic body went as it was: the answer goes back as it comes."""
+        self._betas: list[str] = []
+        """The client's `anthropic-beta` list, for a passthrough or a count."""
         # what came back
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -219,7 +233,7 @@ class AttemptStage:
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
                      reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
-                     route: str = "", request_id: str = "") -> None:
+                     route: str = "", request_id: str = "", betas: list[str] | None = None) -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
@@ -232,7 +246,8 @@ class AttemptStage:
         self._keep_text = self._runtime.telemetry.enabled and log_content
         self._endpoint = endpoint
         self._reservation = reservation
-        if endpoint is Endpoint.MESSAGES:
+        self._betas = betas or []
+        if endpoint in ANTHROPIC_STYLE:
             self.error_style = "anthropic"
 
     def on_request_headers(self, message: HttpHeaders, attributes: Mapping[str, Struct],
@@ -255,8 +270,9 @@ class AttemptStage:
         self._guardrails = tuple(g for g in route.guardrails if g.response)
         self._route = route.name
         self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
-        if self._endpoint is Endpoint.MESSAGES:
+        if self._endpoint in ANTHROPIC_STYLE:
             self.error_style = "anthropic"
+            self._betas = anthropic_passthrough.betas(decision.get(constants.METADATA_BETAS_KEY))
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
         traced: tuple[tuple[str, str], ...] = ()
@@ -278,16 +294,24 @@ class AttemptStage:
 
     def on_request_body(self, message: HttpBody) -> ProcessingResponse:
         """A chain attempt: the body as the client sent it (after the route stage's redaction), parsed, converted
-        to the OpenAI form and translated here, once."""
+        to the OpenAI form and translated here, once; an Anthropic body to an Anthropic-family backend goes as it is,
+        and a count to the backend's counting endpoint."""
         body: JsonObject = orjson.loads(message.body)
+        backend = self._backend
+        assert backend is not None
+        if self._endpoint is Endpoint.COUNT_TOKENS:
+            return self.send_count(body, count_tokens.openai_form(body, count=True))
+        if self._endpoint is Endpoint.MESSAGES and anthropic_passthrough.passes_through(backend.schema):
+            return self.send_passthrough(body)
         if self._endpoint is Endpoint.MESSAGES:
             body = anthropic_messages.to_openai(body)
         return self.send(body)
 
     def send(self, body: JsonObject, translated: JsonObject | None = None,
-             prompt_estimate: int | None = None) -> ProcessingResponse:
+             prompt_estimate: int | None = None, dropped: str | None = None) -> ProcessingResponse:
         """Send the OpenAI-form `body` to the backend. A direct route's stage passes what it already made:
-        `translated`, the chat translation for this backend and model, and `prompt_estimate`."""
+        `translated`, the chat translation for this backend and model (with `dropped`, the fields it left out),
+        and `prompt_estimate`."""
         backend = self._backend
         assert backend is not None
         runtime = self._runtime
@@ -296,8 +320,10 @@ class AttemptStage:
             self._base64_embeddings = body.get("encoding_format") == "base64"
         else:
             self._streaming = body.get("stream") is True
+            left_out: list[str] = []
             upstream, path = upstream_request.chat(backend, self._model, body, self._streaming,
-                                                   runtime.default_max_tokens, translated)
+                                                   runtime.default_max_tokens, translated, left_out)
+            self._dropped = dropped or ",".join(dict.fromkeys(left_out))
         if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
             if prompt_estimate is None:
                 prompt_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)
@@ -314,6 +340,45 @@ class AttemptStage:
             self._created = int(time.time())
         self._report.sent_at = time.monotonic()
         return upstream_request.reply(backend, path, upstream)
+
+    def send_passthrough(self, body: JsonObject, prompt_estimate: int | None = None) -> ProcessingResponse:
+        """Send an Anthropic Messages body to an Anthropic-family backend as the client wrote it (adapted only as
+        the service requires); its answer comes back untranslated. `prompt_estimate`: the route stage's, made
+        from the OpenAI form of the body (without one, the Messages body itself is estimated)."""
+        backend = self._backend
+        assert backend is not None
+        runtime = self._runtime
+        self._passthrough = True
+        self._streaming = body.get("stream") is True
+        if self._streaming:  # the meter reads usage off the backend's stream, as it reads a translated one's
+            self._include_usage = True
+            self._created = int(time.time())
+        upstream, path, headers = upstream_request.passthrough(backend, self._model, body, self._streaming,
+                                                               self._betas)
+        if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
+            if prompt_estimate is None:
+                prompt_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)
+            self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
+        self._identity_answer = (self._direct and self._meter is None and not self._guardrails
+                                 and not self._streaming)
+        self._report.sent_at = time.monotonic()
+        return upstream_request.reply(backend, path, upstream, headers)
+
+    def send_count(self, body: JsonObject, openai_body: JsonObject | None) -> ProcessingResponse:
+        """A `count_tokens` request: the backend's own count where its service has one, else the gateway's estimate
+        answered here. Counting uses no tokens: there is nothing to meter or settle. `openai_body`: the body in
+        OpenAI form, None when the client format can't convert it (then only Anthropic-family services count)."""
+        backend = self._backend
+        assert backend is not None
+        schema = backend.schema
+        if not (anthropic_passthrough.passes_through(schema)
+                or (openai_body is not None and schema in anthropic_passthrough.COUNTING_SCHEMAS)):
+            return count_tokens.estimated_count(openai_body or count_tokens.rough_form(body),
+                                                self._runtime.chars_per_token)
+        upstream, path, headers = upstream_request.count_tokens(backend, self._model, body, openai_body, self._betas,
+                                                                self._runtime.default_max_tokens)
+        self._report.sent_at = time.monotonic()
+        return upstream_request.reply(backend, path, upstream, headers)
 
     # -- response -----------------------------------------------------------------------------------------------
 
@@ -332,11 +397,17 @@ class AttemptStage:
         tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id),
                 (constants.RESPONSE_HEADER_ATTEMPTS, headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, self._attempt)),
                 (constants.RESPONSE_HEADER_MODEL, self._requested), *request_id)
+        if self._dropped:
+            tags = (*tags, (constants.RESPONSE_HEADER_DROPPED_FIELDS, self._dropped))
+            if constants.RESPONSE_HEADER_DROPPED_FIELDS in removed:  # the provider's own: replaced by ours
+                removed.remove(constants.RESPONSE_HEADER_DROPPED_FIELDS)
         content_type = headers.get("content-type", "")
         if ok and self._streaming and is_stream(content_type):
             if "content-length" in headers:
                 removed.append("content-length")
-            return messages.response_headers_reply(set_headers=tags, remove=removed,
+            # every relayed stream is SSE, whatever the provider sent (Bedrock: its binary event-stream)
+            return messages.response_headers_reply(set_headers=(*tags, ("content-type", SSE_CONTENT_TYPE)),
+                                                   remove=[name for name in removed if name != "content-type"],
                                                    mode=self._open_stream(backend, content_type))
         if self._identity_answer and ok:
             return messages.response_headers_reply(set_headers=tags, remove=removed, mode=HEADERS_ONLY_MODE)
@@ -346,12 +417,17 @@ class AttemptStage:
     def _open_stream(self, backend: BackendInfo, content_type: str) -> ProcessingMode:
         """A successful streamed answer begins: the relay that translates it, and the mode Envoy must switch to."""
         stream = backend.translator.chat_stream(self._model, self._created, self._include_usage)
-        client_stream = (anthropic_messages.MessagesStream(self._model) if self._endpoint is Endpoint.MESSAGES
-                         else None)
         guard = StreamGuard(self._guardrails, self._route) if self._guardrails else None
         if self._meter is not None:
             self._meter.stream = stream
-        relay = self._relay = StreamRelay(content_type, stream, client_stream, guard, self._meter)
+        relay: StreamRelay
+        if self._passthrough:
+            relay = PassthroughRelay(content_type, stream, guard, self._meter)
+        else:
+            client_stream = (anthropic_messages.MessagesStream(self._model) if self._endpoint is Endpoint.MESSAGES
+                             else None)
+            relay = StreamRelay(content_type, stream, client_stream, guard, self._meter)
+        self._relay = relay
         timeout = backend.settings.stream_idle_timeout
         if timeout is None or self.push is None:
             return STREAMED_RESPONSE_MODE
@@ -366,6 +442,10 @@ class AttemptStage:
         assert backend is not None
         if not 200 <= self._status < 300:
             return answers.error_reply(backend, self._status, message.body, self._response_headers, self._endpoint)
+        if self._endpoint is Endpoint.COUNT_TOKENS:
+            return answers.count_reply(backend, message.body, self._request_id)
+        if self._passthrough:
+            return self._untranslated_answer(backend, message.body)
         try:
             answer = answers.translated(backend, self._model, self._endpoint, message.body, self._base64_embeddings,
                                         self._request_id)
@@ -377,6 +457,19 @@ class AttemptStage:
         if self._meter is not None:
             self._meter.take_answer(answer)
         return answers.client_reply(answer, self._model, self._endpoint)
+
+    def _untranslated_answer(self, backend: BackendInfo, raw: bytes) -> ProcessingResponse:
+        """An Anthropic-family backend's Message to an Anthropic client: passed as it came, unless a guardrail
+        redacts or blocks it."""
+        try:
+            answer = answers.untranslated(backend, raw, self._request_id)
+            redacted = self._guardrails and apply_guardrails(self._guardrails, answer, phase="response",
+                                                             route=self._route)
+        except (UpstreamError, GuardrailBlocked) as refused:
+            return answers.json_reply(orjson.loads(refused.body(self.error_style)), refused.status)
+        if self._meter is not None:
+            self._meter.take_answer(answers.metered(answer))
+        return answers.json_reply(answer) if redacted else messages.response_body_reply()
 
     def _stream_chunk(self, relay: StreamRelay, message: HttpBody) -> ProcessingResponse:
         out = relay.relay(message.body, message.end_of_stream)

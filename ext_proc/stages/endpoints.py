@@ -10,7 +10,13 @@ from ..errors import MethodNotAllowed, NotFound
 class Endpoint(StrEnum):
     CHAT = "chat"
     MESSAGES = "messages"
-    """Anthropic Messages format from the client; translated to and from the canonical chat format."""
+    """Anthropic Messages format from the client: passed through to Anthropic-family backends, translated to and
+    from the canonical chat format for the others."""
+    COUNT_TOKENS = "count_tokens"
+    """Anthropic's `count_tokens`: the backend's own count where it has one, else the gateway's estimate."""
+    PROBE = "probe"
+    """`HEAD /anthropic` (clients check the base URL answers) and `HEAD /anthropic/api/hello` (Claude Code warms its
+    connection with it): 200, no body, no key needed."""
     EMBEDDINGS = "embeddings"
     MODELS = "models"
     MODEL = "model"
@@ -21,12 +27,19 @@ _EXACT: dict[str, tuple[Endpoint, str]] = {
     "/v1/embeddings": (Endpoint.EMBEDDINGS, "POST"),
     "/v1/models": (Endpoint.MODELS, "GET"),
     "/anthropic/v1/messages": (Endpoint.MESSAGES, "POST"),
+    "/anthropic/v1/messages/count_tokens": (Endpoint.COUNT_TOKENS, "POST"),
+    "/anthropic": (Endpoint.PROBE, "HEAD"),
+    "/anthropic/v1": (Endpoint.PROBE, "HEAD"),
+    "/anthropic/api/hello": (Endpoint.PROBE, "HEAD"),  # Claude Code's connection warm-up
 }
+ANTHROPIC_STYLE = frozenset({Endpoint.MESSAGES, Endpoint.COUNT_TOKENS, Endpoint.PROBE})
+"""Endpoints whose errors take Anthropic's shape."""
 _MODEL_PREFIX = "/v1/models/"
 
 
 def classify(method: str, path: str) -> tuple[Endpoint, str]:
-    """Return the endpoint and the path's trailing argument (a model id for `/v1/models/{id}`)."""
+    """Return the endpoint and the path's trailing argument (a model id for `/v1/models/{id}`). The query is not
+    part of the match: Claude Code adds `?beta=true`."""
     path = path.partition("?")[0]
     if len(path) > 1:
         path = path.rstrip("/")
@@ -37,7 +50,8 @@ def classify(method: str, path: str) -> tuple[Endpoint, str]:
         argument = path[len(_MODEL_PREFIX):]
     if found is None:
         raise NotFound(f"Unknown endpoint {path!r}. Babelgate serves /v1/chat/completions, /v1/embeddings, "
-                       "/v1/models and /anthropic/v1/messages.", code="unknown_url")
+                       "/v1/models, /anthropic/v1/messages and /anthropic/v1/messages/count_tokens.",
+                       code="unknown_url")
     endpoint, allowed = found
     if method != allowed:
         raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allowed}.",

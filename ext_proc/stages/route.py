@@ -1,12 +1,24 @@
 """Route stage: runs once per client request, before Envoy's router.
 
-Headers: drop spoofed internal headers, classify the endpoint, authenticate the virtual key, answer `/v1/models`.
+Headers: drop spoofed internal headers, classify the endpoint, answer `HEAD /anthropic` (no key: Claude Code probes
+it), authenticate the virtual key, answer `/v1/models`.
 Body: parse and check the request, resolve the model route, authorize the key, reserve its share of every limit,
 and name the chain Envoy must route to (`clear_route_cache` makes Envoy match routes again on the new header). The
 body itself passes unchanged to a chain, whose attempt stage translates it. A direct (single-backend) route runs the
 attempt stage's logic here, handing it what this stage already made: the OpenAI-form body, the translation made
 while checking the request, and the prompt estimate. Response headers (only when limits are configured): release
 the reservation if the final answer failed, and add the `x-ratelimit-*` headers.
+
+Anthropic clients: the body is converted to the OpenAI form to route and estimate it, but its Anthropic-family
+backends get it as the client wrote it (`providers/anthropic_passthrough.py`), so they need no translation and
+can't refuse one; a body the conversion refuses (a field the client format doesn't know) goes to those backends
+only. `count_tokens` (`_count`) reserves nothing: the first backend of the order counts, or this stage answers the
+gateway's estimate.
+
+Capability-aware chains: the request is translated once per kind of backend it may use (`translate`); a backend
+whose translator refuses it leaves this request's candidates before the policy orders them, so Envoy is sent down an
+order of backends that can all serve it (`RouteInfo.chain_for` finds that order's Envoy route). A 400 only when none
+can serve it, or, on a `fields: strict` route, when any refuses.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
@@ -29,6 +42,7 @@ from ..guardrails.engine import check_size
 from ..json_types import JsonObject
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
+from ..providers import anthropic_passthrough
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
 from ..runtime.build import BackendInfo, RouteInfo, Runtime, find_route
@@ -39,9 +53,9 @@ from ..wire.external_processor_pb2 import (
     ProcessingRequest,
     ProcessingResponse,
 )
-from . import messages
+from . import count_tokens, messages
 from .attempt import AttemptStage
-from .endpoints import Endpoint, classify
+from .endpoints import ANTHROPIC_STYLE, Endpoint, classify
 from .upstream_request import forwarded_never
 
 if TYPE_CHECKING:
@@ -136,8 +150,12 @@ class RouteStage:
             if self._runtime.telemetry.tracing is not None:
                 self._span = self._runtime.telemetry.tracing.start_request(headers)
         endpoint, argument = classify(headers.get(":method", ""), headers.get(":path", "/"))
-        if endpoint is Endpoint.MESSAGES:
+        if endpoint in ANTHROPIC_STYLE:
             self.error_style = "anthropic"
+        if endpoint is Endpoint.PROBE:  # as Anthropic's API answers it: no key needed, nothing said
+            if outcome is not None:
+                outcome.endpoint, outcome.status = endpoint.value, 200
+            return messages.immediate(200, b"", headers=())
         key = authenticate(self._runtime.keys,
                            bearer_token(headers.get("authorization")) or headers.get("x-api-key"))
         self._user = _bounded_user(headers.get(self._runtime.user_header) or None, self._runtime.user_header)
@@ -183,20 +201,25 @@ class RouteStage:
             check_size(original, max_prompt_chars=route.max_prompt_chars, max_messages=route.max_messages)
             redacted = apply_guardrails(route.guardrails, original, phase="request", route=route.name,
                                         key_id=self._key.id)
+        if self._endpoint is Endpoint.COUNT_TOKENS:
+            return self._count(route, model, original, redacted)
+        rough = False  # an Anthropic body the conversion refuses: only a backend that takes it as it is serves it
         if self._endpoint is Endpoint.MESSAGES:
-            body = anthropic_messages.to_openai(original)
+            body, rough = _openai_form(original)
         if self._endpoint is not Endpoint.EMBEDDINGS:
             check_chat_shape(body)
         elif "input" not in body:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
-        translated: dict[str, JsonObject] | None = None
+        candidates, policy = self._candidates(route, body)
+        translated: Translations | None = None
+        passing: tuple[str, ...] = ()
         if self._endpoint is not Endpoint.EMBEDDINGS:
-            translated = _translate_for_every_backend(route, body, model, runtime.default_max_tokens)
+            candidates, passing, translated = self._servable(route, candidates, body, original, rough, model)
         elif not route.embeddings:
             raise BadRequest(f"The model {route.name!r} does not serve embeddings.", param="model",
                              code="unsupported_endpoint")
-        candidates, order = self._order(route, body)
+        order = self._order(route, candidates, policy, body)
         chain = route.chain_for(order, candidates)
         metadata = {
             constants.METADATA_ROUTE_KEY: route.name,
@@ -204,6 +227,7 @@ class RouteStage:
             constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
             constants.METADATA_KEY_ID_KEY: self._key.id,
         }
+        self._add_betas(metadata)
         if self._outcome is not None:
             _describe(self._outcome, route, model, body, metadata)
         limiter = runtime.limiter
@@ -218,8 +242,11 @@ class RouteStage:
         parent = tracing.traceparent(self._span) if tracing is not None and self._span is not None else None
         if chain.direct:
             backend = runtime.backends[order[0]]
-            upstream = translated.get(backend.id) if translated is not None else None
-            return self._direct(route, backend, model, headers, body, upstream, metadata, parent)
+            send = None
+            if backend.id in passing:
+                def send(attempt: AttemptStage) -> ProcessingResponse:
+                    return attempt.send_passthrough(original, self._estimate)
+            return self._direct(route, backend, model, headers, body, translated, metadata, parent, send=send)
         if parent is not None:  # every attempt's span, in whichever process, is this one's child
             metadata[constants.METADATA_TRACEPARENT_KEY] = parent
         if redacted:  # what Envoy sends on (and re-sends on a retry) is the redacted request
@@ -229,9 +256,69 @@ class RouteStage:
                                                body=encoded)
         return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
 
-    def _order(self, route: RouteInfo, body: JsonObject) -> tuple[tuple[str, ...], list[str]]:
-        """The backends this request may use, and the order to try them in."""
-        candidates, policy = route.backends, route.policy
+    def _servable(self, route: RouteInfo, candidates: tuple[str, ...], body: JsonObject, original: JsonObject,
+                  rough: bool, model: str) -> tuple[tuple[str, ...], tuple[str, ...], Translations | None]:
+        """The candidates that can serve a chat or Messages request; those of them an Anthropic client's body goes
+        to as it is (no translation, nothing to refuse); the others' translations."""
+        assert self._endpoint is not None
+        runtime = self._runtime
+        passing = _passing_through(runtime, self._endpoint, candidates)
+        if rough:
+            if not passing:
+                anthropic_messages.to_openai(original)  # the client format's own 400
+            return passing, passing, None
+        if len(passing) == len(candidates):
+            return candidates, passing, None
+        translated = (translate(route, candidates, body, model, runtime.default_max_tokens) if not passing
+                      else _translate_others(route, candidates, passing, body, model, runtime.default_max_tokens))
+        if len(translated.upstream) + len(passing) < len(candidates):
+            candidates = tuple(b for b in candidates if b in translated.upstream or b in passing)
+        return candidates, passing, translated
+
+    def _add_betas(self, metadata: dict[str, str]) -> None:
+        """An Anthropic client's betas, for the attempts that pass its body through."""
+        beta = self._headers.get(anthropic_passthrough.BETA_HEADER)
+        if beta and self._endpoint in ANTHROPIC_STYLE:
+            metadata[constants.METADATA_BETAS_KEY] = beta
+
+    def _count(self, route: RouteInfo, requested: str, original: JsonObject, redacted: bool) -> ProcessingResponse:
+        """`count_tokens`: asked of the first backend of the request's order when its service counts, else
+        answered here with the gateway's estimate. Nothing is reserved: counting uses no tokens of any limit."""
+        assert self._endpoint is not None and self._key is not None
+        runtime = self._runtime
+        form = count_tokens.openai_form(original, count=True)
+        body = form if form is not None else count_tokens.rough_form(original)
+        candidates, policy = self._candidates(route, body)
+        order = self._order(route, candidates, policy, body)
+        backend = runtime.backends[order[0]]
+        metadata = {
+            constants.METADATA_ROUTE_KEY: route.name,
+            constants.METADATA_REQUESTED_KEY: requested,
+            constants.METADATA_ENDPOINT_KEY: self._endpoint.value,
+            constants.METADATA_KEY_ID_KEY: self._key.id,
+        }
+        self._add_betas(metadata)
+        if self._outcome is not None:
+            _describe(self._outcome, route, requested, body, metadata)
+        if not anthropic_passthrough.counts(backend.schema, converted=form is not None):
+            if self._outcome is not None:
+                self._outcome.status = 200
+            return count_tokens.estimated_count(body, runtime.chars_per_token)
+        chain = route.chain_for(order, candidates)
+        headers = [(constants.HEADER_CHAIN, chain.name)]
+        if chain.direct:
+            def send(attempt: AttemptStage) -> ProcessingResponse:
+                return attempt.send_count(original, form)
+            return self._direct(route, backend, requested, headers, body, None, metadata, None, send=send)
+        if redacted:
+            encoded = orjson.dumps(original)
+            headers.append(("content-length", str(len(encoded))))
+            return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata,
+                                               body=encoded)
+        return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
+
+    def _candidates(self, route: RouteInfo, body: JsonObject) -> tuple[tuple[str, ...], str]:
+        """The backends this request may use (its rule's, or the route's) and the policy that orders them."""
         if route.rules:
             assert self._key is not None
             metadata = body.get("metadata")
@@ -239,7 +326,11 @@ class RouteStage:
                                  metadata if isinstance(metadata, dict) else {})
             rule = first_match(route.rules, facts)
             if rule is not None:
-                candidates, policy = rule.backends, rule.policy
+                return rule.backends, rule.policy
+        return route.backends, route.policy
+
+    def _order(self, route: RouteInfo, candidates: tuple[str, ...], policy: str, body: JsonObject) -> list[str]:
+        """The order to try the candidates in."""
         health = self._runtime.health
         if policy == "priority" or len(candidates) == 1:
             order = list(candidates)
@@ -256,7 +347,7 @@ class RouteStage:
             if not order:
                 raise BadRequest(f"The prompt (about {prompt} tokens) is longer than the context window of every "
                                  f"backend of {route.name!r}.", param="messages", code="context_length_exceeded")
-        return candidates, cooled_last(order, health.cooldowns)
+        return cooled_last(order, health.cooldowns)
 
     def _prompt_tokens(self, body: JsonObject) -> int:
         if self._estimate is None:
@@ -264,11 +355,12 @@ class RouteStage:
         return self._estimate
 
     def _direct(self, route: RouteInfo, backend: BackendInfo, requested: str, headers: list[tuple[str, str]],
-                body: JsonObject, translated: JsonObject | None, metadata: dict[str, str],
-                parent: str | None) -> ProcessingResponse:
+                body: JsonObject, translated: Translations | None, metadata: dict[str, str],
+                parent: str | None, send: Callable[[AttemptStage], ProcessingResponse] | None = None
+                ) -> ProcessingResponse:
         """Send straight to the backend: one gRPC stream for the whole request. `body` is the request in OpenAI
-        form and `translated` its translation for this backend (None for embeddings, or for a backend whose kind
-        was checked with another backend of the route): neither is made again."""
+        form and `translated` its translations by backend (None for embeddings), this backend's among them, with
+        the fields each left out: neither is made again."""
         assert self._endpoint is not None
         attempt = AttemptStage(self._runtime)
         attempt.push = self.push
@@ -277,8 +369,11 @@ class RouteStage:
         attempt.start_direct(backend, route.backend_model(backend.id, requested),
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
                              log_content=route.log_content, guardrails=route.guardrails, route=route.name,
-                             request_id=self._headers.get("x-request-id", ""))
-        reply = attempt.send(body, translated, self._estimate)
+                             request_id=self._headers.get("x-request-id", ""),
+                             betas=anthropic_passthrough.betas(self._headers.get(anthropic_passthrough.BETA_HEADER)))
+        upstream = translated.upstream.get(backend.id) if translated is not None else None
+        dropped = translated.dropped.get(backend.id) if translated is not None else None
+        reply = send(attempt) if send is not None else attempt.send(body, upstream, self._estimate, dropped)
         self._attempt = attempt
         common = reply.request_body.response
         common.clear_route_cache = True
@@ -342,26 +437,95 @@ class RouteStage:
         return await limiter.reserve(scopes, Demand(prompt, output, cost), primary)
 
 
-def _translate_for_every_backend(route: RouteInfo, body: JsonObject, model: str,
-                                 default_max_tokens: int) -> dict[str, JsonObject]:
-    """Any backend of the chain may end up answering, so each kind must be able to serve the request. A refusal
-    names the backend: a field an OpenAI model takes may be refused by the route's Anthropic fallback.
+@dataclass(frozen=True, slots=True)
+class Translations:
+    """A request translated for each backend that may serve it, by backend id: backends whose translator refused
+    it are not among them."""
 
-    The translations, by backend id: a direct route sends its backend's as it is. A translation depends on the
-    backend's model name, preset and dropped fields, so it serves that backend only, not others of its kind."""
-    translated: dict[str, JsonObject] = {}
-    for backend in route.translations:
+    upstream: dict[str, JsonObject]
+    dropped: dict[str, str]
+    """The fields each backend's translation left out, comma-separated, for `x-babelgate-dropped-fields` (only
+    backends that left some out)."""
+
+
+def translate(route: RouteInfo, candidates: tuple[str, ...], body: JsonObject, model: str,
+              default_max_tokens: int) -> Translations:
+    """Translate the request once per translation kind among the candidates (backends of one kind translate it
+    alike, so they share it). A backend whose translator refuses the request can't serve it and leaves its order;
+    the request is a 400 only when no candidate can serve it (a `strict` route: when any refuses), naming each
+    backend and why. A direct route sends its backend's translation as it is."""
+    upstream: dict[str, JsonObject] = {}
+    dropped: dict[str, str] = {}
+    refusals: list[tuple[BackendInfo, tuple[str, ...], BadRequest]] = []
+    everyone = candidates is route.backends
+    for backend, same in route.translations:
+        members = same if everyone else tuple(b for b in same if b in candidates)
+        if not members:
+            continue
+        left_out: list[str] = []
         try:
-            translated[backend.id] = backend.chat_request(body, route.backend_model(backend.id, model),
-                                                          default_max_tokens)
+            translated = backend.chat_request(body, route.backend_model(backend.id, model), default_max_tokens,
+                                              left_out)
         except BadRequest as refused:
-            preset = backend.settings.preset
-            kind = f"{backend.schema}, preset {preset}" if preset else backend.schema
-            what = f"`{refused.param}`" if refused.param else "this request"
-            raise BadRequest(f"Backend {backend.id!r} ({kind}) of route {route.name!r} can't serve {what}: "
-                             f"{refused.message}", code=refused.code, param=refused.param,
-                             headers=refused.headers) from None
-    return translated
+            if route.strict:
+                raise _refusal(route, [(backend, members, refused)]) from None
+            refusals.append((backend, members, refused))
+            continue
+        named = ",".join(dict.fromkeys(left_out)) if left_out else ""
+        for member in members:
+            upstream[member] = translated
+            if named:
+                dropped[member] = named
+    if not upstream:
+        raise _refusal(route, refusals)
+    return Translations(upstream, dropped)
+
+
+def _openai_form(original: JsonObject) -> tuple[JsonObject, bool]:
+    """An Anthropic client's body in the OpenAI form, to route and estimate it; True when the client format refused
+    it, and this is its rough form (`count_tokens.rough_form`)."""
+    form = count_tokens.openai_form(original)
+    return (form, False) if form is not None else (count_tokens.rough_form(original), True)
+
+
+def _passing_through(runtime: Runtime, endpoint: Endpoint, candidates: tuple[str, ...]) -> tuple[str, ...]:
+    """The candidates an Anthropic client's body goes to as it is (Anthropic-family backends): none of them needs
+    a translation, nor can refuse one."""
+    if endpoint is not Endpoint.MESSAGES:
+        return ()
+    return tuple(b for b in candidates if anthropic_passthrough.passes_through(runtime.backends[b].schema))
+
+
+def _translate_others(route: RouteInfo, candidates: tuple[str, ...], passing: tuple[str, ...], body: JsonObject,
+                      model: str, default_max_tokens: int) -> Translations:
+    """`translate` for the candidates that don't take the body as it is: those that refuse leave the order, and
+    since the passthrough candidates can serve the request, that is no 400 (unless the route is strict)."""
+    try:
+        return translate(route, tuple(b for b in candidates if b not in passing), body, model, default_max_tokens)
+    except BadRequest:
+        if route.strict:
+            raise
+        return Translations({}, {})
+
+
+def _refusal(route: RouteInfo, refusals: list[tuple[BackendInfo, tuple[str, ...], BadRequest]]) -> BadRequest:
+    """The 400 for a request no backend (or, on a strict route, some backend) can serve: each backend and why."""
+    reasons = []
+    for backend, members, refused in refusals:
+        preset = backend.settings.preset
+        kind = f"{backend.schema}, preset {preset}" if preset else backend.schema
+        what = f"`{refused.param}`" if refused.param else "this request"
+        reasons.append((", ".join(repr(member) for member in members), kind, f"can't serve {what}: {refused.message}"))
+    first = refusals[0][2]
+    if len(refusals) == 1:
+        names, kind, why = reasons[0]
+        return BadRequest(f"Backend {names} ({kind}) of route {route.name!r} {why}", code=first.code,
+                          param=first.param, headers=first.headers)
+    listed = "; ".join(f"{names} ({kind}) {why}" for names, kind, why in reasons)
+    return BadRequest(f"No backend of route {route.name!r} can serve this request: {listed}",
+                      code=first.code if len({r.code for _, _, r in refusals}) == 1 else None,
+                      param=first.param if len({r.param for _, _, r in refusals}) == 1 else None,
+                      headers=first.headers)
 
 
 def _describe(outcome: Outcome, route: RouteInfo, requested: str, body: JsonObject, metadata: dict[str, str]) -> None:

@@ -36,14 +36,22 @@ class StreamGuard:
         self.blocked = False
         """A guardrail blocked the answer: nothing the model says next goes out."""
 
-    def check(self, chunk: JsonObject) -> None:
-        """Redact `chunk` in place; raises `GuardrailBlocked` when the answer so far must not go on."""
-        apply_guardrails(self._redacting, chunk, phase="response", route=self._route)
+    def check(self, chunk: JsonObject, redact: bool = True) -> None:
+        """Redact `chunk` in place (unless the caller redacts what it sends itself: `redact`); raises
+        `GuardrailBlocked` when the answer so far must not go on."""
+        if redact:
+            apply_guardrails(self._redacting, chunk, phase="response", route=self._route)
         if self._blocking:
             text = "".join((choice.get("delta") or {}).get("content") or "" for choice in chunk.get("choices") or ())
             if text:
                 self._tail = (self._tail + text)[-WINDOW:]
                 apply_guardrails(self._blocking, {"content": self._tail}, phase="response", route=self._route)
+
+
+    def redact(self, document: object) -> bool:
+        """Redact any document in place (an untranslated provider event); True if anything changed."""
+        return bool(self._redacting) and apply_guardrails(self._redacting, document, phase="response",
+                                                          route=self._route)
 
 
 class StallTimer:

@@ -2,26 +2,34 @@
 backend's `ChatStream` turning each into OpenAI chunks, and each chunk encoded as the client reads it (OpenAI SSE
 `data:` lines, or Anthropic Messages events), through the stream guard and the usage meter when there are any.
 
+An Anthropic-family stream to an Anthropic Messages client is not translated (`PassthroughRelay`): the provider's
+events go out as they came, Bedrock's frames decoded into the Anthropic events they carry; the backend's `ChatStream`
+still reads each event, so the guard and the meter see the answer as they see any other.
+
 This runs once per chunk Envoy hands over: it keeps to plain attributes and one call per decoded chunk.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 
 import orjson
 
 from ..client_formats.anthropic_messages import MessagesStream
-from ..errors import GatewayError, UpstreamError
+from ..errors import GatewayError, UpstreamError, anthropic_error_from_openai
 from ..guardrails.engine import GuardrailBlocked
 from ..json_types import JsonObject
 from ..providers.stream import ChatStream
 from ..streaming.eventstream import EventStreamDecoder, EventStreamError
-from ..streaming.sse import DONE, SSEDecoder, SSEError, encode_data, encode_event
+from ..streaming.sse import DONE, SSEDecoder, SSEError, SSEEvent, encode_data, encode_event
 from .stream_guard import StreamGuard
 from .usage_meter import UsageMeter
 
 EVENTSTREAM = "application/vnd.amazon.eventstream"
+SSE_CONTENT_TYPE = "text/event-stream"
+"""What every relayed stream is, whatever the provider sent (Bedrock's event-stream included)."""
 _STREAMED_TYPES = ("text/event-stream", EVENTSTREAM)
 
 
@@ -94,3 +102,97 @@ class StreamRelay:
         if self._client_stream is None:
             return DONE
         return b"".join(encode_event(name, payload) for name, payload in self._client_stream.finish())
+
+
+class PassthroughRelay(StreamRelay):
+    """An Anthropic-family backend's stream to an Anthropic Messages client, untranslated."""
+
+    __slots__ = ("_bedrock",)
+
+    def __init__(self, content_type: str, stream: ChatStream, guard: StreamGuard | None,
+                 meter: UsageMeter | None) -> None:
+        super().__init__(content_type, stream, None, guard, meter)
+        self._bedrock = content_type.startswith(EVENTSTREAM)
+
+    def relay(self, body: bytes, end_of_stream: bool) -> bytes:
+        out: list[bytes] = []
+        try:
+            events = self._decoder.feed(body)
+            if end_of_stream:
+                events.extend(self._decoder.finish())
+            for event in events:
+                out.append(self._forward(event))
+            if end_of_stream:
+                out.extend(self._observe(chunk, None) for chunk in self.stream.finish())
+        except (SSEError, EventStreamError) as exc:
+            out.append(self.encode_error(UpstreamError(str(exc))))
+        return b"".join(out)
+
+    def _forward(self, event: SSEEvent) -> bytes:
+        """One provider event: what the client gets for it (nothing once a guardrail ended the answer)."""
+        forwarded = self._anthropic_event(event.event, event.data)
+        out = [self._observe(chunk, forwarded) for chunk in self.stream.feed(event.event, event.data)]
+        if forwarded is not None and self._guard is not None:
+            forwarded = self._redacted(self._guard, forwarded)
+        if forwarded is not None and not (self._guard is not None and self._guard.blocked):
+            if not self.first_chunk_at:
+                self.first_chunk_at = time.monotonic()
+            out.insert(0, _raw_event(*forwarded))
+        return b"".join(out)
+
+    def _anthropic_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
+        """The Anthropic event a provider event is (Bedrock's `chunk` carries one, base64 in JSON); None for an
+        event that carries none (a Bedrock exception: the stream's error chunk speaks for it)."""
+        if not self._bedrock:
+            return (name or "message", data)
+        if name != "chunk":
+            return None
+        try:
+            inner = base64.b64decode(orjson.loads(data)["bytes"], validate=True)
+            kind = orjson.loads(inner).get("type")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, binascii.Error):
+            return None  # the stream reports the malformed event
+        return (kind if isinstance(kind, str) else "message", inner)
+
+    @staticmethod
+    def _redacted(guard: StreamGuard, forwarded: tuple[str, bytes]) -> tuple[str, bytes]:
+        """The event with what a redacting guardrail found replaced (the client's own event, not the translation)."""
+        try:
+            payload = orjson.loads(forwarded[1])
+        except orjson.JSONDecodeError:
+            return forwarded
+        return (forwarded[0], orjson.dumps(payload)) if guard.redact(payload) else forwarded
+
+    def _observe(self, chunk: JsonObject, forwarded: tuple[str, bytes] | None) -> bytes:
+        """The translated chunk, for the meter and the guard only; bytes only for an error the client's own
+        events don't already carry, or a guardrail's."""
+        if "error" in chunk:
+            if forwarded is not None and forwarded[0] == "error":
+                return b""
+            return encode_event("error", anthropic_error_from_openai(502, chunk))
+        guard = self._guard
+        if guard is not None:
+            if guard.blocked:
+                return b""
+            try:
+                guard.check(chunk, redact=False)
+            except GuardrailBlocked as blocked:
+                guard.blocked = True
+                return self.encode_error(blocked)
+        if self._meter is not None:
+            self._meter.count(chunk)
+        return b""
+
+    def encode_error(self, error: GatewayError) -> bytes:
+        return _raw_event("error", error.body("anthropic"))
+
+    def end(self) -> bytes:
+        """The provider's own events close the client's stream."""
+        return b""
+
+
+def _raw_event(name: str, data: bytes) -> bytes:
+    """An event as the provider encoded it (a payload of several lines keeps them, one `data:` field each)."""
+    if b"\n" not in data:
+        return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+    return b"event: " + name.encode() + b"\n" + b"".join(b"data: " + line + b"\n" for line in data.split(b"\n")) + b"\n"

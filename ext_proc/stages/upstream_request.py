@@ -1,4 +1,5 @@
-"""What an attempt sends the provider: the OpenAI body in the backend's schema, its path, host, length and
+"""What an attempt sends the provider: the OpenAI body in the backend's schema (or an Anthropic Messages body as the
+client wrote it, for an Anthropic-family backend: `providers/anthropic_passthrough.py`), its path, host, length and
 credentials, and none of the client's own credentials or Babelgate's and Envoy's internal headers.
 
 Used by the attempt stage of a chain and by a direct route's stage alike; the direct route hands over the
@@ -13,6 +14,7 @@ from .. import constants
 from ..auth.backend_credentials import CREDENTIAL_HEADERS
 from ..errors import BadRequest
 from ..json_types import JsonObject
+from ..providers import anthropic_passthrough
 from ..runtime.build import BackendInfo
 from ..wire.external_processor_pb2 import ProcessingResponse
 from . import messages
@@ -37,11 +39,35 @@ def forwarded_never(header: str) -> bool:
 
 
 def chat(backend: BackendInfo, model: str, body: JsonObject, stream: bool, default_max_tokens: int,
-         translated: JsonObject | None = None) -> tuple[JsonObject, str]:
+         translated: JsonObject | None = None, dropped: list[str] | None = None) -> tuple[JsonObject, str]:
     """The chat request in the backend's schema and the path it goes to. `translated`: the same translation made
-    earlier for this backend and model (a direct route's route stage makes it while checking the request)."""
-    upstream = translated if translated is not None else backend.chat_request(body, model, default_max_tokens)
+    earlier for this backend and model (a direct route's route stage makes it while checking the request);
+    otherwise the fields the translation leaves out are appended to `dropped`."""
+    upstream = (translated if translated is not None
+                else backend.chat_request(body, model, default_max_tokens, dropped))
     return upstream, backend.base_path + backend.translator.chat_path(model, stream, backend.settings)
+
+
+def passthrough(backend: BackendInfo, model: str, body: JsonObject, stream: bool,
+                betas: list[str]) -> tuple[JsonObject, str, tuple[tuple[str, str], ...]]:
+    """The client's Messages body for an Anthropic-family backend, its path, and the headers it needs (betas)."""
+    upstream, headers = anthropic_passthrough.request(backend.schema, body, model, betas)
+    for name in backend.settings.drop_fields:
+        upstream.pop(name, None)
+    return upstream, backend.base_path + backend.translator.chat_path(model, stream, backend.settings), headers
+
+
+def count_tokens(backend: BackendInfo, model: str, body: JsonObject, openai_body: JsonObject | None,
+                 betas: list[str], default_max_tokens: int) -> tuple[JsonObject, str, tuple[tuple[str, str], ...]]:
+    """The counting request for a backend whose service counts (`anthropic_passthrough.COUNTING_SCHEMAS`);
+    `openai_body`, the body in OpenAI form, is what a Gemini backend's count is translated from."""
+    gemini = None
+    if backend.schema in anthropic_passthrough.GEMINI_SCHEMAS:
+        assert openai_body is not None
+        gemini = backend.chat_request(openai_body, model, default_max_tokens)
+    upstream, headers = anthropic_passthrough.count_request(backend.schema, body, model, betas, gemini)
+    path = backend.base_path + anthropic_passthrough.count_path(backend.schema, model, backend.settings)
+    return upstream, path, headers
 
 
 def embeddings(backend: BackendInfo, model: str, body: JsonObject) -> tuple[JsonObject, str]:
@@ -53,9 +79,10 @@ def embeddings(backend: BackendInfo, model: str, body: JsonObject) -> tuple[Json
     return upstream, backend.base_path + translator.embeddings_path(model, backend.settings)
 
 
-def reply(backend: BackendInfo, path: str, upstream: JsonObject) -> ProcessingResponse:
+def reply(backend: BackendInfo, path: str, upstream: JsonObject,
+          extra: tuple[tuple[str, str], ...] = ()) -> ProcessingResponse:
     """The request body phase's answer: the new body, and the headers that go with it (credentials are computed
-    over the final body: SigV4 signs it)."""
+    over the final body: SigV4 signs it). `extra`: headers the request itself needs (a client's betas)."""
     encoded = orjson.dumps(upstream)
     return messages.request_body_reply(
         set_headers=(
@@ -63,6 +90,7 @@ def reply(backend: BackendInfo, path: str, upstream: JsonObject) -> ProcessingRe
             (":authority", backend.authority),
             ("content-type", messages.JSON_CONTENT_TYPE),
             ("content-length", str(len(encoded))),
+            *extra,
             *backend.credential.headers("POST", backend.origin + path, encoded),
         ),
         body=encoded)

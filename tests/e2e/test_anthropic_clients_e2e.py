@@ -66,14 +66,21 @@ def test_errors_come_back_in_anthropic_shape(claude: anthropic.Anthropic) -> Non
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
     assert missing.value.body["error"]["type"] == "not_found_error"
-    with pytest.raises(anthropic.BadRequestError) as refused:
-        claude.messages.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x"}],
+    with pytest.raises(anthropic.BadRequestError) as refused:  # no backend of this route takes top_k
+        claude.messages.create(model="openai-pair", max_tokens=10, messages=[{"role": "user", "content": "x"}],
                                extra_body={"top_k": 5})
     assert refused.value.body["type"] == "error"
     with pytest.raises(anthropic.RateLimitError) as limited:
         claude.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}],
                                extra_headers=fault("anthropic-a:429,openai-a:429"))
     assert limited.value.body["error"]["type"] == "rate_limit_error"
+
+
+def test_a_field_only_claude_takes_goes_to_the_chains_claude_backend(claude: anthropic.Anthropic) -> None:
+    """`top_k` can't be expressed to the OpenAI primary; the Claude fallback takes the body as it is."""
+    raw = claude.messages.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x"}], extra_body={"top_k": 5})
+    assert raw.headers["x-babelgate-backend"] == "an" and raw.parse().type == "message"
 
 
 def test_anthropic_client_fails_over_too(claude: anthropic.Anthropic) -> None:

@@ -91,10 +91,16 @@ def test_oversize_body_is_413_whether_declared_or_chunked(gateway: Gateway) -> N
     assert_openai_error(response, 413)
 
 
-def test_field_a_backend_cannot_honour_is_a_400_naming_it(client: openai.OpenAI) -> None:
+def test_field_no_backend_can_honour_is_a_400_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, n=2)  # its fallback is Anthropic
+        client.chat.completions.create(model="anthropic-solo", messages=HELLO, n=2)
     assert raised.value.body["param"] == "n"
+    assert raised.value.body["message"].startswith("Backend 'an' (anthropic) of route 'anthropic-solo' can't serve `n`")
+
+
+def test_field_only_the_primary_can_honour_is_served_by_it(client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO, n=2)
+    assert raw.headers["x-babelgate-backend"] == "oa"  # its Anthropic fallback can't serve n=2: left out, no 400
 
 
 def test_messages_of_the_wrong_shape_are_400(gateway: Gateway) -> None:

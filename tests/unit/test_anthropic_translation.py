@@ -175,10 +175,14 @@ def test_adaptive_thinking_leaves_max_tokens_alone() -> None:
     assert _for("claude-opus-4-7", reasoning_effort="high", max_completion_tokens=100)["max_tokens"] == 100
 
 
-def test_reasoning_effort_on_a_model_without_thinking_is_refused() -> None:
-    with pytest.raises(BadRequest) as caught:
-        _for("claude-3-5-haiku-20241022", reasoning_effort="low")
-    assert caught.value.param == "reasoning_effort"
+def test_reasoning_effort_on_a_model_without_thinking_is_dropped_and_named() -> None:
+    """It only steers: the model answers all the same, so the backend stays eligible and the client is told."""
+    dropped: list[str] = []
+    request = anthropic.chat_request({**BASE_BODY, "reasoning_effort": "low"}, "claude-3-5-haiku-20241022",
+                                     default_max_tokens=DEFAULT_MAX_TOKENS, dropped=dropped)
+    assert_valid_anthropic_request(request)
+    assert "thinking" not in request and "output_config" not in request
+    assert dropped == ["reasoning_effort"]
 
 
 @pytest.mark.parametrize(("model", "sent"), [

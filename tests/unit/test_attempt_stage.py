@@ -282,5 +282,6 @@ def test_a_chain_attempt_converts_translates_and_estimates_the_request_once(monk
                       extra="telemetry: {access_log: /dev/null}\n")  # the access log makes the attempt count usage
     hello = {"model": "claude", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
     reply = attempt.send(request_body=body(hello)).request_body.response
-    assert (len(conversions), len(translations), len(estimates)) == (1, 1, 1)
-    assert orjson.loads(reply.body_mutation.body)["model"] == "claude-x"
+    # an Anthropic body to an Anthropic backend passes through: neither converted nor translated, estimated once
+    assert (len(conversions), len(translations), len(estimates)) == (0, 0, 1)
+    assert orjson.loads(reply.body_mutation.body) == {**hello, "model": "claude-x"}

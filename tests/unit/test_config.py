@@ -108,3 +108,21 @@ def test_drop_fields_remove_what_a_backend_refuses(monkeypatch: pytest.MonkeyPat
                                  "messages": [{"role": "user", "content": "x"}]}, "claude-opus-5", 100)
     assert "temperature" not in sent and "top_p" not in sent and sent["max_tokens"] == 5
     assert backend.settings.base_url == "https://api.anthropic.com"  # the schema's default
+
+
+def test_routes_are_lenient_unless_they_opt_into_strict_field_refusal() -> None:
+    runtime = compile_runtime(parse_config(MINIMAL), load_secrets=False)
+    assert runtime.routes["m"].strict is False
+    strict = MINIMAL.replace("  - model: m\n", "  - model: m\n    fields: strict\n")
+    assert compile_runtime(parse_config(strict), load_secrets=False).routes["m"].strict is True
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.fields"):
+        parse_config(MINIMAL.replace("  - model: m\n", "  - model: m\n    fields: sometimes\n"))
+
+
+def test_a_reasoning_style_is_compiled_onto_its_backend_model() -> None:
+    config = MINIMAL.replace("{backend: oa, model: x}", "{backend: oa, model: x, reasoning: {style: adaptive}}")
+    backend = compile_runtime(parse_config(config), load_secrets=False).backends["oa"]
+    assert (backend.reasoning, backend.reasoning_style("x"), backend.reasoning_style("y")) == ({"x": "adaptive"},
+                                                                                              "adaptive", None)
+    with pytest.raises(ConfigError, match=r"reasoning\.style"):
+        parse_config(config.replace("adaptive", "deep"))

@@ -123,25 +123,38 @@ def test_malformed_bodies_get_400(monkeypatch: pytest.MonkeyPatch, payload: obje
         assert raised.value.code == code
 
 
-def test_field_refused_by_any_backend_of_the_chain_is_a_400_before_anything_is_sent(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_field_the_fallback_refuses_leaves_it_out_of_the_chain(monkeypatch: pytest.MonkeyPatch) -> None:
     stage = RouteStage(runtime(monkeypatch))
-    stage.on_request_headers(headers(CHAT))
-    with pytest.raises(GatewayError) as raised:
-        asyncio.run(stage.on_request_body(body({**HELLO, "n": 3})))  # OpenAI takes n=3, the Anthropic fallback can't
-    assert raised.value.status == 400
-    assert raised.value.param == "n"
+    drive(stage, ProcessingRequest(request_headers=headers(CHAT)))
+    # OpenAI takes n=3, the Anthropic fallback can't: the request goes to OpenAI alone, never to the fallback
+    reply = drive(stage, ProcessingRequest(request_body=body({**HELLO, "n": 3}))).request_body.response
+    assert set_headers(reply)[constants.HEADER_CHAIN] == "bg_direct_oa"
+    assert orjson.loads(reply.body_mutation.body)["n"] == 3
+
+
+STRICT = CONFIG.replace("    aliases: [gpt4]\n", "    aliases: [gpt4]\n    fields: strict\n", 1)
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [
     ("logit_bias", {"50256": -100}, "'logit_bias' is not supported on anthropic backends"),
     ("frobnicate", 1, "'frobnicate' is not a chat completions field the anthropic translator knows"),
 ])
-def test_a_field_the_fallback_refuses_names_that_backend_and_its_schema(monkeypatch: pytest.MonkeyPatch, field: str,
-                                                                        value: object, reason: str) -> None:
-    got = expect_error(monkeypatch, 400, None, CHAT, {**HELLO, field: value})["error"]
-    assert got["param"] == field
-    assert got["message"].startswith(f"Backend 'an' (anthropic) of route 'gpt-4o' can't serve `{field}`: {reason}")
+def test_on_a_strict_route_a_field_the_fallback_refuses_is_a_400_naming_that_backend(
+        monkeypatch: pytest.MonkeyPatch, field: str, value: object, reason: str) -> None:
+    runtime(monkeypatch)  # the provider secrets
+    stage = RouteStage(compile_runtime(parse_config(STRICT)))
+    stage.on_request_headers(headers(CHAT))
+    with pytest.raises(GatewayError) as raised:
+        asyncio.run(stage.on_request_body(body({**HELLO, field: value})))
+    assert (raised.value.status, raised.value.param) == (400, field)
+    assert raised.value.message.startswith(
+        f"Backend 'an' (anthropic) of route 'gpt-4o' can't serve `{field}`: {reason}")
+
+
+def test_a_field_the_only_backend_refuses_is_a_400_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    got = expect_error(monkeypatch, 400, None, CHAT, {**HELLO, "model": "claude", "logit_bias": {"1": 2}})["error"]
+    assert got["param"] == "logit_bias"
+    assert got["message"].startswith("Backend 'an' (anthropic) of route 'claude' can't serve `logit_bias`: ")
 
 
 def test_unknown_model_gets_404(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,11 +277,11 @@ def test_a_direct_route_converts_translates_and_estimates_the_request_once(monke
     stage = RouteStage(limited)
     drive(stage, ProcessingRequest(request_headers=headers({**CHAT, ":path": "/anthropic/v1/messages"})))
     reply = drive(stage, ProcessingRequest(request_body=body(ANTHROPIC_HELLO))).request_body.response
-    assert (len(conversions), len(translations), len(estimates)) == (1, 1, 1)
+    # an Anthropic body to an Anthropic backend passes through: converted once (to route and estimate it), and
+    # sent as the client wrote it, with the backend's model
+    assert (len(conversions), len(translations), len(estimates)) == (1, 0, 1)
     assert set_headers(reply)[constants.HEADER_CHAIN] == "bg_direct_an"
-    from_scratch = limited.backends["an"].chat_request(anthropic_messages.to_openai(ANTHROPIC_HELLO), "claude-x",
-                                                       limited.default_max_tokens)
-    assert reply.body_mutation.body == orjson.dumps(from_scratch)
+    assert reply.body_mutation.body == orjson.dumps({**ANTHROPIC_HELLO, "model": "claude-x"})
 
 
 def test_a_direct_backend_checked_through_another_of_its_kind_gets_its_own_translation(
