@@ -14,8 +14,8 @@ Decisions worth knowing before changing this file:
   `disabled` becomes "none". An explicit `output_config.effort` (low ... max) wins over a budget. The anthropic
   provider maps the bucket back by model: 1024 / 8192 / 24576 budget tokens on budget-thinking Claude models, adaptive
   thinking with that `output_config.effort` on Opus 4.6+ (`providers/anthropic.py`, `capabilities`).
-  `display: "omitted"` is refused (the gateway can't hide what an OpenAI-format backend returns as reasoning), and so
-  is `between_tools`.
+  `display: "omitted"` is dropped and named (`STEERING_SETTINGS`): a translated backend's reasoning comes back as it
+  is produced; `between_tools` is refused.
 - Thinking and redacted_thinking blocks of past assistant turns travel, signatures and all, in the assistant message's
   `thinking_blocks` (the gateway's documented extension of the OpenAI message): the Anthropic-family translators send
   them back first in the turn, as Anthropic requires with thinking on; other translators drop them. Answers carry them
@@ -58,6 +58,7 @@ from typing import TypeGuard
 import orjson
 
 from ..errors import BadRequest
+from ..json_types import JsonObject
 
 MAPPED = "mapped"
 DROPPED = "dropped"
@@ -86,7 +87,13 @@ FIELDS: dict[str, str] = {
     "diagnostics": DROPPED,  # asks Anthropic to explain prompt-cache misses
     "workspace_id": DROPPED,  # the SDK sends it as a header; the gateway's credentials pick the workspace
     "user_profile_id": DROPPED,  # the SDK sends it as a header; attribution only
+    "context_management": DROPPED,  # Claude Code's context editing (clearing old thinking/tool results): a
+    # server-side context saving; a translated backend gets the whole conversation the client sent instead
 }
+STEERING_SETTINGS = ("thinking.display", "tools[].defer_loading")
+"""Settings inside fields that only steer: `display: "omitted"` asks for thinking without its text (a translated
+backend's reasoning is returned as it comes), `defer_loading` keeps a tool out of context until searched for (a
+translated backend is simply given every tool). Both are dropped, and named, rather than refused."""
 
 _REFUSAL_REASONS = {
     "top_k": "'top_k' has no OpenAI-format equivalent and is not supported by this gateway",
@@ -196,6 +203,19 @@ def to_openai(body: dict) -> dict:
     return request
 
 
+def dropped_fields(body: JsonObject) -> list[str]:
+    """What `to_openai` leaves out of this (valid) request on purpose, for `x-babelgate-dropped-fields`: the
+    DROPPED fields it carries and the steering settings it uses."""
+    dropped = [field for field, value in body.items() if value is not None and FIELDS.get(field) == DROPPED]
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("display") == "omitted":
+        dropped.append("thinking.display")
+    tools = body.get("tools")
+    if isinstance(tools, list) and any(isinstance(t, dict) and t.get("defer_loading") for t in tools):
+        dropped.append("tools[].defer_loading")
+    return dropped
+
+
 def _refuse_unsupported(body: object) -> None:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -250,9 +270,6 @@ def _reasoning_effort(thinking: object, effort: object, max_tokens: int) -> str 
         raise BadRequest(f"thinking type {kind!r} is not supported by this gateway; use enabled, adaptive or disabled",
                          param="thinking")
     _check_keys(config, allowed, "thinking")
-    if config.get("display") == "omitted":
-        raise BadRequest("thinking.display 'omitted' is not supported by this gateway: backends return their "
-                         "reasoning as they produce it", param="thinking.display")
     if kind == "disabled":
         if effort is not None:
             raise BadRequest("output_config.effort can't be combined with disabled thinking on this gateway: "
@@ -558,8 +575,9 @@ def _tools(tools: object) -> list[dict]:
             result.append(_typed_tool(tool, where))
             continue
         _check_keys(tool, _TOOL_KEYS, where)
-        for field, harmless in (("allowed_callers", (None, ["direct"])), ("defer_loading", (None, False)),
-                                ("input_examples", (None, []))):
+        if tool.get("defer_loading") not in (None, True, False):
+            raise BadRequest(f"{where}.defer_loading must be a boolean", param=f"{where}.defer_loading")
+        for field, harmless in (("allowed_callers", (None, ["direct"])), ("input_examples", (None, []))):
             if tool.get(field) not in harmless:
                 raise BadRequest(f"{where}.{field} is not supported by this gateway", param=f"{where}.{field}")
         if not isinstance(tool.get("name"), str) or not tool["name"]:

@@ -304,14 +304,16 @@ class AttemptStage:
         if self._endpoint is Endpoint.MESSAGES and anthropic_passthrough.passes_through(backend.schema):
             return self.send_passthrough(body)
         if self._endpoint is Endpoint.MESSAGES:
-            body = anthropic_messages.to_openai(body)
+            client_dropped = anthropic_messages.dropped_fields(body)
+            return self.send(anthropic_messages.to_openai(body), client_dropped=client_dropped)
         return self.send(body)
 
     def send(self, body: JsonObject, translated: JsonObject | None = None,
-             prompt_estimate: int | None = None, dropped: str | None = None) -> ProcessingResponse:
+             prompt_estimate: int | None = None, dropped: str | None = None,
+             client_dropped: list[str] | None = None) -> ProcessingResponse:
         """Send the OpenAI-form `body` to the backend. A direct route's stage passes what it already made:
         `translated`, the chat translation for this backend and model (with `dropped`, the fields it left out),
-        and `prompt_estimate`."""
+        and `prompt_estimate`. `client_dropped`: what the Anthropic client format's conversion left out."""
         backend = self._backend
         assert backend is not None
         runtime = self._runtime
@@ -323,7 +325,10 @@ class AttemptStage:
             left_out: list[str] = []
             upstream, path = upstream_request.chat(backend, self._model, body, self._streaming,
                                                    runtime.default_max_tokens, translated, left_out)
-            self._dropped = dropped or ",".join(dict.fromkeys(left_out))
+            names = dropped.split(",") if dropped else left_out
+            if client_dropped:
+                names = [*client_dropped, *names]
+            self._dropped = ",".join(dict.fromkeys(names)) if names else ""
         if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
             if prompt_estimate is None:
                 prompt_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)

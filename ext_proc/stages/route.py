@@ -246,6 +246,13 @@ class RouteStage:
             if backend.id in passing:
                 def send(attempt: AttemptStage) -> ProcessingResponse:
                     return attempt.send_passthrough(original, self._estimate)
+            elif self._endpoint is Endpoint.MESSAGES:
+                client_dropped = anthropic_messages.dropped_fields(original)
+
+                def send(attempt: AttemptStage) -> ProcessingResponse:
+                    upstream = translated.upstream.get(backend.id) if translated is not None else None
+                    dropped = translated.dropped.get(backend.id) if translated is not None else None
+                    return attempt.send(body, upstream, self._estimate, dropped, client_dropped)
             return self._direct(route, backend, model, headers, body, translated, metadata, parent, send=send)
         if parent is not None:  # every attempt's span, in whichever process, is this one's child
             metadata[constants.METADATA_TRACEPARENT_KEY] = parent

@@ -78,6 +78,25 @@ def test_fields_the_gateway_does_not_know_reach_the_provider(gateway: Gateway, c
         assert sent["headers"]["anthropic-beta"] == ",".join(BETAS)
 
 
+@pytest.mark.parametrize(("route", "handle"), [("gpt", "openai"), ("gemini", "gemini")])
+def test_steering_fields_are_dropped_and_named_on_a_translated_backend(gateway: Gateway, claude: anthropic.Anthropic,
+                                                                     route: str, handle: str) -> None:
+    """What Claude Code sends to every model reaches a translated backend without the settings that only steer, and
+    the answer names them in `x-babelgate-dropped-fields`."""
+    raw = claude.beta.messages.with_raw_response.create(
+        model=route, max_tokens=2000, betas=BETAS, messages=[{"role": "user", "content": "hello there"}],
+        thinking={"type": "adaptive", "display": "omitted"},  # type: ignore[typeddict-item]
+        tools=[{"name": "lookup", "description": "d", "input_schema": {"type": "object", "properties": {}},
+                "defer_loading": True}],
+        extra_body={"context_management": CONTEXT_MANAGEMENT})
+    message = raw.parse()
+    assert message.type == "message" and message.content
+    dropped = raw.headers["x-babelgate-dropped-fields"].split(",")
+    assert dropped[:3] == ["context_management", "thinking.display", "tools[].defer_loading"]
+    body = _sent_body(gateway, handle)
+    assert "context_management" not in body and "lookup" in orjson.dumps(body).decode()
+
+
 @pytest.mark.parametrize("route", sorted(CLAUDE_ROUTES))
 def test_streams_come_back_as_the_provider_sent_them(gateway: Gateway, route: str) -> None:
     """Server-sent events whatever the provider's framing (Bedrock: AWS event-stream), usage included."""

@@ -45,6 +45,8 @@ TIME = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}
 
 LEGACY_FIELDS = {"temperature", "top_p", "top_k"}
 """Accepted by the Messages API for older models but no longer declared by the 2.x SDK's types."""
+BETA_FIELDS = {"context_management"}
+"""Declared only by the SDK's beta Messages types; Claude Code sends them (with `anthropic-beta`)."""
 
 OPENAI_EXTENSION_KEYS = {"cache_control", "thinking_blocks"}
 """Keys the translator adds to OpenAI messages, parts and tools that the openai SDK doesn't declare."""
@@ -185,7 +187,7 @@ def test_request_translates_to_golden_openai_request(case: str) -> None:
 def test_every_messages_field_has_a_rule() -> None:
     fields = sdk_fields(message_create_params.MessageCreateParamsNonStreaming,
                         message_create_params.MessageCreateParamsStreaming)
-    assert fields | LEGACY_FIELDS == set(anthropic_messages.FIELDS)
+    assert fields | LEGACY_FIELDS | BETA_FIELDS == set(anthropic_messages.FIELDS)
     assert set(anthropic_messages.FIELDS.values()) <= {anthropic_messages.MAPPED, anthropic_messages.DROPPED,
                                                        anthropic_messages.REFUSED}
 
@@ -612,3 +614,20 @@ def test_thinking_and_tools_survive_a_second_tool_turn_to_the_anthropic_provider
     assert sent["messages"][1]["content"] == final["content"]
     assert [block["type"] for block in sent["messages"][1]["content"]] == [
         "redacted_thinking", "thinking", "tool_use"]
+
+
+def test_steering_settings_are_dropped_and_named_not_refused() -> None:
+    """What Claude Code sends to any model: context editing, thinking without its text, tools loaded on demand.
+    A translated backend answers all the same without them; the client is told which were left out."""
+    body = {"model": "m", "max_tokens": 64000, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "service_tier": "auto",
+            "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}, "defer_loading": True}]}
+    converted = anthropic_messages.to_openai(body)
+    assert "context_management" not in converted and converted["reasoning_effort"] == "high"
+    assert [tool["function"]["name"] for tool in converted["tools"]] == ["f"]
+    assert anthropic_messages.dropped_fields(body) == ["context_management", "service_tier", "thinking.display",
+                                                       "tools[].defer_loading"]
+    assert anthropic_messages.dropped_fields({"model": "m", "max_tokens": 1, "messages": []}) == []
