@@ -92,8 +92,9 @@ FIELDS: dict[str, str] = {
 }
 STEERING_SETTINGS = ("thinking.display", "tools[].defer_loading")
 """Settings inside fields that only steer: `display: "omitted"` asks for thinking without its text (a translated
-backend's reasoning is returned as it comes), `defer_loading` keeps a tool out of context until searched for (a
-translated backend is simply given every tool). Both are dropped, and named, rather than refused."""
+backend's reasoning is returned as it comes); `defer_loading` keeps a tool out of the model's context until Anthropic's
+server-side tool search finds it, and translated backends have no tool search, so such a tool is left out (Claude
+Code's `DeferredToolPlaceholder` among them). Both are named rather than refused."""
 
 _REFUSAL_REASONS = {
     "top_k": "'top_k' has no OpenAI-format equivalent and is not supported by this gateway",
@@ -584,6 +585,8 @@ def _tools(tools: object) -> list[dict]:
             raise BadRequest(f"{where}.name is required", param=f"{where}.name")
         if not isinstance(tool.get("input_schema"), dict):
             raise BadRequest(f"{where}.input_schema must be an object", param=f"{where}.input_schema")
+        if tool.get("defer_loading"):
+            continue  # not in the model's context until a tool search finds it, which translated backends lack
         function: dict = {"name": tool["name"]}
         if tool.get("description"):
             function["description"] = tool["description"]

@@ -624,10 +624,11 @@ def test_steering_settings_are_dropped_and_named_not_refused() -> None:
             "thinking": {"type": "adaptive", "display": "omitted"},
             "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
             "service_tier": "auto",
-            "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}, "defer_loading": True}]}
+            "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {}}, "defer_loading": True},
+                      {"name": "g", "input_schema": {"type": "object", "properties": {}}}]}
     converted = anthropic_messages.to_openai(body)
     assert "context_management" not in converted and converted["reasoning_effort"] == "high"
-    assert [tool["function"]["name"] for tool in converted["tools"]] == ["f"]
+    assert [tool["function"]["name"] for tool in converted["tools"]] == ["g"]  # f waits for a tool search
     assert anthropic_messages.dropped_fields(body) == ["context_management", "service_tier", "thinking.display",
                                                        "tools[].defer_loading"]
     assert anthropic_messages.dropped_fields({"model": "m", "max_tokens": 1, "messages": []}) == []
