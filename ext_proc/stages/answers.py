@@ -126,6 +126,15 @@ def backend_secrets(backend: BackendInfo) -> tuple[str, ...]:
     return tuple(secret for _, value in values if len(secret := value.rpartition(" ")[2]) >= 8)
 
 
+def count_uncounted_input(listing: JsonObject, estimate: int) -> None:
+    """An embeddings answer whose provider counted no input tokens (AI Studio's documented answer has no count)
+    reports the gateway's estimate instead of 0: clients bill and budget by it, as the limiter does."""
+    usage = listing.get("usage")
+    if isinstance(usage, dict) and not usage.get("prompt_tokens") and estimate:
+        usage["prompt_tokens"] = estimate
+        usage["total_tokens"] = estimate
+
+
 def encode_embeddings_base64(listing: JsonObject) -> None:
     """Providers answer floats; a client that asked for `encoding_format: base64` gets OpenAI's form (little-endian
     float32, base64) whatever the backend."""

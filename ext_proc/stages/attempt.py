@@ -121,6 +121,7 @@ class AttemptStage:
         "_created",
         "_direct",
         "_dropped",
+        "_embeddings_estimate",
         "_endpoint",
         "_guardrails",
         "_identity_answer",
@@ -170,6 +171,8 @@ class AttemptStage:
         self._include_usage = False
         self._created = 0
         self._base64_embeddings = False
+        self._embeddings_estimate = 0
+        """The gateway's estimate of an embeddings input, for a provider whose answer counts no tokens."""
         self._identity_answer = False
         self._passthrough = False
         """The client's Anthropic body went as it was: the answer goes back as it comes."""
@@ -320,6 +323,7 @@ class AttemptStage:
         if self._endpoint is Endpoint.EMBEDDINGS:
             upstream, path = upstream_request.embeddings(backend, self._model, body)
             self._base64_embeddings = body.get("encoding_format") == "base64"
+            self._embeddings_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)
         else:
             self._streaming = body.get("stream") is True
             left_out: list[str] = []
@@ -331,7 +335,7 @@ class AttemptStage:
             self._dropped = ",".join(dict.fromkeys(names)) if names else ""
         if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
             if prompt_estimate is None:
-                prompt_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)
+                prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
                                  and not self._streaming and not self._base64_embeddings
@@ -362,7 +366,7 @@ class AttemptStage:
                                                                self._betas)
         if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
             if prompt_estimate is None:
-                prompt_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)
+                prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
                                  and not self._streaming)
@@ -454,6 +458,8 @@ class AttemptStage:
         try:
             answer = answers.translated(backend, self._model, self._endpoint, message.body, self._base64_embeddings,
                                         self._request_id)
+            if self._endpoint is Endpoint.EMBEDDINGS:
+                answers.count_uncounted_input(answer, self._embeddings_estimate)
             if self._guardrails:
                 apply_guardrails(self._guardrails, answer, phase="response", route=self._route)
         except (UpstreamError, GuardrailBlocked) as refused:
