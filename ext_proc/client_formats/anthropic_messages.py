@@ -35,10 +35,13 @@ Decisions worth knowing before changing this file:
   (and image) parts; a URL document becomes a content part of type `anthropic` (`{"type": "anthropic", "anthropic":
   <the block as sent>}`), which Anthropic-family translators pass on (the provider fetches the URL) and others refuse.
   Files-API sources, citations, `context`, and a title on a non-PDF document are refused.
-- Typed client tools (bash_*, text_editor_* ...) and server tools (web_search_*, code_execution_* ...) become OpenAI
-  tools of type `anthropic` (`{"type": "anthropic", "anthropic": <the tool as sent>}`), which Anthropic-family
-  translators pass through and other translators refuse. The server tools' own result blocks (server_tool_use,
-  web_search_tool_result ...) are not carried back: the client gets the text the model wrote from them.
+- Typed client tools with a documented input schema (bash_*, text_editor_*, memory_*: `CLIENT_TOOLS`) become
+  ordinary function tools under the name Anthropic requires, with that schema and a description (other models don't
+  know these tools by heart); the model's call comes back as a tool_use of that name, which the client executes as it
+  does for Claude. Everything else Anthropic defines is refused, naming the tool: server tools (web_search_*,
+  code_execution_* ...) run on Anthropic's side, and computer_* needs Claude's own screenshot handling. The refusal
+  only makes translated backends ineligible: this conversion is not used for Anthropic-family backends, which get
+  the client's body as written (`providers/anthropic_passthrough.py`), server tools and all.
 - `top_k` (no OpenAI equivalent; it changes sampling) and `inference_geo` / `container` (Anthropic-side placement and
   code-execution state) are refused; `service_tier`, `speed`, `diagnostics` and the SDK's header-borne `workspace_id`
   / `user_profile_id` are dropped: they change cost, speed or bookkeeping, not the answer.
@@ -52,6 +55,7 @@ Decisions worth knowing before changing this file:
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import TypeGuard
 
@@ -72,7 +76,7 @@ FIELDS: dict[str, str] = {
     "stop_sequences": MAPPED,  # -> stop
     "stream": MAPPED,  # -> stream, with stream_options.include_usage (Anthropic streams always report usage)
     "metadata": MAPPED,  # user_id -> user
-    "tools": MAPPED,  # custom tools -> function tools; typed and server tools -> `anthropic` tools
+    "tools": MAPPED,  # custom and typed client tools -> function tools; server and computer tools refused
     "tool_choice": MAPPED,  # auto/any/tool/none; disable_parallel_tool_use -> parallel_tool_calls false
     "thinking": MAPPED,  # -> reasoning_effort
     "output_config": MAPPED,  # effort -> reasoning_effort, format -> response_format json_schema
@@ -560,6 +564,84 @@ def _as_error(content: str | list[dict]) -> str | list[dict]:
 
 # --- tools ---------------------------------------------------------------------------------------------------------
 
+_TYPED_TOOL_KEYS = frozenset({"type", "name", "cache_control", "strict", "allowed_callers", "defer_loading",
+                              "input_examples"})
+_TYPED_TOOL_EXTRA_KEYS = {"text_editor_20250728": frozenset({"max_characters"})}
+_COMPUTER_PREFIXES = ("computer_",)
+_SERVER_TOOL_PREFIXES = ("web_search_", "web_fetch_", "code_execution_", "tool_search_tool_", "mcp_toolset",
+                         "browser_")
+
+
+def _object_schema(properties: dict[str, dict], required: tuple[str, ...]) -> dict:
+    schema: dict = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+_PATH = {"type": "string", "description": "Absolute path of the file or directory."}
+_VIEW_RANGE = {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
+               "description": "view only, for a file: [first line, last line], 1-based; a last line of -1 reads to "
+                              "the end."}
+_BASH_SCHEMA = _object_schema({
+    "command": {"type": "string", "description": "The command to run; required unless restarting."},
+    "restart": {"type": "boolean", "description": "true restarts the shell session; otherwise leave it out."},
+}, ())
+
+
+def _editor_schema(commands: tuple[str, ...], insert_field: str) -> dict:
+    """The text editor's input: one object for every command, the fields each command reads described."""
+    properties: dict[str, dict] = {
+        "command": {"type": "string", "enum": list(commands), "description": "What to do."},
+        "path": _PATH,
+        "view_range": _VIEW_RANGE,
+        "file_text": {"type": "string", "description": "create: the new file's content."},
+        "old_str": {"type": "string", "description": "str_replace: the exact text to replace; it must occur once."},
+        "new_str": {"type": "string", "description": "str_replace: the text that replaces old_str."
+                    + (" insert: the text to insert." if insert_field == "new_str" else "")},
+        "insert_line": {"type": "integer", "description": "insert: the line after which to insert (0: the top)."},
+    }
+    if insert_field != "new_str":
+        properties[insert_field] = {"type": "string", "description": "insert: the text to insert."}
+    return _object_schema(properties, ("command", "path"))
+
+
+_MEMORY_SCHEMA = _object_schema({
+    "command": {"type": "string", "enum": ["view", "create", "str_replace", "insert", "delete", "rename"],
+                "description": "What to do in the /memories directory."},
+    "path": {"type": "string", "description": "A path under /memories (every command but rename)."},
+    "view_range": _VIEW_RANGE,
+    "file_text": {"type": "string", "description": "create: the new file's content."},
+    "old_str": {"type": "string", "description": "str_replace: the exact text to replace; it must occur once."},
+    "new_str": {"type": "string", "description": "str_replace: the text that replaces old_str."},
+    "insert_line": {"type": "integer", "description": "insert: the line after which to insert (0: the top)."},
+    "insert_text": {"type": "string", "description": "insert: the text to insert."},
+    "old_path": {"type": "string", "description": "rename: the current path."},
+    "new_path": {"type": "string", "description": "rename: the new path."},
+}, ("command",))
+_EDITOR_DESCRIPTION = ("View, create and edit text files: view shows a file with line numbers (or lists a "
+                       "directory), create writes a new file, str_replace replaces one exact occurrence, insert adds "
+                       "text after a line")
+_OLD_EDITOR = (_EDITOR_DESCRIPTION + ", undo_edit reverts the last edit of a file.",
+               _editor_schema(("view", "create", "str_replace", "insert", "undo_edit"), "new_str"))
+_NEW_EDITOR = (_EDITOR_DESCRIPTION + ".", _editor_schema(("view", "create", "str_replace", "insert"), "insert_text"))
+_BASH = ("Run a command in a persistent bash shell session (its state carries over between calls); restart: true "
+         "starts a new session.", _BASH_SCHEMA)
+CLIENT_TOOLS: dict[str, tuple[str, str, dict]] = {
+    "bash_20241022": ("bash", *_BASH),
+    "bash_20250124": ("bash", *_BASH),
+    "text_editor_20241022": ("str_replace_editor", *_OLD_EDITOR),
+    "text_editor_20250124": ("str_replace_editor", *_OLD_EDITOR),
+    "text_editor_20250429": ("str_replace_based_edit_tool", *_NEW_EDITOR),
+    "text_editor_20250728": ("str_replace_based_edit_tool", *_NEW_EDITOR),
+    "memory_20250818": ("memory", "Read and write files in the /memories directory, which persists between "
+                                  "conversations: check it before a task, record progress and learnings in it.",
+                        _MEMORY_SCHEMA),
+}
+"""Anthropic's typed client tools -> (the name Anthropic requires, a description, the input schema Anthropic
+documents). Claude knows these tools without a description; other models read this one. The client executes the
+call as it does for Claude: the model's tool_use comes back under the same name with the documented input."""
+
 
 def _tools(tools: object) -> list[dict]:
     if tools is None:
@@ -571,42 +653,67 @@ def _tools(tools: object) -> list[dict]:
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
             raise BadRequest(f"{where} must be an object", param=where)
-        kind = tool.get("type")
-        if kind not in (None, "custom"):
-            result.append(_typed_tool(tool, where))
-            continue
-        _check_keys(tool, _TOOL_KEYS, where)
-        if tool.get("defer_loading") not in (None, True, False):
-            raise BadRequest(f"{where}.defer_loading must be a boolean", param=f"{where}.defer_loading")
-        for field, harmless in (("allowed_callers", (None, ["direct"])), ("input_examples", (None, []))):
-            if tool.get(field) not in harmless:
-                raise BadRequest(f"{where}.{field} is not supported by this gateway", param=f"{where}.{field}")
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise BadRequest(f"{where}.name is required", param=f"{where}.name")
-        if not isinstance(tool.get("input_schema"), dict):
-            raise BadRequest(f"{where}.input_schema must be an object", param=f"{where}.input_schema")
+        function = _custom_tool(tool, where) if tool.get("type") in (None, "custom") else _typed_tool(tool, where)
         if tool.get("defer_loading"):
             continue  # not in the model's context until a tool search finds it, which translated backends lack
-        function: dict = {"name": tool["name"]}
-        if tool.get("description"):
-            function["description"] = tool["description"]
-        function["parameters"] = tool["input_schema"]
-        if tool.get("strict"):
-            function["strict"] = True
-        # eager_input_streaming only changes how finely argument fragments stream.
         result.append(_with_cache_control({"type": "function", "function": function}, tool))
     return result
 
 
+def _custom_tool(tool: dict, where: str) -> dict:
+    _check_tool_options(tool, _TOOL_KEYS, where)
+    if not isinstance(tool.get("input_schema"), dict):
+        raise BadRequest(f"{where}.input_schema must be an object", param=f"{where}.input_schema")
+    function: dict = {"name": tool["name"]}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    function["parameters"] = tool["input_schema"]
+    if tool.get("strict"):
+        function["strict"] = True
+    # eager_input_streaming only changes how finely argument fragments stream.
+    return function
+
+
+def _check_tool_options(tool: dict, allowed: frozenset[str], where: str) -> None:
+    """The checks every tool the model may call gets: known keys, a name, options with an OpenAI meaning."""
+    _check_keys(tool, allowed, where)
+    if tool.get("defer_loading") not in (None, True, False):
+        raise BadRequest(f"{where}.defer_loading must be a boolean", param=f"{where}.defer_loading")
+    for field, harmless in (("allowed_callers", (None, ["direct"])), ("input_examples", (None, []))):
+        if tool.get(field) not in harmless:
+            raise BadRequest(f"{where}.{field} is not supported by this gateway", param=f"{where}.{field}")
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
+        raise BadRequest(f"{where}.name is required", param=f"{where}.name")
+
+
 def _typed_tool(tool: dict, where: str) -> dict:
-    """A typed client tool or a server tool: carried as it is for Anthropic-family backends, which check it."""
-    if not isinstance(tool.get("type"), str) or not isinstance(tool.get("name"), str) or not tool["name"]:
+    """A typed client tool with a documented input schema -> that function; anything else Anthropic defines is
+    refused, naming it: only an Anthropic-family backend (which gets the request as written) can serve it."""
+    kind, name = tool.get("type"), tool.get("name")
+    if not isinstance(kind, str) or not isinstance(name, str) or not name:
         raise BadRequest(f"{where}: a typed or server tool needs a string type and name", param=where)
-    return {"type": "anthropic", "anthropic": dict(tool)}
+    known = CLIENT_TOOLS.get(kind)
+    if known is None:
+        raise BadRequest(f"{where}: {_unservable(kind, name)}; only Anthropic-family backends, which get this "
+                         "request as written, can serve it", param=where)
+    tool_name, description, schema = known
+    if name != tool_name:
+        raise BadRequest(f"{where}.name: a {kind} tool is named {tool_name!r}", param=f"{where}.name")
+    _check_tool_options(tool, _TYPED_TOOL_KEYS | _TYPED_TOOL_EXTRA_KEYS.get(kind, frozenset()), where)
+    if tool.get("strict"):
+        raise BadRequest(f"{where}.strict: {kind}'s input schema has optional fields, which OpenAI-format strict "
+                         "mode refuses", param=f"{where}.strict")
+    # max_characters tells the client how far to truncate what `view` returns: the client applies it, not the model.
+    return {"name": name, "description": description, "parameters": copy.deepcopy(schema)}  # translators own it
 
 
-def _tool_name(tool: dict) -> str:
-    return str(tool["anthropic"]["name"] if tool["type"] == "anthropic" else tool["function"]["name"])
+def _unservable(kind: str, name: str) -> str:
+    if kind.startswith(_COMPUTER_PREFIXES):
+        return (f"{name!r} ({kind}) is Anthropic's computer-use tool, whose screenshots and actions only Claude "
+                "models are trained and prompted for")
+    if kind.startswith(_SERVER_TOOL_PREFIXES):
+        return f"{name!r} ({kind}) is an Anthropic server tool: it runs on Anthropic's side, not the client's"
+    return f"{name!r} ({kind}) is an Anthropic tool type this gateway knows no input schema for"
 
 
 def _tool_choice(choice: object, tools: list[dict]) -> tuple[str | dict | None, bool | None]:
@@ -619,7 +726,7 @@ def _tool_choice(choice: object, tools: list[dict]) -> tuple[str | dict | None, 
         raise BadRequest("tool_choice.type must be auto, any, tool or none", param="tool_choice")
     allowed = {"type"} if kind == "none" else {"type", "disable_parallel_tool_use"}
     _check_keys(config, frozenset(allowed | {"name"} if kind == "tool" else allowed), "tool_choice")
-    names = {_tool_name(tool) for tool in tools}
+    names = {tool["function"]["name"] for tool in tools}
     mapped: str | dict
     if kind == "tool":
         name = config.get("name")

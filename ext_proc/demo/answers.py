@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import orjson
+
 PARALLEL_TOOLS_HEADER = "x-demo-parallel-tools"
 MAX_PARALLEL_TOOLS = 16
 MAX_ECHO_CHARS = 200
@@ -125,6 +127,11 @@ def tool_input(schema: object) -> dict[str, object]:
     """
     arguments = _sample(schema, schema, 0) if isinstance(schema, dict) else {}
     return arguments if isinstance(arguments, dict) else {}
+
+
+def structured_answer(schema: object) -> str:
+    """The answer to a request for structured output: a JSON object that fits `schema` (any object without one)."""
+    return orjson.dumps(tool_input(schema)).decode()
 
 
 def fragments(text: str, count: int = 4) -> list[str]:

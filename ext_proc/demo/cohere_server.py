@@ -27,6 +27,7 @@ from ext_proc.demo.answers import (
     greeting,
     new_id,
     parallel_tool_count,
+    structured_answer,
     text_of,
     tool_input,
     tool_reply,
@@ -94,7 +95,11 @@ def _chat(call: Call) -> Reply:
         done = None
         output_tokens = estimate_tokens([arguments for _, _, arguments in calls])
     else:
+        response_format = body.get("response_format")
+        if not isinstance(response_format, dict) or response_format.get("type") != "json_object":
+            response_format = None
         said = (tool_reply(call.name, model, text_of(last.get("content"))) if last["role"] == "tool"
+                else structured_answer(response_format.get("json_schema") or {"type": "object"}) if response_format
                 else greeting(call.name, model, _last_user_text(messages)))
         done = complete(said, body.get("stop_sequences") or [], body.get("max_tokens"))
         output_tokens = done.tokens

@@ -50,6 +50,7 @@ from ext_proc.demo.answers import (
     estimate_tokens,
     greeting,
     parallel_tool_count,
+    structured_answer,
     tool_input,
     tool_reply,
     words,
@@ -181,7 +182,12 @@ def _generate(call: Call, model: str, vertex: bool, stream: bool = False) -> Rep
         parts: list[dict[str, object]] = calls
         finish, tokens = "STOP", estimate_tokens([part["functionCall"] for part in calls])
     else:
-        said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(contents))
+        schema = (config.get("responseJsonSchema") or _json_schema(config.get("responseSchema"))
+                  if config.get("responseMimeType") == "application/json" else None)
+        said = (tool_reply(call.name, model, results) if results
+                else structured_answer(schema or {"type": "object"}) if schema is not None
+                or config.get("responseMimeType") == "application/json"
+                else greeting(call.name, model, _user_text(contents)))
         stops = config.get("stopSequences") or []
         max_tokens = config.get("maxOutputTokens")
         done = complete(said, stops, max_tokens if isinstance(max_tokens, int) else None)

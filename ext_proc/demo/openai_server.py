@@ -27,6 +27,7 @@ from ext_proc.demo.answers import (
     greeting,
     new_id,
     parallel_tool_count,
+    structured_answer,
     text_of,
     tool_input,
     tool_reply,
@@ -100,7 +101,10 @@ def _chat_completions(call: Call) -> Reply:
         done = None
         completion_tokens = estimate_tokens([arguments for _, _, arguments in calls])
     else:
-        done = complete(_answer_text(call.name, model, messages), stops, max_tokens)
+        schema = _answer_schema(body.get("response_format"))
+        said = (structured_answer(schema) if schema is not None and last.get("role") != "tool"
+                else _answer_text(call.name, model, messages))
+        done = complete(said, stops, max_tokens)
         completion_tokens = done.tokens
     prompt_tokens = estimate_tokens(messages, body.get("tools"))
     usage = _usage(prompt_tokens, completion_tokens)
@@ -261,6 +265,18 @@ def _check_messages(messages: list[object]) -> None:
         if message["role"] == "tool" and not isinstance(message.get("tool_call_id"), str):
             raise Rejected(f"Missing required parameter: 'messages.[{index}].tool_call_id'.",
                            param=f"messages.[{index}].tool_call_id", code="missing_required_parameter")
+
+
+def _answer_schema(response_format: object) -> object | None:
+    """What a structured answer must fit: the json_schema's schema, or any object for json_object; None for text."""
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return {"type": "object"}
+    spec = response_format.get("json_schema")
+    if response_format.get("type") == "json_schema" and isinstance(spec, dict):
+        return spec.get("schema") or {"type": "object"}
+    return None
 
 
 def _answer_text(name: str, model: str, messages: list[dict[str, object]]) -> str:

@@ -47,8 +47,9 @@ Things worth knowing before changing this file:
 - `provider_options["anthropic"]` (Babelgate's per-schema passthrough, `common.with_provider_options`) is merged
   into the Messages body after translation; Bedrock and Vertex read their own namespaces instead.
 - Anthropic typed and server tools (bash_*, text_editor_*, web_search_*, code_execution_* ...) travel in the OpenAI
-  request as `{"type": "anthropic", "anthropic": <the tool as Anthropic takes it>}` (the Anthropic client format
-  writes them so) and are passed through as they are; other translators refuse that tool type.
+  request as `{"type": "anthropic", "anthropic": <the tool as Anthropic takes it>}` (an OpenAI-format client's way
+  to ask for them; Anthropic-format clients reach Claude backends by passthrough) and are passed through as they
+  are; other translators refuse that tool type.
 """
 
 from __future__ import annotations

@@ -97,6 +97,20 @@ def test_steering_fields_are_dropped_and_named_on_a_translated_backend(gateway: 
     assert "context_management" not in body and "lookup" not in orjson.dumps(body).decode()  # deferred: no search
 
 
+def test_a_typed_client_tool_is_a_function_tool_on_a_translated_backend(gateway: Gateway,
+                                                                        claude: anthropic.Anthropic) -> None:
+    """Anthropic's bash tool reaches an OpenAI backend as a function `bash` with its documented input schema; the
+    model's call comes back as the tool_use the client would get from Claude."""
+    message = claude.messages.create(model="gpt", max_tokens=200, tools=[{"type": "bash_20250124", "name": "bash"}],
+                                     messages=[{"role": "user", "content": "List the files here."}])
+    calls = [block for block in message.content if block.type == "tool_use"]
+    assert message.stop_reason == "tool_use" and [call.name for call in calls] == ["bash"]
+    assert isinstance(calls[0].input, dict) and "command" in calls[0].input
+    [tool] = _sent_body(gateway, "openai")["tools"]
+    assert tool["type"] == "function" and tool["function"]["name"] == "bash"
+    assert set(tool["function"]["parameters"]["properties"]) == {"command", "restart"}
+
+
 @pytest.mark.parametrize("route", sorted(CLAUDE_ROUTES))
 def test_streams_come_back_as_the_provider_sent_them(gateway: Gateway, route: str) -> None:
     """Server-sent events whatever the provider's framing (Bedrock: AWS event-stream), usage included."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import anthropic
 import anthropic.types as anthropic_types
 import httpx2
+import jsonschema
 import pydantic
 import pytest
 from anthropic.types import message_create_params
@@ -89,14 +90,9 @@ def _adapter(hint: typing.Any) -> pydantic.TypeAdapter:
 
 
 def _assert_valid_openai_request(request: dict) -> None:
-    """The openai SDK's request type; tools of the gateway's `anthropic` type must be Anthropic tools instead."""
-    anthropic_tools = [tool for tool in request.get("tools") or () if tool["type"] == "anthropic"]
-    for tool in anthropic_tools:
-        assert tool.keys() == {"type", "anthropic"}
-        _adapter(anthropic_types.ToolUnionParam).validate_python(tool["anthropic"])
-        assert typed_dict_problems(tool["anthropic"], anthropic_types.ToolUnionParam, "tool") == []
-    if anthropic_tools:
-        request = {**request, "tools": [tool for tool in request["tools"] if tool["type"] != "anthropic"]}
+    """The openai SDK's request type; every tool is a function tool, whose parameters are a JSON schema."""
+    for tool in request.get("tools") or ():
+        jsonschema.Draft202012Validator.check_schema(tool["function"]["parameters"])
     request = {**request, "messages": [_without_anthropic_parts(message) for message in request["messages"]]}
     params = (completion_create_params.CompletionCreateParamsStreaming if request.get("stream")
               else completion_create_params.CompletionCreateParamsNonStreaming)
@@ -315,6 +311,7 @@ NOT_ROUND_TRIPPABLE = {
     "inline_system_message": "the anthropic provider hoists system messages into the top-level prompt",
     "thinking_adaptive_effort": "an effort becomes a thinking budget on the way back",
     "tool_errors": "is_error travels as an 'Error: ' prefix",
+    "typed_client_tools": "typed client tools become function tools (Anthropic-family backends get the body as sent)",
 }
 
 
@@ -352,6 +349,72 @@ def test_request_survives_a_round_trip_through_the_anthropic_provider(case: str)
 
 def test_round_trip_exclusions_are_real_cases() -> None:
     assert set(NOT_ROUND_TRIPPABLE) <= set(_cases("request_", ".anthropic.json"))
+
+
+# --- typed client tools --------------------------------------------------------------------------------------------
+
+CLIENT_TOOL_CALLS = {
+    "bash_20250124": [{"command": "ls -la"}, {"restart": True}],
+    "text_editor_20250124": [{"command": "undo_edit", "path": "/repo/a.py"},
+                             {"command": "insert", "path": "/repo/a.py", "insert_line": 0, "new_str": "import os"}],
+    "text_editor_20250728": [{"command": "view", "path": "/repo/a.py", "view_range": [1, -1]},
+                             {"command": "create", "path": "/repo/b.py", "file_text": "x = 1\n"},
+                             {"command": "str_replace", "path": "/repo/a.py", "old_str": "x", "new_str": "y"},
+                             {"command": "insert", "path": "/repo/a.py", "insert_line": 2, "insert_text": "z"}],
+    "memory_20250818": [{"command": "view", "path": "/memories"},
+                        {"command": "insert", "path": "/memories/a.md", "insert_line": 1, "insert_text": "done"},
+                        {"command": "rename", "old_path": "/memories/a.md", "new_path": "/memories/b.md"}],
+}
+"""Calls Claude makes with each tool, in the shape Anthropic documents (the memory ones are the SDK's own types)."""
+
+
+def test_every_client_tool_is_an_anthropic_tool_type_under_its_required_name() -> None:
+    for kind, (name, _, _) in anthropic_messages.CLIENT_TOOLS.items():
+        tool = {"type": kind, "name": name}
+        _adapter(anthropic_types.beta.BetaToolUnionParam).validate_python(tool)
+        assert typed_dict_problems(tool, anthropic_types.beta.BetaToolUnionParam, "tool") == [], kind
+
+
+@pytest.mark.parametrize("kind", sorted(CLIENT_TOOL_CALLS))
+def test_client_tool_schema_takes_the_documented_calls(kind: str) -> None:
+    name = anthropic_messages.CLIENT_TOOLS[kind][0]
+    function = to_openai({**BASE_BODY, "tools": [{"type": kind, "name": name}]})["tools"][0]["function"]
+    assert function["name"] == name and function["description"]
+    for call in CLIENT_TOOL_CALLS[kind]:
+        jsonschema.validate(call, function["parameters"])
+        if kind.startswith("memory_"):
+            _adapter(anthropic_types.beta.BetaMemoryTool20250818Command).validate_python(call)
+
+
+def test_newer_text_editors_have_no_undo_edit() -> None:
+    function = to_openai({**BASE_BODY, "tools": [{"type": "text_editor_20250728",
+                                                  "name": "str_replace_based_edit_tool"}]})["tools"][0]["function"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"command": "undo_edit", "path": "/a"}, function["parameters"])
+
+
+def test_client_tool_schemas_are_not_shared_between_requests() -> None:
+    body = {**BASE_BODY, "tools": [{"type": "bash_20250124", "name": "bash"}]}
+    to_openai(body)["tools"][0]["function"]["parameters"]["properties"].clear()
+    assert to_openai(body)["tools"][0]["function"]["parameters"]["properties"]
+
+
+def test_typed_client_tool_call_comes_back_as_a_tool_use_of_that_name() -> None:
+    """The backend calls the function `bash`; the client gets the tool_use it would get from Claude, and sends its
+    result back."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"command": "ls"}'}}
+    completion = {"id": "chatcmpl-1", "model": MODEL, "choices": [
+        {"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None,
+                                                                "tool_calls": [call]}}]}
+    message = from_openai(completion, MODEL)
+    anthropic_types.Message.model_validate(message)
+    assert message["stop_reason"] == "tool_use"
+    assert [(b["type"], b["name"], b["input"]) for b in message["content"]] == [("tool_use", "bash", {"command": "ls"})]
+    follow_up = to_openai({**BASE_BODY, "tools": [{"type": "bash_20250124", "name": "bash"}], "messages": [
+        *BASE_BODY["messages"], {"role": "assistant", "content": message["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "a.txt"}]}]})
+    assert follow_up["messages"][1]["tool_calls"][0]["function"]["name"] == "bash"
+    assert follow_up["messages"][2] == {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"}
 
 
 def test_sdk_agent_loop_keeps_tool_ids_and_inputs() -> None:
