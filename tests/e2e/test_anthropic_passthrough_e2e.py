@@ -42,6 +42,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         build.route("gpt", ("oa", "gpt-4o-mini"))
         build.route("claude-chain", ("an", "claude-sonnet-4-5-20250929"), ("oa", "gpt-4o-mini"))
         build.key("k")
+        build.key("only-gpt", models=["gpt"])
         yield build.start()
 
 
@@ -195,3 +196,27 @@ def test_an_unknown_anthropic_path_is_still_404(gateway: Gateway) -> None:
     response = httpx.post(gateway.url + "/anthropic/v1/complete", headers={"x-api-key": gateway.key}, json={},
                           timeout=10)
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/anthropic/v1/messages/count_tokens",
+                                  "/anthropic/v1/messages/count_tokens?beta=true"])
+def test_count_tokens_holds_the_key_and_its_scope(gateway: Gateway, path: str) -> None:
+    """Counting calls a provider with the gateway's credentials: it needs a key, and one that may use the model."""
+    body = {"model": "claude-direct", "messages": [{"role": "user", "content": "count me"}]}
+    before = len(gateway.provider_requests("anthropic"))
+    missing = httpx.post(gateway.url + path, json=body, timeout=10)
+    forged = httpx.post(gateway.url + path, json=body, headers={"x-api-key": "bg-" + "x" * 40}, timeout=10)
+    scoped = httpx.post(gateway.url + path, json=body, headers={"x-api-key": gateway.keys["only-gpt"]}, timeout=10)
+    assert (missing.status_code, forged.status_code, scoped.status_code) == (401, 401, 403)
+    assert all(r.json()["type"] == "error" for r in (missing, forged, scoped))
+    assert len(gateway.provider_requests("anthropic")) == before
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_only_the_probe_paths_answer_without_a_key(gateway: Gateway, method: str) -> None:
+    """HEAD answers the API's own probes; it opens nothing else: no messages, no counting, no other method."""
+    for path in ("/anthropic/v1/messages", "/anthropic/v1/messages/count_tokens", "/anthropic/v1/models"):
+        response = httpx.request(method, gateway.url + path, timeout=10)
+        assert response.status_code in (401, 404, 405), (method, path, response.status_code)
+    if method == "GET":
+        assert httpx.get(gateway.url + "/anthropic", timeout=10).status_code in (401, 404, 405)
