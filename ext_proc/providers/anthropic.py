@@ -72,6 +72,7 @@ from .common import (
     function_tools,
     refuse_unsupported,
     requested_max_tokens,
+    signed_thinking_blocks,
     split_data_url,
     with_provider_options,
 )
@@ -529,33 +530,12 @@ def _assistant_blocks(message: JsonObject, where: str) -> list[JsonObject]:
     for field in ("audio", "function_call"):
         if message.get(field) is not None:
             raise BadRequest(f"{where}.{field} is not supported on anthropic backends", param=f"{where}.{field}")
-    blocks = _thinking_blocks(message.get("thinking_blocks"), where)
+    blocks = signed_thinking_blocks(message.get("thinking_blocks"), where)
     blocks += _content_blocks(message.get("content"), where, ("text", "refusal"))
     if message.get("refusal"):
         blocks.append({"type": "text", "text": message["refusal"]})
     for k, call in enumerate(message.get("tool_calls") or ()):
         blocks.append(_tool_use(call, f"{where}.tool_calls[{k}]"))
-    return blocks
-
-
-def _thinking_blocks(value: object, where: str) -> list[JsonObject]:
-    """An assistant message's signed `thinking_blocks`, as Anthropic gave them (they must come back unchanged)."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequest(f"{where}.thinking_blocks must be an array", param=f"{where}.thinking_blocks")
-    blocks: list[JsonObject] = []
-    for k, block in enumerate(value):
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "thinking" and isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str):
-            if block["signature"]:  # unsigned: another model's reasoning, which Anthropic would refuse as forged
-                blocks.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
-        elif kind == "redacted_thinking" and isinstance(block.get("data"), str):
-            blocks.append({"type": "redacted_thinking", "data": block["data"]})
-        else:
-            here = f"{where}.thinking_blocks[{k}]"
-            raise BadRequest(f"{here} must be {{type: thinking, thinking, signature}} or "
-                             "{type: redacted_thinking, data}", param=here)
     return blocks
 
 

@@ -70,6 +70,7 @@ from .common import (
     error_dict,
     refuse_unsupported,
     requested_max_tokens,
+    signed_thinking_blocks,
     split_data_url,
     with_provider_options,
 )
@@ -511,7 +512,8 @@ def _assistant_blocks(message: JsonObject, where: str, claude: bool) -> list[Jso
     for name in ("audio", "function_call"):
         if message.get(name) is not None:
             raise BadRequest(f"{where}.{name} is not supported on bedrock-converse backends", param=f"{where}.{name}")
-    blocks = _reasoning_blocks(message.get("thinking_blocks"), where) if claude else []
+    blocks = ([_reasoning_block(block) for block in signed_thinking_blocks(message.get("thinking_blocks"), where)]
+              if claude else [])
     blocks += _content_blocks(message.get("content"), where, ("text", "refusal"))
     if message.get("refusal"):
         blocks.append({"text": message["refusal"]})
@@ -520,25 +522,11 @@ def _assistant_blocks(message: JsonObject, where: str, claude: bool) -> list[Jso
     return blocks
 
 
-def _reasoning_blocks(value: object, where: str) -> list[JsonObject]:
-    """An assistant message's signed `thinking_blocks` -> Converse `reasoningContent` blocks, unchanged."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadRequest(f"{where}.thinking_blocks must be an array", param=f"{where}.thinking_blocks")
-    blocks: list[JsonObject] = []
-    for k, block in enumerate(value):
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "thinking" and isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str):
-            text: JsonObject = {"text": block["thinking"], "signature": block["signature"]}
-            blocks.append({"reasoningContent": {"reasoningText": text}})
-        elif kind == "redacted_thinking" and isinstance(block.get("data"), str) and block["data"]:
-            blocks.append({"reasoningContent": {"redactedContent": block["data"]}})  # a blob: base64 in JSON
-        else:
-            here = f"{where}.thinking_blocks[{k}]"
-            raise BadRequest(f"{here} must be {{type: thinking, thinking, signature}} or "
-                             "{type: redacted_thinking, data}", param=here)
-    return blocks
+def _reasoning_block(block: JsonObject) -> JsonObject:
+    """A Claude thinking block -> Converse `reasoningContent`, signature and all."""
+    if block["type"] == "redacted_thinking":
+        return {"reasoningContent": {"redactedContent": block["data"]}}  # a blob: base64 in JSON
+    return {"reasoningContent": {"reasoningText": {"text": block["thinking"], "signature": block["signature"]}}}
 
 
 def _tool_use(call: object, where: str) -> JsonObject:

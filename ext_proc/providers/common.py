@@ -190,3 +190,26 @@ def _merge_patch(target: JsonObject, patch: JsonObject) -> JsonObject:
         else:
             merged[key] = value
     return merged
+
+
+def signed_thinking_blocks(value: object, where: str) -> list[JsonObject]:
+    """An assistant message's `thinking_blocks` (the gateway's extension of the OpenAI message), validated, in
+    Anthropic's shape: signed thinking blocks and redacted ones, which Claude needs back unchanged on later turns. An
+    unsigned block (another model's reasoning) is left out: Claude would refuse it as forged."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}.thinking_blocks must be an array", param=f"{where}.thinking_blocks")
+    blocks: list[JsonObject] = []
+    for k, block in enumerate(value):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking" and isinstance(block.get("thinking"), str) and isinstance(block.get("signature"), str):
+            if block["signature"]:
+                blocks.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str) and block["data"]:
+            blocks.append({"type": "redacted_thinking", "data": block["data"]})
+        else:
+            here = f"{where}.thinking_blocks[{k}]"
+            raise BadRequest(f"{here} must be {{type: thinking, thinking, signature}} or "
+                             "{type: redacted_thinking, data}", param=here)
+    return blocks
