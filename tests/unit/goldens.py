@@ -60,7 +60,7 @@ from ext_proc.providers.stream import ChatStream
 from ext_proc.providers.translator import Translator
 from ext_proc.streaming.eventstream import EventStreamDecoder, encode_event, encode_message
 from ext_proc.streaming.sse import SSEEvent
-from tests.unit.provider_checks import FixtureFolder, feed_stream, sse_events, typed_dict_problems
+from tests.unit.provider_checks import FixtureFolder, feed_stream, scalar_problems, sse_events, typed_dict_problems
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CREATED = 1700000000
@@ -262,14 +262,7 @@ def cohere_problems(value: object, hint: object, path: str) -> list[str]:
         return [] if isinstance(value, dict) else [f"{path}: expected an object"]
     if hint is typing.Any:
         return []
-    if hint is type(None):
-        return [] if value is None else [f"{path}: expected null"]
-    if hint is float:
-        return [] if isinstance(value, int | float) and not isinstance(value, bool) else [f"{path}: expected number"]
-    if hint in (str, int, bool):
-        ok = isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
-        return [] if ok else [f"{path}: expected {hint.__name__}"]
-    return [f"{path}: {hint!r} never matches a request value"]
+    return scalar_problems(value, hint, path)
 
 
 def _cohere_model_problems(value: object, model: type[pydantic.BaseModel], path: str) -> list[str]:

@@ -156,6 +156,11 @@ def typed_dict_problems(value: object, hint: object, path: str) -> list[str]:
                                                                                            f"{path}[{i}]")]
     if origin in (dict, collections.abc.Mapping) or hint is object:
         return [] if hint is object or isinstance(value, dict) else [f"{path}: expected an object"]
+    return scalar_problems(value, hint, path)
+
+
+def scalar_problems(value: object, hint: object, path: str) -> list[str]:
+    """The leaves of a request type: null, numbers (a bool is none), strings; any other hint matches nothing."""
     if hint is type(None):
         return [] if value is None else [f"{path}: expected null"]
     if hint is float:
