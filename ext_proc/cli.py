@@ -385,6 +385,11 @@ Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
   print(client.chat.completions.create(model="{model}",
         messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
 
+  # the Responses API (Codex, the OpenAI Agents SDK), on every model:
+  print(client.responses.create(model="{model}", input="Hello!").output_text)
+  curl {url}/v1/responses -H 'Authorization: Bearer {shown_key}' -H 'Content-Type: application/json' \
+    -d '{{"model": "{model}", "input": "Hello!", "stream": true}}'
+
 Models: {models}
 {channel_line}{admin_lines}""", flush=True)
 

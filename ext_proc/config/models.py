@@ -143,6 +143,9 @@ class AzureEntra(_Strict):
 
 class AzureSettings(_Strict):
     api_version: str = "2024-10-21"
+    responses_api_version: str = Field(
+        "2025-04-01-preview", description="The api-version of Azure's Responses API (`/openai/responses`), which "
+                                          "chat completions' `api_version` may predate.")
     deployment: str | None = Field(None, description="Deployment name; the route's backend model if unset.")
     entra: AzureEntra | None = Field(None, description="Entra ID (client credentials) instead of an `api-key`.")
 
@@ -184,6 +187,11 @@ class Backend(_Strict):
     connect_to: str | None = Field(
         None, description="Connect to this IP instead of resolving the base URL host; SNI and Host still use the host.")
     limits: list[LimitRule] = []
+    responses_api: bool | None = Field(
+        None, description="The backend serves OpenAI's Responses API (`/v1/responses`) itself, so Responses clients' "
+                          "requests reach it as they were written (model and credentials rewritten); otherwise the "
+                          "gateway translates them. Unset: true for schema `openai` without a preset and for "
+                          "`azure-openai`, false for everything else.")
     outlier_detection: OutlierDetection | None = Field(
         default_factory=lambda: OutlierDetection(),
         description="Envoy ejects the backend after consecutive failures; `null` turns it off.")
@@ -206,7 +214,16 @@ class Backend(_Strict):
             raise ValueError("bedrock backends need `aws: {region: ...}`")
         if schema.startswith("vertex") and (self.gcp is None or not self.gcp.project or not self.gcp.location):
             raise ValueError("vertex backends need `gcp: {project: ..., location: ...}`")
+        if self.responses_api and schema not in ("openai", "azure-openai"):
+            raise ValueError("`responses_api` applies to schemas openai and azure-openai (OpenAI's own format)")
         return self
+
+    @property
+    def serves_responses(self) -> bool:
+        """Responses API requests go to this backend natively (`responses_api`, or its schema's default)."""
+        if self.responses_api is not None:
+            return self.responses_api
+        return self.schema_ == "azure-openai" or (self.schema_ == "openai" and self.preset is None)
 
     @field_validator("id")
     @classmethod
@@ -610,6 +627,19 @@ class TelemetrySettings(_Strict):
                 or metrics.otlp_endpoint is not None)
 
 
+class ResponsesSettings(_Strict):
+    """OpenAI's Responses API (`/v1/responses`): what the gateway keeps of responses created with `store: true`."""
+
+    store: bool = Field(
+        True, description="Keep responses created with `store: true` (OpenAI's default) for `previous_response_id`, "
+                          "`GET /v1/responses/{id}` and its input items; false: nothing is kept and those answer "
+                          "404. Kept in `limits.redis` when configured (every process and replica sees them), else "
+                          "in this process's memory.")
+    ttl: Seconds = Field(30 * 86400, description="How long a kept response lives (OpenAI keeps them 30 days).")
+    max_in_memory: int = Field(10_000, ge=1, description="Responses kept in memory (without Redis), the oldest "
+                                                         "forgotten first.")
+
+
 class LimitSettings(_Strict):
     redis: RedisSettings | None = Field(None, description="Shared store; without it, an in-process store.")
     user_header: str = Field("x-user-id", description="Header naming the end user; else the body's `user`.")
@@ -638,6 +668,7 @@ class Config(_Strict):
     prices: list[Price] = []
     routing: RoutingSettings = RoutingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    responses: ResponsesSettings = ResponsesSettings()
     _origin: Origin | None = PrivateAttr(None)
 
     @property

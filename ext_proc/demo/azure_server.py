@@ -1,5 +1,6 @@
-"""The fake Azure OpenAI provider: `POST /openai/deployments/{deployment}/chat/completions` (JSON or SSE) and
-`.../embeddings`, each with `?api-version=`.
+"""The fake Azure OpenAI provider: `POST /openai/deployments/{deployment}/chat/completions` (JSON or SSE),
+`.../embeddings`, and the Responses API at `POST /openai/responses` (the deployment in the body's `model`; `GET`/
+`DELETE /openai/responses/{id}` are 404s, the demo stores nothing), each with `?api-version=`.
 
 The answers are the fake OpenAI provider's (`openai_server.answer`), dressed as Azure's: content-filter annotations
 (`prompt_filter_results`, `content_filter_results` on every choice), the filter-only opening chunk of a stream, the
@@ -10,7 +11,10 @@ message containing `CONTENT_FILTER_TRIGGER` is refused the way Azure refuses a f
 Auth is like Azure's: an `api-key` header matching the key, or an `Authorization: Bearer` token. Entra ID tokens are
 signed by Microsoft and can't be verified here, so any well-formed bearer token is accepted.
 
-Like Azure, a request without `api-version` is a 404 and an unknown version a 400.
+Like Azure, a request without `api-version` is a 404 and an unknown version a 400; the Responses API also wants a
+version from 2025-03-01-preview on. Its answers are the fake OpenAI provider's Responses answers unchanged (Azure adds
+no filter annotations there); a filtered prompt is refused as for chat. Azure's newer `/openai/v1/...` paths (no
+`api-version`) are not served.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ KIND = "azure"
 CONTENT_FILTER_TRIGGER = "demo-content-filter"
 
 _ROUTE = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings)")
+_RESPONSES_ROUTE = re.compile(r"/openai/responses(/[^?]+)?")
+_RESPONSES_SINCE = "2025-03-01"
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _SAFE = {"filtered": False, "severity": "safe"}
 _FILTER_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
@@ -38,9 +44,10 @@ _DENIED = ("Access denied due to invalid subscription key or wrong API endpoint.
 def answer(call: Call) -> Reply:
     path, _, query = call.path.partition("?")
     route = _ROUTE.fullmatch(path)
-    if route is None:
+    responses = _RESPONSES_ROUTE.fullmatch(path)
+    if route is None and responses is None:
         return error(404, "Resource not found")
-    if call.method != "POST":
+    if route is not None and call.method != "POST":
         return error(405, f"The HTTP method '{call.method}' is not supported for this operation.")
     versions = parse_qs(query or call.query).get("api-version")
     if not versions:
@@ -49,6 +56,8 @@ def answer(call: Call) -> Reply:
         return error(400, "API version not supported", code="BadRequest")
     if not _authorized(call):
         return error(401, _DENIED, code="401")
+    if route is None:
+        return _responses(call, "/v1" + path.removeprefix("/openai"), versions[0])
     deployment, operation = route.groups()
     body = call.body
     if isinstance(body, dict):
@@ -85,6 +94,32 @@ def _authorized(call: Call) -> bool:
     if scheme.lower() == "bearer" and token and " " not in token:
         return True
     return call.api_key is None and "api-key" in call.headers
+
+
+def _responses(call: Call, path: str, version: str) -> Reply:
+    """The Responses API: the fake OpenAI provider's answer, its errors in Azure's format."""
+    if version[:10] < _RESPONSES_SINCE:
+        return error(400, "Azure OpenAI Responses API is enabled only for api-version 2025-03-01-preview and later",
+                     code="BadRequest")
+    if isinstance(call.body, dict) and _input_mentions_trigger(call.body.get("input")):
+        return _content_filter_refusal()
+    reply = openai_server.answer(Call(call.name, call.method, path, call.headers, call.body, None))
+    return reply if reply.status == 200 else _azure_error(reply)
+
+
+def _input_mentions_trigger(value: object) -> bool:
+    """Whether a Responses `input` (a string, or items) has a user message containing the trigger."""
+    if isinstance(value, str):
+        return CONTENT_FILTER_TRIGGER in value
+    return isinstance(value, list) and any(
+        isinstance(item, dict) and item.get("role") == "user" and CONTENT_FILTER_TRIGGER in _input_text(
+            item.get("content")) for item in value)
+
+
+def _input_text(content: object) -> str:
+    if isinstance(content, list):
+        return " ".join(str(part.get("text")) for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
 
 
 def _mentions_trigger(messages: object) -> bool:

@@ -1,4 +1,5 @@
-"""The fake OpenAI provider: `POST /v1/chat/completions` (JSON or SSE), `POST /v1/embeddings`, `GET /v1/models`.
+"""The fake OpenAI provider: `POST /v1/chat/completions` (JSON or SSE), `POST /v1/responses` (JSON or typed SSE
+events, in `responses_api.py`), `POST /v1/embeddings`, `GET /v1/models`.
 
 Pure functions from a `Call` to a `Reply`; the HTTP server, faults and request recording live in `server.py`.
 """
@@ -15,6 +16,7 @@ from typing import TypeGuard
 
 import orjson
 
+from ext_proc.demo import responses_api
 from ext_proc.demo.answers import (
     NOT_JSON,
     Call,
@@ -50,12 +52,12 @@ KIND = "openai"
 
 
 def answer(call: Call) -> Reply:
-    route = _ROUTES.get(call.path)
+    route = _route(call.path)
     if route is None:
         return error(404, f"Invalid URL ({call.method} {call.path})")
-    method, handle = route
-    if call.method != method:
-        return error(405, f"Method {call.method} not allowed on {call.path}; use {method}")
+    methods, handle = route
+    if call.method not in methods:
+        return error(405, f"Method {call.method} not allowed on {call.path}; use {' or '.join(methods)}")
     if call.api_key is not None and call.headers.get("authorization") != f"Bearer {call.api_key}":
         return error(401, "Incorrect API key provided.", code="invalid_api_key")
     if _echo_key(call):
@@ -346,8 +348,18 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_ROUTES: dict[str, tuple[str, Callable[[Call], Reply]]] = {
-    "/v1/chat/completions": ("POST", _chat_completions),
-    "/v1/embeddings": ("POST", _embeddings),
-    "/v1/models": ("GET", _models),
+def _route(path: str) -> tuple[tuple[str, ...], Callable[[Call], Reply]] | None:
+    """(allowed methods, handler) of `path`; a stored response's paths are all one handler (the demo keeps none)."""
+    route = _ROUTES.get(path)
+    if route is None and path.startswith(_RESPONSES_PREFIX) and path != _RESPONSES_PREFIX:
+        return ("POST",) if path.endswith("/cancel") else ("GET", "DELETE"), responses_api.stored
+    return route
+
+
+_RESPONSES_PREFIX = "/v1/responses/"
+_ROUTES: dict[str, tuple[tuple[str, ...], Callable[[Call], Reply]]] = {
+    "/v1/chat/completions": (("POST",), _chat_completions),
+    "/v1/responses": (("POST",), responses_api.create),
+    "/v1/embeddings": (("POST",), _embeddings),
+    "/v1/models": (("GET",), _models),
 }

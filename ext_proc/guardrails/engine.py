@@ -1,9 +1,10 @@
 """Guardrails compiled from a route's config and applied to a request (route stage) or an answer (attempt stage).
 
 Text is looked for wherever a client or a model puts it: message contents (strings and text parts), the system
-prompt, an embeddings `input`, an Anthropic-format `system`, and tool-call arguments. `block` refuses with a 400 that
-names the guardrail; `redact` replaces each find with `[REDACTED:<KIND>]` in place; `log` only records the find in the
-audit log. Found values are never logged, only their kinds and counts.
+prompt, an embeddings `input`, an Anthropic-format `system`, tool-call arguments, and in the Responses API's
+shapes: `instructions`, input items, a tool call's `output`, and a streamed event's `delta`. `block` refuses with a
+400 that names the guardrail; `redact` replaces each find with `[REDACTED:<KIND>]` in place; `log` only records the
+find in the audit log. Found values are never logged, only their kinds and counts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from . import pii
 
 audit = logging.getLogger("babelgate.audit")
 
-_TEXT_KEYS = frozenset({"content", "text", "system", "input", "prompt", "arguments", "instructions"})
+_TEXT_KEYS = frozenset({"content", "text", "system", "input", "prompt", "arguments", "instructions", "output",
+                        "delta"})
 
 
 @dataclass(frozen=True, slots=True)

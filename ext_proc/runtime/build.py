@@ -26,6 +26,7 @@ from ..providers.translator import Translator
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
 from ..routing.rules import CompiledRule
+from ..state.responses import ResponseStore, build_response_store
 from ..telemetry.hub import Telemetry
 
 
@@ -176,6 +177,8 @@ class Runtime:
     chars_per_token: float
     access_logged: bool = False
     """Envoy's access logs are rendered: the stages hand them backend, model, tokens and cost as metadata."""
+    responses: ResponseStore | None = None
+    """Where Responses API answers created with `store: true` are kept; None when storing is off."""
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
@@ -237,7 +240,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
             health.cooldowns.share_through(shared_cooldowns(redis, password, health.cooldowns))
     earlier = (previous.config, previous.limiter) if previous is not None and previous.limiter is not None else None
     limiter = build_limiter(config, announce=announce, previous=earlier) if load_secrets else None
-    return Runtime(config=config, limiter=limiter,
+    return Runtime(config=config, limiter=limiter, responses=_response_store(config, previous, load_secrets),
                    keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
                    health=health, telemetry=telemetry or Telemetry(),
                    access_logged=config.telemetry.access_log is not None,
@@ -250,12 +253,30 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    chars_per_token=config.limits.chars_per_token)
 
 
+def _response_store(config: Config, previous: Runtime | None, load_secrets: bool) -> ResponseStore | None:
+    """The Responses store; a reload keeps the one it had while its settings did not change (the in-memory one's
+    responses with it)."""
+    if not load_secrets:
+        return None
+    if (previous is not None and previous.config.responses == config.responses
+            and previous.config.limits.redis == config.limits.redis):
+        return previous.responses
+    redis = config.limits.redis
+    password = None
+    if redis is not None and redis.password is not None:
+        password = read_secret(redis.password, config.origin.at(("limits", "redis", "password")))
+    return build_response_store(config.responses, redis, password)
+
+
 def retired_by(old: Runtime, new: Runtime) -> list[object]:
-    """What `old` holds and `new` no longer uses: credentials (refresh threads) and the limiter's store."""
+    """What `old` holds and `new` no longer uses: credentials (refresh threads), the limiter's store and the
+    Responses store."""
     kept = {id(b.credential) for b in new.backends.values()}
     retired: list[object] = [b.credential for b in old.backends.values() if id(b.credential) not in kept]
     if old.limiter is not None and (new.limiter is None or new.limiter.store is not old.limiter.store):
         retired.append(old.limiter.store)
+    if old.responses is not None and new.responses is not old.responses:
+        retired.append(old.responses)
     return retired
 
 

@@ -5,9 +5,11 @@ everything the client sent that must not reach a provider. Response: translate t
 back to the client's format, pick up usage, and settle the route stage's reservation with it — at the end of a
 successful answer, or with what was streamed so far when the stream is cut or the client goes away.
 
-An Anthropic Messages body whose attempt goes to an Anthropic-family backend is not translated either way
-(`send_passthrough`): the answer is read for usage and guardrails only. A `count_tokens` attempt asks the backend's
-own counting endpoint (`send_count`), or answers the gateway's estimate itself on a backend that has none.
+An Anthropic Messages body whose attempt goes to an Anthropic-family backend, and a Responses API body whose attempt
+goes to a backend that serves that API itself, are not translated either way (`send_passthrough`): the answer is
+read for usage and guardrails only (and a Response kept when the client asked to store it: `responses_turn`).
+A `count_tokens` attempt asks the backend's own counting endpoint (`send_count`), or answers the gateway's estimate
+itself on a backend that has none.
 
 This module speaks the ext_proc protocol (phases, processing modes, Envoy's attributes and metadata) and hands the
 work to one module per job:
@@ -37,7 +39,9 @@ from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..json_types import JsonObject
 from ..limits.estimate import estimate_prompt_tokens
-from ..providers import anthropic_passthrough
+from ..providers import anthropic_passthrough, responses_passthrough
+from ..providers.openai_responses import chat_completion_from_response
+from ..providers.stream import ChatStream
 from ..runtime.build import BackendInfo, Runtime, find_route
 from ..telemetry.outcome import Outcome, outcome_from_decision
 from ..wire.base_pb2 import Metadata
@@ -51,8 +55,9 @@ from ..wire.processing_mode_pb2 import ProcessingMode
 from . import answers, attempt_report, count_tokens, messages, provider_headers, upstream_request
 from .attempt_report import AttemptReport
 from .endpoints import ANTHROPIC_STYLE, Endpoint
+from .responses_turn import ResponsesTurn
 from .stream_guard import StallTimer, StreamGuard
-from .stream_relay import SSE_CONTENT_TYPE, PassthroughRelay, StreamRelay, is_stream
+from .stream_relay import SSE_CONTENT_TYPE, PassthroughRelay, ResponsesPassthroughRelay, StreamRelay, is_stream
 from .upstream_request import forwarded_never
 from .usage_meter import UsageMeter
 
@@ -129,6 +134,7 @@ class AttemptStage:
         "_keep_text",
         "_meter",
         "_model",
+        "_owner",
         "_passthrough",
         "_relay",
         "_report",
@@ -141,6 +147,7 @@ class AttemptStage:
         "_stall",
         "_status",
         "_streaming",
+        "_turn",
         "error_style",
         "push",
     )
@@ -178,6 +185,10 @@ class AttemptStage:
         """The client's Anthropic body went as it was: the answer goes back as it comes."""
         self._betas: list[str] = []
         """The client's `anthropic-beta` list, for a passthrough or a count."""
+        self._owner = ""
+        """The key id of the request: a stored Response belongs to it."""
+        self._turn: ResponsesTurn | None = None
+        """A Responses API request's answer side."""
         # what came back
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -205,6 +216,8 @@ class AttemptStage:
             if request.response_body.end_of_stream and 200 <= self._status < 300:
                 self._report.ended_at = time.monotonic()
                 await self._settle()
+                if self._turn is not None:
+                    await self._keep_response(self._turn)
                 if self._runtime.access_logged:
                     self._hand_to_access_log(reply)
             return reply
@@ -236,7 +249,7 @@ class AttemptStage:
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
                      reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
-                     route: str = "", request_id: str = "", betas: list[str] | None = None) -> None:
+                     route: str = "", request_id: str = "", betas: list[str] | None = None, owner: str = "") -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
@@ -250,6 +263,7 @@ class AttemptStage:
         self._endpoint = endpoint
         self._reservation = reservation
         self._betas = betas or []
+        self._owner = owner
         if endpoint in ANTHROPIC_STYLE:
             self.error_style = "anthropic"
 
@@ -277,6 +291,7 @@ class AttemptStage:
             self.error_style = "anthropic"
             self._betas = anthropic_passthrough.betas(decision.get(constants.METADATA_BETAS_KEY))
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
+        self._owner = decision.get(constants.METADATA_KEY_ID_KEY, "")
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
         traced: tuple[tuple[str, str], ...] = ()
         if self._runtime.telemetry.enabled:
@@ -309,7 +324,18 @@ class AttemptStage:
         if self._endpoint is Endpoint.MESSAGES:
             client_dropped = anthropic_messages.dropped_fields(body)
             return self.send(anthropic_messages.to_openai(body), client_dropped=client_dropped)
+        if self._endpoint is Endpoint.RESPONSES:
+            turn = self.respond_to(body)
+            if responses_passthrough.passes_through(backend.settings):
+                return self.send_passthrough(body)
+            chat, client_dropped = turn.chat_form()
+            return self.send(chat, client_dropped=client_dropped)
         return self.send(body)
+
+    def respond_to(self, request: JsonObject) -> ResponsesTurn:
+        """A Responses API request: what its answer needs (the client's body, its conversation rebuilt)."""
+        self._turn = ResponsesTurn(request, self._requested, self._owner)
+        return self._turn
 
     def send(self, body: JsonObject, translated: JsonObject | None = None,
              prompt_estimate: int | None = None, dropped: str | None = None,
@@ -339,7 +365,7 @@ class AttemptStage:
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
                                  and not self._streaming and not self._base64_embeddings
-                                 and self._endpoint is not Endpoint.MESSAGES
+                                 and self._endpoint is not Endpoint.MESSAGES and self._turn is None
                                  and backend.translator.identity_responses)
         if self._streaming:
             options = body.get("stream_options")
@@ -362,16 +388,24 @@ class AttemptStage:
         if self._streaming:  # the meter reads usage off the backend's stream, as it reads a translated one's
             self._include_usage = True
             self._created = int(time.time())
-        upstream, path, headers = upstream_request.passthrough(backend, self._model, body, self._streaming,
-                                                               self._betas)
+        if self._turn is not None:
+            upstream, path, headers = upstream_request.responses_native(backend, self._model, body)
+        else:
+            upstream, path, headers = upstream_request.passthrough(backend, self._model, body, self._streaming,
+                                                                   self._betas)
         if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
             if prompt_estimate is None:
                 prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
-                                 and not self._streaming)
+                                 and not self._streaming and not self._stores_answer())
         self._report.sent_at = time.monotonic()
         return upstream_request.reply(backend, path, upstream, headers)
+
+    def _stores_answer(self) -> bool:
+        """A Responses answer the gateway keeps: its body must be read, even when nothing else reads it."""
+        turn = self._turn
+        return turn is not None and turn.store and self._runtime.responses is not None
 
     def send_count(self, body: JsonObject, openai_body: JsonObject | None) -> ProcessingResponse:
         """A `count_tokens` request: the backend's own count where its service has one, else the gateway's estimate
@@ -425,16 +459,22 @@ class AttemptStage:
 
     def _open_stream(self, backend: BackendInfo, content_type: str) -> ProcessingMode:
         """A successful streamed answer begins: the relay that translates it, and the mode Envoy must switch to."""
-        stream = backend.translator.chat_stream(self._model, self._created, self._include_usage)
+        turn = self._turn
+        stream: ChatStream
+        if self._passthrough and turn is not None:
+            stream = turn.reader(self._model, self._created)
+        else:
+            stream = backend.translator.chat_stream(self._model, self._created, self._include_usage)
         guard = StreamGuard(self._guardrails, self._route) if self._guardrails else None
         if self._meter is not None:
             self._meter.stream = stream
         relay: StreamRelay
         if self._passthrough:
-            relay = PassthroughRelay(content_type, stream, guard, self._meter)
+            relay = (ResponsesPassthroughRelay(content_type, stream, guard, self._meter) if turn is not None
+                     else PassthroughRelay(content_type, stream, guard, self._meter))
         else:
             client_stream = (anthropic_messages.MessagesStream(self._model) if self._endpoint is Endpoint.MESSAGES
-                             else None)
+                             else turn.stream() if turn is not None else None)
             relay = StreamRelay(content_type, stream, client_stream, guard, self._meter)
         self._relay = relay
         timeout = backend.settings.stream_idle_timeout
@@ -467,19 +507,24 @@ class AttemptStage:
             return answers.json_reply(orjson.loads(refused.body(self.error_style)), refused.status)
         if self._meter is not None:
             self._meter.take_answer(answer)
+        if self._turn is not None:
+            return answers.json_reply(self._turn.answer(answer))
         return answers.client_reply(answer, self._model, self._endpoint)
 
     def _untranslated_answer(self, backend: BackendInfo, raw: bytes) -> ProcessingResponse:
-        """An Anthropic-family backend's Message to an Anthropic client: passed as it came, unless a guardrail
-        redacts or blocks it."""
+        """An Anthropic-family backend's Message to an Anthropic client, or a native Response to a Responses
+        client: passed as it came, unless a guardrail redacts or blocks it."""
         try:
             answer = answers.untranslated(backend, raw, self._request_id)
             redacted = self._guardrails and apply_guardrails(self._guardrails, answer, phase="response",
                                                              route=self._route)
         except (UpstreamError, GuardrailBlocked) as refused:
             return answers.json_reply(orjson.loads(refused.body(self.error_style)), refused.status)
+        if self._turn is not None:
+            self._turn.final = answer
         if self._meter is not None:
-            self._meter.take_answer(answers.metered(answer))
+            self._meter.take_answer(chat_completion_from_response(answer) if self._turn is not None
+                                    else answers.metered(answer))
         return answers.json_reply(answer) if redacted else messages.response_body_reply()
 
     def _stream_chunk(self, relay: StreamRelay, message: HttpBody) -> ProcessingResponse:
@@ -502,6 +547,15 @@ class AttemptStage:
         if self._reservation is None or limiter is None or meter is None or backend is None:
             return
         await meter.settle(limiter, self._reservation, backend.id, self._model)
+
+    async def _keep_response(self, turn: ResponsesTurn) -> None:
+        """Store a completed Response the client asked to keep; a native stream's is redacted as its events were."""
+        if turn.final is None and self._passthrough and self._guardrails:
+            final = turn.completed()
+            if final is not None:
+                apply_guardrails(tuple(g for g in self._guardrails if g.mode != "block"), final, phase="response",
+                                 route=self._route)
+        await turn.keep(self._runtime.responses)
 
     def fill(self, outcome: Outcome) -> None:
         """What this attempt knows of the request's end: backend, model, status, usage, cost, timing, text."""

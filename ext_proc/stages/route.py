@@ -33,7 +33,7 @@ import orjson
 
 from .. import constants
 from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
-from ..client_formats import anthropic_messages
+from ..client_formats import anthropic_messages, responses_request
 from ..client_formats.openai_chat import check_chat_shape
 from ..config.models import RequestLimits
 from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLimited
@@ -42,7 +42,7 @@ from ..guardrails.engine import check_size
 from ..json_types import JsonObject
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
-from ..providers import anthropic_passthrough
+from ..providers import anthropic_passthrough, responses_passthrough
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
 from ..runtime.build import BackendInfo, RouteInfo, Runtime, find_route
@@ -53,9 +53,9 @@ from ..wire.external_processor_pb2 import (
     ProcessingRequest,
     ProcessingResponse,
 )
-from . import count_tokens, messages
+from . import count_tokens, messages, stored_responses
 from .attempt import AttemptStage
-from .endpoints import ANTHROPIC_STYLE, Endpoint, classify
+from .endpoints import ANTHROPIC_STYLE, STORED_RESPONSE_ENDPOINTS, Endpoint, classify
 from .upstream_request import forwarded_never
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 class RouteStage:
     __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_outcome", "_reservation",
-                 "_runtime", "_span", "_user",
+                 "_runtime", "_span", "_stored", "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -83,6 +83,8 @@ class RouteStage:
         self._outcome: Outcome | None = Outcome() if runtime.telemetry.enabled else None
         self._span: Span | None = None
         """The request's trace span, when tracing is on."""
+        self._stored: tuple[Endpoint, str, str, str] | None = None
+        """A stored Response's call (endpoint, method, response id, query), answered from the store."""
         self._estimate: int | None = None
         """The prompt's token estimate, once something needed it (the cost policy, the reservation, a direct
         route's accounting): made at most once per request."""
@@ -91,7 +93,10 @@ class RouteStage:
         kind = request.WhichOneof("request")
         try:
             if kind == "request_headers":
-                return self.on_request_headers(request.request_headers)
+                reply = self.on_request_headers(request.request_headers)
+                if self._stored is not None:  # a stored Response's call, answered from the store
+                    return await self._answer_stored(*self._stored)
+                return reply
             if kind == "request_body":
                 return await self.on_request_body(request.request_body)
             if kind == "response_headers":
@@ -167,6 +172,10 @@ class RouteStage:
             if outcome is not None:
                 outcome.status = 200
             return messages.immediate(200, listing)
+        if endpoint in STORED_RESPONSE_ENDPOINTS:
+            self._key = key
+            self._stored = (endpoint, headers.get(":method", ""), argument, headers.get(":path", "").partition("?")[2])
+            return messages.request_headers_reply()  # `handle` answers it from the store
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._runtime.max_body_bytes:
             raise _too_large(self._runtime.max_body_bytes)
@@ -178,6 +187,15 @@ class RouteStage:
         spoofed = [name for name in headers
                    if name.startswith((constants.INTERNAL_HEADER_PREFIX, constants.ENVOY_HEADER_PREFIX))]
         return messages.request_headers_reply(remove=spoofed)
+
+    async def _answer_stored(self, endpoint: Endpoint, method: str, response_id: str,
+                             query: str) -> ProcessingResponse:
+        assert self._key is not None
+        reply = await stored_responses.answer(self._runtime.responses, self._key.id, endpoint, method, response_id,
+                                              query)
+        if self._outcome is not None:
+            self._outcome.status = 200
+        return reply
 
     async def on_request_body(self, message: HttpBody) -> ProcessingResponse:
         if self._endpoint is None or self._key is None:
@@ -196,6 +214,14 @@ class RouteStage:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
+        rewritten = False
+        """The body Envoy sends on is not the client's: a conversation rebuilt, or a guardrail's redaction."""
+        if self._endpoint is Endpoint.RESPONSES:
+            stored_responses.refuse_unoffered(original)
+            check_input_items(original, self._runtime.config.requests)
+            expanded = await stored_responses.with_conversation(self._runtime.responses, self._key.id, original)
+            rewritten = expanded is not original
+            body = original = expanded
         redacted = False
         if route.guardrails or route.max_prompt_chars is not None or route.max_messages is not None:
             check_size(original, max_prompt_chars=route.max_prompt_chars, max_messages=route.max_messages)
@@ -206,6 +232,8 @@ class RouteStage:
         rough = False  # an Anthropic body the conversion refuses: only a backend that takes it as it is serves it
         if self._endpoint is Endpoint.MESSAGES:
             body, rough = _openai_form(original)
+        elif self._endpoint is Endpoint.RESPONSES:
+            body, rough = _chat_form(original)
         if self._endpoint is not Endpoint.EMBEDDINGS:
             check_chat_shape(body)
         elif "input" not in body:
@@ -245,19 +273,27 @@ class RouteStage:
             send = None
             if backend.id in passing:
                 def send(attempt: AttemptStage) -> ProcessingResponse:
+                    if self._endpoint is Endpoint.RESPONSES:
+                        attempt.respond_to(original)
                     return attempt.send_passthrough(original, self._estimate)
-            elif self._endpoint is Endpoint.MESSAGES:
-                client_dropped = anthropic_messages.dropped_fields(original)
+            elif self._endpoint is Endpoint.MESSAGES or self._endpoint is Endpoint.RESPONSES:
+                client_dropped = (anthropic_messages.dropped_fields(original) if self._endpoint is Endpoint.MESSAGES
+                                  else responses_request.dropped_fields(original))
 
                 def send(attempt: AttemptStage) -> ProcessingResponse:
+                    if self._endpoint is Endpoint.RESPONSES:
+                        attempt.respond_to(original)
                     upstream = translated.upstream.get(backend.id) if translated is not None else None
                     dropped = translated.dropped.get(backend.id) if translated is not None else None
                     return attempt.send(body, upstream, self._estimate, dropped, client_dropped)
             return self._direct(route, backend, model, headers, body, translated, metadata, parent, send=send)
         if parent is not None:  # every attempt's span, in whichever process, is this one's child
             metadata[constants.METADATA_TRACEPARENT_KEY] = parent
-        if redacted:  # what Envoy sends on (and re-sends on a retry) is the redacted request
+        if redacted or rewritten:  # what Envoy sends on (and re-sends on a retry) is this stage's request
             encoded = orjson.dumps(original)
+            if len(encoded) > runtime.max_body_bytes:
+                raise PayloadTooLarge(f"The conversation, with the earlier turns `previous_response_id` names, is "
+                                      f"larger than this gateway's limit of {runtime.max_body_bytes} bytes.")
             headers.append(("content-length", str(len(encoded))))
             return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata,
                                                body=encoded)
@@ -271,8 +307,11 @@ class RouteStage:
         runtime = self._runtime
         passing = _passing_through(runtime, self._endpoint, candidates)
         if rough:
-            if not passing:
-                anthropic_messages.to_openai(original)  # the client format's own 400
+            if not passing:  # the client format's own 400
+                if self._endpoint is Endpoint.RESPONSES:
+                    responses_request.to_openai(_without_previous(original))
+                else:
+                    anthropic_messages.to_openai(original)
             return passing, passing, None
         if len(passing) == len(candidates):
             return candidates, passing, None
@@ -377,7 +416,8 @@ class RouteStage:
                              requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
                              log_content=route.log_content, guardrails=route.guardrails, route=route.name,
                              request_id=self._headers.get("x-request-id", ""),
-                             betas=anthropic_passthrough.betas(self._headers.get(anthropic_passthrough.BETA_HEADER)))
+                             betas=anthropic_passthrough.betas(self._headers.get(anthropic_passthrough.BETA_HEADER)),
+                             owner=self._key.id if self._key is not None else "")
         upstream = translated.upstream.get(backend.id) if translated is not None else None
         dropped = translated.dropped.get(backend.id) if translated is not None else None
         reply = send(attempt) if send is not None else attempt.send(body, upstream, self._estimate, dropped)
@@ -496,11 +536,28 @@ def _openai_form(original: JsonObject) -> tuple[JsonObject, bool]:
 
 
 def _passing_through(runtime: Runtime, endpoint: Endpoint, candidates: tuple[str, ...]) -> tuple[str, ...]:
-    """The candidates an Anthropic client's body goes to as it is (Anthropic-family backends): none of them needs
-    a translation, nor can refuse one."""
-    if endpoint is not Endpoint.MESSAGES:
-        return ()
-    return tuple(b for b in candidates if anthropic_passthrough.passes_through(runtime.backends[b].schema))
+    """The candidates a client's body goes to as it is: Anthropic-family backends for an Anthropic client, backends
+    that serve the Responses API for a Responses client. None of them needs a translation, nor can refuse one."""
+    if endpoint is Endpoint.MESSAGES:
+        return tuple(b for b in candidates if anthropic_passthrough.passes_through(runtime.backends[b].schema))
+    if endpoint is Endpoint.RESPONSES:
+        return tuple(b for b in candidates if responses_passthrough.passes_through(runtime.backends[b].settings))
+    return ()
+
+
+def _chat_form(original: JsonObject) -> tuple[JsonObject, bool]:
+    """A Responses client's body in the chat form, to route and estimate it; True when the client format refused
+    it, and this is its rough form."""
+    body = _without_previous(original)
+    try:
+        return responses_request.to_openai(body), False
+    except BadRequest:
+        return responses_request.rough_form(body), True
+
+
+def _without_previous(body: JsonObject) -> JsonObject:
+    """The route stage already put the conversation `previous_response_id` names into `input`."""
+    return {name: value for name, value in body.items() if name != "previous_response_id"}
 
 
 def _translate_others(route: RouteInfo, candidates: tuple[str, ...], passing: tuple[str, ...], body: JsonObject,
@@ -559,6 +616,14 @@ def parse_json_object(raw: bytes) -> JsonObject:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+def check_input_items(body: JsonObject, limits: RequestLimits) -> None:
+    """A Responses request's `input` items are its messages: bounded alike."""
+    items = body.get("input")
+    if isinstance(items, list) and len(items) > limits.max_messages:
+        raise BadRequest(f"The request has {len(items)} input items; at most {limits.max_messages} are accepted.",
+                         param="input", code="too_many_messages")
 
 
 def check_client_limits(body: JsonObject, limits: RequestLimits) -> None:

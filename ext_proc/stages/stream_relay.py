@@ -4,7 +4,8 @@ backend's `ChatStream` turning each into OpenAI chunks, and each chunk encoded a
 
 An Anthropic-family stream to an Anthropic Messages client is not translated (`PassthroughRelay`): the provider's
 events go out as they came, Bedrock's frames decoded into the Anthropic events they carry; the backend's `ChatStream`
-still reads each event, so the guard and the meter see the answer as they see any other.
+still reads each event, so the guard and the meter see the answer as they see any other. A native Responses stream
+to a Responses client is relayed the same way (`ResponsesPassthroughRelay`).
 
 This runs once per chunk Envoy hands over: it keeps to plain attributes and one call per decoded chunk.
 """
@@ -18,6 +19,7 @@ import time
 import orjson
 
 from ..client_formats.anthropic_messages import MessagesStream
+from ..client_formats.responses_stream import ResponsesStream
 from ..errors import GatewayError, UpstreamError, anthropic_error_from_openai
 from ..guardrails.engine import GuardrailBlocked
 from ..json_types import JsonObject
@@ -41,9 +43,10 @@ def is_stream(content_type: str) -> bool:
 class StreamRelay:
     __slots__ = ("_client_stream", "_decoder", "_guard", "_meter", "first_chunk_at", "stream")
 
-    def __init__(self, content_type: str, stream: ChatStream, client_stream: MessagesStream | None,
+    def __init__(self, content_type: str, stream: ChatStream, client_stream: MessagesStream | ResponsesStream | None,
                  guard: StreamGuard | None, meter: UsageMeter | None) -> None:
-        """`client_stream`: the re-encoder for Anthropic Messages clients, None for OpenAI clients."""
+        """`client_stream`: the re-encoder for Anthropic Messages or Responses clients, None for OpenAI chat
+        clients."""
         self._decoder = EventStreamDecoder() if content_type.startswith(EVENTSTREAM) else SSEDecoder()
         self.stream = stream
         self._client_stream = client_stream
@@ -108,6 +111,8 @@ class PassthroughRelay(StreamRelay):
     """An Anthropic-family backend's stream to an Anthropic Messages client, untranslated."""
 
     __slots__ = ("_bedrock",)
+    _error_events: frozenset[str] = frozenset({"error"})
+    """Provider events that already tell the client the stream failed."""
 
     def __init__(self, content_type: str, stream: ChatStream, guard: StreamGuard | None,
                  meter: UsageMeter | None) -> None:
@@ -130,7 +135,7 @@ class PassthroughRelay(StreamRelay):
 
     def _forward(self, event: SSEEvent) -> bytes:
         """One provider event: what the client gets for it (nothing once a guardrail ended the answer)."""
-        forwarded = self._anthropic_event(event.event, event.data)
+        forwarded = self._client_event(event.event, event.data)
         out = [self._observe(chunk, forwarded) for chunk in self.stream.feed(event.event, event.data)]
         if forwarded is not None and self._guard is not None:
             forwarded = self._redacted(self._guard, forwarded)
@@ -140,7 +145,7 @@ class PassthroughRelay(StreamRelay):
             out.insert(0, _raw_event(*forwarded))
         return b"".join(out)
 
-    def _anthropic_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
+    def _client_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
         """The Anthropic event a provider event is (Bedrock's `chunk` carries one, base64 in JSON); None for an
         event that carries none (a Bedrock exception: the stream's error chunk speaks for it)."""
         if not self._bedrock:
@@ -167,9 +172,9 @@ class PassthroughRelay(StreamRelay):
         """The translated chunk, for the meter and the guard only; bytes only for an error the client's own
         events don't already carry, or a guardrail's."""
         if "error" in chunk:
-            if forwarded is not None and forwarded[0] == "error":
+            if forwarded is not None and forwarded[0] in self._error_events:
                 return b""
-            return encode_event("error", anthropic_error_from_openai(502, chunk))
+            return self._stream_error(chunk)
         guard = self._guard
         if guard is not None:
             if guard.blocked:
@@ -186,9 +191,46 @@ class PassthroughRelay(StreamRelay):
     def encode_error(self, error: GatewayError) -> bytes:
         return _raw_event("error", error.body("anthropic"))
 
+    def _stream_error(self, chunk: JsonObject) -> bytes:
+        """The client's error event for an error the translation found (a cut or malformed stream)."""
+        return encode_event("error", anthropic_error_from_openai(502, chunk))
+
     def end(self) -> bytes:
         """The provider's own events close the client's stream."""
         return b""
+
+
+class ResponsesPassthroughRelay(PassthroughRelay):
+    """A native Responses API stream (OpenAI, Azure) to a Responses client, untranslated; an error the gateway adds
+    (a cut stream, a guardrail) is a Responses `error` event numbered after the provider's last event."""
+
+    __slots__ = ("_sequence",)
+    _error_events = frozenset({"error", "response.failed"})
+
+    def __init__(self, content_type: str, stream: ChatStream, guard: StreamGuard | None,
+                 meter: UsageMeter | None) -> None:
+        super().__init__(content_type, stream, guard, meter)
+        self._sequence = 0
+
+    def _client_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
+        self._sequence += 1
+        return (name or "message", data)
+
+    def encode_error(self, error: GatewayError) -> bytes:
+        payload = orjson.loads(error.body())["error"]
+        return self._error_event(payload.get("message"), payload.get("code") or payload.get("type"))
+
+    def _stream_error(self, chunk: JsonObject) -> bytes:
+        error = chunk.get("error")
+        error = error if isinstance(error, dict) else {}
+        return self._error_event(error.get("message"), error.get("code") or "server_error")
+
+    def _error_event(self, message: object, code: object) -> bytes:
+        event = {"type": "error", "code": code if isinstance(code, str) else "server_error",
+                 "message": message if isinstance(message, str) else "The upstream stream failed.", "param": None,
+                 "sequence_number": self._sequence}
+        self._sequence += 1
+        return encode_event("error", event)
 
 
 def _raw_event(name: str, data: bytes) -> bytes:

@@ -14,7 +14,7 @@ from .. import constants
 from ..auth.backend_credentials import CREDENTIAL_HEADERS
 from ..errors import BadRequest
 from ..json_types import JsonObject
-from ..providers import anthropic_passthrough
+from ..providers import anthropic_passthrough, responses_passthrough
 from ..runtime.build import BackendInfo
 from ..wire.external_processor_pb2 import ProcessingResponse
 from . import messages
@@ -55,6 +55,14 @@ def passthrough(backend: BackendInfo, model: str, body: JsonObject, stream: bool
     for name in backend.settings.drop_fields:
         upstream.pop(name, None)
     return upstream, backend.base_path + backend.translator.chat_path(model, stream, backend.settings), headers
+
+
+def responses_native(backend: BackendInfo, model: str,
+                     body: JsonObject) -> tuple[JsonObject, str, tuple[tuple[str, str], ...]]:
+    """A Responses API body for a backend that serves that API itself, and its path."""
+    settings = backend.settings
+    upstream = responses_passthrough.request(body, model, settings)
+    return upstream, backend.base_path + responses_passthrough.path(settings), ()
 
 
 def count_tokens(backend: BackendInfo, model: str, body: JsonObject, openai_body: JsonObject | None,

@@ -1,10 +1,12 @@
-"""Installing Babelgate as a user does (a wheel built from this checkout, with the test extras, into a fresh virtual
-environment) overwrites no other distribution's files, and what used to be overwritten works: the OTLP exporters
+"""Installing Babelgate as a user does (a wheel built from this checkout, into a fresh virtual environment)
+overwrites no other distribution's files, and what used to be overwritten works: the OTLP exporters
 import, and `babelgate check` finds the Envoy binary with nothing on PATH but the system directories.
 
 pip lets the distribution installed last own a file two distributions ship, and every distribution's RECORD still
 lists it; so "no file listed by two distributions" is exactly "nothing was overwritten". Packages come from PyPI
-(pip's cache makes a second run quick), pinned by constraints.txt like the rest of the suite.
+(pip's cache makes a second run quick), pinned by constraints.txt like the rest of the suite. The test extras are
+left out here: `tests/unit/test_installation.py` makes the same check over the suite's own environment, which has
+them all, so this test installs only what a user installs (and takes a third of the time).
 """
 
 from __future__ import annotations
@@ -49,13 +51,13 @@ def run(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with `babelgate[test]` installed from a wheel built from this checkout; its bin directory."""
+    """A fresh venv with `babelgate` installed from a wheel built from this checkout; its bin directory."""
     work = tmp_path_factory.mktemp("install")
     run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", work / "dist", ROOT, env=PINNED)
     wheel = next((work / "dist").glob("babelgate-*.whl"))
     run(sys.executable, "-m", "venv", work / "venv")
     bin_dir = work / "venv" / "bin"
-    run(bin_dir / "python", "-m", "pip", "install", "--quiet", f"babelgate[test] @ {wheel.as_uri()}", env=PINNED)
+    run(bin_dir / "python", "-m", "pip", "install", "--quiet", f"babelgate @ {wheel.as_uri()}", env=PINNED)
     return bin_dir
 
 

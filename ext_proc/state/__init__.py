@@ -1,0 +1,1 @@
+"""What the gateway keeps between requests on a client's behalf (limits and cooldowns aside): stored Responses."""
