@@ -109,6 +109,7 @@ FIELDS: dict[str, str] = {
     "access_programs": DROPPED,  # OpenAI-side access programs
     "background_options": DROPPED,  # only meaningful with background: true, which is refused
     "image": DROPPED,  # OpenAI's image context compression
+    "client_metadata": DROPPED,  # string tags Codex sends about itself (accepted by OpenAI, not in the SDK's types)
     "background": REFUSED,  # true only: a background response is stored and polled on OpenAI's side
     "conversation": REFUSED,  # OpenAI-side conversation state
     "prompt": REFUSED,  # stored prompt templates
@@ -139,7 +140,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "tool_choice": (str, dict), "text": _O, "reasoning": _O, "user": _S, "safety_identifier": _S,
     "prompt_cache_key": _S, "service_tier": _S, "moderation": _O, "prompt_cache_options": _O, "truncation": _S,
     "max_tool_calls": _I, "context_management": _A, "prompt_cache_retention": _S, "access_programs": _O,
-    "background_options": _O, "image": _O, "background": _B, "conversation": (str, dict), "prompt": _O,
+    "background_options": _O, "image": _O, "client_metadata": _O, "background": _B, "conversation": (str, dict),
+    "prompt": _O,
     "store": _B, "metadata": _O, "include": _A, "stream_options": _O, "previous_response_id": _S,
 }
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", dict: "an object",

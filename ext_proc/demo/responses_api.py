@@ -69,8 +69,10 @@ _FIELDS = frozenset({
     "parallel_tool_calls", "previous_response_id", "prompt", "prompt_cache_key", "prompt_cache_options",
     "prompt_cache_retention", "reasoning", "safety_identifier", "service_tier", "store", "stream", "stream_options",
     "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "user",
+    "client_metadata",
 })
-"""Every top-level field of a create-response request (openai SDK `ResponseCreateParams`)."""
+"""Every top-level field of a create-response request (openai SDK `ResponseCreateParams`), and `client_metadata`,
+which OpenAI accepts from Codex (string tags about the client) though the SDK's types don't declare it."""
 _HOSTED_TOOLS = frozenset({
     "file_search", "computer", "computer_use_preview", "web_search", "web_search_2025_08_26", "web_search_preview",
     "web_search_preview_2025_03_11", "mcp", "code_interpreter", "programmatic_tool_calling", "image_generation",

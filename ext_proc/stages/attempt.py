@@ -470,8 +470,8 @@ class AttemptStage:
             self._meter.stream = stream
         relay: StreamRelay
         if self._passthrough:
-            relay = (ResponsesPassthroughRelay(content_type, stream, guard, self._meter) if turn is not None
-                     else PassthroughRelay(content_type, stream, guard, self._meter))
+            relay = (ResponsesPassthroughRelay(content_type, stream, guard, self._meter, turn.restored())
+                     if turn is not None else PassthroughRelay(content_type, stream, guard, self._meter))
         else:
             client_stream = (anthropic_messages.MessagesStream(self._model) if self._endpoint is Endpoint.MESSAGES
                              else turn.stream() if turn is not None else None)
@@ -516,16 +516,20 @@ class AttemptStage:
         client: passed as it came, unless a guardrail redacts or blocks it."""
         try:
             answer = answers.untranslated(backend, raw, self._request_id)
-            redacted = self._guardrails and apply_guardrails(self._guardrails, answer, phase="response",
+            changed = self._guardrails and apply_guardrails(self._guardrails, answer, phase="response",
                                                              route=self._route)
         except (UpstreamError, GuardrailBlocked) as refused:
             return answers.json_reply(orjson.loads(refused.body(self.error_style)), refused.status)
         if self._turn is not None:
+            restored = self._turn.restored()
+            if restored:
+                answer.update(restored)
+                changed = True
             self._turn.final = answer
         if self._meter is not None:
             self._meter.take_answer(chat_completion_from_response(answer) if self._turn is not None
                                     else answers.metered(answer))
-        return answers.json_reply(answer) if redacted else messages.response_body_reply()
+        return answers.json_reply(answer) if changed else messages.response_body_reply()
 
     def _stream_chunk(self, relay: StreamRelay, message: HttpBody) -> ProcessingResponse:
         out = relay.relay(message.body, message.end_of_stream)

@@ -48,6 +48,12 @@ class ResponsesTurn:
                                  created_at=self.created_at, model=self._model)
         return client_view(self.final, self.request)
 
+    def restored(self) -> JsonObject:
+        """What a native backend's Response must be given back: the `previous_response_id` the client named (the
+        provider got the conversation instead)."""
+        previous = self.request.get("previous_response_id")
+        return {"previous_response_id": previous} if previous is not None else {}
+
     def stream(self) -> ResponsesStream:
         """A translated backend's stream -> the client's Responses events."""
         self._stream = ResponsesStream(self.request, response_id=self.response_id, created_at=self.created_at,
@@ -64,8 +70,8 @@ class ResponsesTurn:
         if self.final is None:
             if self._stream is not None and self._stream.finished:
                 self.final = self._stream.response
-            elif self._reader is not None:
-                self.final = self._reader.final_response
+            elif self._reader is not None and self._reader.final_response is not None:
+                self.final = {**self._reader.final_response, **self.restored()}
         return self.final
 
     async def keep(self, store: ResponseStore | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import time
 
 import orjson
@@ -33,6 +34,9 @@ EVENTSTREAM = "application/vnd.amazon.eventstream"
 SSE_CONTENT_TYPE = "text/event-stream"
 """What every relayed stream is, whatever the provider sent (Bedrock's event-stream included)."""
 _STREAMED_TYPES = ("text/event-stream", EVENTSTREAM)
+RESPONSE_LIFECYCLE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress",
+                                       "response.completed", "response.incomplete", "response.failed"})
+"""Responses stream events that carry the whole Response."""
 
 
 def is_stream(content_type: str) -> bool:
@@ -204,16 +208,24 @@ class ResponsesPassthroughRelay(PassthroughRelay):
     """A native Responses API stream (OpenAI, Azure) to a Responses client, untranslated; an error the gateway adds
     (a cut stream, a guardrail) is a Responses `error` event numbered after the provider's last event."""
 
-    __slots__ = ("_sequence",)
+    __slots__ = ("_restored", "_sequence")
     _error_events = frozenset({"error", "response.failed"})
 
-    def __init__(self, content_type: str, stream: ChatStream, guard: StreamGuard | None,
-                 meter: UsageMeter | None) -> None:
+    def __init__(self, content_type: str, stream: ChatStream, guard: StreamGuard | None, meter: UsageMeter | None,
+                 restored: JsonObject) -> None:
+        """`restored`: fields of the Response the provider could not know (the client's `previous_response_id`,
+        which the gateway resolved itself), put back into the events that carry the Response."""
         super().__init__(content_type, stream, guard, meter)
         self._sequence = 0
+        self._restored = restored
 
     def _client_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
         self._sequence += 1
+        if self._restored and name in RESPONSE_LIFECYCLE_EVENTS:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+                event = orjson.loads(data)
+                event["response"].update(self._restored)
+                data = orjson.dumps(event)
         return (name or "message", data)
 
     def encode_error(self, error: GatewayError) -> bytes:

@@ -45,6 +45,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.genai import _api_client, models
 from google.genai import types as genai_types
 from openai.types.chat import ChatCompletion, completion_create_params
+from openai.types.responses import response_create_params
 
 from ext_proc.providers import (
     anthropic,
@@ -100,6 +101,20 @@ def assert_valid_openai_request(request: dict, extensions: frozenset[str] = froz
 
 def assert_valid_azure_request(request: dict) -> None:
     assert_valid_openai_request(request, azure_openai.EXTENSIONS)
+
+
+RESPONSES_CLIENT_FIELDS = frozenset({"client_metadata"})
+"""Top-level Responses fields OpenAI accepts from its own clients (Codex) that the SDK's types don't declare."""
+
+
+def assert_valid_responses_request(body: dict) -> None:
+    """What a native Responses backend gets: the openai SDK's `ResponseCreateParams`, unknown keys refused (but
+    those in `RESPONSES_CLIENT_FIELDS`)."""
+    body = {key: value for key, value in body.items() if key not in RESPONSES_CLIENT_FIELDS}
+    params = (response_create_params.ResponseCreateParamsStreaming if body.get("stream")
+              else response_create_params.ResponseCreateParamsNonStreaming)
+    pydantic.TypeAdapter(params).validate_python(body)
+    assert typed_dict_problems(body, params, "request") == []
 
 
 # --- Anthropic, and Claude on Vertex and Bedrock: the anthropic SDK's request types --------------------------------

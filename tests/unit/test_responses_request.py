@@ -177,8 +177,12 @@ GATEWAY_SAMPLES = {"store": False, "metadata": {"app": "notes"}, "include": ["re
 """`previous_response_id`, the fifth gateway field, is resolved before conversion: one still here is refused."""
 
 
+CLIENT_FIELDS = {"client_metadata"}
+"""Sent by OpenAI's own clients (Codex) and accepted by OpenAI, though the SDK's types don't declare them."""
+
+
 def test_every_responses_field_has_a_rule() -> None:
-    assert set(FIELDS) == sdk_fields(*RESPONSES_PARAMS)
+    assert set(FIELDS) == sdk_fields(*RESPONSES_PARAMS) | CLIENT_FIELDS
     assert set(FIELDS.values()) == {responses_request.MAPPED, responses_request.DROPPED, responses_request.REFUSED,
                                     responses_request.GATEWAY}
 
