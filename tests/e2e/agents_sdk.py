@@ -2,10 +2,8 @@
 function tool, run in the SDK's default Responses mode against a base URL on loopback, streamed or not.
 
 Decisions worth knowing before changing this file:
-- Written and checked against openai-agents 0.22.3. It is not in the `test` extras yet: every release that accepts
-  openai 3.x (0.21 and later) requires `websockets<17`, and constraints.txt pins websockets 17.4 (only google-genai
-  needs websockets, `>=13,<18`); 0.23 and later also need `urllib3>=2.8` (pinned 2.7.0). Until the pins move, this
-  module imports only where the SDK was installed by hand.
+- Written and checked against openai-agents 0.22.3 (pinned in constraints.txt; every release that accepts openai
+  3.x requires `websockets<17`, so websockets is pinned 16.1.1: only google-genai needs it, `>=13,<18`).
 - The model is the SDK's Responses model over HTTP (`OpenAIProvider(use_responses=True,
   use_responses_websocket=False)`, the defaults, set explicitly so a process-wide default changed elsewhere cannot
   switch a test to Chat Completions or to the websocket transport). Its `AsyncOpenAI` client is built here: the
