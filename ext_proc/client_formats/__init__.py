@@ -6,4 +6,8 @@ back into the client's own format, so every client format reaches every provider
 pure functions over dicts: no I/O, no globals.
 
 - `anthropic_messages`: Anthropic Messages clients of `POST /anthropic/v1/messages`.
+- `responses_request`, `responses_answer`, `responses_stream` (sharing `responses_common`): OpenAI Responses API
+  clients of `POST /v1/responses` (Codex, the OpenAI Agents SDK): the request in the chat form, and the chat answer
+  back as a Response or its typed event stream.
+- `openai_chat`: the shape check of the canonical form itself.
 """

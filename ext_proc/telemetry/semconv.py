@@ -39,7 +39,7 @@ PROVIDER_BY_SCHEMA = {
 }
 PROVIDER_BY_PRESET = {"mistral": "mistral_ai", "groq": "groq", "deepseek": "deepseek", "xai": "x_ai"}
 
-OPERATION_BY_ENDPOINT = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
+OPERATION_BY_ENDPOINT = {"chat": "chat", "messages": "chat", "responses": "chat", "embeddings": "embeddings"}
 
 # Token histogram buckets from the GenAI conventions' advice (powers of 4).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)

@@ -68,6 +68,10 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
                       "vertex-gemini-pro", "vertex-claude", "azure-gpt-4o", "command-a"):
             answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
             assert "demo-" in answer.choices[0].message.content, model
+        # the banner's Responses example, on a native (OpenAI) and a translated (Anthropic) demo model
+        assert f"curl http://127.0.0.1:{port}/v1/responses" in output and "client.responses.create(" in output
+        for model in ("gpt-4o-mini", "claude-sonnet-4-5"):
+            assert "demo-" in client.responses.create(model=model, input="Hello!").output_text, model
         for model in ("text-embedding-3-small", "gemini-embedding"):
             assert client.embeddings.create(model=model, input=["a", "b"]).data[1].embedding
         assert client.embeddings.create(model="titan-embed", input="a").data[0].embedding
