@@ -239,7 +239,8 @@ class RouteStage:
         elif "input" not in body:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
-        candidates, policy = self._candidates(route, body)
+        # routing rules read the client's `metadata`, which a Responses body keeps out of its chat form
+        candidates, policy = self._candidates(route, original if self._endpoint is Endpoint.RESPONSES else body)
         translated: Translations | None = None
         passing: tuple[str, ...] = ()
         if self._endpoint is not Endpoint.EMBEDDINGS:

@@ -9,7 +9,6 @@ bodies against the openai SDK's `ResponseCreateParams`, the translated ones by t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +63,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         build.route("command", ("co", "command-a-03-2025"))
         build.route("gpt-then-claude", ("oa", "gpt-4o-mini"), ("an", "claude-sonnet-4-5-20250929"))
         build.route("claude-then-gpt", ("an", "claude-sonnet-4-5-20250929"), ("oa", "gpt-4o-mini"))
+        build.route("ruled", ("oa", "gpt-4o-mini"), ("an", "claude-sonnet-4-5-20250929"),
+                    rules=[{"when": {"metadata": {"purpose": "eval"}}, "backends": ["an"]}])
         build.key("k")
         build.key("other")
         build.key("small", limits=[{"window": "minute", "total_tokens": 300}])
@@ -291,4 +292,12 @@ def test_every_stored_response_is_listed_with_ids(client: openai.OpenAI) -> None
     assert first.has_more and first.data[0].id
     rest = client.responses.input_items.list(made.id, after=first.data[0].id, order="asc")
     assert [item.content[0].text for item in rest.data] == ["two"]  # type: ignore[union-attr]
-    time.sleep(0)  # nothing timed here: the listing is answered from the store
+
+
+def test_routing_rules_read_the_clients_metadata(client: openai.OpenAI) -> None:
+    """A Responses body's `metadata` stays out of its chat form, yet rules match on it as they do for chat."""
+    ruled = client.responses.with_raw_response.create(model="ruled", input="hi", metadata={"purpose": "eval"})
+    assert ruled.headers["x-babelgate-backend"] == "an"
+    assert ruled.parse().metadata == {"purpose": "eval"}
+    plain = client.responses.with_raw_response.create(model="ruled", input="hi")
+    assert plain.headers["x-babelgate-backend"] == "oa"
