@@ -82,8 +82,9 @@ def is_gateway_reasoning(encrypted: object) -> bool:
 
 def decode_thinking(encrypted: object) -> list[JsonObject] | None:
     """A reasoning item's `encrypted_content` -> the thinking blocks it carries; None when it is not the gateway's
-    envelope (OpenAI's own) or does not decode to a list of objects (the caller drops it: a translator validates
-    the blocks themselves)."""
+    envelope (OpenAI's own) or does not decode to a list of flat objects (the caller drops it: a translator validates
+    the blocks themselves). Flat: a thinking block's fields are strings, and nesting hidden in the envelope would
+    pass the request's depth check and break whatever encodes the chat form again (orjson stops at 255 levels)."""
     if not is_gateway_reasoning(encrypted):
         return None
     assert isinstance(encrypted, str)
@@ -92,6 +93,7 @@ def decode_thinking(encrypted: object) -> list[JsonObject] | None:
         blocks = orjson.loads(base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4)))
     except (binascii.Error, ValueError, orjson.JSONDecodeError):
         return None
-    if not isinstance(blocks, list) or not all(isinstance(block, dict) for block in blocks):
+    if not isinstance(blocks, list) or not all(isinstance(block, dict) and not any(
+            isinstance(value, dict | list) for value in block.values()) for block in blocks):
         return None
     return blocks

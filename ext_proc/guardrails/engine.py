@@ -82,7 +82,8 @@ def apply(guardrails: tuple[Guardrail, ...], document: object, *, phase: str, ro
         if guardrail.mode == "block":
             what = "the request" if phase == "request" else "the answer"
             raise GuardrailBlocked(f"Guardrail {guardrail.name!r} blocked {what}: it found {summary}.",
-                                   param="messages" if phase == "request" else None, code="guardrail_blocked")
+                                   param=_prompt_field(document) if phase == "request" else None,
+                                   code="guardrail_blocked")
         changed = changed or (guardrail.mode == "redact" and redacted)
     return changed
 
@@ -129,11 +130,31 @@ def _walk(document: object, visit: Callable[[str], str]) -> bool:
     return changed
 
 
+def _prompt_field(document: object) -> str:
+    """Where a request keeps its prompt: chat and Anthropic `messages`, the Responses API's and embeddings' `input`."""
+    if isinstance(document, dict) and "messages" not in document and "input" in document:
+        return "input"
+    return "messages"
+
+
+def _turns(messages: object, items: object) -> int:
+    """Chat messages, else Responses input items (objects: an embeddings `input` list holds none)."""
+    if isinstance(messages, list):
+        return len(messages)
+    return sum(isinstance(item, dict) for item in items) if isinstance(items, list) else 0
+
+
 def check_size(body: dict, *, max_prompt_chars: int | None, max_messages: int | None) -> None:
+    """A route's `max_messages` counts chat (and Anthropic) messages, or a Responses request's input items (each
+    is a message, a tool call or a tool's output, as chat messages are); `max_prompt_chars` counts the text of
+    either, system prompts and Responses `instructions` included."""
+    field = _prompt_field(body)
     messages = body.get("messages")
-    if max_messages is not None and isinstance(messages, list) and len(messages) > max_messages:
-        raise BadRequest(f"The request has {len(messages)} messages; this route allows {max_messages}.",
-                         param="messages", code="too_many_messages")
+    items = body.get("input")
+    turns = _turns(messages, items)
+    if max_messages is not None and turns > max_messages:
+        raise BadRequest(f"The request has {turns} messages; this route allows {max_messages}.",
+                         param=field, code="too_many_messages")
     if max_prompt_chars is not None:
         total = 0
 
@@ -142,7 +163,8 @@ def check_size(body: dict, *, max_prompt_chars: int | None, max_messages: int | 
             total += len(text)
             return text
 
-        _walk({"messages": messages, "system": body.get("system"), "input": body.get("input")}, count)
+        _walk({"messages": messages, "system": body.get("system"), "input": items,
+               "instructions": body.get("instructions")}, count)
         if total > max_prompt_chars:
             raise BadRequest(f"The prompt has {total} characters; this route allows {max_prompt_chars}.",
-                             param="messages", code="prompt_too_long")
+                             param=field, code="prompt_too_long")

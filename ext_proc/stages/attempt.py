@@ -398,14 +398,15 @@ class AttemptStage:
                 prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
-                                 and not self._streaming and not self._stores_answer())
+                                 and not self._streaming and not self._reads_answer())
         self._report.sent_at = time.monotonic()
         return upstream_request.reply(backend, path, upstream, headers)
 
-    def _stores_answer(self) -> bool:
-        """A Responses answer the gateway keeps: its body must be read, even when nothing else reads it."""
+    def _reads_answer(self) -> bool:
+        """A Responses answer the gateway keeps, or must give the client's `previous_response_id` back (the
+        provider never saw it): its body must be read, even when nothing else reads it."""
         turn = self._turn
-        return turn is not None and turn.store and self._runtime.responses is not None
+        return turn is not None and (bool(turn.restored()) or (turn.store and self._runtime.responses is not None))
 
     def send_count(self, body: JsonObject, openai_body: JsonObject | None) -> ProcessingResponse:
         """A `count_tokens` request: the backend's own count where its service has one, else the gateway's estimate
@@ -553,7 +554,11 @@ class AttemptStage:
         await meter.settle(limiter, self._reservation, backend.id, self._model)
 
     async def _keep_response(self, turn: ResponsesTurn) -> None:
-        """Store a completed Response the client asked to keep; a native stream's is redacted as its events were."""
+        """Store a completed Response the client asked to keep; a native stream's is redacted as its events were.
+        A stream a guardrail ended is not kept (as a blocked whole answer is not): the provider may have finished
+        the answer the client never got."""
+        if self._relay is not None and self._relay.blocked:
+            return
         if turn.final is None and self._passthrough and self._guardrails:
             final = turn.completed()
             if final is not None:

@@ -217,9 +217,7 @@ class RouteStage:
         rewritten = False
         """The body Envoy sends on is not the client's: a conversation rebuilt, or a guardrail's redaction."""
         if self._endpoint is Endpoint.RESPONSES:
-            stored_responses.refuse_unoffered(original)
-            check_input_items(original, self._runtime.config.requests)
-            expanded = await stored_responses.with_conversation(self._runtime.responses, self._key.id, original)
+            expanded = await self._conversation(original)
             rewritten = expanded is not original
             body = original = expanded
         redacted = False
@@ -299,6 +297,21 @@ class RouteStage:
             return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata,
                                                body=encoded)
         return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
+
+    async def _conversation(self, original: JsonObject) -> JsonObject:
+        """A Responses request with the conversation its `previous_response_id` names, bounded as the client's own
+        body is (items, bytes), and before anything is reserved: a direct route sends it without another check."""
+        assert self._key is not None
+        runtime = self._runtime
+        stored_responses.refuse_unoffered(original)
+        check_input_items(original, runtime.config.requests)
+        expanded = await stored_responses.with_conversation(runtime.responses, self._key.id, original)
+        if expanded is not original:
+            check_input_items(expanded, runtime.config.requests)
+            if len(orjson.dumps(expanded)) > runtime.max_body_bytes:
+                raise PayloadTooLarge(f"The conversation, with the earlier turns `previous_response_id` names, is "
+                                      f"larger than this gateway's limit of {runtime.max_body_bytes} bytes.")
+        return expanded
 
     def _servable(self, route: RouteInfo, candidates: tuple[str, ...], body: JsonObject, original: JsonObject,
                   rough: bool, model: str) -> tuple[tuple[str, ...], tuple[str, ...], Translations | None]:

@@ -136,7 +136,9 @@ def _input_items(response_id: str, items: list[object], params: dict[str, list[s
     if order == "desc":
         listed.reverse()
     limit_text = params.get("limit", [str(_DEFAULT_LISTED)])[-1]
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LISTED:
+    # ASCII and short before `int`: `isdigit` takes "²" and 5000-digit text, which `int` refuses (a 500)
+    if not (limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= 3
+            and 1 <= int(limit_text) <= MAX_LISTED):
         raise BadRequest(f"`limit` must be an integer from 1 to {MAX_LISTED}.", param="limit")
     after = params.get("after", [""])[-1]
     if after:

@@ -77,6 +77,11 @@ class StreamRelay:
             out.append(self.end())
         return b"".join(out)
 
+    @property
+    def blocked(self) -> bool:
+        """A guardrail ended the answer: the client never got it whole, so nothing of it is kept."""
+        return self._guard is not None and self._guard.blocked
+
     def encode(self, chunk: JsonObject) -> bytes:
         if not self.first_chunk_at:
             self.first_chunk_at = time.monotonic()
@@ -146,8 +151,12 @@ class PassthroughRelay(StreamRelay):
         if forwarded is not None and not (self._guard is not None and self._guard.blocked):
             if not self.first_chunk_at:
                 self.first_chunk_at = time.monotonic()
-            out.insert(0, _raw_event(*forwarded))
+            out.insert(0, self._emit(forwarded))
         return b"".join(out)
+
+    def _emit(self, forwarded: tuple[str, bytes]) -> bytes:
+        """The bytes of a provider event the client gets."""
+        return _raw_event(*forwarded)
 
     def _client_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
         """The Anthropic event a provider event is (Bedrock's `chunk` carries one, base64 in JSON); None for an
@@ -206,7 +215,7 @@ class PassthroughRelay(StreamRelay):
 
 class ResponsesPassthroughRelay(PassthroughRelay):
     """A native Responses API stream (OpenAI, Azure) to a Responses client, untranslated; an error the gateway adds
-    (a cut stream, a guardrail) is a Responses `error` event numbered after the provider's last event."""
+    (a cut stream, a guardrail) is a Responses `error` event numbered after the last event the client got."""
 
     __slots__ = ("_restored", "_sequence")
     _error_events = frozenset({"error", "response.failed"})
@@ -220,13 +229,18 @@ class ResponsesPassthroughRelay(PassthroughRelay):
         self._restored = restored
 
     def _client_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
-        self._sequence += 1
         if self._restored and name in RESPONSE_LIFECYCLE_EVENTS:
-            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
                 event = orjson.loads(data)
                 event["response"].update(self._restored)
                 data = orjson.dumps(event)
         return (name or "message", data)
+
+    def _emit(self, forwarded: tuple[str, bytes]) -> bytes:
+        # counted as sent, not as received: an error event the gateway adds follows the client's last event (a
+        # provider event a guardrail dropped leaves no gap in the numbers)
+        self._sequence += 1
+        return _raw_event(*forwarded)
 
     def encode_error(self, error: GatewayError) -> bytes:
         payload = orjson.loads(error.body())["error"]

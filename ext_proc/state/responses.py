@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-RESPONSE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-"""What a response id may look like (OpenAI's are `resp_` + hex); anything else is unknown without a lookup."""
+RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a response id may look like (OpenAI's are `resp_` + hex); anything else is unknown without a lookup. Matched
+whole (`fullmatch`): `$` would let a trailing newline through."""
 MEMORY_BYTES = 256 * 1024 * 1024
 """The in-memory store's ceiling on the records it holds, whatever their count."""
 
@@ -61,12 +62,16 @@ class ResponseStore(ABC):
 
     async def get(self, response_id: str, owner: str) -> JsonObject | None:
         """The record, when it exists and `owner` made it."""
-        if not RESPONSE_ID.match(response_id):
+        if not RESPONSE_ID.fullmatch(response_id):
             return None
         raw = await self._read(response_id)
         if raw is None:
             return None
-        record = orjson.loads(raw)
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # not written by this gateway (or damaged): as if it did not exist
+            log.warning("stored response %s is not JSON; ignored", response_id)
+            return None
         return record if isinstance(record, dict) and record.get("owner") == owner else None
 
     async def delete(self, response_id: str, owner: str) -> bool:

@@ -136,14 +136,14 @@ def test_prometheus_scrape_has_the_genai_metrics(observed: Observed) -> None:
     assert 'gen_ai_token_type="output"' in text
     assert "gen_ai_client_operation_duration_seconds_bucket" in text
     assert "gen_ai_server_time_to_first_token_seconds_count" in text
-    samples = _samples(text)
+    samples = prometheus_samples(text)
     assert samples[("babelgate_requests_total", (("backend", "an"), ("route", "chain"), ("status", "200")))] == 1
     assert samples[("babelgate_failovers_total", (("route", "chain"),))] == 2  # one per request that failed over
     assert samples[("babelgate_rate_limit_refusals_total", (("scope", "key"),))] == 1
     assert ("babelgate_internal_total", (("counter", "limiter_store_errors"),)) in samples
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def prometheus_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Prometheus text format -> {(name, labels without OpenTelemetry's scope labels): value}."""
     found = {}
     for line in text.splitlines():
