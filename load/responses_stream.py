@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--pause-ms", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results",
+                        help="directory the table is written to (as responses-stream-<time>.md)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="babelgate-responses-"))
     supervisor = Supervisor(log_dir=workdir)
@@ -125,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.stop_all()
     table = _table(rows, args)
     print(table)
-    output = Path(__file__).parent / "results"
-    output.mkdir(exist_ok=True)
-    (output / f"responses-stream-{time.strftime('%Y%m%dT%H%M%S')}.md").write_text(table + "\n")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"responses-stream-{time.strftime('%Y%m%dT%H%M%S')}.md").write_text(table + "\n")
     return 0
 
 

@@ -20,3 +20,13 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     assert all(row["non_2xx"] == 0 and row["requests"] > 0 for row in rows)
     assert all(row["ext_proc_cpu_ms_per_req"] > 0 for row in rows if not row["scenario"].startswith("(a)"))
     assert (next(tmp_path.glob("smoke-*.md")).read_text()).startswith("| scenario |")
+
+
+def test_responses_stream_benchmark_compares_the_three_ways(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "load" / "responses_stream.py"), "--requests", "2",
+                             "--pause-ms", "1", "--output", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    table = next(tmp_path.glob("responses-stream-*.md")).read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| (")]
+    assert [row[:5] for row in rows] == ["| (a)", "| (b)", "| (c)"]
+    assert all(float(row.split("|")[2]) > 0 for row in rows)  # text events per stream: every way streamed text
