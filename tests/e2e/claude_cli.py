@@ -222,8 +222,13 @@ def provider_requests(gateway: Gateway, demo: str, schema: str, model: str) -> l
                 if request["method"] == "POST" and isinstance(request["body"], dict)]
     assert requests, f"nothing reached {demo}"
     for request in requests:
-        _VALIDATORS[schema](request, model)
+        assert_valid_provider_request(request, schema, model)
     return requests
+
+
+def assert_valid_provider_request(request: dict[str, Any], schema: str, model: str) -> None:
+    """One request a demo provider recorded, against the request types of `schema`'s SDK for backend `model`."""
+    _VALIDATORS[schema](request, model)
 
 
 def _valid_beta_messages(body: dict[str, Any], strip: tuple[str, ...], model: str) -> None:
@@ -268,5 +273,6 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any], str], None]] = {
     "openai": lambda request, _: assert_valid_openai_request(request["body"]),
     "azure-openai": lambda request, _: assert_valid_azure_request(request["body"]),
     "gemini": lambda request, _: assert_valid_gemini_request(request["body"]),
+    "vertex-gemini": lambda request, _: assert_valid_gemini_request(request["body"]),
     "cohere": lambda request, _: assert_valid_cohere_request(request["body"]),
 }

@@ -18,16 +18,25 @@ import pydantic
 import pytest
 from openai.types.responses import ResponseStreamEvent
 
-from tests.unit.goldens import assert_valid_openai_request, assert_valid_responses_request
+from tests.unit.goldens import assert_valid_responses_request
 
+from .claude_cli import assert_valid_provider_request
 from .gateways import Gateway, GatewayBuilder
 from .support import fault
 
 NATIVE = {"gpt": "openai", "azure": "azure"}
 """Routes whose backend serves the Responses API itself -> demo handle."""
-TRANSLATED = {"claude": "anthropic", "nova": "bedrock", "bedrock-claude": "bedrock", "gemini": "gemini",
-              "vertex-gemini": "vertex", "vertex-claude": "vertex", "command": "cohere", "compat": "compat"}
-"""Routes the gateway translates -> demo handle."""
+TRANSLATED = {  # route -> (demo handle, backend schema, backend model)
+    "claude": ("anthropic", "anthropic", "claude-sonnet-4-5-20250929"),
+    "nova": ("bedrock", "bedrock-converse", "amazon.nova-pro-v1:0"),
+    "bedrock-claude": ("bedrock", "bedrock-anthropic", "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+    "gemini": ("gemini", "gemini", "gemini-2.5-flash"),
+    "vertex-gemini": ("vertex", "vertex-gemini", "gemini-2.5-flash"),
+    "vertex-claude": ("vertex", "vertex-anthropic", "claude-sonnet-4-5@20250929"),
+    "command": ("cohere", "cohere", "command-a-03-2025"),
+    "compat": ("compat", "openai", "gpt-4o-mini"),
+}
+"""Routes the gateway translates: what reached the provider is checked against that provider's SDK."""
 ROUTES = sorted({**NATIVE, **TRANSLATED})
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -86,8 +95,9 @@ def _native_request(gateway: Gateway, handle: str) -> dict:
 def _check_provider_request(gateway: Gateway, route: str) -> None:
     if route in NATIVE:
         _native_request(gateway, NATIVE[route])
-    elif TRANSLATED[route] in ("openai", "compat"):
-        assert_valid_openai_request(gateway.last_request(TRANSLATED[route])["body"])
+        return
+    handle, schema, model = TRANSLATED[route]
+    assert_valid_provider_request(gateway.last_request(handle), schema, model)
 
 
 @pytest.mark.parametrize("route", ROUTES)
