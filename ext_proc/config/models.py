@@ -150,6 +150,26 @@ class AzureSettings(_Strict):
     entra: AzureEntra | None = Field(None, description="Entra ID (client credentials) instead of an `api-key`.")
 
 
+class FetchGrant(_Strict):
+    """Client URLs a provider may fetch with the gateway's own cloud identity: Bedrock reads `s3://` objects with
+    the gateway's AWS role, Vertex reads `gs://` objects with its service account. Refused unless granted."""
+
+    prefix: str = Field(description="`s3://bucket/` or `gs://bucket/path/`: a URL must start with it (a bucket "
+                                    "prefix ends with `/`).")
+    bucket_owner: str | None = Field(
+        None, description="S3 only: the AWS account id (12 digits) that must own the bucket; sent as Bedrock's "
+                          "`bucketOwner`, so a bucket of the same name in another account is never read.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> FetchGrant:
+        scheme, _, rest = self.prefix.partition("://")
+        if scheme not in ("s3", "gs") or not rest or "/" not in rest or rest.startswith("/"):
+            raise ValueError("expected s3://bucket/ or gs://bucket/ (a bucket name, then `/`, then any path prefix)")
+        if self.bucket_owner is not None and (scheme != "s3" or not re.fullmatch(r"\d{12}", self.bucket_owner)):
+            raise ValueError("`bucket_owner` is an S3 bucket owner's 12-digit AWS account id")
+        return self
+
+
 class OutlierDetection(_Strict):
     """Envoy's passive health check on the backend's cluster: an ejected backend is skipped by every chain (moved to
     the end, in effect), and tried again after the ejection time; a chain whose backends are all ejected still sends
@@ -187,6 +207,9 @@ class Backend(_Strict):
     connect_to: str | None = Field(
         None, description="Connect to this IP instead of resolving the base URL host; SNI and Host still use the host.")
     limits: list[LimitRule] = []
+    fetch_urls: list[FetchGrant] = Field(
+        [], description="`s3://` / `gs://` URLs in client requests this backend may receive (its provider fetches "
+                        "them with the gateway's identity); any other such URL is a 400.")
     responses_api: bool | None = Field(
         None, description="The backend serves OpenAI's Responses API (`/v1/responses`) itself, so Responses clients' "
                           "requests reach it as they were written (model and credentials rewritten); otherwise the "
