@@ -82,3 +82,13 @@ DEFAULT_ADMIN_API_PORT = 50050
 """Below the ext_proc ports, which count up from 50051 (one per process)."""
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
+
+JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+"""Where Envoy's `jwt_authn` filter puts verified token payloads (a fixed name, whatever the filter is called): the
+route stage's ext_proc filter forwards this namespace, and only a filter of Envoy's can write it."""
+JWT_PAYLOAD_KEY_PREFIX = "babelgate."
+"""An issuer's verified payloads are under `babelgate.<issuer name>` in that namespace."""
+JWT_FILTER = "babelgate.jwt_authn"
+JWT_ID_PREFIX = "jwt:"
+"""Identities from verified tokens are `jwt:<issuer name>:<subject>`; no virtual key id starts so."""
+JWKS_CLUSTER_PREFIX = "bg_jwks_"

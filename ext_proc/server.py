@@ -63,7 +63,7 @@ class ProcessStream:
     a running one.
     """
 
-    __slots__ = ("_call", "_ending", "_in_task", "_queue", "_stage", "_task")
+    __slots__ = ("_call", "_closed", "_ending", "_in_task", "_queue", "_stage", "_task")
 
     def __init__(self, call: Call, stage: Stage, in_task: bool) -> None:
         self._call = call
@@ -72,6 +72,7 @@ class ProcessStream:
         self._queue: deque[ProcessingRequest] = deque()
         self._task: asyncio.Task | None = None
         self._ending = False
+        self._closed = False
         stage.push = self.push
 
     def push(self, reply: ProcessingResponse) -> None:
@@ -100,7 +101,7 @@ class ProcessStream:
         # The client (Envoy) gave up on this request; settling still happens, as its own task.
         if self._task is not None:
             self._task.cancel()
-        _keep_running(self._stage.close())
+        self._close()
 
     def _run(self, request: ProcessingRequest) -> None:
         coroutine = respond(self._stage, request)
@@ -136,7 +137,14 @@ class ProcessStream:
 
     def _end(self) -> None:
         self._call.finish()
-        _keep_running(self._stage.close())
+        self._close()
+
+    def _close(self) -> None:
+        """The stage's end, once: a stream can be cancelled after it ended (or end after a cancel), and a second
+        close would report the request twice."""
+        if not self._closed:
+            self._closed = True
+            _keep_running(self._stage.close())
 
 
 class _Resume:

@@ -40,6 +40,13 @@ from ext_proc.launch.stack import Stack, envoy_argv, start_stack
 
 RESULTS = Path(__file__).parent / "results"
 CHAT = {"messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 16}
+GUARDRAILS = [{"name": "pii", "pii": ["email", "phone", "card", "iban", "api_key"], "mode": "redact",
+               "apply_to": ["request", "response"]},
+              {"name": "deny", "deny_words": ["project orion", "launch codes"], "apply_to": ["request", "response"]}]
+"""What `--guardrails` turns on: every detector, redacting, and a blocking deny list, on requests and answers."""
+PROSE = ("Dear team,\n\nplease review the quarterly numbers before Friday — the café budget is up 12 % and the "
+         "travel line is down.  Our contact at the supplier wrote back; details below.\n\n") * 8
+"""A request of some size with newlines, double spaces and non-ASCII text, so normalisation does real work."""
 
 
 @dataclass
@@ -55,7 +62,8 @@ class Target:
 
 def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
                     redis_url: str | None, processes: int = 1, envoy_workers: int = 2,
-                    telemetry: dict | None = None, channel: str = "unix") -> tuple[Stack, list[int], int]:
+                    telemetry: dict | None = None, channel: str = "unix",
+                    guardrails: list[dict] | None = None) -> tuple[Stack, list[int], int]:
     """The stack, its ext_proc pids and its Envoy pid. `channel`: how Envoy reaches the ext_proc servers, `unix`
     (what `babelgate up` does), `tls` (mutual TLS on loopback TCP) or `tcp` (plaintext loopback TCP)."""
     base = f"http://127.0.0.1:{upstream_port}"
@@ -74,7 +82,8 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
             {"id": "anthropic-stream", "schema": "anthropic", "base_url": base + "/stream",
              "api_key": {"env": "BENCH_KEY"}},
         ],
-        "routes": [{"model": f"bench-{b}", "backends": [{"backend": b, "model": "bench-model"}]}
+        "routes": [{"model": f"bench-{b}", "backends": [{"backend": b, "model": "bench-model"}],
+                    **({"guardrails": guardrails} if guardrails else {})}
                    for b in ("openai", "anthropic", "anthropic-stream")],
         "virtual_keys": [{"id": "bench", "hash": hash_key(key)}],
     }
@@ -149,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", action="store_true",
                         help="instead of the scenarios: (c) with Envoy reaching ext_proc over plaintext TCP, a Unix "
                              "socket and mutual TLS")
+    parser.add_argument("--guardrails", action="store_true",
+                        help="instead of the scenarios: (c) and (d) with a short and a 2 KB prompt, on routes without "
+                             "and with guardrails (every PII detector redacting, a deny list blocking)")
     parser.add_argument("--soak", type=float, metavar="SECONDS",
                         help="instead of the scenarios: the full flow (e) at the paced rate for SECONDS, sampling the "
                              "ext_proc RSS")
@@ -179,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(telemetry_cost(supervisor, workdir, upstream_port, key, args), args, "telemetry")
         if args.channels:
             return _report(channel_cost(supervisor, workdir, upstream_port, key, args), args, "channels")
+        if args.guardrails:
+            return _report(guardrail_cost(supervisor, workdir, upstream_port, key, args), args, "guardrails")
         plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
         targets = [
             Target("(a) Envoy alone", f"http://127.0.0.1:{baseline_port}/v1/chat/completions",
@@ -254,6 +268,27 @@ def channel_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, key:
     channel costs per request."""
     return _side_by_side(supervisor, workdir, upstream_port, key, args,
                          {f"ext_proc over {channel}": {"channel": channel} for channel in ("tcp", "unix", "tls")})
+
+
+def guardrail_cost(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
+                   args: argparse.Namespace) -> list[dict]:
+    """(c) and (d), short and 2 KB prompts, on a gateway whose routes have no guardrails and on one whose routes
+    have `GUARDRAILS`, at the fixed concurrency: what checking requests and answers (a stream's chunks held back and
+    redacted) costs per request."""
+    rows = []
+    for name, guardrails in (("off", None), ("on", GUARDRAILS)):
+        stack, ext_proc, envoy = start_babelgate(supervisor, workdir, f"guardrails-{name}", upstream_port, key, None,
+                                                 guardrails=guardrails)
+        url = stack.url + "/v1/chat/completions"
+        for prompt, content in (("short", "Say ok."), ("2 KB", PROSE)):
+            for scenario, body in (("(c) Anthropic", {"model": "bench-anthropic"}),
+                                   ("(d) Anthropic stream", {"model": "bench-anthropic-stream", "stream": True})):
+                request = {**CHAT, **body, "messages": [{"role": "user", "content": content}]}
+                target = Target(f"{scenario}, {prompt} prompt, guardrails {name}", url, request, ext_proc, envoy)
+                rows.append(measure(target, key, workdir, connections=args.connections, seconds=args.seconds,
+                                    rate=None))
+                print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
 
 
 def _side_by_side(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, args: argparse.Namespace,

@@ -46,7 +46,8 @@ class KeyStore(Protocol):
 
 
 def record(key: VirtualKey) -> dict:
-    return key.model_dump(mode="json", exclude_none=True)
+    """The key as stored: fields it leaves unset (None, `asserts_users: false`) are not written."""
+    return key.model_dump(mode="json", exclude_none=True, exclude=None if key.asserts_users else {"asserts_users"})
 
 
 # -- keys file ----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from ..constants import JWT_ID_PREFIX
 from ..errors import Forbidden, Unauthorized
 
 KEY_PREFIX = "bg-"
@@ -24,6 +25,10 @@ class KeyInfo:
     models: frozenset[str] | None
     """Public model names the key may use; None means every model."""
     expires_at: float | None
+    user: str | None = None
+    """The end user `limits.per_user` counts this identity's requests as (a key's `user`, a token's user claim)."""
+    asserts_users: bool = False
+    """The caller may name each request's end user (`limits.user_header`, else the body's `user`)."""
 
 
 def generate_key() -> str:
@@ -48,7 +53,8 @@ def authenticate(keys: dict[str, KeyInfo], presented: str | None, now: float | N
 
 def authorize(info: KeyInfo, model: str) -> None:
     if info.models is not None and model not in info.models:
-        raise Forbidden(f"API key {info.id!r} is not allowed to use model {model!r}.")
+        who = "The token of" if info.id.startswith(JWT_ID_PREFIX) else "API key"
+        raise Forbidden(f"{who} {info.id!r} is not allowed to use model {model!r}.")
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -143,7 +143,8 @@ def translation_kinds(config: Config, route: ModelRoute,
     for entry in route.backends:
         backend = settings[entry.backend]
         found[entry.backend] = (backend.schema_, backend.preset, tuple(backend.drop_fields), entry.model,
-                                styles.get((entry.backend, entry.model)))
+                                styles.get((entry.backend, entry.model)),
+                                tuple((grant.prefix, grant.bucket_owner) for grant in backend.fetch_urls))
     return found
 
 

@@ -133,6 +133,11 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
         fix(redis, "ca_file")
         if isinstance(redis.get("password"), dict):
             fix(redis["password"], "file")
+    jwt = data.get("jwt")
+    for issuer in (jwt.get("issuers") or []) if isinstance(jwt, dict) else []:
+        if isinstance(issuer, dict):
+            fix(issuer, "jwks_file")
+            fix(issuer, "jwks_ca_file")
     for backend in data.get("backends") or []:
         if isinstance(backend, dict):
             fix(backend, "ca_file")

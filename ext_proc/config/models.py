@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -154,8 +154,9 @@ class FetchGrant(_Strict):
     """Client URLs a provider may fetch with the gateway's own cloud identity: Bedrock reads `s3://` objects with
     the gateway's AWS role, Vertex reads `gs://` objects with its service account. Refused unless granted."""
 
-    prefix: str = Field(description="`s3://bucket/` or `gs://bucket/path/`: a URL must start with it (a bucket "
-                                    "prefix ends with `/`).")
+    prefix: str = Field(description="`s3://bucket/` or `gs://bucket/path/`: a URL must start with it, case and "
+                                    "all (a bucket prefix ends with `/`; one that does not names an object or a "
+                                    "folder: `s3://b/a` grants `s3://b/a` and `s3://b/a/...`, not `s3://b/ab`).")
     bucket_owner: str | None = Field(
         None, description="S3 only: the AWS account id (12 digits) that must own the bucket; sent as Bedrock's "
                           "`bucketOwner`, so a bucket of the same name in another account is never read.")
@@ -454,6 +455,12 @@ class VirtualKey(_Strict):
     team: str | None = None
     limits: list[LimitRule] | None = Field(None, description="Replaces `limits.per_key` for this key.")
     created_at: datetime | None = None
+    user: str | None = Field(None, min_length=1, max_length=256, description=(
+        "The end user this key belongs to: `limits.per_user` counts its requests as this user's."))
+    asserts_users: bool = Field(False, description=(
+        "The key's holder is trusted to name the end user of each request (a backend service that serves many "
+        "users): the `limits.user_header` header, else the body's `user`, else the key's own `user`. Without it "
+        "both are ignored for limits, so a key holder can't escape per-user limits by making up ids."))
 
     @field_validator("hash")
     @classmethod
@@ -461,6 +468,81 @@ class VirtualKey(_Strict):
         if not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
             raise ValueError("expected sha256:<64 lowercase hex digits> (see `babelgate keys create`)")
         return value
+
+    @field_validator("id")
+    @classmethod
+    def _not_a_token_identity(cls, value: str) -> str:
+        if value.startswith(constants.JWT_ID_PREFIX):
+            raise ValueError(f"ids starting with {constants.JWT_ID_PREFIX!r} name JWT identities")
+        return value
+
+
+class JwtClaims(_Strict):
+    """Which claims of a verified token say who is asking (claim names; `a.b` is not a path)."""
+
+    subject: str = Field("sub", min_length=1, description="The identity: `jwt:<issuer name>:<value>` names it in "
+                                                          "limits, telemetry and stored Responses.")
+    team: str | None = Field(None, min_length=1, description="The team (team limits, routing rules); the issuer's "
+                                                             "`team` when unset or absent from a token.")
+    user: str | None = Field(None, min_length=1, description="The end user for `limits.per_user`; the subject "
+                                                             "claim when unset.")
+    models: str | None = Field(None, min_length=1, description=(
+        "Models the token may use: a list of names, or one space-separated string (an OAuth `scope`); names that "
+        "are no model of this gateway are ignored, and what remains is narrowed to the issuer's `models`. A token "
+        "without the claim may use no model."))
+
+
+class JwtIssuer(_Strict):
+    """An identity provider whose tokens Envoy verifies (its `jwt_authn` filter) before the route stage maps their
+    claims to an identity. Keys come from a JWKS file, read when Envoy's config is rendered, or from `jwks_uri`,
+    fetched and cached by Envoy."""
+
+    name: str = Field(description="Names the issuer in identities (`jwt:<name>:<subject>`) and Envoy's config.")
+    issuer: str = Field(min_length=1, description="The `iss` its tokens carry, e.g. the OIDC issuer URL.")
+    audiences: list[str] = Field(min_length=1, description="A token's `aud` must name one of these: a token the "
+                                                           "provider issued for another application is refused.")
+    jwks_file: Path | None = Field(None, description="A JWKS (JSON) file, put into Envoy's config at render time.")
+    jwks_uri: str | None = Field(None, description="Where Envoy fetches the JWKS (the OIDC `jwks_uri`).")
+    cache_duration: Seconds = Field(600.0, description="How long Envoy keeps a fetched JWKS.")
+    jwks_ca_file: Path | None = Field(None, description="CA bundle for an https `jwks_uri`; the system bundle by "
+                                                        "default.")
+    forward: bool = Field(False, description="Keep the token in the request Envoy forwards; by default Envoy "
+                                             "removes it once verified.")
+    claims: JwtClaims = JwtClaims()
+    team: str | None = Field(None, description="The team of this issuer's identities whose token names none.")
+    models: list[str] = Field(["*"], description="The most any of its tokens may use (route model names or "
+                                                 "aliases); `*` for every model.")
+    limits: list[LimitRule] | None = Field(None, description="Each subject's limits (like a key's); "
+                                                             "`limits.per_key` when unset.")
+    asserts_users: bool = Field(False, description="Its tokens' holders may name the end user of each request "
+                                                   "(see `VirtualKey.asserts_users`).")
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return value
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _uri_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("expected an https:// URL with a host (http:// only for a local test issuer)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuer:
+        if (self.jwks_file is None) == (self.jwks_uri is None):
+            raise ValueError("give exactly one of `jwks_file` or `jwks_uri`")
+        return self
+
+
+class JwtSettings(_Strict):
+    issuers: list[JwtIssuer] = Field([], description="Identity providers whose tokens are accepted, side by side "
+                                                     "with virtual keys.")
 
 
 class ListenerTls(_Strict):
@@ -553,6 +635,10 @@ class RequestLimits(_Strict):
                                                               "included); deeper is a 400.")
     max_messages: int = Field(10_000, ge=1, description="Messages per request, every route (routes may allow fewer).")
     max_tools: int = Field(512, ge=1, description="Tools per request.")
+    unbounded_output_tokens: int = Field(
+        65_536, ge=1, description="What is reserved for a request a backend gets with no output limit (a model that "
+                                  "decides its own length: Amazon Nova 2 at high reasoning effort); every other "
+                                  "request carries one, the client's or `default_max_tokens`.")
     max_header_kb: int = Field(64, ge=8, le=8192, description="Request headers in all, enforced by Envoy (431).")
 
 
@@ -665,7 +751,9 @@ class ResponsesSettings(_Strict):
 
 class LimitSettings(_Strict):
     redis: RedisSettings | None = Field(None, description="Shared store; without it, an in-process store.")
-    user_header: str = Field("x-user-id", description="Header naming the end user; else the body's `user`.")
+    user_header: str = Field("x-user-id", description=(
+        "Header naming the end user (else the body's `user`), read only for callers trusted to assert users "
+        "(`asserts_users` on their key or issuer); everyone else's user is their key's `user` or token's claim."))
     chars_per_token: float = Field(4.0, gt=0, description="Prompt estimate when reserving: characters per token.")
     on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
     per_key: list[LimitRule] = Field([], description="Every key's limits, unless the key has its own.")
@@ -692,6 +780,7 @@ class Config(_Strict):
     routing: RoutingSettings = RoutingSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     responses: ResponsesSettings = ResponsesSettings()
+    jwt: JwtSettings = JwtSettings()
     _origin: Origin | None = PrivateAttr(None)
 
     @property
@@ -699,7 +788,7 @@ class Config(_Strict):
         settings = self.limits
         return bool(settings.per_key or settings.per_user or any(k.limits for k in self.virtual_keys)
                     or any(t.limits for t in self.teams) or any(r.limits for r in self.routes)
-                    or any(b.limits for b in self.backends))
+                    or any(b.limits for b in self.backends) or any(i.limits for i in self.jwt.issuers))
 
     @property
     def origin(self) -> Origin:
@@ -719,12 +808,16 @@ class Config(_Strict):
     def _references(self) -> Config:
         names = self.model_names()
         problems = [*self._unique_ids(), *self._backend_references(), *self._admin_problems(),
-                    *self._reasoning_conflicts(), *_key_model_problems(self.virtual_keys, names)]
+                    *self._reasoning_conflicts(), *_key_model_problems(self.virtual_keys, names),
+                    *_issuer_model_problems(self.jwt.issuers, names)]
         if problems:
             raise ConfigProblems(problems)
         keys = [_with_route_models(key, names) for key in self.virtual_keys]
         if any(new is not old for new, old in zip(keys, self.virtual_keys, strict=True)):
             object.__setattr__(self, "virtual_keys", keys)
+        issuers = [_with_route_models(issuer, names) for issuer in self.jwt.issuers]
+        if any(new is not old for new, old in zip(issuers, self.jwt.issuers, strict=True)):
+            object.__setattr__(self, "jwt", self.jwt.model_copy(update={"issuers": issuers}))
         return self
 
     def _backend_references(self) -> list[tuple[Loc, str]]:
@@ -763,6 +856,8 @@ class Config(_Strict):
                 *_duplicates([(("virtual_keys", i, "hash"), k.hash) for i, k in enumerate(self.virtual_keys)],
                              "virtual key hash"),
                 *_duplicates([(("teams", i, "id"), t.id) for i, t in enumerate(self.teams)], "team id"),
+                *_duplicates([(("jwt", "issuers", i, "name"), j.name) for i, j in enumerate(self.jwt.issuers)],
+                             "JWT issuer name"),
                 *_duplicates([(("prices", i), f"{p.backend}/{p.model}") for i, p in enumerate(self.prices)],
                              "price entry")]
 
@@ -798,8 +893,19 @@ def _key_model_problems(keys: list[VirtualKey], names: dict[str, str]) -> list[t
             for i, key in enumerate(keys) for j, model in enumerate(key.models) if model != "*" and model not in names]
 
 
-def _with_route_models(key: VirtualKey, names: dict[str, str]) -> VirtualKey:
-    """A key that names a route by an alias allows the route (authorization compares route model names)."""
+_Holder = TypeVar("_Holder", VirtualKey, JwtIssuer)
+
+
+def _issuer_model_problems(issuers: list[JwtIssuer], names: dict[str, str]) -> list[tuple[Loc, str]]:
+    return [(("jwt", "issuers", i, "models", j), f"issuer {issuer.name!r} allows unknown model {model!r} (give a "
+                                                 "route's model name or alias, or '*' for every model)")
+            for i, issuer in enumerate(issuers) for j, model in enumerate(issuer.models)
+            if model != "*" and model not in names]
+
+
+def _with_route_models(key: _Holder, names: dict[str, str]) -> _Holder:
+    """A key (or issuer) that names a route by an alias allows the route (authorization compares route model
+    names)."""
     models = route_models(key.models, names)
     return key if models == key.models else key.model_copy(update={"models": models})
 

@@ -17,6 +17,12 @@ import orjson
 PARALLEL_TOOLS_HEADER = "x-demo-parallel-tools"
 MAX_PARALLEL_TOOLS = 16
 MAX_ECHO_CHARS = 200
+VERBOSE_WORDS = 20_000
+"""What a `verbose` answer runs to when the request sets no output limit: the model's own maximum, as a real provider
+would produce (and a gateway must prevent by always sending a limit)."""
+_VERBOSE_WORD = "la "
+"""Three characters a word: a gateway that counts a stream's text by characters (four a token) never counts more
+tokens than the words the provider reports."""
 
 NOT_JSON = object()
 """`Call.body` when the request body is not valid JSON (JSON `null` is a valid body, so None can't mean that)."""
@@ -37,6 +43,8 @@ class Call:
     api_key: str | None
     query: str = ""
     """The query string (without `?`), e.g. Azure's `api-version=...`."""
+    verbose: bool = False
+    """The `verbose` fault: the answer uses all the output the request allows (`verbose_text`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,12 @@ def greeting(name: str, model: str, said: str) -> str:
 
 def tool_reply(name: str, model: str, result: str) -> str:
     return f"Hello from {name} ({model})! The tool returned: {result[:MAX_ECHO_CHARS]}"
+
+
+def verbose_text(limit: int | None) -> str:
+    """An answer that runs past `limit` words (so `complete` cuts it there, with reason "length"), or to
+    `VERBOSE_WORDS` when the request sets no limit."""
+    return _VERBOSE_WORD * (limit + 1 if limit is not None else VERBOSE_WORDS)
 
 
 def words(text: str) -> list[str]:

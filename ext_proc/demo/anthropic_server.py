@@ -40,6 +40,7 @@ from ext_proc.demo.answers import (
     text_of,
     tool_input,
     tool_reply,
+    verbose_text,
     words,
 )
 from ext_proc.json_types import JsonObject
@@ -147,6 +148,10 @@ def _messages(call: Call) -> Reply:
     last = messages[-1]
     results = _tool_results(last)
     uses = _tool_uses(call, body) if last["role"] == "user" and not results and answer_schema is None else []
+    # `verbose`: thinking spends its whole budget (half of `max_tokens` when adaptive), the text the rest
+    thought = ("" if not thinking_on else _verbose_thought(body["thinking"], max_tokens) if call.verbose
+               else _thought(uses))
+    thought_tokens = len(words(thought)) if call.verbose else estimate_tokens(thought) if thought else 0
     if uses:
         done = None
         content: list[dict[str, object]] = uses
@@ -155,13 +160,14 @@ def _messages(call: Call) -> Reply:
         said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(messages))
         if answer_schema is not None:
             said = orjson.dumps(tool_input(answer_schema)).decode()
-        done = complete(said, stops, max_tokens)
+        elif call.verbose:
+            said = verbose_text(max_tokens - thought_tokens)
+        done = complete(said, stops, max_tokens - thought_tokens if call.verbose else max_tokens)
         content = [{"type": "text", "text": done.text}]
         output_tokens = done.tokens
     if thinking_on:
-        thought = _thought(uses)
         content = [{"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)}, *content]
-        output_tokens += estimate_tokens(thought)
+        output_tokens += thought_tokens
     message: JsonObject = {
         "id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
         "stop_reason": "tool_use" if done is None else _STOP_REASONS[done.reason],
@@ -259,6 +265,12 @@ def _answer_schema(output_config: object) -> dict[str, object] | None:
         raise Rejected("output_config.format: Input should be {type: json_schema, schema: {...}}")
     schema: dict[str, object] = fmt["schema"]
     return schema
+
+
+def _verbose_thought(thinking: dict[str, object], max_tokens: int) -> str:
+    budget = thinking.get("budget_tokens")
+    spent = budget if thinking.get("type") == "enabled" and _is_int(budget) else max_tokens // 2
+    return complete(verbose_text(spent), [], spent).text
 
 
 def _thought(uses: list[dict[str, object]]) -> str:

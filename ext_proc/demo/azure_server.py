@@ -64,7 +64,8 @@ def answer(call: Call) -> Reply:
         if operation == "chat/completions" and _mentions_trigger(body.get("messages")):
             return _content_filter_refusal()
         body = {**body, "model": deployment}  # Azure answers with the deployment's model whatever `model` says
-    reply = openai_server.answer(Call(call.name, "POST", f"/v1/{operation}", call.headers, body, None))
+    reply = openai_server.answer(Call(call.name, "POST", f"/v1/{operation}", call.headers, body, None,
+                                      verbose=call.verbose))
     if reply.status != 200:
         return _azure_error(reply)
     if operation == "embeddings":
@@ -103,7 +104,8 @@ def _responses(call: Call, path: str, version: str) -> Reply:
                      code="BadRequest")
     if isinstance(call.body, dict) and _input_mentions_trigger(call.body.get("input")):
         return _content_filter_refusal()
-    reply = openai_server.answer(Call(call.name, call.method, path, call.headers, call.body, None))
+    reply = openai_server.answer(Call(call.name, call.method, path, call.headers, call.body, None,
+                                      verbose=call.verbose))
     return reply if reply.status == 200 else _azure_error(reply)
 
 

@@ -50,6 +50,7 @@ from ext_proc.demo.answers import (
     parallel_tool_count,
     tool_input,
     tool_reply,
+    verbose_text,
     words,
 )
 from ext_proc.streaming.eventstream import encode_event, encode_message
@@ -172,7 +173,8 @@ def _converse(call: Call, model: str, *, stream: bool) -> Reply:
     last = messages[-1]
     results = _tool_results(last)
     uses = _tool_uses(call, tools, choice) if last["role"] == "user" and not results else []
-    said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(messages))
+    said = (verbose_text(max_tokens) if call.verbose
+            else tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(messages)))
     content: list[dict] = []
     if thinking:
         content.append({"reasoningContent": {"reasoningText": {"text": f"The user said: {_user_text(messages)[:80]}",
@@ -499,7 +501,8 @@ def _invoke_claude(call: Call, model: str, body: dict, *, stream: bool) -> Reply
         headers[PARALLEL_TOOLS_HEADER] = call.headers[PARALLEL_TOOLS_HEADER]
     messages_body = {key: value for key, value in body.items() if key != "anthropic_version"}
     reply = anthropic_server.answer(Call(call.name, "POST", "/v1/messages", headers,
-                                         {**messages_body, "model": model, "stream": stream}, None))
+                                         {**messages_body, "model": model, "stream": stream}, None,
+                                         verbose=call.verbose))
     if reply.status != 200:
         message = ((_json_or_none(reply.body) or {}).get("error") or {}).get("message") or "Malformed input request"
         raise Rejected(message, status=reply.status if reply.status < 500 else 500)

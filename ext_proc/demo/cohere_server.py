@@ -31,6 +31,7 @@ from ext_proc.demo.answers import (
     text_of,
     tool_input,
     tool_reply,
+    verbose_text,
     words,
 )
 from ext_proc.json_types import JsonObject
@@ -98,7 +99,8 @@ def _chat(call: Call) -> Reply:
         response_format = body.get("response_format")
         if not isinstance(response_format, dict) or response_format.get("type") != "json_object":
             response_format = None
-        said = (tool_reply(call.name, model, text_of(last.get("content"))) if last["role"] == "tool"
+        said = (verbose_text(body.get("max_tokens")) if call.verbose
+                else tool_reply(call.name, model, text_of(last.get("content"))) if last["role"] == "tool"
                 else structured_answer(response_format.get("json_schema") or {"type": "object"}) if response_format
                 else greeting(call.name, model, _last_user_text(messages)))
         done = complete(said, body.get("stop_sequences") or [], body.get("max_tokens"))

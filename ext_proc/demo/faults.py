@@ -12,6 +12,11 @@ Actions:
 - `retry_after=S`: an error status answer carries `retry-after: S` (replacing the provider's own)
 - `echo-key`: refuse the request with a 401 whose error message quotes the API key it was sent, as some
   OpenAI-compatible providers do ("Incorrect API key provided: sk-..."); OpenAI kind, per request (`x-demo-fault`)
+- `verbose`: the answer uses all the output the request allows: each of OpenAI's `n` choices (Gemini's
+  `candidateCount` candidates) runs to `max_completion_tokens`/`max_tokens` (`maxOutputTokens`, Converse's
+  `maxTokens`, the Responses API's `max_output_tokens` less its reasoning), Claude thinks its whole budget and writes
+  the rest of `max_tokens`; a request without a limit gets `answers.VERBOSE_WORDS` words, as a real model runs to its
+  maximum. Tool calls and structured answers are unchanged.
 
 Later items override earlier ones, so a request's `x-demo-fault` header refines the server-wide spec.
 """
@@ -40,6 +45,7 @@ class Faults:
     slow_ms: int = 0
     retry_after: int | None = None
     echo_key: bool = False
+    verbose: bool = False
 
 
 NO_FAULTS = Faults()
@@ -73,12 +79,14 @@ def _action(action: str, item: str) -> dict[str, Any]:
         return {"reset": True}
     if action == "echo-key":
         return {"echo_key": True}
+    if action == "verbose":
+        return {"verbose": True}
     key, equals, value = action.partition("=")
     field = {"stall": "stall_ms", "midstream": "midstream", "slow": "slow_ms", "retry_after": "retry_after"}.get(key)
     if field is None or not equals:
         raise FaultSpecError(
             f"fault item {item!r}: unknown action {action!r}; expected a 4xx/5xx status, reset, stall=MS, "
-            "midstream=N, slow=MS, retry_after=S or echo-key"
+            "midstream=N, slow=MS, retry_after=S, echo-key or verbose"
         )
     if not (value.isascii() and value.isdigit()) or int(value) > _MAX_VALUE:
         raise FaultSpecError(f"fault item {item!r}: {key} needs a whole number up to {_MAX_VALUE}")

@@ -53,6 +53,7 @@ from ext_proc.demo.answers import (
     structured_answer,
     tool_input,
     tool_reply,
+    verbose_text,
     words,
 )
 from ext_proc.json_types import JsonObject
@@ -190,7 +191,11 @@ def _generate(call: Call, model: str, vertex: bool, stream: bool = False) -> Rep
                 else greeting(call.name, model, _user_text(contents)))
         stops = config.get("stopSequences") or []
         max_tokens = config.get("maxOutputTokens")
-        done = complete(said, stops, max_tokens if isinstance(max_tokens, int) else None)
+        limit = max_tokens if isinstance(max_tokens, int) else None
+        if call.verbose:  # thoughts count inside `maxOutputTokens`
+            limit = None if limit is None else max(1, limit - len(words(thought)))
+            said = verbose_text(limit)
+        done = complete(said, stops, limit)
         parts = [{"text": done.text}]
         finish, tokens = ("MAX_TOKENS" if done.reason == "length" else "STOP"), done.tokens
     prompt = estimate_tokens(body.get("systemInstruction"), contents, body.get("tools"))
@@ -630,7 +635,8 @@ def _raw_predict(call: Call, model: str, vertex: bool, stream: bool = False) -> 
     if stream:
         messages_body["stream"] = True
     headers = {**call.headers, "x-api-key": "vertex", "anthropic-version": "2023-06-01"}
-    return anthropic_server.answer(Call(call.name, "POST", "/v1/messages", headers, messages_body, None))
+    return anthropic_server.answer(Call(call.name, "POST", "/v1/messages", headers, messages_body, None,
+                                        verbose=call.verbose))
 
 
 def _stream_raw_predict(call: Call, model: str, vertex: bool) -> Reply:

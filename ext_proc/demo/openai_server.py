@@ -33,6 +33,7 @@ from ext_proc.demo.answers import (
     text_of,
     tool_input,
     tool_reply,
+    verbose_text,
     words,
 )
 from ext_proc.demo.faults import FAULT_HEADER, FaultSpecError, parse_faults
@@ -42,6 +43,8 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 4096
 MAX_EMBEDDING_INPUTS = 2048
+MAX_CHOICES = 128
+"""OpenAI's most for `n`."""
 
 _MODELS_CREATED = 1_700_000_000
 _FINGERPRINT = "fp_demo"
@@ -95,6 +98,7 @@ def _chat_completions(call: Call) -> Reply:
         raise Rejected("Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter")
     _check_messages(messages)
     max_tokens = _max_tokens(body)
+    choices = _choices(body.get("n"))
     stops = _stops(body.get("stop"))
     tools = _function_tools(body.get("tools"))
     last = messages[-1]
@@ -105,24 +109,25 @@ def _chat_completions(call: Call) -> Reply:
     else:
         schema = _answer_schema(body.get("response_format"))
         said = (structured_answer(schema) if schema is not None and last.get("role") != "tool"
-                else _answer_text(call.name, model, messages))
+                else verbose_text(max_tokens) if call.verbose else _answer_text(call.name, model, messages))
         done = complete(said, stops, max_tokens)
         completion_tokens = done.tokens
     prompt_tokens = estimate_tokens(messages, body.get("tools"))
-    usage = _usage(prompt_tokens, completion_tokens)
+    usage = _usage(prompt_tokens, completion_tokens * choices)  # every choice is generated
     finish = "tool_calls" if calls else "length" if done and done.reason == "length" else "stop"
     head = {"id": new_id("chatcmpl-"), "created": int(time.time()), "model": model}
     if body.get("stream") is True:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        return Reply(200, events=_chunks(head, done, calls, finish, usage if include_usage else None))
-    return Reply(200, _completion(head, done, calls, finish, usage))
+        return Reply(200, events=_chunks(head, done, calls, finish, usage if include_usage else None, choices))
+    return Reply(200, _completion(head, done, calls, finish, usage, choices))
 
 
 def _completion(
     head: dict[str, object], done: Completion | None, calls: list[tuple[str, str, str]], finish: str,
-    usage: dict[str, object],
+    usage: dict[str, object], choices: int,
 ) -> bytes:
+    """`choices` alike choices (the request's `n`): the fake's answers are a function of the request."""
     message: dict[str, object] = {
         "role": "assistant", "content": done.text if done else None, "refusal": None, "annotations": [],
     }
@@ -133,22 +138,32 @@ def _completion(
         ]
     return orjson.dumps({
         **head, "object": "chat.completion",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+                    for index in range(choices)],
         "usage": usage, "service_tier": "default", "system_fingerprint": _FINGERPRINT,
     })
 
 
 def _chunks(
     head: dict[str, object], done: Completion | None, calls: list[tuple[str, str, str]], finish: str,
-    usage: dict[str, object] | None,
+    usage: dict[str, object] | None, choices: int,
 ) -> tuple[bytes, ...]:
-    """The chunk stream: role, then word-sized content or tool calls (id and name first, arguments in fragments)."""
+    """The chunk stream: for each choice in turn, role, then word-sized content or tool calls (id and name first,
+    arguments in fragments), then its finish reason; the usage of all of them last."""
     base = {**head, "object": "chat.completion.chunk", "service_tier": "default", "system_fingerprint": _FINGERPRINT}
     if usage is not None:
         base["usage"] = None
+    events = [event for index in range(choices) for event in _choice_chunks(base, index, done, calls, finish)]
+    if usage is not None:
+        events.append(_sse({**base, "choices": [], "usage": usage}))
+    events.append(b"data: [DONE]\n\n")
+    return tuple(events)
 
+
+def _choice_chunks(base: dict[str, object], choice_index: int, done: Completion | None,
+                   calls: list[tuple[str, str, str]], finish: str) -> list[bytes]:
     def chunk(delta: dict[str, object], finish_reason: str | None = None) -> bytes:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": choice_index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _sse({**base, "choices": [choice]})
 
     events = [chunk({"role": "assistant", "content": "" if done else None, "refusal": None})]
@@ -161,10 +176,7 @@ def _chunks(
         events += [chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
                    for piece in fragments(arguments)]
     events.append(chunk({}, finish))
-    if usage is not None:
-        events.append(_sse({**base, "choices": [], "usage": usage}))
-    events.append(b"data: [DONE]\n\n")
-    return tuple(events)
+    return events
 
 
 def _tool_calls(call: Call, body: dict[str, object], tools: list[dict[str, object]]) -> list[tuple[str, str, str]]:
@@ -299,6 +311,14 @@ def _max_tokens(body: dict[str, object]) -> int | None:
             raise Rejected(f"Invalid '{key}': must be an integer of at least 1.", param=key)
         return value
     return None
+
+
+def _choices(value: object) -> int:
+    if value is None:
+        return 1
+    if not _is_int(value) or not 1 <= value <= MAX_CHOICES:
+        raise Rejected(f"Invalid 'n': must be an integer from 1 to {MAX_CHOICES}.", param="n")
+    return value
 
 
 def _stops(value: object) -> list[str]:

@@ -53,6 +53,7 @@ from ext_proc.demo.answers import (
     structured_answer,
     tool_input,
     tool_reply,
+    verbose_text,
     words,
 )
 
@@ -462,7 +463,7 @@ def _output(call: Call, request: _Request) -> tuple[list[dict[str, Any]], int, s
     else:
         plan, said = _answer_text(call.name, request, last)
         budget = None if request.max_output_tokens is None else max(0, request.max_output_tokens - reasoning_tokens)
-        done = complete(said, [], budget)
+        done = complete(verbose_text(budget) if call.verbose else said, [], budget)
         reason = "max_output_tokens" if done.reason == "length" else None
         output = [_message_item(done.text, reason)] if done.text or reason is None else []
         tokens = done.tokens

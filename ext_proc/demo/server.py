@@ -116,7 +116,7 @@ class DemoProvider:
                 reply = dataclasses.replace(reply, headers=(*kept, ("retry-after", str(faults.retry_after))))
         else:
             call = Call(self.name, request.method, request.path, request.headers, body, self._api_key,
-                        request.target.partition("?")[2])
+                        request.target.partition("?")[2], faults.verbose)
             reply = self._api.answer(call)
             if 200 <= reply.status < 300:
                 headers.extend(ACCOUNT_HEADERS.get(self.kind, ()))

@@ -34,6 +34,8 @@ TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 SIZE_LIMIT_FILTER = "babelgate.admin_size_limit"
 JSON_PREFIX = "/admin/v1/"
 """Where admin.proto's HTTP rules put the JSON API."""
+PREFIXES = (f"/{SERVICE}/", JSON_PREFIX)
+"""The admin API's paths (gRPC and JSON): its callers' bearer tokens are admin credentials."""
 MAX_REQUEST_BYTES = constants.ADMIN_MAX_MESSAGE_BYTES + 5
 """One gRPC message of the largest size the admin server reads, with its 5-byte prefix."""
 

@@ -67,6 +67,7 @@ from . import admin_api
 from .access_log import ATTEMPT_FIELDS, REQUEST_FIELDS, file_log
 from .clusters import all_clusters
 from .filters import local_reply_config, route_stage_filter
+from .jwt import jwt_filter
 
 
 def render_bootstrap(config: Config, routes_from: Rds | None = None) -> Bootstrap:
@@ -116,7 +117,7 @@ def listener(config: Config, routes_from: Rds | None = None) -> Listener:
             *http_filters(config),
             HttpFilter(name="envoy.filters.http.router", typed_config=Any.pack(router(config))),
         ],
-        local_reply_config=local_reply_config(),
+        local_reply_config=local_reply_config(config),
         max_request_headers_kb=config.requests.max_header_kb,
         # Envoy decides who the client is: the connection's peer, or what the configured number of trusted
         # proxies in front said (never a client's own X-Forwarded-For). Nothing is appended for the providers.
@@ -147,13 +148,17 @@ def internal_headers_removed() -> TypedExtensionConfig:
 
 
 def http_filters(config: Config) -> list[HttpFilter]:
-    """Babelgate's filters, in order, before the router."""
-    if admin_api.exposed(config):
+    """Babelgate's filters, in order, before the router: JWT verification (with issuers configured) right before the
+    route stage, which reads the verified payloads."""
+    exposed = admin_api.exposed(config)
+    verified = jwt_filter(config, unchecked=admin_api.PREFIXES if exposed else ())
+    stages = [route_stage_filter(config)] if verified is None else [verified, route_stage_filter(config)]
+    if exposed:
         # the admin route's size limit sees the body as the client sends it (after the transcoder it would arrive
         # in one piece, which the buffer filter passes unmeasured); the transcoder turns admin JSON into gRPC
         # before the route stage would take it for an OpenAI request
-        return [admin_api.size_limit_filter(), admin_api.transcoder_filter(), route_stage_filter(config)]
-    return [route_stage_filter(config)]
+        return [admin_api.size_limit_filter(), admin_api.transcoder_filter(), *stages]
+    return stages
 
 
 BODY_SLACK = 64 * 1024

@@ -59,6 +59,7 @@ from ..config.models import Backend, Config, ExtProcTls
 from ..config.models import OutlierDetection as OutlierSettings
 from ..transport.frames import DEFAULT_LIMITS
 from .filters import attempt_stage_filter
+from .jwt import jwks_clusters
 
 ADMIN_API_CLUSTER = "bg_admin_api"
 EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -76,6 +77,7 @@ def all_clusters(config: Config) -> list[Cluster]:
     clusters = [ext_proc_cluster(config)]
     if config.admin is not None and config.admin.via_envoy:
         clusters.append(admin_api_cluster(config))
+    clusters.extend(jwks_clusters(config))
     clusters.extend(backend_cluster(b, config) for b in config.backends)
     clusters.extend(chain_cluster(config, order) for order in aggregate_orders(config))
     return clusters

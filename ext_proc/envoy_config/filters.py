@@ -9,6 +9,7 @@ from envoy_data_plane.envoy.config.accesslog.v3 import (
     AndFilter,
     ComparisonFilter,
     ComparisonFilterOp,
+    ExtensionFilter,
     MetadataFilter,
     StatusCodeFilter,
 )
@@ -20,6 +21,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     RuntimeUInt32,
     SubstitutionFormatString,
 )
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ExternalProcessor,
     MetadataOptions,
@@ -66,7 +68,8 @@ ATTEMPT_STAGE_MODE = ProcessingMode(
 
 
 def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rules: HeaderMutationRules,
-               request_attributes: list[str] | None = None) -> ExternalProcessor:
+               request_attributes: list[str] | None = None, forwarded: tuple[str, ...] = ()) -> ExternalProcessor:
+    """`forwarded`: other filters' metadata namespaces the stage reads, besides its own."""
     timeout = timedelta(seconds=config.ext_proc.message_timeout)
     return ExternalProcessor(
         grpc_service=GrpcService(
@@ -82,7 +85,8 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rul
         # attempt (request headers are shared by all attempts, so state kept there would not survive a retry).
         metadata_options=MetadataOptions(
             receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[constants.METADATA_NAMESPACE]),
-            forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=[constants.METADATA_NAMESPACE])),
+            forwarding_namespaces=MetadataOptionsMetadataNamespaces(
+                untyped=[constants.METADATA_NAMESPACE, *forwarded])),
         allow_mode_override=True,
         mutation_rules=mutation_rules,
         request_attributes=request_attributes or [],
@@ -98,7 +102,9 @@ def route_stage_filter(config: Config) -> HttpFilter:
     processor = _processor(config, constants.STAGE_ROUTE, mode,
                            # direct routes: the route stage sets the backend's host and switches the response body
                            # to BUFFERED/STREAMED per answer (both stages may override the processing mode)
-                           mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True))
+                           mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True),
+                           # verified JWT payloads (`jwt.py`): the route stage maps their claims to an identity
+                           forwarded=(constants.JWT_METADATA_NAMESPACE,) if config.jwt.issuers else ())
     return HttpFilter(name=constants.ROUTE_STAGE_FILTER, typed_config=Any.pack(processor))
 
 
@@ -111,12 +117,14 @@ def attempt_stage_filter(config: Config) -> HttpFilter:
     return HttpFilter(name="babelgate.attempt_stage", typed_config=Any.pack(processor))
 
 
-def local_reply_config() -> LocalReplyConfig:
+def local_reply_config(config: Config | None = None) -> LocalReplyConfig:
     """Envoy's own error replies (no healthy upstream, timeouts, resets, oversize bodies) as OpenAI-style JSON.
 
     Babelgate's immediate responses already carry that shape; they mark themselves with dynamic metadata
     (`replied: true`), and the mapper only matches when the mark is absent. (The access-log metadata filter ignores
     `MetadataMatcher.invert`, hence the `bool_match: false` that a present mark never satisfies.)
+    With JWT issuers configured, every refusal of the `jwt_authn` filter is a 401 `invalid_token` (Envoy answers a
+    wrong audience with 403), its reason in the message.
     """
     not_ours = AccessLogFilter(metadata_filter=MetadataFilter(
         matcher=MetadataMatcher(
@@ -124,7 +132,8 @@ def local_reply_config() -> LocalReplyConfig:
             path=[MetadataMatcherPathSegment(key=constants.METADATA_REPLIED_KEY)],
             value=ValueMatcher(bool_match=False)),
         match_if_key_not_found=True))
-    mappers = [
+    mappers = [_token_refused()] if config is not None and config.jwt.issuers else []
+    mappers += [
         ResponseMapper(
             filter=AccessLogFilter(and_filter=AndFilter(filters=[not_ours, _status_is(status)])),
             body_format_override=_error_format(status_error_type(status), _CODES.get(status)))
@@ -137,6 +146,16 @@ def local_reply_config() -> LocalReplyConfig:
 
 
 _TYPED_STATUSES = (400, 404, 408, 413, 429, 431, 500, 502, 503, 504)
+_CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
+JWT_REFUSED = "response.code_details.startsWith('jwt_authn_access_denied')"
+"""Envoy's response code details on a reply of its `jwt_authn` filter (`jwt_authn_access_denied{<reason>}`)."""
+
+
+def _token_refused() -> ResponseMapper:
+    refused = AccessLogFilter(extension_filter=ExtensionFilter(name=_CEL_FILTER, typed_config=Any.pack(
+        ExpressionFilter(expression=JWT_REFUSED))))
+    return ResponseMapper(filter=refused, status_code=401,
+                          body_format_override=_error_format(status_error_type(401), "invalid_token"))
 
 
 def _status_at_least(status: int) -> AccessLogFilter:

@@ -45,6 +45,7 @@ from ..json_types import JsonObject
 from .bootstrap import chain_route, message_dict, route_configuration
 from .clusters import backend_cluster, chain_cluster
 from .filters import local_reply_config, route_stage_filter
+from .jwt import jwks_clusters, jwt_filter
 
 Placement = Literal["gateway", "sidecar"]
 
@@ -197,11 +198,12 @@ _Dumper.add_representer(str, _represent_str)
 
 def _envoy_filter(config: Config, site: _Site) -> dict:
     """The standalone rendering's pieces as patches on Istio's Envoy config, for the gateway's pods alone."""
-    clusters = [backend_cluster(b, config) for b in config.backends]
+    clusters = [*jwks_clusters(config), *(backend_cluster(b, config) for b in config.backends)]
     clusters += [chain_cluster(config, order) for order in aggregate_orders(config)]
     patches = [
         _patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE", _route_stage(config, site)),
-        _patch("NETWORK_FILTER", {"listener": _listener()}, "MERGE", _local_replies(site)),
+        *_token_check(config, site),
+        _patch("NETWORK_FILTER", {"listener": _listener()}, "MERGE", _local_replies(config, site)),
         _patch("VIRTUAL_HOST", {"routeConfiguration": _virtual_host_match(site)}, "MERGE",
                _virtual_host(config, site)),
         *_route_patches(config, site),
@@ -246,6 +248,18 @@ def _route_stage(config: Config, site: _Site) -> dict:
     return _as_dict(stage, site)
 
 
+def _token_check(config: Config, site: _Site) -> list[dict]:
+    """With JWT issuers, Envoy's `jwt_authn` filter right before the route stage, disabled like it: a JWT Babelgate's
+    issuers don't know may be another host's business. (Named apart from the `jwt_authn` filter Istio's own
+    RequestAuthentication makes; its payloads go under other keys of the same metadata namespace.)"""
+    verified = jwt_filter(config)
+    if verified is None:
+        return []
+    verified.disabled = True
+    return [_patch("HTTP_FILTER", {"listener": _listener(constants.ROUTE_STAGE_FILTER)}, "INSERT_BEFORE",
+                   _as_dict(verified, site))]
+
+
 def _virtual_host(config: Config, site: _Site) -> dict:
     """Merged into the virtual host Istio made for the host clients call: the standalone virtual host's settings,
     and the route stage enabled (an empty `FilterConfig.config` turns a disabled filter on)."""
@@ -255,8 +269,14 @@ def _virtual_host(config: Config, site: _Site) -> dict:
         include_request_attempt_count=own.include_request_attempt_count,
         include_attempt_count_in_response=own.include_attempt_count_in_response,
         request_body_buffer_limit=own.request_body_buffer_limit,
-        typed_per_filter_config={route_stage_filter(config).name: Any.pack(FilterConfig(config=Any()))},
+        typed_per_filter_config={name: Any.pack(FilterConfig(config=Any())) for name in _ours(config)},
     ), site)
+
+
+def _ours(config: Config) -> list[str]:
+    """Babelgate's HTTP filters, which its virtual host turns on."""
+    return [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER] if config.jwt.issuers else [
+        constants.ROUTE_STAGE_FILTER]
 
 
 def _direct_hosts(config: Config) -> list[str]:
@@ -268,7 +288,7 @@ def _direct_hosts(config: Config) -> list[str]:
     return list(dict.fromkeys(name for b in direct for name in (b.host, b.authority)))
 
 
-def _local_replies(site: _Site) -> dict:
+def _local_replies(config: Config, site: _Site) -> dict:
     """Babelgate's local-reply mappers, each narrowed to Babelgate's requests (its virtual host, or a direct route
     in whichever virtual host the backend's host selected): the HTTP connection manager's local-reply config is per
     listener, and other hosts' replies must stay as they are."""
@@ -276,7 +296,7 @@ def _local_replies(site: _Site) -> dict:
                   f" || xds.route_name.startsWith({json.dumps(constants.DIRECT_ROUTE_PREFIX)})")
     ours = AccessLogFilter(extension_filter=ExtensionFilter(name=_CEL_FILTER, typed_config=Any.pack(
         ExpressionFilter(expression=expression))))
-    replies = local_reply_config()
+    replies = local_reply_config(config)
     for mapper in replies.mappers:
         condition = mapper.filter
         assert condition is not None  # local_reply_config gives every mapper one

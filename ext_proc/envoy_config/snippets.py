@@ -31,14 +31,16 @@ _GUIDE = """\
 #
 # 1. http_filters: put these in your HttpConnectionManager's http_filters, in this order, before
 #    envoy.filters.http.router (with the admin API configured, its size limit and gRPC-JSON transcoder come
-#    first; the size limit is off except on the admin routes).
+#    first; the size limit is off except on the admin routes; with JWT issuers configured, babelgate.jwt_authn
+#    verifies tokens right before the route stage, and its JWKS clusters are among the clusters).
 # 2. routes: put these at the front of the virtual host that receives OpenAI-format requests; they only match
 #    requests the route stage has chosen a chain for (header x-babelgate-int-chain and its decision in the
 #    dynamic metadata), and `admin_api`/`admin_api_json` the admin API's gRPC and JSON paths. The last one
 #    (`unrouted`) is a
 #    catch-all 404: leave it out if your own routes follow.
 # 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc).
-# 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional).
+# 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional;
+#    with JWT issuers it also makes every token refusal a 401, where Envoy answers a wrong audience with 403).
 # 5. disable_on_other_routes: add it as `typed_per_filter_config` to each of your routes that carries other traffic,
 #    so the route stage leaves those requests alone.
 # 6. virtual_host_settings: set these on that virtual host (request bodies up to the configured size are buffered
@@ -57,7 +59,7 @@ def filters_only(config: Config) -> dict:
         "http_filters": [_plain(f) for f in http_filters(config)],
         "routes": [_plain(route) for route in routes],
         "clusters": [_plain(cluster) for cluster in all_clusters(config)],
-        "local_reply_config": _plain(local_reply_config()),
+        "local_reply_config": _plain(local_reply_config(config)),
         "virtual_host_settings": {"request_body_buffer_limit": request_buffer_limit(config),
                                   "include_request_attempt_count": True, "include_attempt_count_in_response": True},
         "disable_on_other_routes": {constants.ROUTE_STAGE_FILTER: {"@type": _PER_ROUTE_TYPE, "disabled": True}},

@@ -1,9 +1,9 @@
 """Envoy configured from watched files, so `babelgate up` can change routes and clusters without a restart.
 
-The bootstrap keeps what never changes while running (the listener, the ext_proc cluster, the admin port) and points
-Envoy at two files in one directory: `cds.yaml` (backend and chain clusters) and `rds.yaml` (the chain routes). Each
-file is a DiscoveryResponse, written whole and renamed into place; Envoy notices the rename and applies it to new
-requests while requests in flight finish on what they started with, and no connection is dropped.
+The bootstrap keeps what never changes while running (the listener, the ext_proc and JWKS clusters, the admin port)
+and points Envoy at two files in one directory: `cds.yaml` (backend and chain clusters) and `rds.yaml` (the chain
+routes). Each file is a DiscoveryResponse, written whole and renamed into place; Envoy notices the rename and applies
+it to new requests while requests in flight finish on what they started with, and no connection is dropped.
 
 A reload writes the union of the old and the new configuration first (new definitions win), so that neither an
 ext_proc server still on the old configuration nor one already on the new one names a route Envoy lacks; once every
@@ -47,7 +47,7 @@ def bootstrap_yaml(config: Config, directory: Path) -> str:
     bootstrap: Bootstrap = render_bootstrap(config, routes_from=routes)
     resources = bootstrap.static_resources
     assert resources is not None  # render_bootstrap sets them
-    resources.clusters = [c for c in resources.clusters if c.name == constants.EXT_PROC_CLUSTER]
+    resources.clusters = [c for c in resources.clusters if _static(c.name)]
     bootstrap.dynamic_resources = BootstrapDynamicResources(cds_config=_source(directory, CLUSTERS_FILE))
     bootstrap.node = Node(id="babelgate", cluster="babelgate")  # file-based xDS still wants a node identity
     data = message_dict(bootstrap)
@@ -62,7 +62,7 @@ def write_resources(directory: Path, configs: list[Config], version: int) -> Non
     host: dict = {}
     for config in configs:
         for cluster in all_clusters(config):
-            if cluster.name != constants.EXT_PROC_CLUSTER:
+            if not _static(cluster.name):
                 clusters[cluster.name] = {"@type": _CLUSTER_TYPE, **_as_dict(cluster)}
         rendered = _as_dict(route_configuration(config))
         host = rendered["virtual_hosts"][0]
@@ -76,6 +76,12 @@ def write_resources(directory: Path, configs: list[Config], version: int) -> Non
     # Clusters first: a route may only name a cluster Envoy already has.
     _publish(directory / CLUSTERS_FILE, {"version_info": str(version), "resources": list(clusters.values())})
     _publish(directory / ROUTES_FILE, {"version_info": str(version), "resources": [route_config]})
+
+
+def _static(cluster_name: str) -> bool:
+    """In the bootstrap, never in the watched files: the ext_proc cluster, and the JWKS clusters the listener's JWT
+    filter fetches from (a listener's filter config changes only with a restart, so its clusters do too)."""
+    return cluster_name == constants.EXT_PROC_CLUSTER or cluster_name.startswith(constants.JWKS_CLUSTER_PREFIX)
 
 
 def _as_dict(message: betterproto2.Message) -> dict:

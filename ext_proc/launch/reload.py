@@ -50,6 +50,9 @@ class StackReloader:
         if config.listener != running.listener or config.ext_proc != running.ext_proc:
             log.warning("listener and ext_proc settings changed: they take effect at the next restart")
             config = config.model_copy(update={"listener": running.listener, "ext_proc": running.ext_proc})
+        if config.jwt != running.jwt:
+            log.warning("jwt issuers changed: the servers map claims by the new settings at once, Envoy's listener "
+                        "verifies tokens (issuers, audiences, keys) by the old ones until the next restart")
         self._stack.apply(config)
         self._seen = self._snapshot(config)
         log.info("Envoy routes and clusters reloaded (%s)", reason)

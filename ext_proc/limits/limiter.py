@@ -21,6 +21,7 @@ import orjson
 
 from ..auth.sealing import Sealer
 from ..config.models import METRICS, Config, LimitRule
+from ..constants import JWT_ID_PREFIX
 from ..errors import RateLimited, Unavailable
 from .estimate import FREE, MICRO, Price, Usage, cost_micro_usd
 from .store import Admission, Counter, LimitStore, StoreUnavailable
@@ -90,11 +91,20 @@ class LimitTables:
     route_rules: dict[str, tuple[Rule, ...]]
     backend_rules: dict[str, tuple[Rule, ...]]
     prices: dict[tuple[str, str], Price]
+    issuer_rules: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
+    """JWT issuer name -> each of its subjects' rules (identities `jwt:<issuer>:<subject>`), where it has its own."""
 
     @property
     def empty(self) -> bool:
         return not (self.key_rules or self.default_key_rules or self.team_rules or self.user_rules
-                    or self.route_rules or self.backend_rules)
+                    or self.route_rules or self.backend_rules or any(self.issuer_rules.values()))
+
+    def key_scope_rules(self, key_id: str) -> tuple[Rule, ...]:
+        """A key's own rules, a token subject's issuer's, or else `limits.per_key`."""
+        rules = self.key_rules.get(key_id)
+        if rules is None and key_id.startswith(JWT_ID_PREFIX) and self.issuer_rules:
+            rules = self.issuer_rules.get(key_id.split(":", 2)[1])
+        return self.default_key_rules if rules is None else rules
 
 
 def compile_tables(config: Config) -> LimitTables:
@@ -120,6 +130,7 @@ def compile_tables(config: Config) -> LimitTables:
         backend_rules={b.id: rules(b.limits) for b in config.backends if b.limits},
         prices={(p.backend, p.model): Price(p.input, p.output, p.input if p.cached_input is None else p.cached_input)
                 for p in config.prices},
+        issuer_rules={i.name: rules(i.limits) for i in config.jwt.issuers if i.limits is not None},
     )
 
 
@@ -156,7 +167,7 @@ class Limiter:
                primary_backend: str) -> list[tuple[str, str, tuple[Rule, ...]]]:
         """(scope kind, scope id, rules) for every scope with limits that a request falls under."""
         tables = self.tables
-        found = [("key", key_id, tables.key_rules.get(key_id, tables.default_key_rules))]
+        found = [("key", key_id, tables.key_scope_rules(key_id))]
         if team is not None:
             found.append(("team", team, tables.team_rules.get(team, ())))
         if user is not None:
@@ -202,15 +213,19 @@ class Limiter:
             counter = counters[index]
             wait = seconds_until(ends[index], now)
             used = admission.used[index]
-            hint = (" This request alone needs more than the whole limit." if amounts[index] > counter.limit
+            never_fits = amounts[index] > counter.limit
+            hint = (" This request alone needs more than the whole limit." if never_fits
                     else f" Retry after {wait}s.")
             metrics = [entry[1] for entry in entries]
             headers = _rate_headers(metrics, counters, admission.used, ends, now, refused=index)
+            # Retrying a request that can never fit only repeats the refusal: no `retry-after` for it, and
+            # `x-should-retry: false`, which the official SDKs obey before their own retry rules.
+            advice = (("x-should-retry", "false"),) if never_fits else (("retry-after", str(wait)),)
             refusal = RateLimited(
                 f"Rate limit reached for {counter.label}: limit {_shown(entries[index][1], counter.limit)}, "
                 f"used {_shown(entries[index][1], used)}, "
                 f"this request needs {_shown(entries[index][1], amounts[index])}.{hint}",
-                headers=(("retry-after", str(wait)), *headers))
+                headers=(*advice, *headers))
             refusal.scope = counter.label.partition(" ")[0]
             raise refusal
         metrics = [entry[1] for entry in entries]

@@ -15,7 +15,10 @@ feature needs no Babelgate release. Each service's own adaptations only:
   Vertex client sends them).
 
 The path is the translator's own `chat_path`, and the answer goes back as the provider sent it (Bedrock's
-event-stream frames decoded into the Anthropic events they carry: `stages/stream_relay.py`).
+event-stream frames decoded into the Anthropic events they carry: `stages/stream_relay.py`). The one thing checked
+in the body: `s3://` / `gs://` source URLs are refused (`fetches.check_messages`), whatever the backend's
+`fetch_urls`: neither Bedrock's InvokeModel nor Vertex's rawPredict reads them today, and the Messages format has no
+field for the S3 bucket owner a grant would require.
 
 Counting (`POST /anthropic/v1/messages/count_tokens`): Anthropic's `/v1/messages/count_tokens`, Bedrock's
 `CountTokens` (`POST /model/{modelId}/count-tokens`, body `{"input": {"invokeModel": {"body": <base64 of the
@@ -34,7 +37,7 @@ import orjson
 
 from ..config.models import Backend
 from ..json_types import JsonObject
-from . import gemini
+from . import fetches, gemini
 from .bedrock_anthropic import BEDROCK_ANTHROPIC_VERSION
 from .bedrock_converse import model_path_segment
 from .vertex_anthropic import API_VERSION as VERTEX_ANTHROPIC_VERSION
@@ -74,7 +77,9 @@ def betas(header: str | None) -> list[str]:
 
 def request(schema: str, body: JsonObject, model: str, beta: list[str]) -> tuple[JsonObject, Headers]:
     """The client's Messages body for this backend, and the headers that go with it (the betas, where the service
-    reads them from a header). `body` is not changed."""
+    reads them from a header). `body` is not changed. An `s3://` or `gs://` source URL is refused (`fetches.
+    check_messages`): none of these services reads one, and none may with the gateway's identity."""
+    fetches.check_messages(schema, body)
     upstream = dict(body)
     headers: Headers = ((BETA_HEADER, ",".join(beta)),) if beta and schema != BEDROCK else ()
     if schema == ANTHROPIC:

@@ -59,14 +59,15 @@ def embeddings_path(model: str, backend: Backend | None = None) -> str:
 
 def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropped: list[str] | None = None,
                  reasoning: str | None = None) -> JsonObject:
-    """The OpenAI request (model swapped, usage asked for on streams); unknown fields are refused."""
+    """The OpenAI request (model swapped, usage asked for on streams, the reserved output limit when the client
+    set none); unknown fields are refused."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     for field in body:
         if field not in FIELDS and field not in EXTENSIONS:
             raise BadRequest(f"'{field}' is not a chat completions field the azure-openai translator knows; "
                              "it is refused rather than ignored", param=field)
-    return openai.passthrough_request(body, model, SCHEMA)
+    return openai.passthrough_request(body, model, SCHEMA, default_max_tokens)
 
 
 def chat_response(body: JsonObject, model: str, created: int) -> JsonObject:

@@ -317,11 +317,12 @@ def _inference_config(body: JsonObject, reasoning: _Reasoning, default_max_token
     if max_tokens is not None and not reasoning.max_tokens:
         raise BadRequest(f"'{max_field}' can't be combined with reasoning_effort 'high' on Amazon Nova 2 models, "
                          "which choose their output length themselves", param=max_field)
-    if reasoning.budget:
-        # Thinking counts against maxTokens and must stay below it: keep the room the client asked for.
+    if reasoning.max_tokens:
+        # Without the client's limit, the one the limiter reserved (Bedrock's default is the model's maximum).
         max_tokens = max_tokens or default_max_tokens
-        if max_tokens <= reasoning.budget:
-            max_tokens += reasoning.budget
+    if reasoning.budget and max_tokens is not None and max_tokens <= reasoning.budget:
+        # Thinking counts against maxTokens and must stay below it: keep the room the client asked for.
+        max_tokens += reasoning.budget
     if max_tokens is not None:
         config["maxTokens"] = max_tokens
 

@@ -151,8 +151,8 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropp
                  reasoning: str | None = None) -> JsonObject:
     """Translate an OpenAI chat request into a Cohere v2 chat request for `model`.
 
-    Cohere needs no `max_tokens` (it defaults to the model's output limit, as OpenAI does), so `default_max_tokens`
-    is not sent.
+    Without the client's output limit, `max_tokens` is `default_max_tokens`: Cohere would default to the model's
+    output limit, more than the limiter reserved.
     """
     refuse_unsupported(body, FIELDS, _HARMLESS, _REFUSAL_REASONS, SCHEMA)
     request: JsonObject = {"model": model, "messages": _messages(body.get("messages"))}
@@ -170,8 +170,7 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropp
     if response_format is not None:
         request["response_format"] = response_format
     max_tokens, _ = requested_max_tokens(body)
-    if max_tokens is not None:
-        request["max_tokens"] = max_tokens
+    request["max_tokens"] = max_tokens if max_tokens is not None else default_max_tokens
     stop = body.get("stop")
     if stop:
         request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)

@@ -263,13 +263,15 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropp
         request["tools"] = [{"functionDeclarations": declarations}]
         if mode is not None:
             request["toolConfig"] = {"functionCallingConfig": mode}
-    config = _generation_config(body)
+    config = _generation_config(body, default_max_tokens)
     if config:
         request["generationConfig"] = config
     return with_provider_options(request, body, SCHEMAS, _RESERVED_OPTIONS)
 
 
-def _generation_config(body: JsonObject) -> JsonObject:
+def _generation_config(body: JsonObject, default_max_tokens: int) -> JsonObject:
+    """Without the client's output limit, `maxOutputTokens` is `default_max_tokens` (Gemini's own default is the
+    model's limit, more than the limiter reserved); thinking counts against it."""
     config: JsonObject = {}
     for field, key in (("temperature", "temperature"), ("top_p", "topP"), ("presence_penalty", "presencePenalty"),
                        ("frequency_penalty", "frequencyPenalty")):
@@ -282,8 +284,7 @@ def _generation_config(body: JsonObject) -> JsonObject:
     if n is not None and n != 1:
         config["candidateCount"] = _positive_int(body, "n")
     max_tokens, _ = requested_max_tokens(body)
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
+    config["maxOutputTokens"] = max_tokens if max_tokens is not None else default_max_tokens
     stop = body.get("stop")
     if stop:
         stops = [stop] if isinstance(stop, str) else stop

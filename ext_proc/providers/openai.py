@@ -41,14 +41,17 @@ def chat_request(body: JsonObject, model: str, *, default_max_tokens: int, dropp
                  reasoning: str | None = None) -> JsonObject:
     """The client's body with the backend's model name; every other field (n, logprobs, ...) passes untouched,
     except Anthropic's `cache_control` marks and `thinking_blocks`, and Babelgate's `provider_options` (its `openai`
-    object merged in)."""
-    return passthrough_request(body, model, SCHEMA)
+    object merged in). A body without an output limit gets `max_completion_tokens: default_max_tokens`: what the
+    limiter reserved is what the provider may produce (the provider's own default is the model's maximum)."""
+    return passthrough_request(body, model, SCHEMA, default_max_tokens)
 
 
-def passthrough_request(body: JsonObject, model: str, schema: str) -> JsonObject:
+def passthrough_request(body: JsonObject, model: str, schema: str, default_max_tokens: int) -> JsonObject:
     """`chat_request` for an OpenAI-format `schema`, whose `provider_options` object is the one merged."""
     request = {key: value for key, value in body.items() if key != PROVIDER_OPTIONS}
     request["model"] = model
+    if request.get("max_completion_tokens") is None and request.get("max_tokens") is None:
+        request["max_completion_tokens"] = default_max_tokens
     request = with_provider_options(_without_anthropic_keys(request), body, (schema,), _RESERVED_OPTIONS)
     if request.get("stream"):
         request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}

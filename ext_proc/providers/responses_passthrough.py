@@ -5,6 +5,8 @@ The client's `/v1/responses` body goes as it was written, so OpenAI's built-in t
 gateway does not know reach a service that understands them. What changes, and why:
 
 - `model` becomes the backend's model (Azure: the deployment name, which its Responses API reads from the body);
+- without the client's `max_output_tokens`, the one the limiter reserved for (`requests.default_max_tokens`) is
+  sent: the provider's own default is the model's maximum (reasoning included);
 - `previous_response_id` is gone: the route stage replaced it with the conversation it names (the gateway keeps
   responses itself, so a chain of responses survives a failover to another provider, and the provider's own store is
   never asked about an id it did not make);
@@ -26,10 +28,12 @@ def passes_through(settings: Backend) -> bool:
     return settings.serves_responses
 
 
-def request(body: JsonObject, model: str, settings: Backend) -> JsonObject:
+def request(body: JsonObject, model: str, settings: Backend, default_max_tokens: int) -> JsonObject:
     """The client's Responses body for this backend; `body` is not changed."""
     upstream = dict(body)
     upstream["model"] = _deployment(settings, model)
+    if upstream.get("max_output_tokens") is None:
+        upstream["max_output_tokens"] = default_max_tokens
     upstream.pop("previous_response_id", None)
     items = upstream.get("input")
     if isinstance(items, list) and any(_gateway_reasoning(item) for item in items):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from .. import providers
 from ..auth.backend_credentials import credential_for
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
+from ..auth.jwt_claims import IssuerInfo, compile_issuers
 from ..auth.virtual_keys import KeyInfo
 from ..config.chains import reasoning_styles, route_chain_sets, translation_kinds
 from ..config.models import Backend, Config, ModelRoute, RoutingSettings
@@ -21,7 +22,7 @@ from ..json_types import JsonObject
 from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
-from ..providers import presets
+from ..providers import fetches, presets
 from ..providers.translator import Translator
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
@@ -52,7 +53,9 @@ class BackendInfo:
         """The provider's translation, then the quirks of an OpenAI-compatible preset (Mistral, Groq, ...), then the
         backend's `drop_fields`. What it makes depends on the backend (preset, dropped fields), the model name and
         its reasoning style, not only on the schema (`config.chains.translation_kinds`). `dropped`, when given,
-        gets the client's fields that did not go: the translator's table and its own, the preset's, `drop_fields`."""
+        gets the client's fields that did not go: the translator's table and its own, the preset's, `drop_fields`.
+        Last, URLs the provider would fetch with the gateway's identity: refused unless `fetch_urls` grants them
+        (`providers.fetches`)."""
         if dropped is not None:
             dropped.extend(self.translator.table_drops(body))
         reasoning = self.reasoning_style(model) if self.reasoning is not None else None
@@ -65,7 +68,7 @@ class BackendInfo:
         for name in self.settings.drop_fields:
             if upstream.pop(name, None) is not None and dropped is not None and name in body:
                 dropped.append(name)
-        return upstream
+        return fetches.checked(self.schema, self.settings.fetch_urls, body, upstream)
 
     def reasoning_style(self, model: str) -> str | None:
         """The configured reasoning style of `model` on this backend (a wildcard entry's `*` matches any part)."""
@@ -179,6 +182,8 @@ class Runtime:
     """Envoy's access logs are rendered: the stages hand them backend, model, tokens and cost as metadata."""
     responses: ResponseStore | None = None
     """Where Responses API answers created with `store: true` are kept; None when storing is off."""
+    issuers: tuple[IssuerInfo, ...] = ()
+    """JWT issuers whose verified tokens identify requests (besides virtual keys)."""
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
@@ -228,7 +233,8 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
         key.hash: KeyInfo(
             id=key.id, team=key.team,
             models=None if "*" in key.models else frozenset(key.models),
-            expires_at=_utc(key.expires_at).timestamp() if key.expires_at else None)
+            expires_at=_utc(key.expires_at).timestamp() if key.expires_at else None,
+            user=key.user, asserts_users=key.asserts_users)
         for key in config.virtual_keys
     }
     if health is None:
@@ -250,7 +256,8 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    max_body_bytes=config.requests.max_body_bytes,
                    default_max_tokens=config.requests.default_max_tokens,
                    user_header=config.limits.user_header,
-                   chars_per_token=config.limits.chars_per_token)
+                   chars_per_token=config.limits.chars_per_token,
+                   issuers=compile_issuers(config))
 
 
 def _response_store(config: Config, previous: Runtime | None, load_secrets: bool) -> ResponseStore | None:

@@ -389,7 +389,8 @@ class AttemptStage:
             self._include_usage = True
             self._created = int(time.time())
         if self._turn is not None:
-            upstream, path, headers = upstream_request.responses_native(backend, self._model, body)
+            upstream, path, headers = upstream_request.responses_native(backend, self._model, body,
+                                                                        runtime.default_max_tokens)
         else:
             upstream, path, headers = upstream_request.passthrough(backend, self._model, body, self._streaming,
                                                                    self._betas)
@@ -466,7 +467,7 @@ class AttemptStage:
             stream = turn.reader(self._model, self._created)
         else:
             stream = backend.translator.chat_stream(self._model, self._created, self._include_usage)
-        guard = StreamGuard(self._guardrails, self._route) if self._guardrails else None
+        guard = StreamGuard(self._guardrails, self._route, self._owner) if self._guardrails else None
         if self._meter is not None:
             self._meter.stream = stream
         relay: StreamRelay
@@ -499,13 +500,15 @@ class AttemptStage:
         try:
             answer = answers.translated(backend, self._model, self._endpoint, message.body, self._base64_embeddings,
                                         self._request_id)
-            if self._endpoint is Endpoint.EMBEDDINGS:
-                answers.count_uncounted_input(answer, self._embeddings_estimate)
-            if self._guardrails:
-                apply_guardrails(self._guardrails, answer, phase="response", route=self._route)
-        except (UpstreamError, GuardrailBlocked) as refused:
-            # The response is already on its way: rewrite it rather than answering anew.
-            return answers.json_reply(orjson.loads(refused.body(self.error_style)), refused.status)
+        except UpstreamError as unreadable:
+            return self._unread(unreadable)
+        if self._endpoint is Endpoint.EMBEDDINGS:
+            answers.count_uncounted_input(answer, self._embeddings_estimate)
+        if self._guardrails:
+            try:
+                apply_guardrails(self._guardrails, answer, phase="response", route=self._route, key_id=self._owner)
+            except GuardrailBlocked as blocked:
+                return self._blocked(blocked, answer)
         if self._meter is not None:
             self._meter.take_answer(answer)
         if self._turn is not None:
@@ -517,10 +520,14 @@ class AttemptStage:
         client: passed as it came, unless a guardrail redacts or blocks it."""
         try:
             answer = answers.untranslated(backend, raw, self._request_id)
+        except UpstreamError as unreadable:
+            return self._unread(unreadable)
+        try:
             changed = self._guardrails and apply_guardrails(self._guardrails, answer, phase="response",
-                                                             route=self._route)
-        except (UpstreamError, GuardrailBlocked) as refused:
-            return answers.json_reply(orjson.loads(refused.body(self.error_style)), refused.status)
+                                                             route=self._route, key_id=self._owner)
+        except GuardrailBlocked as blocked:
+            return self._blocked(blocked, chat_completion_from_response(answer) if self._turn is not None
+                                 else answers.metered(answer))
         if self._turn is not None:
             restored = self._turn.restored()
             if restored:
@@ -531,6 +538,21 @@ class AttemptStage:
             self._meter.take_answer(chat_completion_from_response(answer) if self._turn is not None
                                     else answers.metered(answer))
         return answers.json_reply(answer) if changed else messages.response_body_reply()
+
+    def _unread(self, error: UpstreamError) -> ProcessingResponse:
+        """A successful answer the gateway could not read: the provider did work nobody can count, so the
+        reservation (the most the request could use) stands as the charge. The client gets the error in place of
+        the answer already on its way."""
+        if self._meter is not None:
+            self._meter.keep_reservation()
+        return answers.json_reply(orjson.loads(error.body(self.error_style)), error.status)
+
+    def _blocked(self, blocked: GuardrailBlocked, answer: JsonObject) -> ProcessingResponse:
+        """An answer a guardrail refused: what it used is charged (its usage, in the OpenAI form), none of its text
+        is kept."""
+        if self._meter is not None:
+            self._meter.take_usage(answer)
+        return answers.json_reply(orjson.loads(blocked.body(self.error_style)), blocked.status)
 
     def _stream_chunk(self, relay: StreamRelay, message: HttpBody) -> ProcessingResponse:
         out = relay.relay(message.body, message.end_of_stream)
@@ -563,7 +585,7 @@ class AttemptStage:
             final = turn.completed()
             if final is not None:
                 apply_guardrails(tuple(g for g in self._guardrails if g.mode != "block"), final, phase="response",
-                                 route=self._route)
+                                 route=self._route, key_id=self._owner)
         await turn.keep(self._runtime.responses)
 
     def fill(self, outcome: Outcome) -> None:

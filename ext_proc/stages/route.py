@@ -24,6 +24,7 @@ can serve it, or, on a `fields: strict` route, when any refuses.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING
 import orjson
 
 from .. import constants
-from ..auth.virtual_keys import KeyInfo, authenticate, authorize, bearer_token
+from ..auth.jwt_claims import identify
+from ..auth.virtual_keys import KeyInfo, authorize
 from ..client_formats import anthropic_messages, responses_request
 from ..client_formats.openai_chat import check_chat_shape
 from ..config.models import RequestLimits
@@ -40,13 +42,14 @@ from ..errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, RateLi
 from ..guardrails.engine import apply as apply_guardrails
 from ..guardrails.engine import check_size
 from ..json_types import JsonObject
-from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
+from ..limits.estimate import Price, Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
-from ..providers import anthropic_passthrough, responses_passthrough
+from ..providers import anthropic_passthrough, fetches, responses_passthrough
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
 from ..runtime.build import BackendInfo, RouteInfo, Runtime, find_route
 from ..telemetry.outcome import Outcome
+from ..wire.base_pb2 import Metadata
 from ..wire.external_processor_pb2 import (
     HttpBody,
     HttpHeaders,
@@ -56,6 +59,7 @@ from ..wire.external_processor_pb2 import (
 from . import count_tokens, messages, stored_responses
 from .attempt import AttemptStage
 from .endpoints import ANTHROPIC_STYLE, STORED_RESPONSE_ENDPOINTS, Endpoint, classify
+from .reservation import demand, output_bounds
 from .upstream_request import forwarded_never
 
 if TYPE_CHECKING:
@@ -93,7 +97,7 @@ class RouteStage:
         kind = request.WhichOneof("request")
         try:
             if kind == "request_headers":
-                reply = self.on_request_headers(request.request_headers)
+                reply = self.on_request_headers(request.request_headers, request.metadata_context)
                 if self._stored is not None:  # a stored Response's call, answered from the store
                     return await self._answer_stored(*self._stored)
                 return reply
@@ -147,7 +151,8 @@ class RouteStage:
             tracing.finish(self._span, outcome)
             self._span = None
 
-    def on_request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+    def on_request_headers(self, message: HttpHeaders, context: Metadata | None = None) -> ProcessingResponse:
+        """`context`: the metadata Envoy forwards, a verified JWT's payload among it (`auth/jwt_claims.py`)."""
         headers = messages.header_dict(message)
         outcome = self._outcome
         if outcome is not None:
@@ -161,9 +166,11 @@ class RouteStage:
             if outcome is not None:
                 outcome.endpoint, outcome.status = endpoint.value, 200
             return messages.immediate(200, b"", headers=())
-        key = authenticate(self._runtime.keys,
-                           bearer_token(headers.get("authorization")) or headers.get("x-api-key"))
-        self._user = _bounded_user(headers.get(self._runtime.user_header) or None, self._runtime.user_header)
+        key = identify(self._runtime.issuers, self._runtime.keys, headers, context)
+        # the end user limits count: the key's or token's own, or (a caller trusted to assert users) the header's,
+        # else the body's `user` (`_reserve`)
+        self._user = (_bounded_user(headers.get(self._runtime.user_header) or None, self._runtime.user_header)
+                      if key.asserts_users else key.user)
         if outcome is not None:
             outcome.endpoint, outcome.key_id, outcome.team, outcome.user = endpoint.value, key.id, key.team, self._user
         if endpoint is Endpoint.MODELS or endpoint is Endpoint.MODEL:
@@ -209,6 +216,9 @@ class RouteStage:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
+        if not MODEL_NAME.fullmatch(model):
+            raise BadRequest("`model` must be 1 to 256 characters: ASCII letters, digits and . _ - : / @ + ~ = "
+                             "(starting with a letter or digit).", param="model", code="invalid_model_name")
         route = find_route(self._runtime, model)
         if route is None:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
@@ -259,7 +269,10 @@ class RouteStage:
             _describe(self._outcome, route, model, body, metadata)
         limiter = runtime.limiter
         if limiter is not None:
-            self._reservation = await self._reserve(limiter, body, route, order[0], model)
+            bounds = ({} if self._endpoint is Endpoint.EMBEDDINGS else output_bounds(
+                runtime, self._endpoint, order, translated.upstream if translated is not None else None, passing,
+                original))
+            self._reservation = await self._reserve(limiter, body, route, order[0], model, bounds)
             if self._reservation is not None:
                 metadata[constants.METADATA_RESERVATION_KEY] = limiter.seal(self._reservation)
         headers = [(constants.HEADER_CHAIN, chain.name)]
@@ -320,6 +333,13 @@ class RouteStage:
         assert self._endpoint is not None
         runtime = self._runtime
         passing = _passing_through(runtime, self._endpoint, candidates)
+        if passing and self._endpoint is Endpoint.MESSAGES:
+            try:  # a URL its provider would fetch with the gateway's identity: no passthrough backend takes it
+                fetches.check_messages(runtime.backends[passing[0]].schema, original)
+            except BadRequest:
+                if rough or len(passing) == len(candidates):
+                    raise
+                candidates, passing = tuple(b for b in candidates if b not in passing), ()
         if rough:
             if not passing:  # the client format's own 400
                 if self._endpoint is Endpoint.RESPONSES:
@@ -484,18 +504,20 @@ class RouteStage:
         return reply
 
     async def _reserve(self, limiter: Limiter, body: JsonObject, route: RouteInfo, primary: str,
-                       requested: str) -> Reservation | None:
+                       requested: str, bounds: dict[str, int]) -> Reservation | None:
+        """`bounds`: the most each backend of the order may produce (`reservation.output_bounds`)."""
         assert self._key is not None
-        user = self._user or _bounded_user(body.get("user") if isinstance(body.get("user"), str) else None, "user")
-        runtime = self._runtime
+        user = (self._user or _body_user(body) or self._key.user) if self._key.asserts_users else self._user
         scopes = limiter.scopes(self._key.id, self._key.team, user, route.name, primary)
         if not scopes:
             return None
         prompt = self._prompt_tokens(body)
-        output = (0 if self._endpoint is Endpoint.EMBEDDINGS
-                  else reserved_output_tokens(body, runtime.default_max_tokens))
-        cost = cost_micro_usd(Usage(prompt, output), limiter.price(primary, route.backend_model(primary, requested)))
-        return await limiter.reserve(scopes, Demand(prompt, output, cost), primary)
+        if self._endpoint is Endpoint.EMBEDDINGS:
+            wanted = Demand(prompt, 0, cost_micro_usd(Usage(prompt, 0), _price(limiter, route, primary, requested)))
+        else:
+            prices = {backend: _price(limiter, route, backend, requested) for backend in bounds}
+            wanted = demand(prompt, bounds, prices)
+        return await limiter.reserve(scopes, wanted, primary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -661,6 +683,11 @@ def check_client_limits(body: JsonObject, limits: RequestLimits) -> None:
                 stack.append((child, depth + 1))
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+~=-]{0,255}")
+"""What a model name may be, checked before anything is routed, reserved or sent: every provider's ids fit
+(`anthropic.claude-sonnet-4-5-20250929-v1:0`, `claude-sonnet-4-5@20250929`, `accounts/fireworks/models/x`,
+`meta-llama/Llama-3.3-70B`, `llama3:8b`, Bedrock ARNs), and it travels in headers (`x-babelgate-requested-model`)
+and paths, where CR, LF, NUL or non-latin-1 characters would fail after the provider has already answered."""
 MAX_USER_CHARS = 256
 """End-user ids (a header, or the body's `user`) name limiter counters and request-log rows: bounded."""
 
@@ -670,6 +697,11 @@ def _bounded_user(user: str | None, source: str) -> str | None:
         raise BadRequest(f"The end-user id ({source}) is longer than {MAX_USER_CHARS} characters.", param="user",
                          code="user_too_long")
     return user or None
+
+
+def _body_user(body: JsonObject) -> str | None:
+    """The body's `user`, for a caller trusted to assert users."""
+    return _bounded_user(body.get("user") if isinstance(body.get("user"), str) else None, "user")
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -694,3 +726,7 @@ def _model_entry(runtime: Runtime, key: KeyInfo, name: str) -> bytes:
     if route is None or (key.models is not None and route.name not in key.models):
         raise NotFound(f"The model {name!r} does not exist.", param="model", code="model_not_found")
     return orjson.dumps(_model_object(name if route.wildcard else route.name, int(time.time())))
+
+
+def _price(limiter: Limiter, route: RouteInfo, backend: str, requested: str) -> Price:
+    return limiter.price(backend, route.backend_model(backend, requested))

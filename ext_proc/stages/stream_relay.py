@@ -4,8 +4,10 @@ backend's `ChatStream` turning each into OpenAI chunks, and each chunk encoded a
 
 An Anthropic-family stream to an Anthropic Messages client is not translated (`PassthroughRelay`): the provider's
 events go out as they came, Bedrock's frames decoded into the Anthropic events they carry; the backend's `ChatStream`
-still reads each event, so the guard and the meter see the answer as they see any other. A native Responses stream
-to a Responses client is relayed the same way (`ResponsesPassthroughRelay`).
+still reads each event, so the meter sees the answer as it sees any other. A native Responses stream to a Responses
+client is relayed the same way (`ResponsesPassthroughRelay`). A route's answer guardrails read the client's own events
+there (`StreamGuard.anthropic_event`, `responses_event`): text delta events are held back and re-cut, so a guarded
+Responses stream is numbered as sent.
 
 This runs once per chunk Envoy hands over: it keeps to plain attributes and one call per decoded chunk.
 """
@@ -70,6 +72,7 @@ class StreamRelay:
             for event in events:
                 out.extend(self.encode(chunk) for chunk in stream.feed(event.event, event.data))
             if end_of_stream:
+                out.append(self._leftover())
                 out.extend(self.encode(chunk) for chunk in stream.finish())
         except (SSEError, EventStreamError) as exc:
             out.append(self.encode_error(UpstreamError(str(exc))))
@@ -95,11 +98,27 @@ class StreamRelay:
                 # part of the answer already went out: end it with the error, drop whatever the model says next
                 guard.blocked = True
                 return self.encode_error(blocked)
+        return self._encode_checked(chunk)
+
+    def _encode_checked(self, chunk: JsonObject) -> bytes:
+        """A chunk the guard has seen (or made), metered and encoded as the client reads it."""
         if self._meter is not None:
             self._meter.count(chunk)
         if self._client_stream is None:
             return encode_data(chunk)
         return b"".join(encode_event(name, payload) for name, payload in self._client_stream.feed(chunk))
+
+    def _leftover(self) -> bytes:
+        """What the guard still holds when the provider's stream ends without a finish reason."""
+        guard = self._guard
+        if guard is None or guard.blocked:
+            return b""
+        try:
+            chunk = guard.leftover()
+        except GuardrailBlocked as blocked:
+            guard.blocked = True
+            return self.encode_error(blocked)
+        return self._encode_checked(chunk) if chunk is not None else b""
 
     def encode_error(self, error: GatewayError) -> bytes:
         """An error as a chunk of the stream (OpenAI's error object, re-encoded for Anthropic clients)."""
@@ -137,6 +156,7 @@ class PassthroughRelay(StreamRelay):
             for event in events:
                 out.append(self._forward(event))
             if end_of_stream:
+                out.append(self._leftover())
                 out.extend(self._observe(chunk, None) for chunk in self.stream.finish())
         except (SSEError, EventStreamError) as exc:
             out.append(self.encode_error(UpstreamError(str(exc))))
@@ -145,18 +165,54 @@ class PassthroughRelay(StreamRelay):
     def _forward(self, event: SSEEvent) -> bytes:
         """One provider event: what the client gets for it (nothing once a guardrail ended the answer)."""
         forwarded = self._client_event(event.event, event.data)
+        guard = self._guard
+        sent = b""
+        if forwarded is not None and guard is None:
+            sent = self._emit(forwarded)
+        elif forwarded is not None and guard is not None and not guard.blocked:
+            try:
+                sent = self._guarded(guard, forwarded)
+            except GuardrailBlocked as blocked:
+                guard.blocked = True
+                sent = self.encode_error(blocked)
+        if sent and not self.first_chunk_at:
+            self.first_chunk_at = time.monotonic()
         out = [self._observe(chunk, forwarded) for chunk in self.stream.feed(event.event, event.data)]
-        if forwarded is not None and self._guard is not None:
-            forwarded = self._redacted(self._guard, forwarded)
-        if forwarded is not None and not (self._guard is not None and self._guard.blocked):
-            if not self.first_chunk_at:
-                self.first_chunk_at = time.monotonic()
-            out.insert(0, self._emit(forwarded))
-        return b"".join(out)
+        return sent + b"".join(out)
 
     def _emit(self, forwarded: tuple[str, bytes]) -> bytes:
         """The bytes of a provider event the client gets."""
         return _raw_event(*forwarded)
+
+    def _emit_payload(self, name: str, payload: JsonObject) -> bytes:
+        """The bytes of a provider event the guard went through (changed or not)."""
+        return _raw_event(name, orjson.dumps(payload))
+
+    def _guarded(self, guard: StreamGuard, forwarded: tuple[str, bytes]) -> bytes:
+        """The events the client gets for one provider event, text held back and redacted (an event that is no
+        JSON object goes out as it came: there is no text in it the guard could read)."""
+        payload = _payload(forwarded[1])
+        if payload is None:
+            return self._emit(forwarded)
+        return b"".join(self._emit_payload(name, event) for name, event in self._events(guard, forwarded[0], payload))
+
+    @staticmethod
+    def _events(guard: StreamGuard, name: str, payload: JsonObject) -> list[tuple[str, JsonObject]]:
+        return guard.anthropic_event(name, payload)
+
+    def _leftover(self) -> bytes:
+        guard = self._guard
+        if guard is None or guard.blocked:
+            return b""
+        try:
+            return b"".join(self._emit_payload(name, payload) for name, payload in self._held_events(guard))
+        except GuardrailBlocked as blocked:
+            guard.blocked = True
+            return self.encode_error(blocked)
+
+    @staticmethod
+    def _held_events(guard: StreamGuard) -> list[tuple[str, JsonObject]]:
+        return guard.anthropic_leftover()
 
     def _client_event(self, name: str | None, data: bytes) -> tuple[str, bytes] | None:
         """The Anthropic event a provider event is (Bedrock's `chunk` carries one, base64 in JSON); None for an
@@ -172,31 +228,15 @@ class PassthroughRelay(StreamRelay):
             return None  # the stream reports the malformed event
         return (kind if isinstance(kind, str) else "message", inner)
 
-    @staticmethod
-    def _redacted(guard: StreamGuard, forwarded: tuple[str, bytes]) -> tuple[str, bytes]:
-        """The event with what a redacting guardrail found replaced (the client's own event, not the translation)."""
-        try:
-            payload = orjson.loads(forwarded[1])
-        except orjson.JSONDecodeError:
-            return forwarded
-        return (forwarded[0], orjson.dumps(payload)) if guard.redact(payload) else forwarded
-
     def _observe(self, chunk: JsonObject, forwarded: tuple[str, bytes] | None) -> bytes:
-        """The translated chunk, for the meter and the guard only; bytes only for an error the client's own
-        events don't already carry, or a guardrail's."""
+        """The translated chunk, for the meter only (the guard reads the client's own events); bytes only for an
+        error the client's own events don't already carry."""
         if "error" in chunk:
             if forwarded is not None and forwarded[0] in self._error_events:
                 return b""
             return self._stream_error(chunk)
-        guard = self._guard
-        if guard is not None:
-            if guard.blocked:
-                return b""
-            try:
-                guard.check(chunk, redact=False)
-            except GuardrailBlocked as blocked:
-                guard.blocked = True
-                return self.encode_error(blocked)
+        if self._guard is not None and self._guard.blocked:
+            return b""
         if self._meter is not None:
             self._meter.count(chunk)
         return b""
@@ -242,6 +282,20 @@ class ResponsesPassthroughRelay(PassthroughRelay):
         self._sequence += 1
         return _raw_event(*forwarded)
 
+    def _emit_payload(self, name: str, payload: JsonObject) -> bytes:
+        # a guarded stream is numbered as sent: the guard holds some delta events back and adds others
+        payload["sequence_number"] = self._sequence
+        self._sequence += 1
+        return _raw_event(name, orjson.dumps(payload))
+
+    @staticmethod
+    def _events(guard: StreamGuard, name: str, payload: JsonObject) -> list[tuple[str, JsonObject]]:
+        return guard.responses_event(name, payload)
+
+    @staticmethod
+    def _held_events(guard: StreamGuard) -> list[tuple[str, JsonObject]]:
+        return guard.responses_leftover()
+
     def encode_error(self, error: GatewayError) -> bytes:
         payload = orjson.loads(error.body())["error"]
         return self._error_event(payload.get("message"), payload.get("code") or payload.get("type"))
@@ -257,6 +311,15 @@ class ResponsesPassthroughRelay(PassthroughRelay):
                  "sequence_number": self._sequence}
         self._sequence += 1
         return encode_event("error", event)
+
+
+def _payload(data: bytes) -> JsonObject | None:
+    """A provider event's JSON object; None for one that is not (it goes out as it came: the guard cannot read it)."""
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def _raw_event(name: str, data: bytes) -> bytes:

@@ -57,11 +57,11 @@ def passthrough(backend: BackendInfo, model: str, body: JsonObject, stream: bool
     return upstream, backend.base_path + backend.translator.chat_path(model, stream, backend.settings), headers
 
 
-def responses_native(backend: BackendInfo, model: str,
-                     body: JsonObject) -> tuple[JsonObject, str, tuple[tuple[str, str], ...]]:
+def responses_native(backend: BackendInfo, model: str, body: JsonObject,
+                     default_max_tokens: int) -> tuple[JsonObject, str, tuple[tuple[str, str], ...]]:
     """A Responses API body for a backend that serves that API itself, and its path."""
     settings = backend.settings
-    upstream = responses_passthrough.request(body, model, settings)
+    upstream = responses_passthrough.request(body, model, settings, default_max_tokens)
     return upstream, backend.base_path + responses_passthrough.path(settings), ()
 
 

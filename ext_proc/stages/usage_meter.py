@@ -32,11 +32,19 @@ class UsageMeter:
         """A streamed answer's translation, whose usage is known once the provider reported it."""
         self._settled = False
 
-    def take_answer(self, answer: JsonObject) -> None:
-        """A whole answer: its usage and, when kept, its text."""
+    def take_usage(self, answer: JsonObject) -> None:
+        """A whole answer's usage only (an answer whose text must not be kept: a guardrail refused it)."""
         usage = answer.get("usage")
         self.raw_usage = usage
         self.usage = usage_from_openai(usage)
+
+    def keep_reservation(self) -> None:
+        """The answer can't be read: nothing settles, so the reservation, the most it could use, is the charge."""
+        self._settled = True
+
+    def take_answer(self, answer: JsonObject) -> None:
+        """A whole answer: its usage and, when kept, its text."""
+        self.take_usage(answer)
         if self.completion is not None:
             for choice in answer.get("choices") or ():
                 content = (choice.get("message") or {}).get("content")

@@ -63,7 +63,7 @@ def _start(build: GatewayBuilder, redis_server: RedisServer | None) -> Gateway:
     build.key("mid-closed", limits=[{"window": "hour", "requests": 100_000, "on_store_error": "fail_closed"}])
     build.key("team-a1", team="team-a")
     build.key("team-a2", team="team-a")
-    build.key("user", limits=hour_tokens)
+    build.key("user", limits=hour_tokens, asserts_users=True)  # a service naming its end users
     # `babelgate usage` reads an in-memory store from the servers: over their sockets, with an admin credential
     build.set(ext_proc={"socket_dir": str(build.workdir / "sockets")}, keys_file=str(build.workdir / "keys.yaml"))
     build.admin(ADMIN_SECRET, env=ADMIN_ENV)

@@ -21,6 +21,8 @@ from ext_proc.wire.external_processor_pb2 import (
 CLIENT_KEY = "bg-test-client-key"
 LIMITED_KEY = "bg-test-limited-key"
 EXPIRED_KEY = "bg-test-expired-key"
+SERVICE_KEY = "bg-test-service-key"
+"""A backend service's key: it names the end user of each request (`asserts_users`)."""
 
 CONFIG = f"""
 requests: {{max_body_bytes: 2048}}
@@ -39,6 +41,7 @@ virtual_keys:
   - {{id: all, hash: "{hash_key(CLIENT_KEY)}"}}
   - {{id: limited, hash: "{hash_key(LIMITED_KEY)}", models: [claude]}}
   - {{id: old, hash: "{hash_key(EXPIRED_KEY)}", expires_at: "2020-01-01T00:00:00Z"}}
+  - {{id: service, hash: "{hash_key(SERVICE_KEY)}", asserts_users: true}}
 """
 
 

@@ -268,7 +268,8 @@ def test_guardrails_end_an_untranslated_stream_with_an_anthropic_error(monkeypat
               ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                        "delta": {"type": "text_delta", "text": "the launch code is 1"}}),
               ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": "more"}})]
+                                       "delta": {"type": "text_delta", "text": "more"}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0})]  # the held text is checked
     raw = b"".join(b"event: " + n.encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for n, e in events)
     reply = drive(stage, ProcessingRequest(response_body=HttpBody(body=raw, end_of_stream=False)))
     out = SSEDecoder().feed(reply.response_body.response.body_mutation.body)
@@ -283,8 +284,12 @@ def test_guardrails_redact_an_untranslated_stream_event(monkeypatch: pytest.Monk
     delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "mail a@b.example"}}
     raw = b"event: content_block_delta\ndata: " + orjson.dumps(delta) + b"\n\n"
     reply = drive(stage, ProcessingRequest(response_body=HttpBody(body=raw, end_of_stream=False)))
+    assert SSEDecoder().feed(reply.response_body.response.body_mutation.body) == []  # held back: the window
+    stop = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+    reply = drive(stage, ProcessingRequest(response_body=HttpBody(body=stop, end_of_stream=False)))
     out = SSEDecoder().feed(reply.response_body.response.body_mutation.body)
-    assert len(out) == 1 and "a@b.example" not in orjson.loads(out[0].data)["delta"]["text"]
+    assert [e.event for e in out] == ["content_block_delta", "content_block_stop"]
+    assert orjson.loads(out[0].data)["delta"]["text"] == "mail [REDACTED:EMAIL]"
 
 
 # --- the demo providers count as the real services do -----------------------------------------------------------------

@@ -15,6 +15,8 @@ from google.protobuf.struct_pb2 import Struct
 
 from ext_proc import constants
 from ext_proc.client_formats import anthropic_messages
+from ext_proc.config.models import GuardrailSettings
+from ext_proc.guardrails.engine import Guardrail
 from ext_proc.limits.estimate import estimate_prompt_tokens
 from ext_proc.runtime.build import BackendInfo
 from ext_proc.stages import attempt as attempt_module
@@ -234,6 +236,36 @@ def test_a_failed_attempt_settles_nothing(monkeypatch: pytest.MonkeyPatch) -> No
     drive(stage, ProcessingRequest(response_body=HttpBody(body=b'{"error": {"message": "x"}}', end_of_stream=True)))
     asyncio.run(stage.close())
     assert _charged(limiter) == 510  # still the reservation: Envoy retries, or the route stage releases
+
+
+def test_an_answer_the_gateway_cant_read_is_charged_the_whole_reservation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider did work nobody can count: the reservation, the most it could use, stands (before, the
+    settlement charged the prompt estimate alone)."""
+    stage, limiter = _limited_stage(monkeypatch)
+    drive(stage, ProcessingRequest(request_body=body(HELLO)))
+    drive(stage, ProcessingRequest(response_headers=headers({":status": "200", "content-type": "application/json"})))
+    reply = drive(stage, ProcessingRequest(response_body=HttpBody(body=b"<html>not json</html>", end_of_stream=True)))
+    asyncio.run(stage.close())
+    assert reply.response_body.response.body_mutation.body.startswith(b'{"error"')
+    assert _charged(limiter) == 510
+
+
+def test_an_answer_a_guardrail_blocks_is_charged_its_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocked answers cost what the provider says they cost (before, only the prompt estimate)."""
+    stage, limiter = _limited_stage(monkeypatch)
+    guard = Guardrail.of(GuardrailSettings(name="no-secret", deny_words=["sunny"], mode="block",
+                                                apply_to=["response"]))
+    stage._guardrails = (guard,)
+    drive(stage, ProcessingRequest(request_body=body(HELLO)))
+    drive(stage, ProcessingRequest(response_headers=headers({":status": "200", "content-type": "application/json"})))
+    answer = {"id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "it is sunny"},
+                           "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 40, "completion_tokens": 300, "total_tokens": 340}}
+    reply = drive(stage, ProcessingRequest(response_body=HttpBody(body=orjson.dumps(answer), end_of_stream=True)))
+    asyncio.run(stage.close())
+    assert b"guardrail" in reply.response_body.response.body_mutation.body
+    assert _charged(limiter) == 340
 
 
 @pytest.mark.parametrize("forgery", [

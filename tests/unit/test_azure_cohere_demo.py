@@ -169,7 +169,7 @@ def test_azure_fault_status_uses_azure_error_format(demo_azure: DemoProvider) ->
 def test_azure_translator_streams_through_the_demo(demo_azure: DemoProvider) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Weather?"}], "tools": OPENAI_TOOLS,
             "stream": True}
-    upstream = azure_openai.chat_request(body, "gpt4o-prod", default_max_tokens=1)
+    upstream = azure_openai.chat_request(body, "gpt4o-prod", default_max_tokens=4096)
     path = azure_openai.chat_path("gpt4o-prod", True)
     response = httpx.post(demo_azure.url + path, headers={"api-key": KEY}, content=orjson.dumps(upstream),
                           timeout=10)
@@ -267,7 +267,7 @@ def test_cohere_translator_round_trips_a_tool_loop(demo_cohere: DemoProvider) ->
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Weather?"}], "tools": OPENAI_TOOLS,
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
     response = _cohere_post(demo_cohere, "/v2/chat", cohere.chat_request(body, "command-a-03-2025",
-                                                                          default_max_tokens=1))
+                                                                          default_max_tokens=4096))
     assert response.status_code == 200, response.text
     completion = cohere.chat_response(response.json(), "command-a-03-2025", 1)
     ChatCompletion.model_validate(completion)
@@ -277,7 +277,7 @@ def test_cohere_translator_round_trips_a_tool_loop(demo_cohere: DemoProvider) ->
         *body["messages"], {"role": "assistant", "content": message["content"], "tool_calls": message["tool_calls"]},
         {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"], "content": "sunny"}]}
     response = _cohere_post(demo_cohere, "/v2/chat", cohere.chat_request(follow_up, "command-a-03-2025",
-                                                                          default_max_tokens=1))
+                                                                          default_max_tokens=4096))
     assert response.status_code == 200, response.text
     answer = cohere.chat_response(response.json(), "command-a-03-2025", 1)
     assert answer["choices"][0]["message"]["content"].endswith("The tool returned: sunny")
@@ -288,7 +288,7 @@ def test_cohere_translator_streams_through_the_demo(demo_cohere: DemoProvider, i
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "reasoning_effort": "low", "stop": ["said"]}
     response = _cohere_post(demo_cohere, "/v2/chat", cohere.chat_request(body, "command-a-reasoning-08-2025",
-                                                                          default_max_tokens=1))
+                                                                          default_max_tokens=4096))
     stream = cohere.ChatStream("command-a-reasoning-08-2025", 1, include_usage)
     chunks = [chunk for event in _sse_events(response.content) for chunk in stream.feed(event.event, event.data)]
     chunks += stream.finish()

@@ -539,4 +539,5 @@ def test_recorded_requests_show_the_signed_headers(demo: DemoProvider) -> None:
     (recorded,) = httpx.get(f"{demo.url}/_demo/requests").json()
     assert recorded["path"] == "/model/us.amazon.nova-pro-v1%3A0/converse"
     assert recorded["headers"]["authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/")
-    assert recorded["body"] == {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    assert recorded["body"] == {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                                "inferenceConfig": {"maxTokens": 1024}}  # the limit always goes up

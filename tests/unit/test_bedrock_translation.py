@@ -62,11 +62,14 @@ def test_reasoning_effort_per_model_family(case: dict) -> None:
 
 @pytest.mark.parametrize(("temperature", "expected"), [(0, 0.0), (0.7, 0.7), (1, 1.0), (1.5, 1.0), (2, 1.0)])
 def test_temperature_is_clamped_to_the_converse_range(temperature: float, expected: float) -> None:
-    assert _translate({**BASE_BODY, "temperature": temperature})["inferenceConfig"] == {"temperature": expected}
+    assert _translate({**BASE_BODY, "temperature": temperature})["inferenceConfig"] == {
+        "temperature": expected, "maxTokens": DEFAULT_MAX_TOKENS}
 
 
-def test_max_tokens_is_sent_only_when_asked_or_needed_by_thinking() -> None:
-    assert "inferenceConfig" not in _translate(BASE_BODY)
+def test_max_tokens_is_the_clients_or_the_reserved_default() -> None:
+    """Bedrock's own default is the model's limit: without the client's, the limit the gateway reserved for goes
+    (Nova 2 at high effort takes none: `reasoning_cases.json`)."""
+    assert _translate(BASE_BODY)["inferenceConfig"] == {"maxTokens": DEFAULT_MAX_TOKENS}
     assert _translate({**BASE_BODY, "max_tokens": 10})["inferenceConfig"] == {"maxTokens": 10}
     assert _translate({**BASE_BODY, "max_tokens": 10, "max_completion_tokens": 20})["inferenceConfig"] == {
         "maxTokens": 20}

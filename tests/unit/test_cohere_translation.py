@@ -18,7 +18,14 @@ from openai.types import CreateEmbeddingResponse
 
 from ext_proc.errors import BadRequest
 from ext_proc.providers import cohere
-from tests.unit.goldens import BASE_BODY, COHERE, COHERE_EMBED_PARAMS, CREATED, assert_valid_cohere_request
+from tests.unit.goldens import (
+    BASE_BODY,
+    COHERE,
+    COHERE_EMBED_PARAMS,
+    CREATED,
+    DEFAULT_MAX_TOKENS,
+    assert_valid_cohere_request,
+)
 from tests.unit.provider_checks import streamed_text, streamed_tool_calls
 
 MODEL = COHERE.model
@@ -54,10 +61,11 @@ def test_reasoning_effort_becomes_thinking(effort: str, thinking: dict) -> None:
     assert_valid_cohere_request(translated)
 
 
-def test_max_completion_tokens_wins_and_no_default_is_sent() -> None:
+def test_max_completion_tokens_wins_and_the_reserved_default_is_sent_without_one() -> None:
+    """Cohere's own default is the model's limit: without the client's, the limit the gateway reserved for goes."""
     assert _translate({**BASE_BODY, "max_tokens": 10, "max_completion_tokens": 20})["max_tokens"] == 20
     assert _translate({**BASE_BODY, "max_tokens": 10})["max_tokens"] == 10
-    assert "max_tokens" not in _translate(BASE_BODY)
+    assert _translate(BASE_BODY)["max_tokens"] == DEFAULT_MAX_TOKENS
 
 
 def test_system_messages_are_joined_into_one_leading_message() -> None:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import anthropic
@@ -31,7 +32,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ext_proc.demo.faults import Faults, FaultSpecError, parse_faults
+from ext_proc.demo import bedrock_server, cohere_server, gemini_server, openai_server
+from ext_proc.demo.answers import VERBOSE_WORDS, Call
+from ext_proc.demo.faults import FAULT_HEADER, Faults, FaultSpecError, parse_faults
 from ext_proc.demo.server import DemoProvider, start_demo_provider
 
 T = TypeVar("T")
@@ -428,12 +431,14 @@ def test_invalid_message_request_is_an_anthropic_400(
     ("*:stall=20, openai-a:reset", Faults(stall_ms=20, reset=True)),
     ("other:500,openai-a:midstream=3,openai-a:slow=5", Faults(midstream=3, slow_ms=5)),
     ("openai-a:429,openai-a:503", Faults(status=503)),
+    ("*:verbose,other:500", Faults(verbose=True)),
 ])
 def test_fault_spec_applies_only_items_for_this_provider(spec: str, expected: Faults) -> None:
     assert parse_faults(spec, "openai-a") == expected
 
 
-@pytest.mark.parametrize("spec", ["openai-a", "openai-a:explode", "*:200", "*:stall=soon", "other:stall", ":500"])
+@pytest.mark.parametrize("spec", ["openai-a", "openai-a:explode", "*:200", "*:stall=soon", "other:stall", ":500",
+                                  "*:verbose=1", "other:verbosely"])
 def test_malformed_fault_spec_is_refused(spec: str) -> None:
     with pytest.raises(FaultSpecError):
         parse_faults(spec, "openai-a")
@@ -547,6 +552,123 @@ def test_server_wide_faults_apply_to_every_request(demo_start: Callable[..., Dem
     response = httpx.post(f"{provider.url}/v1/messages", headers=ANTHROPIC_HEADERS, json={})
     assert response.status_code == 500
     assert response.json()["error"]["type"] == "api_error"
+
+
+# --- The verbose fault: answers that use all the output a request allows -------------------------------------------
+
+
+def _answered(module: ModuleType, path: str, body: dict[str, object], headers: dict[str, str] | None = None) -> dict:
+    """A provider module's JSON answer to a `verbose` request (the modules are pure functions of the call)."""
+    reply = module.answer(Call("demo", "POST", path, {"authorization": "Bearer k", **(headers or {})}, body, None,
+                               verbose=True))
+    assert reply.status == 200, reply.body
+    return json.loads(reply.body)
+
+
+def fault(spec: str) -> dict[str, str]:
+    return {FAULT_HEADER: spec}
+
+
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+def test_openai_n_gives_n_choices_and_usage_counts_them_all(demo_openai_client: openai.OpenAI) -> None:
+    answer = demo_openai_client.chat.completions.create(model="m", messages=_user("hi"), n=3)
+    assert [choice.index for choice in answer.choices] == [0, 1, 2]
+    assert len({choice.message.content for choice in answer.choices}) == 1
+    one = demo_openai_client.chat.completions.create(model="m", messages=_user("hi"))
+    assert answer.usage is not None and one.usage is not None
+    assert answer.usage.completion_tokens == 3 * one.usage.completion_tokens
+
+
+def test_verbose_openai_choices_each_run_to_the_limit(demo_openai_client: openai.OpenAI) -> None:
+    answer = demo_openai_client.chat.completions.create(model="m", messages=_user("hi"), n=4,
+                                                        max_completion_tokens=25, extra_headers=fault("*:verbose"))
+    assert [_word_count(choice.message.content or "") for choice in answer.choices] == [25] * 4
+    assert {choice.finish_reason for choice in answer.choices} == {"length"}
+    assert answer.usage is not None and answer.usage.completion_tokens == 100
+
+
+def test_verbose_openai_stream_streams_every_choice_and_sums_the_usage(demo_openai_client: openai.OpenAI) -> None:
+    chunks = list(demo_openai_client.chat.completions.create(
+        model="m", messages=_user("hi"), n=2, max_tokens=10, stream=True, stream_options={"include_usage": True},
+        extra_headers=fault("openai-a:verbose")))
+    texts = ["".join(chunk.choices[0].delta.content or "" for chunk in chunks
+                     if chunk.choices and chunk.choices[0].index == index) for index in (0, 1)]
+    assert [_word_count(text) for text in texts] == [10, 10]
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices and chunk.choices[0].finish_reason] \
+        == ["length", "length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 20
+
+
+def test_verbose_answer_without_a_limit_runs_to_the_models_maximum(demo_start: Callable[..., DemoProvider]) -> None:
+    provider = demo_start("openai", "openai-v", faults="*:verbose")  # server-wide
+    with openai.OpenAI(base_url=f"{provider.url}/v1", api_key=KEY, max_retries=0, timeout=30) as client:
+        answer = client.chat.completions.create(model="m", messages=_user("hi"))
+    assert answer.usage is not None and answer.usage.completion_tokens == VERBOSE_WORDS
+    assert _word_count(answer.choices[0].message.content or "") == VERBOSE_WORDS
+
+
+def test_without_the_fault_answers_stay_short(demo_openai_client: openai.OpenAI) -> None:
+    answer = demo_openai_client.chat.completions.create(model="m", messages=_user("hi"), max_tokens=500)
+    assert answer.choices[0].finish_reason == "stop" and answer.usage is not None
+    assert answer.usage.completion_tokens < 20
+
+
+@pytest.mark.parametrize("n", [0, 129, "2", True])
+def test_invalid_n_is_an_openai_400(demo_openai: DemoProvider, n: object) -> None:
+    response = httpx.post(f"{demo_openai.url}/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
+                          json={"model": "m", "messages": _user("hi"), "n": n})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+
+
+def test_verbose_claude_thinks_its_budget_and_writes_the_rest(demo_anthropic_client: anthropic.Anthropic) -> None:
+    message = demo_anthropic_client.messages.create(
+        model="c", max_tokens=1100, messages=_user("hi"), thinking={"type": "enabled", "budget_tokens": 1024},
+        extra_headers=fault("anthropic-b:verbose"))
+    thinking, text = message.content
+    assert thinking.type == "thinking" and _word_count(thinking.thinking) == 1024
+    assert text.type == "text" and _word_count(text.text) == 76
+    assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 1100
+
+
+def test_verbose_claude_stream_reports_the_whole_limit(demo_anthropic_client: anthropic.Anthropic) -> None:
+    with demo_anthropic_client.messages.stream(model="c", max_tokens=40, messages=_user("hi"),
+                                               extra_headers=fault("*:verbose")) as stream:
+        message = stream.get_final_message()
+    assert _word_count(message.content[0].text) == 40 and message.usage.output_tokens == 40
+
+
+def test_verbose_gemini_candidates_each_run_to_max_output_tokens() -> None:
+    answer = _answered(gemini_server, "/v1beta/models/gemini-2.5-flash:generateContent",
+                       {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                        "generationConfig": {"candidateCount": 3, "maxOutputTokens": 12}}, {"x-goog-api-key": "k"})
+    assert [_word_count(c["content"]["parts"][0]["text"]) for c in answer["candidates"]] == [12, 12, 12]
+    assert {c["finishReason"] for c in answer["candidates"]} == {"MAX_TOKENS"}
+    assert answer["usageMetadata"]["candidatesTokenCount"] == 36
+
+
+def test_verbose_converse_runs_to_max_tokens() -> None:
+    answer = _answered(bedrock_server, "/model/us.amazon.nova-pro-v1:0/converse",
+                       {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                        "inferenceConfig": {"maxTokens": 30}})
+    assert _word_count(answer["output"]["message"]["content"][0]["text"]) == 30
+    assert (answer["stopReason"], answer["usage"]["outputTokens"]) == ("max_tokens", 30)
+
+
+def test_verbose_cohere_runs_to_max_tokens() -> None:
+    answer = _answered(cohere_server, "/v2/chat", {"model": "command-a", "max_tokens": 30,
+                                                   "messages": [{"role": "user", "content": "hi"}]})
+    assert answer["usage"]["billed_units"]["output_tokens"] == 30 and answer["finish_reason"] == "MAX_TOKENS"
+
+
+def test_verbose_responses_answer_spends_max_output_tokens_with_its_reasoning() -> None:
+    answer = _answered(openai_server, "/v1/responses", {"model": "o4-mini", "input": "hi", "max_output_tokens": 50,
+                                                        "reasoning": {"effort": "low"}})
+    message = next(item for item in answer["output"] if item["type"] == "message")
+    assert _word_count(message["content"][0]["text"]) == 50 - 8  # the low effort's reasoning tokens come first
+    assert answer["usage"]["output_tokens"] == 50 and answer["status"] == "incomplete"
 
 
 # --- HTTP and the control endpoint ----------------------------------------------------------------------------------

@@ -36,8 +36,12 @@ VERTEX = Backend.model_validate({"id": "vertex", "schema": "vertex-gemini",
 _load = GEMINI.fixtures.load
 
 
+DEFAULT_LIMIT = 4096
+"""`requests.default_max_tokens`: what the gateway reserves, and sends, when the client sets no output limit."""
+
+
 def _translate(body: dict, model: str = MODEL) -> dict:
-    return gemini.chat_request(body, model, default_max_tokens=4096)
+    return gemini.chat_request(body, model, default_max_tokens=DEFAULT_LIMIT)
 
 
 # --- requests ------------------------------------------------------------------------------------------------------
@@ -57,14 +61,15 @@ def test_tool_choice_is_left_out_without_tools() -> None:
 ])
 def test_reasoning_effort_sets_a_thinking_budget(effort: str, expected: dict) -> None:
     translated = _translate({**BASE_BODY, "reasoning_effort": effort})
-    assert translated["generationConfig"] == {"thinkingConfig": expected}
+    assert translated["generationConfig"] == {"thinkingConfig": expected, "maxOutputTokens": DEFAULT_LIMIT}
     assert_valid_gemini_request(translated)
 
 
-def test_max_completion_tokens_wins_and_no_default_is_sent() -> None:
+def test_max_completion_tokens_wins_and_the_reserved_default_is_sent_without_one() -> None:
+    """Gemini's own default is the model's limit: without the client's, the limit the gateway reserved for goes."""
     assert _translate({**BASE_BODY, "max_tokens": 10, "max_completion_tokens": 20})["generationConfig"] == {
         "maxOutputTokens": 20}
-    assert "generationConfig" not in _translate(BASE_BODY)
+    assert _translate(BASE_BODY)["generationConfig"] == {"maxOutputTokens": DEFAULT_LIMIT}
 
 
 def test_model_turns_and_tool_results_alternate_in_order() -> None:

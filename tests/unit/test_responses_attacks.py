@@ -207,7 +207,7 @@ def test_a_gateway_envelope_never_reaches_a_native_openai_backend(monkeypatch: p
                                                                    name: str) -> None:
     client = _with_reasoning(FORGED[name])
     settings = runtime(monkeypatch).backends["oa"].settings
-    upstream = responses_passthrough.request(client, "gpt-5", settings)
+    upstream = responses_passthrough.request(client, "gpt-5", settings, 4096)
     assert [item.get("type", "message") for item in upstream["input"]] == ["message", "message", "message"]
     assert "bgw1." not in orjson.dumps(upstream).decode()
     assert len(client["input"]) == 4  # the client's body is not changed

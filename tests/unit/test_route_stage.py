@@ -301,4 +301,5 @@ def test_a_direct_backend_checked_through_another_of_its_kind_gets_its_own_trans
     reply = drive(stage, ProcessingRequest(request_body=body({**HELLO, "model": "tiers", "user": "u1"})))
     sent = reply.request_body.response
     assert set_headers(sent)[constants.HEADER_CHAIN] == "bg_direct_oa2"
-    assert orjson.loads(sent.body_mutation.body) == {"model": "gpt-b", "messages": HELLO["messages"]}
+    assert orjson.loads(sent.body_mutation.body) == {"model": "gpt-b", "messages": HELLO["messages"],
+                                                    "max_completion_tokens": 4096}

@@ -14,7 +14,7 @@ from ext_proc.stages import attempt, provider_headers
 from ext_proc.stages.route import MAX_USER_CHARS, RouteStage
 from ext_proc.wire.external_processor_pb2 import HttpTrailers, ProcessingRequest
 
-from .stage_support import CLIENT_KEY, body, drive, headers, immediate, runtime
+from .stage_support import CLIENT_KEY, SERVICE_KEY, body, drive, headers, immediate, runtime
 
 CHAT = {":method": "POST", ":path": "/v1/chat/completions", "authorization": f"Bearer {CLIENT_KEY}",
         "content-type": "application/json"}
@@ -52,7 +52,8 @@ def test_an_end_user_id_longer_than_the_bound_is_a_400(monkeypatch: pytest.Monke
     limited = compile_runtime(parse_config(CONFIG + "limits: {per_user: [{window: day, requests: 5}]}\n"))
     stage = RouteStage(limited)
     long_user = "u" * (MAX_USER_CHARS + 1)
-    request_headers = {**CHAT, "x-user-id": long_user} if where == "header" else CHAT
+    service = {**CHAT, "authorization": f"Bearer {SERVICE_KEY}"}  # only a caller trusted to assert users names one
+    request_headers = {**service, "x-user-id": long_user} if where == "header" else service
     reply = drive(stage, ProcessingRequest(request_headers=headers(request_headers)))
     if where == "body":
         reply = drive(stage, ProcessingRequest(request_body=body({**HELLO, "user": long_user})))
