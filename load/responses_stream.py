@@ -22,42 +22,18 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import procstats
+from streaming import PROMPT, timed_stream
 from upstreams import plain_proxy
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
 from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
 from ext_proc.launch.stack import envoy_argv, start_stack
-
-PROMPT = " ".join(f"w{i}" for i in range(60))
-
-
-def timed_stream(client: httpx.Client, url: str, headers: dict, body: dict) -> list[float]:
-    """Arrival times (seconds after the request was sent) of every event carrying generated text."""
-    started = time.perf_counter()
-    arrivals = []
-    with client.stream("POST", url, json=body, headers=headers) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if line.startswith("data: {") and _has_text(orjson.loads(line[6:])):
-                arrivals.append(time.perf_counter() - started)
-    return arrivals
-
-
-def _has_text(event: dict) -> bool:
-    kind = event.get("type")
-    if kind == "content_block_delta":  # Anthropic, through Envoy alone
-        return bool(event["delta"].get("text"))
-    if kind == "response.output_text.delta":  # Responses events
-        return bool(event.get("delta"))
-    choices = event.get("choices") or [{}]  # OpenAI chunks
-    return bool(choices and choices[0].get("delta", {}).get("content"))
 
 
 def run_scenario(client: httpx.Client, target: tuple[str, dict, dict], requests: int, python_pids: list[int],

@@ -50,10 +50,13 @@ def timed_stream(client: httpx.Client, url: str, headers: dict, body: dict) -> l
 
 
 def _has_text(event: dict) -> bool:
-    if event.get("type") == "content_block_delta":  # Anthropic, read directly
+    kind = event.get("type")
+    if kind == "content_block_delta":  # Anthropic, read directly
         return bool(event["delta"].get("text"))
+    if kind == "response.output_text.delta":  # the Responses API's events
+        return bool(event.get("delta"))
     choices = event.get("choices") or [{}]  # OpenAI chunks, through the gateway
-    return bool(choices[0].get("delta", {}).get("content"))
+    return bool(choices and choices[0].get("delta", {}).get("content"))
 
 
 def main(argv: list[str] | None = None) -> int:

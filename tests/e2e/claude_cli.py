@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,12 +47,11 @@ from tests.unit.goldens import (
 from tests.unit.provider_checks import typed_dict_problems
 
 from .gateways import Gateway
+from .npm_tools import INSTALL_TIMEOUT, TOOLS, pinned_binary
 
 CLAUDE_CODE_VERSION = "2.1.332"
 PACKAGE = "@anthropic-ai/claude-code"
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL_DIR = ROOT / ".test-tools" / "claude-code"
-INSTALL_TIMEOUT = 900.0
+INSTALL_DIR = TOOLS / "claude-code"
 CLI_TIMEOUT = 120.0
 """Each `claude -p` run; a hung CLI fails its test instead of the whole session."""
 TEST_TIMEOUT = INSTALL_TIMEOUT + 3 * CLI_TIMEOUT
@@ -72,13 +70,7 @@ BASH_TIMEOUT_MS = 60_000
 
 def claude_code_binary() -> Path:
     """The pinned CLI, installed into `.test-tools/` unless it is there already."""
-    binary = INSTALL_DIR / "node_modules" / ".bin" / "claude"
-    if _version(binary) != CLAUDE_CODE_VERSION:
-        _install()
-    version = _version(binary)
-    if version != CLAUDE_CODE_VERSION:
-        raise RuntimeError(f"{binary} reports version {version!r} after installing {CLAUDE_CODE_VERSION}")
-    return binary
+    return pinned_binary(PACKAGE, CLAUDE_CODE_VERSION, INSTALL_DIR, "claude", _version)
 
 
 def _version(binary: Path) -> str | None:
@@ -90,22 +82,6 @@ def _version(binary: Path) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.split()[0] if done.returncode == 0 and done.stdout.strip() else None
-
-
-def _install() -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(f"npm is needed to install {PACKAGE}@{CLAUDE_CODE_VERSION} for the Claude Code e2e tests")
-    staging = INSTALL_DIR.with_name(f"{INSTALL_DIR.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    done = subprocess.run([npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--loglevel=error",
-                           f"{PACKAGE}@{CLAUDE_CODE_VERSION}"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError(f"npm install {PACKAGE}@{CLAUDE_CODE_VERSION} failed:\n{done.stdout}\n{done.stderr}")
-    shutil.rmtree(INSTALL_DIR, ignore_errors=True)
-    os.replace(staging, INSTALL_DIR)
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -83,11 +82,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .npm_tools import INSTALL_TIMEOUT, TOOLS, pinned_binary
+
 CODEX_VERSION = "0.171.0"
 PACKAGE = "@openai/codex"
-ROOT = Path(__file__).resolve().parents[2]
-INSTALL_DIR = ROOT / ".test-tools" / "codex"
-INSTALL_TIMEOUT = 900.0
+INSTALL_DIR = TOOLS / "codex"
 CLI_TIMEOUT = 120.0
 """Each `codex exec` run; a hung CLI fails its test instead of the whole session."""
 TEST_TIMEOUT = INSTALL_TIMEOUT + 3 * CLI_TIMEOUT
@@ -105,13 +104,7 @@ OFFLINE_FEATURES: dict[str, object] = {"plugins": False, "unbounded_connection_r
 
 def codex_binary() -> Path:
     """The pinned CLI, installed into `.test-tools/` unless it is there already."""
-    binary = INSTALL_DIR / "node_modules" / ".bin" / "codex"
-    if _version(binary) != CODEX_VERSION:
-        _install()
-    version = _version(binary)
-    if version != CODEX_VERSION:
-        raise RuntimeError(f"{binary} reports version {version!r} after installing {CODEX_VERSION}")
-    return binary
+    return pinned_binary(PACKAGE, CODEX_VERSION, INSTALL_DIR, "codex", _version)
 
 
 def _version(binary: Path) -> str | None:
@@ -126,23 +119,6 @@ def _version(binary: Path) -> str | None:
             return None
     words = done.stdout.split()  # "codex-cli 0.171.0"
     return words[-1] if done.returncode == 0 and words else None
-
-
-def _install() -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RuntimeError(f"npm is needed to install {PACKAGE}@{CODEX_VERSION} for the Codex e2e tests")
-    staging = INSTALL_DIR.with_name(f"{INSTALL_DIR.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    done = subprocess.run([npm, "install", "--prefix", str(staging), "--include=optional", "--no-audit", "--no-fund",
-                           "--loglevel=error", f"{PACKAGE}@{CODEX_VERSION}"], capture_output=True, text=True,
-                          timeout=INSTALL_TIMEOUT, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeError(f"npm install {PACKAGE}@{CODEX_VERSION} failed:\n{done.stdout}\n{done.stderr}")
-    shutil.rmtree(INSTALL_DIR, ignore_errors=True)
-    os.replace(staging, INSTALL_DIR)
 
 
 @dataclass(frozen=True)

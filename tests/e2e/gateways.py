@@ -327,6 +327,23 @@ class GatewayBuilder:
         return {"api_key": {"env": variable}}
 
 
+def every_backend_kind(build: GatewayBuilder) -> None:
+    """One demo provider of each kind and one backend of each schema over them: `oa` (openai), `az` (azure-openai),
+    `an` (anthropic), `br` (bedrock-converse) and `brc` (bedrock-anthropic) on demo `bedrock`, `gm` (gemini), `vg`
+    (vertex-gemini) and `vc` (vertex-anthropic) on demo `vertex`, `co` (cohere). Demo handles are the kinds."""
+    build.backend("oa", build.demo("openai", "openai"))
+    build.backend("az", build.demo("azure", "azure"))
+    build.backend("an", build.demo("anthropic", "anthropic"))
+    bedrock = build.demo("bedrock", "bedrock")
+    build.backend("br", bedrock)
+    build.backend("brc", bedrock, schema="bedrock-anthropic")
+    build.backend("gm", build.demo("gemini", "gemini"))
+    vertex = build.demo("vertex", "vertex")
+    build.backend("vg", vertex, schema="vertex-gemini")
+    build.backend("vc", vertex, schema="vertex-anthropic")
+    build.backend("co", build.demo("cohere", "cohere"))
+
+
 def _demo_key(kind: str) -> str:
     if kind == "bedrock":
         return "AKIDE2E" + secrets.token_hex(6).upper()  # an access key id

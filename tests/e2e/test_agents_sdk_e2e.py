@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from .agents_sdk import TOOL_NAME, run_agent
-from .gateways import Gateway, GatewayBuilder
+from .gateways import Gateway, GatewayBuilder, every_backend_kind
 
 MODELS = ("gpt-4o-mini", "azure-gpt-4o", "claude-sonnet-4-5", "bedrock-claude", "nova-pro", "gemini-2.5-flash",
           "vertex-gemini-pro", "vertex-claude", "command-a")
@@ -25,17 +25,7 @@ MODELS = ("gpt-4o-mini", "azure-gpt-4o", "claude-sonnet-4-5", "bedrock-claude", 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with GatewayBuilder(tmp_path_factory.mktemp("agents-sdk"), backend_defaults={"timeout": "30s"}) as build:
-        build.backend("oa", build.demo("openai", "openai"))
-        build.backend("az", build.demo("azure", "azure"))
-        build.backend("an", build.demo("anthropic", "anthropic"))
-        bedrock = build.demo("bedrock", "bedrock")
-        build.backend("br", bedrock)
-        build.backend("brc", bedrock, schema="bedrock-anthropic")
-        build.backend("gm", build.demo("gemini", "gemini"))
-        vertex = build.demo("vertex", "vertex")
-        build.backend("vg", vertex, schema="vertex-gemini")
-        build.backend("vc", vertex, schema="vertex-anthropic")
-        build.backend("co", build.demo("cohere", "cohere"))
+        every_backend_kind(build)
         build.route("gpt-4o-mini", ("oa", "gpt-4o-mini"))
         build.route("azure-gpt-4o", ("az", "gpt-4o"))
         build.route("claude-sonnet-4-5", ("an", "claude-sonnet-4-5"))

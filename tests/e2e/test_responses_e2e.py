@@ -21,7 +21,7 @@ from openai.types.responses import ResponseStreamEvent
 from tests.unit.goldens import assert_valid_responses_request
 
 from .claude_cli import assert_valid_provider_request
-from .gateways import Gateway, GatewayBuilder
+from .gateways import Gateway, GatewayBuilder, every_backend_kind
 from .support import fault
 
 NATIVE = {"gpt": "openai", "azure": "azure"}
@@ -48,18 +48,8 @@ EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with GatewayBuilder(Path(tmp_path_factory.mktemp("responses")), processes=2) as build:
         build.redis()
-        build.backend("oa", build.demo("openai", "openai"))
-        build.backend("az", build.demo("azure", "azure"))
+        every_backend_kind(build)
         build.backend("compat", build.demo("compat", "openai"), responses_api=False)
-        build.backend("an", build.demo("anthropic", "anthropic"))
-        bedrock = build.demo("bedrock", "bedrock")
-        build.backend("br", bedrock)
-        build.backend("brc", bedrock, schema="bedrock-anthropic")
-        build.backend("gm", build.demo("gemini", "gemini"))
-        vertex = build.demo("vertex", "vertex")
-        build.backend("vg", vertex, schema="vertex-gemini")
-        build.backend("vc", vertex, schema="vertex-anthropic")
-        build.backend("co", build.demo("cohere", "cohere"))
         build.route("gpt", ("oa", "gpt-4o-mini"))
         build.route("azure", ("az", "gpt-4o"))
         build.route("compat", ("compat", "gpt-4o-mini"))
