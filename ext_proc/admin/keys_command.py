@@ -55,6 +55,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--id", required=True)
     create.add_argument("--models", default="*", help="comma-separated public model names or aliases, or *")
     create.add_argument("--team")
+    create.add_argument("--user", help="the end user its requests count against in per-user limits")
+    create.add_argument("--asserts-users", action="store_true",
+                        help="a service that names the end user of each request (x-user-id, the body's user)")
     create.add_argument("--expires", help="ISO date/time, or a duration such as 30d, 12h, 15m")
     create.add_argument("--limit", action="append", default=[], metavar="WINDOW:METRIC=N[,METRIC=N]",
                         help="e.g. minute:requests=60 or day:total_tokens=1000000,usd=5 (repeatable)")
@@ -115,7 +118,8 @@ def _credential(config: Config | None) -> str:
 # -- commands -----------------------------------------------------------------------------------------------------
 
 def _create(args: argparse.Namespace, target: AdminClient | FileTarget | None) -> int:
-    wanted = pb.Key(id=args.id, team=args.team or "", limits=[_limit(text) for text in args.limit],
+    wanted = pb.Key(id=args.id, team=args.team or "", user=args.user or "", asserts_users=args.asserts_users,
+                    limits=[_limit(text) for text in args.limit],
                     models=[m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "*"])
     if args.expires:
         wanted.expires_at.FromDatetime(_parse_expiry(args.expires))

@@ -271,15 +271,18 @@ def new_virtual_key(wanted: pb.Key, key_hash: str, model_names: Mapping[str, str
             metric: getattr(limit, metric) for metric in _LIMIT_METRICS if limit.HasField(metric)}})
             for limit in wanted.limits]
         return VirtualKey(id=wanted.id, hash=key_hash, models=models, team=wanted.team or None,
+                          user=wanted.user or None, asserts_users=wanted.asserts_users,
                           limits=limits or None, expires_at=expires, created_at=now.replace(microsecond=0))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise RpcError(Status.INVALID_ARGUMENT, f"key.limits: {where}: {first['msg']}") from None
+        field = where if where in ("user", "asserts_users") else f"limits: {where}"
+        raise RpcError(Status.INVALID_ARGUMENT, f"key.{field}: {first['msg']}") from None
 
 
 def key_message(key: VirtualKey) -> pb.Key:
-    message = pb.Key(id=key.id, team=key.team or "", models=[] if "*" in key.models else key.models)
+    message = pb.Key(id=key.id, team=key.team or "", models=[] if "*" in key.models else key.models,
+                     user=key.user or "", asserts_users=key.asserts_users)
     for rule in key.limits or ():
         message.limits.append(pb.Limit(window=rule.window, **{
             metric: getattr(rule, metric) for metric in _LIMIT_METRICS if getattr(rule, metric) is not None}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,21 @@ def test_create_then_revoke(tmp_path: Path) -> None:
     assert revoked.returncode == 0, revoked.stderr
     assert [k["id"] for k in yaml.safe_load(keys_file.read_text())] == ["bob"]
     assert "virtual key 'alice' revoked by" in revoked.stderr
+
+
+def test_create_gives_a_key_its_end_user_or_lets_it_name_them(tmp_path: Path) -> None:
+    """Per-user limits count a verified user: the key's own (`--user`), or, for a service trusted to name the end
+    user of each request, the header or body's (`--asserts-users`)."""
+    keys_file = tmp_path / "keys.yaml"
+    assert _keys("create", "--id", "alice", "--user", "alice@example.com",
+                 "--keys-file", str(keys_file)).returncode == 0
+    assert _keys("create", "--id", "chatbot", "--asserts-users", "--keys-file", str(keys_file)).returncode == 0
+    alice, chatbot = yaml.safe_load(keys_file.read_text())
+    assert alice["user"] == "alice@example.com" and "asserts_users" not in alice
+    assert chatbot["asserts_users"] is True and "user" not in chatbot
+    listed = _keys("list", "--json", "--keys-file", str(keys_file))
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert rows["alice"]["user"] == "alice@example.com" and rows["chatbot"]["asserts_users"] is True
 
 
 def test_revoking_an_unknown_key_says_so(tmp_path: Path) -> None:
