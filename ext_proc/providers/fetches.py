@@ -4,7 +4,8 @@ Bedrock reads an `s3://` image (Converse `s3Location`) with the gateway's AWS ro
 (`fileData.fileUri`) with its service account: forwarded as they come, any key holder could read whatever the
 gateway's role can. So a backend receives such a URL only when its `fetch_urls` grants it (`config.models.
 FetchGrant`); any other is a 400 (`provider_fetch_not_allowed`) naming the client's param, which in a chain means
-"this backend can't serve this request" (`stages/route.translate`): another backend of the route may still serve it.
+"this backend can't serve this request" (`stages/translations.translate`): another backend of the route may still
+serve it.
 
 Decisions worth knowing before changing this file:
 

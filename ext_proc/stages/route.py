@@ -15,10 +15,10 @@ can't refuse one; a body the conversion refuses (a field the client format doesn
 only. `count_tokens` (`_count`) reserves nothing: the first backend of the order counts, or this stage answers the
 gateway's estimate.
 
-Capability-aware chains: the request is translated once per kind of backend it may use (`translate`); a backend
-whose translator refuses it leaves this request's candidates before the policy orders them, so Envoy is sent down an
-order of backends that can all serve it (`RouteInfo.chain_for` finds that order's Envoy route). A 400 only when none
-can serve it, or, on a `fields: strict` route, when any refuses.
+Capability-aware chains: the request is translated once per kind of backend it may use (`translations.py`); a
+backend whose translator refuses it leaves this request's candidates before the policy orders them, so Envoy is sent
+down an order of backends that can all serve it (`RouteInfo.chain_for` finds that order's Envoy route). A 400 only
+when none can serve it, or, on a `fields: strict` route, when any refuses.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
@@ -44,7 +43,7 @@ from ..guardrails.engine import check_size
 from ..json_types import JsonObject
 from ..limits.estimate import Price, Usage, cost_micro_usd, estimate_prompt_tokens, reserved_output_tokens
 from ..limits.limiter import Demand, Limiter, Reservation
-from ..providers import anthropic_passthrough, fetches, responses_passthrough
+from ..providers import anthropic_passthrough, fetches
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
 from ..runtime.build import BackendInfo, RouteInfo, Runtime, find_route
@@ -60,6 +59,15 @@ from . import count_tokens, messages, stored_responses
 from .attempt import AttemptStage
 from .endpoints import ANTHROPIC_STYLE, STORED_RESPONSE_ENDPOINTS, Endpoint, classify
 from .reservation import demand, output_bounds
+from .translations import (
+    Translations,
+    anthropic_openai_form,
+    chat_form,
+    passing_through,
+    translate,
+    translate_others,
+    without_previous,
+)
 from .upstream_request import forwarded_never
 
 if TYPE_CHECKING:
@@ -239,9 +247,9 @@ class RouteStage:
             return self._count(route, model, original, redacted)
         rough = False  # an Anthropic body the conversion refuses: only a backend that takes it as it is serves it
         if self._endpoint is Endpoint.MESSAGES:
-            body, rough = _openai_form(original)
+            body, rough = anthropic_openai_form(original)
         elif self._endpoint is Endpoint.RESPONSES:
-            body, rough = _chat_form(original)
+            body, rough = chat_form(original)
         if self._endpoint is not Endpoint.EMBEDDINGS:
             check_chat_shape(body)
         elif "input" not in body:
@@ -332,7 +340,7 @@ class RouteStage:
         to as it is (no translation, nothing to refuse); the others' translations."""
         assert self._endpoint is not None
         runtime = self._runtime
-        passing = _passing_through(runtime, self._endpoint, candidates)
+        passing = passing_through(runtime, self._endpoint, candidates)
         if passing and self._endpoint is Endpoint.MESSAGES:
             try:  # a URL its provider would fetch with the gateway's identity: no passthrough backend takes it
                 fetches.check_messages(runtime.backends[passing[0]].schema, original)
@@ -343,14 +351,14 @@ class RouteStage:
         if rough:
             if not passing:  # the client format's own 400
                 if self._endpoint is Endpoint.RESPONSES:
-                    responses_request.to_openai(_without_previous(original))
+                    responses_request.to_openai(without_previous(original))
                 else:
                     anthropic_messages.to_openai(original)
             return passing, passing, None
         if len(passing) == len(candidates):
             return candidates, passing, None
         translated = (translate(route, candidates, body, model, runtime.default_max_tokens) if not passing
-                      else _translate_others(route, candidates, passing, body, model, runtime.default_max_tokens))
+                      else translate_others(route, candidates, passing, body, model, runtime.default_max_tokens))
         if len(translated.upstream) + len(passing) < len(candidates):
             candidates = tuple(b for b in candidates if b in translated.upstream or b in passing)
         return candidates, passing, translated
@@ -518,114 +526,6 @@ class RouteStage:
             prices = {backend: _price(limiter, route, backend, requested) for backend in bounds}
             wanted = demand(prompt, bounds, prices)
         return await limiter.reserve(scopes, wanted, primary)
-
-
-@dataclass(frozen=True, slots=True)
-class Translations:
-    """A request translated for each backend that may serve it, by backend id: backends whose translator refused
-    it are not among them."""
-
-    upstream: dict[str, JsonObject]
-    dropped: dict[str, str]
-    """The fields each backend's translation left out, comma-separated, for `x-babelgate-dropped-fields` (only
-    backends that left some out)."""
-
-
-def translate(route: RouteInfo, candidates: tuple[str, ...], body: JsonObject, model: str,
-              default_max_tokens: int) -> Translations:
-    """Translate the request once per translation kind among the candidates (backends of one kind translate it
-    alike, so they share it). A backend whose translator refuses the request can't serve it and leaves its order;
-    the request is a 400 only when no candidate can serve it (a `strict` route: when any refuses), naming each
-    backend and why. A direct route sends its backend's translation as it is."""
-    upstream: dict[str, JsonObject] = {}
-    dropped: dict[str, str] = {}
-    refusals: list[tuple[BackendInfo, tuple[str, ...], BadRequest]] = []
-    everyone = candidates is route.backends
-    for backend, same in route.translations:
-        members = same if everyone else tuple(b for b in same if b in candidates)
-        if not members:
-            continue
-        left_out: list[str] = []
-        try:
-            translated = backend.chat_request(body, route.backend_model(backend.id, model), default_max_tokens,
-                                              left_out)
-        except BadRequest as refused:
-            if route.strict:
-                raise _refusal(route, [(backend, members, refused)]) from None
-            refusals.append((backend, members, refused))
-            continue
-        named = ",".join(dict.fromkeys(left_out)) if left_out else ""
-        for member in members:
-            upstream[member] = translated
-            if named:
-                dropped[member] = named
-    if not upstream:
-        raise _refusal(route, refusals)
-    return Translations(upstream, dropped)
-
-
-def _openai_form(original: JsonObject) -> tuple[JsonObject, bool]:
-    """An Anthropic client's body in the OpenAI form, to route and estimate it; True when the client format refused
-    it, and this is its rough form (`count_tokens.rough_form`)."""
-    form = count_tokens.openai_form(original)
-    return (form, False) if form is not None else (count_tokens.rough_form(original), True)
-
-
-def _passing_through(runtime: Runtime, endpoint: Endpoint, candidates: tuple[str, ...]) -> tuple[str, ...]:
-    """The candidates a client's body goes to as it is: Anthropic-family backends for an Anthropic client, backends
-    that serve the Responses API for a Responses client. None of them needs a translation, nor can refuse one."""
-    if endpoint is Endpoint.MESSAGES:
-        return tuple(b for b in candidates if anthropic_passthrough.passes_through(runtime.backends[b].schema))
-    if endpoint is Endpoint.RESPONSES:
-        return tuple(b for b in candidates if responses_passthrough.passes_through(runtime.backends[b].settings))
-    return ()
-
-
-def _chat_form(original: JsonObject) -> tuple[JsonObject, bool]:
-    """A Responses client's body in the chat form, to route and estimate it; True when the client format refused
-    it, and this is its rough form."""
-    body = _without_previous(original)
-    try:
-        return responses_request.to_openai(body), False
-    except BadRequest:
-        return responses_request.rough_form(body), True
-
-
-def _without_previous(body: JsonObject) -> JsonObject:
-    """The route stage already put the conversation `previous_response_id` names into `input`."""
-    return {name: value for name, value in body.items() if name != "previous_response_id"}
-
-
-def _translate_others(route: RouteInfo, candidates: tuple[str, ...], passing: tuple[str, ...], body: JsonObject,
-                      model: str, default_max_tokens: int) -> Translations:
-    """`translate` for the candidates that don't take the body as it is: those that refuse leave the order, and
-    since the passthrough candidates can serve the request, that is no 400 (unless the route is strict)."""
-    try:
-        return translate(route, tuple(b for b in candidates if b not in passing), body, model, default_max_tokens)
-    except BadRequest:
-        if route.strict:
-            raise
-        return Translations({}, {})
-
-
-def _refusal(route: RouteInfo, refusals: list[tuple[BackendInfo, tuple[str, ...], BadRequest]]) -> BadRequest:
-    """The 400 for a request no backend (or, on a strict route, some backend) can serve: each backend and why."""
-    reasons = []
-    for backend, members, refused in refusals:
-        preset = backend.settings.preset
-        kind = f"{backend.schema}, preset {preset}" if preset else backend.schema
-        what = f"`{refused.param}`" if refused.param else "this request"
-        reasons.append((", ".join(repr(member) for member in members), kind, f"can't serve {what}: {refused.message}"))
-    first = refusals[0][2]
-    if len(refusals) == 1:
-        names, kind, why = reasons[0]
-        return BadRequest(f"Backend {names} ({kind}) of route {route.name!r} {why}", code=first.code,
-                          param=first.param, headers=first.headers)
-    listed = "; ".join(f"{names} ({kind}) {why}" for names, kind, why in reasons)
-    return BadRequest(f"No backend of route {route.name!r} can serve this request: {listed}",
-                      code=first.code if len({r.code for _, _, r in refusals}) == 1 else None,
-                      param=first.param if len({r.param for _, _, r in refusals}) == 1 else None,
-                      headers=first.headers)
 
 
 def _describe(outcome: Outcome, route: RouteInfo, requested: str, body: JsonObject, metadata: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ from ext_proc.config.loading import parse_config
 from ext_proc.errors import BadRequest
 from ext_proc.providers import anthropic_passthrough, fetches
 from ext_proc.runtime.build import BackendInfo, Runtime, compile_runtime
-from ext_proc.stages.route import translate
+from ext_proc.stages.translations import translate
 
 from .goldens import CONVERSE_MODEL, GEMINI_MODEL, assert_valid_converse_request, assert_valid_gemini_request
 
