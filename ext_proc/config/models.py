@@ -447,6 +447,10 @@ class ModelRoute(_Strict):
         return self.model.endswith("/*")
 
 
+def _allows_all(globs: list[str]) -> bool:
+    return globs == ["*"]
+
+
 class VirtualKey(_Strict):
     id: str
     hash: str = Field(description="`sha256:<hex>` of the key; the key itself is never stored.")
@@ -461,6 +465,11 @@ class VirtualKey(_Strict):
         "The key's holder is trusted to name the end user of each request (a backend service that serves many "
         "users): the `limits.user_header` header, else the body's `user`, else the key's own `user`. Without it "
         "both are ignored for limits, so a key holder can't escape per-user limits by making up ids."))
+    # `exclude_if`: a key that allows every MCP server and tool is stored (keys file, Redis) as it was before MCP.
+    mcp_servers: list[str] = Field(["*"], exclude_if=_allows_all, description=(
+        "MCP servers (`mcp.servers` names, fnmatch globs) whose tools, resources and prompts this key sees and calls."))
+    mcp_tools: list[str] = Field(["*"], exclude_if=_allows_all, description=(
+        "MCP tools this key sees and calls, by their namespaced name (e.g. `github__create_*`; fnmatch globs)."))
 
     @field_validator("hash")
     @classmethod
@@ -645,6 +654,96 @@ class RequestLimits(_Strict):
 class Team(_Strict):
     id: str
     limits: list[LimitRule] = []
+    mcp_servers: list[str] = Field(["*"], exclude_if=_allows_all, description=(
+        "MCP servers its keys may use at most (globs); a key's own list narrows it further."))
+    mcp_tools: list[str] = Field(["*"], exclude_if=_allows_all, description=(
+        "MCP tools (namespaced names, globs) its keys may use at most."))
+
+
+_MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class McpServer(_Strict):
+    """One upstream MCP server: Streamable HTTP at `url`, or a stdio program (`command`) that the gateway runs behind
+    its bridge. Credentials come from the config, never from the client."""
+
+    name: str = Field(description="Letters, digits, `-`, `_`; names the server in allow-lists, logs and metrics.")
+    url: str | None = Field(None, description="The server's Streamable HTTP endpoint, e.g. https://host/mcp.")
+    command: list[str] | None = Field(None, min_length=1, description="A stdio server: program and arguments.")
+    args: list[str] = []
+    env: dict[str, SecretRef] = Field({}, description="Environment of a stdio server (secrets by reference).")
+    headers: dict[str, SecretRef] = Field({}, description="Headers the gateway adds upstream, e.g. an API key.")
+    bearer: SecretRef | None = Field(None, description="Sent upstream as `Authorization: Bearer <secret>`.")
+    prefix: str | None = Field(None, description="Prefix of its tool and prompt names; the server's name if unset.")
+    timeout: Seconds = Field(60.0, description="Longest wait for one answer of this server.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _MCP_SERVER_NAME.match(value):
+            raise ValueError("use 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+                raise ValueError("expected an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _lower_headers(cls, value: dict[str, SecretRef]) -> dict[str, SecretRef]:
+        return {name.lower(): ref for name, ref in value.items()}
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give exactly one of `url` (Streamable HTTP) or `command` (stdio)")
+        if self.args and self.command is None:
+            raise ValueError("`args` go with `command`")
+        if self.prefix is not None and not _MCP_SERVER_NAME.match(self.prefix):
+            raise ValueError("prefix: use 1-64 letters, digits, '-' or '_'")
+        return self
+
+    @property
+    def name_prefix(self) -> str:
+        return self.prefix if self.prefix is not None else self.name
+
+
+class McpSettings(_Strict):
+    """The gateway's own MCP endpoint: one virtual server over every `servers` entry (see `ext_proc/mcp/`)."""
+
+    path: str = Field("/mcp", pattern=r"^/[A-Za-z0-9/_.-]*$", description="Where clients reach it on the listener.")
+    separator: str = Field("__", min_length=1, max_length=8, pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "Between a server's prefix and an upstream tool or prompt name: `github` + `create_issue` -> "
+        "`github__create_issue`. No prefix may contain it."))
+    list_ttl: Seconds = Field(300.0, description="Upstream lists are fetched again this long after the last fetch "
+                                                 "(sooner on a `list_changed` notification).")
+    page_size: int = Field(100, ge=1, le=10_000, description="Items per page of the gateway's own list answers.")
+    max_argument_bytes: int = Field(1 << 20, ge=1024, description="A call's arguments, as JSON, at most.")
+    max_result_bytes: int = Field(16 << 20, ge=1024, description="An upstream answer at most.")
+    call_timeout: Seconds = Field(120.0, description="Longest a tool call may take end to end.")
+    session_ttl: Seconds = Field(3600.0, description="A gateway session (`Mcp-Session-Id`) is forgotten after this "
+                                                     "long unused.")
+    servers: list[McpServer] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> McpSettings:
+        names = [server.name for server in self.servers]
+        if len(names) != len(set(names)):
+            raise ValueError("each MCP server name must be unique")
+        prefixes = [server.name_prefix for server in self.servers]
+        if len(prefixes) != len(set(prefixes)):
+            raise ValueError("each MCP server prefix must be unique (names from two servers would collide)")
+        # The separator must first occur right after the prefix: `a_` with `__` would make `a___x` ambiguous.
+        clashing = [prefix for prefix in prefixes if (prefix + self.separator).find(self.separator) != len(prefix)]
+        if clashing:
+            raise ValueError(f"prefix {clashing[0]!r} contains or runs into the separator {self.separator!r}: "
+                             "namespaced names could not be told apart")
+        return self
 
 
 class Price(_Strict):
@@ -781,6 +880,7 @@ class Config(_Strict):
     telemetry: TelemetrySettings = TelemetrySettings()
     responses: ResponsesSettings = ResponsesSettings()
     jwt: JwtSettings = JwtSettings()
+    mcp: McpSettings | None = None
     _origin: Origin | None = PrivateAttr(None)
 
     @property
@@ -929,3 +1029,6 @@ def _refs_in(value: object, loc: Loc) -> Iterator[tuple[Loc, SecretRef]]:
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):
             yield from _refs_in(item, (*loc, index))
+    elif isinstance(value, dict):  # e.g. an MCP server's `headers: {name: SecretRef}`
+        for key, item in value.items():
+            yield from _refs_in(item, (*loc, key))

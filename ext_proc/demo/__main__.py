@@ -1,5 +1,7 @@
 """Run one demo provider: `python -m ext_proc.demo --kind openai --name openai-a [--port 0] ...`.
 
+`--kind mcp` runs the demo MCP tool server (Streamable HTTP at `/mcp`, see `mcp_tools.py`) the same way.
+
 Prints `{"name": ..., "kind": ..., "port": ...}` as one JSON line on stdout once listening, so a parent process can
 read the port it got; stops cleanly on SIGTERM or SIGINT.
 """
@@ -57,7 +59,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ext_proc.demo", description="Run a fake LLM provider.")
+    parser = argparse.ArgumentParser(prog="python -m ext_proc.demo",
+                                     description="Run a fake LLM provider (or, --kind mcp, an MCP tool server).")
     parser.add_argument("--kind", required=True, choices=KINDS)
     parser.add_argument("--name", required=True, help="provider name, echoed in x-demo-provider and answers")
     parser.add_argument("--host", default="127.0.0.1")

@@ -22,6 +22,7 @@ from ext_proc.demo import (
     bedrock_server,
     cohere_server,
     gemini_server,
+    mcp_tools,
     openai_server,
 )
 from ext_proc.demo.answers import NOT_JSON, Call, Reply
@@ -54,7 +55,8 @@ class _Api(NamedTuple):
 # Each provider module exposes `KIND` (or `KINDS`), `answer(call) -> Reply` and `error(status, message) -> Reply`.
 _APIS = {
     kind: _Api(module.answer, module.error)
-    for module in (openai_server, anthropic_server, bedrock_server, gemini_server, azure_server, cohere_server)
+    for module in (openai_server, anthropic_server, bedrock_server, gemini_server, azure_server, cohere_server,
+                   mcp_tools)
     for kind in (getattr(module, "KINDS", None) or (module.KIND,))
 }
 KINDS = tuple(_APIS)
@@ -69,6 +71,8 @@ class DemoProvider:
         self.tls = tls
         self.requests: deque[dict[str, object]] = deque(maxlen=MAX_RECORDED_REQUESTS)
         self._api = _APIS[kind]
+        self._mcp = mcp_tools.McpDemo(name, api_key) if kind == mcp_tools.KIND else None
+        """The MCP demo answers `/mcp` itself: its answers stream and its sessions outlive a request."""
         self._api_key = api_key
         self._faults = faults
         self._server: HttpServer | None = None
@@ -114,6 +118,9 @@ class DemoProvider:
             if faults.retry_after is not None:
                 kept = tuple((name, value) for name, value in reply.headers if name != "retry-after")
                 reply = dataclasses.replace(reply, headers=(*kept, ("retry-after", str(faults.retry_after))))
+        elif self._mcp is not None and request.path == mcp_tools.MCP_PATH:
+            await self._mcp.handle(request, response, headers)
+            return
         else:
             call = Call(self.name, request.method, request.path, request.headers, body, self._api_key,
                         request.target.partition("?")[2], faults.verbose)
@@ -142,7 +149,7 @@ async def start_demo_provider(
     ssl_context: ssl.SSLContext | None = None,
     faults: str | None = None,
 ) -> DemoProvider:
-    """Start a fake `kind` ("openai" or "anthropic") provider called `name`; port 0 picks a free port.
+    """Start a fake `kind` (one of `KINDS`, e.g. "openai", "mcp") provider called `name`; port 0 picks a free port.
 
     `faults` applies to every request (see `faults.py`); an invalid spec raises ValueError here rather than per request.
     With `ssl_context` the server speaks TLS and its `sni_callback` is wrapped to report the SNI in `x-demo-sni`.
