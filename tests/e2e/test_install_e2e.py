@@ -53,7 +53,8 @@ def run(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with `babelgate` installed from a wheel built from this checkout; its bin directory."""
     work = tmp_path_factory.mktemp("install")
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", work / "dist", ROOT, env=PINNED)
+    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir",
+        work / "dist", ROOT, env=PINNED)
     wheel = next((work / "dist").glob("babelgate-*.whl"))
     run(sys.executable, "-m", "venv", work / "venv")
     bin_dir = work / "venv" / "bin"
