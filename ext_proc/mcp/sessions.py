@@ -15,7 +15,6 @@ forgotten first, same idle TTL. Redis failing is `StoreUnavailable` (the route s
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import time
@@ -27,11 +26,10 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from ..config.models import RedisSettings
 from ..json_types import JsonObject
-from ..limits.store import StoreUnavailable
+from ..state.redis_records import bounded, record_client
 
 T = TypeVar("T")
 
@@ -155,7 +153,7 @@ class RedisSessionStore(SessionStore):
         super().__init__(ttl)
         self._client = client
         self._prefix = prefix + "mcp:session:"
-        self._deadline = max(timeout * 10, 1.0)
+        self._deadline = max(timeout * 10, 1.0)  # as `redis_records.record_deadline`
 
     async def _write(self, session: Session) -> None:
         key = self._prefix + session.id
@@ -191,10 +189,7 @@ class RedisSessionStore(SessionStore):
             await pipe.execute()
 
     async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(call, self._deadline)
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {type(exc).__name__}") from None
+        return await bounded(call, self._deadline)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -208,10 +203,4 @@ def build_session_store(ttl: float, redis: RedisSettings | None, password: str |
     """Redis when configured (the same client options as the stored Responses), else memory."""
     if redis is None:
         return MemorySessionStore(ttl)
-    options: dict = {"password": password, "socket_timeout": max(redis.timeout * 10, 1.0),
-                     "socket_connect_timeout": 1.0}
-    if redis.ca_file is not None:
-        options["ssl_ca_certs"] = str(redis.ca_file)
-    client: Redis | RedisCluster = (RedisCluster.from_url(redis.url, **options) if redis.cluster
-                                    else Redis.from_url(redis.url, **options))
-    return RedisSessionStore(client, redis.key_prefix, ttl, redis.timeout)
+    return RedisSessionStore(record_client(redis, password), redis.key_prefix, ttl, redis.timeout)

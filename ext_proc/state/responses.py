@@ -14,7 +14,6 @@ client (it was already on its way).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -25,11 +24,11 @@ from typing import TypeVar
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
 
 from ..config.models import RedisSettings, ResponsesSettings
 from ..json_types import JsonObject
 from ..limits.store import StoreUnavailable
+from .redis_records import bounded, record_client
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +127,7 @@ class RedisResponseStore(ResponseStore):
         super().__init__(ttl)
         self._client = client
         self._prefix = prefix + "response:"
-        self._deadline = max(timeout * 10, 1.0)
+        self._deadline = max(timeout * 10, 1.0)  # as `redis_records.record_deadline`
         """Records are bigger than counters: a read or write gets ten of the limiter's per-call timeouts."""
 
     async def put(self, response_id: str, record: JsonObject) -> None:
@@ -142,10 +141,7 @@ class RedisResponseStore(ResponseStore):
         await self._call(self._client.delete(self._prefix + response_id))
 
     async def _call(self, call: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(call, self._deadline)
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis: {type(exc).__name__}") from None
+        return await bounded(call, self._deadline)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -158,10 +154,4 @@ def build_response_store(settings: ResponsesSettings, redis: RedisSettings | Non
         return None
     if redis is None:
         return MemoryResponseStore(settings.ttl, settings.max_in_memory)
-    options: dict = {"password": password, "socket_timeout": max(redis.timeout * 10, 1.0),
-                     "socket_connect_timeout": 1.0}
-    if redis.ca_file is not None:
-        options["ssl_ca_certs"] = str(redis.ca_file)
-    client: Redis | RedisCluster = (RedisCluster.from_url(redis.url, **options) if redis.cluster
-                                    else Redis.from_url(redis.url, **options))
-    return RedisResponseStore(client, redis.key_prefix, settings.ttl, redis.timeout)
+    return RedisResponseStore(record_client(redis, password), redis.key_prefix, settings.ttl, redis.timeout)
