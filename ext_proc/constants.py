@@ -8,6 +8,8 @@ INTERNAL_HEADER_PREFIX = "x-babelgate-int-"
 """Headers with this prefix are Babelgate's own; clients may not set them."""
 
 HEADER_CHAIN = INTERNAL_HEADER_PREFIX + "chain"
+HEADER_MCP = INTERNAL_HEADER_PREFIX + "mcp"
+"""Names the MCP server a forwarded MCP request goes to (its Envoy route)."""
 """Set by the route stage; Envoy's route table matches it to pick the chain's aggregate cluster."""
 
 HEADER_ACCESS_LOG = INTERNAL_HEADER_PREFIX + "access-log"
@@ -66,6 +68,7 @@ UPSTREAM_HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 CHAIN_CLUSTER_PREFIX = "bg_chain_"
 DIRECT_ROUTE_PREFIX = "bg_direct_"
 BACKEND_CLUSTER_PREFIX = "bg_backend_"
+MCP_CLUSTER_PREFIX = "bg_mcp_"
 EXT_PROC_CLUSTER = "bg_ext_proc"
 
 DEFAULT_LISTEN_PORT = 10000

@@ -29,6 +29,10 @@ class KeyInfo:
     """The end user `limits.per_user` counts this identity's requests as (a key's `user`, a token's user claim)."""
     asserts_users: bool = False
     """The caller may name each request's end user (`limits.user_header`, else the body's `user`)."""
+    mcp_servers: tuple[str, ...] = ("*",)
+    """MCP servers (globs) the key may use."""
+    mcp_tools: tuple[str, ...] = ("*",)
+    """MCP tools (namespaced-name globs) the key may use."""
 
 
 def generate_key() -> str:

@@ -447,6 +447,33 @@ class ModelRoute(_Strict):
         return self.model.endswith("/*")
 
 
+class CallLimit(_Strict):
+    """At most `calls` MCP tool calls in one window."""
+
+    window: Window
+    calls: int = Field(ge=0)
+    on_store_error: Literal["fail_open", "fail_closed"] | None = Field(
+        None, description="What to do when the limiter store can't be reached; `limits.on_store_error` if unset.")
+
+
+class ToolCallLimit(CallLimit):
+    """Each key's calls of the tools `tool` (a namespaced-name glob) matches, counted per key and tool."""
+
+    tool: str = Field(min_length=1, max_length=256)
+
+
+class McpLimits(_Strict):
+    per_key: list[CallLimit] = Field([], description="Every key's tool calls (all tools), unless the key has its "
+                                                     "own `mcp_limits`.")
+    per_team: list[CallLimit] = Field([], description="Every team's tool calls, all its keys together.")
+    per_tool: list[ToolCallLimit] = Field([], description="Per key and tool: the first entry whose glob matches a "
+                                                          "tool applies to it.")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.per_key or self.per_team or self.per_tool)
+
+
 def _allows_all(globs: list[str]) -> bool:
     return globs == ["*"]
 
@@ -470,6 +497,7 @@ class VirtualKey(_Strict):
         "MCP servers (`mcp.servers` names, fnmatch globs) whose tools, resources and prompts this key sees and calls."))
     mcp_tools: list[str] = Field(["*"], exclude_if=_allows_all, description=(
         "MCP tools this key sees and calls, by their namespaced name (e.g. `github__create_*`; fnmatch globs)."))
+    mcp_limits: list[CallLimit] | None = Field(None, description="Replaces `mcp.limits.per_key` for this key.")
 
     @field_validator("hash")
     @classmethod
@@ -676,6 +704,10 @@ class McpServer(_Strict):
     bearer: SecretRef | None = Field(None, description="Sent upstream as `Authorization: Bearer <secret>`.")
     prefix: str | None = Field(None, description="Prefix of its tool and prompt names; the server's name if unset.")
     timeout: Seconds = Field(60.0, description="Longest wait for one answer of this server.")
+    ca_file: Path | None = Field(None, description="CA bundle for an https `url`; the system bundle by default.")
+    port: int | None = Field(None, ge=1, le=65535, description=(
+        "A stdio server: the loopback port its bridge listens on (`mcp.bridge_host`). `babelgate up` picks a free "
+        "one when unset; compose and Kubernetes renderings need it set."))
 
     @field_validator("name")
     @classmethod
@@ -704,6 +736,10 @@ class McpServer(_Strict):
             raise ValueError("give exactly one of `url` (Streamable HTTP) or `command` (stdio)")
         if self.args and self.command is None:
             raise ValueError("`args` go with `command`")
+        if self.port is not None and self.command is None:
+            raise ValueError("`port` goes with `command` (the stdio bridge's port); an HTTP server has its `url`")
+        if self.env and self.command is None:
+            raise ValueError("`env` goes with `command`")
         if self.prefix is not None and not _MCP_SERVER_NAME.match(self.prefix):
             raise ValueError("prefix: use 1-64 letters, digits, '-' or '_'")
         return self
@@ -728,6 +764,13 @@ class McpSettings(_Strict):
     call_timeout: Seconds = Field(120.0, description="Longest a tool call may take end to end.")
     session_ttl: Seconds = Field(3600.0, description="A gateway session (`Mcp-Session-Id`) is forgotten after this "
                                                      "long unused.")
+    bridge_host: str = Field("127.0.0.1", description=(
+        "Where Envoy and the ext_proc servers reach the bridges of stdio servers (the host running `babelgate "
+        "serve`: `127.0.0.1` with `babelgate up`, the babelgate service's name in compose or Kubernetes)."))
+    limits: McpLimits = Field(default_factory=lambda: McpLimits(), description="Tool-call limits.")
+    guardrails: list[GuardrailSettings] = Field([], description=(
+        "Checked on tool-call arguments (`apply_to: request`) and on every forwarded answer (`response`): tool "
+        "results, prompts, resources."))
     servers: list[McpServer] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -883,12 +926,21 @@ class Config(_Strict):
     mcp: McpSettings | None = None
     _origin: Origin | None = PrivateAttr(None)
 
+    @model_validator(mode="after")
+    def _mcp_sessions_shared(self) -> Config:
+        if self.mcp is not None and self.ext_proc.processes > 1 and self.limits.redis is None:
+            raise ValueError("mcp: with several ext_proc processes, MCP sessions must be shared: configure "
+                             "`limits.redis` (or run one process)")
+        return self
+
     @property
     def limits_configured(self) -> bool:
         settings = self.limits
         return bool(settings.per_key or settings.per_user or any(k.limits for k in self.virtual_keys)
                     or any(t.limits for t in self.teams) or any(r.limits for r in self.routes)
-                    or any(b.limits for b in self.backends) or any(i.limits for i in self.jwt.issuers))
+                    or any(b.limits for b in self.backends) or any(i.limits for i in self.jwt.issuers)
+                    or (self.mcp is not None and self.mcp.limits.configured)
+                    or any(k.mcp_limits for k in self.virtual_keys))
 
     @property
     def origin(self) -> Origin:

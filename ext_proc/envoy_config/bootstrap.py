@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import betterproto2
 import yaml
@@ -60,12 +61,12 @@ from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
 from ..config.chains import ChainRoute, all_chain_routes, deadline
-from ..config.models import Backend, Config, ListenerTls
+from ..config.models import Backend, Config, ListenerTls, McpServer, McpSettings
 from ..errors import NotFound
 from ..json_types import JsonObject
 from . import admin_api
 from .access_log import ATTEMPT_FIELDS, REQUEST_FIELDS, file_log
-from .clusters import all_clusters
+from .clusters import all_clusters, mcp_cluster_name
 from .filters import local_reply_config, route_stage_filter
 from .jwt import jwt_filter
 
@@ -192,6 +193,8 @@ def route_configuration(config: Config) -> RouteConfiguration:
     backends = {b.id: b for b in config.backends}
     routes = admin_api.admin_routes() if admin_api.exposed(config) else []
     routes.extend(chain_route(chain, backends) for chain in all_chain_routes(config))
+    if config.mcp is not None:
+        routes.extend(mcp_route(server, config.mcp) for server in config.mcp.servers)
     routes.append(Route(
         name="unrouted",
         match=RouteMatch(prefix="/"),
@@ -228,6 +231,27 @@ def chain_route(chain: ChainRoute, backends: dict[str, Backend]) -> Route:
         # route stage can't remove before Envoy matched this route) before the request leaves
         request_headers_to_remove=[constants.HEADER_CHAIN, constants.ENVOY_ATTEMPT_COUNT_HEADER, *FORWARDED_HEADERS]
         if chain.direct else [],
+    )
+
+
+def mcp_route(server: McpServer, settings: McpSettings) -> Route:
+    """A forwarded MCP request to `server`: chosen by the route stage (header and metadata, as for chains), the
+    upstream's host set, retried only where nothing reached the server (a tool call is not idempotent), bounded by
+    `mcp.call_timeout` for the whole answer, streamed or not."""
+    host = urlsplit(server.url).netloc if server.url is not None else f"{settings.bridge_host}:{server.port}"
+    return Route(
+        name=f"mcp_{server.name}",
+        match=RouteMatch(prefix="/", headers=[HeaderMatcher(
+            name=constants.HEADER_MCP, string_match=StringMatcher(exact=server.name))],
+            dynamic_metadata=[DECIDED]),
+        route=RouteAction(
+            cluster=mcp_cluster_name(server.name), timeout=timedelta(seconds=settings.call_timeout),
+            host_rewrite_literal=host,
+            retry_policy=RetryPolicy(retry_on="connect-failure,refused-stream", num_retries=2,
+                                     retry_back_off=RetryPolicyRetryBackOff(
+                                         base_interval=timedelta(milliseconds=5),
+                                         max_interval=timedelta(milliseconds=50)))),
+        request_headers_to_remove=[constants.HEADER_MCP, constants.ENVOY_ATTEMPT_COUNT_HEADER, *FORWARDED_HEADERS],
     )
 
 

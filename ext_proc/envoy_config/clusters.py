@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from envoy_data_plane.envoy.config.cluster.v3 import (
     CircuitBreakers,
@@ -55,7 +56,7 @@ from envoy_data_plane.google.protobuf import Any, Struct, Value
 
 from .. import constants
 from ..config.chains import aggregate_orders
-from ..config.models import Backend, Config, ExtProcTls
+from ..config.models import Backend, Config, ExtProcTls, McpServer
 from ..config.models import OutlierDetection as OutlierSettings
 from ..transport.frames import DEFAULT_LIMITS
 from .filters import attempt_stage_filter
@@ -80,6 +81,8 @@ def all_clusters(config: Config) -> list[Cluster]:
     clusters.extend(jwks_clusters(config))
     clusters.extend(backend_cluster(b, config) for b in config.backends)
     clusters.extend(chain_cluster(config, order) for order in aggregate_orders(config))
+    if config.mcp is not None:
+        clusters.extend(mcp_cluster(server, config) for server in config.mcp.servers)
     return clusters
 
 
@@ -192,6 +195,38 @@ def backend_cluster(backend: Backend, config: Config) -> Cluster:
     return cluster
 
 
+def mcp_cluster_name(server: str) -> str:
+    return constants.MCP_CLUSTER_PREFIX + server
+
+
+def mcp_cluster(server: McpServer, config: Config) -> Cluster:
+    """An upstream MCP server: its URL's host, or a stdio server's bridge (`mcp.bridge_host`, the server's `port`).
+    HTTP/1.1 as most MCP servers speak it; an answer may stream (SSE) for as long as the route's timeout."""
+    assert config.mcp is not None
+    name = mcp_cluster_name(server.name)
+    if server.url is not None:
+        parts = urlsplit(server.url)
+        host, tls = parts.hostname or "", parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+    else:
+        host, tls, port = config.mcp.bridge_host, False, server.port or 0
+    cluster = Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.LOGICAL_DNS,
+        dns_lookup_family=ClusterDnsLookupFamily.V4_PREFERRED,
+        connect_timeout=timedelta(seconds=min(server.timeout, 10.0)),
+        load_assignment=_assignment(name, [(host, port)], hostname=host),
+        typed_extension_protocol_options={_HTTP_OPTIONS_KEY: Any.pack(HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http_protocol_options=Http1ProtocolOptions())))},
+    )
+    cluster.circuit_breakers = circuit_breakers(config)
+    cluster.per_connection_buffer_limit_bytes = upstream_buffer_limit(config)
+    if tls:
+        cluster.transport_socket = tls_socket(host, str(server.ca_file) if server.ca_file else None)
+    return cluster
+
+
 def circuit_breakers(config: Config) -> CircuitBreakers:
     """Failover is Envoy's retry, and a retry needs room in the cluster's retry circuit breaker: with Envoy's default
     (3 retries in flight per cluster) a burst of failures left all but three requests unfailed-over. A budget sized
@@ -248,15 +283,19 @@ def chain_cluster(config: Config, chain: tuple[str, ...]) -> Cluster:
 
 
 def _tls_socket(backend: Backend) -> TransportSocket:
-    ca = str(backend.ca_file) if backend.ca_file else SYSTEM_CA_BUNDLE
+    return tls_socket(backend.host, str(backend.ca_file) if backend.ca_file else None)
+
+
+def tls_socket(host: str, ca_file: str | None) -> TransportSocket:
+    """TLS to `host`: SNI and the certificate's name are the host; trusted CAs from `ca_file`, else the system's."""
     context = UpstreamTlsContext(
-        sni=backend.host,
+        sni=host,
         common_tls_context=CommonTlsContext(
             alpn_protocols=["http/1.1"],
             validation_context=CertificateValidationContext(
-                trusted_ca=DataSource(filename=ca),
+                trusted_ca=DataSource(filename=ca_file or SYSTEM_CA_BUNDLE),
                 match_typed_subject_alt_names=[SubjectAltNameMatcher(
-                    san_type=SubjectAltNameMatcherSanType.DNS, matcher=StringMatcher(exact=backend.host))])))
+                    san_type=SubjectAltNameMatcherSanType.DNS, matcher=StringMatcher(exact=host))])))
     return TransportSocket(name="envoy.transport_sockets.tls", typed_config=Any.pack(context))
 
 

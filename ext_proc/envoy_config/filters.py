@@ -97,7 +97,7 @@ def route_stage_filter(config: Config) -> HttpFilter:
     # The final response headers are only worth a message when a reservation must be released or reported, or when
     # the route stage translates a direct (single-backend) route's answer itself.
     needs_response = (config.limits_configured or config.telemetry.enabled or config.telemetry.access_log is not None
-                      or any(chain.direct for chain in all_chain_routes(config)))
+                      or any(chain.direct for chain in all_chain_routes(config)) or config.mcp is not None)
     mode = ROUTE_STAGE_WITH_RESPONSE_MODE if needs_response else ROUTE_STAGE_MODE
     processor = _processor(config, constants.STAGE_ROUTE, mode,
                            # direct routes: the route stage sets the backend's host and switches the response body

@@ -41,8 +41,9 @@ audit = logging.getLogger("babelgate.audit")
 _TEXT_KEYS = frozenset({"content", "text", "system", "input", "prompt", "arguments", "instructions", "output",
                         "delta", "description", "enum", "reasoning_content", "reasoning", "thinking", "refusal",
                         "partial_json"})
-_FREE_FORM_KEYS = frozenset({"input", "arguments"})
-"""An object under one of these is a tool call's arguments: every string in it is text the model wrote or reads."""
+_FREE_FORM_KEYS = frozenset({"input", "arguments", "structuredContent"})
+"""An object under one of these is a tool call's arguments (or an MCP tool's structured result): every string in it
+is text the model wrote or reads."""
 _NORMAL, _TEXT_LIST, _FREE_FORM = 0, 1, 2
 Find = tuple[str, tuple[int, int]]
 Visit = Callable[[str, bool], str]

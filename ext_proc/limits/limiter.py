@@ -12,15 +12,17 @@ reservation back and charges the backend that actually answered (after the fact:
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 
 import orjson
 
 from ..auth.sealing import Sealer
-from ..config.models import METRICS, Config, LimitRule
+from ..config.models import METRICS, CallLimit, Config, LimitRule, McpLimits
 from ..constants import JWT_ID_PREFIX
 from ..errors import RateLimited, Unavailable
 from .estimate import FREE, MICRO, Price, Usage, cost_micro_usd
@@ -33,6 +35,8 @@ WINDOW_GRACE_SECONDS = 120
 """Counters outlive their window a little, so a settlement arriving just after the window closes still lands."""
 _TOKEN_METRICS = ("total_tokens", "input_tokens", "output_tokens")
 _UNLIMITED = 1 << 62
+CALLS = "calls"
+"""MCP tool calls: counted one per call, like `requests`, but in counters of their own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +97,13 @@ class LimitTables:
     prices: dict[tuple[str, str], Price]
     issuer_rules: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
     """JWT issuer name -> each of its subjects' rules (identities `jwt:<issuer>:<subject>`), where it has its own."""
+    calls: CallTables = field(default_factory=lambda: CallTables({}, (), (), ()))
 
     @property
     def empty(self) -> bool:
         return not (self.key_rules or self.default_key_rules or self.team_rules or self.user_rules
-                    or self.route_rules or self.backend_rules or any(self.issuer_rules.values()))
+                    or self.route_rules or self.backend_rules or any(self.issuer_rules.values())
+                    or not self.calls.empty)
 
     def key_scope_rules(self, key_id: str) -> tuple[Rule, ...]:
         """A key's own rules, a token subject's issuer's, or else `limits.per_key`."""
@@ -105,6 +111,36 @@ class LimitTables:
         if rules is None and key_id.startswith(JWT_ID_PREFIX) and self.issuer_rules:
             rules = self.issuer_rules.get(key_id.split(":", 2)[1])
         return self.default_key_rules if rules is None else rules
+
+
+@dataclass(frozen=True, slots=True)
+class CallTables:
+    """MCP tool-call limits: a key's own (else every key's), every team's, and per key and tool (first glob wins)."""
+
+    key_rules: dict[str, tuple[Rule, ...]]
+    default_key_rules: tuple[Rule, ...]
+    team_rules: tuple[Rule, ...]
+    tool_rules: tuple[tuple[re.Pattern[str], str, tuple[Rule, ...]], ...]
+    """(compiled glob, the glob as written, rules)."""
+
+    @property
+    def empty(self) -> bool:
+        return not (any(self.key_rules.values()) or self.default_key_rules or self.team_rules or self.tool_rules)
+
+
+def _call_tables(config: Config, default_open: bool) -> CallTables:
+    def rules(entries: list[CallLimit] | None) -> tuple[Rule, ...]:
+        return tuple(Rule(entry.window, CALLS, entry.calls, default_open if entry.on_store_error is None
+                          else entry.on_store_error == "fail_open") for entry in entries or ())
+
+    limits = config.mcp.limits if config.mcp is not None else McpLimits()
+    return CallTables(
+        key_rules={k.id: rules(k.mcp_limits) for k in config.virtual_keys if k.mcp_limits is not None},
+        default_key_rules=rules(limits.per_key),
+        team_rules=rules(limits.per_team),
+        tool_rules=tuple((re.compile(fnmatch.translate(entry.tool)), entry.tool, rules([entry]))
+                         for entry in limits.per_tool),
+    )
 
 
 def compile_tables(config: Config) -> LimitTables:
@@ -131,6 +167,7 @@ def compile_tables(config: Config) -> LimitTables:
         prices={(p.backend, p.model): Price(p.input, p.output, p.input if p.cached_input is None else p.cached_input)
                 for p in config.prices},
         issuer_rules={i.name: rules(i.limits) for i in config.jwt.issuers if i.limits is not None},
+        calls=_call_tables(config, default_open),
     )
 
 
@@ -174,6 +211,18 @@ class Limiter:
             found.append(("user", user, tables.user_rules))
         found.append(("route", route, tables.route_rules.get(route, ())))
         found.append(("backend", primary_backend, tables.backend_rules.get(primary_backend, ())))
+        return [scope for scope in found if scope[2]]
+
+    def call_scopes(self, key_id: str, team: str | None, tool: str) -> list[tuple[str, str, tuple[Rule, ...]]]:
+        """The scopes an MCP tool call counts in: the key's calls, its team's, and the key's calls of this tool."""
+        calls = self.tables.calls
+        found = [("mcp_key", key_id, calls.key_rules.get(key_id, calls.default_key_rules))]
+        if team is not None:
+            found.append(("mcp_team", team, calls.team_rules))
+        for pattern, _glob, rules in calls.tool_rules:
+            if pattern.match(tool):
+                found.append(("mcp_tool", f"{key_id} {tool}", rules))
+                break
         return [scope for scope in found if scope[2]]
 
     async def reserve(self, scopes: list[tuple[str, str, tuple[Rule, ...]]], demand: Demand,
@@ -308,7 +357,7 @@ class Limiter:
 
 
 def _amount(metric: str, input_tokens: int, output_tokens: int, usd_micro: int) -> int:
-    if metric == "requests":
+    if metric == "requests" or metric == CALLS:
         return 1
     if metric == "input_tokens":
         return input_tokens

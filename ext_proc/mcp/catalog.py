@@ -202,6 +202,10 @@ class Catalog:
             merged, tools, prompts, uris, templates, shadowed)
         self._visible.clear()
 
+    def merged(self, kind: str) -> list[tuple[str, JsonObject]]:
+        """Every (server, item) of `kind`, before any allow-list."""
+        return self._merged[kind]
+
     # -- answers -----------------------------------------------------------------------------------------------
 
     def page(self, method: str, allow: Allow = EVERYTHING, cursor: object = None) -> JsonObject:

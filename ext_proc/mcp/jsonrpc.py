@@ -34,6 +34,8 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 RESOURCE_NOT_FOUND = -32002
 """MCP's own: `resources/read` of a URI no server has."""
 
+UNAUTHORIZED = -32080
+"""No key, or a key (or token) the gateway does not accept (HTTP 401)."""
 FORBIDDEN = -32081
 """The caller's key (or team) may not use this server, tool, prompt or resource."""
 RATE_LIMITED = -32082

@@ -22,6 +22,8 @@ from ..json_types import JsonObject
 from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
+from ..mcp.service import McpService, cursor_key, read_credentials
+from ..mcp.sessions import build_session_store
 from ..providers import fetches, presets
 from ..providers.translator import Translator
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
@@ -184,6 +186,8 @@ class Runtime:
     """Where Responses API answers created with `store: true` are kept; None when storing is off."""
     issuers: tuple[IssuerInfo, ...] = ()
     """JWT issuers whose verified tokens identify requests (besides virtual keys)."""
+    mcp: McpService | None = None
+    """The MCP endpoint's catalog, sessions and upstreams, when `mcp:` is configured."""
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
@@ -234,7 +238,8 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
             id=key.id, team=key.team,
             models=None if "*" in key.models else frozenset(key.models),
             expires_at=_utc(key.expires_at).timestamp() if key.expires_at else None,
-            user=key.user, asserts_users=key.asserts_users)
+            user=key.user, asserts_users=key.asserts_users,
+            mcp_servers=tuple(key.mcp_servers), mcp_tools=tuple(key.mcp_tools))
         for key in config.virtual_keys
     }
     if health is None:
@@ -257,7 +262,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    default_max_tokens=config.requests.default_max_tokens,
                    user_header=config.limits.user_header,
                    chars_per_token=config.limits.chars_per_token,
-                   issuers=compile_issuers(config))
+                   issuers=compile_issuers(config), mcp=_mcp_service(config, previous, load_secrets))
 
 
 def _response_store(config: Config, previous: Runtime | None, load_secrets: bool) -> ResponseStore | None:
@@ -275,6 +280,23 @@ def _response_store(config: Config, previous: Runtime | None, load_secrets: bool
     return build_response_store(config.responses, redis, password)
 
 
+def _mcp_service(config: Config, previous: Runtime | None, load_secrets: bool) -> McpService | None:
+    """The MCP side; a reload keeps the running one (its catalog and sessions) while `mcp:`, the teams' lists and
+    Redis did not change."""
+    if config.mcp is None or not load_secrets:
+        return None
+    if (previous is not None and previous.mcp is not None and previous.config.mcp == config.mcp
+            and previous.config.teams == config.teams and previous.config.limits.redis == config.limits.redis):
+        return previous.mcp
+    redis = config.limits.redis
+    password = None
+    if redis is not None and redis.password is not None:
+        password = read_secret(redis.password, config.origin.at(("limits", "redis", "password")))
+    credentials = read_credentials(config.mcp, read_secret, lambda index: config.origin.at(("mcp", "servers", index)))
+    sessions = build_session_store(config.mcp.session_ttl, redis, password)
+    return McpService(config.mcp, sessions, credentials, cursor_key(), {team.id: team for team in config.teams})
+
+
 def retired_by(old: Runtime, new: Runtime) -> list[object]:
     """What `old` holds and `new` no longer uses: credentials (refresh threads), the limiter's store and the
     Responses store."""
@@ -284,6 +306,8 @@ def retired_by(old: Runtime, new: Runtime) -> list[object]:
         retired.append(old.limiter.store)
     if old.responses is not None and new.responses is not old.responses:
         retired.append(old.responses)
+    if old.mcp is not None and new.mcp is not old.mcp:
+        retired.append(old.mcp)
     return retired
 
 

@@ -58,6 +58,7 @@ from ..wire.external_processor_pb2 import (
 from . import count_tokens, messages, stored_responses
 from .attempt import AttemptStage
 from .endpoints import ANTHROPIC_STYLE, STORED_RESPONSE_ENDPOINTS, Endpoint, classify
+from .mcp_stage import McpStage
 from .reservation import demand, output_bounds
 from .translations import (
     Translations,
@@ -75,8 +76,8 @@ if TYPE_CHECKING:
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_outcome", "_reservation",
-                 "_runtime", "_span", "_stored", "_user",
+    __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_mcp", "_outcome",
+                 "_reservation", "_runtime", "_span", "_stored", "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -92,6 +93,8 @@ class RouteStage:
         self._headers: dict[str, str] = {}
         self._attempt: AttemptStage | None = None
         """Set for a direct route: the attempt stage's logic, run inside this stream."""
+        self._mcp: McpStage | None = None
+        """Set for a request to the MCP endpoint, which handles the rest of the stream."""
         self._outcome: Outcome | None = Outcome() if runtime.telemetry.enabled else None
         self._span: Span | None = None
         """The request's trace span, when tracing is on."""
@@ -103,8 +106,12 @@ class RouteStage:
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
+        if self._mcp is not None:
+            return await self._mcp.handle(request)
         try:
             if kind == "request_headers":
+                if self._is_mcp(request.request_headers):
+                    return await self._start_mcp(request.request_headers, request.metadata_context)
                 reply = self.on_request_headers(request.request_headers, request.metadata_context)
                 if self._stored is not None:  # a stored Response's call, answered from the store
                     return await self._answer_stored(*self._stored)
@@ -138,10 +145,35 @@ class RouteStage:
         if self._outcome is not None:
             self._report(self._outcome)
 
+    def _is_mcp(self, headers: HttpHeaders) -> bool:
+        mcp = self._runtime.mcp
+        if mcp is None:
+            return False
+        path = next((h.raw_value or h.value.encode() for h in headers.headers.headers if h.key == ":path"), b"")
+        path = path.partition(b"?")[0]
+        return (path.rstrip(b"/") or b"/") == mcp.settings.path.encode().rstrip(b"/")
+
+    async def _start_mcp(self, message: HttpHeaders, context: Metadata | None) -> ProcessingResponse:
+        """The MCP endpoint: the caller authenticates as for models; `McpStage` takes the stream from here."""
+        assert self._runtime.mcp is not None
+        self.error_style = "mcp"
+        headers = messages.header_dict(message)
+        if self._outcome is not None:
+            self._outcome.request_id, self._outcome.endpoint = headers.get("x-request-id", ""), "mcp"
+            if self._runtime.telemetry.tracing is not None:
+                self._span = self._runtime.telemetry.tracing.start_request(headers)
+        key = identify(self._runtime.issuers, self._runtime.keys, headers, context)
+        if self._outcome is not None:
+            self._outcome.key_id, self._outcome.team = key.id, key.team
+        self._mcp = McpStage(self._runtime, self._runtime.mcp, key, headers, self._outcome)
+        return await self._mcp.on_request_headers()
+
     def _report(self, outcome: Outcome) -> None:
-        """This stage reports its own refusals, direct routes, and a chain's failed final answer; a chain's
-        successful answer is reported by the attempt stage that served it (it alone saw the body)."""
-        if self._attempt is not None:
+        """This stage reports its own refusals, direct routes, MCP requests, and a chain's failed final answer; a
+        chain's successful answer is reported by the attempt stage that served it (it alone saw the body)."""
+        if self._mcp is not None:
+            self._mcp.fill(outcome)
+        elif self._attempt is not None:
             self._attempt.fill(outcome)
         elif outcome.route and (outcome.status == 0 or 200 <= outcome.status < 300):
             if self._span is not None:  # the attempt stage reports the answer; the request's span ends here

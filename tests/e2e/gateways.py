@@ -28,6 +28,7 @@ import re
 import secrets
 import signal
 import ssl
+import sys
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -205,6 +206,31 @@ class GatewayBuilder:
         demo = Demo(handle, name or handle, kind, int(ready["port"]), api_key, tls_hostname, ca)
         self.demos[handle] = demo
         return demo
+
+    def mcp_server(self, name: str, *, api_key: str | None = None, prefix: str | None = None,
+                   **fields: Any) -> dict[str, Any]:
+        """The demo MCP tool server over Streamable HTTP (`ext_proc.demo --kind mcp`), added to `mcp.servers`; with
+        `api_key`, it wants it as a bearer token, which the gateway sends from an env SecretRef."""
+        argv = ["--kind", "mcp", "--name", name, "--port", "0", *(["--api-key", api_key] if api_key else [])]
+        _, ready = self.supervisor.start_reporting(f"mcp-{name}", python_module("ext_proc.demo", *argv))
+        entry: dict[str, Any] = {"name": name, "url": f"http://127.0.0.1:{ready['port']}/mcp", **fields}
+        if api_key is not None:
+            variable = "BG_E2E_MCP_" + re.sub(r"\W", "_", name).upper()
+            self.env[variable] = api_key
+            entry["bearer"] = {"env": variable}
+        if prefix is not None:
+            entry["prefix"] = prefix
+        self.config.setdefault("mcp", {}).setdefault("servers", []).append(entry)
+        return entry
+
+    def mcp_stdio_server(self, name: str, **fields: Any) -> dict[str, Any]:
+        """The demo stdio MCP server behind the gateway's bridge, added to `mcp.servers` as a `command` server."""
+        argv = ["--port", "0", "--", sys.executable, "-m", "ext_proc.demo.mcp_stdio"]
+        _, ready = self.supervisor.start_reporting(f"bridge-{name}", python_module("ext_proc.mcp_bridge", *argv))
+        entry: dict[str, Any] = {"name": name, "command": [sys.executable, "-m", "ext_proc.demo.mcp_stdio"],
+                                 "port": int(ready["port"]), **fields}
+        self.config.setdefault("mcp", {}).setdefault("servers", []).append(entry)
+        return entry
 
     def unreachable(self, handle: str, kind: str = "openai") -> Demo:
         """Where a demo provider would listen, with nothing there: its backends' connections are refused."""

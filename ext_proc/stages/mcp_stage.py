@@ -1,0 +1,466 @@
+"""The MCP endpoint (`mcp.path`, `/mcp` by default): one virtual MCP server over every configured upstream, run in
+the route stage's stream of the request.
+
+- Answered here, from memory or the session store: `initialize` (a new gateway session), `server/discover` (the
+  stateless revision), `ping`, every list method (the merged catalog, the caller's allow-list applied, the gateway's
+  own cursors), notifications and client responses (202), `DELETE` (the session ends).
+- Forwarded through Envoy to the server's cluster (`x-babelgate-int-mcp` names it): `tools/call`, `prompts/get`,
+  `resources/read` and `completion/complete`, with the upstream's name restored, the gateway's credentials for that
+  server, the upstream session and revision, and the client's credentials and session removed. The answer streams
+  back through `mcp_relay.py`.
+- Policy before forwarding: the caller's allow-list (an unknown tool and a forbidden one are told apart only by the
+  code: FORBIDDEN for a tool the key may not see would reveal it, so both read "unknown tool"... except that the
+  admin-visible audit line names the refusal), call limits (`limits.limiter.call_scopes`), argument size, and
+  guardrails on the arguments.
+- Errors: JSON-RPC errors with the request's id; HTTP 200 for a request the gateway refused on policy (the client's
+  SDK hands it to the caller), 400 for a body that is not a usable JSON-RPC request, 404 for an unknown session,
+  401 for a missing or bad key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import orjson
+
+from .. import constants
+from ..auth.virtual_keys import KeyInfo
+from ..errors import GatewayError, RateLimited
+from ..guardrails.engine import apply as apply_guardrails
+from ..json_types import JsonObject
+from ..limits.limiter import Demand
+from ..limits.store import StoreUnavailable
+from ..mcp import jsonrpc
+from ..mcp.catalog import Allow, Catalog
+from ..mcp.jsonrpc import Message, RpcError
+from ..mcp.protocol import (
+    LIST_METHODS,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_PROTOCOL_VERSION,
+    METHOD_HEADER,
+    NAME_BEARING,
+    NAME_HEADER,
+    SESSION_HEADER,
+    STATELESS_VERSIONS,
+    VERSION_HEADER,
+    allows_batches,
+    header_value,
+    is_stateless,
+    negotiate,
+    read_envelope,
+)
+from ..mcp.service import McpService
+from ..mcp.sessions import Session
+from ..mcp.upstream_client import UpstreamError, UpstreamSession
+from ..runtime.build import Runtime
+from ..telemetry.outcome import Outcome
+from ..wire.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from . import messages
+from .attempt import STREAMED_RESPONSE_MODE
+from .mcp_relay import SSE_CONTENT_TYPE, CallFacts, Relay, decorate_stateless
+from .upstream_request import forwarded_never
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Span
+
+log = logging.getLogger(__name__)
+audit = logging.getLogger("babelgate.audit")
+
+FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
+SERVER_INFO: JsonObject = {"name": "babelgate", "title": "Babelgate MCP gateway", "version": "1"}
+CAPABILITIES: JsonObject = {"tools": {"listChanged": True}, "resources": {"listChanged": True},
+                            "prompts": {"listChanged": True}, "completions": {}}
+_CLIENT_META = (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES, META_CLIENT_INFO)
+_REMOVED_UPSTREAM = ("authorization", "x-api-key", "cookie", SESSION_HEADER, VERSION_HEADER, METHOD_HEADER,
+                     NAME_HEADER, "last-event-id", "content-length")
+_ACCEPTED = 202
+
+
+class McpStage:
+    def __init__(self, runtime: Runtime, service: McpService, key: KeyInfo, headers: dict[str, str],
+                 outcome: Outcome | None, span: Span | None = None) -> None:
+        self._runtime = runtime
+        self._service = service
+        self._key = key
+        self._headers = headers
+        self._outcome = outcome
+        self._span = span
+        self._allow: Allow = service.allow_for(key)
+        self._relay: Relay | None = None
+        self._facts: CallFacts | None = None
+        self._session: Session | None = None
+        self._upstream: UpstreamSession | None = None
+        self._bytes_in = 0
+        self.tool: str | None = None
+
+    # -- phases --------------------------------------------------------------------------------------------------
+
+    async def on_request_headers(self) -> ProcessingResponse:
+        method = self._headers.get(":method", "")
+        if method == "DELETE":
+            return await self._delete()
+        if method == "GET":  # the optional server-to-client stream: the gateway offers none (as the spec allows)
+            return self._status(405, b"", (("allow", "POST, DELETE"),))
+        if method != "POST":
+            return self._status(405, b"", (("allow", "POST, DELETE"),))
+        return messages.request_headers_reply()
+
+    async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
+        kind = request.WhichOneof("request")
+        if kind == "request_body":
+            return await self._on_body(request.request_body.body)
+        if kind == "response_headers":
+            return await self._on_response_headers(messages.header_dict(request.response_headers))
+        if kind == "response_body" and self._relay is not None:
+            body = request.response_body
+            out = self._relay.chunk(body.body, body.end_of_stream)
+            if body.end_of_stream:
+                self._finish_relay()
+            return messages.response_body_reply(body=out)
+        return messages.continue_unchanged(kind)
+
+    def fill(self, outcome: Outcome) -> None:
+        outcome.endpoint = "mcp"
+        if self._facts is not None:
+            outcome.route = f"mcp:{self._facts.server}"
+            outcome.requested_model = self.tool or ""
+
+    # -- the request ---------------------------------------------------------------------------------------------
+
+    async def _on_body(self, raw: bytes) -> ProcessingResponse:
+        self._bytes_in = len(raw)
+        session_id = self._headers.get(SESSION_HEADER)
+        try:
+            if session_id is not None:
+                self._session = await self._service.sessions.get(session_id, self._key.id)
+        except StoreUnavailable:
+            return self._error(None, jsonrpc.INTERNAL_ERROR, "The session store is unavailable; try again.", 503)
+        if session_id is not None and self._session is None:
+            return self._error(None, jsonrpc.SESSION_UNKNOWN, "Unknown or expired session: initialize again.", 404)
+        version = self._session.version if self._session is not None else ""
+        try:
+            parsed = jsonrpc.parse_body(raw, allow_batch=allows_batches(version),
+                                        max_bytes=self._runtime.max_body_bytes)
+        except RpcError as error:
+            return self._error(error.id, error.code, error.message, 400, error.data)
+        requests = [item for item in parsed.items if isinstance(item, Message) and item.kind == "request"]
+        errors = [item for item in parsed.items if isinstance(item, RpcError)]
+        if not requests and not errors:
+            self._record(method="notification", status=_ACCEPTED)
+            return self._status(_ACCEPTED, b"", ())
+        if parsed.batch:
+            return await self._batch(requests, errors)
+        if errors:
+            return self._error(errors[0].id, errors[0].code, errors[0].message, 400, errors[0].data)
+        message = requests[0]
+        try:
+            return await self._request(message)
+        except RpcError as error:
+            return self._error(message.id, error.code, error.message, 200, error.data)
+
+    async def _batch(self, requests: list[Message], errors: list[RpcError]) -> ProcessingResponse:
+        """2025-03-26 batches: answered here, member by member; a call must come alone (it streams)."""
+        answers = [orjson.loads(error.with_id(error.id).encode()) for error in errors]
+        for message in requests:
+            try:
+                if message.method in FORWARDED_METHODS:
+                    raise RpcError(jsonrpc.INVALID_REQUEST, f"send {message.method} on its own, not in a batch")
+                answers.append({"jsonrpc": "2.0", "id": message.id, "result": await self._local(message)})
+            except RpcError as error:
+                answers.append(orjson.loads(error.with_id(message.id).encode()))
+        self._record(method="batch", status=200)
+        return self._status(200, orjson.dumps(answers))
+
+    async def _request(self, message: Message) -> ProcessingResponse:
+        assert message.method is not None
+        self._record(method=message.method, status=200)
+        if message.method == "initialize":
+            return await self._initialize(message)
+        if self._session is None and message.method != "server/discover":
+            if not self._stateless(message):
+                return self._error(message.id, jsonrpc.INVALID_REQUEST, "Bad Request: no valid session id; send "
+                                   f"initialize first, then its {SESSION_HEADER} header.", 400)
+            read_envelope(message.method, message.params, self._headers)
+        if message.method in FORWARDED_METHODS:
+            return await self._forward(message)
+        return self._answer(message.id, await self._local(message))
+
+    def _stateless(self, message: Message) -> bool:
+        meta = (message.params or {}).get("_meta")
+        return (isinstance(meta, dict) and META_PROTOCOL_VERSION in meta) or (
+            self._headers.get(VERSION_HEADER) in STATELESS_VERSIONS)
+
+    async def _initialize(self, message: Message) -> ProcessingResponse:
+        params = message.params or {}
+        version = negotiate(params.get("protocolVersion"))
+        offered, told = params.get("capabilities"), params.get("clientInfo")
+        capabilities: JsonObject = offered if isinstance(offered, dict) else {}
+        info: JsonObject | None = told if isinstance(told, dict) else None
+        try:
+            session = await self._service.sessions.create(self._key.id, version, capabilities, info)
+        except StoreUnavailable:
+            return self._error(message.id, jsonrpc.INTERNAL_ERROR, "The session store is unavailable; try again.",
+                               503)
+        result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO,
+                  "instructions": self._instructions()}
+        return self._status(200, jsonrpc.result(message.id, result), (
+            ("content-type", messages.JSON_CONTENT_TYPE), (SESSION_HEADER, session.id)))
+
+    def _instructions(self) -> str:
+        names = ", ".join(f"{s.name_prefix}{self._service.settings.separator}*" for s in self._service.settings.servers
+                          if self._allow.server(s.name))
+        return f"Babelgate: tools and prompts of several MCP servers, named {names}."
+
+    async def _local(self, message: Message) -> JsonObject:
+        """The result of a method the gateway answers itself."""
+        method, params = message.method, message.params or {}
+        stateless = self._session is None
+        if method == "ping":
+            result: JsonObject = {}
+        elif method == "server/discover":
+            result = {"supportedVersions": list(STATELESS_VERSIONS), "capabilities": CAPABILITIES,
+                      "serverInfo": SERVER_INFO, "instructions": self._instructions()}
+            stateless = True
+        elif method in LIST_METHODS:
+            catalog = await self._service.fresh_catalog()
+            result = catalog.page(method, self._allow, params.get("cursor"))
+        else:
+            raise RpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+        return decorate_stateless(method or "", result, self._ttl_ms()) if stateless else result
+
+    def _ttl_ms(self) -> int:
+        return int(min(self._service.settings.list_ttl, 60.0) * 1000)
+
+    async def _delete(self) -> ProcessingResponse:
+        session_id = self._headers.get(SESSION_HEADER)
+        if session_id is None:
+            return self._error(None, jsonrpc.INVALID_REQUEST, f"DELETE needs the {SESSION_HEADER} header.", 400)
+        try:
+            session = await self._service.sessions.delete(session_id, self._key.id)
+        except StoreUnavailable:
+            return self._error(None, jsonrpc.INTERNAL_ERROR, "The session store is unavailable; try again.", 503)
+        if session is None:
+            return self._error(None, jsonrpc.SESSION_UNKNOWN, "Unknown or expired session.", 404)
+        await self._service.end(session)
+        self._record(method="session/delete", status=200)
+        return self._status(200, b"", ())
+
+    # -- forwarding ----------------------------------------------------------------------------------------------
+
+    async def _forward(self, message: Message) -> ProcessingResponse:
+        method = message.method or ""
+        params = dict(message.params or {})
+        catalog = await self._service.fresh_catalog()
+        server, upstream_name = self._target(method, params, catalog)
+        if method == "tools/call":
+            self.tool = str(params.get("name"))
+            await self._check_call(params)
+        try:
+            upstream = await self._service.upstream_session(server, self._session)
+        except (UpstreamError, StoreUnavailable) as exc:
+            self._service.servers[server].healthy = False
+            return self._error(message.id, jsonrpc.UPSTREAM_UNAVAILABLE,
+                               f"The MCP server {server!r} is unavailable: {exc}", 200)
+        self._upstream = upstream
+        self._rename(method, params, upstream_name)
+        self._fit_meta(params, upstream.version)
+        body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": method, "params": params})
+        self._facts = CallFacts(message.id, method, server, self._session is None, self._service.guardrails,
+                                f"mcp:{server}", self._key.id, self._ttl_ms())
+        headers = self._upstream_headers(server, upstream, method, params, len(body))
+        replaced = {name for name, _ in headers}
+        # X-Forwarded-* go with the MCP route's `request_headers_to_remove`: Envoy matches routes on them
+        remove = [name for name in self._headers if name not in replaced and (
+            name in _REMOVED_UPSTREAM or forwarded_never(name)) and not name.startswith((":", "x-forwarded-"))]
+        metadata = {constants.METADATA_ROUTE_KEY: f"mcp:{server}", constants.METADATA_ENDPOINT_KEY: "mcp",
+                    constants.METADATA_KEY_ID_KEY: self._key.id}
+        if self._outcome is not None:
+            self._outcome.route, self._outcome.requested_model = f"mcp:{server}", self.tool or method
+        return messages.request_body_reply(set_headers=headers, remove=remove, body=body, clear_route_cache=True,
+                                           metadata=metadata)
+
+    def _target(self, method: str, params: JsonObject, catalog: Catalog) -> tuple[str, str]:
+        """(server, upstream name or URI) the request goes to, or the JSON-RPC refusal."""
+        if method == "tools/call" or method == "prompts/get":
+            name = params.get("name")
+            if not isinstance(name, str) or not name:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "params.name must be a non-empty string")
+            target = (catalog.route_tool(name, self._allow) if method == "tools/call"
+                      else catalog.route_prompt(name, self._allow))
+            if target is None:
+                self._refused(method, name)
+                kind = "tool" if method == "tools/call" else "prompt"
+                raise RpcError(jsonrpc.INVALID_PARAMS, f"Unknown {kind}: {name}", {"name": name})
+            return target
+        if method == "resources/read":
+            uri = params.get("uri")
+            if not isinstance(uri, str) or not uri:
+                raise RpcError(jsonrpc.INVALID_PARAMS, "params.uri must be a non-empty string")
+            server = catalog.route_uri(uri, self._allow)
+            if server is None:
+                self._refused(method, uri)
+                raise RpcError(jsonrpc.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+            return server, uri
+        ref = params.get("ref")
+        if not isinstance(ref, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "params.ref must be an object")
+        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
+            target = catalog.route_prompt(ref["name"], self._allow)
+        elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
+            owner = catalog.route_uri(ref["uri"], self._allow)
+            target = (owner, ref["uri"]) if owner is not None else None
+        else:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "params.ref must be a ref/prompt with a name or a ref/resource "
+                                                   "with a uri")
+        if target is None:
+            raise RpcError(jsonrpc.INVALID_PARAMS, "Unknown completion reference", {"ref": ref})
+        return target
+
+    def _refused(self, method: str, name: str) -> None:
+        audit.warning("mcp refused: key=%s team=%s method=%s name=%r reason=%s", self._key.id, self._key.team,
+                      method, name[:200], "not in the catalog or not allowed for this key")
+
+    async def _check_call(self, params: JsonObject) -> None:
+        """Limits, argument size and guardrails of a tool call."""
+        settings = self._service.settings
+        arguments = params.get("arguments", {})
+        if arguments is not None and not isinstance(arguments, dict):
+            raise RpcError(jsonrpc.INVALID_PARAMS, "params.arguments must be an object")
+        size = len(orjson.dumps(arguments))
+        if size > settings.max_argument_bytes:
+            limit = settings.max_argument_bytes
+            raise RpcError(jsonrpc.TOO_LARGE, f"The tool arguments are {size} bytes; this gateway accepts at most "
+                                              f"{limit}.", {"max_bytes": limit})
+        limiter = self._runtime.limiter
+        tool = str(params.get("name"))
+        if limiter is not None:
+            scopes = limiter.call_scopes(self._key.id, self._key.team, tool)
+            if scopes:
+                try:
+                    await limiter.reserve(scopes, _ONE_CALL, "")
+                except RateLimited as refusal:
+                    audit.warning("mcp refused: key=%s tool=%s reason=rate limited", self._key.id, tool)
+                    retry = next((value for name, value in refusal.headers if name == "retry-after"), None)
+                    raise RpcError(jsonrpc.RATE_LIMITED, refusal.message,
+                                   {"retry_after": int(retry)} if retry else None) from None
+                except GatewayError as unavailable:
+                    raise RpcError(jsonrpc.INTERNAL_ERROR, unavailable.message) from None
+        guardrails = self._service.guardrails
+        if guardrails and arguments:
+            try:
+                apply_guardrails(guardrails, params, phase="request", route=f"mcp:{tool}", key_id=self._key.id)
+            except GatewayError as blocked:
+                audit.warning("mcp refused: key=%s tool=%s reason=guardrail", self._key.id, tool)
+                raise RpcError(jsonrpc.BLOCKED, blocked.message) from None
+
+    @staticmethod
+    def _rename(method: str, params: JsonObject, upstream_name: str) -> None:
+        if method in ("tools/call", "prompts/get"):
+            params["name"] = upstream_name
+        elif method == "completion/complete" and params["ref"].get("type") == "ref/prompt":
+            params["ref"] = {**params["ref"], "name": upstream_name}
+
+    @staticmethod
+    def _fit_meta(params: JsonObject, upstream_version: str) -> None:
+        """The client's `_meta` as the upstream's revision wants it: its progress token and own keys kept, the
+        stateless envelope the gateway's for a stateless upstream and absent for a handshake one."""
+        meta = params.get("_meta")
+        kept = {k: v for k, v in meta.items() if k not in _CLIENT_META} if isinstance(meta, dict) else {}
+        if is_stateless(upstream_version):
+            kept.update({META_PROTOCOL_VERSION: upstream_version, META_CLIENT_CAPABILITIES: {},
+                         META_CLIENT_INFO: SERVER_INFO})
+        if kept:
+            params["_meta"] = kept
+        else:
+            params.pop("_meta", None)
+
+    def _upstream_headers(self, server: str, upstream: UpstreamSession, method: str, params: JsonObject,
+                          length: int) -> list[tuple[str, str]]:
+        state = self._service.servers[server]
+        headers = [(constants.HEADER_MCP, server), (":path", _path_of(state.url)),
+                   ("content-type", messages.JSON_CONTENT_TYPE), ("content-length", str(length)),
+                   ("accept", f"{messages.JSON_CONTENT_TYPE}, {SSE_CONTENT_TYPE}"), (VERSION_HEADER, upstream.version)]
+        if upstream.session_id:
+            headers.append((SESSION_HEADER, upstream.session_id))
+        if is_stateless(upstream.version):
+            headers.append((METHOD_HEADER, method))
+            named = NAME_BEARING.get(method)
+            if named is not None and isinstance(params.get(named), str):
+                headers.append((NAME_HEADER, header_value(params[named])))
+        headers.extend(self._service.credentials.get(server, {}).items())
+        return headers
+
+    # -- the answer ----------------------------------------------------------------------------------------------
+
+    async def _on_response_headers(self, headers: dict[str, str]) -> ProcessingResponse:
+        facts = self._facts
+        status = headers.get(":status", "")
+        if facts is None:  # answered by this stage: nothing to relay
+            return messages.response_headers_reply()
+        if not status.startswith("2"):
+            if status == "404" and self._upstream is not None and self._upstream.session_id:
+                await self._service.forget(facts.server, self._session)
+                return self._error(facts.request_id, jsonrpc.UPSTREAM_UNAVAILABLE, f"The MCP server "
+                                   f"{facts.server!r} ended its session; retry the call.", 200)
+            timeout = status == "504"
+            if not timeout:
+                self._service.servers[facts.server].healthy = False
+            code = jsonrpc.UPSTREAM_TIMEOUT if timeout else jsonrpc.UPSTREAM_UNAVAILABLE
+            text = ("did not answer in time" if timeout else f"answered HTTP {status}")
+            return self._error(facts.request_id, code, f"The MCP server {facts.server!r} {text}.", 200)
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in (SSE_CONTENT_TYPE, messages.JSON_CONTENT_TYPE):
+            return self._error(facts.request_id, jsonrpc.UPSTREAM_UNAVAILABLE,
+                               f"The MCP server {facts.server!r} answered {kind or 'no content type'}.", 200)
+        self._relay = Relay(facts, self._service.settings.max_result_bytes, self._service.notified,
+                            streaming=kind == SSE_CONTENT_TYPE)
+        return messages.response_headers_reply(remove=("content-length", SESSION_HEADER),
+                                               mode=STREAMED_RESPONSE_MODE)
+
+    def _finish_relay(self) -> None:
+        relay = self._relay
+        outcome = self._outcome
+        if relay is None or outcome is None:
+            return
+        outcome.output_tokens = relay.bytes_out
+        if relay.error is not None:
+            outcome.error_type = relay.error
+
+    # -- replies -------------------------------------------------------------------------------------------------
+
+    def _record(self, *, method: str, status: int) -> None:
+        if self._outcome is not None:
+            self._outcome.served_model = method
+            self._outcome.status = status
+            self._outcome.input_tokens = self._bytes_in
+
+    def _answer(self, message_id: str | int | None, result: JsonObject) -> ProcessingResponse:
+        return self._status(200, jsonrpc.result(message_id, result))
+
+    def _error(self, message_id: str | int | None, code: int, text: str, status: int,
+               data: JsonObject | None = None) -> ProcessingResponse:
+        if self._outcome is not None:
+            self._outcome.error_type = str(code)
+            self._outcome.status = status
+        return self._status(status, jsonrpc.error(message_id, code, text, data))
+
+    def _status(self, status: int, body: bytes,
+                headers: tuple[tuple[str, str], ...] = (("content-type", messages.JSON_CONTENT_TYPE),)
+                ) -> ProcessingResponse:
+        if self._outcome is not None:
+            self._outcome.status = status
+            self._outcome.ended = time.monotonic()
+        return messages.immediate(status, body, headers, details="babelgate_mcp")
+
+
+_ONE_CALL = Demand(0, 0, 0)
+"""What a tool call asks of the limiter: its rules count `calls`, one per call."""
+
+
+def _path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
