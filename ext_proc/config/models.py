@@ -768,6 +768,8 @@ class McpSettings(_Strict):
         "Where Envoy and the ext_proc servers reach the bridges of stdio servers (the host running `babelgate "
         "serve`: `127.0.0.1` with `babelgate up`, the babelgate service's name in compose or Kubernetes)."))
     limits: McpLimits = Field(default_factory=lambda: McpLimits(), description="Tool-call limits.")
+    log_content: bool = Field(False, description="The request log keeps tool arguments and results (`prompt`, "
+                                                 "`completion` columns); off: only names, sizes and outcomes.")
     guardrails: list[GuardrailSettings] = Field([], description=(
         "Checked on tool-call arguments (`apply_to: request`) and on every forwarded answer (`response`): tool "
         "results, prompts, resources."))

@@ -84,8 +84,12 @@ def upstream_url(server: McpServer, bridge_host: str) -> str:
 
 class McpService:
     def __init__(self, settings: McpSettings, sessions: SessionStore, credentials: dict[str, dict[str, str]],
-                 cursor_key: bytes, teams: dict[str, Team] | None = None) -> None:
+                 cursor_key: bytes, teams: dict[str, Team] | None = None, wait_budget: float = 2.5) -> None:
+        """`wait_budget`: the longest a request waits for an upstream here (the first fill of the catalog, opening
+        an upstream session); under Envoy's ext_proc message timeout, so a slow upstream is this request's error
+        (or a partial first list), never the gateway's timeout."""
         self.settings = settings
+        self.wait_budget = wait_budget
         self.sessions = sessions
         self.credentials = credentials
         """Server name -> the headers the gateway adds upstream (secrets already read)."""
@@ -129,7 +133,8 @@ class McpService:
         if any(server.healthy is None for server in self.servers.values()):
             if self._first_fill is None or (self._first_fill.done() and self._never_filled()):
                 self._first_fill = asyncio.get_running_loop().create_task(self.refresh())
-            await asyncio.shield(self._first_fill)
+            with contextlib.suppress(TimeoutError):  # past the budget: answer with what has arrived
+                await asyncio.wait_for(asyncio.shield(self._first_fill), self.wait_budget)
         elif self.catalog.stale() and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
         return self.catalog
@@ -190,6 +195,13 @@ class McpService:
     async def upstream_session(self, server: str, session: Session | None) -> UpstreamSession:
         """The upstream session a call for `session` (None: a stateless client) goes on, opened if needed."""
         state = self.servers[server]
+        try:
+            return await asyncio.wait_for(self._session_for(state, session), self.wait_budget)
+        except TimeoutError:
+            raise UpstreamError(f"no session with {server!r} within {self.wait_budget:g}s", timeout=True) from None
+
+    async def _session_for(self, state: ServerState, session: Session | None) -> UpstreamSession:
+        server = state.settings.name
         if session is None:
             return await self._shared(state)
         recorded = session.upstream.get(server)

@@ -294,7 +294,8 @@ def _mcp_service(config: Config, previous: Runtime | None, load_secrets: bool) -
         password = read_secret(redis.password, config.origin.at(("limits", "redis", "password")))
     credentials = read_credentials(config.mcp, read_secret, lambda index: config.origin.at(("mcp", "servers", index)))
     sessions = build_session_store(config.mcp.session_ttl, redis, password)
-    return McpService(config.mcp, sessions, credentials, cursor_key(), {team.id: team for team in config.teams})
+    return McpService(config.mcp, sessions, credentials, cursor_key(), {team.id: team for team in config.teams},
+                      wait_budget=config.ext_proc.message_timeout / 2)
 
 
 def retired_by(old: Runtime, new: Runtime) -> list[object]:

@@ -51,6 +51,8 @@ class Relay:
     on_list_changed: Callable[[str, str], None]
     streaming: bool
     """An SSE answer (else JSON)."""
+    keep_result: bool = False
+    """Keep the result's JSON for the request log (`mcp.log_content`)."""
     bytes_in: int = 0
     bytes_out: int = 0
     error: str | None = None
@@ -143,6 +145,8 @@ class Relay:
             self.error = "tool_error"
         if self.facts.stateless_client:
             decorate_stateless(self.facts.method, result, self.facts.ttl_ms)
+        if self.keep_result:
+            self.result_text = orjson.dumps(result).decode()
         return orjson.dumps({"jsonrpc": "2.0", "id": self.facts.request_id, "result": result})
 
     def _encoded_failure(self, code: int, message: str) -> bytes:

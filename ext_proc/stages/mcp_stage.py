@@ -19,6 +19,7 @@ the route stage's stream of the request.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -57,7 +58,7 @@ from ..mcp.service import McpService
 from ..mcp.sessions import Session
 from ..mcp.upstream_client import UpstreamError, UpstreamSession
 from ..runtime.build import Runtime
-from ..telemetry.outcome import Outcome
+from ..telemetry.outcome import McpFacts, Outcome
 from ..wire.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from . import messages
 from .attempt import STREAMED_RESPONSE_MODE
@@ -94,8 +95,7 @@ class McpStage:
         self._facts: CallFacts | None = None
         self._session: Session | None = None
         self._upstream: UpstreamSession | None = None
-        self._bytes_in = 0
-        self.tool: str | None = None
+        self._mcp = outcome.mcp if outcome is not None and outcome.mcp is not None else McpFacts()
 
     # -- phases --------------------------------------------------------------------------------------------------
 
@@ -124,16 +124,18 @@ class McpStage:
         return messages.continue_unchanged(kind)
 
     def fill(self, outcome: Outcome) -> None:
+        """What the route stage reports of this request (`outcome.mcp` was filled as it went)."""
         outcome.endpoint = "mcp"
-        if self._facts is not None:
-            outcome.route = f"mcp:{self._facts.server}"
-            outcome.requested_model = self.tool or ""
+        if self._mcp.server:
+            outcome.route = f"mcp:{self._mcp.server}"
 
     # -- the request ---------------------------------------------------------------------------------------------
 
     async def _on_body(self, raw: bytes) -> ProcessingResponse:
-        self._bytes_in = len(raw)
+        self._mcp.bytes_in = len(raw)
         session_id = self._headers.get(SESSION_HEADER)
+        if session_id is not None:
+            self._mcp.session_id = _session_label(session_id)
         try:
             if session_id is not None:
                 self._session = await self._service.sessions.get(session_id, self._key.id)
@@ -256,8 +258,8 @@ class McpStage:
         params = dict(message.params or {})
         catalog = await self._service.fresh_catalog()
         server, upstream_name = self._target(method, params, catalog)
+        self._mcp.server, self._mcp.target = server, str(params.get("name", params.get("uri", "")))[:256]
         if method == "tools/call":
-            self.tool = str(params.get("name"))
             await self._check_call(params)
         try:
             upstream = await self._service.upstream_session(server, self._session)
@@ -266,6 +268,9 @@ class McpStage:
             return self._error(message.id, jsonrpc.UPSTREAM_UNAVAILABLE,
                                f"The MCP server {server!r} is unavailable: {exc}", 200)
         self._upstream = upstream
+        self._mcp.protocol_version = upstream.version
+        if self._outcome is not None and self._service.settings.log_content:
+            self._outcome.prompt = orjson.dumps(params.get("arguments", params)).decode()
         self._rename(method, params, upstream_name)
         self._fit_meta(params, upstream.version)
         body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": method, "params": params})
@@ -278,8 +283,6 @@ class McpStage:
             name in _REMOVED_UPSTREAM or forwarded_never(name)) and not name.startswith((":", "x-forwarded-"))]
         metadata = {constants.METADATA_ROUTE_KEY: f"mcp:{server}", constants.METADATA_ENDPOINT_KEY: "mcp",
                     constants.METADATA_KEY_ID_KEY: self._key.id}
-        if self._outcome is not None:
-            self._outcome.route, self._outcome.requested_model = f"mcp:{server}", self.tool or method
         return messages.request_body_reply(set_headers=headers, remove=remove, body=body, clear_route_cache=True,
                                            metadata=metadata)
 
@@ -344,6 +347,8 @@ class McpStage:
                     await limiter.reserve(scopes, _ONE_CALL, "")
                 except RateLimited as refusal:
                     audit.warning("mcp refused: key=%s tool=%s reason=rate limited", self._key.id, tool)
+                    if self._outcome is not None:
+                        self._outcome.rate_limited_scope = refusal.scope or "unknown"
                     retry = next((value for name, value in refusal.headers if name == "retry-after"), None)
                     raise RpcError(jsonrpc.RATE_LIMITED, refusal.message,
                                    {"retry_after": int(retry)} if retry else None) from None
@@ -417,7 +422,7 @@ class McpStage:
             return self._error(facts.request_id, jsonrpc.UPSTREAM_UNAVAILABLE,
                                f"The MCP server {facts.server!r} answered {kind or 'no content type'}.", 200)
         self._relay = Relay(facts, self._service.settings.max_result_bytes, self._service.notified,
-                            streaming=kind == SSE_CONTENT_TYPE)
+                            streaming=kind == SSE_CONTENT_TYPE, keep_result=self._service.settings.log_content)
         return messages.response_headers_reply(remove=("content-length", SESSION_HEADER),
                                                mode=STREAMED_RESPONSE_MODE)
 
@@ -426,17 +431,19 @@ class McpStage:
         outcome = self._outcome
         if relay is None or outcome is None:
             return
-        outcome.output_tokens = relay.bytes_out
+        self._mcp.bytes_out = relay.bytes_out
+        outcome.ended = time.monotonic()
         if relay.error is not None:
             outcome.error_type = relay.error
+        if relay.result_text is not None:
+            outcome.completion = relay.result_text
 
     # -- replies -------------------------------------------------------------------------------------------------
 
     def _record(self, *, method: str, status: int) -> None:
+        self._mcp.method = method
         if self._outcome is not None:
-            self._outcome.served_model = method
             self._outcome.status = status
-            self._outcome.input_tokens = self._bytes_in
 
     def _answer(self, message_id: str | int | None, result: JsonObject) -> ProcessingResponse:
         return self._status(200, jsonrpc.result(message_id, result))
@@ -451,6 +458,7 @@ class McpStage:
     def _status(self, status: int, body: bytes,
                 headers: tuple[tuple[str, str], ...] = (("content-type", messages.JSON_CONTENT_TYPE),)
                 ) -> ProcessingResponse:
+        self._mcp.bytes_out = len(body)
         if self._outcome is not None:
             self._outcome.status = status
             self._outcome.ended = time.monotonic()
@@ -459,6 +467,11 @@ class McpStage:
 
 _ONE_CALL = Demand(0, 0, 0)
 """What a tool call asks of the limiter: its rules count `calls`, one per call."""
+
+
+def _session_label(session_id: str) -> str:
+    """What logs and spans say of a session: a digest (the id is a bearer of the session, with its owner's key)."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:16]
 
 
 def _path_of(url: str) -> str:

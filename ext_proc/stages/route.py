@@ -47,7 +47,7 @@ from ..providers import anthropic_passthrough, fetches
 from ..routing.policies import cooled_last, rank
 from ..routing.rules import RequestFacts, first_match
 from ..runtime.build import BackendInfo, RouteInfo, Runtime, find_route
-from ..telemetry.outcome import Outcome
+from ..telemetry.outcome import McpFacts, Outcome
 from ..wire.base_pb2 import Metadata
 from ..wire.external_processor_pb2 import (
     HttpBody,
@@ -160,6 +160,7 @@ class RouteStage:
         headers = messages.header_dict(message)
         if self._outcome is not None:
             self._outcome.request_id, self._outcome.endpoint = headers.get("x-request-id", ""), "mcp"
+            self._outcome.mcp = McpFacts()
             if self._runtime.telemetry.tracing is not None:
                 self._span = self._runtime.telemetry.tracing.start_request(headers)
         key = identify(self._runtime.issuers, self._runtime.keys, headers, context)

@@ -87,7 +87,17 @@ def row(outcome: Outcome) -> dict:
         "error_type": outcome.error_type,
         "prompt": outcome.prompt,
         "completion": outcome.completion,
+        **_mcp_columns(outcome),
     }
+
+
+def _mcp_columns(outcome: Outcome) -> dict:
+    mcp = outcome.mcp
+    if mcp is None:
+        return {"mcp_method": None, "mcp_server": None, "mcp_target": None, "mcp_session": None, "bytes_in": None,
+                "bytes_out": None}
+    return {"mcp_method": mcp.method, "mcp_server": mcp.server or None, "mcp_target": mcp.target or None,
+            "mcp_session": mcp.session_id or None, "bytes_in": mcp.bytes_in, "bytes_out": mcp.bytes_out}
 
 
 class TelemetryUnavailable(Exception):

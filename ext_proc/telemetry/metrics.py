@@ -29,6 +29,8 @@ class Metrics:
                  aggregation=ExplicitBucketHistogramAggregation(semconv.FIRST_TOKEN_BUCKETS)),
             View(instrument_name=semconv.SERVER_TIME_PER_OUTPUT_TOKEN,
                  aggregation=ExplicitBucketHistogramAggregation(semconv.PER_TOKEN_BUCKETS)),
+            View(instrument_name=semconv.MCP_SERVER_OPERATION_DURATION,
+                 aggregation=ExplicitBucketHistogramAggregation(semconv.MCP_DURATION_BUCKETS)),
         ]
         self.provider = MeterProvider(metric_readers=readers, views=views,
                                       resource=Resource.create({"service.name": service_name}))
@@ -47,6 +49,11 @@ class Metrics:
                                                description="Attempts beyond the first")
         self._refusals = meter.create_counter("babelgate.rate_limit.refusals", unit="{request}",
                                               description="Requests refused by a rate limit or budget, by scope")
+        self._mcp_duration = meter.create_histogram(semconv.MCP_SERVER_OPERATION_DURATION, unit="s",
+                                                    description="MCP requests the gateway served, by method, "
+                                                                "upstream server and tool")
+        self._mcp_requests = meter.create_counter("babelgate.mcp.requests", unit="{request}",
+                                                  description="MCP requests by method, server, tool and status")
         self._counters = counters
         if counters is not None:
             meter.create_observable_counter("babelgate.internal", callbacks=[self._observe],
@@ -58,6 +65,9 @@ class Metrics:
         return [Observation(value, {"counter": name}) for name, value in self._counters().items()]
 
     def record(self, outcome: Outcome) -> None:
+        if outcome.mcp is not None:
+            self._record_mcp(outcome)
+            return
         operation = semconv.OPERATION_BY_ENDPOINT.get(outcome.endpoint, "chat")
         common = {semconv.OPERATION_NAME: operation, semconv.REQUEST_MODEL: outcome.requested_model}
         if outcome.provider:
@@ -80,6 +90,19 @@ class Metrics:
                                "backend": outcome.backend or "none"})
         if outcome.attempts > 1:
             self._failovers.add(outcome.attempts - 1, {"route": outcome.route})
+        if outcome.rate_limited_scope is not None:
+            self._refusals.add(1, {"scope": outcome.rate_limited_scope})
+
+    def _record_mcp(self, outcome: Outcome) -> None:
+        mcp = outcome.mcp
+        assert mcp is not None
+        attributes = {semconv.MCP_METHOD_NAME: mcp.method, "babelgate.mcp.server": mcp.server or "none"}
+        if mcp.method == "tools/call" and mcp.target:
+            attributes[semconv.TOOL_NAME] = mcp.target
+        if outcome.error_type:
+            attributes[semconv.ERROR_TYPE] = outcome.error_type
+        self._mcp_duration.record(outcome.duration, attributes)
+        self._mcp_requests.add(1, {**attributes, "status": str(outcome.status)})
         if outcome.rate_limited_scope is not None:
             self._refusals.add(1, {"scope": outcome.rate_limited_scope})
 

@@ -13,6 +13,20 @@ from .. import constants
 
 
 @dataclass(slots=True)
+class McpFacts:
+    """What an MCP request was: the method, and for a forwarded one the server, the tool (or prompt, URI) and sizes."""
+
+    method: str = ""
+    server: str = ""
+    target: str = ""
+    """The namespaced tool or prompt name, or the resource URI."""
+    session_id: str = ""
+    protocol_version: str = ""
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass(slots=True)
 class Outcome:
     request_id: str = ""
     key_id: str = ""
@@ -40,6 +54,8 @@ class Outcome:
     rate_limited_scope: str | None = None
     prompt: str | None = None
     completion: str | None = None
+    mcp: McpFacts | None = None
+    """Set for a request to the MCP endpoint (whose telemetry differs: no tokens, a server and a tool)."""
 
     @property
     def duration(self) -> float:

@@ -47,6 +47,12 @@ SCHEMA = pa.schema([
     ("error_type", pa.string()),
     ("prompt", pa.string()),
     ("completion", pa.string()),
+    ("mcp_method", pa.string()),
+    ("mcp_server", pa.string()),
+    ("mcp_target", pa.string()),
+    ("mcp_session", pa.string()),
+    ("bytes_in", pa.int64()),
+    ("bytes_out", pa.int64()),
 ])
 COLUMNS = tuple(SCHEMA.names)
 

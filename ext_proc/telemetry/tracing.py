@@ -61,6 +61,9 @@ def traceparent(span: Span) -> str | None:
 
 def finish(span: Span, outcome: Outcome, *, operation: str | None = None) -> None:
     """Name the span as the conventions do (`chat gpt-4o`), set what the request was, what answered, and usage."""
+    if outcome.mcp is not None:
+        finish_mcp(span, outcome)
+        return
     operation = operation or semconv.OPERATION_BY_ENDPOINT.get(outcome.endpoint, "chat")
     model = outcome.served_model if span.kind is SpanKind.CLIENT else outcome.requested_model
     span.update_name(f"{operation} {model}".strip())
@@ -84,6 +87,34 @@ def finish(span: Span, outcome: Outcome, *, operation: str | None = None) -> Non
     first = outcome.time_to_first_token
     if first is not None:
         attributes["gen_ai.response.time_to_first_chunk"] = first
+    span.set_attributes(attributes)
+    if outcome.status >= 400 or outcome.error_type:
+        span.set_attribute(semconv.ERROR_TYPE, outcome.error_type or str(outcome.status))
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def finish_mcp(span: Span, outcome: Outcome) -> None:
+    """An MCP request's span, as the MCP conventions name it: `tools/call github__create_issue`, with the method, the
+    tool (`gen_ai.tool.name`, operation `execute_tool`), the session and the upstream server."""
+    mcp = outcome.mcp
+    assert mcp is not None
+    span.update_name(f"{mcp.method} {mcp.target}".strip())
+    attributes: dict[str, AttributeValue] = {semconv.MCP_METHOD_NAME: mcp.method, semconv.HTTP_STATUS: outcome.status,
+                                             "babelgate.key_id": outcome.key_id, "babelgate.mcp.bytes_in": mcp.bytes_in,
+                                             "babelgate.mcp.bytes_out": mcp.bytes_out}
+    if mcp.method == "tools/call" and mcp.target:
+        attributes.update({semconv.TOOL_NAME: mcp.target, semconv.OPERATION_NAME: "execute_tool"})
+    elif mcp.method == "prompts/get" and mcp.target:
+        attributes[semconv.PROMPT_NAME] = mcp.target
+    elif mcp.method == "resources/read" and mcp.target:
+        attributes[semconv.RESOURCE_URI] = mcp.target
+    if mcp.server:
+        attributes["babelgate.mcp.server"] = mcp.server
+    if mcp.session_id:
+        attributes[semconv.MCP_SESSION_ID] = mcp.session_id
+    if mcp.protocol_version:
+        attributes[semconv.MCP_PROTOCOL_VERSION] = mcp.protocol_version
     span.set_attributes(attributes)
     if outcome.status >= 400 or outcome.error_type:
         span.set_attribute(semconv.ERROR_TYPE, outcome.error_type or str(outcome.status))
