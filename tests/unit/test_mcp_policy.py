@@ -87,7 +87,7 @@ def test_mcp_config_mistakes_are_refused(change: str, message: str) -> None:
 
 def test_several_processes_need_redis_for_mcp_sessions() -> None:
     text = BASE + "ext_proc: {processes: 2}\nmcp:\n  servers: [{name: t, url: 'http://h/mcp'}]\n"
-    with pytest.raises(ConfigError, match="limits.redis"):
+    with pytest.raises(ConfigError, match=r"limits\.redis"):
         parse_config(text)
     parse_config(text + "limits: {redis: {url: 'redis://127.0.0.1:6379'}}\n")
 
