@@ -7,9 +7,11 @@ Decisions worth knowing before changing this file:
   `upstream_client.py` client; a stdio server through its bridge's loopback port). Clients' calls never do: they go
   through Envoy to the server's cluster (`envoy_config/mcp.py`), with Envoy's TLS, pools, timeouts and retries.
 - The catalog is filled lazily and kept fresh in the background: the first list request of a process waits for the
-  first fetch (bounded by each server's `timeout`); later ones answer from memory and, when something is stale
-  (TTL, or an upstream's `list_changed` seen on a call's stream or on a refresh), start one refresh in the
-  background. A server that fails keeps its last good lists and is marked unhealthy until a refresh succeeds.
+  first fetch (at most `wait_budget`, under Envoy's ext_proc message timeout; then it answers what has arrived);
+  later ones answer from memory and, when something is stale (TTL), start one refresh in the background. An
+  upstream's `list_changed` (on a call's stream, or on the server's own GET stream, which each process reads while
+  the server offers one) starts a refresh at once. A server that fails keeps its last good lists and is marked
+  unhealthy until a refresh or a ping succeeds (every `HEALTH_INTERVAL_SECONDS`).
 - Upstream sessions: a gateway session opens its own upstream session per server the first time it needs that
   server, and keeps the id (with the version spoken) in the session store, so another process continues it. A
   stateless-revision client has no gateway session: its calls share this process's session with the server (the
@@ -49,6 +51,8 @@ _LIST_OF_KIND = {kind: method for method, kind in LIST_METHODS.items()}
 _CAPABILITY_OF_KIND = {"tools": "tools", "resources": "resources", "resourceTemplates": "resources",
                        "prompts": "prompts"}
 MAX_ALLOW_CACHED = 4096
+LISTEN_PAUSE_MAX_SECONDS = 30.0
+"""A server whose stream keeps breaking is listened to again at most this often."""
 
 
 @dataclass
@@ -108,6 +112,7 @@ class McpService:
         self._refreshing: asyncio.Task[None] | None = None
         self._first_fill: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        self._listeners: list[asyncio.Task[None]] = []
         self._closed = False
 
     # -- policy --------------------------------------------------------------------------------------------------
@@ -135,8 +140,8 @@ class McpService:
                 self._first_fill = asyncio.get_running_loop().create_task(self.refresh())
             with contextlib.suppress(TimeoutError):  # past the budget: answer with what has arrived
                 await asyncio.wait_for(asyncio.shield(self._first_fill), self.wait_budget)
-        elif self.catalog.stale() and (self._refreshing is None or self._refreshing.done()):
-            self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        elif self.catalog.stale():
+            self._refresh_soon()
         return self.catalog
 
     def _never_filled(self) -> bool:
@@ -183,12 +188,19 @@ class McpService:
         def notified(message: JsonObject) -> None:
             method = message.get("method")
             if isinstance(method, str):
-                self.catalog.notified(server, method)
+                self.notified(server, method)
         return notified
 
     def notified(self, server: str, method: str) -> None:
-        """An upstream notification seen on a call's stream."""
-        self.catalog.notified(server, method)
+        """An upstream notification (on a call's stream, an answer, or the server's own stream): a `list_changed`
+        makes that server's lists stale and starts a refresh now."""
+        if self.catalog.notified(server, method) and not self._closed:
+            self._refresh_soon()
+
+    def _refresh_soon(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: the next request refreshes
+                self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
 
     # -- upstream sessions ---------------------------------------------------------------------------------------
 
@@ -236,7 +248,22 @@ class McpService:
 
     def _start_pinger(self) -> None:
         if self._pinger is None and not self._closed:
-            self._pinger = asyncio.get_running_loop().create_task(self._ping_forever())
+            loop = asyncio.get_running_loop()
+            self._pinger = loop.create_task(self._ping_forever())
+            self._listeners = [loop.create_task(self._listen_forever(state)) for state in self.servers.values()]
+
+    async def _listen_forever(self, state: ServerState) -> None:
+        """Each server's own stream of notifications (its `list_changed` reach the catalog without a call), read
+        again whenever it ends or breaks; not at all when the server offers none."""
+        pause = 1.0
+        while not self._closed:
+            try:
+                if not await state.client.listen(await self._shared(state)):
+                    return
+                pause = 1.0
+            except UpstreamError:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LISTEN_PAUSE_MAX_SECONDS)
 
     async def _ping_forever(self) -> None:
         while not self._closed:
@@ -257,7 +284,7 @@ class McpService:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._pinger, self._refreshing, self._first_fill):
+        for task in (self._pinger, self._refreshing, self._first_fill, *self._listeners):
             if task is not None:
                 task.cancel()
         for state in self.servers.values():

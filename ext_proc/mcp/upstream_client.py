@@ -166,6 +166,35 @@ class UpstreamClient:
             seen.add(cursor)
         raise UpstreamError(f"the upstream's {method} has more than {MAX_PAGES} pages")
 
+    async def listen(self, session: UpstreamSession) -> bool:
+        """Read the server's own stream of messages (`GET`, a handshake revision's session) until it ends, handing
+        notifications to `on_notification`. False when the server offers no such stream (405, or no session to
+        listen on), True when a stream ran and ended (the caller listens again). `UpstreamError` when the server
+        can't be reached. Idle waits are not bounded: the stream is quiet until something changes."""
+        if is_stateless(session.version) or session.session_id is None:
+            return False
+        headers = {**self._session_headers(session), "accept": "text/event-stream"}
+        request = self._client.build_request("GET", self.url, headers=headers,
+                                             timeout=httpx.Timeout(self._timeout, read=None))
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.url} could not be reached: {type(exc).__name__}") from None
+        try:
+            if response.status_code == 405:
+                return False
+            if response.status_code != 200:
+                raise UpstreamError(f"the upstream's stream answered HTTP {response.status_code}")
+            decoder = SSEDecoder(self._max_bytes)
+            async for chunk in response.aiter_bytes():
+                for event in decoder.feed(chunk):
+                    self._notification(event.data)
+            return True
+        except (httpx.HTTPError, SSEError) as exc:
+            raise UpstreamError(f"the upstream's stream broke: {type(exc).__name__}") from None
+        finally:
+            await response.aclose()
+
     # -- transport ---------------------------------------------------------------------------------------------
 
     def _session_headers(self, session: UpstreamSession | None) -> dict[str, str]:
@@ -239,6 +268,15 @@ class UpstreamClient:
         except SSEError as exc:
             raise UpstreamError(f"the upstream's event stream is malformed: {exc}") from None
         raise UpstreamError("the upstream's event stream ended without an answer")
+
+    def _notification(self, data: bytes) -> None:
+        """An event of the server's own stream: notifications go to `on_notification`, anything else is ignored."""
+        try:
+            message = orjson.loads(data) if data.strip() else None
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(message, dict) and "method" in message and "id" not in message and self._on_notification:
+            self._on_notification(message)
 
     def _event(self, data: bytes, message_id: int | None) -> JsonObject | None:
         """The result when this event is our response; a notification goes to `on_notification`."""

@@ -95,6 +95,8 @@ class McpStage:
         self._facts: CallFacts | None = None
         self._session: Session | None = None
         self._upstream: UpstreamSession | None = None
+        self._answered = False
+        """This stage answered the request itself (an immediate response)."""
         self._mcp = outcome.mcp if outcome is not None and outcome.mcp is not None else McpFacts()
 
     # -- phases --------------------------------------------------------------------------------------------------
@@ -404,7 +406,12 @@ class McpStage:
     async def _on_response_headers(self, headers: dict[str, str]) -> ProcessingResponse:
         facts = self._facts
         status = headers.get(":status", "")
-        if facts is None:  # answered by this stage: nothing to relay
+        if facts is None:  # answered by this stage (nothing to relay), or refused by Envoy itself (413 ...)
+            if status.startswith(("4", "5")) and not self._answered:
+                text = ("The request body is larger than this gateway accepts." if status == "413"
+                        else f"The gateway refused the request (HTTP {status}).")
+                return self._error(None, messages.MCP_CODES.get(int(status), jsonrpc.INTERNAL_ERROR), text,
+                                   int(status))
             return messages.response_headers_reply()
         if not status.startswith("2"):
             if status == "404" and self._upstream is not None and self._upstream.session_id:
@@ -459,6 +466,7 @@ class McpStage:
                 headers: tuple[tuple[str, str], ...] = (("content-type", messages.JSON_CONTENT_TYPE),)
                 ) -> ProcessingResponse:
         self._mcp.bytes_out = len(body)
+        self._answered = True
         if self._outcome is not None:
             self._outcome.status = status
             self._outcome.ended = time.monotonic()

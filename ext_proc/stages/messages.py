@@ -132,13 +132,13 @@ def error_reply(error: GatewayError, style: str = "openai") -> ProcessingRespons
     details = f"babelgate_{error.code or error.type}"
     if style == "mcp":
         body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {
-            "code": _MCP_CODES.get(error.status, -32603), "message": error.message,
+            "code": MCP_CODES.get(error.status, -32603), "message": error.message,
             "data": {"type": error.type, "code": error.code}}})
         extra: Headers = (("www-authenticate", 'Bearer realm="babelgate"'),) if error.status == 401 else ()
         return immediate(error.status, body, (*_JSON, *error.headers, *extra), details=details)
     return immediate(error.status, error.body(style), (*_JSON, *error.headers), details=details)
 
 
-_MCP_CODES = {400: -32600, 401: -32080, 403: -32081, 404: -32600, 413: -32083, 429: -32082, 502: -32084,
+MCP_CODES = {400: -32600, 401: -32080, 403: -32081, 404: -32600, 413: -32083, 429: -32082, 502: -32084,
               503: -32084, 504: -32085}
 """HTTP statuses of the gateway's own refusals -> the JSON-RPC codes of `mcp/jsonrpc.py`."""
