@@ -114,6 +114,7 @@ class McpService:
         self._pinger: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Task[None]] = []
         self._closed = False
+        self._sessions_handed_over = False
 
     # -- policy --------------------------------------------------------------------------------------------------
 
@@ -282,6 +283,11 @@ class McpService:
             state.shared = None
             self.catalog.invalidate(state.settings.name)
 
+    def hand_over_sessions(self) -> SessionStore:
+        """The session store, for the service that replaces this one on a reload (this one won't close it)."""
+        self._sessions_handed_over = True
+        return self.sessions
+
     async def close(self) -> None:
         self._closed = True
         for task in (self._pinger, self._refreshing, self._first_fill, *self._listeners):
@@ -289,7 +295,8 @@ class McpService:
                 task.cancel()
         for state in self.servers.values():
             await state.client.aclose()
-        await self.sessions.close()
+        if not self._sessions_handed_over:
+            await self.sessions.close()
 
 
 def read_credentials(settings: McpSettings, read: Callable[[SecretRef, str], str],

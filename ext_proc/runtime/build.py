@@ -293,7 +293,12 @@ def _mcp_service(config: Config, previous: Runtime | None, load_secrets: bool) -
     if redis is not None and redis.password is not None:
         password = read_secret(redis.password, config.origin.at(("limits", "redis", "password")))
     credentials = read_credentials(config.mcp, read_secret, lambda index: config.origin.at(("mcp", "servers", index)))
-    sessions = build_session_store(config.mcp.session_ttl, redis, password)
+    earlier = previous.mcp if previous is not None else None
+    if (earlier is not None and earlier.settings.session_ttl == config.mcp.session_ttl
+            and previous is not None and previous.config.limits.redis == redis):
+        sessions = earlier.hand_over_sessions()  # clients keep their sessions across the reload
+    else:
+        sessions = build_session_store(config.mcp.session_ttl, redis, password)
     return McpService(config.mcp, sessions, credentials, cursor_key(), {team.id: team for team in config.teams},
                       wait_budget=config.ext_proc.message_timeout / 2)
 
