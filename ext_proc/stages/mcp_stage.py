@@ -23,7 +23,6 @@ import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -35,22 +34,17 @@ from ..json_types import JsonObject
 from ..limits.limiter import Demand
 from ..limits.store import StoreUnavailable
 from ..mcp import jsonrpc
-from ..mcp.catalog import Allow, Catalog
+from ..mcp.catalog import Allow
 from ..mcp.jsonrpc import Message, RpcError
 from ..mcp.protocol import (
     LIST_METHODS,
-    META_CLIENT_CAPABILITIES,
-    META_CLIENT_INFO,
     META_PROTOCOL_VERSION,
     METHOD_HEADER,
-    NAME_BEARING,
     NAME_HEADER,
     SESSION_HEADER,
     STATELESS_VERSIONS,
     VERSION_HEADER,
     allows_batches,
-    header_value,
-    is_stateless,
     negotiate,
     read_envelope,
 )
@@ -62,6 +56,7 @@ from ..telemetry.outcome import McpFacts, Outcome
 from ..wire.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from . import messages
 from .attempt import STREAMED_RESPONSE_MODE
+from .mcp_forward import SERVER_INFO, fit_meta, rename, target, upstream_headers
 from .mcp_relay import SSE_CONTENT_TYPE, CallFacts, Relay, decorate_stateless
 from .upstream_request import forwarded_never
 
@@ -72,10 +67,8 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("babelgate.audit")
 
 FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
-SERVER_INFO: JsonObject = {"name": "babelgate", "title": "Babelgate MCP gateway", "version": "1"}
 CAPABILITIES: JsonObject = {"tools": {"listChanged": True}, "resources": {"listChanged": True},
                             "prompts": {"listChanged": True}, "completions": {}}
-_CLIENT_META = (META_PROTOCOL_VERSION, META_CLIENT_CAPABILITIES, META_CLIENT_INFO)
 _REMOVED_UPSTREAM = ("authorization", "x-api-key", "cookie", SESSION_HEADER, VERSION_HEADER, METHOD_HEADER,
                      NAME_HEADER, "last-event-id", "content-length")
 _ACCEPTED = 202
@@ -259,7 +252,7 @@ class McpStage:
         method = message.method or ""
         params = dict(message.params or {})
         catalog = await self._service.fresh_catalog()
-        server, upstream_name = self._target(method, params, catalog)
+        server, upstream_name = target(method, params, catalog, self._allow, self._refused)
         self._mcp.server, self._mcp.target = server, str(params.get("name", params.get("uri", "")))[:256]
         if method == "tools/call":
             await self._check_call(params)
@@ -273,12 +266,13 @@ class McpStage:
         self._mcp.protocol_version = upstream.version
         if self._outcome is not None and self._service.settings.log_content:
             self._outcome.prompt = orjson.dumps(params.get("arguments", params)).decode()
-        self._rename(method, params, upstream_name)
-        self._fit_meta(params, upstream.version)
+        rename(method, params, upstream_name)
+        fit_meta(params, upstream.version)
         body = orjson.dumps({"jsonrpc": "2.0", "id": message.id, "method": method, "params": params})
         self._facts = CallFacts(message.id, method, server, self._session is None, self._service.guardrails,
                                 f"mcp:{server}", self._key.id, self._ttl_ms())
-        headers = self._upstream_headers(server, upstream, method, params, len(body))
+        headers = upstream_headers(server, self._service.servers[server].url, self._service.credentials.get(server, {}),
+                                   upstream, method, params, len(body))
         replaced = {name for name, _ in headers}
         # X-Forwarded-* go with the MCP route's `request_headers_to_remove`: Envoy matches routes on them
         remove = [name for name in self._headers if name not in replaced and (
@@ -287,43 +281,6 @@ class McpStage:
                     constants.METADATA_KEY_ID_KEY: self._key.id}
         return messages.request_body_reply(set_headers=headers, remove=remove, body=body, clear_route_cache=True,
                                            metadata=metadata)
-
-    def _target(self, method: str, params: JsonObject, catalog: Catalog) -> tuple[str, str]:
-        """(server, upstream name or URI) the request goes to, or the JSON-RPC refusal."""
-        if method == "tools/call" or method == "prompts/get":
-            name = params.get("name")
-            if not isinstance(name, str) or not name:
-                raise RpcError(jsonrpc.INVALID_PARAMS, "params.name must be a non-empty string")
-            target = (catalog.route_tool(name, self._allow) if method == "tools/call"
-                      else catalog.route_prompt(name, self._allow))
-            if target is None:
-                self._refused(method, name)
-                kind = "tool" if method == "tools/call" else "prompt"
-                raise RpcError(jsonrpc.INVALID_PARAMS, f"Unknown {kind}: {name}", {"name": name})
-            return target
-        if method == "resources/read":
-            uri = params.get("uri")
-            if not isinstance(uri, str) or not uri:
-                raise RpcError(jsonrpc.INVALID_PARAMS, "params.uri must be a non-empty string")
-            server = catalog.route_uri(uri, self._allow)
-            if server is None:
-                self._refused(method, uri)
-                raise RpcError(jsonrpc.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
-            return server, uri
-        ref = params.get("ref")
-        if not isinstance(ref, dict):
-            raise RpcError(jsonrpc.INVALID_PARAMS, "params.ref must be an object")
-        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            target = catalog.route_prompt(ref["name"], self._allow)
-        elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            owner = catalog.route_uri(ref["uri"], self._allow)
-            target = (owner, ref["uri"]) if owner is not None else None
-        else:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "params.ref must be a ref/prompt with a name or a ref/resource "
-                                                   "with a uri")
-        if target is None:
-            raise RpcError(jsonrpc.INVALID_PARAMS, "Unknown completion reference", {"ref": ref})
-        return target
 
     def _refused(self, method: str, name: str) -> None:
         audit.warning("mcp refused: key=%s team=%s method=%s name=%r reason=%s", self._key.id, self._key.team,
@@ -363,43 +320,6 @@ class McpStage:
             except GatewayError as blocked:
                 audit.warning("mcp refused: key=%s tool=%s reason=guardrail", self._key.id, tool)
                 raise RpcError(jsonrpc.BLOCKED, blocked.message) from None
-
-    @staticmethod
-    def _rename(method: str, params: JsonObject, upstream_name: str) -> None:
-        if method in ("tools/call", "prompts/get"):
-            params["name"] = upstream_name
-        elif method == "completion/complete" and params["ref"].get("type") == "ref/prompt":
-            params["ref"] = {**params["ref"], "name": upstream_name}
-
-    @staticmethod
-    def _fit_meta(params: JsonObject, upstream_version: str) -> None:
-        """The client's `_meta` as the upstream's revision wants it: its progress token and own keys kept, the
-        stateless envelope the gateway's for a stateless upstream and absent for a handshake one."""
-        meta = params.get("_meta")
-        kept = {k: v for k, v in meta.items() if k not in _CLIENT_META} if isinstance(meta, dict) else {}
-        if is_stateless(upstream_version):
-            kept.update({META_PROTOCOL_VERSION: upstream_version, META_CLIENT_CAPABILITIES: {},
-                         META_CLIENT_INFO: SERVER_INFO})
-        if kept:
-            params["_meta"] = kept
-        else:
-            params.pop("_meta", None)
-
-    def _upstream_headers(self, server: str, upstream: UpstreamSession, method: str, params: JsonObject,
-                          length: int) -> list[tuple[str, str]]:
-        state = self._service.servers[server]
-        headers = [(constants.HEADER_MCP, server), (":path", _path_of(state.url)),
-                   ("content-type", messages.JSON_CONTENT_TYPE), ("content-length", str(length)),
-                   ("accept", f"{messages.JSON_CONTENT_TYPE}, {SSE_CONTENT_TYPE}"), (VERSION_HEADER, upstream.version)]
-        if upstream.session_id:
-            headers.append((SESSION_HEADER, upstream.session_id))
-        if is_stateless(upstream.version):
-            headers.append((METHOD_HEADER, method))
-            named = NAME_BEARING.get(method)
-            if named is not None and isinstance(params.get(named), str):
-                headers.append((NAME_HEADER, header_value(params[named])))
-        headers.extend(self._service.credentials.get(server, {}).items())
-        return headers
 
     # -- the answer ----------------------------------------------------------------------------------------------
 
@@ -480,8 +400,3 @@ _ONE_CALL = Demand(0, 0, 0)
 def _session_label(session_id: str) -> str:
     """What logs and spans say of a session: a digest (the id is a bearer of the session, with its owner's key)."""
     return hashlib.sha256(session_id.encode()).hexdigest()[:16]
-
-
-def _path_of(url: str) -> str:
-    parts = urlsplit(url)
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
