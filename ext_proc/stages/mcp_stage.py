@@ -8,10 +8,11 @@ the route stage's stream of the request.
   `resources/read` and `completion/complete`, with the upstream's name restored, the gateway's credentials for that
   server, the upstream session and revision, and the client's credentials and session removed. The answer streams
   back through `mcp_relay.py`.
-- Policy before forwarding: the caller's allow-list (an unknown tool and a forbidden one are told apart only by the
-  code: FORBIDDEN for a tool the key may not see would reveal it, so both read "unknown tool"... except that the
-  admin-visible audit line names the refusal), call limits (`limits.limiter.call_scopes`), argument size, and
-  guardrails on the arguments.
+- Policy before forwarding: the caller's allow-list (a tool the key may not call reads exactly like an unknown one,
+  INVALID_PARAMS "Unknown tool": a distinct refusal would tell the caller it exists; the audit log says which it
+  was), call limits (`limits.limiter.call_scopes`), argument size, and guardrails on the arguments.
+- No `GET` stream (405, as the transport allows): the gateway pushes nothing unasked; a client sees list changes
+  on its next list, which the catalog answers fresh (upstream `list_changed` refreshes it at once).
 - Errors: JSON-RPC errors with the request's id; HTTP 200 for a request the gateway refused on policy (the client's
   SDK hands it to the caller), 400 for a body that is not a usable JSON-RPC request, 404 for an unknown session,
   401 for a missing or bad key.
