@@ -1,12 +1,20 @@
-"""The admin API's methods: virtual keys (create, list, revoke, rotate), routes with backend health, usage.
+"""The admin API's methods: virtual keys (create, list, revoke, rotate), routes with backend health, the upstream MCP
+servers' health, usage.
 
 Every call carries one of `admin.credentials` as a bearer token; it is compared in constant time against each
 configured credential's digest. Every call, refused ones included, leaves an audit line naming who (the credential's
 name, and the operator the CLI reports), from where, and what changed, never a key or credential.
+
+The MCP servers' health is this process's view (`McpService.health`): each ext_proc process pings and lists on its
+own. `ListMcpServers` contacts the servers this process never reached yet, so the first answer is a real one, for at
+most `MCP_FIRST_CONTACT_SECONDS` (under the CLI's deadline; a server still being reached then reads UNKNOWN).
+`ListRoutes` shows the same entries as last seen and never waits on an upstream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -22,6 +30,7 @@ from .. import constants
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import bearer_token, generate_key, hash_key
 from ..config.models import AdminApi, LimitRule, VirtualKey, route_models
+from ..json_types import JsonObject
 from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
 from ..limits.store import StoreUnavailable
@@ -51,6 +60,9 @@ MAX_MESSAGE_BYTES = constants.ADMIN_MAX_MESSAGE_BYTES
 
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 _LIMIT_METRICS = ("requests", "input_tokens", "output_tokens", "total_tokens", "usd")
+MCP_FIRST_CONTACT_SECONDS = 5.0
+"""Longest `ListMcpServers` waits for servers this process never contacted (the CLI's own deadline is 10 s)."""
+_MCP_HEALTH = {None: pb.McpServer.UNKNOWN, True: pb.McpServer.HEALTHY, False: pb.McpServer.UNHEALTHY}
 
 
 class Holder(Protocol):
@@ -97,6 +109,7 @@ class AdminService:
             "RotateKey": (pb.RotateKeyRequest, self.rotate_key),
             "ListRoutes": (pb.ListRoutesRequest, self.list_routes),
             "GetUsage": (pb.GetUsageRequest, self.get_usage),
+            "ListMcpServers": (pb.ListMcpServersRequest, self.list_mcp_servers),
         }
         return {f"/{SERVICE_NAME}/{name}": self._authenticated(name, unary_with_metadata(
                     self._method(request_type, handler))) for name, (request_type, handler) in table.items()}
@@ -224,8 +237,21 @@ class AdminService:
         backends = [pb.Backend(id=b.id, schema=b.schema_, cooling=health.cooldowns.cooling(b.id),
                                first_byte_seconds=health.latency.first_byte.get(b.id, 0.0),
                                total_seconds=health.latency.total.get(b.id, 0.0)) for b in runtime.config.backends]
+        mcp_servers = [mcp_server_message(entry) for entry in runtime.mcp.health()] if runtime.mcp else []
         audit.info("admin ListRoutes by %s", caller)
-        return pb.ListRoutesResponse(routes=routes, backends=backends)
+        return pb.ListRoutesResponse(routes=routes, backends=backends, mcp_servers=mcp_servers)
+
+    async def list_mcp_servers(self, request: pb.ListMcpServersRequest, caller: str) -> pb.ListMcpServersResponse:
+        mcp = self._holder.current.mcp
+        servers: list[pb.McpServer] = []
+        if mcp is not None:
+            if any(entry["healthy"] is None for entry in mcp.health()):
+                # the first fetch goes on in the background past the wait (fresh_catalog shields it)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(mcp.fresh_catalog(), MCP_FIRST_CONTACT_SECONDS)
+            servers = [mcp_server_message(entry) for entry in mcp.health()]
+        audit.info("admin ListMcpServers by %s: %d servers", caller, len(servers))
+        return pb.ListMcpServersResponse(servers=servers)
 
     async def get_usage(self, request: pb.GetUsageRequest, caller: str) -> pb.GetUsageResponse:
         limiter = self._holder.current.limiter
@@ -290,6 +316,18 @@ def key_message(key: VirtualKey) -> pb.Key:
         message.expires_at.FromDatetime(key.expires_at)
     if key.created_at is not None:
         message.created_at.FromDatetime(key.created_at)
+    return message
+
+
+def mcp_server_message(entry: JsonObject) -> pb.McpServer:
+    """One entry of `McpService.health()`."""
+    message = pb.McpServer(name=entry["name"], transport=entry["transport"], url=entry["url"],
+                           health=_MCP_HEALTH[entry["healthy"]], error=entry["error"],
+                           protocol_version=entry["protocol_version"], tools=entry["tools"],
+                           resources=entry["resources"], resource_templates=entry["resourceTemplates"],
+                           prompts=entry["prompts"])
+    if entry["checked_at"]:
+        message.checked_at.FromNanoseconds(round(entry["checked_at"] * 1e9))
     return message
 
 

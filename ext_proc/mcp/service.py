@@ -171,6 +171,10 @@ class McpService:
             if state.shared is not None and "HTTP 404" in str(exc):
                 state.shared = None  # the server forgot our session: open a new one next time
 
+    def failed(self, server: str, error: str) -> None:
+        """A forwarded request found the server unreachable or broken (health shows it until a ping succeeds)."""
+        self._mark(self.servers[server], UpstreamError(error))
+
     def _mark(self, state: ServerState, error: Exception | None) -> None:
         was = state.healthy
         state.healthy, state.error, state.checked_at = error is None, str(error or ""), time.time()

@@ -260,7 +260,7 @@ class McpStage:
         try:
             upstream = await self._service.upstream_session(server, self._session)
         except (UpstreamError, StoreUnavailable) as exc:
-            self._service.servers[server].healthy = False
+            self._service.failed(server, str(exc))
             return self._error(message.id, jsonrpc.UPSTREAM_UNAVAILABLE,
                                f"The MCP server {server!r} is unavailable: {exc}", 200)
         self._upstream = upstream
@@ -340,10 +340,10 @@ class McpStage:
                 return self._error(facts.request_id, jsonrpc.UPSTREAM_UNAVAILABLE, f"The MCP server "
                                    f"{facts.server!r} ended its session; retry the call.", 200)
             timeout = status == "504"
-            if not timeout:
-                self._service.servers[facts.server].healthy = False
-            code = jsonrpc.UPSTREAM_TIMEOUT if timeout else jsonrpc.UPSTREAM_UNAVAILABLE
             text = ("did not answer in time" if timeout else f"answered HTTP {status}")
+            if status.startswith("5") and not timeout:
+                self._service.failed(facts.server, f"a call through Envoy was answered HTTP {status}")
+            code = jsonrpc.UPSTREAM_TIMEOUT if timeout else jsonrpc.UPSTREAM_UNAVAILABLE
             return self._error(facts.request_id, code, f"The MCP server {facts.server!r} {text}.", 200)
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         if kind not in (SSE_CONTENT_TYPE, messages.JSON_CONTENT_TYPE):
