@@ -928,13 +928,6 @@ class Config(_Strict):
     mcp: McpSettings | None = None
     _origin: Origin | None = PrivateAttr(None)
 
-    @model_validator(mode="after")
-    def _mcp_sessions_shared(self) -> Config:
-        if self.mcp is not None and self.ext_proc.processes > 1 and self.limits.redis is None:
-            raise ValueError("mcp: with several ext_proc processes, MCP sessions must be shared: configure "
-                             "`limits.redis` (or run one process)")
-        return self
-
     @property
     def limits_configured(self) -> bool:
         settings = self.limits

@@ -310,9 +310,9 @@ def read_credentials(settings: McpSettings, read: Callable[[SecretRef, str], str
             for index, server in enumerate(settings.servers)}
 
 
-def cursor_key() -> bytes:
-    """The key list cursors are signed with: from the deployment's shared metadata key, so any process continues
-    another's listing (one process's own random key without it, like reservation seals)."""
+def shared_key(purpose: str) -> bytes:
+    """A key for `purpose` (list cursors, sealed session ids) from the deployment's shared metadata key, so any
+    process reads what another signed (one process's own random key without it, like reservation seals)."""
     shared = os.environ.get(KEY_ENV)
     material = shared.encode() if shared else secrets.token_bytes(32)
-    return hashlib.sha256(b"babelgate mcp cursors\0" + material).digest()
+    return hashlib.sha256(f"babelgate mcp {purpose}".encode() + b"\0" + material).digest()

@@ -9,12 +9,17 @@ ids are 256 random bits (`secrets.token_urlsafe`, visible ASCII as the transport
 Kept in Redis when `limits.redis` is configured, so any ext_proc process or replica continues any session: one
 hash per session (`<prefix>mcp:session:<id>`, field `meta` = JSON, one field `up:<server>` per upstream session, so
 two processes opening upstream sessions for different servers at once never overwrite each other), expiring after
-`ttl` of idleness (every `get` renews it). Otherwise in this process's memory: bounded by count, least recently used
-forgotten first, same idle TTL. Redis failing is `StoreUnavailable` (the route stage answers a JSON-RPC error).
+`ttl` of idleness (every `get` renews it). Otherwise, with one process, in its memory: bounded by count, least
+recently used forgotten first, same idle TTL; with several processes and no Redis, ids that carry the session
+themselves, sealed (`SealedSessionStore`, which says what that costs). Replicas of a deployment share sessions only
+through Redis. Redis failing is `StoreUnavailable` (the route stage answers a JSON-RPC error).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -199,8 +204,74 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def build_session_store(ttl: float, redis: RedisSettings | None, password: str | None) -> SessionStore:
-    """Redis when configured (the same client options as the stored Responses), else memory."""
-    if redis is None:
-        return MemorySessionStore(ttl)
-    return RedisSessionStore(record_client(redis, password), redis.key_prefix, ttl, redis.timeout)
+class SealedSessionStore(SessionStore):
+    """Sessions for several processes without Redis: the id itself carries the owner, the version and the expiry,
+    sealed with a key every process of the deployment shares, so any process reads it; what a process adds (the
+    upstream sessions it opened, the ids it was asked to delete) stays in its own bounded memory. So: a session lives
+    `ttl` from its creation (nothing can renew a sealed id), each process opens its own upstream sessions, and a
+    `DELETE` ends the session on the process that got it (elsewhere it ends with its TTL; its owner's key is still
+    needed to use it)."""
+
+    PREFIX = "s1."
+
+    def __init__(self, ttl: float, key: bytes, max_entries: int = MAX_IN_MEMORY,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(ttl)
+        self._key = key
+        self._max = max_entries
+        self._clock = clock
+        self._upstream: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    async def create(self, owner: str, version: str, capabilities: JsonObject,
+                     client_info: JsonObject | None = None) -> Session:
+        payload = orjson.dumps([owner, version, int(self._clock() + self.ttl), secrets.token_urlsafe(12)])
+        body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+        return Session(f"{self.PREFIX}{body}.{self._mac(body)}", owner, version, capabilities, client_info)
+
+    async def get(self, session_id: str, owner: str) -> Session | None:
+        readable = len(session_id) <= MAX_SEALED_CHARS and session_id.isascii()
+        session = await self._read(session_id) if readable else None
+        return session if session is not None and session.owner == owner else None
+
+    def _mac(self, body: str) -> str:
+        digest = hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    async def _write(self, session: Session) -> None:
+        return None
+
+    async def _read(self, session_id: str) -> Session | None:
+        body, dot, mac = session_id.removeprefix(self.PREFIX).partition(".")
+        if not session_id.startswith(self.PREFIX) or not dot or not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        owner, version, expires, _ = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        if expires < self._clock() or session_id in self._ended:
+            return None
+        return Session(session_id, owner, version, {}, None, dict(self._upstream.get(session_id, {})))
+
+    async def _set_upstream(self, session_id: str, server: str, upstream_id: str) -> None:
+        self._upstream.setdefault(session_id, {})[server] = upstream_id
+        self._upstream.move_to_end(session_id)
+        while len(self._upstream) > self._max:
+            self._upstream.popitem(last=False)
+
+    async def _remove(self, session_id: str) -> None:
+        self._upstream.pop(session_id, None)
+        self._ended[session_id] = None
+        while len(self._ended) > self._max:
+            self._ended.popitem(last=False)
+
+
+MAX_SEALED_CHARS = 1024
+
+
+def build_session_store(ttl: float, redis: RedisSettings | None, password: str | None, *, processes: int = 1,
+                        key: bytes | None = None) -> SessionStore:
+    """Redis when configured (the same client options as the stored Responses); else sealed ids when several
+    processes serve (`key` shared by them), else this process's memory."""
+    if redis is not None:
+        return RedisSessionStore(record_client(redis, password), redis.key_prefix, ttl, redis.timeout)
+    if processes > 1 and key is not None:
+        return SealedSessionStore(ttl, key)
+    return MemorySessionStore(ttl)

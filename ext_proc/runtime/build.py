@@ -22,7 +22,7 @@ from ..json_types import JsonObject
 from ..limits.estimate import Price
 from ..limits.limiter import Limiter
 from ..limits.setup import build_limiter
-from ..mcp.service import McpService, cursor_key, read_credentials
+from ..mcp.service import McpService, read_credentials, shared_key
 from ..mcp.sessions import build_session_store
 from ..providers import fetches, presets
 from ..providers.translator import Translator
@@ -298,8 +298,10 @@ def _mcp_service(config: Config, previous: Runtime | None, load_secrets: bool) -
             and previous is not None and previous.config.limits.redis == redis):
         sessions = earlier.hand_over_sessions()  # clients keep their sessions across the reload
     else:
-        sessions = build_session_store(config.mcp.session_ttl, redis, password)
-    return McpService(config.mcp, sessions, credentials, cursor_key(), {team.id: team for team in config.teams},
+        sessions = build_session_store(config.mcp.session_ttl, redis, password, processes=config.ext_proc.processes,
+                                       key=shared_key("sessions"))
+    teams = {team.id: team for team in config.teams}
+    return McpService(config.mcp, sessions, credentials, shared_key("cursors"), teams,
                       wait_budget=config.ext_proc.message_timeout / 2)
 
 

@@ -12,6 +12,8 @@ from ext_proc.config.loading import ConfigError, parse_config
 from ext_proc.errors import RateLimited, Unauthorized
 from ext_proc.limits.limiter import Demand, Limiter, compile_tables
 from ext_proc.limits.memory_store import MemoryStore
+from ext_proc.mcp.sessions import MemorySessionStore, SealedSessionStore
+from ext_proc.runtime.build import compile_runtime
 from ext_proc.stages.messages import error_reply
 
 BASE = """
@@ -85,11 +87,12 @@ def test_mcp_config_mistakes_are_refused(change: str, message: str) -> None:
         parse_config(BASE + "mcp:\n  " + change + "\n")
 
 
-def test_several_processes_need_redis_for_mcp_sessions() -> None:
+def test_several_processes_without_redis_share_sessions_by_sealed_ids() -> None:
     text = BASE + "ext_proc: {processes: 2}\nmcp:\n  servers: [{name: t, url: 'http://h/mcp'}]\n"
-    with pytest.raises(ConfigError, match=r"limits\.redis"):
-        parse_config(text)
-    parse_config(text + "limits: {redis: {url: 'redis://127.0.0.1:6379'}}\n")
+    runtime = compile_runtime(parse_config(text))
+    assert runtime.mcp is not None and isinstance(runtime.mcp.sessions, SealedSessionStore)
+    single = compile_runtime(parse_config(text.replace("processes: 2", "processes: 1")))
+    assert single.mcp is not None and isinstance(single.mcp.sessions, MemorySessionStore)
 
 
 def test_the_gateways_own_errors_on_the_mcp_endpoint_are_json_rpc() -> None:

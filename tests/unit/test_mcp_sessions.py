@@ -17,6 +17,7 @@ from ext_proc.mcp.sessions import (
     SESSION_ID,
     MemorySessionStore,
     RedisSessionStore,
+    SealedSessionStore,
     SessionStore,
     build_session_store,
 )
@@ -163,4 +164,29 @@ def test_redis_down_is_store_unavailable() -> None:
         with pytest.raises(StoreUnavailable):
             await store.get("a" * 43, "k")
         await store.close()
+    run(scenario())
+
+
+def test_sealed_sessions_are_read_by_every_process_that_shares_the_key() -> None:
+    now = [1000.0]
+    first, second = (SealedSessionStore(ttl=60, key=b"k" * 32, clock=lambda: now[0]) for _ in range(2))
+    foreign = SealedSessionStore(ttl=60, key=b"x" * 32, clock=lambda: now[0])
+
+    async def scenario() -> None:
+        session = await first.create("key-a", "2025-03-26", {"roots": {}})
+        assert session.id.isascii() and len(session.id) < 200
+        elsewhere = await second.get(session.id, "key-a")
+        assert elsewhere is not None and (elsewhere.owner, elsewhere.version) == ("key-a", "2025-03-26")
+        assert await second.get(session.id, "key-b") is None and await foreign.get(session.id, "key-a") is None
+        forged = session.id[:-2] + ("AA" if not session.id.endswith("AA") else "BB")
+        assert await second.get(forged, "key-a") is None
+        await first.set_upstream(session, "tools", "2025-11-25 up-1")  # each process keeps its own
+        assert (await first.get(session.id, "key-a")).upstream == {"tools": "2025-11-25 up-1"}  # type: ignore[union-attr]
+        assert (await second.get(session.id, "key-a")).upstream == {}  # type: ignore[union-attr]
+        assert await first.delete(session.id, "key-a") is not None
+        assert await first.get(session.id, "key-a") is None
+        now[0] += 61  # elsewhere it ends with its TTL, counted from its creation
+        assert await second.get(session.id, "key-a") is None
+        for odd in ["", "s1.", "s1.x.y", "s1." + "a" * 2000, "*", "s1.é.é"]:
+            assert await second.get(odd, "k") is None
     run(scenario())
