@@ -81,7 +81,8 @@ def test_the_transcoders_descriptor_set_describes_the_admin_service(with_admin: 
     encoded = manager(with_admin)["http_filters"][1]["typed_config"]["proto_descriptor_bin"]
     files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(encoded)).file
     services = {f"{f.package}.{s.name}": [m.name for m in s.method] for f in files for s in f.service}
-    assert services[SERVICE] == ["CreateKey", "ListKeys", "RevokeKey", "RotateKey", "ListRoutes", "GetUsage", "ListMcpServers"]
+    assert services[SERVICE] == ["CreateKey", "ListKeys", "RevokeKey", "RotateKey", "ListRoutes", "GetUsage",
+                                 "ListMcpServers"]
     names = {f.name for f in files}
     assert {"google/api/annotations.proto", "google/api/http.proto", "google/protobuf/timestamp.proto"} <= names
 
