@@ -25,8 +25,8 @@ Decisions:
   re-initializes, as the spec asks.
 - Bounds: a POST body over `--max-message-bytes` is refused 413; a child line over it ends the child (its framing
   is lost) and so the bridge. The child's stderr is copied, unparsed, to `--child-log` or the bridge's stderr.
-- The HTTP server and the Streamable HTTP helpers are the demo providers' (`ext_proc.demo.http`, `mcp_http`); they
-  are small, dependency-free and tested against the official SDK client.
+- The HTTP server and the Streamable HTTP helpers are shared with the demo providers (`ext_proc.transport.http1`,
+  `ext_proc.mcp.streamable_http`); they are small, dependency-free and tested against the official SDK client.
 """
 
 from __future__ import annotations
@@ -44,8 +44,16 @@ from typing import BinaryIO
 
 import orjson
 
-from ext_proc.demo.http import HttpServer, Request, Response, start_http_server
-from ext_proc.demo.mcp_http import (
+from ext_proc.mcp.server_protocol import (
+    INVALID_REQUEST,
+    Emit,
+    Message,
+    RpcError,
+    error_response,
+    kind_of,
+    notification,
+)
+from ext_proc.mcp.streamable_http import (
     MCP_PATH,
     SESSION_HEADER,
     Outbox,
@@ -57,15 +65,7 @@ from ext_proc.demo.mcp_http import (
     send_refusal,
     stream_events,
 )
-from ext_proc.demo.mcp_protocol import (
-    INVALID_REQUEST,
-    Emit,
-    Message,
-    RpcError,
-    error_response,
-    kind_of,
-    notification,
-)
+from ext_proc.transport.http1 import HttpServer, Request, Response, start_http_server
 
 DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024

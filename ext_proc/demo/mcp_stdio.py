@@ -22,7 +22,7 @@ import sys
 
 import orjson
 
-from ext_proc.demo.mcp_protocol import (
+from ext_proc.mcp.server_protocol import (
     PARSE_ERROR,
     Catalog,
     McpServer,

@@ -23,20 +23,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ext_proc.demo.answers import Call, Reply
-from ext_proc.demo.http import Request, Response
-from ext_proc.demo.mcp_http import (
-    MCP_PATH,
-    SESSION_HEADER,
-    Outbox,
-    Refusal,
-    answer_request,
-    check_headers,
-    parse_message,
-    send_json,
-    send_refusal,
-    stream_events,
-)
-from ext_proc.demo.mcp_protocol import (
+from ext_proc.mcp.server_protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -55,6 +42,19 @@ from ext_proc.demo.mcp_protocol import (
     prefix_matches,
     text_result,
 )
+from ext_proc.mcp.streamable_http import (
+    MCP_PATH,
+    SESSION_HEADER,
+    Outbox,
+    Refusal,
+    answer_request,
+    check_headers,
+    parse_message,
+    send_json,
+    send_refusal,
+    stream_events,
+)
+from ext_proc.transport.http1 import Request, Response
 
 KIND = "mcp"
 SERVER_VERSION = "1.0.0"

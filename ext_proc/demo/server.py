@@ -27,7 +27,7 @@ from ext_proc.demo import (
 )
 from ext_proc.demo.answers import NOT_JSON, Call, Reply
 from ext_proc.demo.faults import FAULT_HEADER, NO_FAULTS, Faults, FaultSpecError, parse_faults
-from ext_proc.demo.http import HttpServer, Request, Response, start_http_server
+from ext_proc.transport.http1 import HttpServer, Request, Response, start_http_server
 
 ACCOUNT_HEADERS = {
     "openai": (("x-request-id", "req_demo0001"), ("openai-organization", "demo-org-acme"),

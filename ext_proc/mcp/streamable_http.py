@@ -1,5 +1,6 @@
-"""The Streamable HTTP transport of MCP (revisions 2025-03-26 .. 2025-11-25), server side, over `ext_proc.demo.http`:
-shared by the demo MCP server (`mcp_tools.py`) and the stdio bridge (`ext_proc/mcp_bridge.py`).
+"""The Streamable HTTP transport of MCP (revisions 2025-03-26 .. 2025-11-25), server side, over
+`ext_proc.transport.http1`: shared by the demo MCP server (`demo/mcp_tools.py`) and the stdio bridge
+(`ext_proc/mcp_bridge.py`).
 
 What the spec asks and this does:
 - POST carries one JSON-RPC message. A notification or a response is answered 202 with no body. A request is answered
@@ -23,8 +24,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ext_proc.demo.http import Headers, Request, Response
-from ext_proc.demo.mcp_protocol import INVALID_REQUEST, PARSE_ERROR, SUPPORTED_VERSIONS, Emit, Message, error_response
+from ext_proc.mcp.server_protocol import INVALID_REQUEST, PARSE_ERROR, SUPPORTED_VERSIONS, Emit, Message, error_response
+from ext_proc.transport.http1 import Headers, Request, Response
 
 MCP_PATH = "/mcp"
 SESSION_HEADER = "mcp-session-id"

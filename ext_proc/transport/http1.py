@@ -1,4 +1,4 @@
-"""A small asyncio HTTP/1.1 server for the demo providers.
+"""A small asyncio HTTP/1.1 server for the demo providers and the MCP stdio bridge (`ext_proc/mcp_bridge.py`).
 
 Just enough of RFC 9112 for fake upstreams behind Envoy and for SDK clients: keep-alive (and pipelining, since the
 requests of a connection are served in order), request bodies framed by `content-length` or chunked transfer-encoding,
@@ -127,7 +127,7 @@ class HttpServer:
     @property
     def port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         if ssl_context is not None:

@@ -1,5 +1,6 @@
-"""The server side of MCP (Model Context Protocol) for the demo tool servers: JSON-RPC messages, the lifecycle with
-version negotiation, pagination, and dispatch of every server method over a catalog of tools, resources and prompts.
+"""The server side of MCP (Model Context Protocol) for the demo tool servers (and the message helpers the stdio
+bridge uses): JSON-RPC messages, the lifecycle with version negotiation, pagination, and dispatch of every server
+method over a catalog of tools, resources and prompts.
 
 Decisions worth knowing before changing this file:
 - Written by hand over plain dicts: the `mcp` SDK is a test dependency only, and the tests check these answers
