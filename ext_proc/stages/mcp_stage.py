@@ -68,8 +68,12 @@ log = logging.getLogger(__name__)
 audit = logging.getLogger("babelgate.audit")
 
 FORWARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
-CAPABILITIES: JsonObject = {"tools": {"listChanged": True}, "resources": {"listChanged": True},
-                            "prompts": {"listChanged": True}, "completions": {}}
+CAPABILITIES: JsonObject = {"tools": {"listChanged": False}, "resources": {"listChanged": False},
+                            "prompts": {"listChanged": False}, "completions": {}}
+"""`listChanged: false`: the gateway offers no stream of its own to push changes on (no GET stream, no
+`subscriptions/listen`); a client sees a change on its next list, which the catalog answers fresh."""
+KEPT_ANSWER_HEADERS = frozenset({"content-type", "cache-control", "date", "vary"})
+"""What a client sees of an upstream's answer headers: nothing that names the upstream or Envoy's attempts."""
 _REMOVED_UPSTREAM = ("authorization", "x-api-key", "cookie", SESSION_HEADER, VERSION_HEADER, METHOD_HEADER,
                      NAME_HEADER, "last-event-id", "content-length")
 _ACCEPTED = 202
@@ -351,8 +355,8 @@ class McpStage:
                                f"The MCP server {facts.server!r} answered {kind or 'no content type'}.", 200)
         self._relay = Relay(facts, self._service.settings.max_result_bytes, self._service.notified,
                             streaming=kind == SSE_CONTENT_TYPE, keep_result=self._service.settings.log_content)
-        return messages.response_headers_reply(remove=("content-length", SESSION_HEADER),
-                                               mode=STREAMED_RESPONSE_MODE)
+        hidden = [name for name in headers if not name.startswith(":") and name not in KEPT_ANSWER_HEADERS]
+        return messages.response_headers_reply(remove=hidden, mode=STREAMED_RESPONSE_MODE)
 
     def _finish_relay(self) -> None:
         relay = self._relay

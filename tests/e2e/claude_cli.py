@@ -167,6 +167,18 @@ class ClaudeCode:
             {"matcher": "Bash", "hooks": [{"type": "command", "command": str(hook)}]}]}}))
 
 
+def fix_tool_input(claude: ClaudeCode, tool: str, tool_input: dict[str, Any]) -> None:
+    """Run every call of `tool` (e.g. an MCP tool, `mcp__<server>__<name>`) with `tool_input` instead of the
+    arguments the demo provider sampled, and allow it: a PreToolUse hook in `claude`'s settings, in place of the Bash
+    one. What the model sent stays in the conversation as it was. Values must not contain a single quote."""
+    decision = {"hookSpecificOutput": {"hookEventName": "PreToolUse", "permissionDecision": "allow",
+                                       "updatedInput": tool_input}}
+    hook = claude.bin / "pretooluse-tool-input-hook"
+    _write_script(hook, f"cat >/dev/null\nprintf '%s\\n' '{json.dumps(decision)}'\n")
+    claude.settings.write_text(json.dumps({"hooks": {"PreToolUse": [
+        {"matcher": tool, "hooks": [{"type": "command", "command": str(hook)}]}]}}))
+
+
 def _write_script(path: Path, body: str) -> None:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
