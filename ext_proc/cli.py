@@ -1,4 +1,4 @@
-"""The `babelgate` command: up | serve | render | check | usage | keys."""
+"""The `babelgate` command: up | serve | render | check | usage | keys | mcp."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 SECRET_LOGGING_LIBRARIES = ("hpack", "botocore", "urllib3", "google.auth", "httpcore", "httpx", "grpc")
 """Libraries whose debug lines carry what they encode or send: hpack every header it decodes (Authorization among
 them), botocore and the HTTP clients the requests they sign or send."""
-CHATTY_AT_START = ("botocore.credentials",)
+CHATTY_AT_START = ("botocore.credentials", "httpx")
 """Loggers whose INFO lines repeat at every start ("Found credentials in environment variables.", once per Bedrock
-backend in every process): kept at WARNING, where a failure to find or refresh credentials still shows, unless
-BABELGATE_LOG_LEVEL=DEBUG."""
+backend in every process; httpx's line per request, which the MCP side's health pings repeat every few seconds):
+kept at WARNING, where a failure to find or refresh credentials still shows, unless BABELGATE_LOG_LEVEL=DEBUG."""
 
 
 def quiet_secret_logging_libraries() -> None:
@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--peers", choices=("envoy", "mesh"),
                        help="mesh: plaintext on any address, a service mesh authenticates peers (Istio)")
     serve.add_argument("--report-ready", action="store_true", help=argparse.SUPPRESS)
+    # a child of `up` or of another `serve`: its parent runs the stdio MCP servers' bridges
+    serve.add_argument("--no-mcp-bridges", action="store_true", help=argparse.SUPPRESS)
     # which of the config's processes this is (metrics port offset; the first serves the admin API)
     serve.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
@@ -150,8 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     usage.set_defaults(handler=_usage)
 
     from .admin.keys_command import add_parser as add_keys_parser
+    from .admin.mcp_command import add_parser as add_mcp_parser
 
     add_keys_parser(commands)
+    add_mcp_parser(commands)
     return parser
 
 
@@ -193,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .runtime.build import compile_runtime
 
     config = load_config(args.config)
+    bridged = _bridged(args, config)
     try:
         config = with_stored_keys(config)
     except KeyStoreError as exc:  # the keys stored in Redis join once it answers (the reloader polls it)
@@ -204,8 +209,10 @@ def _serve(args: argparse.Namespace) -> int:
         if prefetch is not None:
             prefetch()
     host = args.host or config.ext_proc.host
-    if args.port is None and args.socket is None and config.ext_proc.processes > 1:
-        return _serve_many(args, host, config.ext_proc.port, config.ext_proc.processes)
+    if bridged is not None or (args.port is None and args.socket is None and config.ext_proc.processes > 1):
+        one = args.port is not None or args.socket is not None
+        return _serve_many(args, host, args.port if args.port is not None else config.ext_proc.port,
+                           1 if one else config.ext_proc.processes, bridged)
     port = args.port if args.port is not None else config.ext_proc.port
     index = args.process_index
     channel = server_channel(config.ext_proc, host=host, port=port, index=index, socket=args.socket,
@@ -248,26 +255,55 @@ def _serve_one(runtime: Runtime, channel: Channel, report_ready: bool, config_pa
     return 0
 
 
-def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes: int) -> int:
+def _bridged(args: argparse.Namespace, config: Config) -> Config | None:
+    """The config, when this `serve` runs the bridges of its stdio MCP servers (each on its configured `port`, so
+    Envoy's rendered clusters and every replica agree on it); None when there are none or a parent runs them."""
+    from .launch.mcp_bridges import stdio_servers
+    from .launch.processes import LaunchError
+
+    servers = [] if args.no_mcp_bridges else stdio_servers(config)
+    unset = [server.name for server in servers if server.port is None]
+    if unset:
+        raise LaunchError(f"`babelgate serve` runs stdio MCP servers' bridges on their `port`: set mcp.servers[].port "
+                          f"for {', '.join(unset)} (only `babelgate up` picks free ones)")
+    return config if servers else None
+
+
+def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes: int,
+                bridged: Config | None = None) -> int:
+    """The servers as supervised children (restarted when they die), after the stdio MCP servers' bridges when
+    `bridged` names them."""
     from .auth.sealing import KEY_ENV, new_shared_key
-    from .launch.processes import Supervisor, python_module
+    from .launch.mcp_bridges import Bridges
+    from .launch.processes import Supervisor
 
     signals = StopSignals()
     supervisor = Supervisor()
     # every process seals and opens the reservations the others made
     env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key()}
-    extra = ["--peers", args.peers] if args.peers else []
     try:
+        if bridged is not None:
+            Bridges(supervisor).start(bridged)
         for index in range(processes):
-            supervisor.start_reporting(f"ext_proc-{index}", python_module(
-                "ext_proc", "serve", "-c", str(args.config), "--host", host, "--port", str(first_port + index),
-                "--process-index", str(index), "--report-ready", *extra,
-                *(["--health-port", str(args.health_port + index)] if args.health_port is not None else [])),
-                env=env)
+            _, ready = supervisor.start_reporting(f"ext_proc-{index}", _child_serve_argv(args, host, first_port, index),
+                                                  env=env)
+            if args.report_ready and index == 0:
+                print(json.dumps(ready), flush=True)
         log.info("%d ext_proc processes on ports %d-%d", processes, first_port, first_port + processes - 1)
         return _wait_for_signal(supervisor, signals)
     finally:
         supervisor.stop_all()
+
+
+def _child_serve_argv(args: argparse.Namespace, host: str, first_port: int, index: int) -> list[str]:
+    from .launch.processes import python_module
+
+    where = ["--socket", str(args.socket)] if args.socket is not None else ["--port", str(first_port + index)]
+    return python_module(
+        "ext_proc", "serve", "-c", str(args.config), "--host", host, *where,
+        "--process-index", str(index if args.port is None and args.socket is None else args.process_index),
+        "--report-ready", "--no-mcp-bridges", *(["--peers", args.peers] if args.peers else []),
+        *(["--health-port", str(args.health_port + index)] if args.health_port is not None else []))
 
 
 # -- up -----------------------------------------------------------------------------------------------------------
@@ -328,13 +364,18 @@ def _prepare_demo(args: argparse.Namespace, supervisor: Supervisor, workdir: Pat
             "ext_proc.demo", "--kind", provider.kind, "--name", provider.name, "--port", "0",
             "--api-key", keys[provider.name]), restart_argv=reported_port_argv)
         ports[provider.name] = ready["port"]
+    env[demo.MCP_KEY_ENV] = demo.mcp_secret()
+    _, ready = supervisor.start_reporting(demo.MCP_TOOLS, python_module(
+        "ext_proc.demo", "--kind", "mcp", "--name", demo.MCP_TOOLS, "--port", "0", "--api-key", env[demo.MCP_KEY_ENV]),
+        restart_argv=reported_port_argv)
     env[demo.ADMIN_ENV] = demo.admin_credential(dict(os.environ))
     data, client_key = demo.demo_config(
         ports, workdir,
         listen_port=listen_port, admin_port=admin_port,
         ext_proc_port=args.ext_proc_port or constants.DEFAULT_EXT_PROC_PORT, processes=args.processes or 1,
         client_key=os.environ.get("BABELGATE_DEMO_KEY"),
-        admin_api_port=args.admin_api_port or _free_or(constants.DEFAULT_ADMIN_API_PORT))
+        admin_api_port=args.admin_api_port or _free_or(constants.DEFAULT_ADMIN_API_PORT),
+        mcp_tools_port=ready["port"])
     config_path = workdir / "demo-config.yaml"
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
     return config_path, client_key, env
@@ -391,7 +432,33 @@ Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
     -d '{{"model": "{model}", "input": "Hello!", "stream": true}}'
 
 Models: {models}
-{channel_line}{admin_lines}""", flush=True)
+{channel_line}{admin_lines}{_mcp_banner(url, shown_key, config)}""", flush=True)
+
+
+def _mcp_banner(url: str, key: str, config: Config) -> str:
+    """How to reach the MCP endpoint: Claude Code (flag or `--mcp-config` file) and the Python `mcp` SDK."""
+    if config.mcp is None:
+        return ""
+    endpoint = f"{url}{config.mcp.path}"
+    servers = ", ".join(f"{server.name} ({server.name_prefix}{config.mcp.separator}*)" for server in config.mcp.servers)
+    mcp_config = json.dumps({"mcpServers": {"babelgate": {
+        "type": "http", "url": endpoint, "headers": {"Authorization": f"Bearer {key}"}}}})
+    return f"""
+MCP endpoint: {endpoint}  (tool servers: {servers})
+  claude mcp add --transport http babelgate {endpoint} --header "Authorization: Bearer {key}"
+  claude --mcp-config '{mcp_config}'
+
+  import asyncio
+  from mcp.client import Client
+  from mcp.client.streamable_http import streamable_http_client
+  from mcp.shared._httpx_utils import create_mcp_http_client
+
+  async def main():
+      http = create_mcp_http_client(headers={{"Authorization": "Bearer {key}"}})
+      async with Client(streamable_http_client("{endpoint}", http_client=http)) as session:
+          print([tool.name for tool in (await session.list_tools()).tools])
+  asyncio.run(main())
+"""
 
 
 class StopSignals:
@@ -415,7 +482,7 @@ class StopSignals:
 def _wait_for_signal(supervisor: Supervisor, signals: StopSignals, on_tick: Callable[[], None] | None = None,
                      on_hangup: Callable[[], None] | None = None) -> int:
     """Until SIGTERM/SIGINT (then 0) or a child's crash loop (then 1; the caller drains and stops as for a signal).
-    Children that exit meanwhile are restarted (`Supervisor.tend`); SIGHUP is passed on to every child (the servers
+    Children that exit meanwhile are restarted (`Supervisor.tend`); SIGHUP is passed on to every ext_proc server (they
     reload their config) and to `on_hangup`."""
     from .launch.processes import CrashLoop
 
@@ -428,7 +495,10 @@ def _wait_for_signal(supervisor: Supervisor, signals: StopSignals, on_tick: Call
             return 1
         if signals.hangups != handled:
             handled = signals.hangups
-            supervisor.signal_all(signal.SIGHUP, skip=("envoy",))
+            # the servers reload; Envoy, the demo providers and the MCP bridges have no use for it (and the last
+            # two would die of it)
+            supervisor.signal_all(signal.SIGHUP, skip=[c.name for c in supervisor.children
+                                                       if not c.name.startswith("ext_proc-")])
             if on_hangup is not None:
                 on_hangup()
         if on_tick is not None:
@@ -445,6 +515,8 @@ def _render(args: argparse.Namespace) -> int:
     from .envoy_config.bootstrap import render_yaml
 
     config = load_config(args.config)
+    if not args.istio:
+        _require_bridge_ports(config)
     if args.filters_only:
         from .envoy_config.snippets import filters_only_yaml
 
@@ -463,6 +535,18 @@ def _render(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _require_bridge_ports(config: Config) -> None:
+    """A rendered config is served by `babelgate serve`, which runs stdio servers' bridges on their `port` only."""
+    from .config.loading import ConfigError
+    from .launch.mcp_bridges import stdio_servers
+
+    unset = [server.name for server in stdio_servers(config) if server.port is None]
+    if unset:
+        raise ConfigError(f"{config.origin.source}: MCP servers {', '.join(unset)}: a stdio server needs `port` to be "
+                          "rendered (Envoy's cluster names it, `babelgate serve` runs its bridge there; only "
+                          "`babelgate up` picks one)")
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -18,6 +18,12 @@ in pods that run no application code.
 Babelgate may share that Envoy with other traffic, so the route stage is inserted disabled and enabled only on
 Babelgate's virtual host, and the local-reply mapping only rewrites replies of that virtual host. See
 `envoy/istio/README.md` for the placements and the design choices.
+
+MCP servers (`mcp:`) are upstreams like backends: their routes and clusters are patched in, and a host outside the
+cluster gets its ServiceEntry and DestinationRule. A stdio server (`command`) is refused: its bridge is one MCP
+session of one process, which the ext_proc replicas behind one Service could not share (Envoy's calls and a
+replica's own requests would reach different bridges). Run it behind `python -m ext_proc.mcp_bridge` as a
+Deployment of its own (one replica) with a Service, and name it by `url`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import betterproto2
 import yaml
@@ -38,12 +45,13 @@ from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
 from ..config.chains import aggregate_orders, all_chain_routes
-from ..config.models import Backend, Config
+from ..config.loading import ConfigError
+from ..config.models import Config, McpServer
 from ..config.models import OutlierDetection as OutlierSettings
 from ..errors import NotFound
 from ..json_types import JsonObject
-from .bootstrap import chain_route, message_dict, route_configuration
-from .clusters import backend_cluster, chain_cluster
+from .bootstrap import chain_route, mcp_route, message_dict, route_configuration
+from .clusters import backend_cluster, chain_cluster, mcp_cluster
 from .filters import local_reply_config, route_stage_filter
 from .jwt import jwks_clusters, jwt_filter
 
@@ -140,6 +148,7 @@ def render_istio(config: Config, *, placement: Placement, namespace: str, image:
     the ext_proc port). The sidecar placement ignores the three: it renders its own gateway in `namespace`, and
     applications call `babelgate-api.<namespace>`.
     """
+    _refuse_stdio_servers(config)
     if placement == "gateway":
         site = _Site(placement, namespace, gateway_host, gateway_namespace, _INGRESS_SELECTOR,
                      gateway_service_account)
@@ -159,6 +168,16 @@ def render_istio(config: Config, *, placement: Placement, namespace: str, image:
         _ext_proc_destination_rule(namespace),
         *trust_objects(config, site),
     ]
+
+
+def _refuse_stdio_servers(config: Config) -> None:
+    stdio = [server.name for server in config.mcp.servers if server.command is not None] if config.mcp else []
+    if stdio:
+        raise ConfigError(
+            f"MCP servers {', '.join(stdio)}: stdio servers (`command`) are not rendered for Istio (a bridge is one "
+            "session of one process, and the ext_proc replicas share one Service): run each behind `python -m "
+            "ext_proc.mcp_bridge --host 0.0.0.0 --port N -- <command>` in a Deployment of one replica with a Service, "
+            "and name it by `url: http://<service>:N/mcp`")
 
 
 def render_istio_yaml(config: Config, *, placement: Placement, namespace: str, image: str, config_text: str,
@@ -200,6 +219,7 @@ def _envoy_filter(config: Config, site: _Site) -> dict:
     """The standalone rendering's pieces as patches on Istio's Envoy config, for the gateway's pods alone."""
     clusters = [*jwks_clusters(config), *(backend_cluster(b, config) for b in config.backends)]
     clusters += [chain_cluster(config, order) for order in aggregate_orders(config)]
+    clusters += [mcp_cluster(server, config) for server in (config.mcp.servers if config.mcp else [])]
     patches = [
         _patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE", _route_stage(config, site)),
         *_token_check(config, site),
@@ -227,13 +247,15 @@ def _virtual_host_match(site: _Site) -> dict:
 
 
 def _route_patches(config: Config, site: _Site) -> list[dict]:
-    """The standalone chain routes, in front of the virtual host's own. Istio puts each INSERT_FIRST route in front
-    of those inserted before it, so they go in reversed to end in the standalone order. A direct route sits there
-    too: the backend's host it sets selects Babelgate's virtual host again (see `_direct_hosts`)."""
+    """The standalone chain and MCP routes, in front of the virtual host's own. Istio puts each INSERT_FIRST route
+    in front of those inserted before it, so they go in reversed to end in the standalone order. A direct route sits
+    there too: the backend's host it sets selects Babelgate's virtual host again (see `_direct_hosts`)."""
     backends = {b.id: b for b in config.backends}
+    routes = [chain_route(chain, backends) for chain in all_chain_routes(config)]
+    if config.mcp is not None:
+        routes += [mcp_route(server, config.mcp) for server in config.mcp.servers]
     return [_patch("HTTP_ROUTE", {"routeConfiguration": _virtual_host_match(site)}, "INSERT_FIRST",
-                   _as_dict(chain_route(chain, backends), site))
-            for chain in reversed(all_chain_routes(config))]
+                   _as_dict(route, site)) for route in reversed(routes)]
 
 
 def _patch(apply_to: str, match: dict, operation: str, value: dict) -> dict:
@@ -414,24 +436,60 @@ def _api_destination_rule(site: _Site) -> dict:
 
 # -- the providers, as the mesh sees them ----------------------------------------------------------------------------
 
-def egress_objects(config: Config, namespace: str) -> list[dict]:
-    """A ServiceEntry and a DestinationRule per provider host outside the cluster.
+class _Upstream(Protocol):
+    """What the egress objects need of a backend or an MCP server."""
 
-    Babelgate's own traffic does not use them: its backend clusters (added by the EnvoyFilter) originate TLS
-    themselves. They register the host for the rest of the mesh: HTTPS on the URL's port as is, and plain HTTP on
-    port 80 with TLS originated by Istio (SNI = the host), ejecting the host like Babelgate's own cluster does.
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def is_tls(self) -> bool: ...
+    @property
+    def connect_to(self) -> str | None: ...
+    @property
+    def outlier_detection(self) -> OutlierSettings | None: ...
+
+
+@dataclass(frozen=True)
+class _McpUpstream:
+    """An MCP server's `url` as an upstream host (Envoy's TLS and pools for it are its cluster's, no ejection)."""
+
+    host: str
+    port: int
+    is_tls: bool
+    connect_to: str | None = None
+    outlier_detection: OutlierSettings | None = None
+
+    @classmethod
+    def of(cls, server: McpServer) -> _McpUpstream:
+        assert server.url is not None
+        parts = urlsplit(server.url)
+        tls = parts.scheme == "https"
+        return cls(parts.hostname or "", parts.port or (443 if tls else HTTP_PORT), tls)
+
+
+def egress_objects(config: Config, namespace: str) -> list[dict]:
+    """A ServiceEntry and a DestinationRule per provider or MCP server host outside the cluster.
+
+    Babelgate's own traffic does not use them: its backend and MCP clusters (added by the EnvoyFilter) originate
+    TLS themselves. They register the host for the rest of the mesh: HTTPS on the URL's port as is, and plain HTTP
+    on port 80 with TLS originated by Istio (SNI = the host), ejecting the host like Babelgate's own cluster does.
     """
-    hosts: dict[str, list[Backend]] = {}
-    for backend in config.backends:
-        if not _in_cluster(backend.host):
-            hosts.setdefault(backend.host, []).append(backend)
+    upstreams: list[_Upstream] = [*config.backends]
+    if config.mcp is not None:
+        upstreams += [_McpUpstream.of(server) for server in config.mcp.servers if server.url is not None]
+    hosts: dict[str, list[_Upstream]] = {}
+    for upstream in upstreams:
+        if not _in_cluster(upstream.host):
+            hosts.setdefault(upstream.host, []).append(upstream)
     objects: list[dict] = []
     for host, backends in hosts.items():
         objects += [_service_entry(host, backends, namespace), _destination_rule(host, backends, namespace)]
     return objects
 
 
-def _service_entry(host: str, backends: list[Backend], namespace: str) -> dict:
+def _service_entry(host: str, backends: list[_Upstream], namespace: str) -> dict:
     ports: dict[int, dict] = {}
     for backend in backends:
         if backend.is_tls:
@@ -454,7 +512,7 @@ def _service_entry(host: str, backends: list[Backend], namespace: str) -> dict:
             "metadata": {"name": _egress_name(host), "namespace": namespace, "labels": dict(_LABELS)}, "spec": spec}
 
 
-def _destination_rule(host: str, backends: list[Backend], namespace: str) -> dict:
+def _destination_rule(host: str, backends: list[_Upstream], namespace: str) -> dict:
     policy: dict = {}
     # Backends sharing a host (two keys, two Azure deployments) share this rule: the first one's settings win.
     settings = next((b.outlier_detection for b in backends if b.outlier_detection is not None), None)
@@ -585,6 +643,8 @@ def _env_secrets(config: Config) -> list[str]:
         refs.append(config.limits.redis.password)
     if config.admin is not None:
         refs += [credential.secret for credential in config.admin.credentials]
+    for server in config.mcp.servers if config.mcp is not None else []:
+        refs += [server.bearer, *server.headers.values()]
     return [ref.env for ref in refs if ref is not None and ref.env]
 
 

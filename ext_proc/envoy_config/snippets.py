@@ -1,10 +1,13 @@
 """`babelgate render --filters-only`: the pieces a user pastes into an Envoy config of their own.
 
 Four pieces, each in the shape of the Envoy field it goes into: the route-stage HTTP filter (before the router), the
-chain routes (at the front of the virtual host that serves OpenAI-format traffic), the clusters (the ext_proc
-servers, each backend, each chain with the attempt stage as its upstream filter), and the local-reply mapper that
-gives Envoy's own errors the OpenAI shape. Routes of the user's that carry other traffic switch the route stage off
-with the per-route config printed alongside.
+chain routes and MCP routes (at the front of the virtual host that serves OpenAI-format traffic), the clusters (the
+ext_proc servers, each backend, each chain with the attempt stage as its upstream filter, each MCP server), and the
+local-reply mapper that gives Envoy's own errors the OpenAI shape. Routes of the user's that carry other traffic
+switch the route stage off with the per-route config printed alongside.
+
+MCP: the route stage answers `mcp.path` itself and sends tool calls on to the `mcp_<server>` routes; a stdio server's
+cluster names `mcp.bridge_host` and its `port`, where `babelgate serve` runs its bridge (the port must be set).
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ _GUIDE = """\
 #    verifies tokens right before the route stage, and its JWKS clusters are among the clusters).
 # 2. routes: put these at the front of the virtual host that receives OpenAI-format requests; they only match
 #    requests the route stage has chosen a chain for (header x-babelgate-int-chain and its decision in the
-#    dynamic metadata), and `admin_api`/`admin_api_json` the admin API's gRPC and JSON paths. The last one
-#    (`unrouted`) is a
-#    catch-all 404: leave it out if your own routes follow.
-# 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc).
+#    dynamic metadata), `mcp_<server>` the MCP tool calls the route stage forwards (header x-babelgate-int-mcp;
+#    the MCP endpoint itself, mcp.path, is answered by the route stage), and `admin_api`/`admin_api_json` the admin
+#    API's gRPC and JSON paths. The last one (`unrouted`) is a catch-all 404: leave it out if your own routes follow.
+# 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc) and
+#    one per MCP server (bg_mcp_<server>; a stdio server's is `babelgate serve`'s bridge at mcp.bridge_host:port).
 # 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional;
 #    with JWT issuers it also makes every token refusal a 401, where Envoy answers a wrong audience with 403).
 # 5. disable_on_other_routes: add it as `typed_per_filter_config` to each of your routes that carries other traffic,

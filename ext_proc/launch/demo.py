@@ -1,10 +1,12 @@
 """The built-in configuration of `babelgate up --demo`: one fake provider per wire format, failover between the
-OpenAI and Anthropic ones, and one fresh virtual key."""
+OpenAI and Anthropic ones, two demo MCP tool servers behind the gateway's `/mcp` (one over Streamable HTTP with a
+bearer the gateway adds, one stdio behind its bridge), and one fresh virtual key."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +32,12 @@ PROVIDERS = (
 )
 DEMO_OPENAI, DEMO_ANTHROPIC = PROVIDERS[0].name, PROVIDERS[1].name
 KEY_ENV = "BABELGATE_DEMO_PROVIDER_KEY"
+MCP_TOOLS = "demo-tools"
+"""The demo MCP server over Streamable HTTP (`python -m ext_proc.demo --kind mcp`); its tools are `tools__*`."""
+MCP_LOCAL = "local"
+"""The demo stdio MCP server (`python -m ext_proc.demo.mcp_stdio`), behind its bridge; its tools are `local__*`."""
+MCP_KEY_ENV = "BABELGATE_DEMO_MCP_KEY"
+"""The bearer the demo HTTP MCP server demands; the gateway sends it from this variable."""
 ADMIN_ENV = "BABELGATE_ADMIN_KEY"
 """The demo's admin API credential: this variable when set, else a fresh one."""
 
@@ -44,6 +52,19 @@ def provider_secrets() -> tuple[dict[str, str], dict[str, str]]:
     keys["demo-vertex"] = token         # ... and hands out this token at /token, then demands it
     env = {KEY_ENV: shared, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
     return keys, env
+
+
+def mcp_secret() -> str:
+    return "mcp-demo-" + secrets.token_hex(8)
+
+
+def mcp_section(tools_port: int) -> dict:
+    """Both demo MCP servers; the stdio one has no `port`: `babelgate up` picks its bridge's."""
+    return {"servers": [
+        {"name": MCP_TOOLS, "prefix": "tools", "url": f"http://127.0.0.1:{tools_port}/mcp",
+         "bearer": {"env": MCP_KEY_ENV}},
+        {"name": MCP_LOCAL, "command": [sys.executable, "-m", "ext_proc.demo.mcp_stdio"]},
+    ]}
 
 
 def write_service_account(path: Path, token_uri: str) -> Path:
@@ -63,9 +84,11 @@ def admin_credential(environ: dict[str, str]) -> str:
 
 
 def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin_port: int, ext_proc_port: int,
-                processes: int, client_key: str | None = None, admin_api_port: int | None = None) -> tuple[dict, str]:
+                processes: int, client_key: str | None = None, admin_api_port: int | None = None,
+                mcp_tools_port: int | None = None) -> tuple[dict, str]:
     """The config as data plus the virtual key it admits (generated unless given). With `admin_api_port`, the admin
-    API serves there (credential from $BABELGATE_ADMIN_KEY) and keeps the keys it makes in the work directory."""
+    API serves there (credential from $BABELGATE_ADMIN_KEY) and keeps the keys it makes in the work directory. With
+    `mcp_tools_port` (where the demo HTTP MCP server listens), `/mcp` serves both demo MCP servers."""
     key = client_key or generate_key()
 
     def url(name: str, path: str = "") -> str:
@@ -114,6 +137,8 @@ def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin
         "routes": routes,
         "virtual_keys": [{"id": "demo", "hash": hash_key(key), "models": ["*"]}],
     }
+    if mcp_tools_port is not None:
+        config["mcp"] = mcp_section(mcp_tools_port)
     if admin_api_port is not None:
         config["keys_file"] = str(workdir / "demo-keys.yaml")
         config["admin"] = {"port": admin_api_port, "via_envoy": True,  # the demo shows JSON through Envoy

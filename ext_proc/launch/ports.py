@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config.models import Config
+from .mcp_bridges import bind_host, stdio_servers
 from .processes import LaunchError
 
 LISTENER, ENVOY_ADMIN, ADMIN_API = "the listener", "Envoy admin", "the admin API"
@@ -54,6 +55,10 @@ def stack_claims(config: Config) -> list[Claim]:
         if metrics.prometheus_port is not None:
             claims.append(Claim(metrics.prometheus_host, metrics.prometheus_port + index,
                                 f"ext_proc server {index} metrics"))
+    for bridge in stdio_servers(config):
+        if bridge.port is not None:
+            assert config.mcp is not None
+            claims.append(Claim(bind_host(config.mcp.bridge_host), bridge.port, f"the MCP bridge of {bridge.name}"))
     return [claim for claim in claims if claim.port != 0]
 
 

@@ -213,6 +213,12 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(sig)
 
+    def stop_child(self, name: str, timeout: float = 10.0) -> None:
+        """Stop one child for good (a reload dropped what it served): it is no longer tended."""
+        for child in [c for c in self.children if c.name == name]:
+            self.children.remove(child)
+            _stop(child, timeout)
+
     def stop_all(self, timeout: float = 10.0) -> None:
         for child in reversed(self.children):
             if child.alive():
@@ -288,7 +294,7 @@ class Supervisor:
                 self._kill_unready(child, f"did not report ready within {self.policy.ready_timeout:.0f}s")
             return
         child.awaiting_ready_since = None
-        if child.ready is not None and ready != child.ready:
+        if child.ready is not None and ready.get("port") != child.ready.get("port"):
             log.warning("%s came back reporting %s, not %s as the first time", child.name, ready, child.ready)
         log.info("%s is ready again (pid %d)", child.name, child.process.pid)
 
@@ -331,6 +337,17 @@ def _close_pipes(child: Child) -> None:
     if child.process.stdout is not None:
         with contextlib.suppress(OSError):
             child.process.stdout.close()
+
+
+def _stop(child: Child, timeout: float) -> None:
+    if child.alive():
+        _signal(child.process, signal.SIGTERM)
+    try:
+        child.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _signal(child.process, signal.SIGKILL)
+        child.process.wait(5)
+    _close_pipes(child)
 
 
 def _signal(process: subprocess.Popen, sig: int) -> None:

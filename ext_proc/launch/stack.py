@@ -7,6 +7,8 @@ Decisions worth knowing before changing this file:
 - Every TCP port the stack binds is tried before anything starts (`ports.ensure_free`).
 - `workspace` removes the work directory only after every child has stopped: the ext_proc servers' Unix sockets
   and Envoy's config and xDS files live in it.
+- The bridges of stdio MCP servers start first (`mcp_bridges.py`): their ports go into Envoy's clusters and, when
+  the config left them unset, into the copy of the config the ext_proc servers read (`Stack.served_path`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from ..auth.sealing import KEY_ENV, new_shared_key
 from ..config.models import Config
 from ..envoy_config.xds_files import bootstrap_yaml, write_resources
+from .mcp_bridges import Bridges, needs_ports, write_served_config
 from .ports import ensure_free, stack_claims
 from .processes import LaunchError, Supervisor, python_module, wait_for_envoy
 
@@ -39,6 +42,9 @@ class Stack:
     envoy_config_path: Path
     supervisor: Supervisor
     xds_directory: Path
+    bridges: Bridges | None = None
+    served_path: Path | None = None
+    """The copy of the config file the ext_proc servers read, when it has the bridges' ports filled in."""
     version: int = 1
     _settling: tuple[Config, float] | None = None
 
@@ -131,8 +137,8 @@ def envoy_argv(config_path: Path, log_level: str = "warning", workers: int = 2) 
 
 def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Supervisor,
                 env: dict[str, str] | None = None, envoy_log_level: str = "warning", envoy_workers: int = 2) -> Stack:
-    """Start the ext_proc servers named by `config.ext_proc`, then Envoy; return once Envoy is ready. PortInUse,
-    before anything starts, when a port it would bind is taken.
+    """Start the bridges of the config's stdio MCP servers, the ext_proc servers named by `config.ext_proc`, then
+    Envoy; return once Envoy is ready. PortInUse, before anything starts, when a port it would bind is taken.
 
     Envoy and the servers share this host, so unless the config chose a channel (`tls`, `socket_dir`, `peers:
     mesh`) they talk over Unix sockets in `workdir` that only this user can open: no other local process can ask a
@@ -144,14 +150,13 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
     ensure_free(stack_claims(config))
     # every process seals and opens the reservations the others made
     env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key(), **(env or {})}
-    for index in range(server.processes):
-        where = (["--socket", str(server.socket_path(index))] if server.socket_dir is not None
-                 else ["--port", str(server.port + index)])
-        supervisor.start_reporting(
-            f"ext_proc-{index}",
-            python_module("ext_proc", "serve", "-c", str(config_path), *where,
-                          "--process-index", str(index), "--report-ready"),
-            env=env)
+    bridges = Bridges(supervisor)
+    served_path = None
+    if config.mcp is not None:
+        unresolved = needs_ports(config)
+        config = bridges.start(config)
+        served_path = write_served_config(config_path, config, workdir) if unresolved else None
+    _start_servers(config, served_path or config_path, supervisor, env)
     envoy_config_path = workdir / "envoy.yaml"
     xds_directory = workdir / "xds"
     write_resources(xds_directory, [config], 1)
@@ -163,4 +168,17 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
         supervisor.stop_all()
         raise
     return Stack(config=config, envoy_config_path=envoy_config_path, supervisor=supervisor,
-                 xds_directory=xds_directory)
+                 xds_directory=xds_directory, bridges=bridges, served_path=served_path)
+
+
+def _start_servers(config: Config, config_path: Path, supervisor: Supervisor, env: dict[str, str]) -> None:
+    """The stack's bridges are its own: the servers are told not to start them again (`--no-mcp-bridges`)."""
+    server = config.ext_proc
+    for index in range(server.processes):
+        where = (["--socket", str(server.socket_path(index))] if server.socket_dir is not None
+                 else ["--port", str(server.port + index)])
+        supervisor.start_reporting(
+            f"ext_proc-{index}",
+            python_module("ext_proc", "serve", "-c", str(config_path), *where,
+                          "--process-index", str(index), "--report-ready", "--no-mcp-bridges"),
+            env=env)

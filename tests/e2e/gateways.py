@@ -224,11 +224,9 @@ class GatewayBuilder:
         return entry
 
     def mcp_stdio_server(self, name: str, **fields: Any) -> dict[str, Any]:
-        """The demo stdio MCP server behind the gateway's bridge, added to `mcp.servers` as a `command` server."""
-        argv = ["--port", "0", "--", sys.executable, "-m", "ext_proc.demo.mcp_stdio"]
-        _, ready = self.supervisor.start_reporting(f"bridge-{name}", python_module("ext_proc.mcp_bridge", *argv))
+        """The demo stdio MCP server as a `command` server in `mcp.servers`: the stack starts its bridge."""
         entry: dict[str, Any] = {"name": name, "command": [sys.executable, "-m", "ext_proc.demo.mcp_stdio"],
-                                 "port": int(ready["port"]), **fields}
+                                 **fields}
         self.config.setdefault("mcp", {}).setdefault("servers", []).append(entry)
         return entry
 

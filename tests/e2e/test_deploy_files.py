@@ -9,6 +9,7 @@ client certificate; a client without it is refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -30,6 +31,9 @@ import pytest
 import redis
 import yaml
 from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from ext_proc import healthcheck
 from ext_proc.auth.certificates import make_certificates
@@ -48,7 +52,7 @@ COMPOSE_ENVOY = ROOT / "envoy" / "compose" / "envoy.yaml"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 DEMO_KEY = "bg-compose-demo-key-not-a-secret"  # documented in docker-compose.yaml as the demo-only key
 CORE_SERVICES = {"certs", "envoy", "babelgate", "redis"}
-DEMO_SERVICES = {"demo-openai", "demo-anthropic"}
+DEMO_SERVICES = {"demo-openai", "demo-anthropic", "demo-mcp"}
 LOOPBACK = "127.0.0.1"
 TLS_VOLUME = "ext-proc-tls"
 TLS_FILES = ("ca_file", "cert_file", "key_file", "client_cert_file", "client_key_file")
@@ -80,8 +84,8 @@ def docker_compose() -> str:
 
 def compose(binary: str, *args: str, file: Path = COMPOSE_FILE, profiles: tuple[str, ...] = (),
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("COMPOSE_") and k not in ("DEMO_PROVIDER_KEY", "BABELGATE_METADATA_KEY")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")
+             and k not in ("DEMO_PROVIDER_KEY", "DEMO_MCP_KEY", "BABELGATE_METADATA_KEY")}
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run([binary, "-f", str(file), *flags, *args], cwd=file.parent, env={**clean, **(env or {})},
                           capture_output=True, text=True, timeout=60)
@@ -149,6 +153,14 @@ def test_compose_config_names_the_services_compose_runs() -> None:
         assert argv[argv.index("--port") + 1] == str(backend.port), backend.id
         assert argv[argv.index("--host") + 1] == "0.0.0.0", backend.id
     assert config.ext_proc.host == "babelgate" and config.listener.host == "0.0.0.0"
+    # the MCP servers: an HTTP one is a demo service, a stdio one's bridge runs in `babelgate` (its `serve`)
+    for server in config.mcp.servers:
+        if server.url is not None:
+            argv = services[urlsplit(server.url).hostname]["command"]
+            assert argv[argv.index("--port") + 1] == str(urlsplit(server.url).port), server.name
+            assert server.bearer.env in services["babelgate"]["environment"], server.name
+        else:
+            assert config.mcp.bridge_host == "babelgate" and server.port is not None, server.name
     assert urlsplit(config.limits.redis.url).hostname == "redis"
     assert services["envoy"]["ports"] == [f"127.0.0.1:{config.listener.port}:{config.listener.port}"]
     assert services["babelgate"]["volumes"][0] == "./envoy/compose/babelgate.yaml:/etc/babelgate/babelgate.yaml:ro"
@@ -280,6 +292,23 @@ def test_compose_services_run_as_plain_processes_and_serve_openai_clients(compos
     compose_stack.supervisor.check()
 
 
+def test_compose_mcp_endpoint_serves_the_demo_mcp_service_and_the_stdio_server_of_the_babelgate_service(
+        compose_stack: ComposeStack) -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
+        http = create_mcp_http_client(headers={"authorization": f"Bearer {DEMO_KEY}"})
+        url = compose_stack.url.removesuffix("/v1") + "/mcp"
+        async with Client(streamable_http_client(url, http_client=http), mode="legacy") as session:
+            names = [tool.name for tool in (await session.list_tools()).tools]
+            results = [await session.call_tool("tools__echo", {"text": "compose"}),
+                       await session.call_tool("local__notes_list", {})]
+        return names, [part.text for result in results for part in result.content]
+
+    names, texts = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert {"tools__echo", "local__notes_list"} <= set(names), names
+    assert texts == ["compose", "no notes yet"]
+    compose_stack.supervisor.check()
+
+
 def test_compose_certs_hands_each_key_to_its_reader_and_keeps_the_files(compose_stack: ComposeStack,
                                                                         tmp_path: Path) -> None:
     """Each private key is readable by one user only, the image user that needs it; a second run (every `up`)
@@ -363,6 +392,7 @@ def _loopback_ports(config: dict, services: dict) -> dict[tuple[str, int], int]:
     for name in sorted(DEMO_SERVICES):
         argv = services[name]["command"]
         wanted.append((name, int(argv[argv.index("--port") + 1])))
+    wanted += [("babelgate", server["port"]) for server in config["mcp"]["servers"] if "command" in server]
     return dict(zip(wanted, free_ports(len(wanted)), strict=True))
 
 
@@ -380,6 +410,13 @@ def _on_loopback(config: dict, ports: dict[tuple[str, int], int], tls_dir: Path)
     for backend in config["backends"]:
         backend["base_url"] = _url_on_loopback(backend["base_url"], ports)
     config["limits"]["redis"]["url"] = _url_on_loopback(config["limits"]["redis"]["url"], ports)
+    config["mcp"]["bridge_host"] = LOOPBACK
+    for server in config["mcp"]["servers"]:
+        if "url" in server:
+            server["url"] = _url_on_loopback(server["url"], ports)
+        else:
+            server["port"] = ports["babelgate", server["port"]]
+            server["command"] = [sys.executable if arg == "python" else arg for arg in server["command"]]
     return config
 
 
