@@ -283,7 +283,7 @@ def _serve_many(args: argparse.Namespace, host: str, first_port: int, processes:
     env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key()}
     try:
         if bridged is not None:
-            Bridges(supervisor).start(bridged)
+            Bridges(supervisor, shared_key=env[KEY_ENV]).start(bridged)
         for index in range(processes):
             _, ready = supervisor.start_reporting(f"ext_proc-{index}", _child_serve_argv(args, host, first_port, index),
                                                   env=env)

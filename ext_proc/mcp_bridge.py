@@ -34,8 +34,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -111,6 +113,8 @@ class Bridge:
         self._posts = 0
         self._no_posts = asyncio.Event()
         self._no_posts.set()
+        self.api_key: str | None = None
+        """When set, every request must carry it as a bearer token (the gateway's, see `--api-key-env`)."""
 
     async def drained(self) -> None:
         """Wait until no POST is being answered."""
@@ -126,6 +130,10 @@ class Bridge:
             *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=self._max_bytes)
         self._tasks = [asyncio.create_task(self._read_child()), asyncio.create_task(self._copy_stderr())]
+
+    def stopping(self) -> None:
+        """The bridge is being stopped: the child's exit from now on is no failure."""
+        self._stopping = True
 
     async def stop(self) -> None:
         """End the child: close its stdin, then terminate, then kill, each after a grace period."""
@@ -146,6 +154,11 @@ class Bridge:
         self._outbox.close()
 
     async def handle(self, request: Request, response: Response) -> None:
+        if self.api_key is not None and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()):
+            await send_refusal(response, Refusal(401, INVALID_REQUEST, "missing or wrong bearer token"),
+                               [("www-authenticate", "Bearer")])
+            return
         if request.path != MCP_PATH:
             await send_refusal(response, Refusal(404, INVALID_REQUEST, f"the MCP endpoint is {MCP_PATH}"))
             return
@@ -302,6 +315,10 @@ async def _drop(message: Message) -> None:
 async def serve(args: argparse.Namespace) -> int:
     child_log = open(args.child_log, "ab") if args.child_log else None  # noqa: SIM115 - closed below
     bridge = Bridge(args.command, args.request_timeout, args.max_message_bytes, child_log)
+    if args.api_key_env:
+        bridge.api_key = os.environ.get(args.api_key_env) or None
+        if bridge.api_key is None:
+            raise OSError(f"--api-key-env names {args.api_key_env}, which is not set")
     server: HttpServer | None = None
     try:
         await bridge.start()
@@ -318,8 +335,13 @@ async def serve(args: argparse.Namespace) -> int:
 async def _run(bridge: Bridge, server: HttpServer, name: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    def stopping() -> None:
+        bridge.stopping()  # the signal often reaches the child too (a process group): its exit is expected
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stopping)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # a reload of the stack it belongs to: nothing to do
     ready = {"name": name, "kind": "mcp-bridge", "port": server.port, "pid": bridge.child_pid}
     sys.stdout.buffer.write(orjson.dumps(ready) + b"\n")
     sys.stdout.flush()
@@ -341,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         args.command = args.command[1:]
     if not args.command:
         _parser().error("give the stdio server's command after --")
-    logging.basicConfig(level=logging.INFO, format="mcp-bridge %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"mcp-bridge {args.name} %(levelname)s %(message)s")
     try:
         return asyncio.run(serve(args))
     except OSError as exc:
@@ -359,6 +381,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds the child has to answer one request")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest POST body and largest line from the child")
+    parser.add_argument("--api-key-env", help="the environment variable holding the bearer token every request "
+                                              "must carry (the key stays out of the process list)")
     parser.add_argument("--child-log", help="append the child's stderr here (default: the bridge's stderr)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the stdio server's command and arguments")
     return parser

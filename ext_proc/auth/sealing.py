@@ -59,3 +59,15 @@ class Sealer:
 def new_shared_key() -> str:
     """For a parent that starts several ext_proc processes: one key they all read from `KEY_ENV`."""
     return secrets.token_urlsafe(32)
+
+
+def derived_secret(shared: str, purpose: str) -> str:
+    """A secret for one `purpose` (e.g. one MCP bridge's bearer) from the deployment's shared key: every process that
+    holds the shared key computes it; the purpose's secret reveals nothing of the shared key or of other purposes."""
+    return hmac.new(shared.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def mcp_bridge_key(shared: str, server: str) -> str:
+    """The bearer token the gateway sends a stdio MCP server's bridge, and the bridge wants: every process holding
+    the deployment's shared key computes it; nothing else that reaches the bridge's port can use the server."""
+    return derived_secret(shared, f"babelgate mcp bridge {server}")

@@ -45,7 +45,7 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     if base_dir is not None:
-        _resolve_paths(data, base_dir)
+        resolve_paths(data, base_dir)
     return _validate(data, Origin(source, node_lines(root)))
 
 
@@ -109,7 +109,7 @@ def _file_of(loc: list[str | int], origin: Origin,
     return origin, loc
 
 
-def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
+def resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
     """Relative file paths in the config are relative to the config file, not the working directory."""
 
     def fix(holder: dict[str, Any], key: str) -> None:
@@ -152,3 +152,15 @@ def _resolve_paths(data: dict[str, Any], base_dir: Path) -> None:
                 fix(azure["entra"]["client_secret"], "file")
             if isinstance(backend.get("api_key"), dict):
                 fix(backend["api_key"], "file")
+    mcp = data.get("mcp")
+    for server in (mcp.get("servers") or []) if isinstance(mcp, dict) else []:
+        if isinstance(server, dict):
+            fix(server, "ca_file")
+            references = [server.get("bearer"), *_values(server.get("headers")), *_values(server.get("env"))]
+            for reference in references:
+                if isinstance(reference, dict):
+                    fix(reference, "file")
+
+
+def _values(mapping: object) -> list[object]:
+    return list(mapping.values()) if isinstance(mapping, dict) else []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .models import Config
+from .models import Config, secret_refs
 
 
 def watched_files(config: Config, config_path: Path) -> list[Path]:
@@ -14,15 +14,8 @@ def watched_files(config: Config, config_path: Path) -> list[Path]:
     files = [config_path]
     if config.keys_file is not None:
         files.append(config.keys_file)
-    for backend in config.backends:
-        if backend.api_key is not None and backend.api_key.file is not None:
-            files.append(backend.api_key.file)
-        entra = backend.azure.entra if backend.azure is not None else None
-        if entra is not None and entra.client_secret.file is not None:
-            files.append(entra.client_secret.file)
-    redis = config.limits.redis
-    if redis is not None and redis.password is not None and redis.password.file is not None:
-        files.append(redis.password.file)
+    # every SecretRef read from a file: provider keys, Entra secrets, Redis's password, MCP servers' credentials ...
+    files.extend(dict.fromkeys(ref.file for _, ref in secret_refs(config) if ref.file is not None))
     return files
 
 

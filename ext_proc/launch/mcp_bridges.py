@@ -12,6 +12,9 @@ Decisions worth knowing before changing this file:
 - One bridge serves one child and one MCP session; every ext_proc process of one host shares it. A dead bridge (its
   child died, or it was killed) is restarted by the supervisor like any child; the gateway's upstream session then
   gets a 404 and opens a new one.
+- A bridge serves only the gateway: it wants a bearer token derived from the deployment's shared key
+  (`auth.sealing.mcp_bridge_key`), which the ext_proc servers send (`mcp/service.py`); anything else reaching its
+  port gets 401.
 - The server's `env` SecretRefs are read when its bridge starts and passed in the bridge's environment (the child
   inherits it); the bridge's restarts get the same environment. A reload restarts a bridge only when its server's
   `command`, `args`, `env` (the references, not the values behind them) or `port` changed: a rotated secret
@@ -29,13 +32,15 @@ from pathlib import Path
 import yaml
 
 from ..auth.credentials import read_secret
-from ..config.loading import _resolve_paths  # the loader's own rule for relative paths
+from ..auth.sealing import mcp_bridge_key
+from ..config.loading import resolve_paths  # the loader's own rule for relative paths
 from ..config.models import Config, McpServer
 from .processes import Supervisor, python_module, reported_port_argv
 
 log = logging.getLogger(__name__)
 
 BRIDGE_MODULE = "ext_proc.mcp_bridge"
+BRIDGE_KEY_ENV = "BABELGATE_MCP_BRIDGE_KEY"
 SERVED_CONFIG = "babelgate.served.yaml"
 """The copy of the user's config with the bridges' ports filled in, in the work directory."""
 ANY_ADDRESS = "0.0.0.0"
@@ -64,10 +69,13 @@ def bind_host(bridge_host: str) -> str:
     return bridge_host
 
 
-def bridge_argv(server: McpServer, port: int, host: str) -> list[str]:
+def bridge_argv(server: McpServer, port: int, host: str, *, keyed: bool = False) -> list[str]:
+    """`keyed`: the bridge wants the gateway's bearer (`BRIDGE_KEY_ENV` in its environment)."""
     assert server.command is not None
-    return python_module(BRIDGE_MODULE, "--name", server.name, "--host", host, "--port", str(port), "--",
+    key = ["--api-key-env", BRIDGE_KEY_ENV] if keyed else []
+    return python_module(BRIDGE_MODULE, "--name", server.name, "--host", host, "--port", str(port), *key, "--",
                          *server.command, *server.args)
+
 
 
 def bridge_env(config: Config, server: McpServer) -> dict[str, str]:
@@ -89,6 +97,8 @@ class Bridges:
     """The running bridges of one stack, by server name: (what they run, the port they serve)."""
 
     supervisor: Supervisor
+    shared_key: str | None = None
+    """The deployment's shared key (`BABELGATE_METADATA_KEY`): each bridge then wants a bearer derived from it."""
     running: dict[str, tuple[tuple[object, ...], int]] = field(default_factory=dict)
 
     def start(self, config: Config) -> Config:
@@ -106,9 +116,13 @@ class Bridges:
 
     def _start_one(self, config: Config, server: McpServer) -> int:
         assert config.mcp is not None
-        argv = bridge_argv(server, server.port or 0, bind_host(config.mcp.bridge_host))
-        _, ready = self.supervisor.start_reporting(child_name(server.name), argv, env=bridge_env(config, server),
-                                                   restart_argv=reported_port_argv)
+        keyed = self.shared_key is not None
+        argv = bridge_argv(server, server.port or 0, bind_host(config.mcp.bridge_host), keyed=keyed)
+        env = bridge_env(config, server)
+        if self.shared_key is not None:
+            env[BRIDGE_KEY_ENV] = mcp_bridge_key(self.shared_key, server.name)
+        _, ready = self.supervisor.start_reporting(child_name(server.name), argv, env=env,
+                                                   restart_argv=reported_port_argv, expendable=True)
         log.info("MCP server %s: its bridge serves port %s", server.name, ready["port"])
         return int(ready["port"])
 
@@ -126,7 +140,7 @@ def write_served_config(source: Path, config: Config, workdir: Path) -> Path:
     """The user's config file as written, relative paths made absolute and the bridges' ports filled in, where the
     ext_proc servers read it (replaced in one rename: they may be reading it)."""
     data = yaml.safe_load(source.read_text())
-    _resolve_paths(data, source.parent)
+    resolve_paths(data, source.parent)
     ports = {server.name: server.port for server in stdio_servers(config)}
     for entry in (data.get("mcp") or {}).get("servers") or []:
         if entry.get("command") is not None and ports.get(entry.get("name")) is not None:

@@ -3,7 +3,8 @@
 Two phases, two rules. While a stack starts, a child that exits is a launch failure (`Supervisor.check`): nothing
 has served yet and the log says why. Once it serves, `Supervisor.tend` keeps it serving: a child that exits (crash,
 OOM kill, an operator's `kill`) is started again after a backoff, and only a crash loop stops the stack; its
-siblings and Envoy are never taken down for one child's death.
+siblings and Envoy are never taken down for one child's death. An expendable child (a stdio MCP server's bridge: a
+third-party tool server may well crash) in a crash loop is given up alone; the gateway reports that server down.
 
 Decisions worth knowing before changing this file:
 - A restart uses the argv and the whole environment of the first start, captured then: `babelgate up` adds to
@@ -103,6 +104,10 @@ class Child:
     due: float | None = None
     """Set while it is down, waiting out its backoff: when to start it again."""
     awaiting_ready_since: float | None = None
+    expendable: bool = False
+    """The stack serves on without it (a stdio MCP server's bridge): a crash loop gives up on it alone."""
+    given_up: bool = False
+    """An expendable child in a crash loop: no longer restarted."""
     _log_start: int = 0
     """Where the current run's output begins in its log file (restarts append to it)."""
     _stdout_buffer: bytes = b""
@@ -163,10 +168,12 @@ class Supervisor:
         return child
 
     def start_reporting(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
-                        timeout: float = 20.0, restart_argv: RestartArgv | None = None) -> tuple[Child, dict]:
+                        timeout: float = 20.0, restart_argv: RestartArgv | None = None,
+                        expendable: bool = False) -> tuple[Child, dict]:
         """Start a child that prints one JSON line when it is ready (its port, typically) and return that line.
         `restart_argv` makes the argv of its restarts from the first argv and that line (`reported_port_argv`)."""
         child = self.start(name, argv, env, stdout=subprocess.PIPE)
+        child.expendable = expendable
         assert child.process.stdout is not None
         deadline = time.monotonic() + timeout
         os.set_blocking(child.process.stdout.fileno(), False)
@@ -196,6 +203,8 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         restarted = []
         for child in self.children:
+            if child.given_up:
+                continue
             if child.due is not None:
                 if now >= child.due:
                     self._restart(child, now)
@@ -255,6 +264,11 @@ class Supervisor:
         code, uptime = child.process.returncode, now - child.started
         child.awaiting_ready_since = None
         child.restarts = [when for when in child.restarts if now - when < self.policy.window]
+        if len(child.restarts) >= self.policy.max_restarts and child.expendable:
+            child.given_up = True
+            log.error("%s exited with code %s after %d restarts within %.0fs: giving up on it; the stack serves on "
+                      "without it\n%s", child.name, code, len(child.restarts), self.policy.window, child.log_tail())
+            return
         if len(child.restarts) >= self.policy.max_restarts:
             raise CrashLoop(f"{child.name} exited with code {code} after {len(child.restarts)} restarts within "
                             f"{self.policy.window:.0f}s: giving up on it\n{child.log_tail()}")

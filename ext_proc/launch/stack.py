@@ -150,7 +150,7 @@ def start_stack(config: Config, config_path: Path, workdir: Path, supervisor: Su
     ensure_free(stack_claims(config))
     # every process seals and opens the reservations the others made
     env = {KEY_ENV: os.environ.get(KEY_ENV) or new_shared_key(), **(env or {})}
-    bridges = Bridges(supervisor)
+    bridges = Bridges(supervisor, shared_key=env[KEY_ENV])
     served_path = None
     if config.mcp is not None:
         unresolved = needs_ports(config)

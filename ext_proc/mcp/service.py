@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..auth.sealing import KEY_ENV
+from ..auth.sealing import KEY_ENV, mcp_bridge_key
 from ..auth.virtual_keys import KeyInfo
 from ..config.models import McpServer, McpSettings, SecretRef, Team
 from ..guardrails.engine import Guardrail
@@ -305,9 +305,15 @@ class McpService:
 
 def read_credentials(settings: McpSettings, read: Callable[[SecretRef, str], str],
                      where: Callable[[int], str]) -> dict[str, dict[str, str]]:
-    """Every server's upstream headers, secrets read now (a missing one fails the config load, not a call)."""
-    return {server.name: credential_headers(server, read, where(index))
-            for index, server in enumerate(settings.servers)}
+    """Every server's upstream headers, secrets read now (a missing one fails the config load, not a call). A stdio
+    server's bridge gets the bearer its launcher gave it (derived from the deployment's shared key, when set)."""
+    shared = os.environ.get(KEY_ENV)
+    headers = {}
+    for index, server in enumerate(settings.servers):
+        headers[server.name] = credential_headers(server, read, where(index))
+        if server.command is not None and shared:
+            headers[server.name]["authorization"] = "Bearer " + mcp_bridge_key(shared, server.name)
+    return headers
 
 
 def shared_key(purpose: str) -> bytes:

@@ -283,6 +283,16 @@ def test_the_upstream_gets_the_gateways_credential_and_never_the_clients(setup: 
     assert not [name for name in answer.headers if name.startswith(("x-demo", "x-envoy", "mcp-session"))]
 
 
+def test_a_stdio_servers_bridge_serves_only_the_gateway(setup: Setup) -> None:
+    stack = setup.gateway.stack
+    assert stack is not None and stack.config.mcp is not None
+    port = next(server.port for server in stack.config.mcp.servers if server.name == "local")
+    answer = httpx.post(f"http://127.0.0.1:{port}/mcp", content=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
+                        headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
+                        timeout=30)
+    assert answer.status_code == 401
+
+
 def test_a_client_cannot_route_itself_to_an_mcp_server(setup: Setup) -> None:
     """The routing header is the route stage's: a client's own is dropped and never reaches an upstream."""
     answer = httpx.post(f"{setup.gateway.url}/v1/anything", timeout=30, content=b"{}", headers={

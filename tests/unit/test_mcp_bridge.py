@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mcp.types as types
 import pytest
 from mcp import Client
@@ -179,3 +180,25 @@ def test_the_bridge_needs_a_command() -> None:
     completed = subprocess.run([sys.executable, "-m", "ext_proc.mcp_bridge", "--port", "0"], capture_output=True,
                                timeout=60)
     assert completed.returncode == 2 and b"command" in completed.stderr
+
+
+def test_with_an_api_key_env_every_request_needs_the_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BG_TEST_BRIDGE_KEY", "bridge-secret")
+    with bridge("--api-key-env", "BG_TEST_BRIDGE_KEY") as peer:
+        ping = b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}'
+        for headers in ({}, {"authorization": "Bearer wrong"}):
+            refused = httpx.post(peer.url, content=ping, timeout=30, headers={
+                "content-type": "application/json", "accept": "application/json, text/event-stream", **headers})
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        keyed = RawClient(peer.url, headers={"authorization": "Bearer bridge-secret"})
+        try:
+            keyed.initialize()
+        finally:
+            keyed.close()
+
+
+def test_an_api_key_env_that_is_not_set_stops_the_bridge() -> None:
+    process = subprocess.run([sys.executable, "-m", "ext_proc.mcp_bridge", "--port", "0", "--api-key-env",
+                              "BG_TEST_UNSET_BRIDGE_KEY", "--", sys.executable, "-c", "pass"],
+                             capture_output=True, timeout=60)
+    assert process.returncode == 2 and b"BG_TEST_UNSET_BRIDGE_KEY" in process.stderr

@@ -117,6 +117,22 @@ def test_a_crash_loop_gives_up_and_leaves_the_siblings_alone(supervisor: Supervi
     assert healthy.alive()
 
 
+def test_an_expendable_child_in_a_crash_loop_is_given_up_alone(supervisor: Supervisor,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    healthy = supervisor.start("healthy", _python(IDLE))
+    crasher = supervisor.start("bridge", _python(CRASH))
+    crasher.expendable = True
+    now = crasher.started
+    for _ in range(POLICY.max_restarts):
+        now = _crash_and_restart(supervisor, crasher, now)
+    _exited(crasher)
+    with caplog.at_level(logging.ERROR, "ext_proc.launch.processes"):
+        assert supervisor.tend(now=now) == []
+    assert crasher.given_up and healthy.alive()
+    assert any("giving up on it; the stack serves on without it" in r.getMessage() for r in caplog.records)
+    assert supervisor.tend(now=now + 120) == [] and not crasher.alive()
+
+
 def test_restarts_spread_over_more_than_the_window_are_not_a_crash_loop(supervisor: Supervisor) -> None:
     crasher = supervisor.start("crasher", _python(CRASH))
     now = crasher.started
