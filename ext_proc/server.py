@@ -200,7 +200,7 @@ def build_server(holder: RuntimeHolder) -> tuple[GrpcServer, HealthService]:
         runtime = holder.current
         is_attempt = metadata.get(constants.STAGE_METADATA_KEY) == constants.STAGE_ATTEMPT
         return ProcessStream(call, AttemptStage(runtime) if is_attempt else RouteStage(runtime),
-                             in_task=runtime.limiter is not None or runtime.mcp is not None)
+                             in_task=runtime.limiter is not None)
 
     health = HealthService()
     server = GrpcServer({PROCESS_METHOD: process, USAGE_METHOD: _usage_method(holder), **health.methods()})

@@ -113,6 +113,7 @@ class McpService:
         self._first_fill: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
         self._listeners: list[asyncio.Task[None]] = []
+        self._ending: set[asyncio.Task[None]] = set()
         self._closed = False
         self._sessions_handed_over = False
 
@@ -210,8 +211,12 @@ class McpService:
     # -- upstream sessions ---------------------------------------------------------------------------------------
 
     async def upstream_session(self, server: str, session: Session | None) -> UpstreamSession:
-        """The upstream session a call for `session` (None: a stateless client) goes on, opened if needed."""
+        """The upstream session a call for `session` (None: a stateless client) goes on, opened if needed (within
+        `wait_budget`; the opening runs in a task of its own, as the HTTP client needs)."""
         state = self.servers[server]
+        known = state.shared if session is None else _recorded(session, server)
+        if known is not None:  # the common case: no I/O, no task
+            return known
         try:
             return await asyncio.wait_for(self._session_for(state, session), self.wait_budget)
         except TimeoutError:
@@ -221,10 +226,6 @@ class McpService:
         server = state.settings.name
         if session is None:
             return await self._shared(state)
-        recorded = session.upstream.get(server)
-        if recorded is not None:
-            version, _, upstream_id = recorded.partition(" ")
-            return UpstreamSession(version, upstream_id or None)
         opened = await state.client.open()
         await self.sessions.set_upstream(session, server, f"{opened.version} {opened.session_id or ''}")
         return opened
@@ -237,8 +238,14 @@ class McpService:
             session.upstream.pop(server, None)
             await self.sessions.set_upstream(session, server, "")
 
-    async def end(self, session: Session) -> None:
-        """The client ended its gateway session: end the upstream sessions it opened (best effort)."""
+    def end(self, session: Session) -> None:
+        """The client ended its gateway session: end the upstream sessions it opened (best effort, in the
+        background: the client's DELETE does not wait for the upstreams')."""
+        task = asyncio.get_running_loop().create_task(self._end(session))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _end(self, session: Session) -> None:
         for server, recorded in session.upstream.items():
             state = self.servers.get(server)
             version, _, upstream_id = recorded.partition(" ")
@@ -301,6 +308,15 @@ class McpService:
             await state.client.aclose()
         if not self._sessions_handed_over:
             await self.sessions.close()
+
+
+def _recorded(session: Session, server: str) -> UpstreamSession | None:
+    """The upstream session `session` already has with `server` (recorded as "<version> <id>")."""
+    recorded = session.upstream.get(server)
+    if not recorded:
+        return None
+    version, _, upstream_id = recorded.partition(" ")
+    return UpstreamSession(version, upstream_id or None)
 
 
 def read_credentials(settings: McpSettings, read: Callable[[SecretRef, str], str],

@@ -247,7 +247,7 @@ class McpStage:
             return self._error(None, jsonrpc.INTERNAL_ERROR, "The session store is unavailable; try again.", 503)
         if session is None:
             return self._error(None, jsonrpc.SESSION_UNKNOWN, "Unknown or expired session.", 404)
-        await self._service.end(session)
+        self._service.end(session)
         self._record(method="session/delete", status=200)
         return self._status(200, b"", ())
 

@@ -30,3 +30,21 @@ def test_responses_stream_benchmark_compares_the_three_ways(tmp_path: Path) -> N
     rows = [line for line in table.splitlines() if line.startswith("| (")]
     assert [row[:5] for row in rows] == ["| (a)", "| (b)", "| (c)"]
     assert all(float(row.split("|")[2]) > 0 for row in rows)  # text events per stream: every way streamed text
+
+
+def test_mcp_call_benchmark_compares_direct_and_gateway(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "load" / "mcp_call.py"), "--smoke", "--output", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(next(tmp_path.glob("mcp-call-smoke-*.json")).read_text())
+    assert {(row["way"][:3], row["mode"]) for row in rows} == {
+        (way, mode) for way in ("(a)", "(b)", "(c)") for mode in ("serial", "50/s")}
+    assert all(row["errors"] == 0 and row["calls"] > 0 and row["p50_ms"] > 0 for row in rows)
+    gateway = [row for row in rows if row["way"].startswith("(c)")]
+    assert all(row["total_cpu_ms_per_call"] > 0 for row in gateway)
+    serial = next(row for row in gateway if row["mode"] == "serial")  # hundreds of calls: every process ticked
+    assert serial["ext_proc_cpu_ms_per_call"] > 0 and serial["envoy_cpu_ms_per_call"] > 0
+    table = next(tmp_path.glob("mcp-call-smoke-*.md")).read_text()
+    assert table.startswith("| way |")
+    assert "| (a) direct | serial |" in table and "| (c) gateway | 50/s |" in table
+    assert "| (c) gateway | 50/s |" in result.stdout
