@@ -16,6 +16,7 @@ gateway can keep secrets out of, so Babelgate never starts Envoy at debug level 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import secrets
@@ -41,6 +42,7 @@ from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.launch.processes import free_port
 from ext_proc.launch.stack import Stack, envoy_argv
 
+from ..eventually import eventually
 from .gateways import GatewayBuilder
 from .support import fault
 from .test_admin_api_e2e import METHOD
@@ -383,7 +385,14 @@ def _cli_traffic(traffic: Traffic, config_path: Path) -> None:
     assert "main" in traffic.cli("keys list", "keys", "list", *config)
     traffic.cli("keys list, wrong credential", "keys", "list", "--admin", f"127.0.0.1:{traffic.admin_port}",
                 env={"BABELGATE_ADMIN_KEY": traffic.found[ADMIN] + "x"})
-    assert "limited" in traffic.cli("usage", "usage", *config, "--json", env=redis_env)
+    # the key's limit is per minute, and `usage` shows the windows open now: a minute that turned since the traffic
+    # has no counter for it yet, so the key asks once more (admitted in a new minute, refused in the same one)
+    def usage_shows_the_limited_key() -> bool:
+        with contextlib.suppress(openai.RateLimitError):
+            traffic.openai(traffic.found[LIMITED_KEY]).chat.completions.create(model="direct", messages=HELLO)
+        return "limited" in traffic.cli("usage", "usage", *config, "--json", env=redis_env)
+
+    eventually(usage_shows_the_limited_key, timeout=60, interval=1, what="`babelgate usage` lists the limited key")
     assert "ext_proc" in traffic.cli("render", "render", *config)
 
 
