@@ -14,21 +14,16 @@ import subprocess
 import time
 from pathlib import Path
 
+from ext_proc.launch.processes import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 CLUSTER_SLOTS = 16384
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: every probe stays bound until all are chosen, so none is handed out twice."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+    """Distinct free ports, below the kernel's ephemeral range (see `free_port`)."""
+    return [free_port() for _ in range(count)]
 
 
 def _ask(port: int, *words: str, timeout: float = 0.5) -> bytes:

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -374,9 +375,45 @@ def python_module(module: str, *args: str) -> list[str]:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a process that binds it a little later. Taken below the kernel's ephemeral range when
+    there is room: a port the kernel hands out for `bind(0)` (every server started with `--port 0`, every outgoing
+    connection) then can't be the same one in the meantime. Never the same port twice in a row from this process.
+    `BABELGATE_FREE_PORTS=<low>-<high>` narrows the range (the test suite gives each of its workers its own)."""
+    low, high = _free_port_range()
+    for _ in range(200 if high > low else 0):
+        port = random.randint(low, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.append(port)
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _handed_out.append(port)
+    return port
+
+
+def _free_port_range() -> tuple[int, int]:
+    chosen = os.environ.get(FREE_PORTS_ENV, "")
+    low, dash, high = chosen.partition("-")
+    if dash and low.isdigit() and high.isdigit() and 0 < int(low) < int(high) < 65536:
+        return int(low), int(high)
+    return _FREE_PORT_RANGE if _FREE_PORT_RANGE is not None else (0, 0)
+
+
+def _below_ephemeral() -> tuple[int, int] | None:
+    """(lowest, highest) port under the kernel's ephemeral range (`ip_local_port_range`), when it leaves room."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (FREE_PORT_FLOOR, first - 1) if first - 1 - FREE_PORT_FLOOR >= 1000 else None
+
+
+FREE_PORT_FLOOR = 11000
+"""Above the ports services are commonly configured on (10000, 9901, 8080 ...)."""
+FREE_PORTS_ENV = "BABELGATE_FREE_PORTS"
+_FREE_PORT_RANGE = _below_ephemeral()
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 
 
 def free_port_run(count: int, host: str = "127.0.0.1") -> int:

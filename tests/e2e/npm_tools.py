@@ -8,6 +8,7 @@ dependencies are kept (Codex ships its native binary as one).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -24,8 +25,12 @@ def pinned_binary(package: str, version: str, install_dir: Path, binary_name: st
     """`node_modules/.bin/<binary_name>` of `package@version` under `install_dir`, installed unless `version_of`
     (the binary's own report) already says `version`."""
     binary = install_dir / "node_modules" / ".bin" / binary_name
-    if not binary.exists() or version_of(binary) != version:
-        _install(package, version, install_dir)
+    install_dir.parent.mkdir(parents=True, exist_ok=True)
+    # one installer at a time (test workers run in parallel): a second one would replace the tool under the first
+    with open(install_dir.with_name(install_dir.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.exists() or version_of(binary) != version:
+            _install(package, version, install_dir)
     found = version_of(binary)
     if found != version:
         raise RuntimeError(f"{binary} reports version {found!r} after installing {version}")

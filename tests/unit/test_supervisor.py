@@ -15,7 +15,15 @@ from types import SimpleNamespace
 import pytest
 
 from ext_proc.cli import _wait_for_signal
-from ext_proc.launch.processes import Child, CrashLoop, LaunchError, RestartPolicy, Supervisor, reported_port_argv
+from ext_proc.launch.processes import (
+    Child,
+    CrashLoop,
+    LaunchError,
+    RestartPolicy,
+    Supervisor,
+    free_port,
+    reported_port_argv,
+)
 from tests.eventually import eventually
 
 POLICY = RestartPolicy(first_delay=0.5, max_delay=2.0, stable_after=30.0, max_restarts=4, window=60.0,
@@ -282,3 +290,10 @@ def test_the_serving_loop_gives_up_on_a_crash_loop_with_exit_code_1(caplog: pyte
         assert healthy.alive()  # the caller drains, then stops everything
     finally:
         supervisor.stop_all()
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < first_ephemeral for port in ports)
