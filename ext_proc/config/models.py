@@ -384,6 +384,17 @@ class GuardrailSettings(_Strict):
         return self
 
 
+class RouteCache(_Strict):
+    """The route's exact response cache (`ext_proc/cache/`): an answer served again for the same request."""
+
+    scope: Literal["key", "team", "global"] = Field("team", description="Who shares hits: each key, each team (keys "
+                                                                        "without one: each key), or every caller.")
+    ttl: Seconds = Field(300.0, description="How long an answer is served from the cache.")
+    max_entry_bytes: int = Field(1 << 20, ge=1024, description="Larger answers are not cached.")
+    deterministic_only: bool = Field(True, description="Only requests whose sampling can't vary (`temperature: 0`); "
+                                                       "false: any request (`n > 1` never).")
+
+
 class ModelRoute(_Strict):
     model: str = Field(min_length=1, description="The public model name clients send; `prefix/*` matches any name "
                                                  "that starts with `prefix/`.")
@@ -397,6 +408,7 @@ class ModelRoute(_Strict):
                           "backend; random otherwise.")
     exploration: float = Field(0.05, ge=0, le=1, description="`latency`: share of requests sent in random order.")
     rules: list[RouteRule] = []
+    cache: RouteCache | None = Field(None, description="Serve repeated requests from the exact response cache.")
     retry_on: list[int | Literal["connect-failure", "reset"]] = Field(
         [429, 500, 502, 503, 504, "connect-failure", "reset"],
         description="Outcomes that send the request to the next backend. 400, 401, 403 and 404 are refused: they "

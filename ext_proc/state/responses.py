@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -28,6 +26,7 @@ from redis.asyncio import Redis, RedisCluster
 from ..config.models import RedisSettings, ResponsesSettings
 from ..json_types import JsonObject
 from ..limits.store import StoreUnavailable
+from .expiring_lru import ExpiringLru
 from .redis_records import bounded, record_client
 
 log = logging.getLogger(__name__)
@@ -92,34 +91,16 @@ class ResponseStore(ABC):
 class MemoryResponseStore(ResponseStore):
     def __init__(self, ttl: float, max_entries: int, max_bytes: int = MEMORY_BYTES) -> None:
         super().__init__(ttl)
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._bytes = 0
-        self._records: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._records = ExpiringLru(max_entries, max_bytes)
 
     async def put(self, response_id: str, record: JsonObject) -> None:
-        raw = orjson.dumps(record)
-        await self._remove(response_id)
-        self._records[response_id] = (time.monotonic() + self.ttl, raw)
-        self._bytes += len(raw)
-        while self._records and (len(self._records) > self._max_entries or self._bytes > self._max_bytes):
-            _, (_, dropped) = self._records.popitem(last=False)
-            self._bytes -= len(dropped)
+        self._records.put(response_id, orjson.dumps(record), self.ttl)
 
     async def _read(self, response_id: str) -> bytes | None:
-        entry = self._records.get(response_id)
-        if entry is None:
-            return None
-        if entry[0] < time.monotonic():
-            await self._remove(response_id)
-            return None
-        self._records.move_to_end(response_id)
-        return entry[1]
+        return self._records.get(response_id)
 
     async def _remove(self, response_id: str) -> None:
-        entry = self._records.pop(response_id, None)
-        if entry is not None:
-            self._bytes -= len(entry[1])
+        self._records.remove(response_id)
 
 
 class RedisResponseStore(ResponseStore):

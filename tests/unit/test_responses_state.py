@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from ext_proc.config.models import RedisSettings, ResponsesSettings
 from ext_proc.json_types import JsonObject
 from ext_proc.limits.store import StoreUnavailable
+from ext_proc.state import expiring_lru
 from ext_proc.state import responses as state
 from ext_proc.state.responses import (
     MemoryResponseStore,
@@ -51,7 +52,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """The memory store's `time.monotonic`, moved by hand."""
     fake = Clock()
-    monkeypatch.setattr(state, "time", types.SimpleNamespace(monotonic=fake))
+    monkeypatch.setattr(expiring_lru, "time", types.SimpleNamespace(monotonic=fake))
     return fake
 
 
@@ -162,7 +163,7 @@ def test_memory_records_expire_after_their_ttl(clock: Clock) -> None:
         assert await store.get("resp_1", "alice") is not None
         clock.now += 2.0
         assert await store.get("resp_1", "alice") is None
-        assert store._bytes == 0 and not store._records  # the expired record's bytes are given back
+        assert store._records.bytes == 0 and not store._records  # the expired record's bytes are given back
 
     asyncio.run(scenario())
 
@@ -199,11 +200,11 @@ def test_memory_holds_no_more_bytes_than_its_bound(clock: Clock) -> None:
         store = MemoryResponseStore(TTL, 1000, max_bytes=3 * size)
         for index in range(5):
             await store.put(f"resp_{index}", record("alice", "x" * 100))
-        assert store._bytes == 3 * size
+        assert store._records.bytes == 3 * size
         assert [await store.get(f"resp_{i}", "alice") is not None for i in range(5)] == [False, False, True, True,
                                                                                         True]
         await store.put("resp_big", record("alice", "x" * 10 * size))  # bigger than the whole bound: not kept
-        assert store._bytes <= 3 * size
+        assert store._records.bytes <= 3 * size
         assert await store.get("resp_big", "alice") is None
 
     asyncio.run(scenario())
@@ -215,10 +216,10 @@ def test_memory_replacing_a_record_keeps_the_byte_count_right(clock: Clock) -> N
         await store.put("resp_1", record("alice", "x" * 1000))
         await store.put("resp_1", record("alice", "y"))
         await store.put("resp_2", record("alice", "zz"))
-        assert store._bytes == len(orjson.dumps(record("alice", "y"))) + len(orjson.dumps(record("alice", "zz")))
+        assert store._records.bytes == len(orjson.dumps(record("alice", "y"))) + len(orjson.dumps(record("alice", "zz")))
         await store.delete("resp_1", "alice")
         await store.delete("resp_2", "alice")
-        assert store._bytes == 0
+        assert store._records.bytes == 0
 
     asyncio.run(scenario())
 
@@ -290,7 +291,7 @@ def test_storing_off_builds_no_store() -> None:
 def test_without_redis_the_store_is_in_memory_with_the_configured_bounds() -> None:
     store = build_response_store(ResponsesSettings(ttl=120, max_in_memory=7), None, None)
     assert isinstance(store, MemoryResponseStore)
-    assert (store.ttl, store._max_entries) == (120, 7)
+    assert (store.ttl, store._records.max_entries) == (120, 7)
 
 
 def test_with_redis_the_store_is_redis_under_the_key_prefix(redis_server: RedisServer) -> None:
@@ -316,5 +317,5 @@ def test_with_redis_the_store_is_redis_under_the_key_prefix(redis_server: RedisS
 def test_a_damaged_record_reads_as_unknown() -> None:
     """Bytes that are not a record (written by something else, or damaged) are a 404, never a 500."""
     store = MemoryResponseStore(ttl=60, max_entries=10)
-    store._records["resp_damaged"] = (float("inf"), b"\x00not json")
+    store._records.put("resp_damaged", b"\x00not json", ttl=1e9)
     assert asyncio.run(store.get("resp_damaged", "k")) is None

@@ -1,0 +1,101 @@
+"""Where cached answers live: Redis when `limits.redis` is configured (every process and replica shares hits; `SET`
+with the route's TTL), else this process's memory (bounded by count and bytes, least recently used first).
+
+An entry is one JSON document: the answer's body as the client got it (its own format), its usage, and what the miss
+cost, so a hit can report the cost it saved, with the time it was stored (for the `age` a hit reports). A store
+failing is `StoreUnavailable` for the caller to shrug off: a cache that can't be read is a miss, one that can't be
+written is a missed chance, never a failed request.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis, RedisCluster
+
+from ..config.models import RedisSettings
+from ..json_types import JsonObject
+from ..state.expiring_lru import ExpiringLru
+from ..state.redis_records import bounded, record_client
+
+MEMORY_ENTRIES = 10_000
+MEMORY_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    body: JsonObject
+    """The answer as the client's format shapes it (a chat completion, an Anthropic message, a Response)."""
+    stored_at: float
+    """Wall-clock seconds."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"body": self.body, "at": self.stored_at, "in": self.input_tokens,
+                             "out": self.output_tokens, "usd": self.cost_usd})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CachedAnswer | None:
+        """None for anything this gateway did not write (or that was damaged): a miss."""
+        try:
+            data = orjson.loads(raw)
+            return cls(data["body"], float(data["at"]), int(data["in"]), int(data["out"]), float(data["usd"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+    def age(self, now: float | None = None) -> int:
+        return max(0, int((time.time() if now is None else now) - self.stored_at))
+
+
+class AnswerCache(ABC):
+    @abstractmethod
+    async def get(self, key: str) -> CachedAnswer | None: ...
+
+    @abstractmethod
+    async def put(self, key: str, answer: CachedAnswer, ttl: float) -> None: ...
+
+    async def close(self) -> None:
+        return None
+
+
+class MemoryAnswerCache(AnswerCache):
+    def __init__(self, max_entries: int = MEMORY_ENTRIES, max_bytes: int = MEMORY_BYTES) -> None:
+        self._entries = ExpiringLru(max_entries, max_bytes)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        raw = self._entries.get(key)
+        return CachedAnswer.decode(raw) if raw is not None else None
+
+    async def put(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        self._entries.put(key, answer.encode(), ttl)
+
+
+class RedisAnswerCache(AnswerCache):
+    def __init__(self, client: Redis | RedisCluster, prefix: str, timeout: float) -> None:
+        self._client = client
+        self._prefix = prefix + "cache:"
+        self._deadline = max(timeout * 10, 1.0)  # entries are documents, not counters: as `redis_records`
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        raw = await bounded(self._client.get(self._prefix + key), self._deadline)
+        if raw is None:
+            return None
+        return CachedAnswer.decode(raw if isinstance(raw, bytes) else str(raw).encode())
+
+    async def put(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        await bounded(self._client.set(self._prefix + key, answer.encode(), px=max(1, int(ttl * 1000))),
+                      self._deadline)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def build_answer_cache(redis: RedisSettings | None, password: str | None) -> AnswerCache:
+    if redis is None:
+        return MemoryAnswerCache()
+    return RedisAnswerCache(record_client(redis, password), redis.key_prefix, redis.timeout)

@@ -1,0 +1,112 @@
+"""The exact response cache's parts (issue 21, first step): keys, client directives, stores, and the replay of a
+cached chat completion as a stream the official SDK parses."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import orjson
+import pytest
+from openai.types.chat import ChatCompletionChunk
+
+from ext_proc.cache.keys import IGNORED, cache_key, deterministic, directive
+from ext_proc.cache.replay import chat_stream
+from ext_proc.cache.store import CachedAnswer, MemoryAnswerCache, RedisAnswerCache, build_answer_cache
+from ext_proc.config.models import RedisSettings
+from ext_proc.state import expiring_lru
+
+from ..redis_server import RedisServer
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 50}
+ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "system_fingerprint": "fp",
+          "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+              "role": "assistant", "content": "Calling it.", "tool_calls": [
+                  {"id": "call_1", "type": "function", "function": {"name": "get", "arguments": '{"a": 1}'}}]}}],
+          "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+_prefixes = itertools.count()
+
+
+def test_fields_that_only_steer_delivery_share_a_key_and_every_other_field_splits_it() -> None:
+    base = cache_key("m", "team-a", "chat", BODY)
+    steered = {**BODY, "stream": True, "stream_options": {"include_usage": True}, "user": "u", "metadata": {"a": "b"}}
+    assert cache_key("m", "team-a", "chat", steered) == base
+    assert {"stream", "user", "metadata"} <= IGNORED
+    for changed in ({**BODY, "max_tokens": 51}, {**BODY, "tools": []}, {**BODY, "unknown_field": 1},
+                    {**BODY, "messages": [{"role": "user", "content": "hi!"}]}):
+        assert cache_key("m", "team-a", "chat", changed) != base
+    assert len({base, cache_key("m", "team-b", "chat", BODY), cache_key("m", "", "chat", BODY),
+                cache_key("other", "team-a", "chat", BODY), cache_key("m", "team-a", "messages", BODY)}) == 5
+    assert cache_key("m", "t", "chat", {"b": 1, "a": 2}) == cache_key("m", "t", "chat", {"a": 2, "b": 1})
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ({"temperature": 0}, True), ({"temperature": 0.0}, True), ({"top_k": 1}, True), ({}, False),
+    ({"temperature": 0.7}, False), ({"temperature": 0, "n": 2}, False), ({"temperature": False}, False),
+])
+def test_only_requests_whose_sampling_cant_vary_are_deterministic(body: dict, expected: bool) -> None:
+    assert deterministic(body) is expected
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, "use"), ({"cache-control": "no-cache"}, "refresh"), ({"cache-control": "max-age=0, no-store"}, "bypass"),
+    ({"x-babelgate-cache": "Bypass"}, "bypass"), ({"x-babelgate-cache": "refresh"}, "refresh"),
+    ({"x-babelgate-cache": "whatever", "cache-control": "no-cache"}, "refresh"),
+])
+def test_clients_bypass_or_refresh_the_cache(headers: dict, expected: str) -> None:
+    assert directive(headers) == expected
+
+
+def test_memory_entries_expire_and_damaged_ones_read_as_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(expiring_lru, "time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
+    cache = MemoryAnswerCache(max_entries=10, max_bytes=1 << 20)
+    answer = CachedAnswer(ANSWER, stored_at=1000.0, input_tokens=3, output_tokens=4, cost_usd=0.01)
+
+    async def scenario() -> None:
+        await cache.put("k", answer, ttl=10)
+        assert await cache.get("k") == answer and answer.age(now=1042.5) == 42
+        now[0] = 111.0
+        assert await cache.get("k") is None
+        cache._entries.put("bad", b"\x00not json", 10)
+        assert await cache.get("bad") is None
+
+    asyncio.run(scenario())
+    assert CachedAnswer.decode(b'{"body": {}}') is None
+
+
+def test_redis_entries_are_shared_and_expire(redis_server: RedisServer) -> None:
+    settings = RedisSettings(url=redis_server.url, key_prefix=f"bgcache{next(_prefixes)}:")
+    answer = CachedAnswer(ANSWER, stored_at=5.0)
+
+    async def scenario() -> None:
+        first, second = build_answer_cache(settings, None), build_answer_cache(settings, None)
+        assert isinstance(first, RedisAnswerCache)
+        await first.put("k", answer, ttl=60)
+        assert await second.get("k") == answer and await second.get("other") is None
+        await first.put("short", answer, ttl=0.001)
+        for _ in range(200):  # expired within a second at most: poll, never sleep a fixed time
+            if await second.get("short") is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await second.get("short") is None
+        await first.close()
+        await second.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cached_chat_completion_replays_as_a_stream_the_sdk_parses() -> None:
+    raw = chat_stream(ANSWER, include_usage=True)
+    events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    chunks = [ChatCompletionChunk.model_validate(orjson.loads(event)) for event in events[:-1]]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert text == "Calling it." and chunks[0].choices[0].delta.role == "assistant"
+    assert [(call.id, call.function.name, call.function.arguments) for call in calls] == [  # type: ignore[union-attr]
+        ("call_1", "get", '{"a": 1}')]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
+    assert {c.id for c in chunks} == {"chatcmpl-1"} and all(c.system_fingerprint == "fp" for c in chunks)
+    assert b'"usage"' not in chat_stream(ANSWER, include_usage=False)
