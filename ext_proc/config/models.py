@@ -409,6 +409,15 @@ class ModelRoute(_Strict):
     exploration: float = Field(0.05, ge=0, le=1, description="`latency`: share of requests sent in random order.")
     rules: list[RouteRule] = []
     cache: RouteCache | None = Field(None, description="Serve repeated requests from the exact response cache.")
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_served(cls, value: RouteCache | None) -> RouteCache | None:
+        # the cache's parts exist (ext_proc/cache/) but the route stage does not serve hits yet: refuse rather than
+        # accept a setting that would silently do nothing
+        if value is not None:
+            raise ValueError("the response cache is not served by this version yet")
+        return value
     retry_on: list[int | Literal["connect-failure", "reset"]] = Field(
         [429, 500, 502, 503, 504, "connect-failure", "reset"],
         description="Outcomes that send the request to the next backend. 400, 401, 403 and 404 are refused: they "
