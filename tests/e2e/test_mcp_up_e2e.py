@@ -25,6 +25,7 @@ import yaml
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 from ext_proc.config.loading import parse_config
 from ext_proc.launch.mcp_bridges import Bridges, child_name
@@ -51,6 +52,15 @@ async def _list_and_call(url: str, key: str, *calls: tuple[str, dict]) -> tuple[
     async with client(url, key) as session:
         names = [tool.name for tool in (await session.list_tools()).tools]
         return names, [await session.call_tool(name, arguments) for name, arguments in calls]
+
+
+async def _refused_call(url: str, key: str, tool: str) -> MCPError:
+    async with client(url, key) as session:
+        try:
+            await session.call_tool(tool, {})
+        except MCPError as error:
+            return error
+    raise AssertionError(f"{tool} was called")
 
 
 def _text(result: types.CallToolResult) -> str:
@@ -188,6 +198,14 @@ def test_up_runs_restarts_and_keeps_the_port_of_a_stdio_servers_bridge(tmp_path:
         eventually(lambda: "reloaded (SIGHUP)" in (tmp_path / "up.log").read_text(), what="the SIGHUP reload")
         assert _bridge(up_pid)[0] == restarted[0]
         assert _text(run(_list_and_call(endpoint, key, ("notes__now", {})))[1][0])
+
+        # an edited allow-list holds from the reload on, for lists and calls, with nothing restarted
+        next(entry for entry in build.config["virtual_keys"] if entry["id"] == "me")["mcp_tools"] = ["notes__now"]
+        build.write()
+        eventually(lambda: run(_list_and_call(endpoint, key))[0] == ["notes__now"],
+                   what="the reloaded allow-list narrows the key's tools")
+        assert "Unknown tool" in str(run(_refused_call(endpoint, key, "notes__notes_list")))
+        assert _bridge(up_pid)[0] == restarted[0]
 
 
 def test_a_reload_restarts_only_the_bridges_whose_servers_changed(tmp_path: Path) -> None:
