@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
@@ -32,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..auth.sealing import KEY_ENV, mcp_bridge_key
+from ..auth.sealing import KEY_ENV, derived_secret, mcp_bridge_key
 from ..auth.virtual_keys import KeyInfo
 from ..config.models import McpServer, McpSettings, SecretRef, Team
 from ..guardrails.engine import Guardrail
@@ -335,6 +334,5 @@ def read_credentials(settings: McpSettings, read: Callable[[SecretRef, str], str
 def shared_key(purpose: str) -> bytes:
     """A key for `purpose` (list cursors, sealed session ids) from the deployment's shared metadata key, so any
     process reads what another signed (one process's own random key without it, like reservation seals)."""
-    shared = os.environ.get(KEY_ENV)
-    material = shared.encode() if shared else secrets.token_bytes(32)
-    return hashlib.sha256(f"babelgate mcp {purpose}".encode() + b"\0" + material).digest()
+    shared = os.environ.get(KEY_ENV) or secrets.token_urlsafe(32)
+    return bytes.fromhex(derived_secret(shared, f"babelgate mcp {purpose}"))

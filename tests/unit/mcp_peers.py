@@ -23,6 +23,8 @@ DEADLINE_SECONDS = 60.0
 HTTP_DEMO_NAME = "demo-mcp-tools"
 STDIO_DEMO = [sys.executable, "-m", "ext_proc.demo.mcp_stdio"]
 LATEST = "2025-11-25"
+STDIO_TOOLS = {"notes_add", "notes_list", "now", "countdown", "crash"}
+"""What the stdio demo server lists."""
 
 
 @dataclass(frozen=True)

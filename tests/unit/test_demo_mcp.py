@@ -19,10 +19,9 @@ from mcp.client.stdio import StdioServerParameters
 from ext_proc.demo.mcp_tools import SECRET_EMAIL
 from ext_proc.demo.server import start_demo_provider
 from ext_proc.mcp.streamable_http import Outbox
-from tests.unit.mcp_peers import LATEST, STDIO_DEMO, Peer, RawClient, http_demo, run, sse_messages
+from tests.unit.mcp_peers import LATEST, STDIO_DEMO, STDIO_TOOLS, Peer, RawClient, http_demo, run, sse_messages
 
 HTTP_TOOLS = {"echo", "add", "slow_count", "secret_lookup", "fail", "toggle_tool"}
-STDIO_TOOLS = {"notes_add", "notes_list", "now", "countdown", "crash"}
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,7 @@ import pytest
 from mcp import Client
 
 from tests.eventually import eventually
-from tests.unit.mcp_peers import LATEST, Peer, RawClient, bridge, run, sse_messages
-
-STDIO_TOOLS = {"notes_add", "notes_list", "now", "countdown", "crash"}
+from tests.unit.mcp_peers import LATEST, STDIO_TOOLS, Peer, RawClient, bridge, run, sse_messages
 
 
 @pytest.fixture(scope="module")

@@ -216,7 +216,8 @@ def test_memory_replacing_a_record_keeps_the_byte_count_right(clock: Clock) -> N
         await store.put("resp_1", record("alice", "x" * 1000))
         await store.put("resp_1", record("alice", "y"))
         await store.put("resp_2", record("alice", "zz"))
-        assert store._records.bytes == len(orjson.dumps(record("alice", "y"))) + len(orjson.dumps(record("alice", "zz")))
+        expected = len(orjson.dumps(record("alice", "y"))) + len(orjson.dumps(record("alice", "zz")))
+        assert store._records.bytes == expected
         await store.delete("resp_1", "alice")
         await store.delete("resp_2", "alice")
         assert store._records.bytes == 0
