@@ -153,9 +153,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from .admin.keys_command import add_parser as add_keys_parser
     from .admin.mcp_command import add_parser as add_mcp_parser
+    from .admin.prompts_command import add_parser as add_prompts_parser
 
     add_keys_parser(commands)
     add_mcp_parser(commands)
+    add_prompts_parser(commands)
     return parser
 
 
@@ -432,7 +434,37 @@ Babelgate is up: {url}  (OpenAI-compatible; Ctrl-C stops everything)
     -d '{{"model": "{model}", "input": "Hello!", "stream": true}}'
 
 Models: {models}
-{channel_line}{admin_lines}{_mcp_banner(url, shown_key, config)}""", flush=True)
+{channel_line}{admin_lines}{_cache_banner(url, shown_key, config)}{_template_banner(url, shown_key, config)}\
+{_mcp_banner(url, shown_key, config)}""", flush=True)
+
+
+def _template_banner(url: str, key: str, config: Config) -> str:
+    """How to call the config's first prompt template, in both request forms."""
+    if not config.prompts:
+        return ""
+    template = config.prompts[0]
+    variables = {name: "Babelgate is an AI gateway inside Envoy." for name in template.variables or ["text"]}
+    shown = json.dumps(variables)
+    return f"""
+Prompt template {template.name!r} (more: babelgate prompts list):
+  curl {url}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"model": "prompt:{template.name}", "prompt_variables": {shown}}}'
+  print(client.responses.create(prompt={{"id": "{template.name}", "variables": {shown}}}).output_text)
+"""
+
+
+def _cache_banner(url: str, key: str, config: Config) -> str:
+    """How to see a cache hit: the same deterministic request twice, and the `x-babelgate-cache` header."""
+    cached = [route.model for route in config.routes if route.cache is not None]
+    if not cached:
+        return ""
+    return f"""
+Response cache on {", ".join(cached)} (requests with temperature 0): send this twice, see miss then hit
+  curl -s -D - -o /dev/null {url}/v1/chat/completions \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"model": "{cached[0]}", "temperature": 0, "messages": [{{"role": "user", "content": "Hello!"}}]}}' \\
+    | grep -i -E '^(x-babelgate-cache|age):'
+"""
 
 
 def _mcp_banner(url: str, key: str, config: Config) -> str:

@@ -54,6 +54,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="create a key; it is printed once and stored only as a hash")
     create.add_argument("--id", required=True)
     create.add_argument("--models", default="*", help="comma-separated public model names or aliases, or *")
+    create.add_argument("--prompts", default="*", help="comma-separated prompt template names (globs), or *")
     create.add_argument("--team")
     create.add_argument("--user", help="the end user its requests count against in per-user limits")
     create.add_argument("--asserts-users", action="store_true",
@@ -120,7 +121,8 @@ def _credential(config: Config | None) -> str:
 def _create(args: argparse.Namespace, target: AdminClient | FileTarget | None) -> int:
     wanted = pb.Key(id=args.id, team=args.team or "", user=args.user or "", asserts_users=args.asserts_users,
                     limits=[_limit(text) for text in args.limit],
-                    models=[m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "*"])
+                    models=[m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "*"],
+                    prompts=[p.strip() for p in args.prompts.split(",") if p.strip() and p.strip() != "*"])
     if args.expires:
         wanted.expires_at.FromDatetime(_parse_expiry(args.expires))
     if isinstance(target, AdminClient):

@@ -1,5 +1,5 @@
 """The admin API's methods: virtual keys (create, list, revoke, rotate), routes with backend health, the upstream MCP
-servers' health, usage.
+servers' health, usage, prompt templates (create a version, list, get, set a label).
 
 Every call carries one of `admin.credentials` as a bearer token; it is compared in constant time against each
 configured credential's digest. Every call, refused ones included, leaves an audit line naming who (the credential's
@@ -9,6 +9,11 @@ The MCP servers' health is this process's view (`McpService.health`): each ext_p
 own. `ListMcpServers` contacts the servers this process never reached yet, so the first answer is a real one, for at
 most `MCP_FIRST_CONTACT_SECONDS` (under the CLI's deadline; a server still being reached then reads UNKNOWN).
 `ListRoutes` shows the same entries as last seen and never waits on an upstream.
+
+Prompt templates travel as JSON objects (`google.protobuf.Struct`, so the JSON API takes them as they are written);
+Struct numbers are doubles, so whole numbers are made integers again (`plain_json`). A template written in the config
+is read-only here: creating a version of its name, or labelling it, is FAILED_PRECONDITION. A template's `model` must
+be one the gateway routes.
 """
 
 from __future__ import annotations
@@ -23,18 +28,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import NoReturn, Protocol
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.struct_pb2 import Struct
 from pydantic import ValidationError
 
 from .. import constants
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import bearer_token, generate_key, hash_key
-from ..config.models import AdminApi, LimitRule, VirtualKey, route_models
+from ..config.models import AdminApi, LimitRule, PromptTemplate, VirtualKey, route_models
+from ..errors import GatewayError
 from ..json_types import JsonObject
 from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
 from ..limits.store import StoreUnavailable
-from ..runtime.build import Runtime
+from ..runtime.build import Runtime, find_route
+from ..templates import syntax as template_syntax
+from ..templates.registry import PromptEntry, PromptRegistry, build_registry
+from ..templates.store import PromptStore, PromptStoreError, TooManyVersions, prompt_store_for
 from ..transport.grpc import (
     PEER_METADATA_KEY,
     Call,
@@ -100,6 +111,8 @@ class AdminService:
         self._credentials: AdminCredentials | None = None
         self._store: KeyStore | None = None
         self._store_origin: object = None
+        self._prompt_store: PromptStore | None = None
+        self._prompt_store_origin: object = None
 
     def methods(self) -> dict[str, MethodFactory]:
         table: dict[str, tuple[type[Message], Callable]] = {
@@ -110,6 +123,10 @@ class AdminService:
             "ListRoutes": (pb.ListRoutesRequest, self.list_routes),
             "GetUsage": (pb.GetUsageRequest, self.get_usage),
             "ListMcpServers": (pb.ListMcpServersRequest, self.list_mcp_servers),
+            "CreatePromptVersion": (pb.CreatePromptVersionRequest, self.create_prompt_version),
+            "ListPrompts": (pb.ListPromptsRequest, self.list_prompts),
+            "GetPrompt": (pb.GetPromptRequest, self.get_prompt),
+            "SetPromptLabel": (pb.SetPromptLabelRequest, self.set_prompt_label),
         }
         return {f"/{SERVICE_NAME}/{name}": self._authenticated(name, unary_with_metadata(
                     self._method(request_type, handler))) for name, (request_type, handler) in table.items()}
@@ -127,6 +144,8 @@ class AdminService:
     async def close(self) -> None:
         if self._store is not None:
             await self._store.close()
+        if self._prompt_store is not None:
+            await self._prompt_store.close()
 
     def _method(self, request_type: type[Message], handler: Callable) -> Callable:
         async def call(data: bytes, metadata: dict[str, str]) -> bytes:
@@ -137,7 +156,7 @@ class AdminService:
                 raise RpcError(Status.INVALID_ARGUMENT, f"not a {request_type.DESCRIPTOR.name}") from None
             try:
                 reply = await handler(request, caller)
-            except KeyStoreError as exc:
+            except (KeyStoreError, PromptStoreError) as exc:
                 raise RpcError(Status.UNAVAILABLE, str(exc)) from None
             except StoreUnavailable:
                 raise RpcError(Status.UNAVAILABLE, "the limiter store is unavailable") from None
@@ -171,6 +190,16 @@ class AdminService:
                 raise RpcError(Status.FAILED_PRECONDITION, "no key store: configure limits.redis or keys_file")
             self._store, self._store_origin = store, origin
         return self._store
+
+    def _prompts(self) -> PromptStore:
+        config = self._holder.current.config
+        origin = (config.limits.redis, config.keys_file)
+        if self._prompt_store is None or origin != self._prompt_store_origin:
+            store = prompt_store_for(config)
+            if store is None:
+                raise RpcError(Status.FAILED_PRECONDITION, "no prompt store: configure limits.redis or keys_file")
+            self._prompt_store, self._prompt_store_origin = store, origin
+        return self._prompt_store
 
     async def _changed(self, what: str) -> None:
         if self._on_change is not None:
@@ -269,7 +298,131 @@ class AdminService:
         return pb.GetUsageResponse(rows=rows)
 
 
+    # -- prompt templates -------------------------------------------------------------------------------------------
+
+    async def create_prompt_version(self, request: pb.CreatePromptVersionRequest, caller: str) -> pb.PromptVersion:
+        runtime = self._holder.current
+        name = _prompt_name(request.name)
+        if request.label:
+            _prompt_label(request.label)
+        self._not_in_config(name, "create versions of it")
+        template = new_prompt_template(name, plain_json(MessageToDict(request.template)))
+        if template.model is not None and find_route(runtime, template.model) is None:
+            raise RpcError(Status.INVALID_ARGUMENT, f"template.model: no route serves {template.model!r}")
+        try:
+            version = await self._prompts().create(template, request.label or None)
+        except TooManyVersions:
+            raise RpcError(Status.FAILED_PRECONDITION, f"prompt {name!r} has {template_syntax.MAX_VERSIONS} "
+                                                       "versions, the most a name keeps: use a new name") from None
+        audit.info("admin CreatePromptVersion by %s: prompt %r version %d%s", caller, name, version,
+                   f" labelled {request.label!r}" if request.label else "")
+        await self._changed(f"prompt {name!r} version {version} created")
+        stored = template.model_copy(update={"version": version})
+        return prompt_version_message(stored, [request.label] if request.label else [], from_config=False)
+
+    async def list_prompts(self, request: pb.ListPromptsRequest, caller: str) -> pb.ListPromptsResponse:
+        registry = await self._registry()
+        audit.info("admin ListPrompts by %s: %d prompts", caller, len(registry.entries))
+        return pb.ListPromptsResponse(prompts=[prompt_message(registry.entries[name])
+                                               for name in sorted(registry.entries)])
+
+    async def get_prompt(self, request: pb.GetPromptRequest, caller: str) -> pb.PromptVersion:
+        registry = await self._registry()
+        try:
+            template = registry.lookup(request.name, request.ref or None)
+        except GatewayError as exc:
+            raise RpcError(Status.NOT_FOUND, exc.message) from None
+        entry = registry.entries[template.name]
+        audit.info("admin GetPrompt by %s: prompt %r version %s", caller, template.name, template.version)
+        labels = sorted(label for label, version in entry.labels.items() if version == template.version)
+        return prompt_version_message(template, labels, from_config=entry.from_config)
+
+    async def set_prompt_label(self, request: pb.SetPromptLabelRequest, caller: str) -> pb.Prompt:
+        name = _prompt_name(request.name)
+        label = _prompt_label(request.label)
+        self._not_in_config(name, "label it there")
+        if not await self._prompts().set_label(name, label, request.version):
+            raise RpcError(Status.NOT_FOUND, f"prompt {name!r} has no version {request.version}")
+        audit.info("admin SetPromptLabel by %s: prompt %r label %r -> version %d", caller, name, label,
+                   request.version)
+        await self._changed(f"prompt {name!r} label {label!r} set to version {request.version}")
+        return prompt_message((await self._registry()).entries[name])
+
+    async def _registry(self) -> PromptRegistry:
+        """The config's templates and the store's as they are now (this process may not have reloaded yet)."""
+        return build_registry(self._holder.current.config, await self._prompts().load())
+
+    def _not_in_config(self, name: str, advice: str) -> None:
+        if any(t.name == name for t in self._holder.current.config.prompts):
+            raise RpcError(Status.FAILED_PRECONDITION,
+                           f"prompt {name!r} is written in the config file: {advice} in the config")
+
+
 # -- conversions --------------------------------------------------------------------------------------------------
+
+def _prompt_name(name: str) -> str:
+    if not template_syntax.TEMPLATE_NAME.fullmatch(name):
+        raise RpcError(Status.INVALID_ARGUMENT, "name: 1-64 characters: lowercase letters, digits, . _ -, starting "
+                                                "with a letter or digit")
+    return name
+
+
+def _prompt_label(label: str) -> str:
+    if not template_syntax.LABEL.fullmatch(label) or label == template_syntax.LATEST:
+        raise RpcError(Status.INVALID_ARGUMENT, f"label: 1-32 lowercase letters, digits, _ or -, starting with a "
+                                                f"letter (and not {template_syntax.LATEST!r}, which is implicit)")
+    return label
+
+
+_STORE_OWNED = ("name", "version", "labels", "created_at")
+
+
+def new_prompt_template(name: str, data: object) -> PromptTemplate:
+    """The template a request creates, validated; the store numbers it."""
+    if not isinstance(data, dict) or not data:
+        raise RpcError(Status.INVALID_ARGUMENT, "template: a JSON object with at least `messages`")
+    owned = [field for field in _STORE_OWNED if field in data]
+    if owned:
+        raise RpcError(Status.INVALID_ARGUMENT, f"template.{owned[0]}: set by the store (the name is the request's, "
+                                                "labels are set with SetPromptLabel)")
+    try:
+        return PromptTemplate.model_validate({**data, "name": name,
+                                              "created_at": datetime.now(UTC).replace(microsecond=0)})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RpcError(Status.INVALID_ARGUMENT,
+                       f"template{'.' + where if where else ''}: {first['msg'].removeprefix('Value error, ')}"
+                       ) from None
+
+
+def plain_json(value: object) -> object:
+    """A Struct's JSON with whole numbers as integers (Struct carries every number as a double)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: plain_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain_json(item) for item in value]
+    return value
+
+
+def prompt_version_message(template: PromptTemplate, labels: list[str], *, from_config: bool) -> pb.PromptVersion:
+    content = Struct()
+    content.update(template.model_dump(mode="json", exclude_none=True, exclude={"name", "version", "labels",
+                                                                               "created_at"}))
+    message = pb.PromptVersion(name=template.name, version=template.version or 1, template=content, labels=labels,
+                               from_config=from_config)
+    if template.created_at is not None:
+        message.created_at.FromDatetime(template.created_at)
+    return message
+
+
+def prompt_message(entry: PromptEntry) -> pb.Prompt:
+    return pb.Prompt(name=entry.name, latest=entry.latest, versions=sorted(entry.versions), labels=entry.labels,
+                     from_config=entry.from_config, model=entry.versions[entry.latest].model or "")
+
+
 
 def new_virtual_key(wanted: pb.Key, key_hash: str, model_names: Mapping[str, str] | None) -> VirtualKey:
     """The key to store for a request, validated. `model_names`: each route's model name and alias -> the route's
@@ -298,6 +451,7 @@ def new_virtual_key(wanted: pb.Key, key_hash: str, model_names: Mapping[str, str
             for limit in wanted.limits]
         return VirtualKey(id=wanted.id, hash=key_hash, models=models, team=wanted.team or None,
                           user=wanted.user or None, asserts_users=wanted.asserts_users,
+                          prompts=list(wanted.prompts) or ["*"],
                           limits=limits or None, expires_at=expires, created_at=now.replace(microsecond=0))
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -308,7 +462,8 @@ def new_virtual_key(wanted: pb.Key, key_hash: str, model_names: Mapping[str, str
 
 def key_message(key: VirtualKey) -> pb.Key:
     message = pb.Key(id=key.id, team=key.team or "", models=[] if "*" in key.models else key.models,
-                     user=key.user or "", asserts_users=key.asserts_users)
+                     user=key.user or "", asserts_users=key.asserts_users,
+                     prompts=[] if "*" in key.prompts else key.prompts)
     for rule in key.limits or ():
         message.limits.append(pb.Limit(window=rule.window, **{
             metric: getattr(rule, metric) for metric in _LIMIT_METRICS if getattr(rule, metric) is not None}))

@@ -7,8 +7,9 @@ Decisions worth knowing before changing this file:
   (`IGNORED`): whether it streams, its stream options, the end user, metadata, storage. Everything else counts,
   unknown fields included: a field the gateway does not know may change the answer, so it splits the key rather
   than risk a wrong hit.
-- The body is serialised canonically (sorted keys, orjson) and hashed with SHA-256; the key names its parts so two
-  scopes or routes can never share a digest by construction.
+- The parts and the body are serialised canonically as one JSON array (sorted keys, orjson) and hashed with SHA-256:
+  route names may hold `:`, so joining parts with a separator could make two (route, scope) pairs one key; an array
+  can't.
 - Deterministic by default: a request is cacheable when its sampling can't vary (`temperature: 0`, or `top_k: 1`),
   unless the route says any request may be cached (`deterministic_only: false`). `n > 1` is never cached: choices
   of one answer are meant to differ.
@@ -32,8 +33,8 @@ CACHE_HEADER = "x-babelgate-cache"
 def cache_key(route: str, scope: str, client_format: str, body: JsonObject) -> str:
     """The key of the answer to `body` on `route` for `scope` ("" for a global cache)."""
     kept = {name: value for name, value in body.items() if name not in IGNORED}
-    digest = hashlib.sha256(orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return f"{client_format}:{route}:{scope}:{digest}"
+    digest = hashlib.sha256(orjson.dumps([client_format, route, scope, kept], option=orjson.OPT_SORT_KEYS))
+    return f"{client_format}:{digest.hexdigest()}"
 
 
 def deterministic(body: JsonObject) -> bool:

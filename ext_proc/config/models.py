@@ -6,13 +6,23 @@ import re
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .. import constants
+from ..templates import syntax as template_syntax
 from .origin import Loc, Origin, dotted
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -408,16 +418,8 @@ class ModelRoute(_Strict):
                           "backend; random otherwise.")
     exploration: float = Field(0.05, ge=0, le=1, description="`latency`: share of requests sent in random order.")
     rules: list[RouteRule] = []
-    cache: RouteCache | None = Field(None, description="Serve repeated requests from the exact response cache.")
-
-    @field_validator("cache")
-    @classmethod
-    def _cache_served(cls, value: RouteCache | None) -> RouteCache | None:
-        # the cache's parts exist (ext_proc/cache/) but the route stage does not serve hits yet: refuse rather than
-        # accept a setting that would silently do nothing
-        if value is not None:
-            raise ValueError("the response cache is not served by this version yet")
-        return value
+    cache: RouteCache | None = Field(None, description="Serve repeated requests from the exact response cache "
+                                                       "(chat completions, Anthropic Messages, Responses).")
     retry_on: list[int | Literal["connect-failure", "reset"]] = Field(
         [429, 500, 502, 503, 504, "connect-failure", "reset"],
         description="Outcomes that send the request to the next backend. 400, 401, 403 and 404 are refused: they "
@@ -519,6 +521,8 @@ class VirtualKey(_Strict):
     mcp_tools: list[str] = Field(["*"], exclude_if=_allows_all, description=(
         "MCP tools this key sees and calls, by their namespaced name (e.g. `github__create_*`; fnmatch globs)."))
     mcp_limits: list[CallLimit] | None = Field(None, description="Replaces `mcp.limits.per_key` for this key.")
+    prompts: list[str] = Field(["*"], exclude_if=_allows_all, description=(
+        "Prompt templates (names, fnmatch globs) this key may use; a request naming another one gets 403."))
 
     @field_validator("hash")
     @classmethod
@@ -707,6 +711,8 @@ class Team(_Strict):
         "MCP servers its keys may use at most (globs); a key's own list narrows it further."))
     mcp_tools: list[str] = Field(["*"], exclude_if=_allows_all, description=(
         "MCP tools (namespaced names, globs) its keys may use at most."))
+    prompts: list[str] = Field(["*"], exclude_if=_allows_all, description=(
+        "Prompt templates (names, globs) its keys may use at most; a key's own list narrows it further."))
 
 
 _MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -930,6 +936,107 @@ class LimitSettings(_Strict):
         return value.lower()
 
 
+class PromptTemplate(_Strict):
+    """One version of a prompt template: written in the config (`prompts:`, read-only) or stored by the admin API.
+    Its messages' text may hold `{{variable}}` placeholders, filled from the request (`templates/render.py`)."""
+
+    name: str = Field(description="Lowercase letters, digits, `.`, `_`, `-` (at most 64); what requests name.")
+    version: int | None = Field(None, ge=1, le=template_syntax.MAX_VERSIONS, description=(
+        "In the config: 1 plus the previous entry of this name's version when unset."))
+    labels: list[str] = Field([], max_length=template_syntax.MAX_LABELS, description=(
+        "In the config: labels that resolve to this version (e.g. production); the admin API sets them apart."))
+    description: str | None = Field(None, max_length=1024)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=template_syntax.MAX_MESSAGES)
+    model: str | None = Field(None, min_length=1, max_length=256, description="A route's model name: what the "
+                                                                             "request uses unless it names one.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict[str, Any] | None = Field(None, description="OpenAI chat form, e.g. {type: json_schema, "
+                                                                     "json_schema: {name, schema, strict}}.")
+    variables: list[str] | None = Field(None, max_length=template_syntax.MAX_VARIABLES, description=(
+        "Declared variables: when given, every placeholder must be one of them."))
+    created_at: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not template_syntax.TEMPLATE_NAME.fullmatch(value):
+            raise ValueError("1-64 characters: lowercase letters, digits, . _ -, starting with a letter or digit")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_shapes(cls, value: list[str]) -> list[str]:
+        for label in value:
+            if not template_syntax.LABEL.fullmatch(label) or label == template_syntax.LATEST:
+                raise ValueError(f"label {label!r}: 1-32 lowercase letters, digits, _ or -, starting with a letter "
+                                 f"(and not {template_syntax.LATEST!r}, which is implicit)")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _message_shapes(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, message in enumerate(value):
+            problem = template_syntax.message_problem(message)
+            if problem is not None:
+                raise ValueError(f"messages[{index}]: {problem}")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _format_shape(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = template_syntax.response_format_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PromptTemplate:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("give max_tokens or max_completion_tokens, not both")
+        used = template_syntax.placeholders(self.messages)
+        if len(used) > template_syntax.MAX_VARIABLES:
+            raise ValueError(f"more than {template_syntax.MAX_VARIABLES} variables")
+        if self.variables is not None:
+            bad = [v for v in self.variables if not template_syntax.VARIABLE.fullmatch(v)]
+            if bad:
+                raise ValueError(f"variables: {bad[0]!r} is not a variable name (letters, digits, _)")
+            undeclared = [v for v in used if v not in self.variables]
+            if undeclared:
+                raise ValueError(f"placeholder {{{{{undeclared[0]}}}}} is not among the declared variables")
+        if len(self.model_dump_json(exclude={"labels", "created_at"})) > template_syntax.MAX_TEMPLATE_BYTES:
+            raise ValueError(f"a template is at most {template_syntax.MAX_TEMPLATE_BYTES // 1024} KiB of JSON")
+        return self
+
+
+def _numbered_prompts(templates: list[PromptTemplate]) -> list[PromptTemplate]:
+    """Versions left unset numbered per name (1 plus the previous entry's); a repeated version, or a label on two
+    versions of one name, is a problem at its own path."""
+    previous: dict[str, int] = {}
+    versions: set[tuple[str, int]] = set()
+    seen: dict[tuple[str, str], int] = {}
+    problems: list[tuple[Loc, str]] = []
+    numbered = []
+    for index, template in enumerate(templates):
+        version = template.version or previous.get(template.name, 0) + 1
+        if (template.name, version) in versions:
+            problems.append(((index, "version"), f"duplicate version {version} of prompt {template.name!r}"))
+        versions.add((template.name, version))
+        previous[template.name] = version
+        for label in template.labels:
+            if seen.setdefault((template.name, label), version) != version:
+                problems.append(((index, "labels"), f"label {label!r} of prompt {template.name!r} is on two versions"))
+        numbered.append(template if template.version == version else template.model_copy(update={"version": version}))
+    if problems:
+        raise ConfigProblems(problems)
+    return numbered
+
+
+PromptTemplates = Annotated[list[PromptTemplate], AfterValidator(_numbered_prompts)]
+
+
 class Config(_Strict):
     listener: Listener = Listener()
     ext_proc: ExtProcServer = ExtProcServer()
@@ -947,6 +1054,7 @@ class Config(_Strict):
     responses: ResponsesSettings = ResponsesSettings()
     jwt: JwtSettings = JwtSettings()
     mcp: McpSettings | None = None
+    prompts: PromptTemplates = Field([], description="Prompt templates (read-only; the admin API stores others).")
     _origin: Origin | None = PrivateAttr(None)
 
     @property
@@ -977,7 +1085,7 @@ class Config(_Strict):
         names = self.model_names()
         problems = [*self._unique_ids(), *self._backend_references(), *self._admin_problems(),
                     *self._reasoning_conflicts(), *_key_model_problems(self.virtual_keys, names),
-                    *_issuer_model_problems(self.jwt.issuers, names)]
+                    *_issuer_model_problems(self.jwt.issuers, names), *_prompt_model_problems(self.prompts, names)]
         if problems:
             raise ConfigProblems(problems)
         keys = [_with_route_models(key, names) for key in self.virtual_keys]
@@ -1059,6 +1167,15 @@ def _key_model_problems(keys: list[VirtualKey], names: dict[str, str]) -> list[t
     return [(("virtual_keys", i, "models", j), f"key {key.id!r} allows unknown model {model!r} (give a route's "
                                                "model name or alias, or '*' for every model)")
             for i, key in enumerate(keys) for j, model in enumerate(key.models) if model != "*" and model not in names]
+
+
+def _prompt_model_problems(prompts: list[PromptTemplate], names: dict[str, str]) -> list[tuple[Loc, str]]:
+    """A template's default model must be one a route serves (a name, an alias, or under a wildcard route)."""
+    prefixes = tuple(name[:-1] for name in names if name.endswith("/*"))
+    return [(("prompts", i, "model"), f"template {template.name!r} names unknown model {template.model!r}")
+            for i, template in enumerate(prompts)
+            if template.model is not None and template.model not in names
+            and not (template.model.startswith(prefixes) and prefixes)]
 
 
 _Holder = TypeVar("_Holder", VirtualKey, JwtIssuer)

@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..templates.syntax import prompts_file
 from .models import Config, secret_refs
 
 
 def watched_files(config: Config, config_path: Path) -> list[Path]:
-    """Files whose change means a new configuration: the config itself, the keys file and every secret file."""
+    """Files whose change means a new configuration: the config itself, the keys file, the stored prompt templates
+    beside it, and every secret file."""
     files = [config_path]
     if config.keys_file is not None:
-        files.append(config.keys_file)
+        files += [config.keys_file, prompts_file(config.keys_file)]
     # every SecretRef read from a file: provider keys, Entra secrets, Redis's password, MCP servers' credentials ...
     files.extend(dict.fromkeys(ref.file for _, ref in secret_refs(config) if ref.file is not None))
     return files

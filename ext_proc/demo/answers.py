@@ -45,6 +45,8 @@ class Call:
     """The query string (without `?`), e.g. Azure's `api-version=...`."""
     verbose: bool = False
     """The `verbose` fault: the answer uses all the output the request allows (`verbose_text`)."""
+    off_schema: bool = False
+    """The `off-schema` fault: a structured answer does not fit its schema (`structured_answer`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +145,11 @@ def tool_input(schema: object) -> dict[str, object]:
     return arguments if isinstance(arguments, dict) else {}
 
 
-def structured_answer(schema: object) -> str:
-    """The answer to a request for structured output: a JSON object that fits `schema` (any object without one)."""
-    return orjson.dumps(tool_input(schema)).decode()
+def structured_answer(schema: object, off_schema: bool = False) -> str:
+    """The answer to a request for structured output: a JSON object that fits `schema` (any object without one);
+    with `off_schema`, JSON that does not (`_mistyped`)."""
+    answer = tool_input(schema)
+    return orjson.dumps(_mistyped(answer) if off_schema else answer).decode()
 
 
 def fragments(text: str, count: int = 4) -> list[str]:
@@ -203,6 +207,16 @@ def _sample(schema: object, root: object, depth: int) -> object:
 
 
 _SCALARS: dict[str, object] = {"string": "demo", "integer": 1, "number": 1, "boolean": True, "null": None}
+
+
+def _mistyped(value: object) -> object:
+    """`value` with every scalar swapped for one of another type (strings become 1, the rest "demo"); an object
+    without properties becomes an array."""
+    if isinstance(value, dict):
+        return {key: _mistyped(item) for key, item in value.items()} if value else ["demo"]
+    if isinstance(value, list):
+        return [_mistyped(item) for item in value]
+    return 1 if isinstance(value, str) else "demo"
 
 
 def _resolve(ref: object, root: object) -> object:

@@ -37,6 +37,7 @@ from ext_proc.demo.answers import (
     greeting,
     new_id,
     parallel_tool_count,
+    structured_answer,
     text_of,
     tool_input,
     tool_reply,
@@ -159,7 +160,7 @@ def _messages(call: Call) -> Reply:
     else:
         said = tool_reply(call.name, model, results) if results else greeting(call.name, model, _user_text(messages))
         if answer_schema is not None:
-            said = orjson.dumps(tool_input(answer_schema)).decode()
+            said = structured_answer(answer_schema, call.off_schema)
         elif call.verbose:
             said = verbose_text(max_tokens - thought_tokens)
         done = complete(said, stops, max_tokens - thought_tokens if call.verbose else max_tokens)

@@ -17,6 +17,9 @@ Actions:
   `maxTokens`, the Responses API's `max_output_tokens` less its reasoning), Claude thinks its whole budget and writes
   the rest of `max_tokens`; a request without a limit gets `answers.VERBOSE_WORDS` words, as a real model runs to its
   maximum. Tool calls and structured answers are unchanged.
+- `off-schema`: a structured answer (OpenAI `response_format`, Anthropic `output_config.format`) is JSON that does
+  not fit the schema asked for: each value of the fitting answer swapped for one of another type (an object without
+  properties becomes an array). OpenAI and Anthropic kinds.
 
 Later items override earlier ones, so a request's `x-demo-fault` header refines the server-wide spec.
 """
@@ -46,6 +49,7 @@ class Faults:
     retry_after: int | None = None
     echo_key: bool = False
     verbose: bool = False
+    off_schema: bool = False
 
 
 NO_FAULTS = Faults()
@@ -81,12 +85,14 @@ def _action(action: str, item: str) -> dict[str, Any]:
         return {"echo_key": True}
     if action == "verbose":
         return {"verbose": True}
+    if action == "off-schema":
+        return {"off_schema": True}
     key, equals, value = action.partition("=")
     field = {"stall": "stall_ms", "midstream": "midstream", "slow": "slow_ms", "retry_after": "retry_after"}.get(key)
     if field is None or not equals:
         raise FaultSpecError(
             f"fault item {item!r}: unknown action {action!r}; expected a 4xx/5xx status, reset, stall=MS, "
-            "midstream=N, slow=MS, retry_after=S, echo-key or verbose"
+            "midstream=N, slow=MS, retry_after=S, echo-key, verbose or off-schema"
         )
     if not (value.isascii() and value.isdigit()) or int(value) > _MAX_VALUE:
         raise FaultSpecError(f"fault item {item!r}: {key} needs a whole number up to {_MAX_VALUE}")

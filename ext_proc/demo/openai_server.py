@@ -108,7 +108,7 @@ def _chat_completions(call: Call) -> Reply:
         completion_tokens = estimate_tokens([arguments for _, _, arguments in calls])
     else:
         schema = _answer_schema(body.get("response_format"))
-        said = (structured_answer(schema) if schema is not None and last.get("role") != "tool"
+        said = (structured_answer(schema, call.off_schema) if schema is not None and last.get("role") != "tool"
                 else verbose_text(max_tokens) if call.verbose else _answer_text(call.name, model, messages))
         done = complete(said, stops, max_tokens)
         completion_tokens = done.tokens

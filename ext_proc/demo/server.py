@@ -123,7 +123,7 @@ class DemoProvider:
             return
         else:
             call = Call(self.name, request.method, request.path, request.headers, body, self._api_key,
-                        request.target.partition("?")[2], faults.verbose)
+                        request.target.partition("?")[2], faults.verbose, faults.off_schema)
             reply = self._api.answer(call)
             if 200 <= reply.status < 300:
                 headers.extend(ACCOUNT_HEADERS.get(self.kind, ()))

@@ -83,6 +83,15 @@ def admin_credential(environ: dict[str, str]) -> str:
     return environ.get(ADMIN_ENV) or "bg-admin-" + secrets.token_urlsafe(24)
 
 
+DEMO_TEMPLATE = {
+    "name": "summarize", "labels": ["production"], "model": "gpt-4o-mini", "temperature": 0,
+    "variables": ["text"],
+    "messages": [{"role": "system", "content": "Summarize what the user sends in one sentence."},
+                 {"role": "user", "content": "{{text}}"}],
+}
+"""The demo's prompt template (`babelgate up --demo` shows how to call it)."""
+
+
 def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin_port: int, ext_proc_port: int,
                 processes: int, client_key: str | None = None, admin_api_port: int | None = None,
                 mcp_tools_port: int | None = None) -> tuple[dict, str]:
@@ -130,12 +139,16 @@ def demo_config(ports: dict[str, int], workdir: Path, *, listen_port: int, admin
         route("titan-embed", ("demo-bedrock", "amazon.titan-embed-text-v2:0")),
         route("gemini-embedding", ("demo-gemini", "gemini-embedding-001")),
     ]
+    for entry in routes:  # the exact response cache on every chat route (temperature-0 requests)
+        if "embed" not in entry["model"]:
+            entry["cache"] = {"scope": "key", "ttl": "600s"}
     config = {
         "listener": {"host": "127.0.0.1", "port": listen_port, "admin_port": admin_port},
         "ext_proc": {"host": "127.0.0.1", "port": ext_proc_port, "processes": processes},
         "backends": backends,
         "routes": routes,
         "virtual_keys": [{"id": "demo", "hash": hash_key(key), "models": ["*"]}],
+        "prompts": [DEMO_TEMPLATE],
     }
     if mcp_tools_port is not None:
         config["mcp"] = mcp_section(mcp_tools_port)

@@ -40,6 +40,12 @@ class ChatStream(ABC):
         self._created = created
         self._include_usage = include_usage
 
+    @property
+    def failed(self) -> bool:
+        """The stream ended with an error chunk of the gateway's making (a malformed stream, an answer that broke a
+        rule): whatever the provider says after it, the client did not get a whole answer."""
+        return self._failed
+
     @abstractmethod
     def feed(self, event: str | None, data: bytes) -> list[JsonObject]:
         """One provider event -> the OpenAI chunks it makes (often none, sometimes several)."""

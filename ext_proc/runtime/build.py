@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .. import providers
@@ -15,8 +15,9 @@ from ..auth.backend_credentials import credential_for
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.jwt_claims import IssuerInfo, compile_issuers
 from ..auth.virtual_keys import KeyInfo
+from ..cache.store import AnswerCache, build_answer_cache
 from ..config.chains import reasoning_styles, route_chain_sets, translation_kinds
-from ..config.models import Backend, Config, ModelRoute, RoutingSettings
+from ..config.models import Backend, Config, ModelRoute, RouteCache, RoutingSettings
 from ..guardrails.engine import Guardrail
 from ..json_types import JsonObject
 from ..limits.estimate import Price
@@ -31,6 +32,7 @@ from ..routing.latency import LatencyAverages
 from ..routing.rules import CompiledRule
 from ..state.responses import ResponseStore, build_response_store
 from ..telemetry.hub import Telemetry
+from ..templates.registry import PromptRegistry, load_registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,8 @@ class RouteInfo:
     max_messages: int | None = None
     strict: bool = False
     """`fields: strict`: any candidate backend refusing the request is a 400, instead of leaving the order."""
+    cache: RouteCache | None = None
+    """The route's exact response cache settings; None: not cached."""
 
     def backend_model(self, backend: str, requested: str) -> str:
         """The backend's model name; a wildcard route's `*` becomes what the client's name matched."""
@@ -188,6 +192,10 @@ class Runtime:
     """JWT issuers whose verified tokens identify requests (besides virtual keys)."""
     mcp: McpService | None = None
     """The MCP endpoint's catalog, sessions and upstreams, when `mcp:` is configured."""
+    prompts: PromptRegistry = field(default_factory=PromptRegistry)
+    """Prompt templates: the config's and the stored ones (read at every build), and who may use which."""
+    answers: AnswerCache | None = None
+    """The exact response cache, when any route has `cache:`."""
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
@@ -262,7 +270,9 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    default_max_tokens=config.requests.default_max_tokens,
                    user_header=config.limits.user_header,
                    chars_per_token=config.limits.chars_per_token,
-                   issuers=compile_issuers(config), mcp=_mcp_service(config, previous, load_secrets))
+                   prompts=load_registry(config, previous.prompts if previous is not None else None, load_secrets),
+                   issuers=compile_issuers(config), mcp=_mcp_service(config, previous, load_secrets),
+                   answers=_answer_cache(config, previous, load_secrets))
 
 
 def _response_store(config: Config, previous: Runtime | None, load_secrets: bool) -> ResponseStore | None:
@@ -278,6 +288,24 @@ def _response_store(config: Config, previous: Runtime | None, load_secrets: bool
     if redis is not None and redis.password is not None:
         password = read_secret(redis.password, config.origin.at(("limits", "redis", "password")))
     return build_response_store(config.responses, redis, password)
+
+
+def _answer_cache(config: Config, previous: Runtime | None, load_secrets: bool) -> AnswerCache | None:
+    """The response cache; a reload keeps the one it had while Redis did not change (the in-memory one's answers
+    with it)."""
+    if not load_secrets or not any(route.cache is not None for route in config.routes):
+        return None
+    redis = config.limits.redis
+    if previous is not None and previous.answers is not None and previous.config.limits.redis == redis:
+        return previous.answers
+    return build_answer_cache(redis, _redis_password(config))
+
+
+def _redis_password(config: Config) -> str | None:
+    redis = config.limits.redis
+    if redis is None or redis.password is None:
+        return None
+    return read_secret(redis.password, config.origin.at(("limits", "redis", "password")))
 
 
 def _mcp_service(config: Config, previous: Runtime | None, load_secrets: bool) -> McpService | None:
@@ -316,6 +344,8 @@ def retired_by(old: Runtime, new: Runtime) -> list[object]:
         retired.append(old.responses)
     if old.mcp is not None and new.mcp is not old.mcp:
         retired.append(old.mcp)
+    if old.answers is not None and new.answers is not old.answers:
+        retired.append(old.answers)
     return retired
 
 
@@ -368,7 +398,7 @@ def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendIn
         embeddings=all(backends[b].translator.serves_embeddings for b in ids),
         wildcard=route.is_wildcard, log_content=route.log_content,
         guardrails=tuple(Guardrail.of(g) for g in route.guardrails), max_prompt_chars=route.max_prompt_chars,
-        max_messages=route.max_messages, strict=route.fields == "strict")
+        max_messages=route.max_messages, strict=route.fields == "strict", cache=route.cache)
 
 
 def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:

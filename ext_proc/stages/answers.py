@@ -52,11 +52,11 @@ def translated(backend: BackendInfo, model: str, endpoint: Endpoint, raw: bytes,
                             f"{type(exc).__name__}.") from None
 
 
-def client_reply(answer: JsonObject, model: str, endpoint: Endpoint) -> ProcessingResponse:
+def client_answer(answer: JsonObject, model: str, endpoint: Endpoint) -> JsonObject:
     """The OpenAI answer in the client's format."""
     if endpoint is Endpoint.MESSAGES:
-        return json_reply(anthropic_messages.from_openai(answer, model))
-    return json_reply(answer)
+        return anthropic_messages.from_openai(answer, model)
+    return answer
 
 
 def untranslated(backend: BackendInfo, raw: bytes, request_id: str) -> JsonObject:

@@ -16,6 +16,7 @@ work to one module per job:
 
 - `upstream_request`: the request that leaves for the provider, and the headers that never do;
 - `answers`: whole answers and errors back to the client's format;
+- `answer_schema`: an answer checked against the JSON schema its request asked for (a 502 that fails over if not);
 - `stream_relay`: a streamed answer, chunk by chunk; `stream_guard`: guardrails and the idle limit over it;
 - `usage_meter`: the tokens used, and the reservation's settlement;
 - `attempt_report`: latency averages, telemetry and the access log.
@@ -33,12 +34,13 @@ import orjson
 from google.protobuf.struct_pb2 import Struct
 
 from .. import constants
+from ..cache.keys import CACHE_HEADER
 from ..client_formats import anthropic_messages
 from ..errors import UpstreamError
 from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..json_types import JsonObject
-from ..limits.estimate import estimate_prompt_tokens
+from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens
 from ..providers import anthropic_passthrough, responses_passthrough
 from ..providers.openai_responses import chat_completion_from_response
 from ..providers.stream import ChatStream
@@ -52,9 +54,10 @@ from ..wire.external_processor_pb2 import (
     ProcessingResponse,
 )
 from ..wire.processing_mode_pb2 import ProcessingMode
-from . import answers, attempt_report, count_tokens, messages, provider_headers, upstream_request
+from . import answer_schema, answers, attempt_report, count_tokens, messages, provider_headers, upstream_request
 from .attempt_report import AttemptReport
 from .endpoints import ANTHROPIC_STYLE, Endpoint
+from .response_cache import AnswerWriter
 from .responses_turn import ResponsesTurn
 from .stream_guard import StallTimer, StreamGuard
 from .stream_relay import SSE_CONTENT_TYPE, PassthroughRelay, ResponsesPassthroughRelay, StreamRelay, is_stream
@@ -123,6 +126,7 @@ class AttemptStage:
         "_backend",
         "_base64_embeddings",
         "_betas",
+        "_cache",
         "_created",
         "_direct",
         "_dropped",
@@ -144,10 +148,12 @@ class AttemptStage:
         "_response_headers",
         "_route",
         "_runtime",
+        "_schema",
         "_stall",
         "_status",
         "_streaming",
         "_turn",
+        "_whole",
         "error_style",
         "push",
     )
@@ -180,6 +186,8 @@ class AttemptStage:
         self._base64_embeddings = False
         self._embeddings_estimate = 0
         """The gateway's estimate of an embeddings input, for a provider whose answer counts no tokens."""
+        self._schema: answer_schema.AnswerSchema | None = None
+        """The JSON the request asked for (`response_format`): the answer is checked against it."""
         self._identity_answer = False
         self._passthrough = False
         """The client's Anthropic body went as it was: the answer goes back as it comes."""
@@ -189,6 +197,10 @@ class AttemptStage:
         """The key id of the request: a stored Response belongs to it."""
         self._turn: ResponsesTurn | None = None
         """A Responses API request's answer side."""
+        self._cache: AnswerWriter | None = None
+        """Set on a route with a response cache: the answer's `x-babelgate-cache` tag, and on a miss its storing."""
+        self._whole: JsonObject | None = None
+        """A whole (not streamed) answer as the client got it, for the response cache."""
         # what came back
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -218,6 +230,8 @@ class AttemptStage:
                 await self._settle()
                 if self._turn is not None:
                     await self._keep_response(self._turn)
+                if self._cache is not None and self._cache.writes:
+                    await self._cache_answer(self._cache)
                 if self._runtime.access_logged:
                     self._hand_to_access_log(reply)
             return reply
@@ -249,7 +263,8 @@ class AttemptStage:
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
                      reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
-                     route: str = "", request_id: str = "", betas: list[str] | None = None, owner: str = "") -> None:
+                     route: str = "", request_id: str = "", betas: list[str] | None = None, owner: str = "",
+                     cache: AnswerWriter | None = None) -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
@@ -264,6 +279,7 @@ class AttemptStage:
         self._reservation = reservation
         self._betas = betas or []
         self._owner = owner
+        self._cache = cache
         if endpoint in ANTHROPIC_STYLE:
             self.error_style = "anthropic"
 
@@ -292,6 +308,7 @@ class AttemptStage:
             self._betas = anthropic_passthrough.betas(decision.get(constants.METADATA_BETAS_KEY))
         self._reservation = decision.get(constants.METADATA_RESERVATION_KEY)
         self._owner = decision.get(constants.METADATA_KEY_ID_KEY, "")
+        self._cache = AnswerWriter.from_metadata(decision)
         self._attempt = headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1")
         traced: tuple[tuple[str, str], ...] = ()
         if self._runtime.telemetry.enabled:
@@ -352,6 +369,7 @@ class AttemptStage:
             self._embeddings_estimate = estimate_prompt_tokens(body, runtime.chars_per_token)
         else:
             self._streaming = body.get("stream") is True
+            self._schema = answer_schema.of_request(body)
             left_out: list[str] = []
             upstream, path = upstream_request.chat(backend, self._model, body, self._streaming,
                                                    runtime.default_max_tokens, translated, left_out)
@@ -359,13 +377,14 @@ class AttemptStage:
             if client_dropped:
                 names = [*client_dropped, *names]
             self._dropped = ",".join(dict.fromkeys(names)) if names else ""
-        if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
+        if self._metered():
             if prompt_estimate is None:
                 prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
-                                 and not self._streaming and not self._base64_embeddings
+                                 and not self._streaming and not self._base64_embeddings and self._cache is None
                                  and self._endpoint is not Endpoint.MESSAGES and self._turn is None
+                                 and self._schema is None
                                  and backend.translator.identity_responses)
         if self._streaming:
             options = body.get("stream_options")
@@ -384,6 +403,7 @@ class AttemptStage:
         assert backend is not None
         runtime = self._runtime
         self._passthrough = True
+        self._schema = answer_schema.of_client_body(body, self._endpoint)
         self._streaming = body.get("stream") is True
         if self._streaming:  # the meter reads usage off the backend's stream, as it reads a translated one's
             self._include_usage = True
@@ -394,18 +414,28 @@ class AttemptStage:
         else:
             upstream, path, headers = upstream_request.passthrough(backend, self._model, body, self._streaming,
                                                                    self._betas)
-        if self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged:
+        if self._metered():
             if prompt_estimate is None:
                 prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
         self._identity_answer = (self._direct and self._meter is None and not self._guardrails
-                                 and not self._streaming and not self._reads_answer())
+                                 and not self._streaming and not self._reads_answer() and self._schema is None)
         self._report.sent_at = time.monotonic()
         return upstream_request.reply(backend, path, upstream, headers)
 
+    def _metered(self) -> bool:
+        """Something reads the attempt's usage: a reservation, telemetry, the access log, or a cached answer's
+        saved cost."""
+        runtime = self._runtime
+        return (self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged
+                or (self._cache is not None and self._cache.writes))
+
     def _reads_answer(self) -> bool:
         """A Responses answer the gateway keeps, or must give the client's `previous_response_id` back (the
-        provider never saw it): its body must be read, even when nothing else reads it."""
+        provider never saw it), or an answer the response cache keeps: its body must be read, even when nothing
+        else reads it."""
+        if self._cache is not None:
+            return True
         turn = self._turn
         return turn is not None and (bool(turn.restored()) or (turn.store and self._runtime.responses is not None))
 
@@ -442,6 +472,8 @@ class AttemptStage:
         tags = ((constants.RESPONSE_HEADER_BACKEND, backend.id),
                 (constants.RESPONSE_HEADER_ATTEMPTS, headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, self._attempt)),
                 (constants.RESPONSE_HEADER_MODEL, self._requested), *request_id)
+        if self._cache is not None:
+            tags = (*tags, (CACHE_HEADER, self._cache.state))
         if self._dropped:
             tags = (*tags, (constants.RESPONSE_HEADER_DROPPED_FIELDS, self._dropped))
             if constants.RESPONSE_HEADER_DROPPED_FIELDS in removed:  # the provider's own: replaced by ours
@@ -470,6 +502,8 @@ class AttemptStage:
         guard = StreamGuard(self._guardrails, self._route, self._owner) if self._guardrails else None
         if self._meter is not None:
             self._meter.stream = stream
+        if self._schema is not None:
+            stream = self._schema.watch(stream, backend.id)
         relay: StreamRelay
         if self._passthrough:
             relay = (ResponsesPassthroughRelay(content_type, stream, guard, self._meter, turn.restored())
@@ -479,6 +513,8 @@ class AttemptStage:
                              else turn.stream() if turn is not None else None)
             relay = StreamRelay(content_type, stream, client_stream, guard, self._meter)
         self._relay = relay
+        if self._cache is not None:
+            self._cache.follow_stream(self._endpoint)
         timeout = backend.settings.stream_idle_timeout
         if timeout is None or self.push is None:
             return STREAMED_RESPONSE_MODE
@@ -509,11 +545,16 @@ class AttemptStage:
                 apply_guardrails(self._guardrails, answer, phase="response", route=self._route, key_id=self._owner)
             except GuardrailBlocked as blocked:
                 return self._blocked(blocked, answer)
+        if self._schema is not None and (invalid := self._schema.check(answer, backend.id)) is not None:
+            return self._blocked(invalid, answer)
         if self._meter is not None:
             self._meter.take_answer(answer)
         if self._turn is not None:
             return answers.json_reply(self._turn.answer(answer))
-        return answers.client_reply(answer, self._model, self._endpoint)
+        client_answer = answers.client_answer(answer, self._model, self._endpoint)
+        if self._cache is not None:
+            self._whole = client_answer
+        return answers.json_reply(client_answer)
 
     def _untranslated_answer(self, backend: BackendInfo, raw: bytes) -> ProcessingResponse:
         """An Anthropic-family backend's Message to an Anthropic client, or a native Response to a Responses
@@ -528,6 +569,10 @@ class AttemptStage:
         except GuardrailBlocked as blocked:
             return self._blocked(blocked, chat_completion_from_response(answer) if self._turn is not None
                                  else answers.metered(answer))
+        if self._schema is not None and (invalid := self._schema.check_untranslated(
+                answer, self._turn is not None, backend.id)) is not None:
+            return self._blocked(invalid, chat_completion_from_response(answer) if self._turn is not None
+                                 else answers.metered(answer))
         if self._turn is not None:
             restored = self._turn.restored()
             if restored:
@@ -537,6 +582,8 @@ class AttemptStage:
         if self._meter is not None:
             self._meter.take_answer(chat_completion_from_response(answer) if self._turn is not None
                                     else answers.metered(answer))
+        if self._cache is not None:
+            self._whole = answer
         return answers.json_reply(answer) if changed else messages.response_body_reply()
 
     def _unread(self, error: UpstreamError) -> ProcessingResponse:
@@ -547,15 +594,17 @@ class AttemptStage:
             self._meter.keep_reservation()
         return answers.json_reply(orjson.loads(error.body(self.error_style)), error.status)
 
-    def _blocked(self, blocked: GuardrailBlocked, answer: JsonObject) -> ProcessingResponse:
-        """An answer a guardrail refused: what it used is charged (its usage, in the OpenAI form), none of its text
-        is kept."""
+    def _blocked(self, blocked: GuardrailBlocked | UpstreamError, answer: JsonObject) -> ProcessingResponse:
+        """An answer a guardrail refused, or that does not fit the schema the request asked for: what it used is
+        charged (its usage, in the OpenAI form), none of its text is kept."""
         if self._meter is not None:
             self._meter.take_usage(answer)
         return answers.json_reply(orjson.loads(blocked.body(self.error_style)), blocked.status)
 
     def _stream_chunk(self, relay: StreamRelay, message: HttpBody) -> ProcessingResponse:
         out = relay.relay(message.body, message.end_of_stream)
+        if self._cache is not None:
+            self._cache.feed(out)
         stall = self._stall
         if stall is None:
             return messages.response_body_reply(out)
@@ -577,9 +626,9 @@ class AttemptStage:
 
     async def _keep_response(self, turn: ResponsesTurn) -> None:
         """Store a completed Response the client asked to keep; a native stream's is redacted as its events were.
-        A stream a guardrail ended is not kept (as a blocked whole answer is not): the provider may have finished
-        the answer the client never got."""
-        if self._relay is not None and self._relay.blocked:
+        A stream a guardrail or an error ended is not kept (as a blocked or refused whole answer is not): the
+        provider may have finished the answer the client never got."""
+        if self._relay is not None and self._relay.spoiled:
             return
         if turn.final is None and self._passthrough and self._guardrails:
             final = turn.completed()
@@ -587,6 +636,20 @@ class AttemptStage:
                 apply_guardrails(tuple(g for g in self._guardrails if g.mode != "block"), final, phase="response",
                                  route=self._route, key_id=self._owner)
         await turn.keep(self._runtime.responses)
+
+    async def _cache_answer(self, writer: AnswerWriter) -> None:
+        """Keep the finished answer as the client got it (never one a guardrail ended), with what it cost."""
+        backend = self._backend
+        if backend is None or (self._relay is not None and self._relay.spoiled):
+            return
+        if self._turn is not None:
+            answer = self._turn.completed()
+        else:
+            answer = writer.streamed_answer() if self._relay is not None else self._whole
+        usage = self._meter.final() if self._meter is not None else Usage(0, 0)
+        price = self._runtime.prices.get((backend.id, self._model))
+        cost = cost_micro_usd(usage, price) / 1e6 if price is not None else 0.0
+        await writer.store(self._runtime.answers, answer, usage.input_tokens, usage.output_tokens, cost)
 
     def fill(self, outcome: Outcome) -> None:
         """What this attempt knows of the request's end: backend, model, status, usage, cost, timing, text."""

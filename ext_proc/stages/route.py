@@ -55,11 +55,12 @@ from ..wire.external_processor_pb2 import (
     ProcessingRequest,
     ProcessingResponse,
 )
-from . import count_tokens, messages, stored_responses
+from . import count_tokens, messages, prompt_templates, response_cache, stored_responses
 from .attempt import AttemptStage
 from .endpoints import ANTHROPIC_STYLE, STORED_RESPONSE_ENDPOINTS, Endpoint, classify
 from .mcp_stage import McpStage
 from .reservation import demand, output_bounds
+from .response_cache import AnswerWriter
 from .translations import (
     Translations,
     anthropic_openai_form,
@@ -176,7 +177,7 @@ class RouteStage:
             self._mcp.fill(outcome)
         elif self._attempt is not None:
             self._attempt.fill(outcome)
-        elif outcome.route and (outcome.status == 0 or 200 <= outcome.status < 300):
+        elif outcome.route and outcome.cache != "hit" and (outcome.status == 0 or 200 <= outcome.status < 300):
             if self._span is not None:  # the attempt stage reports the answer; the request's span ends here
                 outcome.ended = time.monotonic()
                 self._finish_span(outcome)
@@ -254,6 +255,11 @@ class RouteStage:
             raise _too_large(self._runtime.max_body_bytes)
         body = original = parse_json_object(raw)
         check_client_limits(body, self._runtime.config.requests)
+        template = prompt_templates.expand(self._runtime, self._key, self._endpoint, body)
+        if template is not None:  # a prompt template's request replaces the client's
+            body = original = template.body
+            if self._outcome is not None:
+                self._outcome.prompt_template, self._outcome.prompt_version = template.name, str(template.version)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("`model` is required and must be a string.", param="model", code="missing_model")
@@ -265,11 +271,11 @@ class RouteStage:
             raise NotFound(f"The model {model!r} does not exist or is not served by this gateway.",
                            param="model", code="model_not_found")
         authorize(self._key, route.name)
-        rewritten = False
+        rewritten = template is not None
         """The body Envoy sends on is not the client's: a conversation rebuilt, or a guardrail's redaction."""
         if self._endpoint is Endpoint.RESPONSES:
             expanded = await self._conversation(original)
-            rewritten = expanded is not original
+            rewritten = rewritten or expanded is not original
             body = original = expanded
         redacted = False
         if route.guardrails or route.max_prompt_chars is not None or route.max_messages is not None:
@@ -288,6 +294,13 @@ class RouteStage:
         elif "input" not in body:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
+        lookup = await response_cache.look_up(runtime.answers, route.cache, route.name, self._endpoint, self._key,
+                                              self._headers, original)
+        if lookup is not None:
+            if self._outcome is not None:
+                self._outcome.cache = lookup.state
+            if lookup.state == "hit":
+                return await self._answer_hit(lookup, route, model, original)
         # routing rules read the client's `metadata`, which a Responses body keeps out of its chat form
         candidates, policy = self._candidates(route, original if self._endpoint is Endpoint.RESPONSES else body)
         translated: Translations | None = None
@@ -306,6 +319,10 @@ class RouteStage:
             constants.METADATA_KEY_ID_KEY: self._key.id,
         }
         self._add_betas(metadata)
+        if lookup is not None:
+            metadata.update(lookup.metadata())
+        if template is not None:
+            metadata[constants.METADATA_TEMPLATE_KEY] = f"{template.name}@{template.version}"
         if self._outcome is not None:
             _describe(self._outcome, route, model, body, metadata)
         limiter = runtime.limiter
@@ -351,6 +368,25 @@ class RouteStage:
             return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata,
                                                body=encoded)
         return messages.request_body_reply(set_headers=headers, clear_route_cache=True, metadata=metadata)
+
+    async def _answer_hit(self, lookup: response_cache.Lookup, route: RouteInfo, requested: str,
+                          original: JsonObject) -> ProcessingResponse:
+        """A cached answer: no backend, no tokens; a `requests` limit still counts it."""
+        assert self._key is not None and self._endpoint is not None and lookup.answer is not None
+        runtime = self._runtime
+        rate_headers: tuple[tuple[str, str], ...] = ()
+        limiter = runtime.limiter
+        if limiter is not None:
+            scopes = limiter.scopes(self._key.id, self._key.team, self._limit_user(original), route.name, "")
+            counted = await response_cache.count_hit(limiter, scopes)
+            if counted is not None:
+                rate_headers = counted.headers
+        if self._outcome is not None:
+            outcome = self._outcome
+            _describe(outcome, route, requested, original, {})
+            outcome.status, outcome.cache_saved_usd = 200, lookup.answer.cost_usd
+        return await response_cache.hit_reply(lookup, self._endpoint, original, requested, self._key.id,
+                                              runtime.responses, rate_headers)
 
     async def _conversation(self, original: JsonObject) -> JsonObject:
         """A Responses request with the conversation its `previous_response_id` names, bounded as the client's own
@@ -492,7 +528,8 @@ class RouteStage:
                              log_content=route.log_content, guardrails=route.guardrails, route=route.name,
                              request_id=self._headers.get("x-request-id", ""),
                              betas=anthropic_passthrough.betas(self._headers.get(anthropic_passthrough.BETA_HEADER)),
-                             owner=self._key.id if self._key is not None else "")
+                             owner=self._key.id if self._key is not None else "",
+                             cache=AnswerWriter.from_metadata(metadata))
         upstream = translated.upstream.get(backend.id) if translated is not None else None
         dropped = translated.dropped.get(backend.id) if translated is not None else None
         reply = send(attempt) if send is not None else attempt.send(body, upstream, self._estimate, dropped)
@@ -544,12 +581,16 @@ class RouteStage:
             header_mutation.remove_headers.extend(kept)
         return reply
 
+    def _limit_user(self, body: JsonObject) -> str | None:
+        """The end user whose limits the request counts in."""
+        assert self._key is not None
+        return (self._user or _body_user(body) or self._key.user) if self._key.asserts_users else self._user
+
     async def _reserve(self, limiter: Limiter, body: JsonObject, route: RouteInfo, primary: str,
                        requested: str, bounds: dict[str, int]) -> Reservation | None:
         """`bounds`: the most each backend of the order may produce (`reservation.output_bounds`)."""
         assert self._key is not None
-        user = (self._user or _body_user(body) or self._key.user) if self._key.asserts_users else self._user
-        scopes = limiter.scopes(self._key.id, self._key.team, user, route.name, primary)
+        scopes = limiter.scopes(self._key.id, self._key.team, self._limit_user(body), route.name, primary)
         if not scopes:
             return None
         prompt = self._prompt_tokens(body)

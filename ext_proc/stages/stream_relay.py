@@ -85,6 +85,12 @@ class StreamRelay:
         """A guardrail ended the answer: the client never got it whole, so nothing of it is kept."""
         return self._guard is not None and self._guard.blocked
 
+    @property
+    def spoiled(self) -> bool:
+        """The client did not get the answer whole: a guardrail ended it, or an error chunk took the place of its
+        end. Nothing of it is kept (stored Responses, the response cache)."""
+        return self.blocked or self.stream.failed
+
     def encode(self, chunk: JsonObject) -> bytes:
         if not self.first_chunk_at:
             self.first_chunk_at = time.monotonic()

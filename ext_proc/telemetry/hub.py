@@ -88,6 +88,10 @@ def row(outcome: Outcome) -> dict:
         "prompt": outcome.prompt,
         "completion": outcome.completion,
         **_mcp_columns(outcome),
+        "cache": outcome.cache or None,
+        "cache_saved_usd": outcome.cache_saved_usd if outcome.cache == "hit" else None,
+        "prompt_template": outcome.prompt_template or None,
+        "prompt_version": outcome.prompt_version or None,
     }
 
 

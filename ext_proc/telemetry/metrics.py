@@ -54,6 +54,12 @@ class Metrics:
                                                                 "upstream server and tool")
         self._mcp_requests = meter.create_counter("babelgate.mcp.requests", unit="{request}",
                                                   description="MCP requests by method, server, tool and status")
+        self._cache = meter.create_counter("babelgate.cache.requests", unit="{request}",
+                                           description="Requests on routes with a response cache, by route and "
+                                                       "result (hit, miss, bypass)")
+        self._cache_saved = meter.create_counter("babelgate.cache.saved_cost", unit="USD",
+                                                 description="What the answers served from the cache cost when "
+                                                             "they were made")
         self._counters = counters
         if counters is not None:
             meter.create_observable_counter("babelgate.internal", callbacks=[self._observe],
@@ -92,6 +98,10 @@ class Metrics:
             self._failovers.add(outcome.attempts - 1, {"route": outcome.route})
         if outcome.rate_limited_scope is not None:
             self._refusals.add(1, {"scope": outcome.rate_limited_scope})
+        if outcome.cache:
+            self._cache.add(1, {"route": outcome.route, "result": outcome.cache})
+            if outcome.cache == "hit" and outcome.cache_saved_usd:
+                self._cache_saved.add(outcome.cache_saved_usd, {"route": outcome.route})
 
     def _record_mcp(self, outcome: Outcome) -> None:
         mcp = outcome.mcp

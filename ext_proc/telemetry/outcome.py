@@ -56,6 +56,13 @@ class Outcome:
     completion: str | None = None
     mcp: McpFacts | None = None
     """Set for a request to the MCP endpoint (whose telemetry differs: no tokens, a server and a tool)."""
+    cache: str = ""
+    """On a route with a response cache: "hit", "miss" or "bypass"."""
+    cache_saved_usd: float = 0.0
+    """A hit: what the answer cost when it was made (nothing was spent on it now)."""
+    prompt_template: str = ""
+    """The prompt template that made the request's messages, and its version."""
+    prompt_version: str = ""
 
     @property
     def duration(self) -> float:
@@ -71,10 +78,12 @@ def outcome_from_decision(decision: dict[str, str], headers: dict[str, str], rou
     """A chain attempt's report, from what the route stage handed on (request start included, so the latency is
     the whole request's, earlier attempts too)."""
     started_wall = float(decision.get(constants.METADATA_STARTED_KEY) or time.time())
+    template, _, version = decision.get(constants.METADATA_TEMPLATE_KEY, "").rpartition("@")
     return Outcome(
         request_id=headers.get("x-request-id", ""), key_id=decision.get(constants.METADATA_KEY_ID_KEY, ""),
         team=decision.get(constants.METADATA_TEAM_KEY) or None, user=decision.get(constants.METADATA_USER_KEY) or None,
         endpoint=decision.get(constants.METADATA_ENDPOINT_KEY, ""), route=route, requested_model=requested,
         attempts=int(headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER, "1") or 1),
         started_wall=started_wall, started=time.monotonic() - max(0.0, time.time() - started_wall),
-        prompt=decision.get(constants.METADATA_PROMPT_KEY))
+        prompt=decision.get(constants.METADATA_PROMPT_KEY), cache=decision.get(constants.METADATA_CACHE_KEY, ""),
+        prompt_template=template, prompt_version=version if template else "")

@@ -53,6 +53,10 @@ SCHEMA = pa.schema([
     ("mcp_session", pa.string()),
     ("bytes_in", pa.int64()),
     ("bytes_out", pa.int64()),
+    ("cache", pa.string()),
+    ("cache_saved_usd", pa.float64()),
+    ("prompt_template", pa.string()),
+    ("prompt_version", pa.string()),
 ])
 COLUMNS = tuple(SCHEMA.names)
 

@@ -48,3 +48,15 @@ def test_mcp_call_benchmark_compares_direct_and_gateway(tmp_path: Path) -> None:
     assert table.startswith("| way |")
     assert "| (a) direct | serial |" in table and "| (c) gateway | 50/s |" in table
     assert "| (c) gateway | 50/s |" in result.stdout
+
+
+def test_cache_hit_benchmark_compares_hit_miss_and_envoy_alone(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "load" / "cache_hit.py"), "--smoke", "--output", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(next(tmp_path.glob("cache-hit-smoke-*.json")).read_text())
+    ways = {row["way"][:3] for row in rows}
+    assert {"(a)", "(b)", "(c)", "(d)"} <= ways  # (e) and (f) when redis-server is installed (the suite installs it)
+    assert all(row["errors"] == 0 and row["calls"] > 0 and row["p50_ms"] > 0 for row in rows)
+    table = next(tmp_path.glob("cache-hit-smoke-*.md")).read_text()
+    assert "| (a) Envoy alone | serial |" in table and "| (d) gateway, hit | 50/s |" in table

@@ -79,6 +79,22 @@ def test_up_demo_serves_then_stops_everything(stop_signal: int) -> None:
             model="demo", messages=[{"role": "user", "content": "hi"}],
             extra_headers={"x-demo-fault": "demo-openai:503"})
         assert failover.headers["x-babelgate-backend"] == "demo-anthropic"
+        # the banner's cache example: the same temperature-0 request twice is a miss, then a hit
+        while "asyncio.run(main())" not in output and time.monotonic() < deadline:  # the banner's last line
+            with contextlib.suppress(queue.Empty):
+                output += lines.get(timeout=1)
+        assert "Response cache on gpt-4o-mini" in output and "x-babelgate-cache" in output, output
+        seen = [client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", temperature=0, messages=[{"role": "user", "content": "cache me"}],
+        ).headers["x-babelgate-cache"] for _ in range(2)]
+        assert seen == ["miss", "hit"]
+        # the banner's prompt template, in both request forms
+        assert "Prompt template 'summarize'" in output and '"model": "prompt:summarize"' in output
+        variables = {"text": "Babelgate is an AI gateway inside Envoy."}
+        summary = client.chat.completions.create(model="prompt:summarize", messages=[],
+                                                 extra_body={"prompt_variables": variables})
+        assert "demo-" in summary.choices[0].message.content
+        assert "demo-" in client.responses.create(prompt={"id": "summarize", "variables": variables}).output_text
         # the admin API, with the credential the banner shows: a new key works at once
         admin_key = re.search(r"credential (bg-admin-\S+)", output).group(1)
         assert f"--admin 127.0.0.1:{admin_api}" in output

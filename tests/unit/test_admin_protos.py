@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_service_and_its_messages_are_generated() -> None:
     service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     assert [m.name for m in service.methods] == ["CreateKey", "ListKeys", "RevokeKey", "RotateKey", "ListRoutes",
-                                                 "GetUsage", "ListMcpServers"]
+                                                 "GetUsage", "ListMcpServers", "CreatePromptVersion", "ListPrompts",
+                                                 "GetPrompt", "SetPromptLabel"]
     created = admin_pb2.CreateKeyResponse(key=admin_pb2.Key(id="alice", models=["gpt-4o"]), secret="bg-x")
     assert admin_pb2.CreateKeyResponse.FromString(created.SerializeToString()).key.models == ["gpt-4o"]
 

@@ -82,9 +82,10 @@ def test_the_transcoders_descriptor_set_describes_the_admin_service(with_admin: 
     files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(encoded)).file
     services = {f"{f.package}.{s.name}": [m.name for m in s.method] for f in files for s in f.service}
     assert services[SERVICE] == ["CreateKey", "ListKeys", "RevokeKey", "RotateKey", "ListRoutes", "GetUsage",
-                                 "ListMcpServers"]
+                                 "ListMcpServers", "CreatePromptVersion", "ListPrompts", "GetPrompt", "SetPromptLabel"]
     names = {f.name for f in files}
-    assert {"google/api/annotations.proto", "google/api/http.proto", "google/protobuf/timestamp.proto"} <= names
+    assert {"google/api/annotations.proto", "google/api/http.proto", "google/protobuf/timestamp.proto",
+            "google/protobuf/struct.proto"} <= names
 
 
 def test_the_admin_route_comes_first_with_the_route_stage_off(with_admin: dict) -> None:

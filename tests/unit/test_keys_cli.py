@@ -65,3 +65,11 @@ def test_create_accepts_a_routes_alias_and_stores_the_routes_model_name(tmp_path
     assert yaml.safe_load((tmp_path / "keys.yaml").read_text())[0]["models"] == ["gpt-4o"]
     refused = _keys("create", "--id", "dave", "--models", "gpt-5", "-c", str(config))
     assert refused.returncode == 2 and "unknown model 'gpt-5' (give a route's model name or alias" in refused.stderr
+
+
+def test_create_limits_a_key_to_some_prompt_templates(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.yaml"
+    assert _keys("create", "--id", "bot", "--prompts", "support*, faq", "--keys-file", str(keys_file)).returncode == 0
+    assert _keys("create", "--id", "any", "--keys-file", str(keys_file)).returncode == 0
+    bot, anyone = yaml.safe_load(keys_file.read_text())
+    assert bot["prompts"] == ["support*", "faq"] and "prompts" not in anyone  # every template: the default, unwritten

@@ -1,5 +1,5 @@
-"""The exact response cache's parts (issue 21, first step): keys, client directives, stores, and the replay of a
-cached chat completion as a stream the official SDK parses."""
+"""The exact response cache's parts: keys, client directives, stores, the replay of a cached chat completion as a
+stream the official SDK parses, the route stage's lookup and the attempt stage's writer."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletionChunk
 
+from ext_proc.auth.virtual_keys import KeyInfo
 from ext_proc.cache.keys import IGNORED, cache_key, deterministic, directive
 from ext_proc.cache.replay import chat_stream
 from ext_proc.cache.store import CachedAnswer, MemoryAnswerCache, RedisAnswerCache, build_answer_cache
-from ext_proc.config.models import RedisSettings
+from ext_proc.config.models import RedisSettings, RouteCache
+from ext_proc.limits.store import StoreUnavailable
+from ext_proc.stages.endpoints import Endpoint
+from ext_proc.stages.response_cache import AnswerWriter, Lookup, look_up, scope_of
 from ext_proc.state import expiring_lru
 
 from ..redis_server import RedisServer
@@ -110,3 +114,79 @@ def test_a_cached_chat_completion_replays_as_a_stream_the_sdk_parses() -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 7
     assert {c.id for c in chunks} == {"chatcmpl-1"} and all(c.system_fingerprint == "fp" for c in chunks)
     assert b'"usage"' not in chat_stream(ANSWER, include_usage=False)
+
+
+# -- the route stage's lookup --------------------------------------------------------------------------------------
+
+def _key(key_id: str, team: str | None = None) -> KeyInfo:
+    return KeyInfo(id=key_id, team=team, models=None, expires_at=None)
+
+
+class _BrokenCache(MemoryAnswerCache):
+    async def get(self, key: str) -> CachedAnswer | None:
+        raise StoreUnavailable("redis is down")
+
+
+def _look(cache: MemoryAnswerCache, body: dict, headers: dict | None = None, key: KeyInfo | None = None,
+          settings: RouteCache | None = None, endpoint: Endpoint = Endpoint.CHAT) -> Lookup | None:
+    return asyncio.run(look_up(cache, settings or RouteCache(), "m", endpoint, key or _key("k1", "team-a"),
+                               headers or {}, body))
+
+
+def test_a_lookup_is_a_miss_then_a_hit_once_stored() -> None:
+    cache = MemoryAnswerCache()
+    miss = _look(cache, BODY)
+    assert miss is not None and miss.state == "miss" and miss.metadata()["cache"] == "miss"
+    ttl, max_bytes, entry = miss.metadata()["cache_entry"].split(" ", 2)
+    assert (float(ttl), int(max_bytes), entry) == (300.0, 1 << 20, miss.key)
+    asyncio.run(cache.put(miss.key, CachedAnswer(ANSWER, 0.0), 60))
+    hit = _look(cache, BODY)
+    assert hit is not None and hit.state == "hit" and hit.answer is not None and hit.answer.body == ANSWER
+
+
+@pytest.mark.parametrize(("body", "headers", "state"), [
+    ({**BODY, "temperature": 0.5}, {}, "bypass"),
+    ({**BODY, "n": 3}, {}, "bypass"),
+    (BODY, {"cache-control": "no-store"}, "bypass"),
+    (BODY, {"x-babelgate-cache": "refresh"}, "miss"),
+], ids=["may vary", "several choices", "client bypass", "client refresh"])
+def test_what_the_lookup_decides(body: dict, headers: dict, state: str) -> None:
+    cache = MemoryAnswerCache()
+    stored = _look(cache, BODY)
+    assert stored is not None
+    asyncio.run(cache.put(stored.key, CachedAnswer(ANSWER, 0.0), 60))
+    found = _look(cache, body, headers)
+    assert found is not None and found.state == state
+    assert found.metadata().get("cache_entry") is None if state == "bypass" else found.metadata()["cache_entry"]
+
+
+def test_scopes_name_who_shares_hits() -> None:
+    team, key, shared = RouteCache(scope="team"), RouteCache(scope="key"), RouteCache(scope="global")
+    assert scope_of(team, _key("k1", "t")) == scope_of(team, _key("k2", "t")) == "team:t"
+    assert scope_of(team, _key("k1")) != scope_of(team, _key("k2"))  # keys without a team: their own
+    assert scope_of(key, _key("k1", "t")) != scope_of(key, _key("k2", "t"))
+    assert scope_of(shared, _key("k1", "t")) == scope_of(shared, _key("k2", "u")) == ""
+    assert scope_of(team, _key("x", "x")) != scope_of(key, _key("x", "x"))  # a key named like a team never collides
+
+
+def test_an_unreadable_cache_is_a_miss_and_uncached_endpoints_are_not_looked_up() -> None:
+    looked = _look(_BrokenCache(), BODY)
+    assert looked is not None and looked.state == "miss"
+    assert _look(MemoryAnswerCache(), {"model": "m", "input": "x"}, endpoint=Endpoint.EMBEDDINGS) is None
+    assert asyncio.run(look_up(MemoryAnswerCache(), None, "m", Endpoint.CHAT, _key("k"), {}, BODY)) is None
+
+
+def test_a_writer_stores_only_finished_answers_within_its_bound() -> None:
+    cache = MemoryAnswerCache()
+    writer = AnswerWriter.from_metadata({"cache": "miss", "cache_entry": "60.0 2048 chat:abc"})
+    assert writer is not None and writer.writes
+    asyncio.run(writer.store(cache, {**ANSWER, "choices": [{**ANSWER["choices"][0], "finish_reason": "length"}]},
+                             1, 1, 0.0))
+    assert asyncio.run(cache.get("chat:abc")) is None
+    asyncio.run(writer.store(cache, {**ANSWER, "padding": "x" * 4096}, 1, 1, 0.0))  # past 2048 bytes
+    assert asyncio.run(cache.get("chat:abc")) is None
+    asyncio.run(writer.store(cache, ANSWER, 3, 4, 0.25))
+    stored = asyncio.run(cache.get("chat:abc"))
+    assert stored is not None and (stored.body, stored.cost_usd) == (ANSWER, 0.25)
+    bypass = AnswerWriter.from_metadata({"cache": "bypass"})
+    assert bypass is not None and not bypass.writes and AnswerWriter.from_metadata({}) is None
