@@ -20,15 +20,13 @@ from pydantic import ValidationError
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from ..auth.credentials import read_secret
 from ..config.loading import ConfigError, load_keys_file
 from ..config.models import Config, RedisSettings, VirtualKey
+from ..state.stored_keys import VERSION_FIELD, client_options, keys_hash_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VERSION_FIELD = ":version"
-"""Bumped by every change; key ids can't contain ':' (see `valid_key_id`), so it never names a key."""
 
 class KeyStoreError(Exception):
     """The store can't be read or written right now."""
@@ -133,21 +131,9 @@ return 1
 """
 
 
-def keys_hash_name(settings: RedisSettings) -> str:
-    return settings.key_prefix + "keys"
-
-
-def _client_options(settings: RedisSettings) -> dict:
-    password = read_secret(settings.password, "limits.redis.password") if settings.password else None
-    options: dict = {"password": password, "socket_timeout": max(settings.timeout, 1.0), "socket_connect_timeout": 1.0}
-    if settings.ca_file is not None:
-        options["ssl_ca_certs"] = str(settings.ca_file)
-    return options
-
-
 class RedisKeyStore:
     def __init__(self, settings: RedisSettings) -> None:
-        options = _client_options(settings)
+        options = client_options(settings)
         self._client: Redis | RedisCluster = (RedisCluster.from_url(settings.url, **options) if settings.cluster
                                               else Redis.from_url(settings.url, **options))
         self._name = keys_hash_name(settings)
@@ -214,7 +200,7 @@ def with_stored_keys(config: Config) -> Config:
     settings = config.limits.redis
     if settings is None:
         return config
-    options = _client_options(settings)
+    options = client_options(settings)
     client = (redis.RedisCluster.from_url(settings.url, **options) if settings.cluster
               else redis.Redis.from_url(settings.url, **options))
     try:

@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
 from ..config.loading import load_config
-from ..templates.syntax import parse_reference
+from ..config.prompt_syntax import parse_reference
 from . import admin_pb2 as pb
 from .client import AdminClient, AdminError
 from .keys_command import CREDENTIAL_ENV, UsageError, _credential

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from .. import constants
 from ..auth.credentials import read_secret
 from ..auth.virtual_keys import bearer_token, generate_key, hash_key
+from ..config import prompt_syntax as template_syntax
 from ..config.models import AdminApi, LimitRule, PromptTemplate, VirtualKey, route_models
 from ..errors import GatewayError
 from ..json_types import JsonObject
@@ -43,7 +44,6 @@ from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
 from ..limits.store import StoreUnavailable
 from ..runtime.build import Runtime, find_route
-from ..templates import syntax as template_syntax
 from ..templates.registry import PromptEntry, PromptRegistry, build_registry
 from ..templates.store import PromptStore, PromptStoreError, TooManyVersions, prompt_store_for
 from ..transport.grpc import (

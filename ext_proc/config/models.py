@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .. import constants
-from ..templates import syntax as template_syntax
+from . import prompt_syntax as template_syntax
 from .origin import Loc, Origin, dotted
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..templates.syntax import prompts_file
 from .models import Config, secret_refs
+from .prompt_syntax import prompts_file
 
 
 def watched_files(config: Config, config_path: Path) -> list[Path]:

@@ -21,12 +21,12 @@ from typing import Any
 
 from ..auth.virtual_keys import KeyInfo
 from ..config.models import PromptTemplate
+from ..config.prompt_syntax import MAX_VARIABLES, parse_reference
 from ..errors import BadRequest
 from ..json_types import JsonObject
 from ..runtime.build import Runtime
 from ..templates.registry import PromptRegistry
 from ..templates.render import check_variables, render_messages, responses_items, responses_text_format
-from ..templates.syntax import MAX_VARIABLES, parse_reference
 from .endpoints import Endpoint
 
 MODEL_PREFIX = "prompt:"

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from ..config.models import Config, PromptTemplate
+from ..config.prompt_syntax import DEFAULT_LABEL, LABEL, LATEST, TEMPLATE_NAME
 from ..errors import BadRequest, Forbidden, NotFound
 from .store import PromptStoreError, StoredPrompts, read_stored_prompts
-from .syntax import DEFAULT_LABEL, LABEL, LATEST, TEMPLATE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config.models import PromptTemplate
+from ..config.prompt_syntax import PLACEHOLDER, placeholders
 from ..errors import BadRequest
 from ..json_types import JsonObject
-from .syntax import PLACEHOLDER, placeholders
 
 
 def check_variables(template: PromptTemplate, variables: Mapping[str, str], param: str) -> None:

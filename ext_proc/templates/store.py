@@ -28,9 +28,9 @@ from pydantic import ValidationError
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from ..admin.key_store import VERSION_FIELD, _client_options, keys_hash_name
 from ..config.models import Config, PromptTemplate, RedisSettings
-from .syntax import MAX_VERSIONS, prompts_file
+from ..config.prompt_syntax import MAX_VERSIONS, prompts_file
+from ..state.stored_keys import VERSION_FIELD, client_options, keys_hash_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,7 +186,7 @@ def prompts_hash_name(settings: RedisSettings) -> str:
 
 class RedisPromptStore:
     def __init__(self, settings: RedisSettings) -> None:
-        options = _client_options(settings)
+        options = client_options(settings)
         self._client: Redis | RedisCluster = (RedisCluster.from_url(settings.url, **options) if settings.cluster
                                               else Redis.from_url(settings.url, **options))
         self._name = prompts_hash_name(settings)
@@ -262,7 +262,7 @@ def read_stored_prompts(config: Config) -> StoredPrompts | None:
     settings = config.limits.redis
     if settings is None:
         return read_prompts_file(prompts_file(config.keys_file)) if config.keys_file is not None else None
-    options = _client_options(settings)
+    options = client_options(settings)
     client = (redis.RedisCluster.from_url(settings.url, **options) if settings.cluster
               else redis.Redis.from_url(settings.url, **options))
     try:

@@ -15,17 +15,16 @@ import pytest
 import redis
 
 from ext_proc.admin.key_store import (
-    VERSION_FIELD,
     FileKeyStore,
     KeyStoreError,
     RedisKeyStore,
-    keys_hash_name,
     stored_keys_version,
     with_stored_keys,
 )
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import load_config, load_keys_file, parse_config
 from ext_proc.config.models import LimitRule, RedisSettings, VirtualKey
+from ext_proc.state.stored_keys import VERSION_FIELD, keys_hash_name
 
 from ..redis_server import RedisServer, free_ports
 

@@ -14,15 +14,15 @@ import yaml
 from google.protobuf.struct_pb2 import Struct
 
 from ext_proc.admin import admin_pb2 as pb
-from ext_proc.admin.key_store import VERSION_FIELD, keys_hash_name
 from ext_proc.admin.service import new_prompt_template
+from ext_proc.config import prompt_syntax as syntax
 from ext_proc.config.loading import load_config, parse_config
 from ext_proc.config.models import RedisSettings
+from ext_proc.config.prompt_syntax import prompts_file
 from ext_proc.config.watch import file_signature, watched_files
 from ext_proc.runtime.build import compile_runtime
-from ext_proc.templates import syntax
+from ext_proc.state.stored_keys import VERSION_FIELD, keys_hash_name
 from ext_proc.templates.store import RedisPromptStore, TooManyVersions, read_stored_prompts
-from ext_proc.templates.syntax import prompts_file
 from ext_proc.transport.grpc import RpcError, Status
 
 from ..redis_server import RedisServer

@@ -1,6 +1,6 @@
 """What a prompt template may contain, checked once when it is loaded or created (the registry trusts it after).
 
-A leaf module (only `re`): the config schema (`config.models.PromptTemplate`) validates with it, the renderer and the
+A leaf module (only `re` and `pathlib`): the config schema (`config.models.PromptTemplate`) validates with it, the renderer and the
 store use the same names and bounds.
 
 Bounds, chosen so one template can never be what makes a request too large or a store slow: a template's JSON at most
