@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openloop import Processes, connect, drive, header, markdown, select_loop
+from openloop import Processes, arguments, connect, drive, header, markdown, save, select_loop
 from upstreams import upstream_config
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
@@ -129,16 +127,7 @@ async def run_all(ways: list[Way], processes: Processes, loads: list[tuple[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a few calls per row, for CI")
-    parser.add_argument("--seconds", type=float, default=10, help="measured seconds per way and load")
-    parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per way before each load")
-    parser.add_argument("--rounds", type=int, default=5, help="the ways take turns this many times per load")
-    parser.add_argument("--rates", type=float, nargs="*", default=[200], help="open-loop calls per second")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.seconds, args.warmup, args.rounds, args.rates = 1, 0.2, 1, [50]
+    args = arguments(__doc__ or "", [200], RESULTS, argv)
     workdir = Path(tempfile.mkdtemp(prefix="babelgate-cache-bench-"))
     supervisor = Supervisor(log_dir=workdir)
     key = generate_key()
@@ -173,12 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         supervisor.stop_all()
     text = table(rows, list(roles))
-    print("\n" + text)
-    args.output.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    kind = "cache-hit-smoke" if args.smoke else "cache-hit"
-    (args.output / f"{kind}-{stamp}.json").write_text(json.dumps(rows, indent=2))
-    (args.output / f"{kind}-{stamp}.md").write_text(text + "\n")
+    save(rows, text, args.output, "cache-hit-smoke" if args.smoke else "cache-hit")
     return 0
 
 

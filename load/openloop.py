@@ -10,8 +10,10 @@ waits for a connection or a slow client counts that wait (no coordinated omissio
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import json
 import os
 import random
 import selectors
@@ -19,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import procstats
@@ -354,3 +357,27 @@ async def drive(ways: list[Way], processes: Processes, loads: list[tuple[str, fl
 def select_loop() -> asyncio.AbstractEventLoop:
     """select(2) takes a timeout in microseconds (epoll in milliseconds), so calls leave on time."""
     return asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+
+def save(rows: list[dict], text: str, output: Path, kind: str) -> None:
+    """The run's table on stdout, and its rows and table in `output` as `<kind>-<time>.json` and `.md`."""
+    print("\n" + text)
+    output.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (output / f"{kind}-{stamp}.json").write_text(json.dumps(rows, indent=2))
+    (output / f"{kind}-{stamp}.md").write_text(text + "\n")
+
+
+def arguments(description: str, rates: list[float], output: Path, argv: list[str] | None) -> argparse.Namespace:
+    """The options every open-loop benchmark takes; `--smoke` shrinks the run to a few calls per row (CI)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a few calls per row, for CI")
+    parser.add_argument("--seconds", type=float, default=10, help="measured seconds per way and load")
+    parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per way before each load")
+    parser.add_argument("--rounds", type=int, default=5, help="the ways take turns this many times per load")
+    parser.add_argument("--rates", type=float, nargs="*", default=rates, help="open-loop calls per second")
+    parser.add_argument("--output", type=Path, default=output)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seconds, args.warmup, args.rounds, args.rates = 1, 0.2, 1, [50]
+    return args

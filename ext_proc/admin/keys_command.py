@@ -116,6 +116,24 @@ def _credential(config: Config | None) -> str:
     raise UsageError(f"set {CREDENTIAL_ENV} to an admin credential")
 
 
+def add_admin_target(parser: argparse.ArgumentParser) -> None:
+    """`-c CONFIG` or `--admin HOST:PORT`: which admin API a command talks to."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", type=Path, help="the gateway's config: its admin API")
+    where.add_argument("--admin", metavar="HOST:PORT", help=f"the admin API (credential from ${CREDENTIAL_ENV})")
+
+
+def admin_client(args: argparse.Namespace, needed_for: str) -> AdminClient:
+    """The client `add_admin_target`'s options name; `needed_for` says why in the error for a config without one."""
+    if args.admin:
+        return AdminClient(args.admin, _credential(None))
+    config = load_config(args.config)
+    if config.admin is None:
+        raise UsageError(f"{args.config} has no admin API (`admin:`): {needed_for}")
+    host = config.ext_proc.host if config.ext_proc.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return AdminClient(f"{host}:{config.admin.port}", _credential(config))
+
+
 # -- commands -----------------------------------------------------------------------------------------------------
 
 def _create(args: argparse.Namespace, target: AdminClient | FileTarget | None) -> int:

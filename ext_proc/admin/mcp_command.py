@@ -10,14 +10,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
-from ..config.loading import load_config
 from . import admin_pb2 as pb
-from .client import AdminClient, AdminError
-from .keys_command import CREDENTIAL_ENV, UsageError, _credential
+from .client import AdminError
+from .keys_command import UsageError, add_admin_target, admin_client
 
 _COLUMNS = ("name", "transport", "health", "tools", "resources", "templates", "prompts", "protocol", "checked",
             "url/error")
@@ -28,15 +26,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     actions = mcp.add_subparsers(dest="mcp_command", required=True)
     servers = actions.add_parser("servers", help="each upstream MCP server: health, last error, items it offers")
     servers.add_argument("--json", action="store_true", help="machine-readable rows")
-    where = servers.add_mutually_exclusive_group(required=True)
-    where.add_argument("-c", "--config", type=Path, help="the gateway's config: its admin API")
-    where.add_argument("--admin", metavar="HOST:PORT", help=f"the admin API (credential from ${CREDENTIAL_ENV})")
+    add_admin_target(servers)
     servers.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        client = _client(args)
+        client = admin_client(args, "the MCP servers' health is read through it")
         try:
             reply = client.call("ListMcpServers", pb.ListMcpServersRequest(), pb.ListMcpServersResponse)
         finally:
@@ -68,13 +64,3 @@ def table(servers: list[pb.McpServer]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    if args.admin:
-        return AdminClient(args.admin, _credential(None))
-    config = load_config(args.config)
-    if config.admin is None:
-        raise UsageError(f"{args.config} has no admin API (`admin:`): the MCP servers' health is read through it")
-    host = config.ext_proc.host if config.ext_proc.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return AdminClient(f"{host}:{config.admin.port}", _credential(config))

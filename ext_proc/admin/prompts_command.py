@@ -17,11 +17,10 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
-from ..config.loading import load_config
 from ..config.prompt_syntax import parse_reference
 from . import admin_pb2 as pb
 from .client import AdminClient, AdminError
-from .keys_command import CREDENTIAL_ENV, UsageError, _credential
+from .keys_command import UsageError, add_admin_target, admin_client
 from .service import plain_json
 
 _COLUMNS = ("name", "latest", "labels", "model", "source")
@@ -44,15 +43,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     label.add_argument("version", type=int)
     label.add_argument("label")
     for action in (create, listing, get, label):
-        where = action.add_mutually_exclusive_group(required=True)
-        where.add_argument("-c", "--config", type=Path, help="the gateway's config: its admin API")
-        where.add_argument("--admin", metavar="HOST:PORT", help=f"the admin API (credential from ${CREDENTIAL_ENV})")
+        add_admin_target(action)
         action.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        client = _client(args)
+        client = admin_client(args, "templates are stored through it (or written in the config's `prompts:`)")
         try:
             handler = {"create": _create, "list": _list, "get": _get, "label": _label}[args.prompts_command]
             return handler(args, client)
@@ -124,14 +121,3 @@ def table(prompts: list[pb.Prompt]) -> str:
 def _dict(message: pb.Prompt | pb.PromptVersion) -> dict:
     shown = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     return plain_json(shown)  # type: ignore[return-value]
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    if args.admin:
-        return AdminClient(args.admin, _credential(None))
-    config = load_config(args.config)
-    if config.admin is None:
-        raise UsageError(f"{args.config} has no admin API (`admin:`): templates are stored through it (or written "
-                         "in the config's `prompts:`)")
-    host = config.ext_proc.host if config.ext_proc.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return AdminClient(f"{host}:{config.admin.port}", _credential(config))

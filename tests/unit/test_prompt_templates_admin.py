@@ -28,12 +28,6 @@ from ext_proc.transport.grpc import RpcError, Status
 from ..redis_server import RedisServer
 from .test_admin_service import CI_SECRET, OPS_SECRET, RESPONSES, Bench, config_text, run
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "prompts" / "support.yaml"
-_prefixes = itertools.count()
-RESPONSES.update({"CreatePromptVersion": pb.PromptVersion, "ListPrompts": pb.ListPromptsResponse,
-                  "GetPrompt": pb.PromptVersion, "SetPromptLabel": pb.Prompt})
-"""The bench decodes replies by method name: these methods' replies too."""
-
 
 @pytest.fixture(autouse=True)
 def admin_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,6 +38,15 @@ def admin_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def keys_file(tmp_path: Path) -> Path:
     return tmp_path / "keys.yaml"
+
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "prompts" / "support.yaml"
+_prefixes = itertools.count()
+RESPONSES.update({"CreatePromptVersion": pb.PromptVersion, "ListPrompts": pb.ListPromptsResponse,
+                  "GetPrompt": pb.PromptVersion, "SetPromptLabel": pb.Prompt})
+"""The bench decodes replies by method name: these methods' replies too."""
+
+
 
 
 def struct(data: dict) -> Struct:
