@@ -79,10 +79,13 @@ class RedisAnswerCache(AnswerCache):
     def __init__(self, client: Redis | RedisCluster, prefix: str, timeout: float) -> None:
         self._client = client
         self._prefix = prefix + "cache:"
-        self._deadline = max(timeout * 10, 1.0)  # entries are documents, not counters: as `redis_records`
+        self._read_deadline = timeout
+        """A lookup is on the request's path, and a slow one is worth less than a miss: the limiter's per-call
+        timeout bounds it."""
+        self._deadline = max(timeout * 10, 1.0)  # a write is off the client's path; entries are documents
 
     async def get(self, key: str) -> CachedAnswer | None:
-        raw = await bounded(self._client.get(self._prefix + key), self._deadline)
+        raw = await bounded(self._client.get(self._prefix + key), self._read_deadline)
         if raw is None:
             return None
         return CachedAnswer.decode(raw if isinstance(raw, bytes) else str(raw).encode())
