@@ -394,6 +394,21 @@ class GuardrailSettings(_Strict):
         return self
 
 
+class SemanticCache(_Strict):
+    """A route's semantic cache (`ext_proc/cache/semantic.py`): after an exact miss, a cached answer to a prompt
+    whose embedding is close enough, everything else about the request being the same."""
+
+    embeddings_model: str = Field(min_length=1, description="A route's model name or alias that serves "
+                                                            "/v1/embeddings: the prompts' embeddings come from it, "
+                                                            "through this gateway, with the caller's own key.")
+    threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity a cached prompt needs to be a hit.")
+    max_entries: int = Field(10_000, ge=1, le=10_000_000, description="Prompts the route's index keeps per "
+                                                                      "process (the oldest go first).")
+    embeddings_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$", description=(
+        "Where the ext_proc servers reach this gateway's listener (e.g. http://envoy:8080), when not at "
+        "`listener.host`:`listener.port`."))
+
+
 class RouteCache(_Strict):
     """The route's exact response cache (`ext_proc/cache/`): an answer served again for the same request."""
 
@@ -403,6 +418,8 @@ class RouteCache(_Strict):
     max_entry_bytes: int = Field(1 << 20, ge=1024, description="Larger answers are not cached.")
     deterministic_only: bool = Field(True, description="Only requests whose sampling can't vary (`temperature: 0`); "
                                                        "false: any request (`n > 1` never).")
+    semantic: SemanticCache | None = Field(None, description="Also serve answers to similar prompts (needs "
+                                                             "the exact cache; off unless given).")
 
 
 class ModelRoute(_Strict):
@@ -1085,7 +1102,8 @@ class Config(_Strict):
         names = self.model_names()
         problems = [*self._unique_ids(), *self._backend_references(), *self._admin_problems(),
                     *self._reasoning_conflicts(), *_key_model_problems(self.virtual_keys, names),
-                    *_issuer_model_problems(self.jwt.issuers, names), *_prompt_model_problems(self.prompts, names)]
+                    *_issuer_model_problems(self.jwt.issuers, names), *_prompt_model_problems(self.prompts, names),
+                    *_semantic_model_problems(self.routes, names)]
         if problems:
             raise ConfigProblems(problems)
         keys = [_with_route_models(key, names) for key in self.virtual_keys]
@@ -1176,6 +1194,16 @@ def _prompt_model_problems(prompts: list[PromptTemplate], names: dict[str, str])
             for i, template in enumerate(prompts)
             if template.model is not None and template.model not in names
             and not (template.model.startswith(prefixes) and prefixes)]
+
+
+def _semantic_model_problems(routes: list[ModelRoute], names: dict[str, str]) -> list[tuple[Loc, str]]:
+    """A semantic cache's embeddings model must be one a route serves (a name, an alias, or under a wildcard)."""
+    prefixes = tuple(name[:-1] for name in names if name.endswith("/*"))
+    return [(("routes", i, "cache", "semantic", "embeddings_model"),
+             f"unknown embeddings model {model!r} (give a route's model name or alias)")
+            for i, route in enumerate(routes) if route.cache is not None and route.cache.semantic is not None
+            and (model := route.cache.semantic.embeddings_model) not in names
+            and not (prefixes and model.startswith(prefixes))]
 
 
 _Holder = TypeVar("_Holder", VirtualKey, JwtIssuer)

@@ -1,7 +1,7 @@
 """What a prompt template may contain, checked once when it is loaded or created (the registry trusts it after).
 
-A leaf module (only `re` and `pathlib`): the config schema (`config.models.PromptTemplate`) validates with it, the renderer and the
-store use the same names and bounds.
+A leaf module (only `re` and `pathlib`): the config schema (`config.models.PromptTemplate`) validates with it, the
+renderer and the store use the same names and bounds.
 
 Bounds, chosen so one template can never be what makes a request too large or a store slow: a template's JSON at most
 `MAX_TEMPLATE_BYTES` (64 KiB), `MAX_MESSAGES` messages, `MAX_VARIABLES` variables (also the most a request may send),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import re
 import struct
 import time
 from collections.abc import Callable
@@ -43,6 +44,11 @@ MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 4096
 MAX_EMBEDDING_INPUTS = 2048
+WORDS_MODEL_MARK = "words"
+"""A model whose name holds this embeds text as a bag of hashed words: similar texts get similar vectors (what a
+semantic cache needs to be tested), where other models' vectors are a hash of the whole input."""
+WORDS_DIMENSIONS = 256
+_WORD = re.compile(r"[a-z0-9]+")
 MAX_CHOICES = 128
 """OpenAI's most for `n`."""
 
@@ -204,7 +210,8 @@ def _embeddings(call: Call) -> Reply:
     body = _body(call)
     model = _model(body)
     inputs = _embedding_inputs(body.get("input"))
-    dimensions = body.get("dimensions", EMBEDDING_DIMENSIONS)
+    words_model = WORDS_MODEL_MARK in model
+    dimensions = body.get("dimensions", WORDS_DIMENSIONS if words_model else EMBEDDING_DIMENSIONS)
     if not _is_int(dimensions) or not 1 <= dimensions <= MAX_EMBEDDING_DIMENSIONS:
         raise Rejected(f"'dimensions' must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}", param="dimensions")
     encoding = body.get("encoding_format", "float")
@@ -212,7 +219,7 @@ def _embeddings(call: Call) -> Reply:
         raise Rejected("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
     data = []
     for index, item in enumerate(inputs):
-        vector = _vector(item, dimensions)
+        vector = _words_vector(item, dimensions) if words_model and isinstance(item, str) else _vector(item, dimensions)
         encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if encoding == "base64" else vector
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     tokens = sum(len(item) if isinstance(item, list) else estimate_tokens(item) for item in inputs)
@@ -251,6 +258,18 @@ def _vector(item: str | list[int], dimensions: int) -> list[float]:
         counter += 1
     norm = math.sqrt(sum(value * value for value in raw[:dimensions])) or 1.0
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in raw[:dimensions]))))
+
+
+def _words_vector(text: str, dimensions: int) -> list[float]:
+    """A unit vector counting the text's lowercase words, each hashed to one dimension and a sign."""
+    raw = [0.0] * dimensions
+    for word in _WORD.findall(text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        raw[int.from_bytes(digest[:4], "little") % dimensions] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(value * value for value in raw))
+    if not norm:
+        return _vector(text, dimensions)
+    return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in raw))))
 
 
 def _models(call: Call) -> Reply:

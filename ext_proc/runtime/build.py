@@ -15,7 +15,10 @@ from ..auth.backend_credentials import credential_for
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.jwt_claims import IssuerInfo, compile_issuers
 from ..auth.virtual_keys import KeyInfo
+from ..cache.semantic import SemanticIndex, build_semantic_index, semantic_urls
 from ..cache.store import AnswerCache, build_answer_cache
+from ..cache.vector_index import VectorIndex
+from ..cache.vector_journal import build_journal
 from ..config.chains import reasoning_styles, route_chain_sets, translation_kinds
 from ..config.models import Backend, Config, ModelRoute, RouteCache, RoutingSettings
 from ..guardrails.engine import Guardrail
@@ -196,6 +199,8 @@ class Runtime:
     """Prompt templates: the config's and the stored ones (read at every build), and who may use which."""
     answers: AnswerCache | None = None
     """The exact response cache, when any route has `cache:`."""
+    semantic: SemanticIndex | None = None
+    """The semantic cache's index and embeddings client, when any route has `cache.semantic`."""
 
 
 def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool = False,
@@ -272,7 +277,8 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    chars_per_token=config.limits.chars_per_token,
                    prompts=load_registry(config, previous.prompts if previous is not None else None, load_secrets),
                    issuers=compile_issuers(config), mcp=_mcp_service(config, previous, load_secrets),
-                   answers=_answer_cache(config, previous, load_secrets))
+                   answers=_answer_cache(config, previous, load_secrets),
+                   semantic=_semantic_index(config, previous, load_secrets))
 
 
 def _response_store(config: Config, previous: Runtime | None, load_secrets: bool) -> ResponseStore | None:
@@ -299,6 +305,24 @@ def _answer_cache(config: Config, previous: Runtime | None, load_secrets: bool) 
     if previous is not None and previous.answers is not None and previous.config.limits.redis == redis:
         return previous.answers
     return build_answer_cache(redis, _redis_password(config))
+
+
+def _semantic_index(config: Config, previous: Runtime | None, load_secrets: bool) -> SemanticIndex | None:
+    """The semantic cache; a reload keeps the one it had while what it was built from did not change, and its
+    entries while Redis did not."""
+    if not load_secrets or not semantic_urls(config):
+        return None
+    redis = config.limits.redis
+    earlier = previous.semantic if previous is not None else None
+    if earlier is None or previous is None or previous.config.limits.redis != redis:
+        index = VectorIndex()
+    elif (previous.config.listener, previous.config.ext_proc.message_timeout, semantic_urls(previous.config)) == (
+            config.listener, config.ext_proc.message_timeout, semantic_urls(config)):
+        return earlier
+    else:
+        index = earlier.index
+    journal = build_journal(redis, _redis_password(config)) if redis is not None else None
+    return build_semantic_index(config, index, journal)
 
 
 def _redis_password(config: Config) -> str | None:
@@ -346,6 +370,8 @@ def retired_by(old: Runtime, new: Runtime) -> list[object]:
         retired.append(old.mcp)
     if old.answers is not None and new.answers is not old.answers:
         retired.append(old.answers)
+    if old.semantic is not None and new.semantic is not old.semantic:
+        retired.append(old.semantic)
     return retired
 
 

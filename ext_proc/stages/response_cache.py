@@ -16,6 +16,8 @@ Decisions worth knowing before changing this file:
 - `x-babelgate-cache` on every answer of a cached route: `hit` (with `age`, seconds since stored), `miss`, or
   `bypass` (the client said so, or the request can vary: not deterministic, `n > 1`).
 - The cache failing is never the request failing: a read error is a miss, a write error a missed chance (logged).
+- A route with `cache.semantic` also looks, after an exact miss, for an answer to a similar prompt
+  (`cache/semantic.py`); a hit found so says how similar in `x-babelgate-cache-similarity`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from ..auth.virtual_keys import KeyInfo
 from ..cache.assemble import ChatAssembler, MessagesAssembler, StreamAssembler
 from ..cache.keys import CACHE_HEADER, cache_key, deterministic, directive
 from ..cache.replay import chat_stream, messages_stream, responses_stream
+from ..cache.semantic import SemanticIndex
+from ..cache.semantic_keys import semantic_request
 from ..cache.store import AnswerCache, CachedAnswer
 from ..client_formats.responses_answer import client_view, response_envelope
 from ..config.models import RouteCache
@@ -51,6 +55,7 @@ CLIENT_FORMATS = {Endpoint.CHAT: "chat", Endpoint.MESSAGES: "messages", Endpoint
 _UNFINISHED = frozenset({"length", "max_tokens", "model_context_window_exceeded"})
 """Finish and stop reasons of an answer the token limit cut."""
 _SSE = "text/event-stream"
+SIMILARITY_HEADER = "x-babelgate-cache-similarity"
 
 
 @dataclass(slots=True)
@@ -60,6 +65,8 @@ class Lookup:
     key: str = ""
     answer: CachedAnswer | None = None
     settings: RouteCache | None = None
+    similarity: float | None = None
+    """A semantic hit's cosine similarity to the prompt whose answer it is."""
 
     def metadata(self) -> dict[str, str]:
         """What the attempt stage needs: the state it tags the answer with, and for a miss where to store it."""
@@ -79,8 +86,10 @@ def scope_of(settings: RouteCache, key: KeyInfo) -> str:
 
 
 async def look_up(cache: AnswerCache | None, settings: RouteCache | None, route: str, endpoint: Endpoint,
-                  key: KeyInfo, headers: dict[str, str], body: JsonObject) -> Lookup | None:
-    """None when the route's answers are not cached (no `cache:`, or an endpoint whose answers are not)."""
+                  key: KeyInfo, headers: dict[str, str], body: JsonObject,
+                  semantic: SemanticIndex | None = None) -> Lookup | None:
+    """None when the route's answers are not cached (no `cache:`, or an endpoint whose answers are not). `semantic`:
+    where a route with `cache.semantic` finds answers to similar prompts."""
     client_format = CLIENT_FORMATS.get(endpoint)
     if settings is None or cache is None or client_format is None:
         return None
@@ -89,17 +98,23 @@ async def look_up(cache: AnswerCache | None, settings: RouteCache | None, route:
     if wish == "bypass" or (isinstance(choices, int) and choices > 1) or (
             settings.deterministic_only and not deterministic(body)):
         return Lookup("bypass")
-    entry = cache_key(route, scope_of(settings, key), client_format, body)
-    if wish == "refresh":
-        return Lookup("miss", entry, settings=settings)
-    try:
-        answer = await cache.get(entry)
-    except StoreUnavailable as exc:
-        log.warning("the response cache could not be read (%s): served as a miss", exc)
-        answer = None
-    if answer is None:
-        return Lookup("miss", entry, settings=settings)
-    return Lookup("hit", entry, answer, settings)
+    scope = scope_of(settings, key)
+    entry = cache_key(route, scope, client_format, body)
+    answer = None
+    if wish != "refresh":
+        try:
+            answer = await cache.get(entry)
+        except StoreUnavailable as exc:
+            log.warning("the response cache could not be read (%s): served as a miss", exc)
+    if answer is not None:
+        return Lookup("hit", entry, answer, settings)
+    if semantic is not None and settings.semantic is not None:
+        request = semantic_request(route, scope, client_format, body, settings.semantic.embeddings_model)
+        found = request and await semantic.look_up(cache, settings, route, request, entry, headers,
+                                                   read=wish != "refresh")
+        if found:
+            return Lookup("hit", found.key, found.answer, settings, found.similarity)
+    return Lookup("miss", entry, settings=settings)
 
 
 async def count_hit(limiter: Limiter, scopes: list[tuple[str, str, tuple[Rule, ...]]]) -> Reservation | None:
@@ -127,6 +142,8 @@ async def hit_reply(lookup: Lookup, endpoint: Endpoint, request: JsonObject, req
         body = chat_stream(answer, include_usage) if streaming else orjson.dumps(answer)
     headers = (("content-type", _SSE if streaming else messages.JSON_CONTENT_TYPE), (CACHE_HEADER, "hit"),
                ("age", str(lookup.answer.age())), (constants.RESPONSE_HEADER_MODEL, requested), *extra_headers)
+    if lookup.similarity is not None:
+        headers = (*headers, (SIMILARITY_HEADER, f"{lookup.similarity:.4f}"))
     return messages.immediate(200, body, headers=headers)
 
 

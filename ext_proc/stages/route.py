@@ -295,7 +295,7 @@ class RouteStage:
             raise BadRequest("`input` is required.", param="input", code="missing_input")
         runtime = self._runtime
         lookup = await response_cache.look_up(runtime.answers, route.cache, route.name, self._endpoint, self._key,
-                                              self._headers, original)
+                                              self._headers, original, runtime.semantic)
         if lookup is not None:
             if self._outcome is not None:
                 self._outcome.cache = lookup.state
