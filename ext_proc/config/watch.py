@@ -28,3 +28,13 @@ def file_signature(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+Signatures = dict[Path, tuple[int, int, int] | None]
+
+
+def seen_after_reload(before: Signatures, files: list[Path]) -> Signatures:
+    """What a reload has seen of `files` (the new configuration's): each file as it was *before* the reload read it,
+    so a change made while it was reading (an editor saving again, a test editing right after a SIGHUP) still differs
+    at the next poll and triggers another reload; a file only the new configuration names, as it is now."""
+    return {path: before[path] if path in before else file_signature(path) for path in files}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..auth.credentials import check_environment, read_secret
 from ..config.models import Config
-from ..config.watch import file_signature, watched_files
+from ..config.watch import file_signature, seen_after_reload, watched_files
 from .mcp_bridges import needs_ports, write_served_config
 from .stack import Stack
 
@@ -40,7 +40,7 @@ class StackReloader:
         self.reload("SIGHUP")
 
     def reload(self, reason: str) -> bool:
-        self._seen = self._snapshot(self._stack.config)
+        before = self._seen = self._snapshot(self._stack.config)
         try:
             config = self._load(self._path)
             check_environment(config)  # what the servers would refuse, Envoy refuses too (every variable at once)
@@ -64,7 +64,7 @@ class StackReloader:
             log.warning("jwt issuers changed: the servers map claims by the new settings at once, Envoy's listener "
                         "verifies tokens (issuers, audiences, keys) by the old ones until the next restart")
         self._stack.apply(config)
-        self._seen = self._snapshot(config)
+        self._seen = seen_after_reload(before, watched_files(config, self._path))
         log.info("Envoy routes and clusters reloaded (%s)", reason)
         return True
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..config.models import Config
-from ..config.watch import file_signature, watched_files
+from ..config.watch import file_signature, seen_after_reload, watched_files
 from .build import Runtime, compile_runtime, retired_by
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class ConfigReloader:
 
     async def reload(self, reason: str) -> bool:
         async with self._lock:
-            self._seen = self._snapshot()
+            before = self._seen = self._snapshot()
             old = self._holder.current
             try:
                 new = await asyncio.to_thread(self._build, old)
@@ -91,7 +91,7 @@ class ConfigReloader:
                           str(exc) or type(exc).__name__)
                 return False
             self._holder.current = new
-            self._seen = self._snapshot()
+            self._seen = seen_after_reload(before, watched_files(new.config, self._path))
             self.reloads += 1
             log.info("configuration reloaded (%s): %d backends, %d routes, %d keys", reason,
                      len(new.backends), len(new.config.routes), len(new.keys))

@@ -51,3 +51,25 @@ def test_a_new_stored_keys_version_reloads_and_a_failing_poll_is_survived(
 
     asyncio.run(run())
     assert reloader.reloads == 2  # b"1" -> b"2" -> b"3"; None and the failure changed nothing
+
+
+def test_an_edit_made_while_a_reload_reads_the_config_is_reloaded_too(tmp_path: Path) -> None:
+    """A SIGHUP's reload was reading the file when an edit landed (as an operator saving right after a SIGHUP):
+    the watch must still see the edit, not record the edited file as already seen."""
+    path = _config(tmp_path)
+    holder = Holder(path)
+
+    def edit_while_loading(where: Path) -> object:
+        config = load_config(where)  # the reload read the file as it was...
+        data = yaml.safe_load(path.read_text())
+        data["routes"].append({"model": "added", "backends": [{"backend": "oa", "model": "m"}]})
+        replaced = path.with_suffix(".tmp")
+        replaced.write_text(yaml.safe_dump(data))
+        replaced.replace(path)  # ...and then the edit landed
+        return config
+
+    reloader = ConfigReloader(holder, path, edit_while_loading)  # type: ignore[arg-type]
+    reloader._build = lambda old: compile_runtime(reloader._load(path), load_secrets=False)  # type: ignore[method-assign]
+    asyncio.run(reloader.reload("SIGHUP"))
+    assert "added" not in holder.current.routes
+    assert reloader._snapshot() != reloader._seen  # the next poll reloads the edit
