@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from .models import Config, ConfigProblems, VirtualKey
 from .origin import Origin, node_lines
+from .watch import file_signature
 
 
 class ConfigError(Exception):
@@ -23,16 +24,19 @@ class ConfigError(Exception):
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
+    read = {path: file_signature(path)}
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: can't read the config file: {exc.strerror}") from None
     config = parse_config(text, source=str(path), base_dir=path.parent)
     if config.keys_file is not None and config.keys_file.exists():
+        read[config.keys_file] = file_signature(config.keys_file)
         extra, keys_origin = _read_keys_file(config.keys_file)
         data = config.model_dump(by_alias=True)
         data["virtual_keys"] = [*data["virtual_keys"], *(k.model_dump() for k in extra)]
         config = _validate(data, config.origin, keys_file=(keys_origin, len(config.virtual_keys)))
+    config.origin.read.update(read)
     return config
 
 

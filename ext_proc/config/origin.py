@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -21,6 +22,10 @@ class Origin:
     source: str = "<config>"
     lines: dict[Loc, int] = field(default_factory=dict)
     """1-based line of every node (mapping value or sequence item) of the YAML document, by path."""
+    read: dict[Path, tuple[int, int, int] | None] = field(default_factory=dict)
+    """The files the config was read from (itself, its keys file), each as it was just before it was read: a
+    reloader starts from these, so an edit landing while the config was read or the stack started is not taken
+    for one already seen (`config/watch.py`)."""
 
     def line(self, loc: Sequence[str | int]) -> int | None:
         """The line of the deepest node along `loc` that the file has (a missing field: its parent's line)."""

@@ -25,7 +25,8 @@ class StackReloader:
         self._stack = stack
         self._path = config_path
         self._load = load
-        self._seen = self._snapshot(stack.config)
+        # the files as they were when the config was read: an edit while the stack started is a change to reload
+        self._seen = seen_after_reload(stack.config.origin.read, watched_files(stack.config, config_path))
 
     def _snapshot(self, config: Config) -> dict[Path, tuple[int, int, int] | None]:
         return {path: file_signature(path) for path in watched_files(config, self._path)}

@@ -46,7 +46,9 @@ class ConfigReloader:
         self._path = config_path
         self._load = load
         self._on_swap = on_swap
-        self._seen = self._snapshot()
+        config = holder.current.config
+        # the files as they were when this config was read: an edit since then is a change to reload
+        self._seen = seen_after_reload(config.origin.read, watched_files(config, config_path))
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self.reloads = 0

@@ -73,3 +73,19 @@ def test_an_edit_made_while_a_reload_reads_the_config_is_reloaded_too(tmp_path: 
     asyncio.run(reloader.reload("SIGHUP"))
     assert "added" not in holder.current.routes
     assert reloader._snapshot() != reloader._seen  # the next poll reloads the edit
+
+
+def test_an_edit_made_before_the_watch_began_is_reloaded(tmp_path: Path) -> None:
+    """The servers (and `babelgate up`) start watching after they read the config and started: an edit landing in
+    between is measured against the file as it was read, not as it is when the watch begins."""
+    path = _config(tmp_path)
+    holder = Holder(path)
+    edited = yaml.safe_load(path.read_text())
+    edited["routes"].append({"model": "added", "backends": [{"backend": "oa", "model": "m"}]})
+    replaced = path.with_suffix(".tmp")
+    replaced.write_text(yaml.safe_dump(edited))
+    replaced.replace(path)
+    reloader = ConfigReloader(holder, path, load_config)
+    assert reloader._snapshot() != reloader._seen  # the first poll reloads it
+    copied = holder.current.config.model_copy(update={"listener": holder.current.config.listener})
+    assert copied.origin.read == holder.current.config.origin.read  # what `up` passes on keeps it
