@@ -28,20 +28,21 @@ class StackReloader:
         # the files as they were when the config was read: an edit while the stack started is a change to reload
         self._seen = seen_after_reload(stack.config.origin.read, watched_files(stack.config, config_path))
 
-    def _snapshot(self, config: Config) -> dict[Path, tuple[int, int, int] | None]:
-        return {path: file_signature(path) for path in watched_files(config, self._path)}
+    def _snapshot(self) -> dict[Path, tuple[int, int, int] | None]:
+        """The watched files (`_seen`'s, worked out when the config was read) as they are now."""
+        return {path: file_signature(path) for path in self._seen}
 
     def tick(self) -> None:
         """Called a few times a second by the supervising loop."""
         self._stack.settle()
-        if self._snapshot(self._stack.config) != self._seen:
+        if self._snapshot() != self._seen:
             self.reload("the config file changed")
 
     def hangup(self) -> None:
         self.reload("SIGHUP")
 
     def reload(self, reason: str) -> bool:
-        before = self._seen = self._snapshot(self._stack.config)
+        before = self._seen = self._snapshot()
         try:
             config = self._load(self._path)
             check_environment(config)  # what the servers would refuse, Envoy refuses too (every variable at once)

@@ -55,7 +55,9 @@ class ConfigReloader:
         self.rejections = 0
 
     def _snapshot(self) -> dict[Path, tuple[int, int, int] | None]:
-        return {path: file_signature(path) for path in watched_files(self._holder.current.config, self._path)}
+        """The watched files as they are now. Which files those are was worked out when the config was read (the
+        keys of `_seen`): walking the config for its secret files four times a second cost more than the stats."""
+        return {path: file_signature(path) for path in self._seen}
 
     async def watch(self) -> None:
         """Poll the watched files; a change triggers a reload (an editor's save is several writes: wait for quiet)."""

@@ -60,3 +60,15 @@ def test_cache_hit_benchmark_compares_hit_miss_and_envoy_alone(tmp_path: Path) -
     assert all(row["errors"] == 0 and row["calls"] > 0 and row["p50_ms"] > 0 for row in rows)
     table = next(tmp_path.glob("cache-hit-smoke-*.md")).read_text()
     assert "| (a) Envoy alone | serial |" in table and "| (d) gateway, hit | 50/s |" in table
+
+
+def test_stream_chunk_benchmark_measures_every_chunk_of_every_way(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "load" / "stream_chunks.py"), "--smoke", "--output",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(next(tmp_path.glob("stream-chunks-smoke-*.json")).read_text())
+    assert {(row["way"][:3], row["streams"]) for row in rows} == {
+        (way, streams) for way in ("(a)", "(b)", "(c)", "(d)") for streams in (1, 4)}
+    assert all(row["errors"] == 0 and row["chunks"] > 0 and row["delay_p50_ms"] > 0 for row in rows)
+    gateway = [row for row in rows if row["way"][:3] in ("(b)", "(d)")]
+    assert all(row["ext_proc_cpu_ms_per_chunk"] > 0 for row in gateway)
