@@ -227,3 +227,14 @@ def test_without_redis_a_config_template_is_served_and_new_versions_go_beside_th
     _create_versions(file_stack)
     assert (file_stack.workdir / "keys.prompts.yaml").exists()
     _everywhere(lambda: _served(file_stack, "prompt:support", "v2: you support Babelgate."), "file store served")
+
+
+def test_a_virtual_key_cant_manage_templates_through_envoy(stack: Stack) -> None:
+    """The JSON admin routes on the client listener answer only to an admin credential: a client's own key (valid
+    for models) gets 401 and the template is not created."""
+    for secret in (stack.gateway.keys["main"], None):
+        headers = {"authorization": f"Bearer {secret}"} if secret else {}
+        refused = httpx.post(stack.gateway.url + "/admin/v1/prompts/sneaky/versions", json={"template": V1},
+                             headers=headers, timeout=10)
+        assert refused.status_code == 401, refused.text
+    assert stack.json("GET", "/admin/v1/prompts/sneaky").status_code == 404

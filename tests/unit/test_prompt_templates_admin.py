@@ -206,3 +206,18 @@ def test_a_key_created_over_the_api_carries_its_prompt_allow_list(keys_file: Pat
     everything = run(bench.create("all-prompts"))
     assert list(everything.key.prompts) == []  # every template
     assert "prompts" not in yaml.safe_load(keys_file.read_text())[-1]  # stored as keys were before templates
+
+
+@pytest.mark.parametrize(("name", "request_message"), [
+    ("CreatePromptVersion", pb.CreatePromptVersionRequest(name="sneaky", template=support())),
+    ("ListPrompts", pb.ListPromptsRequest()),
+    ("GetPrompt", pb.GetPromptRequest(name="sneaky")),
+    ("SetPromptLabel", pb.SetPromptLabelRequest(name="sneaky", label="production", version=1)),
+])
+@pytest.mark.parametrize("secret", [None, "bg-not-the-admin-credential"], ids=["no credential", "wrong credential"])
+def test_template_calls_need_an_admin_credential_and_change_nothing_without_one(
+        keys_file: Path, name: str, request_message: object, secret: str | None) -> None:
+    bench = Bench(parse_config(config_text(keys_file)))
+    answer = run(bench.call(name, request_message, secret=secret))  # type: ignore[arg-type]
+    assert answer.status == Status.UNAUTHENTICATED and answer.reply is None
+    assert bench.changes == [] and not prompts_file(keys_file).exists()
