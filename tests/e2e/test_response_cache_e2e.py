@@ -54,6 +54,7 @@ def _build(build: GatewayBuilder) -> None:
     build.key("b1", team="team-b")
     build.key("counted", limits=[{"window": "hour", "requests": 3}])
     build.key("tokens", limits=[{"window": "hour", "total_tokens": 100_000}])
+    build.key("narrow", models=["uncached"])
     build.set(prices=ADMIN_PRICE)
 
 
@@ -146,6 +147,14 @@ def test_team_scope_shares_within_the_team_only(cached: Cached) -> None:
     assert _chat(gateway, "a2", "cached", "team scoped")[1]["x-babelgate-cache"] == "hit"
     assert _chat(gateway, "b1", "cached", "team scoped")[1]["x-babelgate-cache"] == "miss"
     assert _seen(gateway, "cache-openai", "team scoped") == 2
+
+
+def test_a_cached_answer_is_never_served_past_a_keys_allow_list(cached: Cached) -> None:
+    gateway = cached.gateway
+    _chat(gateway, "a1", "shared", "for everyone allowed")  # a global entry now exists
+    for spoofed in ({}, {"x-babelgate-cache": "hit"}):
+        with pytest.raises(openai.PermissionDeniedError):
+            _chat(gateway, "narrow", "shared", "for everyone allowed", extra_headers=spoofed)
 
 
 def test_key_and_global_scopes(cached: Cached) -> None:
