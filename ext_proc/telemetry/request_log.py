@@ -139,6 +139,17 @@ class RequestLog:
             self._dropping = False
             self._write(rows)
 
+    def _write_whole(self, table: pa.Table, directory: str, path: str) -> None:
+        """A reader (DuckDB, `babelgate usage --from-log`, a dataset scan) never sees a half-written file: on a local
+        disk the file is written under a hidden name (datasets skip names starting with "."), then renamed; an S3
+        object only appears once its upload completes."""
+        if not isinstance(self._fs, fs.LocalFileSystem):
+            pq.write_table(table, path, filesystem=self._fs, compression="zstd")
+            return
+        hidden = f"{directory}/.{path.rpartition('/')[2]}.tmp"
+        pq.write_table(table, hidden, filesystem=self._fs, compression="zstd")
+        self._fs.move(hidden, path)
+
     def _write(self, rows: list[dict]) -> None:
         by_date: dict[str, list[dict]] = collections.defaultdict(list)
         for row in rows:
@@ -152,7 +163,7 @@ class RequestLog:
             for attempt in range(3):
                 try:
                     self._fs.create_dir(directory, recursive=True)
-                    pq.write_table(table, path, filesystem=self._fs, compression="zstd")
+                    self._write_whole(table, directory, path)
                     self.stats.written_rows += len(group)
                     self.stats.written_files += 1
                     break

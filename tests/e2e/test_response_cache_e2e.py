@@ -329,11 +329,12 @@ def test_hits_are_logged_and_counted_with_the_saved_cost(cached: Cached) -> None
             return []
         table = ds.dataset(cached.workdir / "requests", format="parquet", partitioning="hive").to_table()
         return [row for row in table.to_pylist() if row["route"] == "cached"]
-    eventually(lambda: any(row["cache"] == "hit" for row in rows()), timeout=30, what="a hit row")
-    hit = next(row for row in rows() if row["cache"] == "hit")
+    logged = eventually(lambda: (found := rows()) and any(row["cache"] == "hit" for row in found) and found,
+                        timeout=30, what="a hit row")
+    hit = next(row for row in logged if row["cache"] == "hit")
     assert hit["status"] == 200 and hit["backend"] is None and hit["input_tokens"] == 0
     assert hit["cache_saved_usd"] > 0
-    assert any(row["cache"] == "miss" for row in rows())
+    assert any(row["cache"] == "miss" for row in logged)
 
 
 # -- Redis: every process and replica shares hits ------------------------------------------------------------------

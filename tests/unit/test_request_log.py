@@ -16,7 +16,10 @@ from moto.server import ThreadedMotoServer
 from pyarrow import fs
 
 from ext_proc.launch.processes import free_port
+from ext_proc.telemetry import request_log
 from ext_proc.telemetry.request_log import COLUMNS, RequestLog, open_filesystem
+
+from ..eventually import eventually
 
 
 def _row(index: int, when: datetime | None = None) -> dict:
@@ -117,3 +120,27 @@ def test_s3_compatible_storage(s3_endpoint: str) -> None:
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="llm-logs")["Contents"] if not o["Key"].endswith("/")]
     assert keys and all(k.startswith("babelgate/date=2026-12-02/part-") and k.endswith(".parquet") for k in keys)
     assert [row["request_id"] for row in _read(filesystem, root)] == [f"r{i}" for i in range(7)]
+
+
+def test_a_reader_never_sees_a_half_written_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is written under a hidden name and renamed whole: a dataset scan running meanwhile (here, at the moment
+    the write happens) sees only complete files."""
+    filesystem, root = open_filesystem(str(tmp_path / "log"))
+    seen_during_writes: list[int] = []
+    real_write = request_log.pq.write_table
+
+    def write_and_look(table: object, where: str, **options: object) -> None:
+        real_write(table, where, **options)  # type: ignore[arg-type]
+        assert where.rpartition("/")[2].startswith(".")
+        seen_during_writes.append(len(_read(filesystem, root)))  # the hidden file is complete here, yet unseen
+
+    monkeypatch.setattr(request_log.pq, "write_table", write_and_look)
+    log = RequestLog(filesystem, root, batch_rows=5, flush_seconds=60)
+    for index in range(5):
+        log.record(_row(index))
+    eventually(lambda: log.stats.written_rows == 5, what="the first batch written")
+    for index in range(5, 10):
+        log.record(_row(index))
+    log.close()
+    assert seen_during_writes == [0, 5] and len(_read(filesystem, root)) == 10
+    assert not [p for p in (tmp_path / "log").rglob("*") if p.name.startswith(".")]
