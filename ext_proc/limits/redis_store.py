@@ -39,6 +39,7 @@ from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from .resp import RespClient, Script
 from .store import Admission, Counter, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -125,16 +126,24 @@ return reply
 
 class RedisStore:
     def __init__(self, client: Redis | RedisCluster, *, deadline: float = 0.25,
-                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, lean: RespClient | None = None) -> None:
         """Wrap a ready `redis.asyncio` client (standalone, `Sentinel.master_for(...)`, or `RedisCluster`).
         `deadline` bounds every call to Redis, waiting for a turn included, whatever the client's own timeouts and
-        retries; the client's pool should allow `max_in_flight` connections (per node)."""
+        retries; the client's pool should allow `max_in_flight` connections (per node). `lean`: the same standalone
+        Redis through `resp.RespClient`, which then runs the reservation and settlement scripts (the hot calls)."""
         self._client = client
+        self._lean = lean
         self._cluster = isinstance(client, RedisCluster)
         self._deadline = deadline
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._reserve_script = client.register_script(_RESERVE)
-        self._adjust_script = client.register_script(_ADJUST)
+        self._reserve_script: Callable[..., Awaitable[Any]]
+        self._adjust_script: Callable[..., Awaitable[Any]]
+        if lean is not None:
+            self._reserve_script = Script(_RESERVE).bound(lean)
+            self._adjust_script = Script(_ADJUST).bound(lean)
+        else:
+            self._reserve_script = client.register_script(_RESERVE)
+            self._adjust_script = client.register_script(_ADJUST)
         self._background: set[asyncio.Task[None]] = set()
         self._adjust_batch: _AdjustBatch | None = None
         self._reserve_batch: list[tuple[Sequence[Counter], Sequence[int], asyncio.Future[Admission]]] | None = None
@@ -157,10 +166,10 @@ class RedisStore:
         client: Redis | RedisCluster
         if cluster:
             client = RedisCluster.from_url(url, retry=Retry(NoBackoff(), 1), **options)
-        else:
-            client = Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-                                    **options)
-        return cls(client, deadline=4 * timeout + 0.05)
+            return cls(client, deadline=4 * timeout + 0.05)
+        client = Redis.from_url(url, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **options)
+        lean = RespClient(url, password=password, ssl_ca_file=ssl_ca_file, timeout=timeout)
+        return cls(client, deadline=4 * timeout + 0.05, lean=lean)
 
     async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
         if len(counters) != len(amounts):
@@ -211,6 +220,8 @@ class RedisStore:
         await asyncio.gather(*self._background, return_exceptions=True)  # pending give-backs, each within a deadline
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
+        if self._lean is not None:
+            await self._lean.close()
 
     async def _fetch(self, keys: list[str]) -> list[bytes | str | None]:
         if isinstance(self._client, RedisCluster):
