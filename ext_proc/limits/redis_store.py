@@ -1,4 +1,6 @@
-"""The shared counter store: Redis (standalone, Sentinel or Cluster) through redis-py's asyncio clients.
+"""The shared counter store: Redis (standalone, Sentinel or Cluster) through redis-py's asyncio clients; on a
+standalone Redis named by URL (`from_url`), the reservation and settlement scripts, the calls every request makes, go
+over the lean pipelined client of `resp.py` instead (a sixth of redis-py's CPU per call).
 
 Standalone and Sentinel: one `reserve` is ONE round trip (two more, once, after Redis lost its script cache), a Lua
 script that reads every counter, checks every limit and only then increments them all, so no interleaving of
