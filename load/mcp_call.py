@@ -43,12 +43,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 from openloop import Processes, arguments, connect, drive, header, markdown, save, select_loop
-from upstreams import plain_proxy
+from upstreams import start_plain_proxy
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
-from ext_proc.launch.stack import envoy_argv, start_stack
+from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.stack import start_stack
 
 RESULTS = Path(__file__).parent / "results"
 PROTOCOL = "2025-11-25"
@@ -165,11 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             "ext_proc.demo", "--kind", "mcp", "--name", SERVER, "--port", "0", "--api-key", MCP_SECRET))
         upstream_port = int(ready["port"])
         gateway_port, ext_proc, envoy = start_gateway(supervisor, workdir, upstream_port, key)
-        proxy_port, proxy_admin = free_port(), free_port()
-        (workdir / "proxy.yaml").write_text(yaml.safe_dump(plain_proxy(proxy_port, proxy_admin, upstream_port)))
-        proxy = supervisor.start("plain-envoy", [*envoy_argv(workdir / "proxy.yaml"), "--base-id", "29"])
-        wait_for_envoy(proxy_admin, 30, supervisor)
-        processes = Processes({"upstream": [server.process.pid], "envoy": [envoy, proxy.process.pid],
+        proxy_port, proxy_pid = start_plain_proxy(supervisor, workdir, upstream_port, 29)
+        processes = Processes({"upstream": [server.process.pid], "envoy": [envoy, proxy_pid],
                                "ext_proc": ext_proc})
         ways = [Way("(a) direct", upstream_port, MCP_SECRET, "echo"),
                 Way("(b) plain Envoy", proxy_port, MCP_SECRET, "echo"),

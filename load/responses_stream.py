@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import procstats
 from streaming import PROMPT, timed_stream
-from upstreams import plain_proxy
+from upstreams import start_plain_proxy
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
-from ext_proc.launch.stack import envoy_argv, start_stack
+from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.stack import start_stack
 
 
 def run_scenario(client: httpx.Client, target: tuple[str, dict, dict], requests: int, python_pids: list[int],
@@ -78,17 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         started = supervisor.children[first:]
         ext_proc = [c.process.pid for c in started if c.name.startswith("ext_proc")]
         gateway_envoy = [c.process.pid for c in started if c.name.startswith("envoy")]
-        proxy_port, proxy_admin = free_port(), free_port()
-        (workdir / "proxy.yaml").write_text(yaml.safe_dump(plain_proxy(proxy_port, proxy_admin, ready["port"])))
-        baseline_envoy = supervisor.start("plain-envoy", [*envoy_argv(workdir / "proxy.yaml"), "--base-id", "23"])
-        wait_for_envoy(proxy_admin, 30, supervisor)
+        proxy_port, baseline_envoy_pid = start_plain_proxy(supervisor, workdir, ready["port"], 23)
         bearer = {"authorization": f"Bearer {key}"}
         scenarios: list[tuple[str, tuple[str, dict, dict], list[int], list[int]]] = [
             ("(a) Envoy alone (Anthropic events)",
              (f"http://127.0.0.1:{proxy_port}/v1/messages",
               {"x-api-key": "sk-stream", "anthropic-version": "2023-06-01"},
               {"model": "claude-x", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 60,
-               "stream": True}), [], [baseline_envoy.process.pid]),
+               "stream": True}), [], [baseline_envoy_pid]),
             ("(b) chat completions", (stack.url + "/v1/chat/completions", bearer,
                                       {"model": "streamer", "messages": [{"role": "user", "content": PROMPT}],
                                        "max_tokens": 60, "stream": True}), ext_proc, gateway_envoy),

@@ -35,12 +35,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 from openloop import Processes, percentile, save, select_loop
-from upstreams import plain_proxy
+from upstreams import start_plain_proxy
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy
-from ext_proc.launch.stack import envoy_argv, start_stack
+from ext_proc.launch.processes import Supervisor, free_port
+from ext_proc.launch.stack import start_stack
 
 RESULTS = Path(__file__).parent / "results"
 TOKEN = re.compile(rb"t(\d{12,20}) ")
@@ -225,11 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             "--events", str(args.events), "--gap-ms", str(args.gap_ms)])
         upstream_port = int(ready["port"])
         gateway_port, gateway_envoy, ext_proc = start_gateway(supervisor, workdir, upstream_port, key)
-        proxy_port, proxy_admin = free_port(), free_port()
-        (workdir / "proxy.yaml").write_text(yaml.safe_dump(plain_proxy(proxy_port, proxy_admin, upstream_port)))
-        proxy = supervisor.start("plain-envoy", [*envoy_argv(workdir / "proxy.yaml"), "--base-id", "37"])
-        wait_for_envoy(proxy_admin, 30, supervisor)
-        processes = Processes({"gateway_envoy": [gateway_envoy], "proxy_envoy": [proxy.process.pid],
+        proxy_port, proxy_pid = start_plain_proxy(supervisor, workdir, upstream_port, 37)
+        processes = Processes({"gateway_envoy": [gateway_envoy], "proxy_envoy": [proxy_pid],
                                "ext_proc": ext_proc, "upstream": [upstream.process.pid]})
         prompt = b'"messages": [{"role": "user", "content": "stream to me"}], "max_tokens": 400, "stream": true'
         anthropic = "x-api-key: sk-stream\r\nanthropic-version: 2023-06-01\r\n"

@@ -27,12 +27,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 import procstats
-from upstreams import plain_proxy
+from upstreams import start_plain_proxy
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
 from ext_proc.config.loading import parse_config
-from ext_proc.launch.processes import Supervisor, free_port, python_module, wait_for_envoy
-from ext_proc.launch.stack import envoy_argv, start_stack
+from ext_proc.launch.processes import Supervisor, free_port, python_module
+from ext_proc.launch.stack import start_stack
 
 PROMPT = " ".join(f"w{i}" for i in range(60))
 
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = start_stack(parse_config(path.read_text()), path, workdir, supervisor,
                             env={"STREAM_KEY": "sk-stream"})
         ext_proc_pid = next(c.process.pid for c in supervisor.children[first:] if c.name.startswith("ext_proc"))
-        proxy_port, proxy_admin = free_port(), free_port()
-        (workdir / "proxy.yaml").write_text(yaml.safe_dump(plain_proxy(proxy_port, proxy_admin, ready["port"])))
-        supervisor.start("plain-envoy", [*envoy_argv(workdir / "proxy.yaml"), "--base-id", "23"])
-        wait_for_envoy(proxy_admin, 30, supervisor)
+        proxy_port, _ = start_plain_proxy(supervisor, workdir, ready["port"], 23)
         message = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 60, "stream": True}
         direct = (f"http://127.0.0.1:{proxy_port}/v1/messages",
                   {"x-api-key": "sk-stream", "anthropic-version": "2023-06-01"}, {"model": "claude-x", **message})

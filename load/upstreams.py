@@ -4,7 +4,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
+import yaml
+
+from ext_proc.launch.processes import Supervisor, free_port, wait_for_envoy
+from ext_proc.launch.stack import envoy_argv
 
 OPENAI_ANSWER = orjson.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench-model",
@@ -79,3 +85,13 @@ def plain_proxy(port: int, admin_port: int, upstream_port: int) -> dict:
             "static_resources": {"listeners": [_listener("proxy", port, [
                 {"match": {"prefix": "/"}, "route": {"cluster": "upstream", "timeout": "60s"}}], [])],
                                  "clusters": [cluster]}}
+
+
+def start_plain_proxy(supervisor: Supervisor, workdir: Path, upstream_port: int, base_id: int) -> tuple[int, int]:
+    """A plain Envoy reverse proxy to `upstream_port`, running and ready: (its port, its pid). `base_id`: the
+    shared-memory id, distinct from every other Envoy of the run."""
+    port, admin = free_port(), free_port()
+    (workdir / "proxy.yaml").write_text(yaml.safe_dump(plain_proxy(port, admin, upstream_port)))
+    proxy = supervisor.start("plain-envoy", [*envoy_argv(workdir / "proxy.yaml"), "--base-id", str(base_id)])
+    wait_for_envoy(admin, 30, supervisor)
+    return port, proxy.process.pid
