@@ -147,3 +147,8 @@ _ANTHROPIC_TYPE_BY_STATUS = {
     504: "timeout_error",
     529: "overloaded_error",
 }
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (the last an ellipsis): what an error message quotes of client data."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 SIGNING_NAME = "bedrock"
 """SigV4 service name of bedrock-runtime (its endpoint prefix differs)."""
 
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-amz-date", "x-amz-security-token", "x-amz-content-sha256"})
-"""Every header this module sets (bearer keys and signatures share `authorization`)."""
-
 FIRST_FETCH_WAIT = 2.0
 RETRY_INTERVAL = 10.0
 

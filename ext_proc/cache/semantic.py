@@ -120,12 +120,9 @@ class SemanticIndex:
             await self._journal.close()
 
 
-def semantic_urls(config: Config) -> frozenset[str | None]:
-    """The `embeddings_url` of every semantic route (None: the listener)."""
-    return frozenset(route.cache.semantic.embeddings_url for route in config.routes
-                     if route.cache is not None and route.cache.semantic is not None)
-
-
-def build_semantic_index(config: Config, index: VectorIndex, journal: VectorJournal | None) -> SemanticIndex:
-    embedders = {url: listener_embedder(config, url) for url in semantic_urls(config)}
+def build_semantic_index(config: Config, urls: frozenset[str | None], index: VectorIndex,
+                         journal: VectorJournal | None) -> SemanticIndex:
+    """The index with an embedder for each of `urls` (the `embeddings_url` of every semantic route; None: the
+    listener)."""
+    embedders = {url: listener_embedder(config, url) for url in urls}
     return SemanticIndex(index, journal, embedders, config.ext_proc.message_timeout / 2)

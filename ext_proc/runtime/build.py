@@ -9,16 +9,14 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from .. import providers
 from ..auth.backend_credentials import credential_for
 from ..auth.credentials import Credential, StaticCredential, check_environment, read_secret
 from ..auth.jwt_claims import IssuerInfo, compile_issuers
 from ..auth.virtual_keys import KeyInfo
-from ..cache.semantic import SemanticIndex, build_semantic_index, semantic_urls
 from ..cache.store import AnswerCache, build_answer_cache
-from ..cache.vector_index import VectorIndex
-from ..cache.vector_journal import build_journal
 from ..config.chains import reasoning_styles, route_chain_sets, translation_kinds
 from ..config.models import Backend, Config, ModelRoute, RouteCache, RoutingSettings
 from ..guardrails.engine import Guardrail
@@ -36,6 +34,9 @@ from ..routing.rules import CompiledRule
 from ..state.responses import ResponseStore, build_response_store
 from ..telemetry.hub import Telemetry
 from ..templates.registry import PromptRegistry, load_registry
+
+if TYPE_CHECKING:
+    from ..cache.semantic import SemanticIndex
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,19 +311,31 @@ def _answer_cache(config: Config, previous: Runtime | None, load_secrets: bool) 
 def _semantic_index(config: Config, previous: Runtime | None, load_secrets: bool) -> SemanticIndex | None:
     """The semantic cache; a reload keeps the one it had while what it was built from did not change, and its
     entries while Redis did not."""
-    if not load_secrets or not semantic_urls(config):
+    urls = semantic_urls(config)
+    if not load_secrets or not urls:
         return None
+    # numpy, usearch and the embeddings client load with the first semantic route, not in every gateway process
+    from ..cache.semantic import build_semantic_index
+    from ..cache.vector_index import VectorIndex
+    from ..cache.vector_journal import build_journal
+
     redis = config.limits.redis
     earlier = previous.semantic if previous is not None else None
     if earlier is None or previous is None or previous.config.limits.redis != redis:
         index = VectorIndex()
     elif (previous.config.listener, previous.config.ext_proc.message_timeout, semantic_urls(previous.config)) == (
-            config.listener, config.ext_proc.message_timeout, semantic_urls(config)):
+            config.listener, config.ext_proc.message_timeout, urls):
         return earlier
     else:
         index = earlier.index
     journal = build_journal(redis, _redis_password(config)) if redis is not None else None
-    return build_semantic_index(config, index, journal)
+    return build_semantic_index(config, urls, index, journal)
+
+
+def semantic_urls(config: Config) -> frozenset[str | None]:
+    """The `embeddings_url` of every semantic route (None: the listener)."""
+    return frozenset(route.cache.semantic.embeddings_url for route in config.routes
+                     if route.cache is not None and route.cache.semantic is not None)
 
 
 def _redis_password(config: Config) -> str | None:

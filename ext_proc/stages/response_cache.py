@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -34,7 +35,6 @@ from ..auth.virtual_keys import KeyInfo
 from ..cache.assemble import ChatAssembler, MessagesAssembler, StreamAssembler
 from ..cache.keys import CACHE_HEADER, cache_key, deterministic, directive
 from ..cache.replay import chat_stream, messages_stream, responses_stream
-from ..cache.semantic import SemanticIndex
 from ..cache.semantic_keys import semantic_request
 from ..cache.store import AnswerCache, CachedAnswer
 from ..client_formats.responses_answer import client_view, response_envelope
@@ -47,6 +47,9 @@ from ..wire.external_processor_pb2 import ProcessingResponse
 from . import messages
 from .endpoints import Endpoint
 from .responses_turn import ResponsesTurn
+
+if TYPE_CHECKING:
+    from ..cache.semantic import SemanticIndex
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
 from ext_proc.auth import aws
-from ext_proc.auth.backend_credentials import credential_for
+from ext_proc.auth.backend_credentials import AWS_HEADERS, credential_for
 from ext_proc.auth.credentials import CredentialError, StaticCredential
 from ext_proc.config.models import Backend
 from ext_proc.errors import Unavailable
@@ -68,7 +68,7 @@ def _credential(**aws_settings: object) -> aws.SigV4Credential:
 
 def _signed(credential: object, url: str = URL, body: bytes = BODY) -> dict[str, str]:
     headers = dict(credential.headers("POST", url, body))  # type: ignore[attr-defined]
-    assert set(headers) <= aws.CREDENTIAL_HEADERS
+    assert set(headers) <= AWS_HEADERS
     return headers
 
 
