@@ -27,6 +27,9 @@ class _Entry:
 
 
 class MemoryStore:
+    settles_in_order = True
+    """`adjust` runs to its end in its first step, before the event loop takes another request."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, purge_interval: float = 10.0,
                  max_entries: int = MAX_ENTRIES) -> None:
         self._clock = clock

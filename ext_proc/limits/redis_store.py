@@ -135,6 +135,8 @@ class RedisStore:
         Redis through `resp.RespClient`, which then runs the reservation and settlement scripts (the hot calls)."""
         self._client = client
         self._lean = lean
+        self.settles_in_order = lean is not None
+        """The lean client's one pipelined connection keeps calls in order; redis-py's pools do not."""
         self._cluster = isinstance(client, RedisCluster)
         self._deadline = deadline
         self._in_flight = asyncio.Semaphore(max_in_flight)

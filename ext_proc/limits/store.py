@@ -38,6 +38,11 @@ class StoreUnavailable(Exception):
 
 
 class LimitStore(Protocol):
+    settles_in_order: bool
+    """An `adjust` started before a later `reserve` of this process reaches the store first (one connection, calls
+    in the order they were started), so a caller may answer before the settlement is confirmed: the client's next
+    request is still decided on the settled counts."""
+
     async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
         """All or nothing: when `current[i] + amounts[i] <= counters[i].limit` for every i, add every amount (a
         missing key is created at 0 with its TTL) and admit; otherwise change nothing and name the first counter

@@ -26,6 +26,7 @@ A direct (single-backend) route runs this same stage inside its route stage's st
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -149,6 +150,7 @@ class AttemptStage:
         "_route",
         "_runtime",
         "_schema",
+        "_settling",
         "_stall",
         "_status",
         "_streaming",
@@ -212,6 +214,8 @@ class AttemptStage:
         self._stall: StallTimer | None = None
         """Set for a streamed answer whose backend has an idle limit (FULL_DUPLEX_STREAMED)."""
         self._report = AttemptReport()
+        self._settling: asyncio.Future[None] | None = None
+        """The settlement started with the answer's last reply, awaited when the stream closes."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -227,7 +231,13 @@ class AttemptStage:
             reply = self.on_response_body(request.response_body)
             if request.response_body.end_of_stream and 200 <= self._status < 300:
                 self._report.ended_at = time.monotonic()
-                await self._settle()
+                limiter = self._runtime.limiter
+                if limiter is not None and limiter.store.settles_in_order:
+                    # sent before anything this process asks the store later, confirmed in `close`: the answer
+                    # need not wait for the settlement's round trip
+                    self._settling = asyncio.ensure_future(self._settle())
+                else:
+                    await self._settle()
                 if self._turn is not None:
                     await self._keep_response(self._turn)
                 if self._cache is not None and self._cache.writes:
@@ -256,6 +266,8 @@ class AttemptStage:
             self.fill(outcome)
             self._runtime.telemetry.report(outcome)
             report.outcome = None
+        if self._settling is not None:
+            await self._settling
         if 200 <= self._status < 300:
             await self._settle()
 

@@ -268,6 +268,50 @@ def test_an_answer_a_guardrail_blocks_is_charged_its_usage(monkeypatch: pytest.M
     assert _charged(limiter) == 340
 
 
+@pytest.mark.parametrize("in_order", [True, False], ids=["lean connection", "pooled connections"])
+def test_the_answer_goes_out_before_its_settlement_is_confirmed_only_where_the_store_keeps_order(
+        monkeypatch: pytest.MonkeyPatch, in_order: bool) -> None:
+    """A store that runs calls in the order they were started (Redis over the lean client, the in-process store) lets
+    the last reply go out while the settlement is on its way (the client's next request is still decided after it);
+    one that may reorder them (redis-py's pools) is waited for. The stream's close waits for it either way."""
+    stage, limiter = _limited_stage(monkeypatch)
+    store = limiter.store  # type: ignore[attr-defined]
+    gate: list[asyncio.Event] = []
+    adjust = store.adjust
+
+    async def gated_adjust(keys: object, deltas: object) -> None:
+        await gate[0].wait()
+        await adjust(keys, deltas)
+
+    monkeypatch.setattr(store, "adjust", gated_adjust)
+    monkeypatch.setattr(store, "settles_in_order", in_order)
+    drive(stage, ProcessingRequest(request_body=body(HELLO)))
+    drive(stage, ProcessingRequest(response_headers=headers({":status": "200", "content-type": "application/json"})))
+    answer = (Path(__file__).parent.parent / "fixtures" / "openai" / "response_text.openai.json").read_bytes()
+    replied: list[bool] = []
+
+    async def exchange() -> None:
+        gate.append(asyncio.Event())
+        last = asyncio.ensure_future(stage.handle(ProcessingRequest(
+            response_body=HttpBody(body=answer, end_of_stream=True))))
+        for _ in range(20):  # let every ready step run: the settlement reaches the gate and waits there
+            await asyncio.sleep(0)
+        replied.append(last.done())
+        if not in_order:
+            gate[0].set()
+            await last
+        closing = asyncio.ensure_future(stage.close())  # Envoy ends the stream once the last reply is in
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert closing.done() is not in_order  # the close waits for a settlement still on its way
+        gate[0].set()
+        await closing
+
+    asyncio.run(exchange())
+    assert replied == [in_order]
+    assert _charged(limiter) == orjson.loads(answer)["usage"]["total_tokens"]
+
+
 @pytest.mark.parametrize("forgery", [
     pytest.param(lambda text: text, id="unsealed"),
     pytest.param(lambda text: text + "~" + "A" * 43, id="wrong seal"),

@@ -102,6 +102,8 @@ def test_release_gives_everything_back() -> None:
 
 
 class BrokenStore:
+    settles_in_order = True
+
     async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
         raise StoreUnavailable("down")
 
