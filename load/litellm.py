@@ -32,18 +32,36 @@ def ensure_installed() -> Path:
     return executable
 
 
-def start(supervisor: Supervisor, workdir: Path, upstream_port: int) -> tuple[str, Child]:
-    """One worker in front of the same fake upstream; returns its chat completions URL and process."""
+def start(supervisor: Supervisor, workdir: Path, upstream_port: int, redis_port: int | None = None,
+          ) -> tuple[str, Child]:
+    """One worker in front of the same fake upstream; returns its chat completions URL and process.
+
+    Without `redis_port`: model `bench-openai`, passed through to the upstream's OpenAI endpoint (Babelgate's (b)).
+    With it: model `bench-anthropic`, translated to the upstream's Anthropic Messages endpoint, with requests-per-minute
+    and tokens-per-minute limits kept in that Redis (`usage-based-routing-v2`: usage read before each call and
+    counted after it) - the job Babelgate's full flow (e) does. LiteLLM's per-key limits need its Postgres database;
+    its per-deployment limits are the Redis-backed ones it has without one.
+    """
     executable = ensure_installed()
     port = free_port()
-    config = workdir / "litellm.yaml"
-    config.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench-openai", "litellm_params": {
-        "model": "openai/bench-model", "api_base": f"http://127.0.0.1:{upstream_port}/v1", "api_key": "sk-bench"}}]}))
-    child = supervisor.start("litellm", [str(executable), "--config", str(config), "--host", "127.0.0.1",
-                                         "--port", str(port), "--num_workers", "1"],
+    name = "litellm-limited" if redis_port else "litellm"
+    config = workdir / f"{name}.yaml"
+    if redis_port is None:
+        settings: dict = {"model_list": [{"model_name": "bench-openai", "litellm_params": {
+            "model": "openai/bench-model", "api_base": f"http://127.0.0.1:{upstream_port}/v1",
+            "api_key": "sk-bench"}}]}
+    else:
+        settings = {"model_list": [{"model_name": "bench-anthropic", "litellm_params": {
+            "model": "anthropic/bench-model", "api_base": f"http://127.0.0.1:{upstream_port}",
+            "api_key": "sk-bench", "rpm": 10**9, "tpm": 10**12}}],
+            "router_settings": {"routing_strategy": "usage-based-routing-v2", "redis_host": "127.0.0.1",
+                                "redis_port": redis_port}}
+    config.write_text(yaml.safe_dump(settings))
+    child = supervisor.start(name, [str(executable), "--config", str(config), "--host", "127.0.0.1",
+                                    "--port", str(port), "--num_workers", "1"],
                              env={"LITELLM_MASTER_KEY": MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                                   "LITELLM_LOG": "ERROR"})
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         supervisor.check()
         try:

@@ -260,6 +260,8 @@ class Measured:
 
     way: Way
     pool: Pool
+    processes: Processes
+    """Whose CPU this way's slices count: the way's own `processes` if it has them, else the load's."""
     run: Run = field(default_factory=Run)
     cpu: dict[str, float] = field(default_factory=dict)
 
@@ -273,7 +275,7 @@ async def measure_load(ways: list[Way], processes: Processes, mode: str, rate: f
                        warmup: float, rounds: int) -> list[dict]:
     """Every way under one load: warmed up, then `rounds` slices of `seconds / rounds` each, the ways taking turns,
     so a change in the machine's background load falls on all of them alike."""
-    measured = [Measured(way, Pool(way.port)) for way in ways]
+    measured = [Measured(way, Pool(way.port), getattr(way, "processes", None) or processes) for way in ways]
 
     def go(item: Measured, duration: float, seed: int) -> asyncio.Future[Run]:
         if rate is None:
@@ -288,15 +290,15 @@ async def measure_load(ways: list[Way], processes: Processes, mode: str, rate: f
     try:
         for index in range(rounds):
             for item in measured:
-                before = processes.cpu()
+                before = item.processes.cpu()
                 run = await go(item, seconds / rounds, 2 + index)  # the same arrivals for every way
-                item.add(run, before, processes.cpu())
+                item.add(run, before, item.processes.cpu())
     finally:
         gc.unfreeze()
     rows = []
     for item in measured:
         item.pool.close()
-        rows.append(summary(item, processes, mode, rate))
+        rows.append(summary(item, item.processes, mode, rate))
     return rows
 
 

@@ -14,12 +14,18 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "load" / "bench.py"), "--smoke", "--output", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    rows = json.loads(next(tmp_path.glob("smoke-*.json")).read_text())
-    scenarios = {row["scenario"][:3] for row in rows}
-    assert scenarios == {"(a)", "(b)", "(c)", "(d)", "(e)"}
+    report = json.loads(next(tmp_path.glob("smoke-*.json")).read_text())
+    rows = report["rows"]
+    assert {(row["scenario"][:3], row["mode"]) for row in rows} == {
+        (scenario, mode) for scenario in ("(a)", "(b)", "(c)", "(d)", "(e)") for mode in ("c=2", "open loop 50/s")}
     assert all(row["non_2xx"] == 0 and row["requests"] > 0 for row in rows)
-    assert all(row["ext_proc_cpu_ms_per_req"] > 0 for row in rows if not row["scenario"].startswith("(a)"))
-    assert (next(tmp_path.glob("smoke-*.md")).read_text()).startswith("| scenario |")
+    gateway = [row for row in rows if not row["scenario"].startswith("(a)")]
+    assert all(row["python_cpu_ms_per_req"] > 0 and row["gateway_cpu_ms_per_req"] > 0 for row in gateway)
+    alone = [row for row in rows if row["scenario"].startswith("(a)")]
+    assert all(row["python_cpu_ms_per_req"] == 0 for row in alone)  # Envoy alone has no Python on its path
+    table = next(tmp_path.glob("smoke-*.md")).read_text()
+    assert table.startswith("`python load/bench.py --smoke") and "commit " in report["header"]
+    assert "| scenario |" in table and "| target | this run | met |" in table
 
 
 def test_responses_stream_benchmark_compares_the_three_ways(tmp_path: Path) -> None:
