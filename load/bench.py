@@ -243,7 +243,9 @@ def markdown(rows: list[dict]) -> str:
         base = baseline.get(r["mode"])
 
         def added(name: str, r: dict = r, base: dict | None = base) -> str:
-            return "-" if base is None or base is r else f"{r[name] - base[name]:+.2f}"
+            if base is None or base is r or r[name] is None or base[name] is None:
+                return "-"
+            return f"{r[name] - base[name]:+.2f}"
 
         cells = [r["scenario"], r["mode"], f"{r['rps']:.0f}", _f(r["p50_ms"]), _f(r["p90_ms"]), _f(r["p99_ms"]),
                  added("p50_ms"), added("p99_ms"), *(_f(r[f"{role}_cpu_ms_per_req"], 3) for role in ROLES),
@@ -553,13 +555,13 @@ def soak(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, ar
 
 def _report(rows: list[dict], args: argparse.Namespace, kind: str, header: str) -> int:
     """The table (and for a full run the targets) on stdout and in `load/results/<kind>-<time>.md`, rows in .json."""
+    args.output.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (args.output / f"{kind}-{stamp}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     text = f"{header}\n\n{markdown(rows)}\n"
     if kind in ("full", "smoke"):
         text += "\n" + verdicts(rows, args.rate, args.litellm_rate) + "\n"
     print("\n" + text)
-    args.output.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    (args.output / f"{kind}-{stamp}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
     (args.output / f"{kind}-{stamp}.md").write_text(text)
     return 0
 

@@ -24,9 +24,11 @@ def run(url: str, body: dict, key: str, *, connections: int, seconds: float, wor
         lines.append(f"math.randomseed({abs(hash(url)) % 100000})")
         lines.append(f"function delay() return math.floor(-math.log(1 - math.random()) * {mean_ms:.3f}) end")
     script.write_text("\n".join(lines) + "\n")
-    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+    # a generous timeout: wrk leaves requests slower than it (2 s by default) out of its percentiles
+    output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s", "--latency",
+                             "-s", str(script), url],
                             capture_output=True, text=True, check=True).stdout
-    latencies = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)$", output, re.M)}
+    latencies = {p: _ms(v, u) for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s|m)$", output, re.M)}
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     requests = re.search(r"(\d+) requests in", output)
     return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
@@ -36,4 +38,4 @@ def run(url: str, body: dict, key: str, *, connections: int, seconds: float, wor
 
 
 def _ms(value: str, unit: str) -> float:
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
