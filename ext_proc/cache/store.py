@@ -18,6 +18,8 @@ from redis.asyncio import Redis, RedisCluster
 
 from ..config.models import RedisSettings
 from ..json_types import JsonObject
+from ..limits.resp import RespClient, RespConnectionError, RespError, RespTimeout
+from ..limits.store import StoreUnavailable
 from ..state.expiring_lru import ExpiringLru
 from ..state.redis_records import bounded, record_client
 
@@ -76,8 +78,13 @@ class MemoryAnswerCache(AnswerCache):
 
 
 class RedisAnswerCache(AnswerCache):
-    def __init__(self, client: Redis | RedisCluster, prefix: str, timeout: float) -> None:
+    def __init__(self, client: Redis | RedisCluster, prefix: str, timeout: float,
+                 lean: tuple[RespClient, RespClient] | None = None) -> None:
+        """`lean`: on a standalone Redis, the lean pipelined client (`limits/resp.py`) for lookups and for writes,
+        each its own connection bounded by its own deadline (a slow write must not close the connection lookups
+        are pipelined on); redis-py's client then serves nothing but `close`."""
         self._client = client
+        self._lean = lean
         self._prefix = prefix + "cache:"
         self._read_deadline = timeout
         """A lookup is on the request's path, and a slow one is worth less than a miss: the limiter's per-call
@@ -85,20 +92,43 @@ class RedisAnswerCache(AnswerCache):
         self._deadline = max(timeout * 10, 1.0)  # a write is off the client's path; entries are documents
 
     async def get(self, key: str) -> CachedAnswer | None:
-        raw = await bounded(self._client.get(self._prefix + key), self._read_deadline)
+        if self._lean is not None:
+            raw = await _lean_call(self._lean[0], "GET", self._prefix + key)
+        else:
+            raw = await bounded(self._client.get(self._prefix + key), self._read_deadline)
         if raw is None:
             return None
         return CachedAnswer.decode(raw if isinstance(raw, bytes) else str(raw).encode())
 
     async def put(self, key: str, answer: CachedAnswer, ttl: float) -> None:
-        await bounded(self._client.set(self._prefix + key, answer.encode(), px=max(1, int(ttl * 1000))),
-                      self._deadline)
+        milliseconds = max(1, int(ttl * 1000))
+        if self._lean is not None:
+            await _lean_call(self._lean[1], "SET", self._prefix + key, answer.encode(), "PX", milliseconds)
+            return
+        await bounded(self._client.set(self._prefix + key, answer.encode(), px=milliseconds), self._deadline)
 
     async def close(self) -> None:
+        if self._lean is not None:
+            for client in self._lean:
+                await client.close()
         await self._client.aclose()
+
+
+async def _lean_call(client: RespClient, *command: object) -> object:
+    """One command over the lean client (its connect and its reply each bounded by its timeout), or
+    `StoreUnavailable`."""
+    try:
+        return await client.execute(*command)
+    except (RespError, RespConnectionError, RespTimeout, OSError) as exc:
+        raise StoreUnavailable(f"Redis: {type(exc).__name__}") from None
 
 
 def build_answer_cache(redis: RedisSettings | None, password: str | None) -> AnswerCache:
     if redis is None:
         return MemoryAnswerCache()
-    return RedisAnswerCache(record_client(redis, password), redis.key_prefix, redis.timeout)
+    lean = None
+    if not redis.cluster:
+        ca_file = str(redis.ca_file) if redis.ca_file is not None else None
+        lean = (RespClient(redis.url, password=password, ssl_ca_file=ca_file, timeout=redis.timeout),
+                RespClient(redis.url, password=password, ssl_ca_file=ca_file, timeout=max(redis.timeout * 10, 1.0)))
+    return RedisAnswerCache(record_client(redis, password), redis.key_prefix, redis.timeout, lean)

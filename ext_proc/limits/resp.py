@@ -108,18 +108,19 @@ class RespClient:
         self._connecting: asyncio.Lock | None = None
 
     async def execute(self, *args: object) -> object:
-        """One command's reply within `timeout` (as redis-py's socket timeout bounds each reply)."""
+        """One command's reply within `timeout` (as redis-py's socket timeout bounds each reply). A timer on the
+        reply rather than `asyncio.timeout`: the ext_proc server runs a stage's coroutine outside any task (its own
+        stepping is cheaper), where `asyncio.timeout` refuses to run."""
         connection = await self._connected()
         waiter = connection.send(_pack(args))
+        timer = asyncio.get_running_loop().call_later(self._timeout, _time_out, waiter, connection, self._timeout)
         try:
-            async with asyncio.timeout(self._timeout):
-                return await waiter
-        except TimeoutError:
-            connection.close()  # a hung Redis must not hold the calls pipelined behind this one
-            raise RespTimeout(f"Timeout: no reply from Redis within {self._timeout:g}s") from None
+            return await waiter
         except asyncio.CancelledError:
-            connection.close()  # the caller's deadline passed: likewise
+            connection.close()  # the caller's deadline passed: a hung Redis must not hold the calls behind it
             raise
+        finally:
+            timer.cancel()
 
     async def run_script(self, script: Script, keys: Sequence[object], args: Sequence[object]) -> object:
         """EVALSHA, loading the script when Redis lost it (a restart, SCRIPT FLUSH)."""
@@ -146,7 +147,7 @@ class RespClient:
             connection = self._connection
             if connection is not None and not connection.closed:
                 return connection
-            self._connection = await self._connect()
+            self._connection = await asyncio.ensure_future(self._connect())  # a task: `_connect` uses timeouts
             return self._connection
 
     async def _connect(self) -> _Connection:
@@ -168,6 +169,14 @@ class RespClient:
             connection.close()
             raise
         return connection
+
+
+def _time_out(waiter: asyncio.Future[object], connection: _Connection, timeout: float) -> None:
+    """No reply within `timeout`: the caller fails, and the connection closes (a hung Redis must not hold the calls
+    pipelined behind this one; the next call connects again)."""
+    if not waiter.done():
+        waiter.set_exception(RespTimeout(f"Timeout: no reply from Redis within {timeout:g}s"))
+        connection.close()
 
 
 def _pack(args: tuple[object, ...]) -> bytes:

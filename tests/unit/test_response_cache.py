@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 
 import orjson
 import pytest
@@ -98,6 +99,51 @@ def test_redis_entries_are_shared_and_expire(redis_server: RedisServer) -> None:
         await second.close()
 
     asyncio.run(scenario())
+
+
+def test_on_one_redis_lookups_and_writes_take_the_lean_client_and_a_hung_redis_is_a_miss_not_a_wait(
+        tmp_path: Path) -> None:
+    """Standalone Redis: GET and SET go over `limits/resp.py`'s pipelined connections (a sixth of redis-py's CPU per
+    call); a Redis that stops answering makes a lookup `StoreUnavailable` (the stage serves it as a miss) within the
+    per-call timeout, and once it answers again the next lookup is served on a new connection."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    settings = RedisSettings(url=server.url, key_prefix="bglean:", timeout=0.2)
+    answer = CachedAnswer(ANSWER, stored_at=5.0)
+
+    async def scenario() -> None:
+        cache = build_answer_cache(settings, None)
+        assert isinstance(cache, RedisAnswerCache)
+        calls: list[tuple[object, ...]] = []
+        for client in cache._lean or ():
+            execute = client.execute
+
+            async def counted(*command: object, execute: object = execute) -> object:
+                calls.append(command[:1])
+                return await execute(*command)  # type: ignore[operator]
+
+            client.execute = counted  # type: ignore[method-assign]
+        await cache.put("k", answer, ttl=60)
+        assert await cache.get("k") == answer
+        assert calls == [("SET",), ("GET",)]
+        server.freeze()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await cache.get("k")
+        finally:
+            server.thaw()
+        assert await cache.get("k") == answer
+        await cache.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_a_redis_cluster_cache_keeps_redis_py() -> None:
+    cache = build_answer_cache(RedisSettings(url="redis://127.0.0.1:1", cluster=True), None)
+    assert isinstance(cache, RedisAnswerCache) and cache._lean is None
 
 
 def test_a_cached_chat_completion_replays_as_a_stream_the_sdk_parses() -> None:
