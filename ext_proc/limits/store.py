@@ -42,7 +42,7 @@ class LimitStore(Protocol):
     """An `adjust` started before a later `reserve` of this process reaches the store first (one connection, calls
     in the order they were started), so a caller may answer before the settlement is confirmed: the client's next
     request, decided here, still sees the settled counts. (Decided by another process, it almost always does too: its
-    reservation comes hundreds of microseconds later; if not, it sees the reservation, which bounds the use.)"""
+    reservation comes hundreds of microseconds later; if not, it sees the reservation, usually more than the use.)"""
 
     async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
         """All or nothing: when `current[i] + amounts[i] <= counters[i].limit` for every i, add every amount (a
