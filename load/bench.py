@@ -285,8 +285,9 @@ def verdicts(rows: list[dict], rate: float, litellm_rate: float) -> str:
         line(f"full flow (e): Python CPU per request at {rate:g}/s within 1.5x of c=16",
              f"{ratio:.2f}x ({full['python_cpu_ms_per_req']:.3f} vs {saturated['python_cpu_ms_per_req']:.3f} ms)",
              ratio <= 1.5)
+    sweep = sorted({r["mode"] for r in rows if r["mode"].startswith("c=")}, key=lambda mode: int(mode[2:]))
     for ours, theirs, job in (("(e)", "(g)", "translation + Redis limits"), ("(b)", "(f)", "OpenAI passthrough")):
-        for mode in ("c=16", f"open loop {litellm_rate:g}/s"):
+        for mode in (*sweep, f"open loop {litellm_rate:g}/s"):
             a, b = _find(rows, ours, mode), _find(rows, theirs, mode)
             if a and b:
                 ratio = b["gateway_cpu_ms_per_req"] / a["gateway_cpu_ms_per_req"]
