@@ -134,8 +134,7 @@ class Way:
 def _way(target: Target, shared: Shared, key: str) -> Way:
     url = urlsplit(target.url)
     body = orjson.dumps(target.body)
-    request = (f"POST {url.path} HTTP/1.1\r\nhost: {url.netloc}\r\ncontent-type: application/json\r\n"
-               f"authorization: Bearer {target.key or key}\r\ncontent-length: {len(body)}\r\n\r\n").encode() + body
+    request = openloop.post(url.port or 80, url.path, body, f"authorization: Bearer {target.key or key}\r\n")
     return Way(target.scenario, url.port or 80, request, bool(target.body.get("stream")),
                openloop.Processes(shared.roles(target)))
 

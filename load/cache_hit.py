@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openloop import Processes, arguments, connect, drive, header, markdown, save, select_loop
+from openloop import Processes, arguments, connect, drive, header, markdown, post, save, select_loop
 from upstreams import upstream_config
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
@@ -62,9 +62,7 @@ class Way:
         prompt = f"question number {self.count}" if self.fresh else "the same question"
         body = orjson.dumps({"model": self.model, "temperature": 0,
                              "messages": [{"role": "user", "content": prompt}]})
-        return (f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n"
-                f"content-type: application/json\r\nauthorization: Bearer {self.bearer}\r\n"
-                f"content-length: {len(body)}\r\n\r\n").encode() + body
+        return post(self.port, "/v1/chat/completions", body, f"authorization: Bearer {self.bearer}\r\n")
 
     def answered(self, status: int, body: bytes) -> bool:
         return status == 200 and b'"choices"' in body

@@ -121,6 +121,12 @@ def header(head: bytes, name: str) -> str | None:
 
 
 
+def post(port: int, path: str, body: bytes, extra_headers: str = "") -> bytes:
+    """A pre-encoded HTTP/1.1 JSON POST to 127.0.0.1:`port`; `extra_headers`: whole header lines, each ending CRLF."""
+    return (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+            f"{extra_headers}content-length: {len(body)}\r\n\r\n").encode() + body
+
+
 async def connect(port: int) -> Connection:
     _, connection = await asyncio.get_running_loop().create_connection(Connection, "127.0.0.1", port)
     return connection

@@ -34,7 +34,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from openloop import Processes, percentile, save, select_loop
+from openloop import Processes, percentile, post, save, select_loop
 from upstreams import start_plain_proxy
 
 from ext_proc.auth.virtual_keys import generate_key, hash_key
@@ -58,8 +58,7 @@ class Way:
     """The Envoy-alone way this one is compared with."""
 
     def request(self) -> bytes:
-        return (f"POST {self.path} HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\ncontent-type: application/json\r\n"
-                f"{self.headers}content-length: {len(self.body)}\r\n\r\n").encode() + self.body
+        return post(self.port, self.path, self.body, self.headers)
 
 
 @dataclass
