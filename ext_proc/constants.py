@@ -14,6 +14,9 @@ HEADER_MCP = INTERNAL_HEADER_PREFIX + "mcp"
 
 HEADER_ACCESS_LOG = INTERNAL_HEADER_PREFIX + "access-log"
 """Response header from a chain's attempt stage to the route stage: the answer's fields for Envoy's access log."""
+HEADER_LATENCY = INTERNAL_HEADER_PREFIX + "latency"
+"""Response header from a chain's attempt stage to the route stage: the attempt's latency samples
+(`routing.latency.handed`), for a route ranked by latency."""
 
 CLIENT_HEADER_PREFIX = "x-babelgate-"
 """Every header with this prefix is removed before a request leaves Envoy for a provider."""

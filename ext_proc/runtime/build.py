@@ -142,6 +142,8 @@ class RouteInfo:
     """`fields: strict`: any candidate backend refusing the request is a 400, instead of leaving the order."""
     cache: RouteCache | None = None
     """The route's exact response cache settings; None: not cached."""
+    ranks_by_latency: bool = False
+    """The route or one of its rules ranks backends by latency: its attempts hand their samples to the route stage."""
 
     def backend_model(self, backend: str, requested: str) -> str:
         """The backend's model name; a wildcard route's `*` becomes what the client's name matched."""
@@ -426,18 +428,19 @@ def _route_info(config: Config, route: ModelRoute, backends: dict[str, BackendIn
     kinds: dict[object, list[str]] = {}
     for backend_id in ids:
         kinds.setdefault(kind_of[backend_id], []).append(backend_id)
+    rules = tuple(CompiledRule.of(rule, route.policy) for rule in route.rules)
     return RouteInfo(
         name=route.model, backends=ids, backend_models=models, policy=route.policy,
         weights={entry.backend: entry.weight for entry in route.backends},
         windows={entry.backend: entry.max_input_tokens for entry in route.backends},
         prices=prices, sticky_header=route.sticky_header, exploration=route.exploration,
-        rules=tuple(CompiledRule.of(rule, route.policy) for rule in route.rules),
-        chains=choices, by_first=by_first, attempts=attempts,
+        rules=rules, chains=choices, by_first=by_first, attempts=attempts,
         translations=tuple((backends[same[0]], tuple(same)) for same in kinds.values()),
         embeddings=all(backends[b].translator.serves_embeddings for b in ids),
         wildcard=route.is_wildcard, log_content=route.log_content,
         guardrails=tuple(Guardrail.of(g) for g in route.guardrails), max_prompt_chars=route.max_prompt_chars,
-        max_messages=route.max_messages, strict=route.fields == "strict", cache=route.cache)
+        max_messages=route.max_messages, strict=route.fields == "strict", cache=route.cache,
+        ranks_by_latency=len(ids) > 1 and "latency" in {route.policy, *(rule.policy for rule in rules)})
 
 
 def _first_byte_ms(order: tuple[str, ...], backends: dict[str, BackendInfo]) -> str | None:

@@ -134,6 +134,7 @@ class AttemptStage:
         "_embeddings_estimate",
         "_endpoint",
         "_guardrails",
+        "_hands_latency",
         "_identity_answer",
         "_include_usage",
         "_keep_text",
@@ -214,6 +215,8 @@ class AttemptStage:
         self._stall: StallTimer | None = None
         """Set for a streamed answer whose backend has an idle limit (FULL_DUPLEX_STREAMED)."""
         self._report = AttemptReport()
+        self._hands_latency = False
+        """A chain attempt of a route ranked by latency: its samples go to the route stage (`routing.latency`)."""
         self._settling: asyncio.Future[None] | None = None
         """The settlement started with the answer's last reply, awaited when the stream closes."""
 
@@ -244,6 +247,8 @@ class AttemptStage:
                     await self._cache_answer(self._cache)
                 if self._runtime.access_logged:
                     self._hand_to_access_log(reply)
+                if self._hands_latency and self._relay is None and (sample := self._report.handed(ok=True)):
+                    messages.add_headers(reply.response_body.response.header_mutation, (sample,))
             return reply
         return messages.continue_unchanged(kind)
 
@@ -314,6 +319,7 @@ class AttemptStage:
         self._model = route.backend_model(backend.id, self._requested)
         self._guardrails = tuple(g for g in route.guardrails if g.response)
         self._route = route.name
+        self._hands_latency = route.ranks_by_latency
         self._endpoint = Endpoint(decision.get(constants.METADATA_ENDPOINT_KEY, Endpoint.CHAT.value))
         if self._endpoint in ANTHROPIC_STYLE:
             self.error_style = "anthropic"
@@ -490,6 +496,10 @@ class AttemptStage:
             tags = (*tags, (constants.RESPONSE_HEADER_DROPPED_FIELDS, self._dropped))
             if constants.RESPONSE_HEADER_DROPPED_FIELDS in removed:  # the provider's own: replaced by ours
                 removed.remove(constants.RESPONSE_HEADER_DROPPED_FIELDS)
+        if self._hands_latency and (sample := self._report.handed(ok)):
+            tags = (*tags, sample)
+            if constants.HEADER_LATENCY in removed:  # a provider's own: replaced by ours
+                removed.remove(constants.HEADER_LATENCY)
         content_type = headers.get("content-type", "")
         if ok and self._streaming and is_stream(content_type):
             if "content-length" in headers:

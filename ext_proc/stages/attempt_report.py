@@ -12,7 +12,7 @@ import orjson
 
 from .. import constants
 from ..limits.estimate import Price, cost_micro_usd
-from ..routing.latency import LatencyAverages
+from ..routing.latency import LatencyAverages, handed
 from ..runtime.build import BackendInfo
 from ..telemetry import semconv
 from ..telemetry.outcome import Outcome
@@ -48,6 +48,14 @@ class AttemptReport:
             latency.on_first_byte(backend, self.first_byte_at - self.sent_at)
         else:
             latency.on_failure(backend, self.first_byte_at - self.sent_at)
+
+    def handed(self, ok: bool) -> tuple[str, str] | None:
+        """The samples this attempt recorded, as the header that hands them to a route stage in another process
+        (`routing.latency`); None before the answer's headers."""
+        if not self.sent_at or not self.first_byte_at:
+            return None
+        total = self.ended_at - self.sent_at if self.ended_at else None
+        return constants.HEADER_LATENCY, handed(self.first_byte_at - self.sent_at, total, ok)
 
     def record_latency(self, latency: LatencyAverages, backend: str) -> None:
         """At the end of the attempt: its whole duration, or, for one that never answered, as long as it lasted."""

@@ -77,7 +77,8 @@ if TYPE_CHECKING:
 
 
 class RouteStage:
-    __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_mcp", "_outcome",
+    __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_learns_latency", "_mcp",
+                 "_outcome",
                  "_reservation", "_runtime", "_span", "_stored", "_user",
                  "error_style", "push")
 
@@ -104,6 +105,8 @@ class RouteStage:
         self._estimate: int | None = None
         """The prompt's token estimate, once something needed it (the cost policy, the reservation, a direct
         route's accounting): made at most once per request."""
+        self._learns_latency = False
+        """The request went down a chain of a route ranked by latency: its attempt hands on its latency samples."""
 
     async def handle(self, request: ProcessingRequest) -> ProcessingResponse | None:
         kind = request.WhichOneof("request")
@@ -312,6 +315,7 @@ class RouteStage:
                              code="unsupported_endpoint")
         order = self._order(route, candidates, policy, body)
         chain = route.chain_for(order, candidates)
+        self._learns_latency = route.ranks_by_latency and not chain.direct
         metadata = {
             constants.METADATA_ROUTE_KEY: route.name,
             constants.METADATA_REQUESTED_KEY: model,
@@ -462,6 +466,7 @@ class RouteStage:
                 self._outcome.status = 200
             return count_tokens.estimated_count(body, runtime.chars_per_token)
         chain = route.chain_for(order, candidates)
+        self._learns_latency = route.ranks_by_latency and not chain.direct
         headers = [(constants.HEADER_CHAIN, chain.name)]
         if chain.direct:
             def send(attempt: AttemptStage) -> ProcessingResponse:
@@ -548,11 +553,16 @@ class RouteStage:
 
     async def on_response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         logs = self._runtime.access_logged and self._attempt is None
-        wanted = logs or self._outcome is not None or self._reservation is not None
+        wanted = logs or self._outcome is not None or self._reservation is not None or self._learns_latency
         headers = messages.header_dict(request.response_headers) if wanted else {}
         logged = None
         if logs:
             logged = headers.get(constants.HEADER_ACCESS_LOG)
+        handed = headers.get(constants.HEADER_LATENCY) if self._learns_latency else None
+        if handed is not None:
+            backend = headers.get(constants.RESPONSE_HEADER_BACKEND)
+            if backend in self._runtime.backends:
+                self._runtime.health.latency.take_handed(backend, handed)
         if self._outcome is not None:
             outcome = self._outcome
             outcome.status = int(headers.get(":status", "0") or 0)
@@ -562,8 +572,10 @@ class RouteStage:
             if outcome.status >= 400 and not outcome.error_type:
                 outcome.error_type = str(outcome.status)
         reservation = self._reservation
+        removed = (*((constants.HEADER_ACCESS_LOG,) if logged else ()),
+                   *((constants.HEADER_LATENCY,) if handed is not None else ()))
         reply = (self._attempt.on_response_headers(request.response_headers) if self._attempt is not None
-                 else messages.response_headers_reply(remove=(constants.HEADER_ACCESS_LOG,) if logged else ()))
+                 else messages.response_headers_reply(remove=removed))
         if logged:
             with contextlib.suppress(orjson.JSONDecodeError, TypeError):
                 messages.with_metadata(reply, orjson.loads(logged))

@@ -9,9 +9,10 @@ import pytest
 
 from ext_proc.config.models import RouteRule
 from ext_proc.routing import cooldowns as cooldowns_module
+from ext_proc.routing import latency as latency_module
 from ext_proc.routing import policies as policies_module
 from ext_proc.routing.cooldowns import Cooldowns, wait_from_headers
-from ext_proc.routing.latency import FAILURE_PENALTY, SPIKE_LIMIT, LatencyAverages
+from ext_proc.routing.latency import FAILURE_PENALTY, SPIKE_LIMIT, LatencyAverages, handed
 from ext_proc.routing.policies import cheapest_first, cooled_last, fastest_first, rank, weighted_first
 from ext_proc.routing.rules import CompiledRule, RequestFacts, first_match
 
@@ -344,6 +345,39 @@ def test_a_fast_failure_counts_at_least_the_failure_penalty_in_both_tables() -> 
     latency.on_failure("oa", 0.05)
     assert latency.first_byte["oa"] == FAILURE_PENALTY
     assert latency.total["oa"] == FAILURE_PENALTY
+
+
+def _from_another_process(sample: str) -> str:
+    return "0123456789ab" + sample[len(latency_module.PROCESS_TOKEN):]
+
+
+def test_samples_handed_by_another_process_are_recorded() -> None:
+    latency = LatencyAverages(smoothing=0.5)
+    latency.take_handed("oa", _from_another_process(handed(0.25, 1.5, ok=True)))
+    latency.take_handed("ob", _from_another_process(handed(0.125, None, ok=True)))
+    assert latency.first_byte == {"oa": 0.25, "ob": 0.125}
+    assert latency.total == {"oa": 1.5}
+
+
+def test_a_failure_handed_by_another_process_counts_the_penalty() -> None:
+    latency = LatencyAverages(smoothing=0.5)
+    latency.take_handed("oa", _from_another_process(handed(0.01, None, ok=False)))
+    assert latency.first_byte == latency.total == {"oa": FAILURE_PENALTY}
+
+
+def test_samples_this_process_handed_are_not_counted_twice() -> None:
+    latency = LatencyAverages(smoothing=0.5)
+    latency.take_handed("oa", handed(0.25, 1.5, ok=True))
+    assert latency.first_byte == latency.total == {}
+
+
+@pytest.mark.parametrize("value", ["", "x", "0123456789ab ok", "0123456789ab ok fast", "0123456789ab ok nan",
+                                   "0123456789ab ok -1", "0123456789ab ok 1e9", "0123456789ab maybe 0.5",
+                                   "0123456789ab ok inf 1"])
+def test_a_handed_sample_that_cannot_be_read_is_ignored(value: str) -> None:
+    latency = LatencyAverages(smoothing=0.5)
+    latency.take_handed("oa", value)
+    assert latency.first_byte == latency.total == {}
 
 
 def test_a_long_failure_counts_as_long_as_it_lasted() -> None:
