@@ -4,6 +4,7 @@ unchanged or unreadable one does not, and a failing poll never stops the watch."
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,11 @@ def test_a_new_stored_keys_version_reloads_and_a_failing_poll_is_survived(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reload, "POLL_INTERVAL", 0.01)
     versions = iter([b"1", b"1", None, b"2", RuntimeError("boom"), b"2", b"3"])
+    polls = 0
 
     async def changes() -> object:
+        nonlocal polls
+        polls += 1
         value = next(versions, b"3")
         if isinstance(value, Exception):
             raise value
@@ -45,7 +49,9 @@ def test_a_new_stored_keys_version_reloads_and_a_failing_poll_is_survived(
 
     async def run() -> None:
         watch = asyncio.get_running_loop().create_task(reloader.watch())
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while polls < 10 and time.monotonic() < deadline:  # every version seen, and "3" again a few times
+            await asyncio.sleep(0.01)
         assert not watch.done()
         watch.cancel()
 

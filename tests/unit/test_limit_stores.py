@@ -24,11 +24,11 @@ from ext_proc.limits.store import Admission, Counter, LimitStore, StoreUnavailab
 from ..redis_server import RedisClusterServers, RedisServer
 
 STORE_KINDS = ("memory", "redis", "cluster")
-FAST = 1.0
+FAST = 2.0
 """Seconds within which a call against an unreachable or hung Redis must give up. The default per-call deadline is
 0.25 s (4 x the 50 ms timeout + 50 ms); a Redis Cluster reservation runs one call per hash slot, so a dead master can
-cost two deadlines (measured 0.52 s on a loaded 2-core machine); hanging for the client's own retries would be
-seconds."""
+cost two deadlines (measured 0.52 s on a loaded 2-core machine, so a busy CI machine gets four times that); hanging
+for the client's own retries would be several seconds, and a hung Redis without a deadline forever."""
 
 
 def _tag_in_slots(low: int, high: int) -> str:
