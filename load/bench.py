@@ -261,7 +261,7 @@ def _find(rows: list[dict], prefix: str, mode: str) -> dict | None:
     return next((r for r in rows if r["scenario"].startswith(prefix) and r["mode"] == mode), None)
 
 
-def _cpu(row: dict | None, role: str) -> float | None:
+def _role_cpu(row: dict | None, role: str) -> float | None:
     return row[f"{role}_cpu_ms_per_req"] if row else None
 
 
@@ -288,8 +288,8 @@ def verdicts(rows: list[dict], rate: float, litellm_rate: float) -> str:
         # what a process on this machine pays for being woken more often, whatever it runs: the same ratio for
         # Envoy alone and for the upstream in this run
         reference = [f"{name}'s own {moderate / busy:.2f}x" for name, moderate, busy in (
-            ("Envoy alone", _cpu(envoy, "envoy"), _cpu(_find(rows, "(a)", "c=16"), "envoy")),
-            ("the upstream", _cpu(full, "upstream"), _cpu(saturated, "upstream"))) if moderate and busy]
+            ("Envoy alone", _role_cpu(envoy, "envoy"), _role_cpu(_find(rows, "(a)", "c=16"), "envoy")),
+            ("the upstream", _role_cpu(full, "upstream"), _role_cpu(saturated, "upstream"))) if moderate and busy]
         line(f"full flow (e): Python CPU per request at {rate:g}/s within 1.5x of c=16",
              f"{ratio:.2f}x ({full['python_cpu_ms_per_req']:.3f} vs {saturated['python_cpu_ms_per_req']:.3f} ms)"
              + (f"; {', '.join(reference)}" if reference else ""), ratio <= 1.5)
