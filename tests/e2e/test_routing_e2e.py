@@ -224,8 +224,9 @@ def test_weighted_routing_converges_to_its_weights(routing_gateway: Gateway) -> 
 
     counts = asyncio.run(run())
     share = counts["w1"] / 1000
-    # weights 3:1 -> 0.75; the binomial standard deviation over 1,000 draws is 0.014, so +-0.05 is 3.6 of them
-    assert abs(share - 0.75) <= 0.05, counts
+    # weights 3:1 -> 0.75; the binomial standard deviation over 1,000 draws is 0.0137, so +-0.07 is 5.1 of them
+    # (a false failure about once in three million runs), while 1:1 or 1:0 would be 18 of them away
+    assert abs(share - 0.75) <= 0.07, counts
 
 
 def test_sticky_weighted_routing_keeps_a_session_on_one_backend(routing_gateway: Gateway) -> None:
