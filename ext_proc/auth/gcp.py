@@ -180,6 +180,8 @@ class _TokenKeeper:
                     credentials = self._load()
                 credentials.refresh(transport)
                 delay = self._store(credentials.token, credentials.expiry)
+                # requests that saw the renewal due while it was under way asked for this very fetch
+                self._wake.clear()
                 failures = 0
             except Exception as exc:  # every failure is retried; the reason is kept for the 503 message
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]

@@ -30,30 +30,41 @@ from ..eventually import eventually
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_EMAIL = "babelgate-test@demo-project.iam.gserviceaccount.com"
-FAST = 0.05
-"""Seconds a request may take to get a token that is already there: it never touches the network."""
+FAST = 2.0
+"""Seconds within which a request that must not wait for the token endpoint returns. Where a test holds a fetch
+(`TokenServer.held`), a request that waited for it would take `HELD_WAIT`; a busy CI machine can stall a request
+that waits for nothing for a good part of a second."""
+HELD_WAIT = 30.0
+"""`first_token_wait` in tests that hold a fetch: far beyond FAST, so a request that waits is told from one that
+does not."""
 
 
 @dataclass
 class TokenServer:
-    """Issues `token-1`, `token-2`, ... after checking each grant; `fail` the next N requests, `delay` each one."""
+    """Issues `token-1`, `token-2`, ... after checking each grant; `fail` the next N requests. While `held` is clear,
+    each grant, once checked and counted in `grants`, waits for it to be set before it is answered (a fetch that
+    takes as long as the test wants)."""
 
     public_key: rsa.RSAPublicKey
     url: str = ""
     expires_in: int = 3600
-    delay: float = 0.0
     fail: int = 0
     grants: list[dict] = field(default_factory=list)
     issued: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    held: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.held.set()
 
     def answer(self, form: dict[str, str]) -> tuple[int, dict]:
-        time.sleep(self.delay)
         with self.lock:
             if form.get("grant_type") != JWT_BEARER:
                 return 400, {"error": "unsupported_grant_type"}
             claims = _verified_claims(form.get("assertion", ""), self.public_key)
             self.grants.append(claims)
+        self.held.wait(30)
+        with self.lock:
             if self.fail:
                 self.fail -= 1
                 return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
@@ -103,6 +114,7 @@ def token_server(private_key: rsa.RSAPrivateKey) -> Iterator[TokenServer]:
     thread.start()
     server_state.url = f"http://127.0.0.1:{httpd.server_address[1]}/token"
     yield server_state
+    server_state.held.set()  # a fetch still held by the test ends now
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=5)
@@ -171,44 +183,54 @@ def test_service_account_grant_is_signed_and_the_token_sent_as_bearer(
 def test_first_token_is_fetched_when_the_credential_is_made(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
     credential = credentials(account_file)
-    eventually(lambda: credential.refreshes == 1)
+    eventually(lambda: credential.refreshes == 1)  # before any request asked for it
     assert token_server.issued == 1
+    token_server.held.clear()  # from here, a request that fetched, or waited for a fetch, would hang
     token, elapsed = _timed(lambda: _bearer(credential))
     assert token == "Bearer token-1"
     assert elapsed < FAST
+    assert len(token_server.grants) == 1, "a request with a token at hand must not touch the network"
 
 
 def test_first_request_waits_for_a_fetch_under_way(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
-    token_server.delay = 0.3
-    credential = credentials(account_file)
-    token, elapsed = _timed(lambda: _bearer(credential))
-    assert token == "Bearer token-1"
-    assert 0.1 < elapsed < 3
-    time.sleep(0.4)
+    token_server.held.clear()  # the first fetch is not answered until released below
+    credential = credentials(account_file, first_token_wait=HELD_WAIT)
+    tokens: list[str] = []
+    request = threading.Thread(target=lambda: tokens.append(_bearer(credential)))
+    request.start()
+    eventually(lambda: len(token_server.grants) == 1, what="the first fetch reaches the token endpoint")
+    assert not tokens  # no token to be had while the fetch is held
+    token_server.held.set()
+    request.join(timeout=30)
+    assert tokens == ["Bearer token-1"], "the request asked while the fetch was under way gets its token"
+    time.sleep(0.4)  # the time a second fetch, wrongly caused by the waiting request, would need to show
     assert len(token_server.grants) == 1, "waiting for the first token must not cause a second fetch"
 
 
 def test_token_is_renewed_in_the_background_before_it_expires(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
-    """A token that can be sent for 2 s (12 s minus the 10 s skew) is renewed 1 s in, and the slow token endpoint
-    never makes a request wait meanwhile."""
-    token_server.expires_in = 12
-    credential = credentials(account_file)
+    """A token that can be sent for 8 s (it lives 8 s beyond the skew) is renewed halfway, 4 s in, and a renewal the
+    token endpoint holds never makes a request wait meanwhile (the 4 s token 1 has left are a busy machine's margin)."""
+    token_server.expires_in = int(gcp.EXPIRY_SKEW) + 8
+    credential = credentials(account_file, first_token_wait=HELD_WAIT)
+    eventually(lambda: credential.refreshes == 1)
     assert _bearer(credential) == "Bearer token-1"
-    token_server.delay = 0.5
-    seen: list[str] = []
-    slowest = 0.0
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "Bearer token-2" not in seen:
-        token, elapsed = _timed(lambda: _bearer(credential))
-        seen.append(token)  # type: ignore[arg-type]
-        slowest = max(slowest, elapsed)
-        time.sleep(0.005)
-    assert seen[0] == "Bearer token-1"
-    assert seen[-1] == "Bearer token-2"
-    assert slowest < FAST, f"a request waited {slowest:.3f}s on the token endpoint"
-    assert credential.refreshes == 2
+    token_server.held.clear()  # the renewal is not answered until released below
+    eventually(lambda: len(token_server.grants) == 2, what="the renewal reaches the token endpoint")
+    tokens: list[str] = []
+    requests = threading.Thread(target=lambda: tokens.extend(_bearer(credential) for _ in range(50)))
+    requests.start()
+    requests.join(timeout=20)  # had a request waited for the renewal, it would still be waiting
+    stalled = requests.is_alive()
+    assert len(token_server.grants) == 2, "one renewal under way, not one per request"
+    token_server.held.set()
+    requests.join(timeout=30)
+    assert not stalled, "a request waited for the held renewal"
+    assert tokens == ["Bearer token-1"] * 50  # the current token, while its renewal is still on its way
+    eventually(lambda: _bearer(credential) == "Bearer token-2", what="the renewed token is served")
+    time.sleep(0.4)  # the time a third fetch, wrongly asked for by the requests made during the renewal, would need
+    assert credential.refreshes == 2 and len(token_server.grants) == 2, "one renewal, whatever asked meanwhile"
 
 
 def test_refresh_is_scheduled_by_margin_or_half_life(
@@ -222,30 +244,44 @@ def test_refresh_is_scheduled_by_margin_or_half_life(
 
 def test_failing_token_endpoint_answers_503_at_once_and_keeps_retrying(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
-    token_server.fail = 3
-    credential = credentials(account_file, retry_delays=(0.2,))
+    token_server.fail = 10**6  # until told otherwise below
+    credential = credentials(account_file, retry_delays=(0.2,), first_token_wait=HELD_WAIT)
     with pytest.raises(Unavailable) as unavailable:
-        _bearer(credential)
+        _bearer(credential)  # waits for the first fetch, which fails
     assert "invalid_grant" in unavailable.value.message
     assert "PRIVATE KEY" not in unavailable.value.message
+    eventually(lambda: len(token_server.grants) >= 3, what="failed fetches are retried")
+    token_server.held.clear()  # the next retry is not answered until released below
     start = time.perf_counter()
     with pytest.raises(Unavailable):
         _bearer(credential)
-    assert time.perf_counter() - start < FAST, "while the endpoint fails, requests must not wait"
+    assert time.perf_counter() - start < FAST, "while the endpoint fails, requests must not wait for a retry"
+    token_server.fail = 0
+    token_server.held.set()
     eventually(lambda: credential.refreshes == 1)
     assert _bearer(credential) == "Bearer token-1"
-    assert len(token_server.grants) == 4
 
 
 def test_a_token_is_not_sent_once_it_is_about_to_expire(
         account_file: Path, token_server: TokenServer, credentials: Callable[..., gcp.GoogleBearerCredential]) -> None:
-    token_server.expires_in = int(gcp.EXPIRY_SKEW) + 1  # usable for one second
+    token_server.expires_in = int(gcp.EXPIRY_SKEW) + 4  # can be sent for 4 s (its renewal would be due 2 s in)
+    # A short wait: only the requests after the token went out of use wait, for a token that never comes.
     credential = credentials(account_file, first_token_wait=0.2)
-    assert _bearer(credential) == "Bearer token-1"
+    eventually(lambda: credential.refreshes == 1)
+    token_server.held.clear()  # no renewal can land, even one that starts before the close
     credential.close()  # no more renewals
-    time.sleep(1.2)
-    with pytest.raises(Unavailable):
-        _bearer(credential)
+    assert _bearer(credential) == "Bearer token-1"
+
+    def refused() -> bool:
+        try:
+            _bearer(credential)
+        except Unavailable:
+            return True
+        return False
+
+    eventually(refused, what="the token is no longer sent, 10 s before it expires")
+    _token, expires_at, _refresh_at = credential._keeper._current  # type: ignore[misc]
+    assert time.time() < expires_at, "refused while the token was still valid, not only once it had expired"
 
 
 def test_refresher_thread_stops_when_the_credential_is_dropped(
