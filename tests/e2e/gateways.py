@@ -58,6 +58,12 @@ AWS_SECRET_ACCESS_KEY = "e2e-aws-secret-access-key"
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0
 """`babelgate up` drains for up to 10 s on SIGTERM, then stops its children: killed sooner, it would orphan them."""
+REDIS_TIMEOUT = "1s"
+"""`limits.redis.timeout` of the test gateways unless a test gives its own. The product's 0.1 s suits a quiet host; on a
+busy CI machine a reply can miss it, and a reservation that times out is admitted uncounted (`fail_open`, the
+default) or, retried, counted twice, so exact counters and refusals would depend on the machine's load. Outages stay
+quick to handle: a refused connection fails at once, and a call to a hung Redis ends within 4 x 1 s + 0.05 s
+(`RedisStore.from_url`)."""
 
 
 @dataclass(frozen=True)
@@ -261,13 +267,14 @@ class GatewayBuilder:
         return secret
 
     def redis(self, server: RedisServer | None = None, **settings: Any) -> RedisServer:
-        """Limits kept in Redis (`limits.redis`, with `settings`): `server`, else one this builder starts and stops."""
+        """Limits kept in Redis (`limits.redis`, with `settings`; `timeout` is REDIS_TIMEOUT unless given): `server`,
+        else one this builder starts and stops."""
         if server is None:
             server = RedisServer(self.workdir / "redis")
             server.start()
             self._cleanups.callback(server.stop)
         self._redis = server
-        self.set(limits={"redis": {"url": server.url, **settings}})
+        self.set(limits={"redis": {"url": server.url, "timeout": REDIS_TIMEOUT, **settings}})
         return server
 
     def admin(self, secret: str, *, env: str = "BG_E2E_ADMIN", **fields: Any) -> int:

@@ -23,6 +23,7 @@ from tests.unit.test_admin_mcp import upstream_counts
 
 from ..eventually import eventually
 from .gateways import Gateway, GatewayBuilder
+from .support import wait_for_the_full_mcp_catalog
 
 ADMIN_SECRET = "bg-admin-mcp-e2e-credential-0123456789"
 METHOD = "/babelgate.admin.v1.Admin/"
@@ -71,7 +72,10 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpAdmin]:
         build.mcp_stdio_server("local")
         build.set(mcp={"list_ttl": f"{LIST_TTL_SECONDS}s"}, keys_file=str(workdir / "keys.yaml"))
         admin_port = build.admin(ADMIN_SECRET, via_envoy=True)
-        yield McpAdmin(build.start(), admin_port, urls)
+        gateway = build.start()
+        # the first contact waits only so long for the upstreams; the tests want every one contacted
+        wait_for_the_full_mcp_catalog(gateway.url, gateway.key, {"tools__echo", "doomed__echo", "local__notes_add"})
+        yield McpAdmin(gateway, admin_port, urls)
 
 
 def test_the_first_listing_contacts_each_server_and_shows_its_health(admin: McpAdmin) -> None:

@@ -143,9 +143,12 @@ def test_a_frozen_ext_proc_process_costs_a_bounded_number_of_requests(chaos: Cha
             os.kill(pid, signal.SIGCONT)
         eventually(lambda: load.succeeding_again(start), timeout=60, what="every request succeeds again")
         failed = _report("SIGSTOP 4 s of one of two ext_proc processes", load, start, time.monotonic() - frozen)
-    # at most the requests in flight to it when it froze (one per worker) may wait past message_timeout; without the
-    # health checks every request routed to it for the whole freeze did (31 of 171 here, recovery after 25 s)
-    assert failed <= 12
+    # Only requests sent to it before the health checks take it out of the rotation fail, each after waiting out
+    # message_timeout (5 s): a worker blocked on one sends nothing else meanwhile, so each worker loses at most one
+    # per 5 s, about 8 in all while the checks need their two seconds. Twice that allows checks slowed past 5 s on a
+    # busy machine (a second round of requests sent to it); without the health checks every request routed to it for
+    # the whole freeze failed (31 of 171 here, recovery after 25 s), which this bound still tells apart.
+    assert failed <= 2 * load.workers
 
 
 @pytest.mark.parametrize("failure", ["500", "reset", "stall=10000"])

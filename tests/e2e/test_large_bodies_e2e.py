@@ -28,7 +28,9 @@ LIMIT = 20 * MIB
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with GatewayBuilder(tmp_path_factory.mktemp("large"), processes=2, client_timeout=120) as build:
-        build.set(requests={"max_body_bytes": LIMIT})
+        # Envoy waits 5 s by default for each ext_proc answer; parsing and translating 16 MiB in Python on a busy
+        # machine can take longer, and the gateway's bounds on large bodies are what these tests are about
+        build.set(requests={"max_body_bytes": LIMIT}, ext_proc={"message_timeout": "30s"})
         build.backend("oa", build.demo("openai", name="large-openai"))
         build.backend("an", build.demo("anthropic", "anthropic", name="large-anthropic"))
         build.backend("br", build.demo("bedrock", "bedrock", name="large-bedrock"))

@@ -36,6 +36,7 @@ import pytest
 from .claude_cli import TEST_TIMEOUT, ClaudeCode, Run, claude_code_binary, fix_tool_input, provider_requests
 from .gateways import Demo, Gateway, GatewayBuilder
 from .npm_tools import TOOLS, pinned_binary
+from .support import wait_for_the_full_mcp_catalog
 
 pytestmark = pytest.mark.timeout(TEST_TIMEOUT)
 
@@ -75,6 +76,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         port = urlsplit(upstream["url"]).port
         assert port is not None, upstream
         gateway.demos[UPSTREAM] = Demo(UPSTREAM, "tools", "mcp", port, MCP_API_KEY)
+        # a cold ext_proc process answers its first lists with the servers that answered it in time
+        wait_for_the_full_mcp_catalog(gateway.url, gateway.keys["everything"], TOOL_NAMES)
         yield gateway
 
 

@@ -27,12 +27,17 @@ from ext_proc.launch.processes import free_port
 
 from ..eventually import eventually
 from .gateways import Gateway, GatewayBuilder
+from .support import room_in_window, wait_for_the_full_mcp_catalog
 from .test_tracing_e2e import Collector
 
 DEADLINE_SECONDS = 60.0
 MCP_API_KEY = "demo-mcp-secret"
 LATEST = "2025-11-25"
 SHARED_METADATA_KEY = "mcp-e2e-shared-metadata-key"
+SOME_TOOL_OF_EVERY_SERVER = {"tools__echo", "tools__add", "tools__slow_count", "fragile__echo", "local__notes_add"}
+IN_A_ROW = 8
+"""Consecutive answers that must agree before a test trusts that both ext_proc processes (each with its own catalog)
+give them: requests are spread over the processes, so a run this long is all but sure to have reached both."""
 
 
 def run(coroutine: Any) -> Any:
@@ -130,7 +135,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         second.config["mcp"] = build.config["mcp"]
         second.env.update(build.env)
         gateway = build.start()
-        yield Setup(gateway, second.start(), workdir, metrics_port, collector, tools["url"])
+        other = second.start()
+        for each in (gateway, other):  # a cold process answers its first lists with the servers that answered it
+            wait_for_the_full_mcp_catalog(each.url, gateway._secret("everything"), SOME_TOOL_OF_EVERY_SERVER,
+                                          in_a_row=IN_A_ROW)
+        yield Setup(gateway, other, workdir, metrics_port, collector, tools["url"])
 
 
 async def _tool_names(session: Client) -> list[str]:
@@ -233,12 +242,25 @@ def test_an_upstreams_list_changed_reaches_the_merged_list(setup: Setup) -> None
             if not cursor:
                 return names
 
+    def bonus_called_every_time() -> dict | None:
+        """The last of IN_A_ROW calls of the new tool if all of them succeeded: each process learns of the change
+        on its own upstream stream, so until both have, a call can reach one that does not know the tool yet."""
+        for _ in range(IN_A_ROW):
+            answer = raw.call("tools/call", {"name": "tools__bonus", "arguments": {}})
+            if "result" not in answer:
+                return None
+        return answer
+
+    def bonus_gone_every_time() -> bool:
+        return all("tools__bonus" not in all_tools() for _ in range(IN_A_ROW))
+
     assert "tools__bonus" not in all_tools()
     assert "result" in raw.call("tools/call", {"name": "tools__toggle_tool", "arguments": {}})
     eventually(lambda: "tools__bonus" in all_tools(), timeout=30, what="the new tool is listed")
-    assert "result" in raw.call("tools/call", {"name": "tools__bonus", "arguments": {}})
+    called = eventually(bonus_called_every_time, timeout=30, what=f"{IN_A_ROW} calls in a row of the new tool")
+    assert called["result"]["content"] == [{"type": "text", "text": "bonus!"}]
     raw.call("tools/call", {"name": "tools__toggle_tool", "arguments": {}})
-    eventually(lambda: "tools__bonus" not in all_tools(), timeout=30, what="the removed tool is gone")
+    eventually(bonus_gone_every_time, timeout=30, what=f"the removed tool gone from {IN_A_ROW} listings in a row")
 
 
 def test_a_stateless_client_discovers_and_calls(setup: Setup) -> None:
@@ -334,6 +356,7 @@ def test_a_server_allow_list_hides_other_servers_resources_and_prompts(setup: Se
 def test_a_keys_call_limit_refuses_the_call_after_the_limit(setup: Setup) -> None:
     raw = setup.raw("two-calls")
     raw.initialize()
+    room_in_window("minute")  # the limit counts per fixed minute: all three calls in one
     answers = [raw.call("tools/call", {"name": "tools__echo", "arguments": {"text": str(n)}}, message_id=n)
                for n in range(3)]
     assert [("result" in answer) for answer in answers] == [True, True, False]
@@ -343,6 +366,7 @@ def test_a_keys_call_limit_refuses_the_call_after_the_limit(setup: Setup) -> Non
 def test_a_per_tool_limit_counts_that_tool_only(setup: Setup) -> None:
     raw = setup.raw()
     raw.initialize()
+    room_in_window("minute")  # the limit counts per fixed minute: all four calls in one
     answers = [raw.call("tools/call", {"name": "tools__add", "arguments": {"a": n, "b": 1}}, message_id=n)
                for n in range(4)]
     assert answers[3]["error"]["code"] == -32082
@@ -461,9 +485,14 @@ def test_the_request_log_metrics_and_spans_have_the_call(setup: Setup) -> None:
     assert row["bytes_in"] > 0 and row["bytes_out"] > 0 and marker in row["completion"] and row["mcp_session"]
 
     def scraped() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{setup.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        return text if 'gen_ai_tool_name="tools__echo"' in text else ""
+        """The scrape of whichever process counted a call of `tools__echo` (each of the two serves its own, on
+        `metrics_port` + its index)."""
+        for port in (setup.metrics_port, setup.metrics_port + 1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text = response.read().decode()
+            if 'gen_ai_tool_name="tools__echo"' in text:
+                return text
+        return ""
 
     metrics = eventually(scraped, timeout=30, what="Prometheus has the MCP call")
     assert "babelgate_mcp_requests_total" in metrics and "mcp_server_operation_duration_seconds" in metrics

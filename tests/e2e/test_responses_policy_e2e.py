@@ -24,7 +24,7 @@ from ext_proc.launch.processes import free_port
 
 from ..eventually import eventually
 from .gateways import Gateway, GatewayBuilder
-from .support import fault
+from .support import fault, room_in_window
 from .test_telemetry_e2e import prometheus_samples
 from .test_tracing_e2e import CLIENT, SERVER, Collector
 
@@ -83,7 +83,7 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Policy]:
         build.key("narrow", models=["elsewhere"])
         build.route("elsewhere", ("oa", "gpt-4o-mini"))
         build.key("tokens", limits=[{"window": "minute", "total_tokens": 2000}])
-        build.key("rpm", limits=[{"window": "hour", "requests": 2}])  # an hour: no window ends mid-test
+        build.key("rpm", limits=[{"window": "hour", "requests": 2}])
         for route in KINDS:
             for stream in ("json", "stream"):
                 build.key(f"metered-{route}-{stream}", limits=[{"window": "hour", "total_tokens": 100_000}])
@@ -181,11 +181,12 @@ def test_usage_is_settled_with_the_real_usage(gateway: Gateway, route: str, stre
     response = _create(gateway.client(key_id), stream, model=route, input="count me", max_output_tokens=4000)
     assert response.usage is not None and response.usage.total_tokens < 4000
     eventually(lambda: _counted(gateway, key_id, "total_tokens") == response.usage.total_tokens,  # type: ignore
-               timeout=10, what="the reservation settled to the real usage")
+               timeout=30, what="the reservation settled to the real usage")
 
 
 def test_request_limits_count_responses_requests(gateway: Gateway) -> None:
     rpm = gateway.client("rpm")
+    room_in_window("hour", 30)  # the two requests and the refusal in one window
     raw = rpm.responses.with_raw_response.create(model="gpt", input="one", store=False)
     assert raw.headers["x-ratelimit-limit-requests"] == "2" and raw.headers["x-ratelimit-remaining-requests"] == "1"
     list(rpm.responses.create(model="claude", input="two", store=False, stream=True))

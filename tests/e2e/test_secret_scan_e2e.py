@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from ext_proc.launch.stack import Stack, envoy_argv
 
 from ..eventually import eventually
 from .gateways import GatewayBuilder
-from .support import fault
+from .support import fault, room_in_window
 from .test_admin_api_e2e import METHOD
 from .test_cli_e2e import babelgate
 from .test_telemetry_e2e import HELLO, build_telemetry_gateway
@@ -184,13 +183,6 @@ def _expect(status: int, action: Callable[[], object]) -> object:
     return result
 
 
-def _wait(condition: Callable[[], bool], what: str, seconds: float = 3.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def _status(action: Callable[[], object]) -> int:
     try:
         action()
@@ -260,13 +252,13 @@ class Traffic:
     def usable(self, key: str) -> openai.OpenAI:
         """A client with a key the admin API just made, once the server knows it (it polls the store)."""
         client = self.openai(key)
-        _wait(lambda: _status(client.models.list) == 200, "a new key is still unknown")
+        eventually(lambda: _status(client.models.list) == 200, timeout=30, what="the new key is known")
         return client
 
     def refused(self, key: str) -> None:
         client = self.openai(key)
-        _wait(lambda: _status(lambda: client.chat.completions.create(model="direct", messages=HELLO)) == 401,
-              "a revoked or rotated key still works")
+        eventually(lambda: _status(lambda: client.chat.completions.create(model="direct", messages=HELLO)) == 401,
+                   timeout=30, what="the revoked or rotated key is refused")
 
 
 def _openai_traffic(traffic: Traffic) -> None:
@@ -308,6 +300,7 @@ def _openai_traffic(traffic: Traffic) -> None:
     _expect(401, lambda: stranger.chat.completions.create(model="direct", messages=HELLO))
     traffic.step("rate limited")
     limited = traffic.openai(found[LIMITED_KEY])
+    room_in_window("minute")  # the key's one request a minute and its refusal, in the same minute
     _expect(200, lambda: limited.chat.completions.create(model="direct", messages=HELLO))
     _expect(429, lambda: limited.chat.completions.create(model="direct", messages=HELLO))
 

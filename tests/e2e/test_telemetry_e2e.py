@@ -19,11 +19,14 @@ import pytest
 
 from ext_proc.launch.processes import free_port
 
+from ..eventually import eventually
 from .gateways import GatewayBuilder
-from .support import fault
+from .support import fault, room_in_window
 
 HELLO = [{"role": "user", "content": "hello there"}]
 PROVIDER_SECRET = "sk-telemetry-provider-secret-0123456789"
+REQUESTS_SENT = 7
+"""By the `observed` fixture: one row, one access-log line and one count in `babelgate_requests_total` each."""
 
 
 @dataclass
@@ -72,11 +75,12 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=gateway.url + "/v1", api_key="bg-not-a-key", max_retries=0).models.list()
         limited = gateway.client("limited", timeout=20)
+        room_in_window("minute")  # the key's one request a minute and its refusal, in the same minute
         limited.chat.completions.create(model="direct", messages=HELLO)
         with pytest.raises(openai.RateLimitError):
             limited.chat.completions.create(model="direct", messages=HELLO)
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
+        metrics = eventually(lambda: _every_request_counted(metrics_port), timeout=30,
+                             what=f"Prometheus counts all {REQUESTS_SENT} requests and the refusal")
         gateway.stop_servers()  # a graceful stop flushes the log
         rows = ds.dataset(workdir / "requests", format="parquet", partitioning="hive").to_table().to_pylist()
         build.supervisor.stop_all()  # Envoy writes its access log out as it stops
@@ -86,6 +90,17 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                        access)
 
 
+def _every_request_counted(metrics_port: int) -> str:
+    """The Prometheus scrape once every request sent is in it, else "". A request's metrics are recorded as its
+    ext_proc stream closes, which is after Envoy has answered the client (a refusal's 429 too)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = prometheus_samples(text)
+    counted = sum(value for (name, _), value in samples.items() if name == "babelgate_requests_total")
+    refused = ("babelgate_rate_limit_refusals_total", (("scope", "key"),)) in samples
+    return text if counted >= REQUESTS_SENT and refused else ""
+
+
 def _one(rows: list[dict], **wanted: object) -> dict:
     found = [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
     assert len(found) == 1, (wanted, rows)
@@ -93,8 +108,8 @@ def _one(rows: list[dict], **wanted: object) -> dict:
 
 
 def test_one_row_per_request(observed: Observed) -> None:
-    assert len(observed.rows) == 7
-    assert len({r["request_id"] for r in observed.rows}) == 7
+    assert len(observed.rows) == REQUESTS_SENT
+    assert len({r["request_id"] for r in observed.rows}) == REQUESTS_SENT
 
 
 def test_direct_route_row(observed: Observed) -> None:
@@ -172,7 +187,7 @@ def test_usage_from_log_summarises_per_key_model_and_backend(observed: Observed,
     chain_an = next(r for r in summary if (r["key"], r["model"], r["backend"]) == ("main", "chain", "an"))
     assert chain_an["requests"] == 2 and chain_an["errors"] == 1 and chain_an["error rate"] == 0.5
     assert chain_an["cost USD"] > 0 and chain_an["p95 ms"] >= chain_an["p50 ms"] > 0
-    assert sum(r["requests"] for r in summary) == 7
+    assert sum(r["requests"] for r in summary) == REQUESTS_SENT
     table = _usage("--from-log", str(observed.log_dir), "--chart", str(tmp_path / "traffic.png"))
     assert "p95 ms" in table.splitlines()[0] and "chain" in table
     assert (tmp_path / "traffic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -184,13 +199,13 @@ def test_duckdb_reads_the_log(observed: Observed) -> None:
     [(count, tokens)] = duckdb.connect().execute(
         f"select count(*), sum(output_tokens) from read_parquet('{observed.log_dir}/**/*.parquet', "
         "hive_partitioning = true)").fetchall()
-    assert count == 7 and tokens == sum(r["output_tokens"] for r in observed.rows)
+    assert count == REQUESTS_SENT and tokens == sum(r["output_tokens"] for r in observed.rows)
 
 
 def test_envoy_access_log_carries_babelgate_metadata(observed: Observed) -> None:
     requests = [line for line in observed.access_lines if "method" in line]
     attempts = [line for line in observed.access_lines if "upstream_cluster" in line]
-    assert len(requests) == 7
+    assert len(requests) == REQUESTS_SENT
     direct = next(line for line in requests if line["route"] == "direct" and line["key_id"] == "main")
     assert direct["backend"] == "oa" and direct["model"] == "gpt-direct" and int(direct["output_tokens"]) > 0
     failed_over = [line for line in requests if line["route"] == "chain" and line["status"] == 200]

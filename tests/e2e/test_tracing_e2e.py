@@ -5,7 +5,6 @@ context handed on to the provider."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from ext_proc.launch.stack import Stack
 
+from ..eventually import eventually
 from .gateways import GatewayBuilder
 from .support import fault
 
@@ -30,6 +30,8 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 HELLO = [{"role": "user", "content": "hi"}]
 SERVER, CLIENT = 2, 3  # Span.SpanKind values in the OTLP protos
+EXPORT_TIMEOUT = 30.0
+"""Seconds spans may take to reach the collector: the exporter batches them, and a busy machine delays it."""
 
 
 class Collector:
@@ -59,12 +61,15 @@ class Collector:
         return f"http://127.0.0.1:{self.server.server_port}/v1/traces"
 
     def trace(self, trace_id: str, count: int) -> list:
-        deadline = time.monotonic() + 10
-        while True:
-            found = [s for s in self.spans if s.trace_id.hex() == trace_id]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.1)
+        """The spans of one trace, once `count` of them have arrived (the exporter sends them in batches)."""
+        found: list = []
+
+        def arrived() -> bool:
+            found[:] = [s for s in list(self.spans) if s.trace_id.hex() == trace_id]
+            return len(found) >= count
+
+        eventually(arrived, timeout=EXPORT_TIMEOUT, what=f"{count} spans of trace {trace_id}")
+        return found
 
 
 def _start(build: GatewayBuilder, traces: dict) -> tuple[Stack, str, dict[str, int]]:
@@ -121,20 +126,25 @@ def test_direct_route_and_a_new_trace(traced: tuple) -> None:
     before = len(collector.spans)
     raw = _client(stack, key).chat.completions.with_raw_response.create(model="direct", messages=HELLO)
     assert raw.status_code == 200
-    deadline = time.monotonic() + 10
-    while len(collector.spans) < before + 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    new = collector.spans[before:]
-    request = next(s for s in new if s.kind == SERVER and s.name == "chat direct")
-    attempt = next(s for s in new if s.kind == CLIENT and s.trace_id == request.trace_id)
+
+    def request_and_attempt() -> tuple | None:
+        new = collector.spans[before:]
+        request = next((s for s in new if s.kind == SERVER and s.name == "chat direct"), None)
+        attempt = next((s for s in new if request is not None and s.kind == CLIENT and s.trace_id == request.trace_id),
+                       None)
+        return (request, attempt) if attempt is not None else None
+
+    request, attempt = eventually(request_and_attempt, timeout=EXPORT_TIMEOUT, what="the request's and attempt's spans")
     assert attempt.parent_span_id == request.span_id and not request.parent_span_id
 
 
 def test_spans_carry_no_secret(traced: tuple) -> None:
     stack, key, collector, _ = traced
-    _client(stack, key).chat.completions.create(model="direct", messages=HELLO)
-    time.sleep(1)
-    dump = b"".join(span.SerializeToString() for span in collector.spans)
+    trace_id = CLIENT_TRACE[:-4] + "0003"
+    _client(stack, key).chat.completions.create(model="direct", messages=HELLO,
+                                                extra_headers={"traceparent": f"00-{trace_id}-{CLIENT_SPAN}-01"})
+    collector.trace(trace_id, 2)  # this request's spans (the request's and its attempt's) have arrived
+    dump = b"".join(span.SerializeToString() for span in list(collector.spans))
     assert PROVIDER_SECRET.encode() not in dump and key.encode() not in dump
 
 
@@ -158,7 +168,5 @@ def test_otlp_over_grpc(tmp_path: Path) -> None:
         build.on_stop(lambda: server.stop(0))
         stack, key, _ = _start(build, {"otlp_endpoint": f"http://127.0.0.1:{port}", "protocol": "grpc"})
         _client(stack, key).chat.completions.create(model="chain", messages=HELLO)
-        deadline = time.monotonic() + 10
-        while len(received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert {span.kind for span in received} == {SERVER, CLIENT}
+        eventually(lambda: {span.kind for span in list(received)} == {SERVER, CLIENT}, timeout=EXPORT_TIMEOUT,
+                   what="a SERVER and a CLIENT span over gRPC")

@@ -311,7 +311,11 @@ def test_an_idle_connection_is_sent_away_but_one_with_an_open_stream_is_not(serv
     busy.close()
 
 
-def test_a_stream_opened_while_an_idle_connection_drains_is_served(serve: Callable) -> None:
+def test_a_stream_opened_while_an_idle_connection_drains_is_served(serve: Callable,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The peer opens its stream between the two GOAWAYs: 1 s apart in production, 5 s here, since a busy machine can
+    # take most of a second to get the first one to the peer and the stream back.
+    monkeypatch.setattr(http2, "_DRAIN_DELAY", 5.0)
     server = serve(limits=TransportLimits(idle_timeout=0.5))
     peer = RawPeer(server.port)
     peer.wait_for(lambda frames: any(f.kind == http2.GOAWAY for f in frames))
