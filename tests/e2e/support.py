@@ -21,7 +21,7 @@ def fault(spec: str) -> dict[str, str]:
     return {"x-demo-fault": spec}
 
 
-def room_in_window(window: str, needed: float = 20.0) -> None:
+def room_in_window(window: str, needed: float = 8.0) -> None:
     """Wait, if need be, until the current fixed UTC `window` ('minute', 'hour', 'day') has `needed` seconds left.
 
     Rate limits count in fixed windows that every process agrees on (`ext_proc.limits.windows`, the same function
