@@ -4,7 +4,6 @@ Redis Cluster; then what only Redis can do wrong (outages, hung servers, several
 from __future__ import annotations
 
 import asyncio
-import inspect
 import multiprocessing
 import multiprocessing.synchronize
 import random
@@ -22,6 +21,7 @@ from ext_proc.limits.memory_store import MemoryStore
 from ext_proc.limits.redis_store import RedisStore
 from ext_proc.limits.store import Admission, Counter, LimitStore, StoreUnavailable
 
+from ..eventually import eventually_async
 from ..redis_server import RedisClusterServers, RedisServer
 
 STORE_KINDS = ("memory", "redis", "cluster")
@@ -380,7 +380,7 @@ def test_an_outage_fails_fast_mid_load_and_the_same_store_recovers(tmp_path: Pat
         try:
             # Served before the outage. Every call here has the 50 ms timeout, and the first one connects and loads
             # the script: on a busy machine, awaited rather than asked of one call.
-            await _eventually(lambda: _admits(store, c), what="the store serves before the outage")
+            await eventually_async(lambda: _admits(store, c), what="the store serves before the outage")
             loaders = [asyncio.create_task(load()) for _ in range(20)]
             await asyncio.sleep(0.2)
             await asyncio.to_thread(server.stop, kill=True)  # a crash, in the middle of the load
@@ -395,8 +395,8 @@ def test_an_outage_fails_fast_mid_load_and_the_same_store_recovers(tmp_path: Pat
             restarted = True
             # The same store serves again, with no pause of its own to sit out. Not asked of one call: amid 20
             # loaders on a busy machine, any one reply can miss the 50 ms timeout.
-            await _eventually(lambda: _admits(store, c), what="the store serves again after the restart")
-            await _eventually(lambda: served_after_restart > 0, what="the loaders are served again")
+            await eventually_async(lambda: _admits(store, c), what="the store serves again after the restart")
+            await eventually_async(lambda: served_after_restart > 0, what="the loaders are served again")
             stop.set()
             await asyncio.gather(*loaders)
             assert served_after_restart > 0
@@ -413,7 +413,7 @@ def test_a_hung_redis_times_out_instead_of_hanging(tmp_path: Path) -> None:
         store = RedisStore.from_url(server.url)
         c = counter("t:{hung}:c", 100)
         try:
-            await _eventually(lambda: _admits(store, c), what="the store serves before the freeze")
+            await eventually_async(lambda: _admits(store, c), what="the store serves before the freeze")
             server.freeze()
             try:
                 for call in (lambda: store.reserve([c], [1]), lambda: store.adjust([c.key], [1]),
@@ -426,7 +426,7 @@ def test_a_hung_redis_times_out_instead_of_hanging(tmp_path: Path) -> None:
             finally:
                 server.thaw()
             # Served again; awaited, since a 50 ms reply right after the thaw can still be late on a busy machine.
-            await _eventually(lambda: _admits(store, c), what="the store serves again after the thaw")
+            await eventually_async(lambda: _admits(store, c), what="the store serves again after the thaw")
         finally:
             await store.close()
 
@@ -488,7 +488,7 @@ def test_a_dead_cluster_master_fails_its_calls_fast_and_the_same_store_recovers(
         namespace = f"t{uuid.uuid4().hex[:8]}:"
         counters = [counter(f"{namespace}{{{tag}}}:c", 10**9) for tag in TAGS]
         try:
-            await _eventually(lambda: _admits(store, *counters), what="the cluster store serves before the kill")
+            await eventually_async(lambda: _admits(store, *counters), what="the cluster store serves before the kill")
             await asyncio.to_thread(redis_cluster.nodes[1].stop, kill=True)
             durations = []
             for _ in range(2):
@@ -500,7 +500,7 @@ def test_a_dead_cluster_master_fails_its_calls_fast_and_the_same_store_recovers(
                     durations.append(time.monotonic() - started)
             assert max(durations) < FAST, f"slowest call {max(durations):.3f}s"
             await asyncio.to_thread(redis_cluster.nodes[1].start)
-            await _eventually(lambda: _admits(store, *counters),  # the client finds the returned node on its own
+            await eventually_async(lambda: _admits(store, *counters),  # the client finds the returned node on its own
                               what="the cluster store recovers")
         finally:
             await store.close()
@@ -577,26 +577,6 @@ def _assert_exact(outcomes: list[Outcome], finals: list[int], limits: Sequence[i
         if not ok:
             assert refused is not None and used[refused] + plan[refused] > limits[refused]
 
-
-async def _eventually(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-                      what: str = "") -> object:
-    """`tests.eventually.eventually` for a running event loop (which a blocking wait would freeze): the first truthy
-    value `check` gives (awaited if need be); an exception counts as "not yet" until the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception:
-            if time.monotonic() >= deadline:
-                raise
-        else:
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"not within {timeout:g}s: {what or check}")
-        await asyncio.sleep(interval)
 
 
 async def _admits(store: LimitStore, *counters: Counter) -> bool:
