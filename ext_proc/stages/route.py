@@ -78,8 +78,7 @@ if TYPE_CHECKING:
 
 class RouteStage:
     __slots__ = ("_attempt", "_decided", "_endpoint", "_estimate", "_headers", "_key", "_learns_latency", "_mcp",
-                 "_outcome",
-                 "_reservation", "_runtime", "_span", "_stored", "_user",
+                 "_outcome", "_reservation", "_runtime", "_span", "_stored", "_user",
                  "error_style", "push")
 
     def __init__(self, runtime: Runtime) -> None:
@@ -572,8 +571,9 @@ class RouteStage:
             if outcome.status >= 400 and not outcome.error_type:
                 outcome.error_type = str(outcome.status)
         reservation = self._reservation
-        removed = (*((constants.HEADER_ACCESS_LOG,) if logged else ()),
-                   *((constants.HEADER_LATENCY,) if handed is not None else ()))
+        removed: tuple[str, ...] = (constants.HEADER_ACCESS_LOG,) if logged else ()
+        if handed is not None:
+            removed = (*removed, constants.HEADER_LATENCY)
         reply = (self._attempt.on_response_headers(request.response_headers) if self._attempt is not None
                  else messages.response_headers_reply(remove=removed))
         if logged:
