@@ -39,7 +39,7 @@ from ..auth.virtual_keys import bearer_token, generate_key, hash_key
 from ..config import prompt_syntax as template_syntax
 from ..config.models import AdminApi, LimitRule, PromptTemplate, VirtualKey, route_models
 from ..errors import GatewayError
-from ..json_types import JsonObject
+from ..json_types import JsonObject, whole_numbers_as_ints
 from ..limits.estimate import MICRO
 from ..limits.report import usage_rows
 from ..limits.store import StoreUnavailable
@@ -398,13 +398,7 @@ def new_prompt_template(name: str, data: object) -> PromptTemplate:
 
 def plain_json(value: object) -> object:
     """A Struct's JSON with whole numbers as integers (Struct carries every number as a double)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: plain_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain_json(item) for item in value]
-    return value
+    return whole_numbers_as_ints(value)
 
 
 def prompt_version_message(template: PromptTemplate, labels: list[str], *, from_config: bool) -> pb.PromptVersion:

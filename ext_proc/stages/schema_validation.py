@@ -20,7 +20,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from ..errors import bounded
-from ..json_types import JsonObject
+from ..json_types import JsonObject, whole_numbers_as_ints
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +138,12 @@ def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> It
         return
     seen: set[bytes] = set()
     for item in instance:
-        key = orjson.dumps(_canonical(item), option=orjson.OPT_SORT_KEYS)
+        key = orjson.dumps(whole_numbers_as_ints(item), option=orjson.OPT_SORT_KEYS)
         if key in seen:
             yield ValidationError(f"{instance!r} has non-unique elements")
             return
         seen.add(key)
 
-
-def _canonical(value: object) -> object:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _canonical(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_canonical(item) for item in value]
-    return value
 
 
 _ADDITIONAL_PROPERTIES: Keyword = Draft202012Validator.VALIDATORS["additionalProperties"]
