@@ -20,6 +20,7 @@ runtime build looks it up once per backend, and the stages call only what that c
   `embeddings_response(body, model)` (OpenAI `list` of `embedding` objects with usage).
 - `identity_responses`: its successful non-streaming answers (chat and embeddings) already are OpenAI's, so a request
   that needs nothing from the answer (no reservation to settle) may skip sending the body to Babelgate.
+- `identity_streams`: the same for its streams (OpenAI's own; Azure's are not: `prompt_filter_results` move).
 
 Credentials (API keys, signatures, refreshed tokens) are built by `auth/backend_credentials.py`, not here. No module
 does I/O or keeps globals: the attempt stage owns the stream state and the bytes.

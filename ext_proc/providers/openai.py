@@ -187,6 +187,7 @@ def _error(message: str, type_: str, code: str | int | None, param: str | None =
 class OpenAITranslator(Translator):
     schemas = (SCHEMA,)
     identity_responses = True
+    identity_streams = True
     serves_embeddings = True
     chat_path = staticmethod(chat_path)
     chat_request = staticmethod(chat_request)

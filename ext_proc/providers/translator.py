@@ -37,6 +37,10 @@ class Translator(ABC):
     identity_responses = False
     """Successful non-streaming answers (chat and embeddings) already are OpenAI's, so a request that needs nothing
     from the answer (no reservation to settle, nothing to count) may skip sending the body to Babelgate."""
+    identity_streams = False
+    """Its streams already are OpenAI's chunks, each as the client expects it, once the request's own
+    `stream_options` went upstream unchanged: a stream nothing reads may flow from Envoy to the client without one
+    chunk passing through Babelgate."""
     serves_embeddings = False
     """The `embeddings_*` methods are implemented: its backends serve `/v1/embeddings`."""
     fields: ClassVar[Mapping[str, str]] = {}

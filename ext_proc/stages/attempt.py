@@ -399,19 +399,30 @@ class AttemptStage:
             if prompt_estimate is None:
                 prompt_estimate = self._embeddings_estimate or estimate_prompt_tokens(body, runtime.chars_per_token)
             self._meter = UsageMeter(prompt_estimate, runtime.chars_per_token, self._keep_text)
-        self._identity_answer = (self._direct and self._meter is None and not self._guardrails
-                                 and not self._streaming and not self._base64_embeddings and self._cache is None
-                                 and self._endpoint is not Endpoint.MESSAGES and self._turn is None
-                                 and self._schema is None
-                                 and backend.translator.identity_responses)
+        self._identity_answer = self._answers_as_sent(backend)
         if self._streaming:
             options = body.get("stream_options")
             # Anthropic clients always get usage (in message_delta), so the translator must report it.
             self._include_usage = self._endpoint is Endpoint.MESSAGES or (
                 isinstance(options, dict) and options.get("include_usage") is True)
             self._created = int(time.time())
+            if self._identity_answer:  # nothing meters this stream: the backend reports usage only if asked to
+                upstream = upstream_request.without_gateway_usage(upstream, options)
         self._report.sent_at = time.monotonic()
         return upstream_request.reply(backend, path, upstream)
+
+    def _answers_as_sent(self, backend: BackendInfo) -> bool:
+        """The backend's answer already is the client's and nothing here reads it (no usage to meter, no guardrail,
+        schema, cache or Responses turn): Envoy relays its body, a stream's chunks too, without this process."""
+        if not (self._direct and self._meter is None and not self._guardrails and not self._base64_embeddings
+                and self._cache is None and self._endpoint is not Endpoint.MESSAGES and self._turn is None
+                and self._schema is None):
+            return False
+        translator = backend.translator
+        if not self._streaming:
+            return translator.identity_responses
+        # a backend with a stream idle timeout needs its chunks watched (`StallTimer`)
+        return translator.identity_streams and backend.settings.stream_idle_timeout is None
 
     def send_passthrough(self, body: JsonObject, prompt_estimate: int | None = None) -> ProcessingResponse:
         """Send an Anthropic Messages body to an Anthropic-family backend as the client wrote it (adapted only as
@@ -501,6 +512,8 @@ class AttemptStage:
             if constants.HEADER_LATENCY in removed:  # a provider's own: replaced by ours
                 removed.remove(constants.HEADER_LATENCY)
         content_type = headers.get("content-type", "")
+        if self._identity_answer and ok and (not self._streaming or content_type.startswith(SSE_CONTENT_TYPE)):
+            return messages.response_headers_reply(set_headers=tags, remove=removed, mode=HEADERS_ONLY_MODE)
         if ok and self._streaming and is_stream(content_type):
             if "content-length" in headers:
                 removed.append("content-length")
@@ -508,8 +521,6 @@ class AttemptStage:
             return messages.response_headers_reply(set_headers=(*tags, ("content-type", SSE_CONTENT_TYPE)),
                                                    remove=[name for name in removed if name != "content-type"],
                                                    mode=self._open_stream(backend, content_type))
-        if self._identity_answer and ok:
-            return messages.response_headers_reply(set_headers=tags, remove=removed, mode=HEADERS_ONLY_MODE)
         return messages.response_headers_reply(set_headers=tags, remove=removed,
                                                mode=BUFFERED_RESPONSE_MODE if self._direct else None)
 

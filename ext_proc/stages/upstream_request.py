@@ -48,6 +48,24 @@ def chat(backend: BackendInfo, model: str, body: JsonObject, stream: bool, defau
     return upstream, backend.base_path + backend.translator.chat_path(model, stream, backend.settings)
 
 
+def without_gateway_usage(upstream: JsonObject, client_options: object) -> JsonObject:
+    """`upstream` without the `stream_options.include_usage` the translation added for the gateway's meter: for a
+    stream whose chunks go to the client as the backend wrote them, which must hold what the client asked for."""
+    options = upstream.get("stream_options")
+    asked = client_options if isinstance(client_options, dict) else {}
+    if not isinstance(options, dict) or asked.get("include_usage") is True:
+        return upstream
+    kept = {name: value for name, value in options.items() if name != "include_usage"}
+    if "include_usage" in asked:
+        kept["include_usage"] = asked["include_usage"]
+    upstream = {**upstream}
+    if kept or isinstance(client_options, dict):
+        upstream["stream_options"] = kept
+    else:
+        upstream.pop("stream_options")
+    return upstream
+
+
 def passthrough(backend: BackendInfo, model: str, body: JsonObject, stream: bool,
                 betas: list[str]) -> tuple[JsonObject, str, tuple[tuple[str, str], ...]]:
     """The client's Messages body for an Anthropic-family backend, its path, and the headers it needs (betas)."""

@@ -3,12 +3,17 @@
 The fixture pairs in tests/fixtures/openai/ (`*.client.*` is what the client sends or receives, `*.upstream.*` what
 goes to or comes from the backend; stream outputs are `.client.sse` without and `.client.usage.sse` with
 `include_usage`) are checked by tests/unit/test_goldens.py. Here: the usage option it adds, `[DONE]` and the
-finish_reason as ends of a stream, and the Anthropic `cache_control` marks it strips.
+finish_reason as ends of a stream, the Anthropic `cache_control` marks it strips, and the usage option taken back
+for a stream relayed as the backend sent it.
 """
 
 from __future__ import annotations
 
+import pytest
+
 from ext_proc.providers import openai
+from ext_proc.providers.openai import passthrough_request
+from ext_proc.stages.upstream_request import without_gateway_usage
 from tests.unit.goldens import CREATED, OPENAI
 
 MODEL = OPENAI.model
@@ -59,3 +64,20 @@ def test_anthropic_cache_control_marks_are_removed_for_openai_backends() -> None
 def test_body_without_cache_control_is_not_copied_deeply() -> None:
     messages = [{"role": "user", "content": "hi"}]
     assert openai.chat_request({"model": "m", "messages": messages}, "x", default_max_tokens=1)["messages"] is messages
+
+
+@pytest.mark.parametrize(("asked", "sent"), [
+    (None, None),
+    ({}, {}),
+    ({"include_usage": False}, {"include_usage": False}),
+    ({"include_obfuscation": False}, {"include_obfuscation": False}),
+    ({"include_usage": True}, {"include_usage": True}),
+])
+def test_a_stream_relayed_as_sent_asks_for_what_the_client_asked(asked: object, sent: object) -> None:
+    """What the gateway added for its own meter is taken back; the client's own options stay."""
+    client = {"model": "m", "stream": True, "messages": [], **({"stream_options": asked} if asked is not None else {})}
+    upstream = passthrough_request(client, "m", "openai", 100)
+    assert upstream["stream_options"]["include_usage"] is True
+    relayed = without_gateway_usage(upstream, asked)
+    assert relayed.get("stream_options") == sent
+    assert upstream["stream_options"]["include_usage"] is True  # not changed in place

@@ -303,3 +303,45 @@ def test_a_direct_backend_checked_through_another_of_its_kind_gets_its_own_trans
     assert set_headers(sent)[constants.HEADER_CHAIN] == "bg_direct_oa2"
     assert orjson.loads(sent.body_mutation.body) == {"model": "gpt-b", "messages": HELLO["messages"],
                                                     "max_completion_tokens": 4096}
+
+
+DIRECT_OPENAI = CONFIG.replace("routes:\n", """routes:
+  - model: mini
+    backends: [{backend: oa, model: gpt-4o-mini}]
+""", 1)
+IDLE_WATCHED = DIRECT_OPENAI.replace("api_key: {env: BG_UNIT_OPENAI}}",
+                                     "api_key: {env: BG_UNIT_OPENAI}, stream_idle_timeout: 5s}", 1)
+
+
+def _stream_answer(monkeypatch: pytest.MonkeyPatch, content_type: str, config: str = DIRECT_OPENAI,
+                   **request: object) -> tuple[object, dict]:
+    """The mode a direct OpenAI route's streamed answer switches Envoy to, and the body sent upstream."""
+    runtime(monkeypatch)  # the provider secrets
+    stage = RouteStage(compile_runtime(parse_config(config)))
+    drive(stage, ProcessingRequest(request_headers=headers(CHAT)))
+    sent = drive(stage, ProcessingRequest(request_body=body({**HELLO, "model": "mini", "stream": True, **request})))
+    reply = drive(stage, ProcessingRequest(response_headers=headers({":status": "200", "content-type": content_type})))
+    return reply.mode_override, orjson.loads(sent.request_body.response.body_mutation.body)
+
+
+def test_a_stream_nothing_reads_skips_the_body_phase(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its chunks already are the client's: Envoy relays them without Python, and the backend is asked for no usage
+    the client did not ask for."""
+    mode, sent = _stream_answer(monkeypatch, "text/event-stream; charset=utf-8")
+    assert mode.response_body_mode == mode.NONE
+    assert "stream_options" not in sent
+    mode, sent = _stream_answer(monkeypatch, "text/event-stream", stream_options={"include_usage": True})
+    assert mode.response_body_mode == mode.NONE and sent["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize(("why", "content_type", "config"), [
+    ("usage is settled", "text/event-stream", DIRECT_OPENAI + LIMITS),
+    ("a stream idle timeout watches the chunks", "text/event-stream", IDLE_WATCHED),
+    ("an answer that is not a stream is read as one", "application/json", DIRECT_OPENAI),
+])
+def test_streams_that_need_python_keep_their_chunks(monkeypatch: pytest.MonkeyPatch, why: str, content_type: str,
+                                                    config: str) -> None:
+    mode, sent = _stream_answer(monkeypatch, content_type, config)
+    assert mode.response_body_mode != mode.NONE, why
+    if config is not DIRECT_OPENAI:
+        assert sent["stream_options"] == {"include_usage": True}, why
