@@ -12,7 +12,12 @@ offset). Ways:
 - (a) Envoy alone, Anthropic events: a plain Envoy proxy in front of the upstream;
 - (b) gateway, Anthropic -> OpenAI chunks: Envoy + one ext_proc process translating each event;
 - (c) Envoy alone, OpenAI chunks;
-- (d) gateway, OpenAI -> OpenAI chunks: no translation, usage metered.
+- (d) gateway, OpenAI -> OpenAI chunks, nothing metered: no translation and nothing reads the chunks, so Envoy
+  relays them without ext_proc (it sees the request and the answer's headers only);
+- (e) gateway, OpenAI -> OpenAI chunks, usage metered: the same through a second gateway with a token limit (the
+  in-process store), so every chunk goes through ext_proc, which reads the usage off the stream.
+The metered gateway idles while the other ways run (and the other gateway while (e) runs); both gateways' processes
+are counted in every row.
 Each concurrency level runs every way for `--seconds`, in `--rounds` turns (background load falls on all alike):
 `streams` slots each run one stream after another. Reported per way and level: chunks/s, delay per chunk p50/p99
 and what the gateway adds to its Envoy-alone twin, TTFT p50 (from the request's send), CPU ms per chunk of the
@@ -178,8 +183,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def start_gateway(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str) -> tuple[int, int, list[int]]:
-    """Envoy + one ext_proc process: (listener port, Envoy pid, ext_proc pids)."""
+def start_gateway(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str,
+                  metered: bool = False) -> tuple[int, int, list[int]]:
+    """Envoy + one ext_proc process: (listener port, Envoy pid, ext_proc pids). `metered`: every key under a token
+    limit (in-process store, never reached), so every answer's usage is read and settled."""
     base = f"http://127.0.0.1:{upstream_port}"
     config = {
         "listener": {"port": free_port(), "admin_port": free_port()},
@@ -190,6 +197,10 @@ def start_gateway(supervisor: Supervisor, workdir: Path, upstream_port: int, key
                    {"model": "passthrough", "backends": [{"backend": "openai", "model": "gpt-stream"}]}],
         "virtual_keys": [{"id": "bench", "hash": hash_key(key)}],
     }
+    if metered:
+        config["limits"] = {"per_key": [{"window": "hour", "total_tokens": 10**12}]}
+    workdir = workdir / ("metered" if metered else "plain")
+    workdir.mkdir()
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     first = len(supervisor.children)
@@ -224,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             "--events", str(args.events), "--gap-ms", str(args.gap_ms)])
         upstream_port = int(ready["port"])
         gateway_port, gateway_envoy, ext_proc = start_gateway(supervisor, workdir, upstream_port, key)
+        metered_port, metered_envoy, metered_ext_proc = start_gateway(supervisor, workdir, upstream_port, key,
+                                                                      metered=True)
         proxy_port, proxy_pid = start_plain_proxy(supervisor, workdir, upstream_port, 37)
-        processes = Processes({"gateway_envoy": [gateway_envoy], "proxy_envoy": [proxy_pid],
-                               "ext_proc": ext_proc, "upstream": [upstream.process.pid]})
+        processes = Processes({"gateway_envoy": [gateway_envoy, metered_envoy], "proxy_envoy": [proxy_pid],
+                               "ext_proc": ext_proc + metered_ext_proc, "upstream": [upstream.process.pid]})
         prompt = b'"messages": [{"role": "user", "content": "stream to me"}], "max_tokens": 400, "stream": true'
         anthropic = "x-api-key: sk-stream\r\nanthropic-version: 2023-06-01\r\n"
         gateway = f"authorization: Bearer {key}\r\n"
@@ -237,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                 b'{"model": "translated", ' + prompt + b"}", twin="(a) Envoy alone, Anthropic events"),
             Way("(c) Envoy alone, OpenAI chunks", proxy_port, "/v1/chat/completions",
                 "authorization: Bearer sk-stream\r\n", b'{"model": "gpt-stream", ' + prompt + b"}"),
-            Way("(d) gateway, OpenAI -> OpenAI chunks", gateway_port, "/v1/chat/completions", gateway,
-                b'{"model": "passthrough", ' + prompt + b', "stream_options": {"include_usage": true}}',
+            Way("(d) gateway, OpenAI -> OpenAI chunks, nothing metered", gateway_port, "/v1/chat/completions",
+                gateway, b'{"model": "passthrough", ' + prompt + b', "stream_options": {"include_usage": true}}',
+                twin="(c) Envoy alone, OpenAI chunks"),
+            Way("(e) gateway, OpenAI -> OpenAI chunks, usage metered", metered_port, "/v1/chat/completions",
+                gateway, b'{"model": "passthrough", ' + prompt + b', "stream_options": {"include_usage": true}}',
                 twin="(c) Envoy alone, OpenAI chunks"),
         ]
         rows: list[dict] = []
