@@ -287,7 +287,9 @@ class Supervisor:
         child.restarts.append(now)
         child.started = now
         child._log_start = _size(child.log_path)
-        child._tail.clear()
+        # A new run's lines go to a deque of its own: the old run's pump may still be draining a pipe that a
+        # grandchild keeps open (its join above gave up after a second), and must not mix its lines into this run's.
+        child._tail = collections.deque(maxlen=TAIL_LINES)
         child.process = self._spawn(child.restart_argv or child.argv, child.env, child.log_path,
                                     subprocess.PIPE if child.reports_ready else None)
         self._pump_stderr(child)

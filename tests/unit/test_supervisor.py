@@ -263,14 +263,40 @@ def test_without_a_log_dir_a_childs_stderr_passes_through_and_its_tail_is_kept(
         crasher = supervisor.start("crasher", _python(CRASH))
         _exited(crasher)
         # A thread pumps the child's stderr, and `log_tail` waits for it only a second: on a busy machine the line
-        # can come later. Waited for before the restart, the first run's line also stays out of the second run's
-        # tail (a pump still running after a restart appends to the same one).
+        # can come later.
         eventually(lambda: crasher.log_tail() == "dying with None", what="the first run's last line")
         _crash_and_restart(supervisor, crasher, crasher.started)
         _exited(crasher)
         eventually(lambda: crasher.log_tail() == "dying with None", what="the second run's last line, alone")
         eventually(both_runs_passed_through, what="both runs' lines on our stderr")
         assert passed_through.count("dying with None") == 2
+    finally:
+        supervisor.stop_all()
+
+
+LATE_WRITER = """
+import os, subprocess, sys
+if os.path.exists(sys.argv[1]):  # the second run: quiet
+    import signal; signal.pause()
+open(sys.argv[1], 'w').close()
+# a grandchild keeps the first run's stderr open past its exit, and writes to it after the restart
+subprocess.Popen([sys.executable, '-c', "import sys, time; time.sleep(1.5); print('late line', file=sys.stderr)"])
+print('first run dying', file=sys.stderr)
+sys.exit(3)
+"""
+
+
+def test_a_runs_late_lines_stay_out_of_the_next_runs_tail(tmp_path: Path) -> None:
+    """The first run's pump outlives the second's start (its pipe is still open) and must not mix its lines into
+    the tail of the run that replaced it."""
+    supervisor = Supervisor(policy=POLICY)
+    try:
+        writer = supervisor.start("late-writer", _python(LATE_WRITER, str(tmp_path / "ran")))
+        _exited(writer)
+        first_tail = writer._tail
+        _crash_and_restart(supervisor, writer, writer.started)
+        eventually(lambda: "late line" in first_tail, what="the grandchild's late line in the first run's tail")
+        assert writer.alive() and "late line" not in writer.log_tail()
     finally:
         supervisor.stop_all()
 
