@@ -27,6 +27,7 @@ from .auth.virtual_keys import bearer_token
 from .config.loading import load_config
 from .config.models import Config
 from .errors import GatewayError, UpstreamError
+from .limits.leases import Leases
 from .limits.store import StoreUnavailable
 from .runtime.build import Runtime
 from .runtime.reload import ConfigReloader
@@ -295,6 +296,8 @@ async def serve(holder: RuntimeHolder, address: str, on_ready: Callable[[dict[st
     await server.stop(grace=drain_seconds)
     if _closing:
         await asyncio.wait(list(_closing), timeout=drain_seconds)
+    if holder.current.limiter is not None:
+        await holder.current.limiter.close()  # leases give back what they did not spend
     # every stream has reported by now: the request log writes what is queued before the process exits
     await asyncio.to_thread(holder.current.telemetry.close)
 
@@ -325,7 +328,16 @@ def limiter_counters(runtime: Runtime) -> dict[str, int]:
     stats = limiter.stats
     return {"limiter_store_errors": stats.store_errors, "limiter_fail_open_admissions": stats.fail_open_admissions,
             "limiter_fail_closed_refusals": stats.fail_closed_refusals, "limiter_settle_errors": stats.settle_errors,
-            "limiter_unsealed_refusals": stats.unsealed_refusals, "limiter_store_retries": stats.store_retries}
+            "limiter_unsealed_refusals": stats.unsealed_refusals, "limiter_store_retries": stats.store_retries,
+            **_lease_counters(limiter.leases)}
+
+
+def _lease_counters(leases: Leases | None) -> dict[str, int]:
+    if leases is None:
+        return {}
+    stats = leases.stats
+    return {"limiter_leases_granted": stats.granted, "limiter_lease_admissions": stats.admitted,
+            "limiter_lease_return_failures": stats.return_failures}
 
 
 async def _reload(reloader: ConfigReloader) -> None:

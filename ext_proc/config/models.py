@@ -852,6 +852,11 @@ class RedisSettings(_Strict):
     key_prefix: str = "bg:"
     timeout: Seconds = Field(0.1, description="Per call; past it the store counts as unavailable.")
     cluster: bool = False
+    leases: bool = Field(True, description=(
+        "Each process takes a 1/64 share of a large limit (one that holds at least 8 such shares of a request, while "
+        "the count is under half the limit) for half a second and admits requests under it without a round trip; "
+        "never beyond the limit. False: every request asks Redis (a refusal can then never come early: see "
+        "`limits/leases.py`)."))
 
     @field_validator("url")
     @classmethod

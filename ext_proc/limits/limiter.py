@@ -6,6 +6,9 @@ The reservation travels to the attempt stage (as dynamic metadata), which settle
 the route stage releases it when the final answer is a failure. Windows are fixed and UTC-aligned, so a reservation
 that is never settled simply leaves with its window.
 
+With a shared store, most requests under a large limit are admitted under a lease this process took ahead
+(`leases.py`): the same counts, without a store round trip per request.
+
 Backend limits are reserved against the chain's first backend. When Envoy fails over, settlement gives that
 reservation back and charges the backend that actually answered (after the fact: failover is not refused).
 """
@@ -26,6 +29,7 @@ from ..config.models import METRICS, CallLimit, Config, LimitRule, McpLimits
 from ..constants import JWT_ID_PREFIX
 from ..errors import RateLimited, Unavailable
 from .estimate import FREE, MICRO, Price, Usage, cost_micro_usd
+from .leases import Lease, Leases
 from .store import Admission, Counter, LimitStore, StoreUnavailable
 from .windows import duration_text, seconds_until, window_bounds
 
@@ -65,6 +69,8 @@ class Reservation:
     primary_backend: str
     recorded: bool = True
     headers: tuple[tuple[str, str], ...] = ()
+    leases: tuple[Lease, ...] | None = None
+    """One per entry when admitted under leases (`leases.py`), in the process that admitted it; never encoded."""
 
     def encode(self) -> str:
         return orjson.dumps({"e": self.entries, "p": self.primary_backend, "r": self.recorded}).decode()
@@ -178,6 +184,9 @@ class Limiter:
     prefix: str = "bg:"
     stats: LimiterStats = field(default_factory=LimiterStats)
     sealer: Sealer = field(default_factory=Sealer.from_environment)
+    leases: Leases | None = None
+    """Admission in this process under shares taken ahead from a shared store (`leases.py`); None: every request
+    asks the store."""
     _in_outage: bool = False
 
     def seal(self, reservation: Reservation) -> str:
@@ -245,6 +254,11 @@ class Limiter:
                 ends.append(end)
                 fail_open = fail_open and rule.fail_open
         amounts = [entry[2] for entry in entries]
+        leases = self.leases
+        if leases is not None and (held := leases.take(counters, amounts)) is not None:
+            estimates = tuple(lease.used_estimate() for lease in held)
+            return Reservation(entries, primary_backend, leases=held,
+                               headers=_rate_headers([entry[1] for entry in entries], counters, estimates, ends, now))
         try:
             admission = await self._reserve(counters, amounts)
         except StoreUnavailable as exc:
@@ -277,6 +291,8 @@ class Limiter:
                 headers=(*advice, *headers))
             refusal.scope = counter.label.partition(" ")[0]
             raise refusal
+        if leases is not None:
+            leases.offer(counters, amounts, admission.used)
         metrics = [entry[1] for entry in entries]
         return Reservation(entries, primary_backend,
                            headers=_rate_headers(metrics, counters, admission.used, ends, now))
@@ -289,9 +305,10 @@ class Limiter:
         cost = cost_micro_usd(usage, self.price(serving_backend, serving_model))
         moved = serving_backend != reservation.primary_backend
         keys, deltas = [], []
-        for key, metric, reserved, is_backend in reservation.entries:
+        held = reservation.leases
+        for index, (key, metric, reserved, is_backend) in enumerate(reservation.entries):
             actual = 0 if (is_backend and moved) else _amount(metric, usage.input_tokens, usage.output_tokens, cost)
-            if actual != reserved:
+            if actual != reserved and (held is None or not held[index].settle(actual - reserved)):
                 keys.append(key)
                 deltas.append(actual - reserved)
         try:
@@ -307,11 +324,21 @@ class Limiter:
         """The request failed: give everything back."""
         if not reservation.recorded or not reservation.entries:
             return
+        held = reservation.leases
+        rest = [(key, -reserved) for index, (key, _, reserved, _) in enumerate(reservation.entries)
+                if held is None or not held[index].settle(-reserved)]
+        if not rest:
+            return
         try:
-            await self.store.adjust([e[0] for e in reservation.entries], [-e[2] for e in reservation.entries])
+            await self.store.adjust([key for key, _ in rest], [delta for _, delta in rest])
         except StoreUnavailable as exc:
             self.stats.settle_errors += 1
             self._outage(exc)
+
+    async def close(self) -> None:
+        """The process is stopping: leases give their unspent parts back."""
+        if self.leases is not None:
+            await self.leases.close()
 
     async def _charge_backend(self, backend: str, usage: Usage, cost: int, now: float) -> None:
         rules = self.tables.backend_rules.get(backend, ())

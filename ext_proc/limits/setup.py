@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 from ..auth.credentials import read_secret
-from ..config.models import Config
+from ..config.models import Config, RedisSettings
+from .leases import Leases
 from .limiter import Limiter, compile_tables
 from .memory_store import MemoryStore
 from .redis_store import RedisStore
+from .store import LimitStore
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ def build_limiter(config: Config, *, announce: bool = False, previous: tuple[Con
     settings = config.limits.redis
     if previous is not None and previous[0].limits.redis == settings:
         return Limiter(previous[1].store, tables, prefix=settings.key_prefix if settings else "bg:",
-                       sealer=previous[1].sealer)
+                       sealer=previous[1].sealer, leases=_leases(previous[1].store, settings))
     if settings is None:
         if announce:
             log.warning("limits use the embedded in-memory store: exact within this process only%s; configure "
@@ -39,7 +41,12 @@ def build_limiter(config: Config, *, announce: bool = False, previous: tuple[Con
                                 timeout=settings.timeout, cluster=settings.cluster)
     if announce:
         log.info("limits use Redis at %s (key prefix %r)", _without_credentials(settings.url), settings.key_prefix)
-    return Limiter(store, tables, prefix=settings.key_prefix)
+    return Limiter(store, tables, prefix=settings.key_prefix, leases=_leases(store, settings))
+
+
+def _leases(store: LimitStore, settings: RedisSettings | None) -> Leases | None:
+    """Leases where the store is shared (Redis) and they are wanted: the in-process store is as fast as a lease."""
+    return Leases(store) if settings is not None and settings.leases else None
 
 
 def _without_credentials(url: str) -> str:

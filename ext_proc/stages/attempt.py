@@ -42,6 +42,7 @@ from ..guardrails.engine import Guardrail, GuardrailBlocked
 from ..guardrails.engine import apply as apply_guardrails
 from ..json_types import JsonObject
 from ..limits.estimate import Usage, cost_micro_usd, estimate_prompt_tokens
+from ..limits.limiter import Reservation
 from ..providers import anthropic_passthrough, responses_passthrough
 from ..providers.openai_responses import chat_completion_from_response
 from ..providers.stream import ChatStream
@@ -147,6 +148,7 @@ class AttemptStage:
         "_request_id",
         "_requested",
         "_reservation",
+        "_reserved_here",
         "_response_headers",
         "_route",
         "_runtime",
@@ -176,6 +178,8 @@ class AttemptStage:
         self._keep_text = False
         """The route's content is logged: the answer's text is kept for telemetry."""
         self._reservation: str | None = None
+        self._reserved_here: Reservation | None = None
+        """A direct route's reservation as the route stage made it (its leases with it), not unsealed again."""
         self._attempt = "1"
         self._request_id = ""
         """Envoy's x-request-id, for log lines."""
@@ -281,7 +285,7 @@ class AttemptStage:
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
                      reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
                      route: str = "", request_id: str = "", betas: list[str] | None = None, owner: str = "",
-                     cache: AnswerWriter | None = None) -> None:
+                     cache: AnswerWriter | None = None, reserved_here: Reservation | None = None) -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
@@ -294,6 +298,7 @@ class AttemptStage:
         self._keep_text = self._runtime.telemetry.enabled and log_content
         self._endpoint = endpoint
         self._reservation = reservation
+        self._reserved_here = reserved_here
         self._betas = betas or []
         self._owner = owner
         self._cache = cache
@@ -655,7 +660,7 @@ class AttemptStage:
         limiter, meter, backend = self._runtime.limiter, self._meter, self._backend
         if self._reservation is None or limiter is None or meter is None or backend is None:
             return
-        await meter.settle(limiter, self._reservation, backend.id, self._model)
+        await meter.settle(limiter, self._reservation, backend.id, self._model, self._reserved_here)
 
     async def _keep_response(self, turn: ResponsesTurn) -> None:
         """Store a completed Response the client asked to keep; a native stream's is redacted as its events were.

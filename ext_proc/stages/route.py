@@ -533,7 +533,7 @@ class RouteStage:
                              request_id=self._headers.get("x-request-id", ""),
                              betas=anthropic_passthrough.betas(self._headers.get(anthropic_passthrough.BETA_HEADER)),
                              owner=self._key.id if self._key is not None else "",
-                             cache=AnswerWriter.from_metadata(metadata))
+                             cache=AnswerWriter.from_metadata(metadata), reserved_here=self._reservation)
         upstream = translated.upstream.get(backend.id) if translated is not None else None
         dropped = translated.dropped.get(backend.id) if translated is not None else None
         reply = send(attempt) if send is not None else attempt.send(body, upstream, self._estimate, dropped)

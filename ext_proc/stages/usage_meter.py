@@ -11,7 +11,7 @@ import math
 
 from ..json_types import JsonObject
 from ..limits.estimate import Usage, usage_from_openai
-from ..limits.limiter import Limiter
+from ..limits.limiter import Limiter, Reservation
 from ..providers.stream import ChatStream
 
 
@@ -76,11 +76,13 @@ class UsageMeter:
             return usage._replace(input_tokens=self.prompt_estimate)
         return usage
 
-    async def settle(self, limiter: Limiter, sealed: str, backend: str, model: str) -> None:
-        """Replace the reservation (as the route stage sealed it) with what was used; once per attempt."""
+    async def settle(self, limiter: Limiter, sealed: str, backend: str, model: str,
+                     reserved_here: Reservation | None = None) -> None:
+        """Replace the reservation (as the route stage sealed it, or `reserved_here` as it made it in this process)
+        with what was used; once per attempt."""
         if self._settled:
             return
         self._settled = True
-        reservation = limiter.unseal(sealed)
+        reservation = reserved_here if reserved_here is not None else limiter.unseal(sealed)
         if reservation is not None:
             await limiter.settle(reservation, self.final(), backend, model)
