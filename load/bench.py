@@ -6,8 +6,10 @@
 
 Scenarios: (a) Envoy alone (a plain Envoy reverse proxy), (b) Envoy + Babelgate to an OpenAI backend, (c) with
 Anthropic translation, (d) streaming with Anthropic translation, (e) the full flow: Anthropic translation and
-Redis-backed limits reserved and settled on every request; with `--with-litellm`, the LiteLLM proxy (one worker) on
-the same jobs: (f) OpenAI passthrough as (b), (g) Anthropic translation with Redis-backed limits as (e).
+Redis-backed limits reserved and settled on every request (under leases, `limits/leases.py`, as configured by
+default), (h) the same with `limits.redis.leases: false` (a Redis round trip to reserve and one to settle per
+request); with `--with-litellm`, the LiteLLM proxy (one worker) on the same jobs: (f) OpenAI passthrough as (b),
+(g) Anthropic translation with Redis-backed limits as (e).
 
 Loads, all in one run:
 - closed loop: `wrk` at each `--concurrency` (1, 4, 16, 64): throughput at saturation and CPU per request;
@@ -189,7 +191,7 @@ def check_answers(targets: list[Target], key: str) -> None:
 def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_port: int, key: str,
                     redis_url: str | None, processes: int = 1, envoy_workers: int = 2,
                     telemetry: dict | None = None, channel: str = "unix",
-                    guardrails: list[dict] | None = None, redis_cluster: bool = False,
+                    guardrails: list[dict] | None = None, redis_cluster: bool = False, leases: bool = True,
                     ) -> tuple[Stack, list[int], int]:
     """The stack, its ext_proc pids and its Envoy pid. `channel`: how Envoy reaches the ext_proc servers, `unix`
     (what `babelgate up` does), `tls` (mutual TLS on loopback TCP) or `tcp` (plaintext loopback TCP)."""
@@ -215,7 +217,7 @@ def start_babelgate(supervisor: Supervisor, workdir: Path, name: str, upstream_p
         "virtual_keys": [{"id": "bench", "hash": hash_key(key)}],
     }
     if redis_url:
-        config["limits"] = {"redis": {"url": redis_url, "cluster": redis_cluster},
+        config["limits"] = {"redis": {"url": redis_url, "cluster": redis_cluster, "leases": leases},
                             "per_key": [{"window": "hour", "total_tokens": 10**12, "requests": 10**9}]}
     if telemetry is not None:
         config["telemetry"] = telemetry
@@ -393,7 +395,7 @@ def _start_redis(supervisor: Supervisor, shared: Shared) -> int:
 
 def full_run(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str, args: argparse.Namespace,
              shared: Shared, alone: Target) -> list[dict]:
-    """(a)-(e), and (f)-(g) with `--with-litellm`: the concurrency sweep, then the open-loop rates."""
+    """(a)-(e) and (h), and (f)-(g) with `--with-litellm`: the concurrency sweep, then the open-loop rates."""
     plain, ext_proc, envoy = start_babelgate(supervisor, workdir, "plain", upstream_port, key, None)
     url = plain.url + "/v1/chat/completions"
     targets = [
@@ -410,6 +412,12 @@ def full_run(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str
         # The full flow: translation both ways and a Redis reservation + settlement on every request.
         targets.append(Target("(e) + Babelgate, Anthropic, Redis limits", limited.url + "/v1/chat/completions",
                               {"model": "bench-anthropic", **CHAT}, ext_proc_l, [envoy_l]))
+        # (e) with `limits.redis.leases: false`: every request's reservation and settlement a Redis round trip
+        unleased, ext_proc_u, envoy_u = start_babelgate(supervisor, workdir, "unleased", upstream_port, key,
+                                                        f"redis://127.0.0.1:{redis_port}", leases=False)
+        targets.append(Target("(h) + Babelgate, Anthropic, Redis limits, no leases",
+                              unleased.url + "/v1/chat/completions", {"model": "bench-anthropic", **CHAT},
+                              ext_proc_u, [envoy_u]))
     rates = [(args.rate, list(targets))]
     if args.with_litellm:
         started: dict[str, tuple[str, object]] = {}
@@ -429,7 +437,7 @@ def full_run(supervisor: Supervisor, workdir: Path, upstream_port: int, key: str
             theirs.append(Target("(g) LiteLLM, Anthropic, Redis limits", limited_litellm[0],
                                  {"model": "bench-anthropic", **CHAT}, [limited_litellm[1].process.pid], [],
                                  key=litellm.MASTER_KEY))
-        ours = [t for t in targets if t.scenario[:3] in ("(a)", "(b)", "(e)")]
+        ours = [t for t in targets if t.scenario[:3] in ("(a)", "(b)", "(e)", "(h)")]
         targets += theirs
         rates.append((args.litellm_rate, ours + theirs))
     if args.scenarios:

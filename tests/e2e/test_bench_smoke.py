@@ -17,7 +17,8 @@ def test_bench_smoke_measures_every_scenario(tmp_path: Path) -> None:
     report = json.loads(next(tmp_path.glob("smoke-*.json")).read_text())
     rows = report["rows"]
     assert {(row["scenario"][:3], row["mode"]) for row in rows} == {
-        (scenario, mode) for scenario in ("(a)", "(b)", "(c)", "(d)", "(e)") for mode in ("c=2", "open loop 50/s")}
+        (scenario, mode) for scenario in ("(a)", "(b)", "(c)", "(d)", "(e)", "(h)")
+        for mode in ("c=2", "open loop 50/s")}
     assert all(row["non_2xx"] == 0 and row["requests"] > 0 for row in rows)
     gateway = [row for row in rows if not row["scenario"].startswith("(a)")]
     assert all(row["python_cpu_ms_per_req"] > 0 and row["gateway_cpu_ms_per_req"] > 0 for row in gateway)
