@@ -58,10 +58,10 @@ _closing: set[asyncio.Task] = set()
 class ProcessStream:
     """One ext_proc stream: each message through the stage, replies in order.
 
-    Without a limiter nothing in a stage waits, so a message is answered within the read that brought it, no task
-    created (should a handler wait after all, it continues as a task). With a limiter every message runs as a task:
-    the store's client (redis-py's timeouts among it) needs a current task. Later messages of a stream queue behind
-    a running one.
+    A message is run by hand within the read that brought it, and answered there when nothing in the stage waits
+    (no limiter, or a request admitted under a lease), no task created; a handler that does wait continues as a task.
+    With a limiter whose store calls need a current task (`LimitStore.calls_need_a_task`: Redis Cluster's timeouts)
+    every message runs as a task. Later messages of a stream queue behind a running one.
     """
 
     __slots__ = ("_call", "_closed", "_ending", "_in_task", "_queue", "_stage", "_task")
@@ -201,7 +201,7 @@ def build_server(holder: RuntimeHolder) -> tuple[GrpcServer, HealthService]:
         runtime = holder.current
         is_attempt = metadata.get(constants.STAGE_METADATA_KEY) == constants.STAGE_ATTEMPT
         return ProcessStream(call, AttemptStage(runtime) if is_attempt else RouteStage(runtime),
-                             in_task=runtime.limiter is not None)
+                             in_task=runtime.limiter is not None and runtime.limiter.store.calls_need_a_task)
 
     health = HealthService()
     server = GrpcServer({PROCESS_METHOD: process, USAGE_METHOD: _usage_method(holder), **health.methods()})

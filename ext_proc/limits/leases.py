@@ -41,6 +41,8 @@ MIN_REQUESTS = 8
 """A limit too small to lease this many requests of the asking size is decided by the store, call by call."""
 LIFETIME = 0.5
 """Seconds a lease serves before its unspent part goes back."""
+_REMEMBERED = 4096
+"""Counters whose last store admission is remembered (to tell a busy counter from one used now and then)."""
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class Lease:
     ends: float
     """`time.monotonic()` past which it admits nothing more."""
     closed: bool = False
+    admitted: int = 0
 
     def settle(self, delta: int) -> bool:
         """Settle a request's `delta` (used minus reserved) into this lease; False when it has gone back (the store
@@ -84,6 +87,8 @@ class Leases:
         self._lifetime = lifetime
         self._live: dict[str, Lease] = {}
         self._granting: set[str] = set()
+        self._busy_since: dict[str, float] = {}
+        """Counter key -> when the store last admitted a request on it, or a lease of it last ended used."""
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
         self.stats = LeaseStats()
@@ -102,23 +107,33 @@ class Leases:
             return None  # a counter listed twice: the store decides (its amounts add up there)
         for lease, amount in zip(leases, amounts, strict=True):
             lease.remaining -= amount
+            lease.admitted += 1
         self.stats.admitted += 1
         return tuple(leases)
 
     def offer(self, counters: Sequence[Counter], amounts: Sequence[int], used: Sequence[int]) -> None:
-        """After the store admitted a request: ask, in the background, for a lease on every counter far enough from
-        its limit that has none live (`used`: the counters after that admission)."""
+        """After the store admitted a request: ask, in the background, for a lease on every busy counter far enough
+        from its limit that has none live (`used`: the counters after that admission). Busy: the store admitted
+        another request on it, or a lease of it ended used, within a lease's lifetime. A counter used now and then
+        is not leased: a lease would cost it two store calls (taking it, giving it back) for one request."""
         if self._closed:
             return
         now = time.monotonic()
+        busy_since = self._busy_since
+        if len(busy_since) > _REMEMBERED:
+            busy_since.clear()
         for counter, amount, value in zip(counters, amounts, used, strict=True):
             size = counter.limit // SHARE
             if size < MIN_REQUESTS * max(amount, 1) or value + size > counter.limit // 2:
                 continue
-            lease = self._live.get(counter.key)
-            if (lease is not None and not lease.closed and now < lease.ends) or counter.key in self._granting:
+            key = counter.key
+            last, busy_since[key] = busy_since.get(key), now
+            if last is None or now - last > self._lifetime:
                 continue
-            self._granting.add(counter.key)
+            lease = self._live.get(key)
+            if (lease is not None and not lease.closed and now < lease.ends) or key in self._granting:
+                continue
+            self._granting.add(key)
             self._spawn(self._grant(counter, size))
 
     async def close(self) -> None:
@@ -158,6 +173,8 @@ class Leases:
         lease.closed = True
         if self._live.get(lease.key) is lease:
             del self._live[lease.key]
+        if lease.admitted and not self._closed:
+            self._busy_since[lease.key] = time.monotonic()  # still busy: the next store admission asks again
         if lease.remaining:
             self._spawn(self._give_back(lease))
 

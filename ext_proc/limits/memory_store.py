@@ -27,6 +27,7 @@ class _Entry:
 
 
 class MemoryStore:
+    calls_need_a_task = False
     settles_in_order = True
     """`adjust` runs to its end in its first step, before the event loop takes another request."""
 

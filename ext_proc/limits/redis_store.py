@@ -138,6 +138,9 @@ class RedisStore:
         self.settles_in_order = lean is not None
         """The lean client's one pipelined connection keeps calls in order; redis-py's pools do not."""
         self._cluster = isinstance(client, RedisCluster)
+        self.calls_need_a_task = self._cluster
+        """Standalone and Sentinel calls are batched and run in tasks of their own; a cluster reservation runs
+        slot by slot under `_guard`'s `asyncio.timeout` on the caller's stack."""
         self._deadline = deadline
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._reserve_script: Callable[..., Awaitable[Any]]

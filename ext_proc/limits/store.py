@@ -38,6 +38,10 @@ class StoreUnavailable(Exception):
 
 
 class LimitStore(Protocol):
+    calls_need_a_task: bool
+    """A call may use `asyncio.timeout` on the caller's own stack, which needs a current task (redis-py's cluster
+    client, called slot by slot). Otherwise the ext_proc server may step a stage's coroutine by hand (cheaper than a
+    task per message) and make it a task only if it waits."""
     settles_in_order: bool
     """An `adjust` started before a later `reserve` of this process reaches the store first (one connection, calls
     in the order they were started), so a caller may answer before the settlement is confirmed: the client's next

@@ -41,6 +41,7 @@ class CountingStore:
     def __init__(self, inner: LimitStore) -> None:
         self.inner = inner
         self.settles_in_order = inner.settles_in_order
+        self.calls_need_a_task = inner.calls_need_a_task
         self.reserves = 0
 
     async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
@@ -86,18 +87,37 @@ def test_requests_under_a_lease_skip_the_store() -> None:
     async def scenario() -> None:
         store = CountingStore(MemoryStore())
         limiter = _limiter(store, lifetime=60)
-        first = await _reserve(limiter)
-        assert first.leases is None and store.reserves == 1  # decided by the store; leases asked for after it
+        first = [await _reserve(limiter) for _ in range(2)]
+        # decided by the store; the second shows the counters busy, and leases are asked for after it
+        assert all(r.leases is None for r in first) and store.reserves == 2
         await _granted(limiter, 2)  # one per counter: requests, tokens
         asked = store.reserves
         later = [await _reserve(limiter) for _ in range(50)]
         assert store.reserves == asked and all(r.leases is not None for r in later)
         # the store counts the leases whole: everything admitted here is inside them
-        assert await _counts(store) == {"requests": 1 + REQUESTS // 64, "total_tokens": 10 + 64_000_000 // 64}
+        assert await _counts(store) == {"requests": 2 + REQUESTS // 64, "total_tokens": 20 + 64_000_000 // 64}
         headers = dict(later[-1].headers)
-        assert int(headers["x-ratelimit-remaining-requests"]) == REQUESTS - 51
+        assert int(headers["x-ratelimit-remaining-requests"]) == REQUESTS - 52
         await limiter.close()
-        assert await _counts(store) == {"requests": 51, "total_tokens": 510}
+        assert await _counts(store) == {"requests": 52, "total_tokens": 520}
+
+
+def test_a_counter_used_now_and_then_is_not_leased() -> None:
+    """A lease would cost it two store calls (taking it, giving it back) for the one request it serves."""
+    async def scenario() -> None:
+        store = CountingStore(MemoryStore())
+        limiter = _limiter(store)
+        leases = limiter.leases
+        assert leases is not None
+        await _reserve(limiter)
+        await asyncio.sleep(2 * LIFETIME)  # at least this long between the two: never shorter
+        await _reserve(limiter)
+        await leases.idle()
+        assert leases.stats.granted == 0 and store.reserves == 2
+        await _reserve(limiter)  # right after the last: busy now
+        await _granted(limiter, 2)
+
+    asyncio.run(scenario())
 
     asyncio.run(scenario())
 
@@ -107,8 +127,9 @@ def test_unspent_parts_go_back_when_a_lease_ends() -> None:
         store = MemoryStore()
         limiter = _limiter(store)
         await _reserve(limiter)
+        await _reserve(limiter)
         await _granted(limiter, 2)
-        for _ in range(9):
+        for _ in range(8):
             await _reserve(limiter)
         leases = limiter.leases
         assert leases is not None
@@ -123,6 +144,7 @@ def test_settlements_add_up_the_same_inside_a_live_lease_and_after_it_went_back(
         store = MemoryStore()
         limiter = _limiter(store)
         await _reserve(limiter, tokens=100)
+        await _reserve(limiter, tokens=100)
         await _granted(limiter, 2)
         early, late, failed = [await _reserve(limiter, tokens=100) for _ in range(3)]
         assert early.leases is not None and late.leases is not None and failed.leases is not None
@@ -132,7 +154,7 @@ def test_settlements_add_up_the_same_inside_a_live_lease_and_after_it_went_back(
         assert leases is not None
         await eventually_async(lambda: leases.stats.returned >= 2, what="both leases back")
         await limiter.settle(late, Usage(30, 90), "oa", "x")  # the lease is back: the store is adjusted
-        assert await _counts(store) == {"requests": 3, "total_tokens": 100 + 45 + 120}
+        assert await _counts(store) == {"requests": 4, "total_tokens": 200 + 45 + 120}
 
     asyncio.run(scenario())
 
@@ -140,6 +162,7 @@ def test_settlements_add_up_the_same_inside_a_live_lease_and_after_it_went_back(
 def test_no_lease_on_a_limit_too_small_for_8_requests_of_this_size_per_share() -> None:
     async def scenario() -> None:
         limiter = _limiter(MemoryStore(), CONFIG.replace("64000000", "6400"))  # a share: 100 tokens
+        await _reserve(limiter, tokens=20)
         await _reserve(limiter, tokens=20)
         assert limiter.leases is not None
         await limiter.leases.idle()
@@ -167,7 +190,8 @@ def test_a_grant_stops_at_half_the_limit_whatever_the_request_saw() -> None:
         leases = Leases(store, lifetime=60)
         counter = Counter("bg:{key:k}:requests:hour:0", 6400, 3600, "k")  # a share: 100; half: 3200
         await store.reserve([counter], [3000])
-        leases.offer([counter], [1], [0])  # as if the count were still 0
+        for _ in range(2):  # busy, and as if the count were still 0
+            leases.offer([counter], [1], [0])
         await leases.idle()
         assert (await store.read([counter.key])) == [3100] and leases.stats.granted == 1
         leases.offer([counter], [1], [0])  # a live lease: not asked again
@@ -177,7 +201,8 @@ def test_a_grant_stops_at_half_the_limit_whatever_the_request_saw() -> None:
         await leases.close()
         assert (await store.read([counter.key])) == [3150]
         fresh = Leases(store, lifetime=60)
-        fresh.offer([counter], [1], [0])
+        for _ in range(2):
+            fresh.offer([counter], [1], [0])
         await fresh.idle()
         assert (await store.read([counter.key])) == [3150], "3150 + 100 would pass half: refused by the store"
         assert fresh.stats.granted == 0

@@ -102,6 +102,7 @@ def test_release_gives_everything_back() -> None:
 
 
 class BrokenStore:
+    calls_need_a_task = False
     settles_in_order = True
 
     async def reserve(self, counters: Sequence[Counter], amounts: Sequence[int]) -> Admission:
