@@ -8,6 +8,8 @@ import asyncio
 import random
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from ext_proc.config.loading import parse_config
 from ext_proc.errors import RateLimited
 from ext_proc.limits import leases as leases_module
@@ -159,26 +161,19 @@ def test_settlements_add_up_the_same_inside_a_live_lease_and_after_it_went_back(
     asyncio.run(scenario())
 
 
-def test_no_lease_on_a_limit_too_small_for_8_requests_of_this_size_per_share() -> None:
+@pytest.mark.parametrize(("why", "config", "first", "second"), [
+    ("a limit too small for 8 requests of this size per share", CONFIG.replace("64000000", "6400"), 20, 20),
+    ("the counter is past half its limit", CONFIG, 33_000_000, 10),
+])
+def test_no_tokens_lease_where_it_would_not_pay_or_could_refuse_early(why: str, config: str, first: int,
+                                                                      second: int) -> None:
     async def scenario() -> None:
-        limiter = _limiter(MemoryStore(), CONFIG.replace("64000000", "6400"))  # a share: 100 tokens
-        await _reserve(limiter, tokens=20)
-        await _reserve(limiter, tokens=20)
+        limiter = _limiter(MemoryStore(), config)
+        await _reserve(limiter, tokens=first)
+        await _reserve(limiter, tokens=second)  # the second makes both counters busy
         assert limiter.leases is not None
         await limiter.leases.idle()
-        assert limiter.leases.stats.granted == 1  # the requests counter's alone
-
-    asyncio.run(scenario())
-
-
-def test_no_lease_once_the_counter_is_past_half_its_limit() -> None:
-    async def scenario() -> None:
-        limiter = _limiter(MemoryStore())
-        await _reserve(limiter, tokens=33_000_000)  # too big a request to lease for anyway
-        await _reserve(limiter, tokens=10)  # small, but the tokens counter is past half
-        assert limiter.leases is not None
-        await limiter.leases.idle()
-        assert limiter.leases.stats.granted == 1  # the requests counter's alone
+        assert limiter.leases.stats.granted == 1, why  # the requests counter's alone
 
     asyncio.run(scenario())
 
