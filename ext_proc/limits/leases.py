@@ -100,7 +100,10 @@ class Leases:
         leases = []
         for counter, amount in zip(counters, amounts, strict=True):
             lease = self._live.get(counter.key)
-            if lease is None or lease.closed or now >= lease.ends or lease.remaining < amount:
+            if lease is None or lease.closed or now >= lease.ends:
+                return None
+            if lease.remaining < amount:
+                self._expire(lease)  # spent: back now, so the store's next admission can start another
                 return None
             leases.append(lease)
         if len({lease.key for lease in leases}) != len(leases):

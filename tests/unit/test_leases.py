@@ -277,3 +277,25 @@ def test_leases_are_for_redis_and_can_be_turned_off(redis_server: RedisServer) -
     assert isinstance(built(f"  redis: {{url: '{redis_server.url}'}}\n").leases, Leases)
     assert built(f"  redis: {{url: '{redis_server.url}', leases: false}}\n").leases is None
     assert leases_module.SHARE == 64 and leases_module.MIN_REQUESTS == 8  # as `limits.redis.leases` documents
+
+
+def test_a_spent_lease_goes_back_at_once_and_another_follows() -> None:
+    async def scenario() -> None:
+        store = CountingStore(MemoryStore())
+        limiter = _limiter(store, CONFIG.replace(f"requests: {REQUESTS}", "requests: 640"), lifetime=60)
+        leases = limiter.leases
+        assert leases is not None
+        await _reserve(limiter)
+        await _reserve(limiter)
+        await _granted(limiter, 2)  # requests: a share of 10
+        for _ in range(10):
+            assert (await _reserve(limiter)).leases is not None
+        # spent: the spent lease goes back, the store decides, and its admission asks for a new lease
+        assert (await _reserve(limiter)).leases is None
+        await _reserve(limiter)  # under the new lease or, if it is not there yet, the store's
+        await _granted(limiter, 3)
+        assert (await _reserve(limiter)).leases is not None
+        await limiter.close()
+        assert (await _counts(store))["requests"] == 15
+
+    asyncio.run(scenario())
