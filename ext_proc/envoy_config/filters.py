@@ -69,7 +69,7 @@ ATTEMPT_STAGE_MODE = ProcessingMode(
 
 def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rules: HeaderMutationRules,
                request_attributes: list[str] | None = None, forwarded: tuple[str, ...] = ()) -> ExternalProcessor:
-    """`forwarded`: other filters' metadata namespaces the stage reads, besides its own."""
+    """`forwarded`: the metadata namespaces Envoy copies into every message of the stage's stream."""
     timeout = timedelta(seconds=config.ext_proc.message_timeout)
     return ExternalProcessor(
         grpc_service=GrpcService(
@@ -85,8 +85,7 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rul
         # attempt (request headers are shared by all attempts, so state kept there would not survive a retry).
         metadata_options=MetadataOptions(
             receiving_namespaces=MetadataOptionsMetadataNamespaces(untyped=[constants.METADATA_NAMESPACE]),
-            forwarding_namespaces=MetadataOptionsMetadataNamespaces(
-                untyped=[constants.METADATA_NAMESPACE, *forwarded])),
+            forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=list(forwarded))),
         allow_mode_override=True,
         mutation_rules=mutation_rules,
         request_attributes=request_attributes or [],
@@ -103,7 +102,9 @@ def route_stage_filter(config: Config) -> HttpFilter:
                            # direct routes: the route stage sets the backend's host and switches the response body
                            # to BUFFERED/STREAMED per answer (both stages may override the processing mode)
                            mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True),
-                           # verified JWT payloads (`jwt.py`): the route stage maps their claims to an identity
+                           # verified JWT payloads (`jwt.py`): the route stage maps their claims to an identity.
+                           # Not its own decision: it keeps that in memory, and Envoy would copy it into each of
+                           # the request's later messages (the answer's headers and body) for nothing.
                            forwarded=(constants.JWT_METADATA_NAMESPACE,) if config.jwt.issuers else ())
     return HttpFilter(name=constants.ROUTE_STAGE_FILTER, typed_config=Any.pack(processor))
 
@@ -113,7 +114,8 @@ def attempt_stage_filter(config: Config) -> HttpFilter:
         config, constants.STAGE_ATTEMPT, ATTEMPT_STAGE_MODE,
         # The attempt stage sets the backend's host and strips Envoy's internal headers before they leave.
         mutation_rules=HeaderMutationRules(allow_all_routing=True, allow_envoy=True),
-        request_attributes=[constants.UPSTREAM_HOST_METADATA_ATTRIBUTE])
+        request_attributes=[constants.UPSTREAM_HOST_METADATA_ATTRIBUTE],
+        forwarded=(constants.METADATA_NAMESPACE,))  # the route stage's decision, read back on every attempt
     return HttpFilter(name="babelgate.attempt_stage", typed_config=Any.pack(processor))
 
 

@@ -76,8 +76,8 @@ def test_tokens_are_verified_right_before_the_route_stage_which_reads_their_payl
     names = [f["name"] for f in _filters(rendered)]
     assert names == [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER, "envoy.filters.http.router"]
     stage = _filters(rendered)[1]["typed_config"]["metadata_options"]
-    assert stage["forwarding_namespaces"]["untyped"] == [constants.METADATA_NAMESPACE,
-                                                         constants.JWT_METADATA_NAMESPACE]
+    # its own decision is not sent back to it: it keeps that in memory
+    assert stage["forwarding_namespaces"]["untyped"] == [constants.JWT_METADATA_NAMESPACE]
     assert stage["receiving_namespaces"]["untyped"] == [constants.METADATA_NAMESPACE]  # nobody writes it back
 
 
@@ -117,8 +117,8 @@ def test_without_issuers_nothing_changes() -> None:
     plain = yaml.safe_load(render_yaml(parse_config(BASE)))
     assert [f["name"] for f in _filters(plain)] == [constants.ROUTE_STAGE_FILTER, "envoy.filters.http.router"]
     assert JWT_TYPE not in render_yaml(parse_config(BASE))
-    assert _filters(plain)[0]["typed_config"]["metadata_options"]["forwarding_namespaces"]["untyped"] == [
-        constants.METADATA_NAMESPACE]
+    options = _filters(plain)[0]["typed_config"]["metadata_options"]
+    assert options.get("forwarding_namespaces", {}).get("untyped", []) == []  # no metadata in its messages
 
 
 def test_babelgate_up_keeps_jwks_clusters_in_the_bootstrap(jwks_file: Path, tmp_path: Path) -> None:
