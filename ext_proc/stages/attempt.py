@@ -179,7 +179,8 @@ class AttemptStage:
         """The route's content is logged: the answer's text is kept for telemetry."""
         self._reservation: str | None = None
         self._reserved_here: Reservation | None = None
-        """A direct route's reservation as the route stage made it (its leases with it), not unsealed again."""
+        """A direct route's reservation as the route stage made it (its leases with it): never sealed, since it
+        never leaves this process."""
         self._attempt = "1"
         self._request_id = ""
         """Envoy's x-request-id, for log lines."""
@@ -461,7 +462,8 @@ class AttemptStage:
         """Something reads the attempt's usage: a reservation, telemetry, the access log, or a cached answer's
         saved cost."""
         runtime = self._runtime
-        return (self._reservation is not None or runtime.telemetry.enabled or runtime.access_logged
+        return (self._reservation is not None or self._reserved_here is not None or runtime.telemetry.enabled
+                or runtime.access_logged
                 or (self._cache is not None and self._cache.writes))
 
     def _reads_answer(self) -> bool:
@@ -658,9 +660,10 @@ class AttemptStage:
 
     async def _settle(self) -> None:
         limiter, meter, backend = self._runtime.limiter, self._meter, self._backend
-        if self._reservation is None or limiter is None or meter is None or backend is None:
+        if (self._reservation is None and self._reserved_here is None) or limiter is None or meter is None \
+                or backend is None:
             return
-        await meter.settle(limiter, self._reservation, backend.id, self._model, self._reserved_here)
+        await meter.settle(limiter, self._reservation or "", backend.id, self._model, self._reserved_here)
 
     async def _keep_response(self, turn: ResponsesTurn) -> None:
         """Store a completed Response the client asked to keep; a native stream's is redacted as its events were.

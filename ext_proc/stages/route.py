@@ -334,7 +334,7 @@ class RouteStage:
                 runtime, self._endpoint, order, translated.upstream if translated is not None else None, passing,
                 original))
             self._reservation = await self._reserve(limiter, body, route, order[0], model, bounds)
-            if self._reservation is not None:
+            if self._reservation is not None and not chain.direct:  # a direct route settles it in this stage
                 metadata[constants.METADATA_RESERVATION_KEY] = limiter.seal(self._reservation)
         headers = [(constants.HEADER_CHAIN, chain.name)]
         if chain.first_byte_ms is not None and body.get("stream") is True:
