@@ -24,8 +24,8 @@ from ext_proc.limits.store import Admission, Counter, LimitStore
 from ..eventually import eventually_async
 from ..redis_server import RedisServer
 
-REQUESTS = 64_000
-"""A request limit with room for leases: 1/64 of it is 1,000 requests."""
+REQUESTS = 6_400
+"""A request limit with room for leases: 1/64 of it is 100 requests."""
 CONFIG = f"""
 backends: [{{id: oa, schema: openai, base_url: "http://127.0.0.1:9/v1"}}]
 routes: [{{model: m, backends: [{{backend: oa, model: x}}]}}]
@@ -256,14 +256,14 @@ def _race(make_stores: Callable[[], list[LimitStore]], requests: int, seed: int)
 
 def test_limiters_sharing_a_store_never_admit_beyond_the_limit() -> None:
     store = MemoryStore()
-    admitted, counts = _race(lambda: [store, store, store], REQUESTS + 6000, seed=7)
+    admitted, counts = _race(lambda: [store, store, store], REQUESTS + 600, seed=7)
     assert admitted == REQUESTS and counts["requests"] == REQUESTS
 
 
 def test_processes_sharing_a_redis_never_admit_beyond_the_limit(redis_server: RedisServer) -> None:
     """Three limiters, each with its own connection (three processes), over one real Redis."""
     admitted, counts = _race(lambda: [RedisStore.from_url(redis_server.url, timeout=1.0) for _ in range(3)],
-                             REQUESTS + 6000, seed=11)
+                             REQUESTS + 600, seed=11)
     assert admitted == REQUESTS and counts["requests"] == REQUESTS
 
 
