@@ -24,6 +24,8 @@ from .gateways import Gateway, GatewayBuilder
 from .support import fault, room_in_window
 
 TPM_LIMIT = 3000
+LEASED_LIMIT = 640
+"""Requests per hour: 1/64 of it (10) holds 8 requests, so processes lease it (`limits/leases.py`)."""
 MAX_TOKENS = 20
 ADMIN_ENV = "BG_LIMITS_ADMIN"
 ADMIN_SECRET = "bg-admin-limits-e2e-0123456789"
@@ -70,6 +72,7 @@ def _start(build: GatewayBuilder, redis_server: RedisServer | None) -> Gateway:
               teams=[{"id": "team-a", "limits": [{"window": "hour", "requests": 4}]}])
     hour_tokens = [{"window": "hour", "total_tokens": 100_000}]
     build.key("burst", limits=[{"window": "hour", "total_tokens": TPM_LIMIT}])
+    build.key("leased", limits=[{"window": "hour", "requests": LEASED_LIMIT}])
     build.key("headers", limits=[{"window": "hour", "total_tokens": 50_000, "requests": 1000}])
     for key_id in ("stream", "abort", "failover", "failing"):
         build.key(key_id, limits=hour_tokens)
@@ -151,6 +154,30 @@ def test_exactness_under_64_concurrent_clients_two_processes_shared_redis(gatewa
     limit, used, refused = _check_exactness(results, TPM_LIMIT)
     print(f"\nredis, 2 processes: limit {limit}, admitted tokens {used}, refused {refused} of {len(results)}")
     _settled(gateway, "key:burst", "total_tokens:hour", used)  # to the token
+
+
+def test_a_burst_past_a_leased_limit_never_passes_it_and_ends_exactly_at_it(gateway: Gateway) -> None:
+    """A limit large enough for leases (`limits/leases.py`: 1/64 of it holds 10 requests): 64 clients over two
+    processes and a shared Redis run past its end. Never more is admitted than the limit; once the leases are back,
+    Redis alone admits exactly up to it."""
+    room_in_window("hour", BURST_ROOM)
+    results = _hammer(gateway, "leased", clients=64, requests_each=11)
+    assert {status for status, _, _ in results} <= {200, 429}
+    admitted = sum(1 for status, _, _ in results if status == 200)
+    assert admitted <= LEASED_LIMIT
+    client = gateway.client("leased")
+
+    def spent_to_the_limit() -> bool:
+        nonlocal admitted
+        while True:
+            try:
+                client.chat.completions.create(**_request("after the burst"))
+            except openai.RateLimitError:  # early while a lease taken under half the limit is out: tried again
+                return _counters(gateway, "key:leased")["requests:hour"] == LEASED_LIMIT
+            admitted += 1
+
+    eventually(spent_to_the_limit, what=f"Redis counting {LEASED_LIMIT} requests")
+    assert admitted == LEASED_LIMIT
 
 
 def test_exactness_with_the_in_memory_store_in_one_process(tmp_path: Path) -> None:
