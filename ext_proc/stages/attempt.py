@@ -180,7 +180,7 @@ class AttemptStage:
         self._reservation: str | None = None
         self._reserved_here: Reservation | None = None
         """A direct route's reservation as the route stage made it (its leases with it): never sealed, since it
-        never leaves this process."""
+        never leaves this process (`_reservation`, the sealed form, is a chain attempt's)."""
         self._attempt = "1"
         self._request_id = ""
         """Envoy's x-request-id, for log lines."""
@@ -284,9 +284,9 @@ class AttemptStage:
     # -- request ------------------------------------------------------------------------------------------------
 
     def start_direct(self, backend: BackendInfo, model: str, requested: str, endpoint: Endpoint,
-                     reservation: str | None, log_content: bool = False, guardrails: tuple[Guardrail, ...] = (),
-                     route: str = "", request_id: str = "", betas: list[str] | None = None, owner: str = "",
-                     cache: AnswerWriter | None = None, reserved_here: Reservation | None = None) -> None:
+                     reserved_here: Reservation | None, log_content: bool = False,
+                     guardrails: tuple[Guardrail, ...] = (), route: str = "", request_id: str = "",
+                     betas: list[str] | None = None, owner: str = "", cache: AnswerWriter | None = None) -> None:
         """Serve a direct (single-backend) route from inside the route stage: what `on_request_headers` would
         learn from Envoy's attributes and metadata is known there already."""
         self._direct = True
@@ -298,7 +298,6 @@ class AttemptStage:
         self._route = route
         self._keep_text = self._runtime.telemetry.enabled and log_content
         self._endpoint = endpoint
-        self._reservation = reservation
         self._reserved_here = reserved_here
         self._betas = betas or []
         self._owner = owner

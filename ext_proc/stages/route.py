@@ -528,12 +528,12 @@ class RouteStage:
         if parent is not None:
             headers.append(("traceparent", attempt.trace(parent)))
         attempt.start_direct(backend, route.backend_model(backend.id, requested),
-                             requested, self._endpoint, metadata.get(constants.METADATA_RESERVATION_KEY),
+                             requested, self._endpoint, self._reservation,
                              log_content=route.log_content, guardrails=route.guardrails, route=route.name,
                              request_id=self._headers.get("x-request-id", ""),
                              betas=anthropic_passthrough.betas(self._headers.get(anthropic_passthrough.BETA_HEADER)),
                              owner=self._key.id if self._key is not None else "",
-                             cache=AnswerWriter.from_metadata(metadata), reserved_here=self._reservation)
+                             cache=AnswerWriter.from_metadata(metadata))
         upstream = translated.upstream.get(backend.id) if translated is not None else None
         dropped = translated.dropped.get(backend.id) if translated is not None else None
         reply = send(attempt) if send is not None else attempt.send(body, upstream, self._estimate, dropped)
