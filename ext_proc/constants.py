@@ -38,6 +38,11 @@ STAGE_ROUTE = "route"
 ROUTE_STAGE_FILTER = "babelgate.route_stage"
 """The route stage's HTTP filter name (per-route config refers to it)."""
 STAGE_ATTEMPT = "attempt"
+STAGE_METER = "meter"
+STREAM_METER_FILTER = "babelgate.stream_meter"
+"""The filter that reads a copy of a stream Envoy relays without waiting (`envoy_config/stream_meter.py`)."""
+METERED_ROUTE_SUFFIX = ".metered"
+"""A direct route's twin, chosen for a stream the stream meter settles: the same route, with that filter on."""
 
 METADATA_NAMESPACE = "babelgate"
 """Dynamic and endpoint metadata namespace (filter_metadata key).
@@ -69,6 +74,11 @@ METADATA_CACHE_KEY = "cache"
 """On a route with a response cache: "miss" or "bypass", which the serving attempt tags its answer with."""
 METADATA_CACHE_ENTRY_KEY = "cache_entry"
 """A miss's "<ttl> <max bytes> <key>": where the serving attempt stores the finished answer."""
+METADATA_METER_BACKEND_KEY = "meter_backend"
+METADATA_METER_MODEL_KEY = "meter_model"
+METADATA_METER_ESTIMATE_KEY = "meter_estimate"
+"""A stream the stream meter settles: its backend, the backend's model and the prompt estimate (beside the sealed
+reservation)."""
 METADATA_REPLIED_KEY = "replied"
 """Set by the route stage on its own immediate responses, so Envoy's local-reply rewriting leaves them alone."""
 

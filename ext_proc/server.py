@@ -1,7 +1,8 @@
 """The gRPC ext_proc service. One gRPC stream is one stage of one HTTP request; this module only dispatches.
 
 Envoy opens a stream per request per filter: the route stage's stream (tagged with `x-babelgate-stage: route` in
-the gRPC metadata) and, for each upstream attempt, an attempt stage stream. All logic lives in `stages/`; the gRPC
+the gRPC metadata), for each upstream attempt an attempt stage stream, and for a stream metered aside the stream
+meter's copy (`x-babelgate-stage: meter`, never answered). All logic lives in `stages/`; the gRPC
 server is Babelgate's own (`transport/`), because grpc.aio's per-message thread hops cost more than the stages do.
 """
 
@@ -34,6 +35,7 @@ from .runtime.reload import ConfigReloader
 from .stages import messages
 from .stages.attempt import AttemptStage
 from .stages.route import RouteStage
+from .stages.stream_meter import StreamMeterStage
 from .transport.grpc import Call, GrpcServer, MethodFactory, RpcError, RpcHandler, Status, unary
 from .transport.health import NOT_SERVING, SERVING, HealthService
 from .wire.external_processor_pb2 import ProcessingRequest, ProcessingResponse
@@ -51,7 +53,7 @@ class RuntimeHolder:
         self.current = runtime
 
 
-Stage = RouteStage | AttemptStage
+Stage = RouteStage | AttemptStage | StreamMeterStage
 _closing: set[asyncio.Task] = set()
 
 
@@ -199,8 +201,9 @@ async def respond(stage: Stage, request: ProcessingRequest) -> ProcessingRespons
 def build_server(holder: RuntimeHolder) -> tuple[GrpcServer, HealthService]:
     def process(call: Call, metadata: dict[str, str]) -> ProcessStream:
         runtime = holder.current
-        is_attempt = metadata.get(constants.STAGE_METADATA_KEY) == constants.STAGE_ATTEMPT
-        return ProcessStream(call, AttemptStage(runtime) if is_attempt else RouteStage(runtime),
+        stage = metadata.get(constants.STAGE_METADATA_KEY)
+        return ProcessStream(call, AttemptStage(runtime) if stage == constants.STAGE_ATTEMPT
+                             else StreamMeterStage(runtime) if stage == constants.STAGE_METER else RouteStage(runtime),
                              in_task=runtime.limiter is not None and runtime.limiter.store.calls_need_a_task)
 
     health = HealthService()

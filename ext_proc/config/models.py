@@ -951,6 +951,12 @@ class LimitSettings(_Strict):
     on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
     per_key: list[LimitRule] = Field([], description="Every key's limits, unless the key has its own.")
     per_user: list[LimitRule] = Field([], description="Every end user's limits.")
+    meter_streams_aside: bool = Field(True, description=(
+        "A stream from an OpenAI backend on a direct route, whose client asked for its usage "
+        "(`stream_options.include_usage`) and that nothing but the limits reads (no telemetry, access log, "
+        "guardrail, schema or cache), goes from Envoy to the client without waiting for ext_proc: a second filter "
+        "in Envoy's observability mode reads a copy of each chunk and settles the reservation from the stream's "
+        "usage. False: the route stage reads each chunk in the stream's path."))
 
     @field_validator("user_header")
     @classmethod

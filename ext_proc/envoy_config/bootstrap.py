@@ -69,6 +69,7 @@ from .access_log import ATTEMPT_FIELDS, REQUEST_FIELDS, file_log
 from .clusters import all_clusters, mcp_cluster_name
 from .filters import local_reply_config, route_stage_filter
 from .jwt import jwt_filter
+from .stream_meter import metered_backends, stream_meter_filter, twin
 
 
 def render_bootstrap(config: Config, routes_from: Rds | None = None) -> Bootstrap:
@@ -154,6 +155,8 @@ def http_filters(config: Config) -> list[HttpFilter]:
     exposed = admin_api.exposed(config)
     verified = jwt_filter(config, unchecked=admin_api.PREFIXES if exposed else ())
     stages = [route_stage_filter(config)] if verified is None else [verified, route_stage_filter(config)]
+    if metered_backends(config):
+        stages.append(stream_meter_filter(config))
     if exposed:
         # the admin route's size limit sees the body as the client sends it (after the transcoder it would arrive
         # in one piece, which the buffer filter passes unmeasured); the transcoder turns admin JSON into gRPC
@@ -192,7 +195,7 @@ def route_configuration(config: Config) -> RouteConfiguration:
     else gets a 404. The catch-all is only reached if the route stage let a request through without choosing."""
     backends = {b.id: b for b in config.backends}
     routes = admin_api.admin_routes() if admin_api.exposed(config) else []
-    routes.extend(chain_route(chain, backends) for chain in all_chain_routes(config))
+    routes.extend(chain_routes(config, backends))
     if config.mcp is not None:
         routes.extend(mcp_route(server, config.mcp) for server in config.mcp.servers)
     routes.append(Route(
@@ -211,6 +214,18 @@ def route_configuration(config: Config) -> RouteConfiguration:
         request_body_buffer_limit=request_buffer_limit(config),
     )
     return RouteConfiguration(name="babelgate", virtual_hosts=[host])
+
+
+def chain_routes(config: Config, backends: dict[str, Backend]) -> list[Route]:
+    """Every chain's route, and after a direct route its twin where the stream meter may settle its streams."""
+    metered = metered_backends(config)
+    routes = []
+    for chain in all_chain_routes(config):
+        route = chain_route(chain, backends)
+        routes.append(route)
+        if chain.direct and chain.order[0] in metered:
+            routes.append(twin(route))
+    return routes
 
 
 def chain_route(chain: ChainRoute, backends: dict[str, Backend]) -> Route:

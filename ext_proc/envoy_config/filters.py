@@ -72,9 +72,7 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rul
     """`forwarded`: the metadata namespaces Envoy copies into every message of the stage's stream."""
     timeout = timedelta(seconds=config.ext_proc.message_timeout)
     return ExternalProcessor(
-        grpc_service=GrpcService(
-            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=constants.EXT_PROC_CLUSTER),
-            initial_metadata=[HeaderValue(key=constants.STAGE_METADATA_KEY, value=stage)]),
+        grpc_service=ext_proc_service(stage),
         processing_mode=mode,
         message_timeout=timeout,
         max_message_timeout=timeout,
@@ -90,6 +88,12 @@ def _processor(config: Config, stage: str, mode: ProcessingMode, *, mutation_rul
         mutation_rules=mutation_rules,
         request_attributes=request_attributes or [],
     )
+
+
+def ext_proc_service(stage: str) -> GrpcService:
+    """The ext_proc servers, told which stage a stream is for in its gRPC metadata."""
+    return GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=constants.EXT_PROC_CLUSTER),
+                       initial_metadata=[HeaderValue(key=constants.STAGE_METADATA_KEY, value=stage)])
 
 
 def route_stage_filter(config: Config) -> HttpFilter:

@@ -50,10 +50,11 @@ from ..config.models import Config, McpServer
 from ..config.models import OutlierDetection as OutlierSettings
 from ..errors import NotFound
 from ..json_types import JsonObject
-from .bootstrap import chain_route, mcp_route, message_dict, route_configuration
+from .bootstrap import chain_routes, mcp_route, message_dict, route_configuration
 from .clusters import backend_cluster, chain_cluster, mcp_cluster
 from .filters import local_reply_config, route_stage_filter
 from .jwt import jwks_clusters, jwt_filter
+from .stream_meter import metered_backends, stream_meter_filter
 
 Placement = Literal["gateway", "sidecar"]
 
@@ -223,6 +224,7 @@ def _envoy_filter(config: Config, site: _Site) -> dict:
     patches = [
         _patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE", _route_stage(config, site)),
         *_token_check(config, site),
+        *_stream_meter(config, site),
         _patch("NETWORK_FILTER", {"listener": _listener()}, "MERGE", _local_replies(config, site)),
         _patch("VIRTUAL_HOST", {"routeConfiguration": _virtual_host_match(site)}, "MERGE",
                _virtual_host(config, site)),
@@ -251,7 +253,7 @@ def _route_patches(config: Config, site: _Site) -> list[dict]:
     in front of those inserted before it, so they go in reversed to end in the standalone order. A direct route sits
     there too: the backend's host it sets selects Babelgate's virtual host again (see `_direct_hosts`)."""
     backends = {b.id: b for b in config.backends}
-    routes = [chain_route(chain, backends) for chain in all_chain_routes(config)]
+    routes = chain_routes(config, backends)
     if config.mcp is not None:
         routes += [mcp_route(server, config.mcp) for server in config.mcp.servers]
     return [_patch("HTTP_ROUTE", {"routeConfiguration": _virtual_host_match(site)}, "INSERT_FIRST",
@@ -268,6 +270,15 @@ def _route_stage(config: Config, site: _Site) -> dict:
     stage = route_stage_filter(config)
     stage.disabled = True
     return _as_dict(stage, site)
+
+
+def _stream_meter(config: Config, site: _Site) -> list[dict]:
+    """The stream meter after the route stage, on for every host: its own mode sends nothing, so only Babelgate's
+    twin routes, which override it, ever open a stream to it."""
+    if not metered_backends(config):
+        return []
+    return [_patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE",
+                   _as_dict(stream_meter_filter(config), site))]
 
 
 def _token_check(config: Config, site: _Site) -> list[dict]:

@@ -191,6 +191,8 @@ class Runtime:
     user_header: str
     chars_per_token: float
     access_logged: bool = False
+    meters_streams_aside: bool = False
+    """`limits.meter_streams_aside`: eligible streams are settled by the stream meter from a copy."""
     """Envoy's access logs are rendered: the stages hand them backend, model, tokens and cost as metadata."""
     responses: ResponseStore | None = None
     """Where Responses API answers created with `store: true` are kept; None when storing is off."""
@@ -271,6 +273,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
                    health=health, telemetry=telemetry or Telemetry(),
                    access_logged=config.telemetry.access_log is not None,
+                   meters_streams_aside=config.limits.meter_streams_aside,
                    prices={(p.backend, p.model): Price(p.input, p.output, p.input if p.cached_input is None
                                                        else p.cached_input) for p in config.prices},
                    public_models=tuple(r.model for r in config.routes if not r.is_wildcard),

@@ -62,6 +62,7 @@ from .endpoints import ANTHROPIC_STYLE, Endpoint
 from .response_cache import AnswerWriter
 from .responses_turn import ResponsesTurn
 from .stream_guard import StallTimer, StreamGuard
+from .stream_meter import settled_aside
 from .stream_relay import SSE_CONTENT_TYPE, PassthroughRelay, ResponsesPassthroughRelay, StreamRelay, is_stream
 from .upstream_request import forwarded_never
 from .usage_meter import UsageMeter
@@ -140,6 +141,7 @@ class AttemptStage:
         "_include_usage",
         "_keep_text",
         "_meter",
+        "_metered_aside",
         "_model",
         "_owner",
         "_passthrough",
@@ -197,6 +199,8 @@ class AttemptStage:
         self._schema: answer_schema.AnswerSchema | None = None
         """The JSON the request asked for (`response_format`): the answer is checked against it."""
         self._identity_answer = False
+        self._metered_aside = False
+        """A stream the stream meter settles (`stream_meter.py`): its chunks pass without this stage."""
         self._passthrough = False
         """The client's Anthropic body went as it was: the answer goes back as it comes."""
         self._betas: list[str] = []
@@ -413,6 +417,7 @@ class AttemptStage:
             self._created = int(time.time())
             if self._identity_answer:  # nothing meters this stream: the backend reports usage only if asked to
                 upstream = upstream_request.without_gateway_usage(upstream, options)
+            self._metered_aside = self._meters_aside(backend)
         self._report.sent_at = time.monotonic()
         return upstream_request.reply(backend, path, upstream)
 
@@ -428,6 +433,26 @@ class AttemptStage:
             return translator.identity_responses
         # a backend with a stream idle timeout needs its chunks watched (`StallTimer`)
         return translator.identity_streams and backend.settings.stream_idle_timeout is None
+
+    def _meters_aside(self, backend: BackendInfo) -> bool:
+        """The stream needs nothing changed and only the limits read it, from the usage its client asked for: the
+        stream meter settles it from a copy (the rendered twin route exists for exactly such backends:
+        `envoy_config.stream_meter.meters_aside`)."""
+        runtime = self._runtime
+        return (self._include_usage and self._endpoint is Endpoint.CHAT and self._reserved_here is not None
+                and runtime.meters_streams_aside and not runtime.telemetry.enabled and not runtime.access_logged
+                and self._direct and not self._guardrails and self._cache is None and self._turn is None
+                and self._schema is None and backend.translator.identity_streams
+                and backend.settings.stream_idle_timeout is None)
+
+    @property
+    def metered_aside(self) -> dict[str, str] | None:
+        """For a stream the stream meter settles: what it needs besides the sealed reservation."""
+        if not self._metered_aside or self._meter is None or self._backend is None:
+            return None
+        return {constants.METADATA_METER_BACKEND_KEY: self._backend.id,
+                constants.METADATA_METER_MODEL_KEY: self._model,
+                constants.METADATA_METER_ESTIMATE_KEY: str(self._meter.prompt_estimate)}
 
     def send_passthrough(self, body: JsonObject, prompt_estimate: int | None = None) -> ProcessingResponse:
         """Send an Anthropic Messages body to an Anthropic-family backend as the client wrote it (adapted only as
@@ -518,6 +543,9 @@ class AttemptStage:
             if constants.HEADER_LATENCY in removed:  # a provider's own: replaced by ours
                 removed.remove(constants.HEADER_LATENCY)
         content_type = headers.get("content-type", "")
+        if self._metered_aside and self._meter is not None and settled_aside(self._status, content_type):
+            self._meter.hand_over()
+            return messages.response_headers_reply(set_headers=tags, remove=removed, mode=HEADERS_ONLY_MODE)
         if self._identity_answer and ok and (not self._streaming or content_type.startswith(SSE_CONTENT_TYPE)):
             return messages.response_headers_reply(set_headers=tags, remove=removed, mode=HEADERS_ONLY_MODE)
         if ok and self._streaming and is_stream(content_type):

@@ -538,6 +538,13 @@ class RouteStage:
         dropped = translated.dropped.get(backend.id) if translated is not None else None
         reply = send(attempt) if send is not None else attempt.send(body, upstream, self._estimate, dropped)
         self._attempt = attempt
+        aside = attempt.metered_aside
+        if aside is not None:  # the route's twin, where the stream meter settles the stream from a copy
+            limiter = self._runtime.limiter
+            assert limiter is not None and self._reservation is not None  # a stream is metered aside for them
+            headers[0] = (constants.HEADER_CHAIN, headers[0][1] + constants.METERED_ROUTE_SUFFIX)
+            metadata.update(aside)
+            metadata[constants.METADATA_RESERVATION_KEY] = limiter.seal(self._reservation)
         common = reply.request_body.response
         common.clear_route_cache = True
         messages.add_headers(common.header_mutation, headers)

@@ -42,6 +42,10 @@ class UsageMeter:
         """The answer can't be read: nothing settles, so the reservation, the most it could use, is the charge."""
         self._settled = True
 
+    def hand_over(self) -> None:
+        """Another stage settles this answer (the stream meter, from a copy of the stream): nothing settles here."""
+        self._settled = True
+
     def take_answer(self, answer: JsonObject) -> None:
         """A whole answer: its usage and, when kept, its text."""
         self.take_usage(answer)

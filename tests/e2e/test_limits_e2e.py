@@ -74,7 +74,7 @@ def _start(build: GatewayBuilder, redis_server: RedisServer | None) -> Gateway:
     build.key("burst", limits=[{"window": "hour", "total_tokens": TPM_LIMIT}])
     build.key("leased", limits=[{"window": "hour", "requests": LEASED_LIMIT}])
     build.key("headers", limits=[{"window": "hour", "total_tokens": 50_000, "requests": 1000}])
-    for key_id in ("stream", "abort", "failover", "failing"):
+    for key_id in ("stream", "abort", "failover", "failing", "aside", "aside-abort", "aside-failing"):
         build.key(key_id, limits=hour_tokens)
     build.key("requests", limits=[{"window": "hour", "requests": 5}])
     build.key("budget", limits=[{"window": "day", "usd": 0.05}])
@@ -224,6 +224,56 @@ def test_client_abort_mid_stream_is_charged_for_what_was_streamed(gateway: Gatew
     # the 500 reserved output tokens were not all kept
     eventually(lambda: prompt <= _counters(gateway, "key:abort").get("total_tokens:hour", 0) < prompt + 500,
                what="the cut stream settled with what was streamed")
+
+
+def _ext_proc_messages(gateway: Gateway) -> dict[str, int]:
+    """Messages Envoy sent to ext_proc so far, by filter (`route` or `stream_meter`), workers summed."""
+    assert gateway.stack is not None
+    stats = httpx.get(f"http://127.0.0.1:{gateway.stack.config.listener.admin_port}/stats?filter=ext_proc",
+                      timeout=10).text.splitlines()
+    sent = {"route": 0, "stream_meter": 0}
+    for name, _, value in (line.partition(": ") for line in stats):
+        if name.startswith("http.babelgate.") and name.endswith(".stream_msgs_sent"):
+            sent["stream_meter" if ".stream_meter." in name else "route"] += int(value)
+    return sent
+
+
+def test_a_stream_whose_client_asks_its_usage_is_settled_aside_exactly(gateway: Gateway) -> None:
+    """A direct OpenAI stream whose client asked for usage needs nothing changed: Envoy relays it without waiting
+    for ext_proc, the stream meter reads a copy, and the reservation settles at exactly the usage reported."""
+    before = _ext_proc_messages(gateway)
+    chunks = list(gateway.client("aside").chat.completions.create(
+        **_request("stream me aside"), stream=True, stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == [] and usage.completion_tokens > 0
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 3
+    _settled(gateway, "key:aside", "total_tokens:hour", usage.total_tokens)
+    sent = {stage: count - before[stage] for stage, count in _ext_proc_messages(gateway).items()}
+    # the route stage saw the request and the answer's headers, never a chunk; the meter a copy of the headers and
+    # of the body (the demo provider writes its chunks at once: Envoy may hand them over in one piece)
+    assert sent["route"] == 3 and sent["stream_meter"] >= 2
+
+
+def test_a_stream_settled_aside_and_cut_by_its_client_is_charged_for_what_was_streamed(gateway: Gateway) -> None:
+    request = {**_request("abort me aside"), "max_tokens": 500, "stream": True,
+               "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=request, timeout=30,
+                      headers={"authorization": f"Bearer {gateway.keys['aside-abort']}",
+                               **fault("limits-provider:slow=200")}) as response:
+        assert response.headers["x-ratelimit-limit-tokens"] == "100000"
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    prompt = estimate_prompt_tokens(request, 4.0)
+    eventually(lambda: prompt <= _counters(gateway, "key:aside-abort").get("total_tokens:hour", 0) < prompt + 500,
+               what="the cut stream settled with what was streamed")
+
+
+def test_a_stream_that_would_be_settled_aside_but_fails_releases_its_reservation(gateway: Gateway) -> None:
+    with pytest.raises(openai.InternalServerError):
+        gateway.client("aside-failing").chat.completions.create(
+            **_request("x"), stream=True, stream_options={"include_usage": True},
+            extra_headers=fault("limits-provider:500"))
+    _settled(gateway, "key:aside-failing", "total_tokens:hour", 0)
 
 
 def test_failed_first_attempt_is_not_charged_twice(gateway: Gateway) -> None:

@@ -538,8 +538,13 @@ def test_the_route_stage_runs_only_on_babelgates_virtual_host(placement: str) ->
     objects = render(CONFIG, placement)
     names = istio_names(by_kind(objects), placement)
     by_type = {p["applyTo"]: p for p in patches(objects)}
-    route_stage = by_type["HTTP_FILTER"]["patch"]["value"]
-    assert route_stage["name"] == "babelgate.route_stage" and route_stage["disabled"] is True
+    filters = {p["patch"]["value"]["name"]: p["patch"]["value"] for p in patches(objects)
+               if p["applyTo"] == "HTTP_FILTER"}
+    assert filters["babelgate.route_stage"]["disabled"] is True
+    # the stream meter stays on for every host: its own mode sends nothing, only Babelgate's twin routes turn it on
+    meter = filters["babelgate.stream_meter"]
+    assert "disabled" not in meter and meter["typed_config"]["observability_mode"] is True
+    assert set(meter["typed_config"]["processing_mode"].values()) <= {"SKIP", "NONE"}
     enabled = by_type["VIRTUAL_HOST"]["patch"]["value"]["typed_per_filter_config"]["babelgate.route_stage"]
     assert enabled == {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}
     assert by_type["VIRTUAL_HOST"]["match"]["routeConfiguration"]["vhost"]["name"] == names.virtual_host
@@ -557,8 +562,12 @@ def test_direct_routes_follow_the_backends_host_and_need_the_route_stages_decisi
     routes = [p for p in patches(objects) if p["applyTo"] == "HTTP_ROUTE"]
     direct = [p for p in routes if p["patch"]["value"]["name"].startswith(constants.DIRECT_ROUTE_PREFIX)]
     # route `solo`, and each backend of the mixed routes alone (what remains when the others can't serve a request)
-    assert {p["patch"]["value"]["name"] for p in direct} == {
+    names_found = {p["patch"]["value"]["name"] for p in direct}
+    assert {name for name in names_found if not name.endswith(".metered")} == {
         "bg_direct_an", "bg_direct_oa", "bg_direct_private", "bg_direct_oa-batch", "bg_direct_vllm"}
+    # the OpenAI-schema backends' twins, where the stream meter settles a stream from a copy
+    assert {name for name in names_found if name.endswith(".metered")} == {
+        f"{name}.metered" for name in names_found if name != "bg_direct_an" and not name.endswith(".metered")}
     patch = next(p for p in direct if p["patch"]["value"]["name"] == "bg_direct_an")
     assert patch["patch"]["value"]["match"]["dynamic_metadata"] == [
         {"filter": "babelgate", "path": [{"key": "route"}], "value": {"present_match": True}}]
