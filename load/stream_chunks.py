@@ -14,10 +14,13 @@ offset). Ways:
 - (c) Envoy alone, OpenAI chunks;
 - (d) gateway, OpenAI -> OpenAI chunks, nothing metered: no translation and nothing reads the chunks, so Envoy
   relays them without ext_proc (it sees the request and the answer's headers only);
-- (e) gateway, OpenAI -> OpenAI chunks, usage metered: the same through a second gateway with a token limit (the
-  in-process store), so every chunk goes through ext_proc, which reads the usage off the stream.
-The metered gateway idles while the other ways run (and the other gateway while (e) runs); both gateways' processes
-are counted in every row.
+- (e) gateway, OpenAI -> OpenAI chunks, metered aside: the same through a second gateway with a token limit (the
+  in-process store); the client asks for usage, so the stream meter settles the stream from a copy Envoy sends it
+  without waiting (`stages/stream_meter.py`) and the chunks go to the client as in (d);
+- (f) gateway, OpenAI -> OpenAI chunks, metered in the path: the same, the client not asking for usage, so every
+  chunk goes through ext_proc, which reads the usage the gateway asked for and keeps it from the client.
+The metered gateway idles while the other ways run (and the other gateway while (e) and (f) run); both gateways'
+processes are counted in every row.
 Each concurrency level runs every way for `--seconds`, in `--rounds` turns (background load falls on all alike):
 `streams` slots each run one stream after another. Reported per way and level: chunks/s, delay per chunk p50/p99
 and what the gateway adds to its Envoy-alone twin, TTFT p50 (from the request's send), CPU ms per chunk of the
@@ -253,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             Way("(d) gateway, OpenAI -> OpenAI chunks, nothing metered", gateway_port, "/v1/chat/completions",
                 gateway, b'{"model": "passthrough", ' + prompt + b', "stream_options": {"include_usage": true}}',
                 twin="(c) Envoy alone, OpenAI chunks"),
-            Way("(e) gateway, OpenAI -> OpenAI chunks, usage metered", metered_port, "/v1/chat/completions",
+            Way("(e) gateway, OpenAI -> OpenAI chunks, metered aside", metered_port, "/v1/chat/completions",
                 gateway, b'{"model": "passthrough", ' + prompt + b', "stream_options": {"include_usage": true}}',
                 twin="(c) Envoy alone, OpenAI chunks"),
+            Way("(f) gateway, OpenAI -> OpenAI chunks, metered in the path", metered_port, "/v1/chat/completions",
+                gateway, b'{"model": "passthrough", ' + prompt + b"}", twin="(c) Envoy alone, OpenAI chunks"),
         ]
         rows: list[dict] = []
         with asyncio.Runner(loop_factory=select_loop) as runner:

@@ -5,8 +5,7 @@ for a reply, so a stream it reads goes from the backend to the client at Envoy's
 nothing, so on every other route it opens no gRPC stream at all; the twin of a direct route (the same route, under
 the chain name with `.metered` after it) overrides the mode to copy the answer's headers and each chunk of its body.
 The route stage names the twin for a stream it hands over (`AttemptStage._meters_aside`); a backend gets a twin when
-such a stream can happen on it (`meters_aside`, the same conditions the route stage checks, less the per-request
-ones).
+such a stream can happen on it (`providers.metered_aside`, which the runtime reads too).
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from envoy_data_plane.google.protobuf import Any
 
 from .. import constants
 from ..config.chains import all_chain_routes
-from ..config.models import Backend, Config
-from ..providers import for_schema
+from ..config.models import Config
+from ..providers.metered_aside import meters_aside
 from .filters import ext_proc_service
 
 _SKIP = ProcessingModeHeaderSendMode.SKIP
@@ -48,14 +47,6 @@ COPY_MODE = ProcessingMode(
     response_header_mode=ProcessingModeHeaderSendMode.SEND, response_body_mode=ProcessingModeBodySendMode.STREAMED,
     response_trailer_mode=_SKIP)
 """On a twin: the answer's headers (its status and content type) and every chunk."""
-
-
-def meters_aside(config: Config, backend: Backend) -> bool:
-    """A stream to `backend` on its direct route can be settled by the stream meter: limits are what reads its
-    usage, nothing else does (telemetry, the access log), and its chunks need no change or watch."""
-    return (config.limits.meter_streams_aside and config.limits_configured and not config.telemetry.enabled
-            and config.telemetry.access_log is None and for_schema(backend.schema_).identity_streams
-            and backend.stream_idle_timeout is None)
 
 
 def metered_backends(config: Config) -> set[str]:

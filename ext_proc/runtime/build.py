@@ -27,6 +27,7 @@ from ..limits.setup import build_limiter
 from ..mcp.service import McpService, read_credentials, shared_key
 from ..mcp.sessions import build_session_store
 from ..providers import fetches, presets
+from ..providers.metered_aside import meters_aside
 from ..providers.translator import Translator
 from ..routing.cooldowns import Cooldowns, shared_cooldowns
 from ..routing.latency import LatencyAverages
@@ -191,8 +192,9 @@ class Runtime:
     user_header: str
     chars_per_token: float
     access_logged: bool = False
-    meters_streams_aside: bool = False
-    """`limits.meter_streams_aside`: eligible streams are settled by the stream meter from a copy."""
+    metered_aside: frozenset[str] = frozenset()
+    """Backends whose direct routes have a twin where the stream meter settles a stream from a copy
+    (`providers.metered_aside`)."""
     """Envoy's access logs are rendered: the stages hand them backend, model, tokens and cost as metadata."""
     responses: ResponseStore | None = None
     """Where Responses API answers created with `store: true` are kept; None when storing is off."""
@@ -273,7 +275,7 @@ def compile_runtime(config: Config, *, load_secrets: bool = True, announce: bool
                    keys=keys, routes=routes, wildcards=tuple(wildcards), backends=backends,
                    health=health, telemetry=telemetry or Telemetry(),
                    access_logged=config.telemetry.access_log is not None,
-                   meters_streams_aside=config.limits.meter_streams_aside,
+                   metered_aside=frozenset(b.id for b in config.backends if meters_aside(config, b)),
                    prices={(p.backend, p.model): Price(p.input, p.output, p.input if p.cached_input is None
                                                        else p.cached_input) for p in config.prices},
                    public_models=tuple(r.model for r in config.routes if not r.is_wildcard),

@@ -436,14 +436,10 @@ class AttemptStage:
 
     def _meters_aside(self, backend: BackendInfo) -> bool:
         """The stream needs nothing changed and only the limits read it, from the usage its client asked for: the
-        stream meter settles it from a copy (the rendered twin route exists for exactly such backends:
-        `envoy_config.stream_meter.meters_aside`)."""
-        runtime = self._runtime
+        stream meter settles it from a copy, on the backend's twin route (`providers.metered_aside`)."""
         return (self._include_usage and self._endpoint is Endpoint.CHAT and self._reserved_here is not None
-                and runtime.meters_streams_aside and not runtime.telemetry.enabled and not runtime.access_logged
-                and self._direct and not self._guardrails and self._cache is None and self._turn is None
-                and self._schema is None and backend.translator.identity_streams
-                and backend.settings.stream_idle_timeout is None)
+                and self._direct and backend.id in self._runtime.metered_aside and not self._guardrails
+                and self._cache is None and self._turn is None and self._schema is None)
 
     @property
     def metered_aside(self) -> dict[str, str] | None:

@@ -75,7 +75,8 @@ def test_stream_chunk_benchmark_measures_every_chunk_of_every_way(tmp_path: Path
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads(next(tmp_path.glob("stream-chunks-smoke-*.json")).read_text())
     assert {(row["way"][:3], row["streams"]) for row in rows} == {
-        (way, streams) for way in ("(a)", "(b)", "(c)", "(d)", "(e)") for streams in (1, 4)}
+        (way, streams) for way in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)") for streams in (1, 4)}
     assert all(row["errors"] == 0 and row["chunks"] > 0 and row["delay_p50_ms"] > 0 for row in rows)
-    read_by_ext_proc = [row for row in rows if row["way"][:3] in ("(b)", "(e)")]  # (d): Envoy relays the chunks
+    # (e) reads copies of the chunks, (b) and (f) the chunks themselves; (d): Envoy relays them, nothing reads them
+    read_by_ext_proc = [row for row in rows if row["way"][:3] in ("(b)", "(e)", "(f)")]
     assert all(row["ext_proc_cpu_ms_per_chunk"] > 0 for row in read_by_ext_proc)
