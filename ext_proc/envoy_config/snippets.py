@@ -41,6 +41,8 @@ _GUIDE = """\
 #    dynamic metadata), `mcp_<server>` the MCP tool calls the route stage forwards (header x-babelgate-int-mcp;
 #    the MCP endpoint itself, mcp.path, is answered by the route stage), and `admin_api`/`admin_api_json` the admin
 #    API's gRPC and JSON paths. The last one (`unrouted`) is a catch-all 404: leave it out if your own routes follow.
+#    A `bg_direct_<backend>.metered` route is a direct route's twin that turns on babelgate.stream_meter (an ext_proc
+#    filter in observability mode that sends nothing elsewhere): streams the limits alone read are settled from a copy.
 # 3. clusters: add to static_resources.clusters (or your CDS); they include the ext_proc servers (bg_ext_proc) and
 #    one per MCP server (bg_mcp_<server>; a stdio server's is `babelgate serve`'s bridge at mcp.bridge_host:port).
 # 4. local_reply_config: set it on the HttpConnectionManager so Envoy's own errors are OpenAI-shaped (optional;
