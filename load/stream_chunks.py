@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15, help="measured seconds per way and level")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--only", nargs="*", default=None, metavar="LETTER",
+                        help="run only these ways (e.g. `c e`: Envoy alone and the stream metered aside, to profile)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -262,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             Way("(f) gateway, OpenAI -> OpenAI chunks, metered in the path", metered_port, "/v1/chat/completions",
                 gateway, b'{"model": "passthrough", ' + prompt + b"}", twin="(c) Envoy alone, OpenAI chunks"),
         ]
+        if args.only:  # a way's Envoy-alone twin runs with it, so its added figures can be read
+            kept = {way.name for way in ways if way.name[1] in args.only}
+            ways = [way for way in ways if way.name in kept or any(w.twin == way.name for w in ways if w.name in kept)]
         rows: list[dict] = []
         with asyncio.Runner(loop_factory=select_loop) as runner:
             for streams in args.streams:
