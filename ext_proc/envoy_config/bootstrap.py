@@ -155,7 +155,7 @@ def http_filters(config: Config) -> list[HttpFilter]:
     exposed = admin_api.exposed(config)
     verified = jwt_filter(config, unchecked=admin_api.PREFIXES if exposed else ())
     stages = [route_stage_filter(config)] if verified is None else [verified, route_stage_filter(config)]
-    if metered_backends(config):
+    if config.limits.meter_streams_aside:  # inert where no twin turns it on; present for twins a reload adds
         stages.append(stream_meter_filter(config))
     if exposed:
         # the admin route's size limit sees the body as the client sends it (after the transcoder it would arrive

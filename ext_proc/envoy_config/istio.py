@@ -54,7 +54,7 @@ from .bootstrap import chain_routes, mcp_route, message_dict, route_configuratio
 from .clusters import backend_cluster, chain_cluster, mcp_cluster
 from .filters import local_reply_config, route_stage_filter
 from .jwt import jwks_clusters, jwt_filter
-from .stream_meter import metered_backends, stream_meter_filter
+from .stream_meter import stream_meter_filter
 
 Placement = Literal["gateway", "sidecar"]
 
@@ -275,7 +275,7 @@ def _route_stage(config: Config, site: _Site) -> dict:
 def _stream_meter(config: Config, site: _Site) -> list[dict]:
     """The stream meter after the route stage, on for every host: its own mode sends nothing, so only Babelgate's
     twin routes, which override it, ever open a stream to it."""
-    if not metered_backends(config):
+    if not config.limits.meter_streams_aside:
         return []
     return [_patch("HTTP_FILTER", {"listener": _listener(_ROUTER)}, "INSERT_BEFORE",
                    _as_dict(stream_meter_filter(config), site))]

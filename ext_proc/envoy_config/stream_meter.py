@@ -57,7 +57,9 @@ def metered_backends(config: Config) -> set[str]:
 
 
 def stream_meter_filter(config: Config) -> HttpFilter:
-    """After the route stage (which picks the twin), before the router. It reads the route stage's decision (the
+    """After the route stage (which picks the twin), before the router; rendered whenever streams may be metered
+    aside, not only when a backend has a twin: `babelgate up` reloads routes, not the listener's filters, and a reload
+    that adds limits adds twins the filter must already be there for. It reads the route stage's decision (the
     sealed reservation, backend, model, estimate) from the metadata; a copy it cannot send fails nothing: the
     reservation then stands as the charge."""
     timeout = timedelta(seconds=config.ext_proc.message_timeout)

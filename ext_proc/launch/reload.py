@@ -14,7 +14,6 @@ from pathlib import Path
 from ..auth.credentials import check_environment, read_secret
 from ..config.models import Config
 from ..config.watch import file_signature, seen_after_reload, watched_files
-from ..envoy_config.stream_meter import metered_backends
 from .mcp_bridges import needs_ports, write_served_config
 from .stack import Stack
 
@@ -63,9 +62,9 @@ class StackReloader:
         if config.listener != running.listener or _ext_proc_changed(config, running):
             log.warning("listener and ext_proc settings changed: they take effect at the next restart")
         config = config.model_copy(update={"listener": running.listener, "ext_proc": running.ext_proc})
-        if metered_backends(config) and not metered_backends(running):
-            log.warning("streams may now be metered aside: Envoy's listener gets the stream meter filter at the next "
-                        "restart; until then such a stream is charged its whole reservation")
+        if config.limits.meter_streams_aside and not running.limits.meter_streams_aside:
+            log.warning("limits.meter_streams_aside turned on: Envoy's listener gets the stream meter filter at the "
+                        "next restart; until then a stream metered aside is charged its whole reservation")
         if config.jwt != running.jwt:
             log.warning("jwt issuers changed: the servers map claims by the new settings at once, Envoy's listener "
                         "verifies tokens (issuers, audiences, keys) by the old ones until the next restart")

@@ -69,7 +69,7 @@ def with_admin() -> dict:
 def test_the_transcoder_comes_after_the_size_limit_and_before_the_route_stage(with_admin: dict) -> None:
     filters = manager(with_admin)["http_filters"]
     assert [f["name"] for f in filters] == [SIZE_LIMIT_FILTER, TRANSCODER_FILTER, constants.ROUTE_STAGE_FILTER,
-                                            "envoy.filters.http.router"]
+                                            constants.STREAM_METER_FILTER, "envoy.filters.http.router"]
     assert filters[0]["disabled"] is True  # the admin route alone turns the size limit on
     transcoder = filters[1]["typed_config"]
     assert transcoder["@type"] == TRANSCODER_TYPE
@@ -136,6 +136,7 @@ def test_without_the_admin_api_on_envoy_nothing_of_it_is_rendered(text: str) -> 
     rendered_text = render_yaml(parse_config(text))
     rendered = yaml.safe_load(rendered_text)
     assert [f["name"] for f in manager(rendered)["http_filters"]] == [constants.ROUTE_STAGE_FILTER,
+                                                                      constants.STREAM_METER_FILTER,
                                                                       "envoy.filters.http.router"]
     assert "admin_api" not in [r["name"] for r in routes(rendered)]
     assert ADMIN_API_CLUSTER not in clusters(rendered)
@@ -160,7 +161,7 @@ def test_render_filters_only_includes_the_transcoder_and_the_admin_route(tmp_pat
     assert main(["render", "-c", str(config_path), "--filters-only", "-o", str(output)]) == 0
     pieces = yaml.safe_load(output.read_text())
     assert [f["name"] for f in pieces["http_filters"]] == [SIZE_LIMIT_FILTER, TRANSCODER_FILTER,
-                                                            constants.ROUTE_STAGE_FILTER]
+                                                            constants.ROUTE_STAGE_FILTER, constants.STREAM_METER_FILTER]
     assert pieces["http_filters"][1]["typed_config"]["services"] == [SERVICE]
     admin_route = pieces["routes"][0]
     assert admin_route["name"] == "admin_api" and admin_route["route"]["cluster"] == ADMIN_API_CLUSTER
@@ -174,7 +175,7 @@ def test_render_filters_only_without_admin_has_none_of_it(tmp_path: Path) -> Non
     output = tmp_path / "filters.yaml"
     assert main(["render", "-c", str(config_path), "--filters-only", "-o", str(output)]) == 0
     pieces = yaml.safe_load(output.read_text())
-    assert [f["name"] for f in pieces["http_filters"]] == [constants.ROUTE_STAGE_FILTER]
+    assert [f["name"] for f in pieces["http_filters"]] == [constants.ROUTE_STAGE_FILTER, constants.STREAM_METER_FILTER]
     assert "admin_api" not in [r["name"] for r in pieces["routes"]]
     assert ADMIN_API_CLUSTER not in [c["name"] for c in pieces["clusters"]]
 

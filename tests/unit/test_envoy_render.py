@@ -112,7 +112,8 @@ def test_ext_proc_cluster_lists_one_endpoint_per_process(rendered: dict) -> None
 
 def test_routes_match_the_chain_header_and_retry_across_priorities(rendered: dict) -> None:
     manager = rendered["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert [f["name"] for f in manager["http_filters"]] == ["babelgate.route_stage", "envoy.filters.http.router"]
+    assert [f["name"] for f in manager["http_filters"]] == ["babelgate.route_stage", "babelgate.stream_meter",
+                                                         "envoy.filters.http.router"]
     host = manager["route_config"]["virtual_hosts"][0]
     routes = {r["name"]: r for r in host["routes"]}
     route = routes["bg_chain_an__oa__private"]

@@ -74,7 +74,8 @@ def test_standalone_config_with_issuers_passes_envoy_validate(jwks_file: Path, t
 
 def test_tokens_are_verified_right_before_the_route_stage_which_reads_their_payloads(rendered: dict) -> None:
     names = [f["name"] for f in _filters(rendered)]
-    assert names == [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER, "envoy.filters.http.router"]
+    assert names == [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER, constants.STREAM_METER_FILTER,
+                     "envoy.filters.http.router"]
     stage = _filters(rendered)[1]["typed_config"]["metadata_options"]
     # its own decision is not sent back to it: it keeps that in memory
     assert stage["forwarding_namespaces"]["untyped"] == [constants.JWT_METADATA_NAMESPACE]
@@ -115,7 +116,8 @@ def test_jwt_refusals_are_openai_shaped_401s(rendered: dict) -> None:
 
 def test_without_issuers_nothing_changes() -> None:
     plain = yaml.safe_load(render_yaml(parse_config(BASE)))
-    assert [f["name"] for f in _filters(plain)] == [constants.ROUTE_STAGE_FILTER, "envoy.filters.http.router"]
+    assert [f["name"] for f in _filters(plain)] == [constants.ROUTE_STAGE_FILTER, constants.STREAM_METER_FILTER,
+                                                 "envoy.filters.http.router"]
     assert JWT_TYPE not in render_yaml(parse_config(BASE))
     options = _filters(plain)[0]["typed_config"]["metadata_options"]
     assert options.get("forwarding_namespaces", {}).get("untyped", []) == []  # no metadata in its messages
@@ -149,7 +151,8 @@ keys_file: keys.yaml
 
 def test_snippets_for_an_existing_envoy_carry_the_filter_and_its_clusters(jwks_file: Path) -> None:
     pieces = filters_only(parse_config(_config_text(jwks_file)))
-    assert [f["name"] for f in pieces["http_filters"]] == [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER]
+    assert [f["name"] for f in pieces["http_filters"]] == [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER,
+                                                          constants.STREAM_METER_FILTER]
     assert "bg_jwks_keycloak" in [c["name"] for c in pieces["clusters"]]
 
 
@@ -168,7 +171,7 @@ def test_istio_patches_verify_tokens_on_babelgates_virtual_host_only(jwks_file: 
     config = mesh_envoy(objects, placement, port=free_port(), admin_port=free_port(), ext_proc_port=50051)
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in manager["http_filters"]] == [constants.JWT_FILTER, constants.ROUTE_STAGE_FILTER,
-                                                            "envoy.filters.http.router"]
+                                                            constants.STREAM_METER_FILTER, "envoy.filters.http.router"]
     result = validate_mesh(config, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 

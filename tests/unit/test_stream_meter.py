@@ -186,3 +186,20 @@ def test_only_eligible_backends_get_a_twin_and_the_meter_filter(monkeypatch: pyt
     assert twin["typedPerFilterConfig"]["babelgate.stream_meter"]["overrides"]["processingMode"] == \
         COPY_MODE.to_dict()
     assert "typedPerFilterConfig" not in plain
+
+
+def _filter_names(config: str) -> list[str]:
+    rendered = orjson.loads(orjson.dumps(render_bootstrap(parse_config(config)).to_dict()))
+    manager = rendered["staticResources"]["listeners"][0]["filterChains"][0]["filters"][0]["typedConfig"]
+    return [f["name"] for f in manager["httpFilters"]]
+
+
+def test_the_meter_filter_is_there_before_any_twin_needs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`babelgate up` reloads routes, not the listener: a reload that adds limits adds twins, and the filter must
+    already be in the listener (inert until then: its own mode sends nothing). Switched off, neither is rendered."""
+    runtime(monkeypatch)
+    assert metered_backends(parse_config(DIRECT_OPENAI)) == set()  # no limits yet: no twin
+    assert constants.STREAM_METER_FILTER in _filter_names(DIRECT_OPENAI)
+    off = METERED.replace(LIMITS, "limits: {meter_streams_aside: false, per_key: [{window: hour, total_tokens: 9}]}\n")
+    assert metered_backends(parse_config(off)) == set()
+    assert constants.STREAM_METER_FILTER not in _filter_names(off)
