@@ -74,7 +74,8 @@ def _start(build: GatewayBuilder, redis_server: RedisServer | None) -> Gateway:
     build.key("burst", limits=[{"window": "hour", "total_tokens": TPM_LIMIT}])
     build.key("leased", limits=[{"window": "hour", "requests": LEASED_LIMIT}])
     build.key("headers", limits=[{"window": "hour", "total_tokens": 50_000, "requests": 1000}])
-    for key_id in ("stream", "abort", "failover", "failing", "aside", "aside-abort", "aside-failing"):
+    for key_id in ("stream", "abort", "failover", "failing", "aside", "aside-abort", "aside-failing",
+                   "aside-spoof"):
         build.key(key_id, limits=hour_tokens)
     build.key("requests", limits=[{"window": "hour", "requests": 5}])
     build.key("budget", limits=[{"window": "day", "usd": 0.05}])
@@ -252,6 +253,19 @@ def test_a_stream_whose_client_asks_its_usage_is_settled_aside_exactly(gateway: 
     # the route stage saw the request and the answer's headers, never a chunk; the meter a copy of the headers and
     # of the body (the demo provider writes its chunks at once: Envoy may hand them over in one piece)
     assert sent["route"] == 3 and sent["stream_meter"] >= 2
+
+
+def test_a_client_cannot_send_its_stream_to_the_metered_twin(gateway: Gateway) -> None:
+    """The twin's name in a client's own routing header changes nothing: the header goes before Envoy matches
+    routes, the route stage picks the route, and a stream whose client did not ask for usage is read in its path
+    (where the gateway's usage is taken out), never handed to the stream meter."""
+    before = _ext_proc_messages(gateway)
+    chunks = list(gateway.client("aside-spoof").chat.completions.create(
+        **_request("spoofed twin"), stream=True,
+        extra_headers={"x-babelgate-int-chain": "bg_direct_oa.metered", "x-babelgate-int-meter": "1"}))
+    assert chunks and all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+    sent = {stage: count - before[stage] for stage, count in _ext_proc_messages(gateway).items()}
+    assert sent["stream_meter"] == 0 and sent["route"] > 3
 
 
 def test_a_stream_settled_aside_and_cut_by_its_client_is_charged_for_what_was_streamed(gateway: Gateway) -> None:
