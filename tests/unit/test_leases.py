@@ -161,6 +161,33 @@ def test_settlements_add_up_the_same_inside_a_live_lease_and_after_it_went_back(
     asyncio.run(scenario())
 
 
+def test_a_sealed_reservation_under_a_lease_settles_right_from_another_process() -> None:
+    """A reservation admitted under a lease leaves its process sealed (a chain's attempt stage, the stream meter):
+    the other process adjusts the store by what was used past the reservation, its own process gives back what the
+    lease did not admit, and the store ends at the usage, whichever comes first."""
+    async def scenario() -> None:
+        store = MemoryStore()
+        here = _limiter(store)
+        there = Limiter(store, here.tables, sealer=here.sealer)
+        await _reserve(here, tokens=100)
+        await _reserve(here, tokens=100)
+        await _granted(here, 2)
+        before, after = [await _reserve(here, tokens=100) for _ in range(2)]
+        assert before.leases is not None and after.leases is not None
+        opened = there.unseal(here.seal(before))
+        assert opened is not None and opened.leases is None  # leases never leave their process
+        await there.settle(opened, Usage(40, 5), "oa", "x")  # while the lease is live
+        leases = here.leases
+        assert leases is not None
+        await eventually_async(lambda: leases.stats.returned >= 2, what="both leases back")
+        late = there.unseal(here.seal(after))
+        assert late is not None
+        await there.settle(late, Usage(30, 90), "oa", "x")  # after it went back
+        assert await _counts(store) == {"requests": 4, "total_tokens": 200 + 45 + 120}
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(("why", "config", "first", "second"), [
     ("a limit too small for 8 requests of this size per share", CONFIG.replace("64000000", "6400"), 20, 20),
     ("the counter is past half its limit", CONFIG, 33_000_000, 10),
